@@ -1,0 +1,1 @@
+"""Peregrine client library."""

@@ -1,0 +1,1 @@
+"""Peregrine pre-/post-processing kernels."""

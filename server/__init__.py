@@ -1,0 +1,1 @@
+"""Peregrine inference server."""
