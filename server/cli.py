@@ -1,0 +1,62 @@
+"""``peregrine-server``: start a server on a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .app import PeregrineServer
+from .config import ServerConfig
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(prog="peregrine-server", description=__doc__)
+    p.add_argument("--model-repository", type=Path, default=d.model_repository, help="models directory")
+    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 picks one (default %(default)s)")
+    p.add_argument("--http-port", type=int, default=d.http_port,
+                   help="Prometheus metrics port; -1 disables (default %(default)s)")
+    p.add_argument("--max-message-mb", type=int, default=d.max_message_bytes // (1024 * 1024),
+                   help="largest gRPC message in MiB, both directions (default %(default)s)")
+    p.add_argument("--grpc-workers", type=int, default=d.grpc_workers,
+                   help="threads serving gRPC calls; bounds concurrent calls (default %(default)s)")
+    p.add_argument("--model-control-mode", choices=["all", "explicit"], default=d.model_control_mode,
+                   help="'all' loads every model at start-up; 'explicit' only those given by --load-model")
+    p.add_argument("--load-model", action="append", default=[], help="model to load at start-up (explicit mode)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return ServerConfig(
+        model_repository=a.model_repository,
+        host=a.host,
+        grpc_port=a.grpc_port,
+        http_port=None if a.http_port < 0 else a.http_port,
+        max_message_bytes=a.max_message_mb * 1024 * 1024,
+        grpc_workers=a.grpc_workers,
+        model_control_mode=a.model_control_mode,
+        load_models=a.load_model,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    if not config.model_repository.is_dir():
+        print(f"peregrine-server: model repository {config.model_repository} is not a directory", file=sys.stderr)
+        return 2
+    server = PeregrineServer(config)
+    server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

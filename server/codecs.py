@@ -1,0 +1,327 @@
+"""Protobuf <-> NumPy at the edge.
+
+The only module that turns Open Inference Protocol messages into arrays and back. Raw tensors are
+decoded without copying: ``np.frombuffer`` views of the request's bytes. Errors name the tensor, what
+was expected and what came, and map to INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import model_config_pb2 as mc
+
+from . import datatypes
+from .errors import InvalidArgument
+from .inference import InferRequest, InferResponse
+
+if TYPE_CHECKING:
+    from .model import ModelVersion
+
+_LEN = struct.Struct("<I")
+
+
+def parameter_value(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+def set_parameter(p: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    else:
+        p.string_param = str(value)
+
+
+def decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
+    """Decode OIP's BYTES serialization (each element a 4-byte little-endian length, then the bytes)."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} of {count} has no length prefix "
+                f"({len(view) - pos} bytes left at offset {pos})"
+            )
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + n > len(view):
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} claims {n} bytes but only {len(view) - pos} remain"
+            )
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != len(view):
+        raise InvalidArgument(
+            f"input '{name}': {len(view) - pos} bytes left over after {count} BYTES elements"
+        )
+    return out
+
+
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        b = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _shape(tensor: Any, kind: str) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{kind} '{tensor.name}': shape {list(shape)} has a negative dimension")
+    return shape
+
+
+def _datatype(tensor: Any) -> datatypes.DataType:
+    try:
+        return datatypes.from_name(tensor.datatype)
+    except KeyError:
+        known = ", ".join(datatypes.BY_NAME)
+        raise InvalidArgument(
+            f"input '{tensor.name}': unknown datatype '{tensor.datatype}', expected one of {known}"
+        ) from None
+
+
+def _decode_raw(raw: bytes, dt: datatypes.DataType, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if dt.name == "BYTES":
+        return decode_bytes_tensor(raw, count, name).reshape(shape)
+    expected = count * dt.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input '{name}': {dt.name} {list(shape)} needs {expected} bytes, got {len(raw)} in raw_input_contents"
+        )
+    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+
+
+def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...]) -> np.ndarray:
+    if dt.contents_field is None:
+        raise InvalidArgument(
+            f"input '{tensor.name}': {dt.name} has no typed contents field in the protocol; "
+            "send it in raw_input_contents"
+        )
+    contents = tensor.contents
+    present = [f.name for f, _ in contents.ListFields()]
+    stray = [f for f in present if f != dt.contents_field]
+    if stray:
+        raise InvalidArgument(
+            f"input '{tensor.name}': datatype {dt.name} expects contents.{dt.contents_field}, "
+            f"got contents.{stray[0]}"
+        )
+    values = getattr(contents, dt.contents_field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input '{tensor.name}': shape {list(shape)} needs {count} elements, "
+            f"got {len(values)} in contents.{dt.contents_field}"
+        )
+    if dt.name == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    try:
+        return np.array(values, dtype=dt.numpy).reshape(shape)
+    except OverflowError:
+        raise InvalidArgument(
+            f"input '{tensor.name}': a value in contents.{dt.contents_field} does not fit {dt.name}"
+        ) from None
+
+
+def decode_infer_request(
+    msg: pb.ModelInferRequest, deadline: float | None = None, ordering_key: str = ""
+) -> InferRequest:
+    """Turn a ModelInferRequest into an :class:`InferRequest` (arrays are views where possible)."""
+    if not msg.model_name:
+        raise InvalidArgument("model_name: expected a model name, got an empty string")
+    n_raw = len(msg.raw_input_contents)
+    if n_raw and n_raw != len(msg.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents: expected one entry per input ({len(msg.inputs)}), got {n_raw}"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    typed = False
+    for i, tensor in enumerate(msg.inputs):
+        if not tensor.name:
+            raise InvalidArgument(f"inputs[{i}].name: expected a tensor name, got an empty string")
+        if tensor.name in inputs:
+            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
+        dt = _datatype(tensor)
+        shape = _shape(tensor, "input")
+        has_typed = tensor.HasField("contents") and bool(tensor.contents.ListFields())
+        if n_raw:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{tensor.name}': has both typed contents and raw_input_contents; send one"
+                )
+            inputs[tensor.name] = _decode_raw(msg.raw_input_contents[i], dt, shape, tensor.name)
+        elif has_typed or math.prod(shape) == 0:
+            typed = True
+            inputs[tensor.name] = _decode_typed(tensor, dt, shape)
+        else:
+            raise InvalidArgument(
+                f"input '{tensor.name}': no data; expected raw_input_contents or typed contents"
+            )
+    params = {k: parameter_value(v) for k, v in msg.parameters.items()}
+    priority = params.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {priority!r}")
+    timeout_us = params.get("timeout")
+    if timeout_us is not None:
+        if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
+            raise InvalidArgument(
+                f"parameters.timeout: expected a non-negative integer (microseconds), got {timeout_us!r}"
+            )
+    requested = []
+    for o in msg.outputs:
+        if not o.name:
+            raise InvalidArgument("outputs[].name: expected an output name, got an empty string")
+        requested.append(o.name)
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        requested_outputs=requested,
+        parameters=params,
+        deadline=deadline,
+        priority=priority,
+        ordering_key=ordering_key,
+        typed_contents=typed,
+    )
+
+
+def _typed_response_possible(outputs: dict[str, np.ndarray]) -> bool:
+    return all(datatypes.from_numpy(a.dtype).contents_field is not None for a in outputs.values())
+
+
+def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
+    """Build a ModelInferResponse. Outputs travel raw, unless the client sent typed contents and every
+    output has a typed field (the protocol forbids mixing raw and typed outputs)."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    typed = resp.typed_contents and _typed_response_possible(resp.outputs)
+    for name, array in resp.outputs.items():
+        dt = datatypes.from_numpy(array.dtype)
+        out = msg.outputs.add(name=name, datatype=dt.name, shape=array.shape)
+        if typed:
+            field = getattr(out.contents, dt.contents_field)  # type: ignore[arg-type]
+            if dt.name == "BYTES":
+                field.extend(x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in array.reshape(-1))
+            else:
+                field.extend(array.reshape(-1).tolist())
+        elif dt.name == "BYTES":
+            msg.raw_output_contents.append(encode_bytes_tensor(array))
+        else:
+            msg.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return msg
+
+
+# -- model metadata, configuration and statistics -------------------------------------------------
+def model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(name=model.name, versions=[str(v) for v in sorted(versions)],
+                                   platform=model.config.platform)
+    for spec, field in ((model.inputs, msg.inputs), (model.outputs, msg.outputs)):
+        for t in spec:
+            field.add(name=t.name, datatype=t.datatype, shape=t.shape)
+    return msg
+
+
+def _dims(model: ModelVersion, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[1:] if model.max_batch_size else shape
+
+
+def model_config(model: ModelVersion, tier: str = "") -> mc.ModelConfig:
+    cfg = model.config
+    msg = mc.ModelConfig(
+        name=model.name,
+        platform=cfg.platform,
+        backend="onnxruntime",
+        max_batch_size=model.max_batch_size,
+        default_model_filename=cfg.default_model_filename,
+    )
+    policy = cfg.version_policy
+    if policy == "all":
+        msg.version_policy.all.SetInParent()
+    elif policy == "latest":
+        msg.version_policy.latest.num_versions = 1
+    elif isinstance(policy, dict) and "latest" in policy:
+        msg.version_policy.latest.num_versions = int(policy["latest"])  # type: ignore[arg-type]
+    elif isinstance(policy, dict):
+        msg.version_policy.specific.versions.extend(policy["specific"])  # type: ignore[arg-type]
+    for t in model.inputs:
+        msg.input.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape))
+    for t in model.outputs:
+        msg.output.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape))
+    on_gpu = model.sessions[0].device == "cuda"
+    msg.instance_group.add(
+        name=f"{model.name}_0",
+        kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU,
+        count=len(model.sessions),
+        gpus=sorted({s.device_id for s in model.sessions}) if on_gpu else [],
+    )
+    level = {"disable": -1, "basic": 0, "extended": 1, "all": 1}[cfg.onnxruntime.graph_optimization_level]
+    msg.optimization.graph.level = level
+    if "TensorrtExecutionProvider" in model.providers:
+        msg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    db = cfg.dynamic_batching
+    if db is not None and model.max_batch_size:
+        dyn = msg.dynamic_batching
+        dyn.preferred_batch_size.extend(db.preferred_batch_sizes)
+        dyn.max_queue_delay_microseconds = db.max_queue_delay_us
+        dyn.preserve_ordering = db.preserve_ordering
+        dyn.priority_levels = db.priority_levels
+        dyn.default_priority_level = db.default_priority_level
+        _queue_policy(dyn.default_queue_policy, db.default_queue_policy, db.max_queue_size)
+        for level_, p in db.priority_queue_policy.items():
+            _queue_policy(dyn.priority_queue_policy[level_], p, 0)
+        msg.parameters["batching_window"].string_value = db.window
+    msg.parameters["execution_providers"].string_value = ",".join(model.providers)
+    note = model.sessions[0].provider_note
+    if note:
+        msg.parameters["execution_provider_note"].string_value = note
+    if tier:
+        msg.parameters["kernel_tier"].string_value = tier
+    for k, v in cfg.parameters.items():
+        msg.parameters[k].string_value = v
+    return msg
+
+
+def _queue_policy(msg: mc.ModelQueuePolicy, p: Any, max_queue_size: int) -> None:
+    msg.timeout_action = mc.ModelQueuePolicy.DELAY if p.timeout_action == "delay" else mc.ModelQueuePolicy.REJECT
+    msg.default_timeout_microseconds = p.default_timeout_us
+    msg.allow_timeout_override = p.allow_timeout_override
+    msg.max_queue_size = p.max_queue_size or max_queue_size
+
+
+def model_statistics(model: ModelVersion) -> pb.ModelStatistics:
+    s = model.stats
+    msg = pb.ModelStatistics(
+        name=model.name,
+        version=str(model.version),
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+    )
+    st = msg.inference_stats
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        d = getattr(s, name)
+        getattr(st, name).count = d.count
+        getattr(st, name).ns = d.ns
+    for size in sorted(s.batches):
+        b = s.batches[size]
+        entry = msg.batch_stats.add(batch_size=size)
+        for name in ("compute_input", "compute_infer", "compute_output"):
+            d = getattr(b, name)
+            getattr(entry, name).count = d.count
+            getattr(entry, name).ns = d.ns
+    return msg

@@ -1,0 +1,208 @@
+"""Configuration: the server's settings and each model's ``config.toml``.
+
+A model directory looks like::
+
+    models/yolov8n/config.toml
+    models/yolov8n/1/model.onnx
+
+Every key of ``config.toml`` is optional; inputs and outputs are read from the ONNX graph when the file
+omits them. ``docs/MODEL_CONFIG.md`` documents every key and its mapping to Triton's config.pbtxt.
+Errors name the file and the key, say what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import datatypes
+from .errors import ModelLoadError
+
+CONFIG_FILENAME = "config.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorConfig(_Strict):
+    """An input or output override. ``dims`` exclude the batch dimension when max_batch_size > 0."""
+
+    name: str
+    data_type: str | None = None
+    dims: list[int] | None = None
+    # Inputs only: answer INVALID_ARGUMENT when a float input holds NaN or infinity.
+    reject_non_finite: bool = False
+
+    @field_validator("data_type")
+    @classmethod
+    def _known_type(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        name = v.removeprefix("TYPE_").replace("STRING", "BYTES")
+        if name not in datatypes.BY_NAME:
+            raise ValueError(f"expected one of {', '.join(datatypes.BY_NAME)}, got '{v}'")
+        return name
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(d < -1 or d == 0 for d in v):
+            raise ValueError(f"expected positive sizes or -1 (dynamic), got {v}")
+        return v
+
+
+class InstanceGroupConfig(_Strict):
+    count: int = Field(1, ge=1, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: list[int] = Field(default_factory=lambda: [0])
+
+
+class OnnxRuntimeConfig(_Strict):
+    """ONNX Runtime session options. 0 threads means ONNX Runtime's default (all cores)."""
+
+    intra_op_num_threads: int = Field(0, ge=0)
+    inter_op_num_threads: int = Field(0, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    # In order of preference; default: CUDA (and TensorRT when listed) then CPU on device=cuda/auto.
+    execution_providers: list[str] | None = None
+    provider_options: dict[str, dict[str, str]] = Field(default_factory=dict)
+    enable_cpu_mem_arena: bool = True
+    # Bind inputs and outputs with IO binding on GPU providers.
+    io_binding: bool = True
+
+
+class QueuePolicyConfig(_Strict):
+    """Triton's ModelQueuePolicy: what happens to a request that waits longer than its timeout."""
+
+    timeout_action: Literal["reject", "delay"] = "reject"
+    default_timeout_us: int = Field(0, ge=0)
+    allow_timeout_override: bool = True
+    max_queue_size: int = Field(0, ge=0)
+
+
+class DynamicBatchingConfig(_Strict):
+    """Triton's dynamic_batching block, plus Peregrine's adaptive window."""
+
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    max_queue_delay_us: int = Field(0, ge=0)
+    max_queue_size: int = Field(0, ge=0)  # 0: unbounded
+    priority_levels: int = Field(0, ge=0)
+    default_priority_level: int = Field(0, ge=0)
+    preserve_ordering: bool = False
+    default_queue_policy: QueuePolicyConfig = Field(default_factory=QueuePolicyConfig)
+    priority_queue_policy: dict[int, QueuePolicyConfig] = Field(default_factory=dict)
+    # "fixed": wait up to max_queue_delay_us for a fuller batch. "adaptive": learn the batch cost and
+    # stop waiting when waiting would cost a deadline or no longer pays in throughput.
+    window: Literal["fixed", "adaptive"] = "fixed"
+
+    @model_validator(mode="after")
+    def _levels(self) -> DynamicBatchingConfig:
+        if self.priority_levels and not 1 <= self.default_priority_level <= self.priority_levels:
+            raise ValueError(
+                f"default_priority_level must be in 1..priority_levels ({self.priority_levels}), "
+                f"got {self.default_priority_level}"
+            )
+        if any(b <= 0 for b in self.preferred_batch_sizes):
+            raise ValueError(f"preferred_batch_sizes must be positive, got {self.preferred_batch_sizes}")
+        return self
+
+
+class ModelConfig(_Strict):
+    """One model's configuration (``config.toml``)."""
+
+    name: str | None = None
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    # None: 8 when every input and output has a dynamic first dimension, else 0 (no batching).
+    max_batch_size: int | None = Field(None, ge=0)
+    default_model_filename: str = "model.onnx"
+    # "latest" (1 version), "all", {latest = N}, or {specific = [1, 3]}.
+    version_policy: str | dict[str, int | list[int]] = "latest"
+    instance_group: InstanceGroupConfig = Field(default_factory=InstanceGroupConfig)
+    onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    input: list[TensorConfig] = Field(default_factory=list)
+    output: list[TensorConfig] = Field(default_factory=list)
+    dynamic_batching: DynamicBatchingConfig | None = None
+    warmup: bool = True
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, v: str | dict[str, int | list[int]]) -> str | dict[str, int | list[int]]:
+        if isinstance(v, str):
+            if v not in ("latest", "all"):
+                raise ValueError(f"expected 'latest', 'all', {{latest = N}} or {{specific = [...]}}, got '{v}'")
+        elif set(v) not in ({"latest"}, {"specific"}):
+            raise ValueError(f"expected {{latest = N}} or {{specific = [...]}}, got {v}")
+        return v
+
+    def select_versions(self, available: list[int]) -> list[int]:
+        """The versions this policy serves, from those present on disk."""
+        ordered = sorted(available)
+        v = self.version_policy
+        if v == "all":
+            return ordered
+        if v == "latest":
+            return ordered[-1:]
+        assert isinstance(v, dict)
+        if "latest" in v:
+            n = v["latest"]
+            assert isinstance(n, int)
+            return ordered[-n:] if n > 0 else []
+        wanted = v["specific"]
+        assert isinstance(wanted, list)
+        return [x for x in ordered if x in wanted]
+
+
+def _format_validation(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg} (got {got!r})" if got is not None and e["type"] != "missing" else f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_model_config(text: str, source: str = CONFIG_FILENAME) -> ModelConfig:
+    """Parse and validate a model's TOML configuration. Raises :class:`ModelLoadError`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ModelLoadError(f"{source}: not valid TOML: {e}") from None
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ModelLoadError(f"{source}: {_format_validation(e)}") from None
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read ``config.toml`` from a model directory; a missing file means all defaults."""
+    path = model_dir / CONFIG_FILENAME
+    if not path.exists():
+        return ModelConfig()
+    return parse_model_config(path.read_text(), f"{model_dir.name}/{CONFIG_FILENAME}")
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server process (see ``peregrine-server --help``)."""
+
+    model_repository: Path = Path("models")
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001  # 0 picks a free port; the server reports the one it bound
+    http_port: int | None = 8002  # Prometheus metrics; None disables
+    max_message_bytes: int = 512 * 1024 * 1024
+    grpc_workers: int = 64
+    # "all": load every model at start-up; "explicit": load only `load_models` (and on request).
+    model_control_mode: Literal["all", "explicit"] = "all"
+    load_models: list[str] = field(default_factory=list)
+    server_name: str = "peregrine"
+    strict_model_config: bool = False

@@ -1,0 +1,264 @@
+"""One loaded version of a model: its tensors, its instances, its scheduler and its statistics.
+
+This is the data plane the transport calls: ``validate`` checks a decoded request against the model's
+inputs, ``infer`` queues it with the dynamic batcher and returns the outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import datatypes
+from .config import ModelConfig, TensorConfig
+from .errors import InvalidArgument, ModelLoadError
+from .inference import InferRequest, InferResponse, TensorSpec
+from .runtime.executor import OnnxBatchExecutor
+from .runtime.onnx import OnnxSession
+from .scheduling.batcher import DynamicBatcher, QueueConfig, QueuePolicy
+from .scheduling.policy import BatchPolicy, PolicyConfig
+from .stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 8
+
+
+def _apply_overrides(graph: list[TensorSpec], overrides: list[TensorConfig], batching: bool, kind: str,
+                     source: str) -> list[TensorSpec]:
+    by_name = {t.name: t for t in graph}
+    for o in overrides:
+        if o.name not in by_name:
+            raise ModelLoadError(
+                f"{source}: {kind} '{o.name}' is not in the model (the graph has {', '.join(by_name) or 'none'})"
+            )
+        spec = by_name[o.name]
+        if o.data_type and o.data_type != spec.datatype:
+            raise ModelLoadError(
+                f"{source}: {kind} '{o.name}' has data_type {o.data_type} in the config but {spec.datatype} in the model"
+            )
+        shape = spec.shape
+        if o.dims is not None:
+            graph_dims = shape[1:] if batching else shape
+            dims = tuple(o.dims)
+            if len(dims) != len(graph_dims) or any(g not in (-1, d) for g, d in zip(graph_dims, dims, strict=True)):
+                raise ModelLoadError(
+                    f"{source}: {kind} '{o.name}' has dims {list(dims)} in the config, which do not fit "
+                    f"{list(graph_dims)} in the model"
+                )
+            shape = (-1, *dims) if batching else dims
+        by_name[o.name] = TensorSpec(spec.name, spec.datatype, shape, o.reject_non_finite)
+    return [by_name[t.name] for t in graph]
+
+
+def resolve_batching(config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                     source: str) -> int:
+    """The model's max_batch_size: as configured (checked against the graph), or inferred."""
+    first_dims_dynamic = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+    if config.max_batch_size is None:
+        return DEFAULT_MAX_BATCH_SIZE if first_dims_dynamic else 0
+    if config.max_batch_size > 0 and not first_dims_dynamic:
+        fixed = [t.name for t in inputs + outputs if not t.shape or t.shape[0] != -1]
+        raise ModelLoadError(
+            f"{source}: max_batch_size is {config.max_batch_size} but tensor(s) {', '.join(fixed)} have no "
+            "dynamic first (batch) dimension in the model; set max_batch_size = 0"
+        )
+    return config.max_batch_size
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    sessions: list[OnnxSession]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    stats: ModelStats = field(default_factory=ModelStats)
+    metadata: dict[str, str] = field(default_factory=dict)
+    batcher: DynamicBatcher | None = None
+    _pools: list[ThreadPoolExecutor] = field(default_factory=list)
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str, version: int, version_dir: Path, config: ModelConfig) -> ModelVersion:
+        """Open the sessions and resolve the tensors (blocking; run it off the event loop)."""
+        path = version_dir / config.default_model_filename
+        source = f"{name}/{version}"
+        if not path.is_file():
+            raise ModelLoadError(f"{source}: no {config.default_model_filename} in {version_dir.name}/")
+        sessions = [OnnxSession(path, config, device_id=_gpu(config, i)) for i in range(config.instance_group.count)]
+        graph_in, graph_out = sessions[0].tensor_specs()
+        max_batch = resolve_batching(config, graph_in, graph_out, source)
+        inputs = _apply_overrides(graph_in, config.input, max_batch > 0, "input", source)
+        outputs = _apply_overrides(graph_out, config.output, max_batch > 0, "output", source)
+        model = cls(name, version, path, config, sessions, inputs, outputs, max_batch,
+                    metadata=sessions[0].metadata())
+        if config.warmup:
+            model.warm_up()
+        return model
+
+    def warm_up(self) -> None:
+        """Run each instance once so that the first request does not pay for lazy initialisation.
+        Dynamic dimensions other than the batch are guessed as 1; a model that rejects the guess is
+        still served (its warm-up is skipped with a log line)."""
+        guessed = any(d == -1 for t in self.inputs for d in (t.shape[1:] if self.max_batch_size else t.shape))
+        rng = np.random.default_rng(0)
+        feed = {}
+        for t in self.inputs:
+            shape = tuple(1 if d == -1 else d for d in t.shape)
+            dt = datatypes.from_name(t.datatype)
+            if dt.name == "BYTES":
+                feed[t.name] = np.full(shape, b"warmup", dtype=object)
+            elif dt.name == "BOOL":
+                feed[t.name] = rng.random(shape) > 0.5
+            else:
+                feed[t.name] = rng.random(shape).astype(dt.numpy)
+        for s in self.sessions:
+            try:
+                s.run(feed, [o.name for o in self.outputs])
+            except Exception as e:
+                if not guessed:
+                    raise ModelLoadError(f"{self.name}/{self.version}: warm-up run failed: {e}") from None
+                log.info("%s/%s: warm-up skipped, the model needs real sizes for its dynamic dims (%s)",
+                         self.name, self.version, e)
+                return
+
+    async def start(self) -> None:
+        """Start the scheduler on the running event loop."""
+        cfg = self.config
+        db = cfg.dynamic_batching
+        batching = self.max_batch_size > 0
+        policy_cfg = PolicyConfig(
+            max_batch_size=self.max_batch_size if (batching and db is not None) else 1,
+            preferred_batch_sizes=tuple(db.preferred_batch_sizes) if db else (),
+            max_queue_delay=(db.max_queue_delay_us / 1e6) if db else 0.0,
+            adaptive=bool(db and db.window == "adaptive"),
+        )
+        queue_cfg = _queue_config(db)
+        executor = OnnxBatchExecutor(self.name, self.sessions, self.inputs, self.outputs, batching,
+                                     max(self.max_batch_size, 1), self.stats)
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-{i}") for i in range(len(self.sessions))]
+        loop = asyncio.get_running_loop()
+
+        def run_in_thread(instance: int, fn: Any) -> Any:
+            return loop.run_in_executor(self._pools[instance], fn)
+
+        self.batcher = DynamicBatcher(
+            BatchPolicy(policy_cfg), executor, len(self.sessions), queue_cfg,
+            shape_key=self._shape_key, size=self._size, run_in_thread=run_in_thread,
+        )
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.batcher:
+            await self.batcher.close()
+        for p in self._pools:
+            p.shutdown(wait=True)
+
+    # -- serving ------------------------------------------------------------------------------
+    @property
+    def providers(self) -> list[str]:
+        return self.sessions[0].providers
+
+    def _size(self, request: InferRequest) -> int:
+        if not self.max_batch_size:
+            return 1
+        return len(next(iter(request.inputs.values())))
+
+    def _shape_key(self, request: InferRequest) -> Hashable:
+        return tuple((n, a.dtype.str, a.shape[1:] if self.max_batch_size else a.shape)
+                     for n, a in sorted(request.inputs.items()))
+
+    def validate(self, request: InferRequest) -> None:
+        """Check names, datatypes, shapes and batch size. Raises InvalidArgument naming the tensor."""
+        expected = {t.name: t for t in self.inputs}
+        missing = [n for n in expected if n not in request.inputs]
+        if missing:
+            raise InvalidArgument(
+                f"model '{self.name}': missing input(s) {', '.join(missing)}; expected {', '.join(expected)}"
+            )
+        extra = [n for n in request.inputs if n not in expected]
+        if extra:
+            raise InvalidArgument(
+                f"model '{self.name}': unexpected input(s) {', '.join(extra)}; expected {', '.join(expected)}"
+            )
+        batch = None
+        for name, array in request.inputs.items():
+            spec = expected[name]
+            got_dt = datatypes.from_numpy(array.dtype).name
+            got = f"{got_dt} {list(array.shape)}"
+            if got_dt != spec.datatype or array.ndim != len(spec.shape) or any(
+                d != -1 and d != s for d, s in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise InvalidArgument(f"input '{name}': expected {spec.describe()}, got {got}")
+            if self.max_batch_size:
+                n = array.shape[0]
+                if n < 1 or n > self.max_batch_size:
+                    raise InvalidArgument(
+                        f"input '{name}': batch size {n} is outside 1..{self.max_batch_size} (max_batch_size)"
+                    )
+                if batch is not None and n != batch:
+                    raise InvalidArgument(
+                        f"input '{name}': batch size {n} differs from the other inputs' {batch}"
+                    )
+                batch = n
+            if spec.reject_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise InvalidArgument(f"input '{name}': holds NaN or infinite values, which this model rejects")
+        known = {o.name for o in self.outputs}
+        for name in request.requested_outputs:
+            if name not in known:
+                raise InvalidArgument(
+                    f"model '{self.name}': unknown output '{name}'; the model has {', '.join(known)}"
+                )
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Queue, run, answer a request that :meth:`validate` accepted (the caller validates, off the
+        event loop). Statistics count every request that got this far, failed or not."""
+        start = time.perf_counter_ns()
+        ok = False
+        try:
+            assert self.batcher is not None, "model not started"
+            outputs = await self.batcher.submit(request)
+            ok = True
+            return InferResponse(self.name, str(self.version), request.id, outputs, request.typed_contents)
+        finally:
+            self.stats.record_request(ok, time.perf_counter_ns() - start, request.queue_ns)
+
+
+def _gpu(config: ModelConfig, instance: int) -> int:
+    gpus = config.instance_group.gpus or [0]
+    return gpus[instance % len(gpus)]
+
+
+def _queue_config(db: Any) -> QueueConfig:
+    if db is None:
+        return QueueConfig()
+
+    def policy(p: Any) -> QueuePolicy:
+        return QueuePolicy(
+            timeout=p.default_timeout_us / 1e6,
+            delay_on_timeout=p.timeout_action == "delay",
+            allow_timeout_override=p.allow_timeout_override,
+            max_queue_size=p.max_queue_size,
+        )
+
+    return QueueConfig(
+        max_queue_size=db.max_queue_size,
+        priority_levels=db.priority_levels,
+        default_priority_level=db.default_priority_level,
+        preserve_ordering=db.preserve_ordering,
+        default_policy=policy(db.default_queue_policy),
+        level_policies=tuple((k, policy(v)) for k, v in db.priority_queue_policy.items()),
+    )
+

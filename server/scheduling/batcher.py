@@ -1,0 +1,249 @@
+"""The dynamic batcher's asyncio driver: one queue per model version, one future per request.
+
+The driver owns the queue and the futures; :class:`BatchPolicy` decides. Each decision either
+expires requests (DEADLINE_EXCEEDED, never run), dispatches a batch to an idle instance, or sleeps
+until the policy's wake time or the next arrival/completion, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import Cancelled, DeadlineExceeded, InvalidArgument, PeregrineError, Unavailable
+from ..inference import InferRequest
+from .policy import INF, BatchPolicy, QueuedRequest
+
+log = logging.getLogger(__name__)
+
+
+class BatchExecutor(Protocol):
+    """Runs one batch on one instance, in a worker thread. Returns one result per request, in order."""
+
+    def execute(self, instance: int, requests: Sequence[InferRequest]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """What happens to a request that waits longer than its queue timeout (Triton's ModelQueuePolicy)."""
+
+    timeout: float = 0.0  # seconds; 0: none
+    delay_on_timeout: bool = False  # False: REJECT (DEADLINE_EXCEEDED); True: DELAY (go behind others)
+    allow_timeout_override: bool = True
+    max_queue_size: int = 0  # per priority level; 0: unbounded
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_queue_size: int = 0  # all levels together; 0: unbounded
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    preserve_ordering: bool = False
+    default_policy: QueuePolicy = QueuePolicy()
+    level_policies: tuple[tuple[int, QueuePolicy], ...] = ()
+
+    def policy_for(self, level: int) -> QueuePolicy:
+        return dict(self.level_policies).get(level, self.default_policy)
+
+
+class DynamicBatcher:
+    """Queues requests of one model version and runs them in batches on ``instances`` executors.
+
+    ``shape_key(request)`` says which requests may share a batch and ``size(request)`` how many batch
+    elements a request carries. ``on_batch(n, seconds)`` is told each batch's size and run time.
+    """
+
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        executor: BatchExecutor,
+        instances: int,
+        queue: QueueConfig,
+        shape_key: Callable[[InferRequest], Hashable],
+        size: Callable[[InferRequest], int],
+        run_in_thread: Callable[[int, Callable[[], Any]], Any],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.executor = executor
+        self.queue_config = queue
+        self._shape_key = shape_key
+        self._size = size
+        self._run_in_thread = run_in_thread
+        self._clock = clock
+        self._queue: list[QueuedRequest] = []
+        self._idle = list(range(instances))
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._last_in_order: dict[str, asyncio.Future[Any]] = {}
+
+    # -- public API ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, request: InferRequest) -> Any:
+        """Queue a request and wait for its result. Raises Unavailable at once when the queue is full,
+        DeadlineExceeded when its deadline or queue timeout passes first."""
+        if self._closed:
+            raise Unavailable(f"model '{request.model_name}' is unloading")
+        entry = self._admit(request)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        # A dispatched request whose caller went away still completes; nobody reads its outcome.
+        future.add_done_callback(_consume)
+        entry.payload = (request, future)
+        key = request.ordering_key
+        previous = delivered = None
+        if self.queue_config.preserve_ordering:
+            previous = self._last_in_order.get(key)
+            delivered = loop.create_future()
+            self._last_in_order[key] = delivered
+        self._queue.append(entry)
+        self.policy.cost.observe_arrival(entry.arrival)
+        self._wake.set()
+        try:
+            try:
+                result = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if entry in self._queue:  # not dispatched yet: it never reaches an instance
+                    self._queue.remove(entry)
+                    if not future.done():
+                        future.set_exception(Cancelled("request cancelled by the client"))
+                raise
+            except Exception as e:
+                result, error = None, e
+            else:
+                error = None
+            if previous is not None:
+                # Answer in arrival order per client: wait for the previous request to be answered.
+                await asyncio.wait([previous])
+            if error is not None:
+                raise error
+            return result
+        finally:
+            if delivered is not None:
+                delivered.set_result(None)
+                if self._last_in_order.get(key) is delivered:
+                    del self._last_in_order[key]
+
+    async def close(self) -> None:
+        """Stop taking requests, let queued and running ones finish, then stop the loop."""
+        self._closed = True
+        while self._queue or self._running:
+            self._wake.set()
+            await asyncio.sleep(0.001)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _admit(self, request: InferRequest) -> QueuedRequest:
+        qc = self.queue_config
+        level = request.priority or qc.default_priority_level
+        if qc.priority_levels and not 1 <= level <= qc.priority_levels:
+            raise InvalidArgument(
+                f"parameters.priority: expected 1..{qc.priority_levels} (or 0 for the default), got {request.priority}"
+            )
+        if not qc.priority_levels:
+            level = 0
+        if qc.max_queue_size and len(self._queue) >= qc.max_queue_size:
+            raise Unavailable(
+                f"model '{request.model_name}': queue is full ({qc.max_queue_size} requests waiting); retry later"
+            )
+        policy = qc.policy_for(level)
+        if policy.max_queue_size and sum(1 for e in self._queue if e.priority == level) >= policy.max_queue_size:
+            raise Unavailable(
+                f"model '{request.model_name}': queue of priority {level} is full ({policy.max_queue_size} waiting)"
+            )
+        now = self._clock()
+        timeout = policy.timeout
+        requested = request.parameters.get("timeout")
+        if requested and policy.allow_timeout_override:
+            # A request may shorten the queue timeout, never lengthen it.
+            t = requested / 1e6
+            timeout = min(timeout, t) if timeout else t
+        deadline = request.deadline if request.deadline is not None else INF
+        delay_at = INF
+        if timeout:
+            if policy.delay_on_timeout:
+                delay_at = now + timeout
+            else:
+                deadline = min(deadline, now + timeout)
+        return QueuedRequest(
+            seq=next(self._seq),
+            arrival=now,
+            size=self._size(request),
+            shape_key=self._shape_key(request),
+            priority=level,
+            deadline=deadline,
+            delay_at=delay_at,
+        )
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            decision = self.policy.decide(self._queue, now, len(self._idle))
+            for entry in decision.expired:
+                self._queue.remove(entry)
+                _, future = entry.payload
+                if not future.done():
+                    future.set_exception(
+                        DeadlineExceeded("deadline exceeded while queued; the request was not run")
+                    )
+            if decision.batch:
+                for entry in decision.batch:
+                    self._queue.remove(entry)
+                instance = self._idle.pop(0)
+                task = asyncio.get_running_loop().create_task(self._run_batch(instance, decision.batch, now))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                continue  # another instance may be idle too
+            timeout = None if decision.wake_at == INF else max(decision.wake_at - self._clock(), 0.0)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _run_batch(self, instance: int, entries: list[QueuedRequest], dispatched: float) -> None:
+        requests = [e.payload[0] for e in entries]
+        futures = [e.payload[1] for e in entries]
+        for req, e in zip(requests, entries, strict=True):
+            req.queue_ns = int((dispatched - e.arrival) * 1e9)
+        start = time.perf_counter()
+        try:
+            results = await self._run_in_thread(instance, lambda: self.executor.execute(instance, requests))
+            if len(results) != len(requests):
+                raise RuntimeError(f"executor returned {len(results)} results for a batch of {len(requests)}")
+        except Exception as e:
+            # A failed batch fails every request in it with the same error.
+            if not isinstance(e, PeregrineError):
+                log.error("batch of %d requests failed", len(requests), exc_info=e)
+            for f in futures:
+                if not f.done():
+                    f.set_exception(e)
+        else:
+            self.policy.cost.observe_batch(sum(e.size for e in entries), time.perf_counter() - start)
+            for f, r in zip(futures, results, strict=True):
+                if not f.done():
+                    f.set_result(r)
+        finally:
+            self._idle.append(instance)
+            self._wake.set()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

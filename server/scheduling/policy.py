@@ -1,0 +1,208 @@
+"""The dynamic batcher's policy: given the queued requests and ``now``, what to run next.
+
+Pure and synchronous: plain data in, a :class:`Decision` out, no clock of its own, no I/O, so it is
+tested with literal numbers. Times are seconds on the monotonic clock.
+
+Order: priority level first (1 is the most urgent; 0 means "no levels"), then earliest deadline first,
+then arrival order. Requests whose queue timeout passed under the DELAY action go behind all others.
+A batch is the most urgent request plus the next ones of the same shape, up to ``max_batch_size``
+elements. It is dispatched when it is full (or reaches the largest preferred size), when its window
+closes, or, in the adaptive window, as soon as waiting would cost a deadline or no longer pays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+INF = math.inf
+
+
+@dataclass(eq=False)
+class QueuedRequest:
+    """One request waiting in a model's queue, as the policy sees it."""
+
+    seq: int  # arrival order, unique per queue
+    arrival: float
+    size: int = 1  # batch elements this request carries
+    shape_key: Hashable = ()  # requests with different keys never share a batch
+    priority: int = 0
+    deadline: float = INF  # past it, the request is answered DEADLINE_EXCEEDED and never run
+    delay_at: float = INF  # past it (queue timeout, action DELAY), the request goes behind the others
+    delayed: bool = False
+    payload: Any = None  # the driver's own data (request and future)
+
+    def order(self) -> tuple[bool, int, float, int]:
+        return (self.delayed, self.priority, self.deadline, self.seq)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    max_batch_size: int = 1  # elements per batch; 1 disables batching
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay: float = 0.0  # seconds a batch may wait to fill (fixed window; cap in adaptive)
+    adaptive: bool = False
+
+
+@dataclass
+class Decision:
+    expired: list[QueuedRequest] = field(default_factory=list)  # answer DEADLINE_EXCEEDED, drop
+    batch: list[QueuedRequest] = field(default_factory=list)  # run now on an idle instance
+    wake_at: float = INF  # nothing to run: decide again by then (or on the next arrival/completion)
+
+
+class CostModel:
+    """Online fit of a batch's run time as ``a + b * n`` (seconds) over recent batches, and of the
+    gap between arrivals. With one batch size seen so far, ``a`` is the mean time (batching is
+    assumed to pay, so the batcher explores) while :meth:`upper` scales linearly (never optimistic
+    about a deadline)."""
+
+    def __init__(self, window: int = 64) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._gap: float | None = None
+        self._last_arrival: float | None = None
+        self.a = 0.0
+        self.b = 0.0
+        self._fitted_sizes = 0
+        self._mean_per_item = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._samples)
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        self._samples.append((n, seconds))
+        ns = [s[0] for s in self._samples]
+        ts = [s[1] for s in self._samples]
+        mean_n = sum(ns) / len(ns)
+        mean_t = sum(ts) / len(ts)
+        var_n = sum((x - mean_n) ** 2 for x in ns)
+        self._mean_per_item = sum(t / x for x, t in self._samples) / len(ts)
+        if var_n == 0:
+            self.a, self.b, self._fitted_sizes = mean_t, 0.0, 1
+            return
+        b = sum((x - mean_n) * (t - mean_t) for x, t in self._samples) / var_n
+        b = max(b, 0.0)
+        self.a = max(mean_t - b * mean_n, 0.0)
+        self.b = b
+        self._fitted_sizes = len(set(ns))
+
+    def observe_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = max(now - self._last_arrival, 0.0)
+            self._gap = gap if self._gap is None else 0.8 * self._gap + 0.2 * gap
+        self._last_arrival = now
+
+    @property
+    def arrival_gap(self) -> float:
+        """Expected seconds until the next arrival (infinite before two arrivals were seen)."""
+        return INF if self._gap is None else self._gap
+
+    def estimate(self, n: int) -> float:
+        return self.a + self.b * n
+
+    def upper(self, n: int) -> float:
+        """An estimate of the batch time that is not optimistic when the fit is unsure."""
+        if self._fitted_sizes >= 2:
+            return self.estimate(n)
+        return self._mean_per_item * n
+
+
+class BatchPolicy:
+    """Decides the next batch. One instance per model; it holds the cost model, nothing else."""
+
+    def __init__(self, config: PolicyConfig, cost: CostModel | None = None) -> None:
+        if config.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {config.max_batch_size}")
+        self.config = config
+        self.cost = cost or CostModel()
+
+    def decide(self, queue: Iterable[QueuedRequest], now: float, idle_instances: int) -> Decision:
+        d = Decision()
+        live: list[QueuedRequest] = []
+        for r in queue:
+            if r.deadline <= now:
+                d.expired.append(r)
+                continue
+            if not r.delayed and r.delay_at <= now:
+                r.delayed = True
+            live.append(r)
+        if not live:
+            return d
+        # Wake in time to answer the next request that expires, even while every instance is busy.
+        d.wake_at = min(min(r.deadline for r in live), min((r.delay_at for r in live if not r.delayed), default=INF))
+        if idle_instances <= 0:
+            return d
+        live.sort(key=QueuedRequest.order)
+        batch = self._fill(live)
+        n = sum(r.size for r in batch)
+        target = self._target(n)
+        if target is not None:
+            d.batch = self._trim(batch, target)
+            return d
+        close = self._window_close(batch, now)
+        if close <= now:
+            d.batch = self._trim(batch, self._largest_preferred(n) or n)
+            return d
+        d.wake_at = min(d.wake_at, close)
+        return d
+
+    def _fill(self, ordered: list[QueuedRequest]) -> list[QueuedRequest]:
+        head = ordered[0]
+        batch = [head]
+        n = head.size
+        for r in ordered[1:]:
+            if n >= self.config.max_batch_size:
+                break
+            if r.shape_key == head.shape_key and n + r.size <= self.config.max_batch_size:
+                batch.append(r)
+                n += r.size
+        return batch
+
+    def _target(self, n: int) -> int | None:
+        """The batch size to dispatch at once, if the batch is already as large as it should get:
+        the largest preferred size, or the maximum."""
+        cfg = self.config
+        preferred = [p for p in cfg.preferred_batch_sizes if p <= cfg.max_batch_size]
+        top = max(preferred) if preferred else cfg.max_batch_size
+        return top if n >= top else None
+
+    def _largest_preferred(self, n: int) -> int | None:
+        fits = [p for p in self.config.preferred_batch_sizes if p <= n]
+        return max(fits) if fits else None
+
+    @staticmethod
+    def _trim(batch: list[QueuedRequest], size: int) -> list[QueuedRequest]:
+        out, n = [], 0
+        for r in batch:
+            if n + r.size > size and out:
+                break
+            out.append(r)
+            n += r.size
+        return out
+
+    def _window_close(self, batch: list[QueuedRequest], now: float) -> float:
+        """When the batch stops waiting for more requests."""
+        cfg = self.config
+        oldest = min(r.arrival for r in batch)
+        if not cfg.adaptive:
+            return oldest + cfg.max_queue_delay
+        cost = self.cost
+        if not cost.ready:
+            return oldest + cfg.max_queue_delay
+        n = sum(r.size for r in batch)
+        # Waiting pays only while the next request is expected sooner than the fixed cost of a batch
+        # that merging it would save.
+        if cost.arrival_gap >= cost.a:
+            return now
+        cap = cfg.max_queue_delay if cfg.max_queue_delay > 0 else cost.a
+        close = oldest + cap
+        # Never wait past the moment where running one more element would miss the most urgent deadline:
+        # at `close`, dispatching still meets every deadline that dispatching now meets.
+        urgent = min(r.deadline for r in batch)
+        if urgent < INF:
+            close = min(close, urgent - cost.upper(n + 1))
+        return close

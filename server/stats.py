@@ -1,0 +1,64 @@
+"""Per-model statistics, as ModelStatistics reports them (durations in nanoseconds)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    """Counters of one model version; every method is thread-safe."""
+
+    inference_count: int = 0  # requests executed (counting each batch element)
+    execution_count: int = 0  # batches executed
+    last_inference_ms: int = 0  # wall-clock milliseconds since the epoch, as the protocol reports it
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_batch(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One executed batch of ``batch_size`` elements coming from ``requests`` requests."""
+        with self._lock:
+            self.execution_count += 1
+            self.inference_count += batch_size
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            b = self.batches.setdefault(batch_size, BatchStats())
+            b.compute_input.add(input_ns)
+            b.compute_infer.add(infer_ns)
+            b.compute_output.add(output_ns)
+            # Per-request compute durations: every request of the batch spent the batch's time.
+            self.compute_input.add(input_ns * requests, requests)
+            self.compute_infer.add(infer_ns * requests, requests)
+            self.compute_output.add(output_ns * requests, requests)
+
+    def record_request(self, ok: bool, total_ns: int, queue_ns: int | None) -> None:
+        """One finished request: its time from arrival to answer, and its time in the queue if it got
+        that far."""
+        with self._lock:
+            (self.success if ok else self.fail).add(total_ns)
+            if queue_ns is not None and ok:
+                self.queue.add(queue_ns)

@@ -1,0 +1,225 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol over gRPC (threaded server)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+
+from .. import codecs
+from ..engine import Engine
+from ..errors import InvalidArgument, NotFound, PeregrineError, Unimplemented
+from ..inference import InferRequest
+from ..metrics import Metrics
+from ..model import ModelVersion
+from ..repository import ModelRepository
+from .status import status_of, unary
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters"]
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repository: ModelRepository, engine: Engine, metrics: Metrics, version: str,
+                 name: str = "peregrine", kernel_tier: str = "") -> None:
+        self.repo = repository
+        self.engine = engine
+        self.metrics = metrics
+        self.version = version
+        self.name = name
+        self.kernel_tier = kernel_tier
+        self.ready = False
+        self._stream_ids = itertools.count()
+
+    # -- health and metadata -------------------------------------------------------------------
+    @unary
+    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @unary
+    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    @unary
+    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        try:
+            self.repo.get(request.name, request.version)
+        except PeregrineError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @unary
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=self.name, version=self.version, extensions=EXTENSIONS)
+
+    @unary
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        model = self.repo.get(request.name, request.version)
+        versions = [m.version for m in self.repo.ready_models() if m.name == model.name]
+        return codecs.model_metadata(model, versions)
+
+    @unary
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        model = self.repo.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=codecs.model_config(model, self.kernel_tier))
+
+    @unary
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        if request.name:
+            models = [self.repo.get(request.name, request.version)]
+        else:
+            if request.version:
+                raise InvalidArgument("version: a version needs a model name")
+            models = sorted(self.repo.ready_models(), key=lambda m: (m.name, m.version))
+        return pb.ModelStatisticsResponse(model_stats=[codecs.model_statistics(m) for m in models])
+
+    # -- inference -----------------------------------------------------------------------------
+    def _submit(self, request: InferRequest) -> tuple[ModelVersion, concurrent.futures.Future[Any]]:
+        model = self.repo.get(request.model_name, request.model_version)
+        model.validate(request)
+        return model, self.engine.submit(model.infer(request))
+
+    @unary
+    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        start = time.perf_counter()
+        model_name = request.model_name
+        try:
+            req = codecs.decode_infer_request(request, _deadline(context))
+            _, future = self._submit(req)
+            # When the call ends early (cancelled, or past its deadline) the queued request is dropped.
+            if not context.add_callback(future.cancel):
+                future.cancel()
+            response = codecs.encode_infer_response(future.result())
+        except BaseException as e:
+            self.metrics.observe_request(model_name, status_of(e)[0].name, time.perf_counter() - start)
+            raise
+        self.metrics.observe_request(model_name, "OK", time.perf_counter() - start)
+        return response
+
+    def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
+                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+        """Requests of one stream run concurrently (so they can share batches); responses come back in
+        request order. An error answers that request in ``error_message`` and the stream goes on."""
+        stream_key = f"stream-{next(self._stream_ids)}"
+        pending: queue.Queue[Any] = queue.Queue(maxsize=256)
+        futures: list[concurrent.futures.Future[Any]] = []
+
+        def cancel_all() -> None:
+            for f in futures:
+                f.cancel()
+
+        context.add_callback(cancel_all)
+
+        def read() -> None:
+            try:
+                for msg in request_iterator:
+                    try:
+                        req = codecs.decode_infer_request(msg, _deadline(context), ordering_key=stream_key)
+                        _, future = self._submit(req)
+                        futures.append(future)
+                        pending.put((msg, future, None, time.perf_counter()))
+                    except Exception as e:
+                        pending.put((msg, None, e, time.perf_counter()))
+            except Exception as e:  # the stream itself broke (client went away)
+                log.debug("stream %s ended: %s", stream_key, e)
+            finally:
+                pending.put(None)
+
+        threading.Thread(target=read, name=stream_key, daemon=True).start()
+        while (item := pending.get()) is not None:
+            msg, future, error, start = item
+            if future is not None:
+                try:
+                    response = codecs.encode_infer_response(future.result())
+                    self.metrics.observe_request(msg.model_name, "OK", time.perf_counter() - start)
+                    yield pb.ModelStreamInferResponse(infer_response=response)
+                    continue
+                except BaseException as e:
+                    error = e
+            code, message = status_of(error)
+            self.metrics.observe_request(msg.model_name, code.name, time.perf_counter() - start)
+            yield pb.ModelStreamInferResponse(
+                error_message=message,
+                infer_response=pb.ModelInferResponse(model_name=msg.model_name, model_version=msg.model_version,
+                                                     id=msg.id),
+            )
+
+    # -- repository ----------------------------------------------------------------------------
+    @unary
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        if request.repository_name and request.repository_name != "models":
+            raise NotFound(f"unknown repository '{request.repository_name}'; this server has one, 'models'")
+        msg = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self.repo.index():
+            if request.ready and state != "READY":
+                continue
+            msg.models.add(name=name, version=version, state=state, reason=reason)
+        return msg
+
+    @unary
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                            context: Any) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:
+            raise InvalidArgument(
+                f"parameters: load overrides ({', '.join(request.parameters)}) are not supported; "
+                "edit the model's config.toml in the repository and load again"
+            )
+        self.repo.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @unary
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                              context: Any) -> pb.RepositoryModelUnloadResponse:
+        self.repo.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- not (yet) offered ---------------------------------------------------------------------------
+    def _unimplemented(self, what: str) -> Any:
+        raise Unimplemented(f"{what} is not supported by this server")
+
+    @unary
+    def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("system shared memory")
+
+    @unary
+    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("system shared memory")
+
+    @unary
+    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("system shared memory")
+
+    @unary
+    def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("CUDA shared memory")
+
+    @unary
+    def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("CUDA shared memory")
+
+    @unary
+    def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("CUDA shared memory")
+
+    @unary
+    def TraceSetting(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("tracing")
+
+    @unary
+    def LogSettings(self, request: Any, context: Any) -> Any:
+        return self._unimplemented("log settings over gRPC")
