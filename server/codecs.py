@@ -130,12 +130,15 @@ def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...]) -
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    try:
-        return np.array(values, dtype=dt.numpy).reshape(shape)
-    except OverflowError:
-        raise InvalidArgument(
-            f"input '{tensor.name}': a value in contents.{dt.contents_field} does not fit {dt.name}"
-        ) from None
+    wide = np.array(values, dtype=np.float64 if dt.numpy.kind == "f" else None)
+    if dt.numpy.kind in "iu" and wide.size:
+        info = np.iinfo(dt.numpy)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidArgument(
+                f"input '{tensor.name}': contents.{dt.contents_field} holds values outside {dt.name}'s range "
+                f"[{info.min}, {info.max}]"
+            )
+    return wide.astype(dt.numpy).reshape(shape)
 
 
 def decode_infer_request(

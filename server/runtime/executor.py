@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InvalidArgument, ModelExecutionError
+from ..errors import InvalidArgument, ModelExecutionError, PeregrineError
 from ..inference import InferRequest, TensorSpec
 from ..stats import ModelStats
 from .onnx import OnnxSession
@@ -78,6 +78,8 @@ class OnnxBatchExecutor:
         t1 = time.perf_counter_ns()
         try:
             outs = self.sessions[instance].run(feed, self.output_names)
+        except PeregrineError:
+            raise
         except _OrtInvalidArgument as e:
             raise InvalidArgument(f"model '{self.model_name}' rejected the input: {e}") from None
         except Exception as e:

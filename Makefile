@@ -1,0 +1,54 @@
+# Peregrine: two commands on a fresh clone.
+#   make serve   set up, build the bundled models, serve them on 127.0.0.1 (gRPC 8001, metrics 8002)
+#   make test    set up the same way and run the whole test suite
+# On a GPU machine: make serve EXTRAS=gpu,test (onnxruntime-gpu + CuPy instead of onnxruntime).
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu,test
+MODELS ?= models
+HOST ?= 127.0.0.1
+GRPC_PORT ?= 8001
+HTTP_PORT ?= 8002
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.peregrine-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+SOURCES := $(shell find server kernels proto clients -type f \( -name '*.py' -o -name '*.proto' -o -name '*.cpp' \
+             -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' \) 2>/dev/null)
+
+.PHONY: setup models serve test lint bench-oip clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(SOURCES)
+	$(PY) -m pip install --quiet ".[$(EXTRAS)]"
+	rm -f $(VENV)/.peregrine-*
+	touch $@
+
+setup: $(STAMP)
+
+models: setup
+	$(VENV)/bin/peregrine-build-models --repository $(MODELS)
+
+serve: models
+	$(VENV)/bin/peregrine-server --model-repository $(MODELS) --host $(HOST) \
+		--grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
+
+test: models
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m pip install --quiet ruff
+	$(VENV)/bin/ruff check server clients kernels tests benchmarks
+
+# Served vs in-process ONNX Runtime under Triton's perf_analyzer (docs/BENCHMARKS.md).
+bench-oip: models
+	bash benchmarks/tools/install_perf_analyzer.sh
+	$(PY) benchmarks/bench_oip.py --repository $(MODELS)
+
+clean:
+	rm -rf build dist $(VENV)

@@ -1,0 +1,116 @@
+"""Model configuration: parsing, validation messages, and how it meets the ONNX graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from peregrine.server.config import ModelConfig, parse_model_config
+from peregrine.server.errors import ModelLoadError
+from support import onnx_models
+
+
+def test_defaults_when_empty() -> None:
+    cfg = parse_model_config("")
+    assert cfg == ModelConfig()
+    assert cfg.instance_group.device == "auto"
+    assert cfg.max_batch_size is None  # inferred from the graph
+
+
+def test_full_config_parses() -> None:
+    cfg = parse_model_config("""
+max_batch_size = 16
+version_policy = { latest = 2 }
+[instance_group]
+count = 2
+device = "cpu"
+[onnxruntime]
+intra_op_num_threads = 2
+graph_optimization_level = "extended"
+execution_providers = ["CPUExecutionProvider"]
+[[input]]
+name = "images"
+data_type = "TYPE_FP32"
+dims = [3, 640, 640]
+[dynamic_batching]
+max_queue_delay_us = 500
+preferred_batch_sizes = [4, 8]
+priority_levels = 2
+default_priority_level = 2
+window = "adaptive"
+[dynamic_batching.default_queue_policy]
+timeout_action = "delay"
+default_timeout_us = 100000
+""")
+    assert cfg.max_batch_size == 16
+    assert cfg.input[0].data_type == "FP32"
+    assert cfg.dynamic_batching is not None and cfg.dynamic_batching.window == "adaptive"
+    assert cfg.select_versions([1, 2, 3]) == [2, 3]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("max_batch_size = -1", "max_batch_size"),
+    ("max_batch_sise = 4", "max_batch_sise"),
+    ("[instance_group]\ndevice = 'tpu'", "instance_group.device"),
+    ("[[input]]\nname = 'x'\ndata_type = 'FLOAT'", "input.0.data_type"),
+    ("[[input]]\nname = 'x'\ndims = [0, 3]", "input.0.dims"),
+    ("version_policy = 'newest'", "version_policy"),
+    ("[dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 3", "dynamic_batching"),
+    ("max_batch_size = [", "not valid TOML"),
+])
+def test_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ModelLoadError) as e:
+        parse_model_config(text, "m/config.toml")
+    assert key in e.value.message
+    assert "m/config.toml" in e.value.message
+
+
+def test_version_policies() -> None:
+    assert parse_model_config("version_policy = 'all'").select_versions([3, 1]) == [1, 3]
+    assert parse_model_config("version_policy = {specific = [1, 4]}").select_versions([1, 2, 3, 4]) == [1, 4]
+    assert parse_model_config("").select_versions([1, 10, 2]) == [10]
+
+
+BAD_MODELS = {
+    "bad_toml": (onnx_models.identity("FP32", ["N", 2]), "max_batch_size = ["),
+    "bad_key": (onnx_models.identity("FP32", ["N", 2]), "batch = 4"),
+    "override_unknown_input": (onnx_models.identity("FP32", ["N", 2]), "[[input]]\nname = 'nope'"),
+    "override_wrong_type": (onnx_models.identity("FP32", ["N", 2]), "[[input]]\nname = 'INPUT0'\ndata_type = 'INT8'"),
+    "override_wrong_dims": (onnx_models.identity("FP32", ["N", 2]), "[[input]]\nname = 'INPUT0'\ndims = [3]"),
+    "batch_without_dynamic_dim": (onnx_models.identity("FP32", [1, 2]), "max_batch_size = 4"),
+    "not_onnx": (b"\x00garbage", None),
+    "cuda_without_gpu_build": (onnx_models.identity("FP32", ["N", 2]), "[instance_group]\ndevice = 'cuda'"),
+    "name_mismatch": (onnx_models.identity("FP32", ["N", 2]), "name = 'other'"),
+}
+
+
+def test_bad_models_fail_to_load_and_the_server_keeps_serving(tmp_path: Path, start_server) -> None:
+    for name, (model, config) in BAD_MODELS.items():
+        onnx_models.write(tmp_path, name, model, config)
+    onnx_models.write(tmp_path, "good", onnx_models.identity("FP32", ["N", 2]))
+    (tmp_path / "no_versions").mkdir()
+    (tmp_path / "no_versions" / "config.toml").write_text("")
+    server = start_server(tmp_path)
+    c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+    index = {m.name: m for m in c.get_model_repository_index().models}
+    assert index["good"].state == "READY"
+    for name in [*BAD_MODELS, "no_versions"]:
+        assert index[name].state == "UNAVAILABLE", name
+        assert index[name].reason, name
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model(name)
+        assert e.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT), (name, e.value)
+    assert c.is_server_ready() and c.is_model_ready("good")
+
+
+def test_overrides_narrow_dynamic_dims(tmp_path: Path, start_server) -> None:
+    onnx_models.write(tmp_path, "m", onnx_models.identity("FP32", ["N", None]),
+                      "max_batch_size = 4\n[[input]]\nname = 'INPUT0'\ndims = [3]\n")
+    server = start_server(tmp_path)
+    c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert list(c.get_model_metadata("m").inputs[0].shape) == [-1, 3]
+    assert list(c.get_model_metadata("m").outputs[0].shape) == [-1, -1]

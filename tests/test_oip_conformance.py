@@ -1,0 +1,222 @@
+"""The Open Inference Protocol as tritonclient (a client nobody here wrote) speaks it."""
+
+from __future__ import annotations
+
+import queue
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from conftest import ALL_TYPES
+from support import onnx_models
+
+
+@pytest.fixture
+def client(url: str) -> tc.InferenceServerClient:
+    return tc.InferenceServerClient(url)
+
+
+def _random(dt: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if dt == "BYTES":
+        return np.array([bytes(rng.integers(32, 127, size=rng.integers(0, 9)).astype(np.uint8))
+                         for _ in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+    if dt == "BOOL":
+        return rng.random(shape) > 0.5
+    np_dt = tc.triton_to_np_dtype(dt)
+    if np.issubdtype(np_dt, np.integer):
+        info = np.iinfo(np_dt)
+        return rng.integers(info.min, info.max, size=shape, dtype=np_dt, endpoint=True)
+    return (rng.standard_normal(shape) * 100).astype(np_dt)
+
+
+def test_server_health_and_metadata(client: tc.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta.name == "peregrine"
+    assert "model_repository" in meta.extensions
+
+
+def test_model_metadata_reports_graph_with_dynamic_dims(client: tc.InferenceServerClient) -> None:
+    meta = client.get_model_metadata("simple")
+    assert meta.versions == ["1"]
+    assert meta.platform == "onnxruntime_onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("INPUT0", "INT32", [-1, 16]), ("INPUT1", "INT32", [-1, 16])]
+    cfg = client.get_model_config("simple").config
+    assert cfg.max_batch_size == 8
+    assert [list(i.dims) for i in cfg.input] == [[16], [16]]
+    assert cfg.parameters["execution_providers"].string_value == "CPUExecutionProvider"
+    nobatch = client.get_model_config("simple_nobatch").config
+    assert nobatch.max_batch_size == 0
+    assert list(nobatch.input[0].dims) == [16]
+
+
+def test_model_ready(client: tc.InferenceServerClient) -> None:
+    assert client.is_model_ready("simple")
+    assert client.is_model_ready("simple", "1")
+    assert not client.is_model_ready("simple", "2")
+    assert not client.is_model_ready("broken")
+    assert not client.is_model_ready("no_such_model")
+
+
+@pytest.mark.parametrize("dt", ALL_TYPES)
+def test_raw_round_trip_every_datatype(client: tc.InferenceServerClient, dt: str) -> None:
+    rng = np.random.default_rng(hash(dt) % 2**32)
+    x = _random(dt, (3, 5), rng)
+    inp = tc.InferInput("INPUT0", list(x.shape), dt)
+    inp.set_data_from_numpy(x)
+    result = client.infer(f"identity_{dt.lower()}", [inp], request_id="r1")
+    out = result.as_numpy("OUTPUT0")
+    assert result.get_response().id == "r1"
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.parametrize("dt", ["BOOL", "INT32", "INT64", "UINT32", "UINT64", "FP32", "FP64", "BYTES"])
+def test_typed_contents_round_trip(url: str, dt: str) -> None:
+    """Clients that send the typed `contents` fields (not raw bytes) are answered in kind."""
+    from peregrine.proto import grpc_service_pb2 as pb
+    from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+
+    rng = np.random.default_rng(7)
+    x = _random(dt, (2, 3), rng)
+    field = {"BOOL": "bool_contents", "INT32": "int_contents", "INT64": "int64_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+             "FP64": "fp64_contents", "BYTES": "bytes_contents"}[dt]
+    req = pb.ModelInferRequest(model_name=f"identity_{dt.lower()}")
+    t = req.inputs.add(name="INPUT0", datatype=dt, shape=[2, 3])
+    getattr(t.contents, field).extend(x.reshape(-1).tolist())
+    with grpc.insecure_channel(url) as ch:
+        resp = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req)
+    assert not resp.raw_output_contents
+    got = list(getattr(resp.outputs[0].contents, field))
+    assert got == x.reshape(-1).tolist()
+
+
+def test_requested_outputs_and_batch(client: tc.InferenceServerClient) -> None:
+    a = np.arange(32, dtype=np.int32).reshape(2, 16)
+    b = np.full((2, 16), 3, np.int32)
+    inputs = [tc.InferInput("INPUT0", [2, 16], "INT32"), tc.InferInput("INPUT1", [2, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    r = client.infer("simple", inputs, outputs=[tc.InferRequestedOutput("OUTPUT1")])
+    np.testing.assert_array_equal(r.as_numpy("OUTPUT1"), a - b)
+    assert r.as_numpy("OUTPUT0") is None
+
+
+def test_stream_infer_in_order_with_errors_inline(client: tc.InferenceServerClient) -> None:
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for i in range(8):
+            x = np.full((1, 4), i, np.float32)
+            inp = tc.InferInput("INPUT0", [1, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            client.async_stream_infer("identity_fp32", [inp], request_id=str(i))
+        bad = tc.InferInput("INPUT0", [1, 4], "INT32")
+        bad.set_data_from_numpy(np.zeros((1, 4), np.int32))
+        client.async_stream_infer("identity_fp32", [bad], request_id="bad")
+        good = tc.InferInput("INPUT0", [1, 4], "FP32")
+        good.set_data_from_numpy(np.full((1, 4), 99, np.float32))
+        client.async_stream_infer("identity_fp32", [good], request_id="after")
+        got = [results.get(timeout=30) for _ in range(10)]
+    finally:
+        client.stop_stream()
+    for i, (result, error) in enumerate(got[:8]):
+        assert error is None
+        assert result.get_response().id == str(i)
+        assert result.as_numpy("OUTPUT0")[0, 0] == i
+    assert got[8][1] is not None  # the bad request is answered with an error...
+    assert got[9][0].as_numpy("OUTPUT0")[0, 0] == 99  # ...and the stream goes on
+
+
+def test_statistics_count_requests_and_batches(client: tc.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("identity_int16").model_stats[0]
+    x = np.ones((2, 3), np.int16)
+    inp = tc.InferInput("INPUT0", [2, 3], "INT16")
+    inp.set_data_from_numpy(x)
+    for _ in range(3):
+        client.infer("identity_int16", [inp])
+    after = client.get_inference_statistics("identity_int16").model_stats[0]
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3
+    assert after.execution_count - before.execution_count == 3
+    assert after.inference_count - before.inference_count == 6  # batch elements
+    sizes = {b.batch_size: b.compute_infer.count for b in after.batch_stats}
+    assert sizes[2] >= 3
+    assert after.inference_stats.compute_infer.ns > 0
+    everything = client.get_inference_statistics()
+    assert {"simple", "identity_int16"} <= {m.name for m in everything.model_stats}
+
+
+def test_repository_index_reports_failures(client: tc.InferenceServerClient) -> None:
+    index = {m.name: m for m in client.get_model_repository_index().models}
+    assert index["simple"].state == "READY"
+    assert index["broken"].state == "UNAVAILABLE"
+    assert index["broken"].reason  # says why
+    ready = {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
+    assert "broken" not in ready
+
+
+def test_load_and_unload(tmp_path: Path, start_server) -> None:
+    onnx_models.write(tmp_path, "m", onnx_models.identity("FP32", ["N", 2]))
+    server = start_server(tmp_path, model_control_mode="explicit")
+    c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert not c.is_model_ready("m")
+    c.load_model("m")
+    assert c.is_model_ready("m")
+    inp = tc.InferInput("INPUT0", [1, 2], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 2), np.float32))
+    assert c.infer("m", [inp]).as_numpy("OUTPUT0").tolist() == [[1.0, 1.0]]
+    # A new version on disk is picked up by a reload.
+    onnx_models.write(tmp_path, "m", onnx_models.identity("FP32", ["N", 2]), version=2)
+    c.load_model("m")
+    assert c.get_model_metadata("m").versions == ["2"]
+    c.unload_model("m")
+    assert not c.is_model_ready("m")
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("m", [inp])
+    assert e.value.status() == "StatusCode.UNAVAILABLE"
+    with pytest.raises(InferenceServerException) as e:
+        c.load_model("does_not_exist")
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_health_service_per_model(url: str) -> None:
+    with grpc.insecure_channel(url) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert stub.Check(health_pb2.HealthCheckRequest(service="")).status == serving
+        assert stub.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")).status == serving
+        assert stub.Check(health_pb2.HealthCheckRequest(service="simple")).status == serving
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Check(health_pb2.HealthCheckRequest(service="broken"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_services(url: str) -> None:
+    with grpc.insecure_channel(url) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        reqs = iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                     reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService")])
+        responses = list(stub.ServerReflectionInfo(reqs))
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+def test_metrics_endpoint(server, client: tc.InferenceServerClient) -> None:
+    inp = tc.InferInput("INPUT0", [1, 3], "FP64")
+    inp.set_data_from_numpy(np.ones((1, 3)))
+    client.infer("identity_fp64", [inp])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).read().decode()
+    assert 'peregrine_inference_request_success_total{model="identity_fp64",version="1"}' in text
+    assert "peregrine_queue_depth" in text
+    assert 'peregrine_request_duration_seconds_count{model="identity_fp64",status="OK"}' in text
