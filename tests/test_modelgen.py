@@ -313,6 +313,7 @@ def test_cli_writes_the_repository_and_skips_existing(
     assert config.read_text() == "# written by hand\n"
     assert sorted(p.name for p in (tmp_path / "yolov8n").iterdir()) == ["1", "config.toml"]
     assert sorted(p.name for p in (tmp_path / "yolov8n" / "1").iterdir()) == ["model.onnx"]
+    assert (tmp_path / "yolov8n" / "1" / "model.onnx").stat().st_mode & 0o777 == 0o644
 
     identity = tmp_path / "identity_fp32" / "1" / "model.onnx"
     identity.write_bytes(b"placeholder")

@@ -70,6 +70,7 @@ def write_model(root: Path, spec: ModelSpec, *, seed: int = 0, force: bool = Fal
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a server running as another user must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
