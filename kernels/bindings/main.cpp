@@ -7,8 +7,8 @@ namespace py = pybind11;
 
 namespace peregrine::bindings {
 void bind_preprocess(py::module_& m);
-
-
+void bind_postprocess(py::module_& m);
+void bind_classify(py::module_& m);
 void bind_cuda(py::module_& m);
 }  // namespace peregrine::bindings
 
@@ -23,7 +23,7 @@ PYBIND11_MODULE(_native, m) {
   }, "Whether this build contains the CUDA kernels.");
   m.def("hardware_threads", &peregrine::hardware_threads, "Threads the CPU kernels use when num_threads is 0.");
   peregrine::bindings::bind_preprocess(m);
-
-
+  peregrine::bindings::bind_postprocess(m);
+  peregrine::bindings::bind_classify(m);
   peregrine::bindings::bind_cuda(m);
 }

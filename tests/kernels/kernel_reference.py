@@ -62,3 +62,94 @@ def letterbox(img: np.ndarray, height: int, width: int, pad: float = 114, swap_r
     new_w, new_h, left, top, _, _, _ = letterbox_geometry(img.shape[0], img.shape[1], height, width)
     canvas = place(bilinear_resize(img, new_w, new_h), left, top, height, width, pad)
     return to_tensor(canvas, swap_rb, scale, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Detection post-processing. Box and IoU arithmetic is float32, step by step, like the kernels.
+# ---------------------------------------------------------------------------------------------------------
+
+def decode_image(head: np.ndarray, layout: str, conf: float, max_candidates: int, classes=None):
+    """One image: (boxes [k, 4] x1y1x2y2, scores [k], class ids [k], anchor ids [k]) by score desc, anchor asc."""
+    if layout == "yolov8":
+        rows = head.T  # [A, 4 + C]
+        cls_scores = rows[:, 4:]
+        scores = cls_scores.max(axis=1)
+        cls = cls_scores.argmax(axis=1)
+        keep = scores > np.float32(conf)
+    elif layout == "yolov5":
+        rows = head
+        cls = rows[:, 5:].argmax(axis=1)
+        scores = rows[:, 4] * rows[:, 5:].max(axis=1)
+        keep = (rows[:, 4] > np.float32(conf)) & (scores > np.float32(conf))
+    else:
+        rows = head
+        scores = rows[:, 4]
+        cls = np.rint(rows[:, 5]).astype(np.int64)
+        keep = scores > np.float32(conf)
+    if classes is not None:
+        keep &= np.isin(cls, list(classes))
+    idx = np.nonzero(keep)[0]
+    idx = idx[np.lexsort((idx, -scores[idx]))][:max_candidates]
+    if layout == "end2end":
+        boxes = rows[idx, :4].astype(np.float32)
+    else:
+        cx, cy, w, h = (rows[idx, j] for j in range(4))
+        two = np.float32(2)
+        boxes = np.stack([cx - w / two, cy - h / two, cx + w / two, cy + h / two], axis=1)
+    return boxes, scores[idx].astype(np.float32), cls[idx].astype(np.int32), idx.astype(np.int32)
+
+
+def nms_image(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int,
+              agnostic: bool = False) -> list[int]:
+    """Classic greedy NMS: indices kept, in the order they were kept."""
+    n = len(scores)
+    valid = np.nonzero(~np.isnan(scores))[0]
+    order = valid[np.lexsort((valid, -scores[valid]))]
+    x1, y1, x2, y2 = (boxes[:, j].astype(np.float32) for j in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(n, bool)
+    keep: list[int] = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in order:
+            if suppressed[i]:
+                continue
+            keep.append(int(i))
+            if len(keep) == max_det:
+                break
+            w = np.maximum(np.float32(0), np.minimum(x2[i], x2) - np.maximum(x1[i], x1))
+            h = np.maximum(np.float32(0), np.minimum(y2[i], y2) - np.maximum(y1[i], y1))
+            inter = w * h
+            overlap = inter / ((areas[i] + areas) - inter)
+            same = np.ones(n, bool) if agnostic else classes == classes[i]
+            suppressed |= (overlap > np.float32(iou)) & same
+    return keep
+
+
+def map_back(boxes: np.ndarray, params: np.ndarray, height: int, width: int) -> np.ndarray:
+    sx, sy, px, py = (np.float32(v) for v in params)
+    out = np.empty_like(boxes, dtype=np.float32)
+    out[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - px) / sx, 0, width)
+    out[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - py) / sy, 0, height)
+    return out
+
+
+def detect_image(head, layout, conf, iou, max_det, classes=None, agnostic=False, params=None, size=None,
+                 max_candidates=8192) -> np.ndarray:
+    """[k, 6] detections of one image: decode -> NMS (not end-to-end) -> map back."""
+    boxes, scores, cls, _ = decode_image(head, layout, conf, max_candidates, classes)
+    keep = list(range(min(len(scores), max_det))) if layout == "end2end" else nms_image(
+        boxes, scores, cls, iou, max_det, agnostic)
+    boxes = boxes[keep]
+    if params is not None:
+        boxes = map_back(boxes, params, *size)
+    return np.concatenate([boxes, scores[keep, None], cls[keep, None].astype(np.float32)], axis=1)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.stack([np.lexsort((np.arange(x.shape[1]), -row))[:k] for row in x])
+    return np.take_along_axis(x, idx, axis=1), idx.astype(np.int32)
