@@ -1,1 +1,41 @@
-"""Peregrine client library."""
+"""Peregrine's Python client: Open Inference Protocol (KServe v2) over gRPC, sync and asyncio.
+
+Needs only grpcio, protobuf, NumPy and ``peregrine.proto``::
+
+    from peregrine.client import InferenceClient
+
+    with InferenceClient("127.0.0.1:8001") as client:
+        outputs = client.infer("yolov8n", {"images": frame}, deadline_s=0.05)
+
+The load-testing harness is :mod:`peregrine.client.load` (``python -m peregrine.client.load``).
+"""
+
+from __future__ import annotations
+
+from .aio import AsyncInferenceClient
+from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, NO_RETRY, RetryPolicy, TlsOptions
+from .detection import Detection, DetectionClient, FrameResult
+from .errors import PeregrineClientError
+from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata
+from .sync import InferenceClient
+from .tensors import InferRequest, StreamResult
+
+__all__ = [
+    "DEFAULT_DEADLINE_S",
+    "MAX_MESSAGE_BYTES",
+    "NO_RETRY",
+    "AsyncInferenceClient",
+    "Detection",
+    "DetectionClient",
+    "FrameResult",
+    "InferRequest",
+    "InferenceClient",
+    "ModelMetadata",
+    "PeregrineClientError",
+    "RepositoryModel",
+    "RetryPolicy",
+    "ServerMetadata",
+    "StreamResult",
+    "TensorMetadata",
+    "TlsOptions",
+]

@@ -1,0 +1,137 @@
+"""``AsyncInferenceClient``: the asyncio (``grpc.aio``) twin of :class:`~peregrine.client.InferenceClient`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+from peregrine.proto import model_config_pb2 as mc
+
+from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
+from .errors import PeregrineClientError
+from .metadata import ModelMetadata, RepositoryModel, ServerMetadata
+from .tensors import InferRequest, StreamResult, build_request, parse_response, parse_stream_response
+
+
+class AsyncInferenceClient:
+    """An asyncio OIP client; the same calls, arguments, deadlines, retries and errors as
+    :class:`~peregrine.client.InferenceClient`, as coroutines. Create it inside the event loop that uses it;
+    ``await close()`` or use ``async with``."""
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        *,
+        tls: TlsOptions | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline_s: float | None = DEFAULT_DEADLINE_S,
+        retry: RetryPolicy | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.settings = ChannelSettings(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
+                                        max_message_bytes, tuple(channel_options))
+        self._channel = self.settings.aio_channel()
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata = self.settings.metadata()
+
+    async def _call(self, method: str, request: Any, deadline_s: float | None) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, timeout=self.settings.timeout(deadline_s),
+                                                     metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise PeregrineClientError.from_rpc_error(e, method) from None
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncInferenceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def server_live(self, *, deadline_s: float | None = None) -> bool:
+        return bool((await self._call("ServerLive", pb.ServerLiveRequest(), deadline_s)).live)
+
+    async def server_ready(self, *, deadline_s: float | None = None) -> bool:
+        return bool((await self._call("ServerReady", pb.ServerReadyRequest(), deadline_s)).ready)
+
+    async def model_ready(self, model: str, version: str = "", *, deadline_s: float | None = None) -> bool:
+        msg = await self._call("ModelReady", pb.ModelReadyRequest(name=model, version=version), deadline_s)
+        return bool(msg.ready)
+
+    async def server_metadata(self, *, deadline_s: float | None = None) -> ServerMetadata:
+        return ServerMetadata.from_proto(await self._call("ServerMetadata", pb.ServerMetadataRequest(), deadline_s))
+
+    async def model_metadata(self, model: str, version: str = "", *,
+                             deadline_s: float | None = None) -> ModelMetadata:
+        msg = await self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version), deadline_s)
+        return ModelMetadata.from_proto(msg)
+
+    async def model_config(self, model: str, version: str = "", *,
+                           deadline_s: float | None = None) -> mc.ModelConfig:
+        msg = await self._call("ModelConfig", pb.ModelConfigRequest(name=model, version=version), deadline_s)
+        return msg.config
+
+    async def model_statistics(self, model: str = "", version: str = "", *,
+                               deadline_s: float | None = None) -> list[pb.ModelStatistics]:
+        msg = await self._call("ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version),
+                               deadline_s)
+        return list(msg.model_stats)
+
+    async def repository_index(self, ready_only: bool = False, *,
+                               deadline_s: float | None = None) -> list[RepositoryModel]:
+        msg = await self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready_only), deadline_s)
+        return RepositoryModel.list_from_proto(msg)
+
+    async def load_model(self, model: str, *, deadline_s: float | None = None) -> None:
+        await self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model), deadline_s)
+
+    async def unload_model(self, model: str, *, deadline_s: float | None = None) -> None:
+        await self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model), deadline_s)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        parameters: Mapping[str, bool | int | float | str] | None = None,
+        priority: int | None = None,
+        timeout_us: int | None = None,
+        deadline_s: float | None = None,
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """See :meth:`peregrine.client.InferenceClient.infer`."""
+        request = build_request(InferRequest(model, inputs, outputs, version, parameters, priority, timeout_us,
+                                             request_id))
+        return parse_response(await self._call("ModelInfer", request, deadline_s))
+
+    async def stream_infer(self, requests: Iterable[InferRequest] | AsyncIterable[InferRequest], *,
+                           deadline_s: float | None = None) -> AsyncIterator[StreamResult]:
+        """See :meth:`peregrine.client.InferenceClient.stream_infer`; ``requests`` may be an async iterable."""
+
+        async def messages() -> AsyncIterator[pb.ModelInferRequest]:
+            if isinstance(requests, AsyncIterable):
+                async for r in requests:
+                    yield build_request(r)
+            else:
+                for r in requests:
+                    yield build_request(r)
+
+        timeout = None if deadline_s is None else self.settings.timeout(deadline_s)
+        call = self._stub.ModelStreamInfer(messages(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for msg in call:
+                yield parse_stream_response(msg)
+        except grpc.RpcError as e:
+            raise PeregrineClientError.from_rpc_error(e, "ModelStreamInfer") from None
+        finally:
+            call.cancel()

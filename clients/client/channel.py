@@ -1,0 +1,157 @@
+"""How a client reaches the server: channel options, TLS, bearer token, deadlines and retries.
+
+Retries are gRPC's own (a ``retryPolicy`` in the channel's service config): exponential backoff with jitter,
+on ``UNAVAILABLE`` only, and only for the idempotent calls listed in :data:`IDEMPOTENT_METHODS`. Inference,
+load and unload are never retried: a retried infer could run twice, and a load/unload changes state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+OIP_SERVICE = "inference.GRPCInferenceService"
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+DEFAULT_DEADLINE_S = 30.0
+
+# Calls that read state and change nothing: safe to send again after UNAVAILABLE.
+IDEMPOTENT_METHODS = (
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+    "ModelStatistics", "RepositoryIndex",
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of idempotent calls on UNAVAILABLE.
+
+    The n-th retry waits a random time in [0, min(initial_backoff_s * multiplier**(n-1), max_backoff_s)]
+    seconds (gRPC's jittered exponential backoff). ``max_attempts`` counts the first try; gRPC allows 2..5,
+    1 disables retries. All attempts together stay within the call's deadline."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    backoff_multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 5:
+            raise ValueError(f"max_attempts: gRPC allows 1 (no retries) to 5, got {self.max_attempts}")
+        if self.initial_backoff_s <= 0 or self.max_backoff_s <= 0 or self.backoff_multiplier <= 0:
+            raise ValueError("initial_backoff_s, max_backoff_s and backoff_multiplier must be positive")
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS for the channel, PEM bytes. ``root_certificates`` None uses the system's roots; give
+    ``private_key`` and ``certificate_chain`` together for mutual TLS. ``server_name_override`` checks the
+    server's certificate against that name instead of the target's host (tests, IP targets)."""
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    server_name_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("TLS client authentication needs both private_key and certificate_chain")
+
+    @classmethod
+    def from_files(cls, ca: str | Path | None = None, cert: str | Path | None = None,
+                   key: str | Path | None = None, server_name_override: str | None = None) -> TlsOptions:
+        """Read PEM files. Raises OSError when a file cannot be read."""
+
+        def read(p: str | Path | None) -> bytes | None:
+            return None if p is None else Path(p).read_bytes()
+
+        return cls(read(ca), read(key), read(cert), server_name_override)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Everything a client needs to open a channel and make calls.
+
+    ``deadline_s``: the deadline of a call that names none, in seconds (None: no deadline);
+    ``token``: sent as ``authorization: Bearer <token>`` on every call; ``headers``: more call metadata;
+    ``max_message_bytes``: largest message either way; ``channel_options``: extra gRPC channel arguments."""
+
+    target: str = "127.0.0.1:8001"
+    tls: TlsOptions | None = None
+    token: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    deadline_s: float | None = DEFAULT_DEADLINE_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    channel_options: Sequence[tuple[str, Any]] = ()
+
+    def __post_init__(self) -> None:
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s: expected a positive number of seconds or None, got {self.deadline_s}")
+
+    def options(self) -> list[tuple[str, Any]]:
+        opts: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(self.retry)),
+        ]
+        if self.tls is not None and self.tls.server_name_override:
+            opts.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
+        opts.extend(self.channel_options)
+        return opts
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        md = [(k.lower(), v) for k, v in self.headers.items()]
+        if self.token:
+            md.append(("authorization", f"Bearer {self.token}"))
+        return tuple(md)
+
+    def timeout(self, deadline_s: float | None) -> float | None:
+        """The gRPC ``timeout`` of one call: ``deadline_s`` if given (``math.inf``: none), else the default.
+
+        Raises ValueError for a deadline that is not positive."""
+        d = self.deadline_s if deadline_s is None else deadline_s
+        if d is None or math.isinf(d):
+            return None
+        if not d > 0:
+            raise ValueError(f"deadline_s: expected a positive number of seconds, got {d}")
+        return d
+
+    def channel(self) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(self.target, options=self.options())
+        return grpc.secure_channel(self.target, self.tls.credentials(), options=self.options())
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options())
+        return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.options())
+
+
+def service_config(retry: RetryPolicy) -> str:
+    """The channel's service config (JSON): the retry policy on the idempotent OIP methods."""
+    config: dict[str, Any] = {"methodConfig": []}
+    if retry.max_attempts > 1:
+        config["methodConfig"].append({
+            "name": [{"service": OIP_SERVICE, "method": m} for m in IDEMPOTENT_METHODS],
+            "retryPolicy": {
+                "maxAttempts": retry.max_attempts,
+                "initialBackoff": f"{retry.initial_backoff_s:.6f}s",
+                "maxBackoff": f"{retry.max_backoff_s:.6f}s",
+                "backoffMultiplier": retry.backoff_multiplier,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        })
+    return json.dumps(config)

@@ -1,0 +1,159 @@
+"""``InferenceClient``: a blocking Open Inference Protocol (KServe v2) gRPC client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+from peregrine.proto import model_config_pb2 as mc
+
+from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
+from .errors import PeregrineClientError
+from .metadata import ModelMetadata, RepositoryModel, ServerMetadata
+from .tensors import InferRequest, StreamResult, build_request, parse_response, parse_stream_response
+
+R = TypeVar("R")
+
+
+class InferenceClient:
+    """A blocking client for any OIP gRPC server (Peregrine, Triton, KServe runtimes).
+
+    ``url`` is ``host:port``. Every call has a deadline: its ``deadline_s`` argument in seconds, else the
+    client's ``deadline_s`` (``math.inf`` or None: no deadline). Idempotent calls (health, metadata, config,
+    statistics, index) are retried on UNAVAILABLE per ``retry``; infer, load and unload never are.
+    A failed call raises :class:`PeregrineClientError` with the gRPC status in ``.code``; arguments the
+    protocol cannot carry raise ValueError before anything is sent. Thread-safe; ``close()`` or use ``with``.
+    """
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        *,
+        tls: TlsOptions | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline_s: float | None = DEFAULT_DEADLINE_S,
+        retry: RetryPolicy | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.settings = ChannelSettings(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
+                                        max_message_bytes, tuple(channel_options))
+        self._channel = self.settings.channel()
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata = self.settings.metadata()
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _call(self, method: str, request: Any, deadline_s: float | None) -> Any:
+        fn: Callable[..., Any] = getattr(self._stub, method)
+        try:
+            return fn(request, timeout=self.settings.timeout(deadline_s), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise PeregrineClientError.from_rpc_error(e, method) from None
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- health and metadata -----------------------------------------------------------------------
+    def server_live(self, *, deadline_s: float | None = None) -> bool:
+        """True when the server answers and says it is live."""
+        return bool(self._call("ServerLive", pb.ServerLiveRequest(), deadline_s).live)
+
+    def server_ready(self, *, deadline_s: float | None = None) -> bool:
+        """True when the server is ready for inference."""
+        return bool(self._call("ServerReady", pb.ServerReadyRequest(), deadline_s).ready)
+
+    def model_ready(self, model: str, version: str = "", *, deadline_s: float | None = None) -> bool:
+        """True when ``model`` (``version``, or the server's default version) is loaded and ready."""
+        return bool(self._call("ModelReady", pb.ModelReadyRequest(name=model, version=version), deadline_s).ready)
+
+    def server_metadata(self, *, deadline_s: float | None = None) -> ServerMetadata:
+        return ServerMetadata.from_proto(self._call("ServerMetadata", pb.ServerMetadataRequest(), deadline_s))
+
+    def model_metadata(self, model: str, version: str = "", *, deadline_s: float | None = None) -> ModelMetadata:
+        """Inputs and outputs of a model. Raises PeregrineClientError NOT_FOUND for an unknown model."""
+        msg = self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version), deadline_s)
+        return ModelMetadata.from_proto(msg)
+
+    def model_config(self, model: str, version: str = "", *, deadline_s: float | None = None) -> mc.ModelConfig:
+        """The model's configuration as Triton's ``ModelConfig`` message."""
+        return self._call("ModelConfig", pb.ModelConfigRequest(name=model, version=version), deadline_s).config
+
+    def model_statistics(self, model: str = "", version: str = "", *,
+                         deadline_s: float | None = None) -> list[pb.ModelStatistics]:
+        """Statistics of one model, or of every ready model when ``model`` is empty (durations in ns)."""
+        msg = self._call("ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version), deadline_s)
+        return list(msg.model_stats)
+
+    # -- repository ----------------------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False, *, deadline_s: float | None = None) -> list[RepositoryModel]:
+        """Every model of the repository with its state (only READY ones with ``ready_only``)."""
+        msg = self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready_only), deadline_s)
+        return RepositoryModel.list_from_proto(msg)
+
+    def load_model(self, model: str, *, deadline_s: float | None = None) -> None:
+        """Load (or reload) a model from the repository; returns when it is ready. Never retried."""
+        self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model), deadline_s)
+
+    def unload_model(self, model: str, *, deadline_s: float | None = None) -> None:
+        """Unload a model; requests already queued finish first. Never retried."""
+        self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model), deadline_s)
+
+    # -- inference ---------------------------------------------------------------------------------
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        parameters: Mapping[str, bool | int | float | str] | None = None,
+        priority: int | None = None,
+        timeout_us: int | None = None,
+        deadline_s: float | None = None,
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run one inference and return its outputs by name.
+
+        ``inputs`` maps names to arrays of any OIP datatype (bool, (u)int8..64, float16/32/64; object, ``S``
+        or ``U`` arrays travel as BYTES and come back as object arrays of ``bytes``). ``outputs`` limits the
+        outputs returned (None: all). ``priority``: the model's priority level (1 most urgent).
+        ``timeout_us``: server-side queue timeout in microseconds. ``deadline_s``: the whole call's deadline
+        in seconds; past it the call ends with DEADLINE_EXCEEDED and the server drops the request.
+        Never retried. Numeric outputs are read-only arrays.
+
+        Raises PeregrineClientError (NOT_FOUND unknown model, INVALID_ARGUMENT wrong name/shape/datatype,
+        DEADLINE_EXCEEDED, UNAVAILABLE queue full or server unreachable, ...); ValueError for an input dtype
+        the protocol has no datatype for."""
+        request = build_request(InferRequest(model, inputs, outputs, version, parameters, priority, timeout_us,
+                                             request_id))
+        return parse_response(self._call("ModelInfer", request, deadline_s))
+
+    def stream_infer(self, requests: Iterable[InferRequest], *,
+                     deadline_s: float | None = None) -> Iterator[StreamResult]:
+        """Send requests over one ModelStreamInfer stream and yield a :class:`StreamResult` per request
+        (in request order on Peregrine). A request that fails yields a result with ``error`` set and the
+        stream goes on. ``deadline_s`` bounds the whole stream; unlike unary calls, a stream has no
+        deadline unless one is given (per-request limits: ``InferRequest.timeout_us``).
+
+        Raises PeregrineClientError when the stream itself fails; stopping the iteration cancels the stream."""
+        timeout = None if deadline_s is None else self.settings.timeout(deadline_s)
+        call = self._stub.ModelStreamInfer((build_request(r) for r in requests), timeout=timeout,
+                                           metadata=self._metadata)
+        try:
+            for msg in call:
+                yield parse_stream_response(msg)
+        except grpc.RpcError as e:
+            raise PeregrineClientError.from_rpc_error(e, "ModelStreamInfer") from None
+        finally:
+            call.cancel()

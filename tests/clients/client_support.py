@@ -1,0 +1,167 @@
+"""Fixtures and small servers for the client and load-harness tests.
+
+Not a conftest.py on purpose: conftest files outside packages all import as module ``conftest`` and replace
+each other in ``sys.modules``, which breaks ``from conftest import ...`` elsewhere in the suite. Test modules
+import the fixtures they use from here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from peregrine.server.app import PeregrineServer
+from peregrine.server.config import ServerConfig
+from support import onnx_models
+
+ALL_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "FP32", "FP64", "BYTES"]
+# A request to "slow" waits in the batcher for a fuller batch for this long: from the client's side, a
+# model whose run takes 5 s.
+SLOW_WINDOW_US = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def peregrine_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeregrineServer]:
+    """A real Peregrine server, in-process on port 0, owned by these tests (they load and unload models)."""
+    repo = tmp_path_factory.mktemp("client_models")
+    for dt in ALL_TYPES:
+        onnx_models.write(repo, f"identity_{dt.lower()}", onnx_models.identity(dt, ["N", None]))
+    onnx_models.write(repo, "slow", onnx_models.identity("FP32", ["N", 4]),
+                      f"max_batch_size = 8\n\n[dynamic_batching]\nmax_queue_delay_us = {SLOW_WINDOW_US}\n")
+    onnx_models.write(repo, "simple", onnx_models.add_sub(["N", 16]), "max_batch_size = 8\n")
+    onnx_models.write(repo, "spare", onnx_models.identity("INT32", ["N", 4]))
+    server = PeregrineServer(ServerConfig(model_repository=repo, grpc_port=0, http_port=None))
+    server.start()
+    yield server
+    server.stop(grace=0.5)
+
+
+@pytest.fixture(scope="module")
+def peregrine_url(peregrine_server: PeregrineServer) -> str:
+    return f"127.0.0.1:{peregrine_server.port}"
+
+
+@contextmanager
+def serve(servicer: pb_grpc.GRPCInferenceServiceServicer, workers: int = 4,
+          credentials: grpc.ServerCredentials | None = None,
+          interceptors: tuple[grpc.ServerInterceptor, ...] = ()) -> Iterator[int]:
+    """Run ``servicer`` on a gRPC server on 127.0.0.1, port 0; yields the bound port."""
+    server = grpc.server(ThreadPoolExecutor(workers), interceptors=interceptors,
+                         options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    address = "127.0.0.1:0"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=0).wait()
+
+
+class FlakyServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Answers UNAVAILABLE to the first ``failures`` calls of every method, then succeeds; counts calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _maybe_fail(self, method: str, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.calls[method] += 1
+            n = self.calls[method]
+        if n <= self.failures:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: try {n} fails on purpose")
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+        self._maybe_fail("ServerLive", context)
+        return pb.ServerLiveResponse(live=True)
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
+        self._maybe_fail("ModelMetadata", context)
+        return pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="fake")
+
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> pb.RepositoryIndexResponse:
+        self._maybe_fail("RepositoryIndex", context)
+        return pb.RepositoryIndexResponse()
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        self._maybe_fail("ModelInfer", context)
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        self._maybe_fail("RepositoryModelLoad", context)
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request: Any,
+                              context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        self._maybe_fail("RepositoryModelUnload", context)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class SlowServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """A server that stalls: every ModelInfer takes ``delay_s``; with ``workers`` threads the server
+    completes at most ``workers / delay_s`` requests per second and queues the rest."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.started: list[float] = []
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        self.started.append(time.perf_counter())
+        time.sleep(self.delay_s)
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM bytes of a throw-away CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+
+    ca: bytes
+    server_cert: bytes
+    server_key: bytes
+    client_cert: bytes
+    client_key: bytes
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """Generate the certificates with the ``openssl`` command (EC P-256, valid one day)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=peregrine-test-ca")
+    (directory / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, cn in (("server", "localhost"), ("client", "peregrine-test-client")):
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+
+    def read(name: str) -> bytes:
+        return (directory / name).read_bytes()
+
+    return Certificates(read("ca.pem"), read("server.pem"), read("server.key"), read("client.pem"),
+                        read("client.key"))

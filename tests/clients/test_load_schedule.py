@@ -1,0 +1,60 @@
+"""The open-loop scheduler keeps its schedule when the server stalls, and latencies count from the
+intended send time (no coordinated omission).
+
+The server is a fake that takes 200 ms per request on 2 threads: it completes at most 10 requests/s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from client_support import SlowServicer, serve
+from peregrine.client.channel import ChannelSettings
+from peregrine.client.load import LoadConfig, run_load
+
+DELAY_S = 0.2
+X = {"INPUT0": np.zeros((1, 4), np.float32)}
+
+
+def test_open_loop_sends_on_schedule_while_the_server_stalls() -> None:
+    slow = SlowServicer(DELAY_S)
+    with serve(slow, workers=2) as port:
+        config = LoadConfig("m", ChannelSettings(f"127.0.0.1:{port}"), mode="open", rate=40.0, warmup_s=0.0,
+                            duration_s=1.0, drain_s=15.0)
+        result = run_load(config, X)
+    r = result.records
+    order = np.argsort(r.intended_s)
+    intended, sent, latency = r.intended_s[order], r.sent_s[order], r.latency_s[order]
+    # Offered load: 40 requests at k/40 s, all sent on time although the server keeps up with a quarter.
+    assert result.sent == 40 and result.ok == 40 and result.errors == {}
+    np.testing.assert_allclose(intended, np.arange(40) / 40)
+    assert (sent - intended).max() < 0.1
+    assert result.send_lag_ms["max"] < 100
+    # Latency from the intended time includes the time spent queued behind earlier requests: the server
+    # needs 4 s for 40 requests, so the last ones wait about 3 s; none is faster than the server's 200 ms.
+    assert latency.min() >= DELAY_S * 0.9
+    assert latency[-5:].min() > 2.0
+    assert result.latency_ms["max"] > 2000
+    assert np.all(np.diff(latency[::8]) > 0)  # the queue only grows
+
+
+def test_open_loop_counts_deadline_misses() -> None:
+    with serve(SlowServicer(DELAY_S), workers=2) as port:
+        config = LoadConfig("m", ChannelSettings(f"127.0.0.1:{port}"), mode="open", rate=20.0, warmup_s=0.0,
+                            duration_s=1.0, deadline_ms=500.0)
+        result = run_load(config, X)
+    assert result.sent == 20
+    assert result.deadline_misses > 0
+    assert result.errors.get("DEADLINE_EXCEEDED", 0) == result.deadline_misses
+    assert result.ok + result.deadline_misses == result.sent
+    assert result.latency_ms["max"] <= 500 * 1.2  # answers past the deadline are misses, not latencies
+
+
+def test_closed_loop_waits_for_each_answer() -> None:
+    with serve(SlowServicer(DELAY_S), workers=2) as port:
+        config = LoadConfig("m", ChannelSettings(f"127.0.0.1:{port}"), mode="closed", concurrency=2,
+                            warmup_s=0.0, duration_s=1.0)
+        result = run_load(config, X)
+    # Two workers, 200 ms each: about 10 requests in a second, each measured from its own send.
+    assert 6 <= result.sent <= 12 and result.ok == result.sent
+    assert result.latency_ms["p50"] == pytest.approx(DELAY_S * 1000, rel=0.5)
