@@ -155,6 +155,24 @@ def tritonclient_loop(model: str, port: int, shape: list[int], concurrency: list
     return result
 
 
+def print_server_stats(model: str, port: int) -> None:
+    """Where the served time went, by the server's own account (ModelStatistics)."""
+    import tritonclient.grpc as tc
+
+    st = tc.InferenceServerClient(f"127.0.0.1:{port}").get_inference_statistics(model).model_stats[0]
+    inf = st.inference_stats
+
+    def avg(d: object) -> float:
+        return d.ns / max(d.count, 1) / 1e6  # type: ignore[attr-defined]
+
+    print(f"server: {inf.success.count} requests, {st.execution_count} batches; per request ms: "
+          f"total {avg(inf.success):.2f}, queue {avg(inf.queue):.2f}, input {avg(inf.compute_input):.2f}, "
+          f"infer {avg(inf.compute_infer):.2f}, output {avg(inf.compute_output):.2f}", file=sys.stderr)
+    for b in st.batch_stats:
+        print(f"  batch {b.batch_size}: {b.compute_infer.count} runs, infer {avg(b.compute_infer):.2f} ms, "
+              f"input {avg(b.compute_input):.2f} ms", file=sys.stderr)
+
+
 def model_input(model: str, port: int) -> str:
     import tritonclient.grpc as tc
 
@@ -207,6 +225,7 @@ def main() -> int:
             served = perf_analyzer(a.model, a.port, shape, a.concurrency, a.measurement_ms, a.stability_percentage)
         else:
             served = tritonclient_loop(a.model, a.port, shape, a.concurrency, a.measurement_ms / 1000 * 3)
+        print_server_stats(a.model, a.port)
     finally:
         server.terminate()
         server.wait(30)

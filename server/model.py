@@ -109,30 +109,35 @@ class ModelVersion:
         return model
 
     def warm_up(self) -> None:
-        """Run each instance once so that the first request does not pay for lazy initialisation.
-        Dynamic dimensions other than the batch are guessed as 1; a model that rejects the guess is
-        still served (its warm-up is skipped with a log line)."""
+        """Run each instance at the smallest and largest batch so that the first requests do not pay for
+        lazy initialisation (memory arenas, cuDNN plans). Dynamic dimensions other than the batch are
+        guessed as 1; a model that rejects the guess is still served (warm-up skipped, logged)."""
         guessed = any(d == -1 for t in self.inputs for d in (t.shape[1:] if self.max_batch_size else t.shape))
         rng = np.random.default_rng(0)
-        feed = {}
-        for t in self.inputs:
-            shape = tuple(1 if d == -1 else d for d in t.shape)
-            dt = datatypes.from_name(t.datatype)
-            if dt.name == "BYTES":
-                feed[t.name] = np.full(shape, b"warmup", dtype=object)
-            elif dt.name == "BOOL":
-                feed[t.name] = rng.random(shape) > 0.5
-            else:
-                feed[t.name] = rng.random(shape).astype(dt.numpy)
-        for s in self.sessions:
-            try:
-                s.run(feed, [o.name for o in self.outputs])
-            except Exception as e:
-                if not guessed:
-                    raise ModelLoadError(f"{self.name}/{self.version}: warm-up run failed: {e}") from None
-                log.info("%s/%s: warm-up skipped, the model needs real sizes for its dynamic dims (%s)",
-                         self.name, self.version, e)
-                return
+        batches = sorted({1, self.max_batch_size}) if self.max_batch_size else [0]
+        for batch in batches:
+            feed = {}
+            for t in self.inputs:
+                dims = [1 if d == -1 else d for d in t.shape]
+                if batch:
+                    dims[0] = batch
+                shape = tuple(dims)
+                dt = datatypes.from_name(t.datatype)
+                if dt.name == "BYTES":
+                    feed[t.name] = np.full(shape, b"warmup", dtype=object)
+                elif dt.name == "BOOL":
+                    feed[t.name] = rng.random(shape) > 0.5
+                else:
+                    feed[t.name] = rng.random(shape).astype(dt.numpy)
+            for s in self.sessions:
+                try:
+                    s.run(feed, [o.name for o in self.outputs])
+                except Exception as e:
+                    if not guessed:
+                        raise ModelLoadError(f"{self.name}/{self.version}: warm-up run failed: {e}") from None
+                    log.info("%s/%s: warm-up skipped, the model needs real sizes for its dynamic dims (%s)",
+                             self.name, self.version, e)
+                    return
 
     async def start(self) -> None:
         """Start the scheduler on the running event loop."""

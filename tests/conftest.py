@@ -40,7 +40,8 @@ def _standard_repository(root: Path) -> Path:
         onnx_models.write(root, f"identity_{dt.lower()}", onnx_models.identity(dt, ["N", None]))
     onnx_models.write(root, "simple", onnx_models.add_sub(["N", 16]), 'max_batch_size = 8\n')
     onnx_models.write(root, "simple_nobatch", onnx_models.add_sub([16]))
-    onnx_models.write(root, "gather", onnx_models.gather(), "max_batch_size = 4\n")
+    # On the CPU an out-of-range index fails the run (CUDA kernels do not check), so the poison works there.
+    onnx_models.write(root, "gather", onnx_models.gather(), "max_batch_size = 4\n[instance_group]\ndevice = 'cpu'\n")
     onnx_models.write(root, "finite", onnx_models.identity("FP32", ["N", 4]),
                       '[[input]]\nname = "INPUT0"\nreject_non_finite = true\n')
     onnx_models.write(root, "broken", b"this is not an onnx model")

@@ -53,7 +53,7 @@ def test_model_metadata_reports_graph_with_dynamic_dims(client: tc.InferenceServ
     cfg = client.get_model_config("simple").config
     assert cfg.max_batch_size == 8
     assert [list(i.dims) for i in cfg.input] == [[16], [16]]
-    assert cfg.parameters["execution_providers"].string_value == "CPUExecutionProvider"
+    assert cfg.parameters["execution_providers"].string_value.split(",")[-1] == "CPUExecutionProvider"
     nobatch = client.get_model_config("simple_nobatch").config
     assert nobatch.max_batch_size == 0
     assert list(nobatch.input[0].dims) == [16]

@@ -142,6 +142,10 @@ class OnnxSession:
             opts = dict(ort_cfg.provider_options.get(p, {}))
             if p in _GPU_PROVIDERS:
                 opts.setdefault("device_id", str(self.device_id))
+            if p == CUDA:
+                # ORT's default (EXHAUSTIVE) benchmarks cuDNN algorithms for every new input shape, which
+                # costs seconds each time the dynamic batcher forms a batch size it has not run before.
+                opts.setdefault("cudnn_conv_algo_search", "HEURISTIC")
             options.append(opts)
         return ort.InferenceSession(os.fspath(self.model_path), sess_options=so, providers=providers,
                                     provider_options=options)
@@ -165,7 +169,10 @@ class OnnxSession:
         ``__cuda_array_interface__``; outputs are NumPy arrays, or CuPy arrays when
         ``outputs_on_device`` is set on a GPU session."""
         feed = {k: _to_onnx(v) for k, v in inputs.items()}
-        if self.device == "cpu" or not self.config.onnxruntime.io_binding:
+        on_device = any(hasattr(v, "__cuda_array_interface__") for v in feed.values())
+        # IO binding is for device buffers. Host arrays in and out take the same two copies through
+        # run(), which measured several times faster than binding host buffers (docs/BENCHMARKS.md).
+        if self.device == "cpu" or not self.config.onnxruntime.io_binding or not (on_device or outputs_on_device):
             return self.session.run(output_names, feed)
         return self._run_bound(feed, output_names, outputs_on_device)
 
