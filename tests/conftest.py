@@ -15,8 +15,7 @@ from support import onnx_models  # noqa: E402
 from peregrine.server.app import PeregrineServer  # noqa: E402
 from peregrine.server.config import ServerConfig  # noqa: E402
 
-ALL_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BYTES"]
+from support.onnx_models import ALL_TYPES  # noqa: E402
 
 
 @pytest.fixture
