@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,16 +18,24 @@ namespace py = pybind11;
 template <class T>
 using Array = py::array_t<T, py::array::c_style>;
 
+// Messages are built with std::string only: no iostreams (with hidden visibility GCC 13 builds can carry
+// their own, never initialised copy of the locale facets and crash inside operator<<).
+inline std::string join(const std::vector<py::ssize_t>& dims) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
 inline std::string shape_of(const py::array& a) {
-  std::ostringstream s;
-  s << '[';
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
-  s << ']';
-  return s.str();
+  return join(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
 }
 
 inline std::string describe(const py::array& a) {
   return std::string(py::str(a.dtype())) + " " + shape_of(a);
+}
+
+inline std::string type_name(const py::handle& obj) {
+  return std::string(py::str(py::type::handle_of(obj).attr("__name__")));
 }
 
 [[noreturn]] inline void value_error(const std::string& message) { throw py::value_error(message); }
@@ -68,17 +75,14 @@ inline void check_unit(float value, const char* name) {
 inline py::array output_array(const py::object& obj, const char* name, const py::dtype& dtype,
                               const std::vector<py::ssize_t>& shape) {
   if (!py::isinstance<py::array>(obj)) {
-    type_error(std::string(name) + ": expected a numpy.ndarray, got " + std::string(py::str(obj.get_type())));
+    type_error(std::string(name) + ": expected a numpy.ndarray, got " + type_name(obj));
   }
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  std::ostringstream want;
-  want << std::string(py::str(dtype)) << " [";
-  for (std::size_t i = 0; i < shape.size(); ++i) want << (i ? ", " : "") << shape[i];
-  want << ']';
-  if (!a.dtype().equal(dtype)) type_error(std::string(name) + ": expected " + want.str() + ", got " + describe(a));
+  const std::string want = std::string(py::str(dtype)) + " " + join(shape);
+  if (!a.dtype().equal(dtype)) type_error(std::string(name) + ": expected " + want + ", got " + describe(a));
   bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
   for (std::size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
-  if (!same) value_error(std::string(name) + ": expected " + want.str() + ", got " + describe(a));
+  if (!same) value_error(std::string(name) + ": expected " + want + ", got " + describe(a));
   if (!(a.flags() & py::array::c_style)) value_error(std::string(name) + ": expected a C-contiguous array");
   if (!a.writeable()) value_error(std::string(name) + ": expected a writeable array");
   return a;

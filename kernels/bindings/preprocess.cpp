@@ -27,7 +27,7 @@ ResizeArgs read_args(const py::sequence& frames, const Array<std::int32_t>& plac
     py::object item = frames[i];
     const std::string name = "frames[" + std::to_string(i) + "]";
     if (!py::isinstance<py::array>(item)) {
-      type_error(name + ": expected a numpy.ndarray, got " + std::string(py::str(item.get_type())));
+      type_error(name + ": expected a numpy.ndarray, got " + type_name(item));
     }
     py::array a = py::reinterpret_borrow<py::array>(item);
     if (!a.dtype().equal(py::dtype::of<std::uint8_t>())) {
@@ -79,7 +79,7 @@ void resize_into(const py::object& out, const py::sequence& frames, const Array<
   check_threads(num_threads);
   ResizeArgs args = read_args(frames, placements, src_channel, mul, add, pad);
   if (!py::isinstance<py::array>(out)) {
-    type_error("out: expected a numpy.ndarray, got " + std::string(py::str(out.get_type())));
+    type_error("out: expected a numpy.ndarray, got " + type_name(out));
   }
   py::array a = py::reinterpret_borrow<py::array>(out);
   const TensorType type = tensor_type(a.dtype(), "out");

@@ -37,27 +37,41 @@ inline bool allowed(const DecodeOptions& o, std::int32_t cls) {
   return o.allowed == nullptr || (cls >= 0 && cls < o.allowed_size && o.allowed[cls] != 0);
 }
 
-// Per-anchor max and argmax (first maximum) over the class rows of a YOLOv8 head [4 + C, A].
+constexpr std::int32_t kAnchorBlock = 256;
+
+// Per-anchor maximum over the class rows of a YOLOv8 head [4 + C, A] for anchors [a0, a0 + len): the
+// running maxima stay in L1 while the block's class rows stream past once (and stay in L2 for the
+// argmax of the few anchors above the threshold).
 PEREGRINE_CLONES
-void class_max_rows(const float* __restrict scores, std::int32_t classes, std::int32_t anchors,
-                    float* __restrict best, std::int32_t* __restrict best_cls) {
-  for (std::int32_t a = 0; a < anchors; ++a) {
-    best[a] = scores[a];
-    best_cls[a] = 0;
-  }
+void block_class_max(const float* __restrict scores, std::int32_t classes, std::int32_t anchors, std::int32_t a0,
+                     std::int32_t len, float* __restrict best) {
+  const float* first = scores + a0;
+  for (std::int32_t j = 0; j < len; ++j) best[j] = first[j];
   for (std::int32_t c = 1; c < classes; ++c) {
-    const float* row = scores + static_cast<std::int64_t>(c) * anchors;
-    for (std::int32_t a = 0; a < anchors; ++a) {
-      const bool greater = row[a] > best[a];
-      best[a] = greater ? row[a] : best[a];
-      best_cls[a] = greater ? c : best_cls[a];
+    const float* row = scores + static_cast<std::int64_t>(c) * anchors + a0;
+    for (std::int32_t j = 0; j < len; ++j) {
+      const float b = best[j], r = row[j];  // by value: std::max on references does not vectorize
+      best[j] = std::max(b, r);
     }
   }
 }
 
+// First class whose score is greater than all earlier ones, i.e. argmax with the first maximum winning.
+inline std::int32_t class_argmax(const float* scores, std::int32_t classes, std::int64_t anchors, std::int32_t a) {
+  float best = scores[a];
+  std::int32_t cls = 0;
+  for (std::int32_t c = 1; c < classes; ++c) {
+    const float v = scores[c * anchors + a];
+    if (v > best) {
+      best = v;
+      cls = c;
+    }
+  }
+  return cls;
+}
+
 struct Scratch {
   std::vector<float> best;
-  std::vector<std::int32_t> best_cls;
   std::vector<Candidate> candidates;
   std::vector<float> x1, y1, x2, y2, area;  // sorted candidates' boxes
   std::vector<std::int32_t> cls;
@@ -70,9 +84,15 @@ void collect(const float* head, const HeadShape& s, const DecodeOptions& o, Scra
   w.candidates.clear();
   const std::int32_t A = s.anchors;
   if (s.layout == HeadLayout::kYoloV8) {
-    class_max_rows(head + 4 * static_cast<std::int64_t>(A), s.classes, A, w.best.data(), w.best_cls.data());
-    for (std::int32_t a = 0; a < A; ++a) {
-      if (w.best[a] > o.conf && allowed(o, w.best_cls[a])) w.candidates.push_back({w.best[a], a, w.best_cls[a]});
+    const float* scores = head + 4 * static_cast<std::int64_t>(A);
+    for (std::int32_t a0 = 0; a0 < A; a0 += kAnchorBlock) {
+      const std::int32_t len = std::min(kAnchorBlock, A - a0);
+      block_class_max(scores, s.classes, A, a0, len, w.best.data());
+      for (std::int32_t j = 0; j < len; ++j) {
+        if (!(w.best[j] > o.conf)) continue;
+        const std::int32_t cls = class_argmax(scores, s.classes, A, a0 + j);
+        if (allowed(o, cls)) w.candidates.push_back({w.best[j], a0 + j, cls});
+      }
     }
   } else if (s.layout == HeadLayout::kYoloV5) {
     const std::int64_t stride = 5 + s.classes;
@@ -169,8 +189,7 @@ void greedy(Scratch& w, std::int32_t n, float thr, std::int32_t max_det, bool ag
 }
 
 void reserve(Scratch& w, std::int32_t anchors, std::int32_t capacity, std::int32_t max_det) {
-  w.best.resize(static_cast<std::size_t>(anchors));
-  w.best_cls.resize(static_cast<std::size_t>(anchors));
+  w.best.resize(static_cast<std::size_t>(kAnchorBlock));
   w.candidates.reserve(static_cast<std::size_t>(anchors));
   for (auto* v : {&w.x1, &w.y1, &w.x2, &w.y2, &w.area}) v->resize(static_cast<std::size_t>(capacity));
   w.cls.resize(static_cast<std::size_t>(capacity));

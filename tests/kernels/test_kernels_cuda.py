@@ -1,0 +1,172 @@
+"""The CUDA tier against the same NumPy references (and OpenCV) as the CPU tiers.
+
+Runs where CuPy imports and the native module has CUDA kernels and a device:
+``python -m pytest tests/kernels -m gpu``. Everywhere else every test here is skipped.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+import kernel_reference as ref
+import peregrine.kernels as K
+from test_kernels_postprocess import end2end_head, random_boxes, yolov5_head, yolov8_head
+from test_kernels_preprocess import opencv_letterbox, photographs
+
+pytestmark = pytest.mark.gpu
+
+
+def test_tier_reports_cuda(cp) -> None:
+    assert K.active_tier("cuda") == K.NATIVE_CUDA
+
+
+@pytest.mark.parametrize("size", [(640, 640), (256, 416)])
+def test_letterbox_matches_opencv_on_photographs(cp, size: tuple[int, int]) -> None:
+    frames = photographs()
+    out = cp.full((len(frames), 3, *size), cp.nan, cp.float32)
+    params = K.letterbox_into(out, [cp.asarray(f) for f in frames])
+    host = out.get()
+    for i, frame in enumerate(frames):
+        assert np.abs(host[i] * 255 - opencv_letterbox(frame, *size)).max() <= 1.0 + 1e-3
+        _, _, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], *size)
+        np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4000), (4000, 3), (37, 61), (900, 8200)])
+def test_letterbox_matches_reference(cp, rng: np.random.Generator, shape: tuple[int, int]) -> None:
+    frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    tensor, _ = K.letterbox([cp.asarray(frame)], (96, 128))
+    np.testing.assert_allclose(tensor.get()[0], ref.letterbox(frame, 96, 128), rtol=0, atol=1e-5)
+
+
+def test_float16_stream_and_many_frames(cp, rng: np.random.Generator) -> None:
+    frames = [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
+              for h, w in rng.integers(1, 60, (70, 2))]  # more frames than one launch takes
+    stream = cp.cuda.Stream(non_blocking=True)
+    out = cp.full((70, 3, 32, 48), cp.nan, cp.float16)
+    K.letterbox_into(out, [cp.asarray(f) for f in frames], stream=stream, mean=0.5, std=0.25)
+    stream.synchronize()
+    host = out.get().astype(np.float32)
+    for i, frame in enumerate(frames):
+        expected = ref.letterbox(frame, 32, 48, mean=(0.5,) * 3, std=(0.25,) * 3)
+        np.testing.assert_allclose(host[i], expected, rtol=2e-3, atol=2e-3)
+
+
+def test_resize_and_center_crop_match_cpu(cp, rng: np.random.Generator) -> None:
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(300, 451), (451, 300)]]
+    device = [cp.asarray(f) for f in frames]
+    for op, kwargs in ((K.resize, {"size": (100, 150)}), (K.center_crop, {"size": 96, "resize_shorter": 110})):
+        gpu, gpu_params = op(device, **kwargs)
+        cpu, cpu_params = op(frames, **kwargs)
+        np.testing.assert_allclose(gpu.get(), cpu, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(gpu_params, cpu_params)
+    expected = cv2.resize(frames[0], (150, 100), interpolation=cv2.INTER_LINEAR)[..., ::-1].transpose(2, 0, 1)
+    assert np.abs(K.resize(device, (100, 150))[0].get()[0] * 255 - expected).max() <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize(("layout", "classes"), [("yolov8", 80), ("yolov8", 1), ("yolov5", 80), ("end2end", 0)])
+def test_decode_matches_reference(cp, rng: np.random.Generator, layout: str, classes: int) -> None:
+    head = {"yolov8": lambda: yolov8_head(rng, 3, classes, 2100), "yolov5": lambda: yolov5_head(rng, 3, classes, 2100),
+            "end2end": lambda: end2end_head(rng, 3, 300)}[layout]()
+    for conf, cap in ((0.3, 8192), (0.05, 100)):  # the second selects the top 100 of many (radix select)
+        c = K.decode(cp.asarray(head), layout, conf=conf, max_candidates=cap)
+        for i in range(3):
+            boxes, scores, cls, anchors = ref.decode_image(head[i], layout, conf, cap)
+            k = len(scores)
+            assert int(c.counts[i]) == k
+            np.testing.assert_allclose(c.boxes[i, :k].get(), boxes, rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(c.scores[i, :k].get(), scores)
+            np.testing.assert_array_equal(c.class_ids[i, :k].get(), cls)
+            np.testing.assert_array_equal(c.anchor_ids[i, :k].get(), anchors)
+
+
+def test_decode_ties_and_class_filter(cp, rng: np.random.Generator) -> None:
+    head = yolov8_head(rng, 2, 10, 1000)
+    head[:, 4:] *= np.float32(0.85)
+    head[:, 4:, :50] = 0.9
+    c = K.decode(cp.asarray(head), conf=0.2, max_candidates=40)
+    np.testing.assert_array_equal(c.anchor_ids[0].get(), np.arange(40))
+    c = K.decode(cp.asarray(head), conf=0.1, classes=[3, 7])
+    for i in range(2):
+        _, scores, cls, anchors = ref.decode_image(head[i], "yolov8", 0.1, 1000, [3, 7])
+        np.testing.assert_array_equal(c.anchor_ids[i, : len(anchors)].get(), anchors)
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+@pytest.mark.parametrize("tied", [False, True])
+def test_nms_matches_reference(cp, rng: np.random.Generator, agnostic: bool, tied: bool) -> None:
+    boxes, scores, cls = random_boxes(rng, 3, 1500, tied=tied)
+    scores[1, ::11] = np.nan
+    counts = np.array([1500, 777, 0], np.int32)
+    for iou, max_det in ((0.5, 300), (0.3, 20), (0.8, 1000)):
+        keep, kept = K.nms(cp.asarray(boxes), cp.asarray(scores), cp.asarray(cls), cp.asarray(counts), iou=iou,
+                           max_det=max_det, agnostic=agnostic)
+        keep, kept = keep.get(), kept.get()
+        for i in range(3):
+            n = counts[i]
+            expected = ref.nms_image(boxes[i, :n], scores[i, :n], cls[i, :n], iou, max_det, agnostic)
+            assert kept[i] == len(expected)
+            np.testing.assert_array_equal(keep[i, : kept[i]], expected)
+            assert (keep[i, kept[i] :] == -1).all()
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolov5", "end2end"])
+def test_detect_postprocess_matches_reference(cp, rng: np.random.Generator, layout: str) -> None:
+    n = 4
+    head = {"yolov8": lambda: yolov8_head(rng, n, 80, 8400), "yolov5": lambda: yolov5_head(rng, n, 80, 8400),
+            "end2end": lambda: end2end_head(rng, n, 300)}[layout]()
+    sizes = np.array([[1080, 1920], [480, 640], [640, 640], [720, 1280]], np.int32)
+    params = np.array([[1 / 3, 1 / 3, 0, 140], [1, 1, 0, 80], [1, 1, 0, 0], [0.5, 0.5, 0, 140]], np.float32)
+    dets = cp.full((n, 300, 6), cp.nan, cp.float32)
+    counts = cp.full(n, -77, cp.int32)
+    K.detect_postprocess_into(dets, counts, cp.asarray(head), layout, conf=0.25, iou=0.6, params=params,
+                              orig_sizes=sizes)
+    dets, counts = dets.get(), counts.get()
+    for i in range(n):
+        expected = ref.detect_image(head[i], layout, 0.25, 0.6, 300, None, False, params[i], sizes[i])
+        assert counts[i] == len(expected) > 0
+        np.testing.assert_allclose(dets[i, : counts[i]], expected, rtol=0, atol=1e-4)
+        assert (dets[i, counts[i] :] == 0).all()
+    cpu = K.detect_postprocess(head, layout, conf=0.25, iou=0.6, classes=[0, 1, 2], agnostic=True)
+    gpu = K.detect_postprocess(cp.asarray(head), layout, conf=0.25, iou=0.6, classes=[0, 1, 2], agnostic=True)
+    np.testing.assert_array_equal(gpu.counts.get(), cpu.counts)
+    np.testing.assert_allclose(gpu.dets.get(), cpu.dets, rtol=0, atol=1e-4)
+
+
+def test_detect_postprocess_edge_cases(cp, rng: np.random.Generator) -> None:
+    head = cp.asarray(yolov8_head(rng, 2, 1, 300))
+    empty = K.detect_postprocess(head, conf=1.0)
+    assert (empty.counts.get() == 0).all() and (empty.dets.get() == 0).all()
+    every = K.detect_postprocess(head, conf=0.0, iou=1.0, max_det=1000, max_candidates=100)
+    assert (every.counts.get() == 100).all()
+    with pytest.raises(ValueError, match="max_candidates"):
+        K.detect_postprocess(cp.zeros((1, 6, 100000), cp.float32), max_candidates=100000)
+
+
+def test_map_boxes_softmax_topk(cp, rng: np.random.Generator) -> None:
+    boxes, _, _ = random_boxes(rng, 2, 50)
+    params = np.array([[0.5, 0.5, 3, 7], [2, 2, 0, 0]], np.float32)
+    sizes = np.array([[100, 120], [60, 40]], np.int32)
+    mapped = K.map_boxes(cp.asarray(boxes), params, sizes).get()
+    for i in range(2):
+        np.testing.assert_allclose(mapped[i], ref.map_back(boxes[i], params[i], *sizes[i]), rtol=0, atol=1e-5)
+    logits = rng.normal(0, 3, (4, 1000)).astype(np.float32)
+    np.testing.assert_allclose(K.softmax(cp.asarray(logits)).get(), ref.softmax(logits), rtol=1e-5, atol=1e-9)
+    tied = np.round(logits, 0)
+    values, indices = K.topk(cp.asarray(tied), 7)
+    np.testing.assert_array_equal(indices.get(), ref.topk(tied, 7)[1])
+    np.testing.assert_array_equal(values.get(), ref.topk(tied, 7)[0])
+
+
+def test_bad_arguments(cp) -> None:
+    frame = np.ones((8, 8, 3), np.uint8)
+    with pytest.raises(TypeError, match="frames"):
+        K.letterbox([frame, cp.asarray(frame)], 32)
+    with pytest.raises(TypeError, match="out"):
+        K.letterbox_into(np.empty((1, 3, 8, 8), np.float32), [cp.asarray(frame)])
+    with pytest.raises(TypeError, match="scores"):
+        K.nms(cp.zeros((1, 3, 4), cp.float32), np.zeros((1, 3), np.float32), cp.zeros((1, 3), cp.int32))
+    with pytest.raises(ValueError, match="frames"):
+        K.letterbox([cp.ones((8, 16, 3), cp.uint8)[:, ::2]], 32)
