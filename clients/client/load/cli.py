@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Literal
 
+import grpc
 import numpy as np
 
 from ..channel import ChannelSettings, TlsOptions
@@ -110,7 +111,7 @@ class _ProgressLine:
 
         self.warmup_s = warmup_s
         self.bar = tqdm(total=round(total_s, 1), unit="s", file=sys.stderr, leave=False, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s {postfix}")
+                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s{postfix}")
 
     def __call__(self, elapsed: float, rec: Recorder) -> None:
         phase = "warm-up" if elapsed < self.warmup_s else "measuring"
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     line = _ProgressLine(a.warmup + a.duration, a.warmup) if show else None
     try:
         result = run_load(config, inputs, progress=line)
-    except Exception as e:  # the channel never became ready, or the run could not start
+    except (TimeoutError, grpc.RpcError, OSError) as e:  # the channel never became ready
         print(f"peregrine-load: cannot run against {a.url}: {e!r}", file=sys.stderr)
         return EXIT_USAGE
     finally:
