@@ -105,10 +105,13 @@ class CostModel:
         return self.a + self.b * n
 
     def upper(self, n: int) -> float:
-        """An estimate of the batch time that is not optimistic when the fit is unsure."""
+        """An estimate of the batch time that is not optimistic when the fit is unsure.
+
+        With one batch size seen (time ``t`` for ``m`` elements) and a true cost ``a + b * n`` with
+        ``a, b >= 0``, a smaller batch takes at most ``t`` and a larger one at most ``t * n / m``."""
         if self._fitted_sizes >= 2:
             return self.estimate(n)
-        return self._mean_per_item * n
+        return max(self.a, self._mean_per_item * n)
 
 
 class BatchPolicy:
@@ -191,8 +194,10 @@ class BatchPolicy:
         if not cfg.adaptive:
             return oldest + cfg.max_queue_delay
         cost = self.cost
+        urgent = min(r.deadline for r in batch)
         if not cost.ready:
-            return oldest + cfg.max_queue_delay
+            # No batch has run yet, so its time is unknown: any wait could cost a deadline.
+            return now if urgent < INF else oldest + cfg.max_queue_delay
         n = sum(r.size for r in batch)
         # Waiting pays only while the next request is expected sooner than the fixed cost of a batch
         # that merging it would save.
@@ -202,7 +207,6 @@ class BatchPolicy:
         close = oldest + cap
         # Never wait past the moment where running one more element would miss the most urgent deadline:
         # at `close`, dispatching still meets every deadline that dispatching now meets.
-        urgent = min(r.deadline for r in batch)
         if urgent < INF:
             close = min(close, urgent - cost.upper(n + 1))
         return close
