@@ -8,6 +8,7 @@ until the policy's wake time or the next arrival/completion, whichever comes fir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -212,10 +213,8 @@ class DynamicBatcher:
                 task.add_done_callback(self._running.discard)
                 continue  # another instance may be idle too
             timeout = None if decision.wake_at == INF else max(decision.wake_at - self._clock(), 0.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _run_batch(self, instance: int, entries: list[QueuedRequest], dispatched: float) -> None:
         requests = [e.payload[0] for e in entries]
