@@ -19,10 +19,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-
 import peregrine.kernels as K
 
 RESULTS = Path(__file__).parent / "results" / "kernels.md"
@@ -88,8 +88,11 @@ def numpy_letterbox(frames: list[np.ndarray], size: int = 640) -> np.ndarray:
         def axis(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             pos = ((np.arange(dst) + 0.5) * (src / dst) - 0.5).astype(np.float32)
             base = np.floor(pos)
-            return (np.clip(base, 0, src - 1).astype(np.intp), np.clip(base + 1, 0, src - 1).astype(np.intp),
-                    (pos - base).astype(np.float32))
+            return (
+                np.clip(base, 0, src - 1).astype(np.intp),
+                np.clip(base + 1, 0, src - 1).astype(np.intp),
+                (pos - base).astype(np.float32),
+            )
 
         x0, x1, wx = axis(w, nw)
         y0, y1, wy = axis(h, nh)
@@ -111,8 +114,17 @@ def opencv_letterbox(frames: list[np.ndarray], size: int = 640) -> np.ndarray:
         nw, nh = round(w * r), round(h * r)
         dw, dh = (size - nw) / 2, (size - nh) / 2
         resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        padded.append(cv2.copyMakeBorder(resized, round(dh - 0.1), round(dh + 0.1), round(dw - 0.1),
-                                         round(dw + 0.1), cv2.BORDER_CONSTANT, value=(114, 114, 114)))
+        padded.append(
+            cv2.copyMakeBorder(
+                resized,
+                round(dh - 0.1),
+                round(dh + 0.1),
+                round(dw - 0.1),
+                round(dw + 0.1),
+                cv2.BORDER_CONSTANT,
+                value=(114, 114, 114),
+            )
+        )
     return cv2.dnn.blobFromImages(padded, 1 / 255.0, swapRB=True)
 
 
@@ -166,47 +178,51 @@ def run_cpu(repeat: int) -> list[str]:
         frames = frames_1080p(rng, batch)
         reps = repeat if batch == 1 else max(5, repeat // 4)
         out = np.empty((batch, 3, 640, 640), np.float32)
-        opencv = {}
+        opencv: dict[int, float] = {}
         for t in sorted({1, threads}):
             cv2.setNumThreads(t)
-            opencv[t] = median_ms(lambda: opencv_letterbox(frames), reps)
-        rows = []
+            opencv[t] = median_ms(partial(opencv_letterbox, frames), reps)
+        rows: list[tuple[str, int, float, str]] = []
         for t in sorted({1, threads}):
             if K.has_native():
                 K.set_cpu_tier(K.NATIVE_CPU)
-                ms = median_ms(lambda t=t: K.letterbox_into(out, frames, num_threads=t), reps)
+                ms = median_ms(partial(K.letterbox_into, out, frames, num_threads=t), reps)
                 rows.append(("native C++", t, ms, f"{opencv[t] / ms:.2f}x faster"))
             rows.append(("OpenCV resize+copyMakeBorder+blobFromImages", t, opencv[t], "1.00x"))
         K.set_cpu_tier(K.NUMBA)
-        ms = median_ms(lambda: K.letterbox_into(out, frames), max(3, reps // 4))
+        ms = median_ms(partial(K.letterbox_into, out, frames), max(3, reps // 4))
         rows.append(("numba tier", 1, ms, f"{opencv[1] / ms:.2f}x"))
-        ms = median_ms(lambda: numpy_letterbox(frames), max(3, reps // 10), warmup=1)
+        ms = median_ms(partial(numpy_letterbox, frames), max(3, reps // 10), warmup=1)
         rows.append(("NumPy gathers", 1, ms, f"{opencv[1] / ms:.2f}x"))
         for name, t, ms, ratio in rows:
-            lines.append(f"| letterbox {batch}x1920x1080 BGR -> {batch}x3x640x640 RGB FP32 | {name} | {t} | "
-                         f"{ms:.3f} | {ratio} |")
+            lines.append(
+                f"| letterbox {batch}x1920x1080 BGR -> {batch}x3x640x640 RGB FP32 | {name} | {t} | {ms:.3f} | {ratio} |"
+            )
     cv2.setNumThreads(1)
     head = detection_head(rng, 1)
     n_cand = int((head[0, 4:].max(axis=0) > CONF).sum())
     label = f"decode + NMS [1,84,8400], {n_cand} candidates > {CONF}"
     numpy_ms = median_ms(lambda: numpy_decode_nms(head), max(5, repeat // 5), warmup=1)
-    rows = []
+    det_rows: list[tuple[str, float]] = []
     if K.has_native():
-        from peregrine.kernels import _native
+        from peregrine.kernels import _native  # type: ignore[attr-defined]
 
         K.set_cpu_tier(K.NATIVE_CPU)
-        ms = median_ms(lambda: K.detect_postprocess(head, conf=CONF, iou=IOU, max_det=MAX_DET, num_threads=1),
-                       repeat * 4)
-        rows.append(("native C++ (peregrine.kernels.detect_postprocess)", ms))
-        ms = median_ms(lambda: _native.detect_postprocess(head, 0, CONF, IOU, MAX_DET, 8192, None, False, None, None,
-                                                          1), repeat * 4)
-        rows.append(("native C++ (binding called directly)", ms))
+        ms = median_ms(
+            lambda: K.detect_postprocess(head, conf=CONF, iou=IOU, max_det=MAX_DET, num_threads=1), repeat * 4
+        )
+        det_rows.append(("native C++ (peregrine.kernels.detect_postprocess)", ms))
+        ms = median_ms(
+            lambda: _native.detect_postprocess(head, 0, CONF, IOU, MAX_DET, 8192, None, False, None, None, 1),
+            repeat * 4,
+        )
+        det_rows.append(("native C++ (binding called directly)", ms))
     K.set_cpu_tier(K.NUMBA)
-    rows.append(("numba tier", median_ms(lambda: K.detect_postprocess(head, conf=CONF, iou=IOU), repeat)))
-    rows.append(("NumPy decode + cv2.dnn.NMSBoxesBatched", median_ms(lambda: opencv_decode_nms(head), repeat)))
-    rows.append(("NumPy reference (decode + greedy loop)", numpy_ms))
+    det_rows.append(("numba tier", median_ms(lambda: K.detect_postprocess(head, conf=CONF, iou=IOU), repeat)))
+    det_rows.append(("NumPy decode + cv2.dnn.NMSBoxesBatched", median_ms(lambda: opencv_decode_nms(head), repeat)))
+    det_rows.append(("NumPy reference (decode + greedy loop)", numpy_ms))
     lines += ["", "| operation | implementation | threads | median ms | vs NumPy |", "|---|---|---|---|---|"]
-    for name, ms in rows:
+    for name, ms in det_rows:
         lines.append(f"| {label} | {name} | 1 | {ms:.3f} | {numpy_ms / ms:.1f}x faster |")
     return lines
 
@@ -226,8 +242,7 @@ def cupy_letterbox(cp, batch, size: int = 640):  # type: ignore[no-untyped-def]
     def axis(src: int, dst: int):  # type: ignore[no-untyped-def]
         pos = ((cp.arange(dst) + 0.5) * (src / dst) - 0.5).astype(cp.float32)
         base = cp.floor(pos)
-        return (cp.clip(base, 0, src - 1).astype(cp.intp), cp.clip(base + 1, 0, src - 1).astype(cp.intp),
-                pos - base)
+        return (cp.clip(base, 0, src - 1).astype(cp.intp), cp.clip(base + 1, 0, src - 1).astype(cp.intp), pos - base)
 
     x0, x1, wx = axis(w, nw)
     y0, y1, wy = axis(h, nh)
@@ -300,14 +315,26 @@ def run_gpu(repeat: int) -> list[str]:
         return statistics.median(times)
 
     rows = [
-        ("letterbox 16x1920x1080 BGR uint8 -> 16x3x640x640 RGB FP32", "native CUDA",
-         gpu_ms(lambda: K.letterbox_into(out, frame_list), repeat)),
-        ("letterbox 16x1920x1080 BGR uint8 -> 16x3x640x640 RGB FP32", "CuPy element-wise",
-         gpu_ms(lambda: cupy_letterbox(cp, frames), repeat)),
-        ("decode + NMS [16,84,8400], ~500 candidates/image", "native CUDA (detect_postprocess)",
-         gpu_ms(lambda: K.detect_postprocess(head, conf=CONF, iou=IOU, max_det=MAX_DET), repeat)),
-        ("decode + NMS [16,84,8400], ~500 candidates/image", "CuPy decode + IoU matrix, host greedy",
-         gpu_ms(lambda: cupy_decode_nms(cp, head), max(5, repeat // 5))),
+        (
+            "letterbox 16x1920x1080 BGR uint8 -> 16x3x640x640 RGB FP32",
+            "native CUDA",
+            gpu_ms(lambda: K.letterbox_into(out, frame_list), repeat),
+        ),
+        (
+            "letterbox 16x1920x1080 BGR uint8 -> 16x3x640x640 RGB FP32",
+            "CuPy element-wise",
+            gpu_ms(lambda: cupy_letterbox(cp, frames), repeat),
+        ),
+        (
+            "decode + NMS [16,84,8400], ~500 candidates/image",
+            "native CUDA (detect_postprocess)",
+            gpu_ms(lambda: K.detect_postprocess(head, conf=CONF, iou=IOU, max_det=MAX_DET), repeat),
+        ),
+        (
+            "decode + NMS [16,84,8400], ~500 candidates/image",
+            "CuPy decode + IoU matrix, host greedy",
+            gpu_ms(lambda: cupy_decode_nms(cp, head), max(5, repeat // 5)),
+        ),
     ]
 
     def both() -> None:
@@ -317,8 +344,12 @@ def run_gpu(repeat: int) -> list[str]:
     rows.append(("letterbox + decode/NMS, batch 16 (one stream)", "native CUDA", gpu_ms(both, repeat)))
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    lines = [f"GPU: {name}, CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}, CuPy {cp.__version__}", "",
-             "| operation | implementation | median ms (CUDA events) |", "|---|---|---|"]
+    lines = [
+        f"GPU: {name}, CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}, CuPy {cp.__version__}",
+        "",
+        "| operation | implementation | median ms (CUDA events) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {op} | {impl} | {ms:.3f} |" for op, impl, ms in rows]
     return lines
 
@@ -341,11 +372,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50, help="timed runs per measurement (median reported)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to update")
     args = parser.parse_args()
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    header = [f"## {'GPU' if args.gpu else 'CPU'} ({time.strftime('%Y-%m-%d')})", "",
-              f"Command: `{command}`", "",
-              f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
-              f"NumPy {np.__version__}, tier for NumPy arrays: {K.active_tier()}", ""]
+    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    header = [
+        f"## {'GPU' if args.gpu else 'CPU'} ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
+        f"NumPy {np.__version__}, tier for NumPy arrays: {K.active_tier()}, "
+        f"1-minute load average at start {os.getloadavg()[0]:.1f} (other processes share the machine "
+        f"when this is above 0)",
+        "",
+    ]
     if not args.gpu:
         import cv2
         import numba

@@ -8,8 +8,6 @@ module is missing or ``PEREGRINE_KERNELS=numba``), CuPy arrays on the native CUD
 from __future__ import annotations
 
 from ._dispatch import (
-    Candidates,
-    Detections,
     LAYOUTS,
     NATIVE_CPU,
     NATIVE_CUDA,
@@ -18,6 +16,8 @@ from ._dispatch import (
     PARAM_PAD_Y,
     PARAM_SCALE_X,
     PARAM_SCALE_Y,
+    Candidates,
+    Detections,
     active_tier,
     center_crop,
     center_crop_into,
@@ -41,8 +41,6 @@ from ._dispatch import (
 )
 
 __all__ = [
-    "Candidates",
-    "Detections",
     "LAYOUTS",
     "NATIVE_CPU",
     "NATIVE_CUDA",
@@ -51,6 +49,8 @@ __all__ = [
     "PARAM_PAD_Y",
     "PARAM_SCALE_X",
     "PARAM_SCALE_Y",
+    "Candidates",
+    "Detections",
     "active_tier",
     "center_crop",
     "center_crop_into",

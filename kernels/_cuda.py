@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native  # type: ignore[attr-defined]  # compiled module
 
 try:
     import cupy
@@ -88,20 +88,30 @@ def _mask(mask: np.ndarray | None) -> tuple[Any, int]:
     return cupy.asarray(mask), int(mask.shape[0])
 
 
-def resize_nchw(out: Any, frames: list[Any], placements: np.ndarray, height: int, width: int, transform: Any,
-                dtype: Any, stream: Any) -> Any:
+def resize_nchw(
+    out: Any,
+    frames: list[Any],
+    placements: np.ndarray,
+    height: int,
+    width: int,
+    transform: Any,
+    dtype: Any,
+    stream: Any,
+) -> Any:
     with _on([*frames, out], stream) as handle:
         n = len(frames)
         if out is None:
             out = cupy.empty((n, 3, height, width), np.dtype(dtype))
         descs = [(_ptr(f), int(f.shape[0]), int(f.shape[1]), int(f.strides[0])) for f in frames]
-        _native.cuda_resize_nchw(_ptr(out), out.dtype == np.float16, descs, placements, height, width, *transform,
-                                 handle)
+        _native.cuda_resize_nchw(
+            _ptr(out), out.dtype == np.float16, descs, placements, height, width, *transform, handle
+        )
     return out
 
 
-def decode(head: Any, layout: int, anchors: int, conf: float, max_candidates: int, mask: np.ndarray | None,
-           stream: Any) -> tuple[Any, ...]:
+def decode(
+    head: Any, layout: int, anchors: int, conf: float, max_candidates: int, mask: np.ndarray | None, stream: Any
+) -> tuple[Any, ...]:
     with _on([head], stream) as handle:
         n = int(head.shape[0])
         classes = int(head.shape[1] - 4) if layout == 0 else int(head.shape[2] - 5) if layout == 1 else 0
@@ -114,22 +124,56 @@ def decode(head: Any, layout: int, anchors: int, conf: float, max_candidates: in
         counts = cupy.empty(n, cupy.int32)
         keys, scratch_classes, scratch_counts = _scratch(n, anchors)
         allowed, allowed_size = _mask(mask)
-        _native.cuda_decode(_ptr(head), layout, n, anchors, classes, conf, max_candidates, _ptr(allowed),
-                            allowed_size, _ptr(boxes), _ptr(scores), _ptr(class_ids), _ptr(anchor_ids), _ptr(counts),
-                            cap, _ptr(keys), _ptr(scratch_classes), _ptr(scratch_counts), handle)
+        _native.cuda_decode(
+            _ptr(head),
+            layout,
+            n,
+            anchors,
+            classes,
+            conf,
+            max_candidates,
+            _ptr(allowed),
+            allowed_size,
+            _ptr(boxes),
+            _ptr(scores),
+            _ptr(class_ids),
+            _ptr(anchor_ids),
+            _ptr(counts),
+            cap,
+            _ptr(keys),
+            _ptr(scratch_classes),
+            _ptr(scratch_counts),
+            handle,
+        )
     return boxes, scores, class_ids, anchor_ids, counts
 
 
-def nms(boxes: Any, scores: Any, class_ids: Any, counts: Any, iou: float, max_det: int, agnostic: bool,
-        stream: Any) -> tuple[Any, Any]:
+def nms(
+    boxes: Any, scores: Any, class_ids: Any, counts: Any, iou: float, max_det: int, agnostic: bool, stream: Any
+) -> tuple[Any, Any]:
     with _on([boxes, scores, class_ids, counts], stream) as handle:
         n, k = int(boxes.shape[0]), int(boxes.shape[1])
         _check_shared(max(1, k), max_det, "boxes")
         keep = cupy.empty((n, max_det), cupy.int32)
         kept = cupy.empty(n, cupy.int32)
         keys, scratch_classes, scratch_counts = _scratch(n, k)
-        _native.cuda_nms(_ptr(boxes), _ptr(scores), _ptr(class_ids), _ptr(counts), n, k, iou, max_det, agnostic,
-                         _ptr(keep), _ptr(kept), _ptr(keys), _ptr(scratch_classes), _ptr(scratch_counts), handle)
+        _native.cuda_nms(
+            _ptr(boxes),
+            _ptr(scores),
+            _ptr(class_ids),
+            _ptr(counts),
+            n,
+            k,
+            iou,
+            max_det,
+            agnostic,
+            _ptr(keep),
+            _ptr(kept),
+            _ptr(keys),
+            _ptr(scratch_classes),
+            _ptr(scratch_counts),
+            handle,
+        )
     return keep, kept
 
 
@@ -138,14 +182,28 @@ def map_boxes(out: Any, boxes: Any, params: Any, sizes: Any, stream: Any) -> Any
         if out is None:
             out = cupy.empty_like(boxes)
         _check_out(out, "out", np.float32, tuple(boxes.shape))
-        _native.cuda_map_boxes(_ptr(boxes), _ptr(out), int(boxes.shape[0]), int(boxes.shape[1]), _ptr(params),
-                               _ptr(sizes), handle)
+        _native.cuda_map_boxes(
+            _ptr(boxes), _ptr(out), int(boxes.shape[0]), int(boxes.shape[1]), _ptr(params), _ptr(sizes), handle
+        )
     return out
 
 
-def detect_postprocess(dets: Any, counts: Any, head: Any, layout: int, anchors: int, conf: float, iou: float,
-                       max_det: int, max_candidates: int, mask: np.ndarray | None, agnostic: bool, params: Any,
-                       sizes: Any, stream: Any) -> tuple[Any, Any]:
+def detect_postprocess(
+    dets: Any,
+    counts: Any,
+    head: Any,
+    layout: int,
+    anchors: int,
+    conf: float,
+    iou: float,
+    max_det: int,
+    max_candidates: int,
+    mask: np.ndarray | None,
+    agnostic: bool,
+    params: Any,
+    sizes: Any,
+    stream: Any,
+) -> tuple[Any, Any]:
     with _on([head, dets, counts, params, sizes], stream) as handle:
         n = int(head.shape[0])
         classes = int(head.shape[1] - 4) if layout == 0 else int(head.shape[2] - 5) if layout == 1 else 0
@@ -155,9 +213,28 @@ def detect_postprocess(dets: Any, counts: Any, head: Any, layout: int, anchors: 
             counts = cupy.empty(n, cupy.int32)
         keys, scratch_classes, scratch_counts = _scratch(n, anchors)
         allowed, allowed_size = _mask(mask)
-        _native.cuda_detect_postprocess(_ptr(head), layout, n, anchors, classes, conf, iou, max_det, max_candidates,
-                                        _ptr(allowed), allowed_size, agnostic, _ptr(params), _ptr(sizes), _ptr(dets),
-                                        _ptr(counts), _ptr(keys), _ptr(scratch_classes), _ptr(scratch_counts), handle)
+        _native.cuda_detect_postprocess(
+            _ptr(head),
+            layout,
+            n,
+            anchors,
+            classes,
+            conf,
+            iou,
+            max_det,
+            max_candidates,
+            _ptr(allowed),
+            allowed_size,
+            agnostic,
+            _ptr(params),
+            _ptr(sizes),
+            _ptr(dets),
+            _ptr(counts),
+            _ptr(keys),
+            _ptr(scratch_classes),
+            _ptr(scratch_counts),
+            handle,
+        )
     return dets, counts
 
 

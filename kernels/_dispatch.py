@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 try:
-    from . import _native
+    from . import _native  # type: ignore[attr-defined]  # compiled; absent in a pure-Python checkout
 except ImportError:  # the numba tier serves
     _native = None
 
@@ -131,6 +131,7 @@ def _size(size: int | Sequence[int]) -> tuple[int, int]:
 def _triple(value: float | Sequence[float] | None, name: str, default: float) -> tuple[float, float, float]:
     if value is None:
         return (default, default, default)
+    values: tuple[float, ...]
     if isinstance(value, (int, float, np.integer, np.floating)):
         values = (float(value),) * 3
     else:
@@ -142,7 +143,7 @@ def _triple(value: float | Sequence[float] | None, name: str, default: float) ->
             raise ValueError(f"{name}: expected a number or 3 numbers, got {len(values)} values")
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name}: expected finite numbers, got {values}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -161,9 +162,7 @@ class PixelTransform(NamedTuple):
     pad: tuple[float, float, float]
 
 
-def _pixel_transform(
-    swap_rb: bool, scale: float, mean: Any, std: Any, pad_value: Any
-) -> PixelTransform:
+def _pixel_transform(swap_rb: bool, scale: float, mean: Any, std: Any, pad_value: Any) -> PixelTransform:
     if not isinstance(scale, (int, float, np.integer, np.floating)) or not math.isfinite(scale) or scale == 0:
         raise ValueError(f"scale: expected a finite non-zero number, got {scale!r}")
     means = _triple(mean, "mean", 0.0)
@@ -353,8 +352,19 @@ def letterbox(
     top = round(dh - 0.1) where dw, dh are half the leftover width and height.
     """
     return _resize_family(
-        "letterbox", None, frames, size, swap_rb=swap_rb, scale=scale, mean=mean, std=std,
-        pad_value=pad_value, dtype=dtype, scaleup=scaleup, num_threads=num_threads, stream=stream,
+        "letterbox",
+        None,
+        frames,
+        size,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=dtype,
+        scaleup=scaleup,
+        num_threads=num_threads,
+        stream=stream,
     )
 
 
@@ -374,8 +384,19 @@ def letterbox_into(
     """``letterbox`` writing into ``out`` (float32/float16 [N, 3, H, W], C-contiguous, writeable, on the
     frames' device; the model size is read from it). Returns the params array."""
     return _resize_family(
-        "letterbox", out, frames, None, swap_rb=swap_rb, scale=scale, mean=mean, std=std,
-        pad_value=pad_value, dtype=None, scaleup=scaleup, num_threads=num_threads, stream=stream,
+        "letterbox",
+        out,
+        frames,
+        None,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=None,
+        scaleup=scaleup,
+        num_threads=num_threads,
+        stream=stream,
     )[1]
 
 
@@ -393,8 +414,18 @@ def resize(
 ) -> tuple[Any, np.ndarray]:
     """Stretch every frame to the model size (no aspect preservation, no padding) into one NCHW tensor."""
     return _resize_family(
-        "stretch", None, frames, size, swap_rb=swap_rb, scale=scale, mean=mean, std=std, pad_value=0,
-        dtype=dtype, num_threads=num_threads, stream=stream,
+        "stretch",
+        None,
+        frames,
+        size,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=0,
+        dtype=dtype,
+        num_threads=num_threads,
+        stream=stream,
     )
 
 
@@ -411,8 +442,18 @@ def resize_into(
 ) -> np.ndarray:
     """``resize`` writing into ``out``; returns the params array."""
     return _resize_family(
-        "stretch", out, frames, None, swap_rb=swap_rb, scale=scale, mean=mean, std=std, pad_value=0,
-        dtype=None, num_threads=num_threads, stream=stream,
+        "stretch",
+        out,
+        frames,
+        None,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=0,
+        dtype=None,
+        num_threads=num_threads,
+        stream=stream,
     )[1]
 
 
@@ -438,8 +479,19 @@ def center_crop(
     (torchvision ``CenterCrop``); if the resized frame is smaller than the crop the rest is ``pad_value``.
     """
     return _resize_family(
-        "crop", None, frames, size, swap_rb=swap_rb, scale=scale, mean=mean, std=std, pad_value=pad_value,
-        dtype=dtype, resize_shorter=resize_shorter, num_threads=num_threads, stream=stream,
+        "crop",
+        None,
+        frames,
+        size,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=dtype,
+        resize_shorter=resize_shorter,
+        num_threads=num_threads,
+        stream=stream,
     )
 
 
@@ -458,8 +510,19 @@ def center_crop_into(
 ) -> np.ndarray:
     """``center_crop`` writing into ``out``; returns the params array."""
     return _resize_family(
-        "crop", out, frames, None, swap_rb=swap_rb, scale=scale, mean=mean, std=std, pad_value=pad_value,
-        dtype=None, resize_shorter=resize_shorter, num_threads=num_threads, stream=stream,
+        "crop",
+        out,
+        frames,
+        None,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=None,
+        resize_shorter=resize_shorter,
+        num_threads=num_threads,
+        stream=stream,
     )[1]
 
 
@@ -533,7 +596,7 @@ def _head(head: Any, layout: str) -> tuple[int, int, int, int, bool]:
     lid = LAYOUTS[layout]
     _array(head, "head", np.float32, 3, _LAYOUT_SHAPES[lid])
     n, d1, d2 = (int(v) for v in head.shape)
-    if lid == 0 and d1 < 5 or lid == 1 and d2 < 6 or lid == 2 and d2 != 6:
+    if (lid == 0 and d1 < 5) or (lid == 1 and d2 < 6) or (lid == 2 and d2 != 6):
         raise ValueError(f"head: expected {_LAYOUT_SHAPES[lid]} (C >= 1), got {_describe(head)}")
     anchors, classes = (d2, d1 - 4) if lid == 0 else (d1, d2 - 5) if lid == 1 else (d1, 0)
     return lid, n, anchors, classes, _is_device_array(head)
@@ -609,15 +672,22 @@ def decode(
     nb = _numba()
     cap = max(1, min(max_candidates, anchors))
     out = Candidates(
-        np.zeros((n, cap, 4), np.float32), np.zeros((n, cap), np.float32), np.full((n, cap), -1, np.int32),
-        np.full((n, cap), -1, np.int32), np.zeros(n, np.int32),
+        np.zeros((n, cap, 4), np.float32),
+        np.zeros((n, cap), np.float32),
+        np.full((n, cap), -1, np.int32),
+        np.full((n, cap), -1, np.int32),
+        np.zeros(n, np.int32),
     )
     nb_mask = mask if mask is not None else np.zeros(0, np.uint8)
     for i in range(n):
         scores, anchor_ids, class_ids, boxes = nb.collect(head[i], lid, conf, cap, nb_mask)
         k = scores.shape[0]
         out.boxes[i, :k], out.scores[i, :k], out.class_ids[i, :k], out.anchor_ids[i, :k] = (
-            boxes, scores, class_ids, anchor_ids)
+            boxes,
+            scores,
+            class_ids,
+            anchor_ids,
+        )
         out.counts[i] = k
     return out
 
@@ -689,8 +759,9 @@ def map_boxes(boxes: Any, params: Any, orig_sizes: Any, *, num_threads: int = 0,
     return _map_boxes(out, boxes, params, orig_sizes, num_threads, stream)
 
 
-def map_boxes_into(out: Any, boxes: Any, params: Any, orig_sizes: Any, *, num_threads: int = 0,
-                   stream: Any = None) -> Any:
+def map_boxes_into(
+    out: Any, boxes: Any, params: Any, orig_sizes: Any, *, num_threads: int = 0, stream: Any = None
+) -> Any:
     """``map_boxes`` writing into ``out`` (float32 [N, K, 4]; may be ``boxes`` itself). Returns out."""
     return _map_boxes(out, boxes, params, orig_sizes, num_threads, stream)
 
@@ -747,8 +818,22 @@ def detect_postprocess(
     ``max_det`` and ``agnostic``; ``map_boxes`` for ``params`` / ``orig_sizes``.
     Returns ``Detections(dets float32 [N, max_det, 6], counts int32 [N])`` on the head's device.
     """
-    return _detect(None, None, head, layout, conf, iou, max_det, classes, agnostic, params, orig_sizes,
-                   max_candidates, num_threads, stream)
+    return _detect(
+        None,
+        None,
+        head,
+        layout,
+        conf,
+        iou,
+        max_det,
+        classes,
+        agnostic,
+        params,
+        orig_sizes,
+        max_candidates,
+        num_threads,
+        stream,
+    )
 
 
 def detect_postprocess_into(
@@ -771,13 +856,40 @@ def detect_postprocess_into(
     ``counts`` (int32 [N]), both on the head's device. Returns them as ``Detections``."""
     if not (isinstance(dets, np.ndarray) or _is_device_array(dets)) or dets.ndim != 3:
         raise ValueError(f"dets: expected float32 [N, max_det, 6], got {_describe(dets)}")
-    return _detect(dets, counts, head, layout, conf, iou, int(dets.shape[1]), classes, agnostic, params,
-                   orig_sizes, max_candidates, num_threads, stream)
+    return _detect(
+        dets,
+        counts,
+        head,
+        layout,
+        conf,
+        iou,
+        int(dets.shape[1]),
+        classes,
+        agnostic,
+        params,
+        orig_sizes,
+        max_candidates,
+        num_threads,
+        stream,
+    )
 
 
-def _detect(dets: Any, counts: Any, head: Any, layout: str, conf: float, iou: float, max_det: int,
-            classes: Any, agnostic: bool, params: Any, orig_sizes: Any, max_candidates: int, num_threads: int,
-            stream: Any) -> Detections:
+def _detect(
+    dets: Any,
+    counts: Any,
+    head: Any,
+    layout: str,
+    conf: float,
+    iou: float,
+    max_det: int,
+    classes: Any,
+    agnostic: bool,
+    params: Any,
+    orig_sizes: Any,
+    max_candidates: int,
+    num_threads: int,
+    stream: Any,
+) -> Detections:
     lid, n, anchors, _, device = _head(head, layout)
     conf = _unit(conf, "conf")
     iou = _unit(iou, "iou")
@@ -798,14 +910,43 @@ def _detect(dets: Any, counts: Any, head: Any, layout: str, conf: float, iou: fl
     if device:
         from . import _cuda
 
-        return Detections(*_cuda.detect_postprocess(dets, counts, head, lid, anchors, conf, iou, max_det,
-                                                    max_candidates, mask, bool(agnostic), params, sizes, stream))
+        return Detections(
+            *_cuda.detect_postprocess(
+                dets,
+                counts,
+                head,
+                lid,
+                anchors,
+                conf,
+                iou,
+                max_det,
+                max_candidates,
+                mask,
+                bool(agnostic),
+                params,
+                sizes,
+                stream,
+            )
+        )
     if dets is None:
         dets = np.empty((n, max_det, 6), np.float32)
         counts = np.empty(n, np.int32)
     if _cpu_tier == NATIVE_CPU:
-        _native.detect_postprocess_into(dets, counts, head, lid, conf, iou, max_det, max_candidates, mask,
-                                        bool(agnostic), params, sizes, num_threads)
+        _native.detect_postprocess_into(
+            dets,
+            counts,
+            head,
+            lid,
+            conf,
+            iou,
+            max_det,
+            max_candidates,
+            mask,
+            bool(agnostic),
+            params,
+            sizes,
+            num_threads,
+        )
         return Detections(dets, counts)
     nb = _numba()
     nb_mask = mask if mask is not None else np.zeros(0, np.uint8)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import pytest
-
 import peregrine.kernels as K
+import pytest
 
 CPU_TIERS = [K.NATIVE_CPU, K.NUMBA] if K.has_native() else [K.NUMBA]
 

@@ -31,10 +31,10 @@ def letterbox_geometry(h: int, w: int, height: int, width: int, scaleup: bool = 
     r = min(height / h, width / w)
     if not scaleup:
         r = min(r, 1.0)
-    new_w, new_h = max(1, int(round(w * r))), max(1, int(round(h * r)))
+    new_w, new_h = max(1, round(w * r)), max(1, round(h * r))
     dw, dh = (width - new_w) / 2, (height - new_h) / 2
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
     return new_w, new_h, left, top, right, bottom, r
 
 
@@ -57,8 +57,16 @@ def to_tensor(canvas: np.ndarray, swap_rb: bool, scale: float, mean=(0.0, 0.0, 0
     return out.transpose(2, 0, 1)
 
 
-def letterbox(img: np.ndarray, height: int, width: int, pad: float = 114, swap_rb: bool = True,
-              scale: float = 1 / 255, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> np.ndarray:
+def letterbox(
+    img: np.ndarray,
+    height: int,
+    width: int,
+    pad: float = 114,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+) -> np.ndarray:
     new_w, new_h, left, top, _, _, _ = letterbox_geometry(img.shape[0], img.shape[1], height, width)
     canvas = place(bilinear_resize(img, new_w, new_h), left, top, height, width, pad)
     return to_tensor(canvas, swap_rb, scale, mean, std)
@@ -67,6 +75,7 @@ def letterbox(img: np.ndarray, height: int, width: int, pad: float = 114, swap_r
 # ---------------------------------------------------------------------------------------------------------
 # Detection post-processing. Box and IoU arithmetic is float32, step by step, like the kernels.
 # ---------------------------------------------------------------------------------------------------------
+
 
 def decode_image(head: np.ndarray, layout: str, conf: float, max_candidates: int, classes=None):
     """One image: (boxes [k, 4] x1y1x2y2, scores [k], class ids [k], anchor ids [k]) by score desc, anchor asc."""
@@ -99,8 +108,9 @@ def decode_image(head: np.ndarray, layout: str, conf: float, max_candidates: int
     return boxes, scores[idx].astype(np.float32), cls[idx].astype(np.int32), idx.astype(np.int32)
 
 
-def nms_image(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int,
-              agnostic: bool = False) -> list[int]:
+def nms_image(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int, agnostic: bool = False
+) -> list[int]:
     """Classic greedy NMS: indices kept, in the order they were kept."""
     n = len(scores)
     valid = np.nonzero(~np.isnan(scores))[0]
@@ -133,12 +143,16 @@ def map_back(boxes: np.ndarray, params: np.ndarray, height: int, width: int) -> 
     return out
 
 
-def detect_image(head, layout, conf, iou, max_det, classes=None, agnostic=False, params=None, size=None,
-                 max_candidates=8192) -> np.ndarray:
+def detect_image(
+    head, layout, conf, iou, max_det, classes=None, agnostic=False, params=None, size=None, max_candidates=8192
+) -> np.ndarray:
     """[k, 6] detections of one image: decode -> NMS (not end-to-end) -> map back."""
     boxes, scores, cls, _ = decode_image(head, layout, conf, max_candidates, classes)
-    keep = list(range(min(len(scores), max_det))) if layout == "end2end" else nms_image(
-        boxes, scores, cls, iou, max_det, agnostic)
+    keep = (
+        list(range(min(len(scores), max_det)))
+        if layout == "end2end"
+        else nms_image(boxes, scores, cls, iou, max_det, agnostic)
+    )
     boxes = boxes[keep]
     if params is not None:
         boxes = map_back(boxes, params, *size)

@@ -7,11 +7,10 @@ Runs where CuPy imports and the native module has CUDA kernels and a device:
 from __future__ import annotations
 
 import cv2
-import numpy as np
-import pytest
-
 import kernel_reference as ref
+import numpy as np
 import peregrine.kernels as K
+import pytest
 from test_kernels_postprocess import end2end_head, random_boxes, yolov5_head, yolov8_head
 from test_kernels_preprocess import opencv_letterbox, photographs
 
@@ -42,8 +41,9 @@ def test_letterbox_matches_reference(cp, rng: np.random.Generator, shape: tuple[
 
 
 def test_float16_stream_and_many_frames(cp, rng: np.random.Generator) -> None:
-    frames = [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
-              for h, w in rng.integers(1, 60, (70, 2))]  # more frames than one launch takes
+    frames = [
+        rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8) for h, w in rng.integers(1, 60, (70, 2))
+    ]  # more frames than one launch takes
     stream = cp.cuda.Stream(non_blocking=True)
     out = cp.full((70, 3, 32, 48), cp.nan, cp.float16)
     K.letterbox_into(out, [cp.asarray(f) for f in frames], stream=stream, mean=0.5, std=0.25)
@@ -68,8 +68,11 @@ def test_resize_and_center_crop_match_cpu(cp, rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize(("layout", "classes"), [("yolov8", 80), ("yolov8", 1), ("yolov5", 80), ("end2end", 0)])
 def test_decode_matches_reference(cp, rng: np.random.Generator, layout: str, classes: int) -> None:
-    head = {"yolov8": lambda: yolov8_head(rng, 3, classes, 2100), "yolov5": lambda: yolov5_head(rng, 3, classes, 2100),
-            "end2end": lambda: end2end_head(rng, 3, 300)}[layout]()
+    head = {
+        "yolov8": lambda: yolov8_head(rng, 3, classes, 2100),
+        "yolov5": lambda: yolov5_head(rng, 3, classes, 2100),
+        "end2end": lambda: end2end_head(rng, 3, 300),
+    }[layout]()
     for conf, cap in ((0.3, 8192), (0.05, 100)):  # the second selects the top 100 of many (radix select)
         c = K.decode(cp.asarray(head), layout, conf=conf, max_candidates=cap)
         for i in range(3):
@@ -90,7 +93,7 @@ def test_decode_ties_and_class_filter(cp, rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(c.anchor_ids[0].get(), np.arange(40))
     c = K.decode(cp.asarray(head), conf=0.1, classes=[3, 7])
     for i in range(2):
-        _, scores, cls, anchors = ref.decode_image(head[i], "yolov8", 0.1, 1000, [3, 7])
+        *_, anchors = ref.decode_image(head[i], "yolov8", 0.1, 1000, [3, 7])
         np.testing.assert_array_equal(c.anchor_ids[i, : len(anchors)].get(), anchors)
 
 
@@ -101,8 +104,15 @@ def test_nms_matches_reference(cp, rng: np.random.Generator, agnostic: bool, tie
     scores[1, ::11] = np.nan
     counts = np.array([1500, 777, 0], np.int32)
     for iou, max_det in ((0.5, 300), (0.3, 20), (0.8, 1000)):
-        keep, kept = K.nms(cp.asarray(boxes), cp.asarray(scores), cp.asarray(cls), cp.asarray(counts), iou=iou,
-                           max_det=max_det, agnostic=agnostic)
+        keep, kept = K.nms(
+            cp.asarray(boxes),
+            cp.asarray(scores),
+            cp.asarray(cls),
+            cp.asarray(counts),
+            iou=iou,
+            max_det=max_det,
+            agnostic=agnostic,
+        )
         keep, kept = keep.get(), kept.get()
         for i in range(3):
             n = counts[i]
@@ -115,14 +125,18 @@ def test_nms_matches_reference(cp, rng: np.random.Generator, agnostic: bool, tie
 @pytest.mark.parametrize("layout", ["yolov8", "yolov5", "end2end"])
 def test_detect_postprocess_matches_reference(cp, rng: np.random.Generator, layout: str) -> None:
     n = 4
-    head = {"yolov8": lambda: yolov8_head(rng, n, 80, 8400), "yolov5": lambda: yolov5_head(rng, n, 80, 8400),
-            "end2end": lambda: end2end_head(rng, n, 300)}[layout]()
+    head = {
+        "yolov8": lambda: yolov8_head(rng, n, 80, 8400),
+        "yolov5": lambda: yolov5_head(rng, n, 80, 8400),
+        "end2end": lambda: end2end_head(rng, n, 300),
+    }[layout]()
     sizes = np.array([[1080, 1920], [480, 640], [640, 640], [720, 1280]], np.int32)
     params = np.array([[1 / 3, 1 / 3, 0, 140], [1, 1, 0, 80], [1, 1, 0, 0], [0.5, 0.5, 0, 140]], np.float32)
     dets = cp.full((n, 300, 6), cp.nan, cp.float32)
     counts = cp.full(n, -77, cp.int32)
-    K.detect_postprocess_into(dets, counts, cp.asarray(head), layout, conf=0.25, iou=0.6, params=params,
-                              orig_sizes=sizes)
+    K.detect_postprocess_into(
+        dets, counts, cp.asarray(head), layout, conf=0.25, iou=0.6, params=params, orig_sizes=sizes
+    )
     dets, counts = dets.get(), counts.get()
     for i in range(n):
         expected = ref.detect_image(head[i], layout, 0.25, 0.6, 300, None, False, params[i], sizes[i])

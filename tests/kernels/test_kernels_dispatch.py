@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import peregrine.kernels as K
+import pytest
 
 
 def test_active_tier_reports_a_known_tier() -> None:
@@ -33,8 +32,12 @@ def test_set_cpu_tier_round_trips() -> None:
 def test_environment_variable_selects_the_tier(env: str, expected: str | None) -> None:
     code = "import peregrine.kernels as K; print(K.active_tier())"
     result = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PEREGRINE_KERNELS": env},
-        capture_output=True, text=True, check=True, timeout=60,
+        [sys.executable, "-c", code],
+        env={**os.environ, "PEREGRINE_KERNELS": env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     want = expected or (K.NATIVE_CPU if K.has_native() else K.NUMBA)
     assert result.stdout.strip() == want

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import kernel_reference as ref
+import numpy as np
 import peregrine.kernels as K
+import pytest
 
 
 def yolov8_head(rng: np.random.Generator, n: int, classes: int, anchors: int, size: float = 640) -> np.ndarray:
@@ -57,7 +56,7 @@ def check_candidates(c: K.Candidates, head: np.ndarray, layout: str, conf: float
 def test_decode_matches_reference(tier: str, rng: np.random.Generator, layout: str, classes: int) -> None:
     head = (yolov8_head if layout == "yolov8" else yolov5_head)(rng, 3, classes, 2100)
     c = K.decode(head, layout, conf=0.3, max_candidates=4096)
-    assert 0 < c.counts.min() and c.boxes.shape == (3, 2100, 4)
+    assert c.counts.min() > 0 and c.boxes.shape == (3, 2100, 4)
     check_candidates(c, head, layout, 0.3, 4096)
 
 
@@ -136,14 +135,27 @@ def test_detect_postprocess_matches_reference(
     tier: str, rng: np.random.Generator, layout: str, classes: list[int] | None, agnostic: bool
 ) -> None:
     n = 3
-    head = {"yolov8": lambda: yolov8_head(rng, n, 8, 2100), "yolov5": lambda: yolov5_head(rng, n, 8, 2100),
-            "end2end": lambda: end2end_head(rng, n, 300, 8)}[layout]()
+    head = {
+        "yolov8": lambda: yolov8_head(rng, n, 8, 2100),
+        "yolov5": lambda: yolov5_head(rng, n, 8, 2100),
+        "end2end": lambda: end2end_head(rng, n, 300, 8),
+    }[layout]()
     sizes = np.array([[1080, 1920], [480, 640], [640, 640]], np.int32)
     params = np.array([[1 / 3, 1 / 3, 0, 140], [1, 1, 0, 80], [1, 1, 0, 0]], np.float32)
     dets = np.full((n, 50, 6), np.nan, np.float32)
     counts = np.full(n, -77, np.int32)
-    K.detect_postprocess_into(dets, counts, head, layout, conf=0.4, iou=0.5, classes=classes, agnostic=agnostic,
-                              params=params, orig_sizes=sizes)
+    K.detect_postprocess_into(
+        dets,
+        counts,
+        head,
+        layout,
+        conf=0.4,
+        iou=0.5,
+        classes=classes,
+        agnostic=agnostic,
+        params=params,
+        orig_sizes=sizes,
+    )
     for i in range(n):
         expected = ref.detect_image(head[i], layout, 0.4, 0.5, 50, classes, agnostic, params[i], sizes[i])
         assert counts[i] == len(expected) > 0
@@ -247,8 +259,9 @@ class TestBadArguments:
         with pytest.raises(ValueError, match="logits"):
             K.softmax(scores[0])
         with pytest.raises(ValueError, match="out: expected"):
-            K.map_boxes_into(np.empty((2, 10, 3), np.float32), boxes, np.ones((2, 4), np.float32),
-                             np.ones((2, 2), np.int32))
+            K.map_boxes_into(
+                np.empty((2, 10, 3), np.float32), boxes, np.ones((2, 4), np.float32), np.ones((2, 2), np.int32)
+            )
 
     def test_native_binding_checks_its_own_arguments(self) -> None:
         if not K.has_native():
@@ -263,10 +276,17 @@ class TestBadArguments:
         with pytest.raises(TypeError):
             _native.decode(head.astype(np.float64), 0, 0.5, 10)
         with pytest.raises(ValueError, match="counts"):
-            _native.nms(np.zeros((1, 3, 4), np.float32), np.zeros((1, 3), np.float32), np.zeros((1, 3), np.int32),
-                        np.array([4], np.int32), 0.5, 10)
+            _native.nms(
+                np.zeros((1, 3, 4), np.float32),
+                np.zeros((1, 3), np.float32),
+                np.zeros((1, 3), np.int32),
+                np.array([4], np.int32),
+                0.5,
+                10,
+            )
         with pytest.raises(ValueError, match="k: expected"):
             _native.topk(np.zeros((1, 3), np.float32), 0)
         with pytest.raises(ValueError, match="dets"):
-            _native.detect_postprocess_into(np.empty((1, 9, 6), np.float32), np.empty(1, np.int32), head, 0, 0.5,
-                                            0.5, 10, 10)
+            _native.detect_postprocess_into(
+                np.empty((1, 9, 6), np.float32), np.empty(1, np.int32), head, 0, 0.5, 0.5, 10, 10
+            )
