@@ -7,7 +7,9 @@ Order: priority level first (1 is the most urgent; 0 means "no levels"), then ea
 then arrival order. Requests whose queue timeout passed under the DELAY action go behind all others.
 A batch is the most urgent request plus the next ones of the same shape, up to ``max_batch_size``
 elements. It is dispatched when it is full (or reaches the largest preferred size), when its window
-closes, or, in the adaptive window, as soon as waiting would cost a deadline or no longer pays.
+closes, or, in the adaptive window, as soon as waiting would cost a deadline or no longer pays. The
+adaptive window also stops merging requests when the learned cost shows that batching does not raise
+throughput (a batch of n costing about n single runs, as on a CPU).
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ class CostModel:
     def estimate(self, n: int) -> float:
         return self.a + self.b * n
 
+    def batching_pays(self, max_batch: int, gain: float = 1.1) -> bool:
+        """Whether, by the fit, a full batch of ``max_batch`` elements runs at least ``gain`` times the
+        throughput of single requests. True while fewer than two batch sizes were seen: batching is
+        then still being explored."""
+        if self._fitted_sizes < 2 or max_batch <= 1:
+            return True
+        full = self.estimate(max_batch)
+        if full <= 0:
+            return True
+        return max_batch * self.estimate(1) >= gain * full
+
     def upper(self, n: int) -> float:
         """An estimate of the batch time that is not optimistic when the fit is unsure.
 
@@ -140,6 +153,11 @@ class BatchPolicy:
         if idle_instances <= 0:
             return d
         live.sort(key=QueuedRequest.order)
+        if self.config.adaptive and not self.cost.batching_pays(self.config.max_batch_size):
+            # A batch of n costs about n single runs here (no fixed cost to share): merging requests
+            # would only make the first ones wait for the others' compute. The most urgent runs alone.
+            d.batch = [live[0]]
+            return d
         batch = self._fill(live)
         n = sum(r.size for r in batch)
         target = self._target(n)

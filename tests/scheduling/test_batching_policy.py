@@ -334,6 +334,43 @@ def test_adaptive_before_any_batch_does_not_gamble_with_a_deadline() -> None:
     assert seqs(d.batch) == [0]
 
 
+def test_adaptive_runs_requests_alone_when_batching_does_not_raise_throughput() -> None:
+    # A CPU-like cost: 100 ms per element, no fixed cost to share. A batch of 8 would take 800 ms and
+    # make the first request wait for seven others' compute.
+    cost = fitted(a=0.0, b=0.100)
+    assert not cost.batching_pays(8)
+    queue = [req(i, arrival=1.000 + i * 0.001) for i in range(8)]
+    d = adaptive(cost).decide(queue, now=1.010, idle_instances=1)
+    assert seqs(d.batch) == [0]
+    d = adaptive(cost).decide(queue[1:], now=1.011, idle_instances=2)
+    assert seqs(d.batch) == [1]  # at once: there is nothing to wait for
+
+
+def test_adaptive_batches_when_a_fixed_cost_is_shared() -> None:
+    cost = fitted(a=0.003, b=0.0005)  # GPU-like: a batch of 8 runs 4.3x the throughput of singles
+    assert cost.batching_pays(8)
+    queue = [req(i, arrival=1.000) for i in range(8)]
+    assert len(adaptive(cost).decide(queue, now=1.000, idle_instances=1).batch) == 8
+
+
+def test_batching_pays_threshold_is_a_ten_percent_throughput_gain() -> None:
+    # Throughput ratio of a batch of 8 over singles: 8 (a + b) / (a + 8 b).
+    assert fitted(a=0.0110, b=0.100).batching_pays(8) is False  # 1.095x
+    assert fitted(a=0.0125, b=0.100).batching_pays(8) is True  # 1.108x
+    assert CostModel().batching_pays(8)  # nothing seen: explore
+    one_size = CostModel()
+    one_size.observe_batch(1, 0.1)
+    assert one_size.batching_pays(8)  # one size seen: still exploring
+    assert fitted(a=0.0, b=0.1).batching_pays(1)  # no batching to decide about
+
+
+def test_fixed_window_batches_whatever_the_cost() -> None:
+    cost = fitted(a=0.0, b=0.100)
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, max_queue_delay=0.010), cost)
+    queue = [req(i, arrival=1.000) for i in range(8)]
+    assert len(policy.decide(queue, now=1.000, idle_instances=1).batch) == 8
+
+
 # -- property: waiting never costs a deadline that dispatching at once would meet ------------------
 def _random_case(rng: random.Random) -> tuple[BatchPolicy, list[QueuedRequest], float, float, float]:
     a = rng.uniform(0.0005, 0.020)
@@ -369,6 +406,8 @@ def _late_after_waiting(rng: random.Random, policy: BatchPolicy, queue: list[Que
     # What dispatching at once would run: the most urgent batch, as the policy fills it.
     forced = BatchPolicy(PolicyConfig(max_batch_size=policy.config.max_batch_size), policy.cost)
     at_once = forced.decide(list(queue), now, idle_instances=1).batch
+    if policy.config.adaptive and not policy.cost.batching_pays(policy.config.max_batch_size):
+        at_once = at_once[:1]  # where batching does not pay, the adaptive policy runs requests alone
     n0 = sum(r.size for r in at_once)
     would_meet = [r for r in at_once if now + true_cost(n0) <= r.deadline]
     # Let time run to each wake-up until the policy dispatches (one idle instance throughout).
