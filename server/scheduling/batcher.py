@@ -196,7 +196,16 @@ class DynamicBatcher:
         while True:
             self._wake.clear()
             now = self._clock()
-            decision = self.policy.decide(self._queue, now, len(self._idle))
+            try:
+                decision = self.policy.decide(self._queue, now, len(self._idle))
+            except Exception as e:
+                # A scheduling bug must fail the queued requests (INTERNAL), not leave them waiting forever.
+                log.error("batch policy failed; failing %d queued requests", len(self._queue), exc_info=e)
+                failed, self._queue = self._queue, []
+                for entry in failed:
+                    if not entry.payload[1].done():
+                        entry.payload[1].set_exception(e)
+                continue
             for entry in decision.expired:
                 self._queue.remove(entry)
                 _, future = entry.payload

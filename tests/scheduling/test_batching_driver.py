@@ -497,3 +497,27 @@ def test_close_lets_queued_and_running_requests_finish_then_refuses_new_ones() -
             await h.batcher.submit(h.request("c"))
 
     run(body)
+
+
+def test_a_failing_policy_fails_the_queued_requests_instead_of_hanging_them() -> None:
+    class BrokenPolicy(BatchPolicy):
+        def decide(self, queue: Any, now: float, idle_instances: int) -> Any:
+            if any(r.payload[0].id == "bad" for r in queue):
+                raise RuntimeError("policy bug")
+            return super().decide(queue, now, idle_instances)
+
+    async def body() -> None:
+        gates, executor, clock = Gates(), FakeExecutor(), Clock()
+        batcher = DynamicBatcher(BrokenPolicy(PolicyConfig(max_batch_size=1)), executor, 1, QueueConfig(),
+                                 shape_key=lambda r: (), size=lambda r: 1, run_in_thread=gates.run, clock=clock)
+        batcher.start()
+        h = Harness(batcher, gates, executor, clock)
+        with pytest.raises(RuntimeError):
+            await batcher.submit(h.request("bad"))
+        assert batcher.queue_depth == 0
+        ok = h.submit("ok")  # the driver goes on serving
+        await gates.release(0)
+        assert await ok == "out-ok"
+        assert executor.executed == [["ok"]]
+
+    run(body)
