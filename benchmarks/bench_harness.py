@@ -124,6 +124,7 @@ def main() -> int:
         print(f"{PERF_ANALYZER} is missing: run bash benchmarks/tools/install_perf_analyzer.sh", file=sys.stderr)
         return 2
     loads = [("closed", float(c)) for c in a.concurrency] + [("open", r) for r in a.rate]
+    load_before = os.getloadavg()[0]
     server = start_server(a.repository, a.model, a.port)
     results: dict[tuple[str, float], dict[str, list[dict[str, float]]]] = {}
     try:
@@ -143,7 +144,9 @@ def main() -> int:
         server.terminate()
         server.wait(30)
 
-    lines = [f"Model `{a.model}`, input [1,{a.shape}], {a.rounds} alternating rounds (median); {machine()}.", "",
+    busy = f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    lines = [f"Model `{a.model}`, input [1,{a.shape}], {a.rounds} alternating rounds (median); {machine()}; {busy}.",
+             "",
              "| load | perf_analyzer inf/s | harness inf/s | diff | perf_analyzer p50 ms | harness p50 ms | diff "
              "| perf_analyzer p99 ms | harness p99 ms | within 15 % |",
              "|---|---|---|---|---|---|---|---|---|---|"]
