@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import machine, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("off", "fixed", "adaptive")
@@ -114,25 +114,10 @@ def peregrine_server(repository: Path, port: int) -> Iterator[str]:
 @contextmanager
 def running(cmd: list[str], url: str, models: list[str], env: dict[str, str] | None = None,
             cwd: Path | None = None) -> Iterator[str]:
-    import tritonclient.grpc as tc
-
     print("+", shlex.join(cmd), file=sys.stderr)
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=sys.stderr, stderr=sys.stderr)
     try:
-        client = tc.InferenceServerClient(url)
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited during start-up ({proc.returncode})")
-            try:
-                if all(client.is_model_ready(m) for m in models):
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in 180 s")
-            time.sleep(0.25)
-        client.close()
+        wait_until_ready(proc, url, models)
         yield url
     finally:
         proc.terminate()
@@ -316,21 +301,6 @@ def open_loop(url: str, model: str, rate: float, seconds: float, deadline_s: flo
 
 
 # -- the report ----------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime as ort
-
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, ONNX Runtime {ort.__version__}")
-
-
 def fmt_ms(v: float) -> str:
     return "miss" if v == float("inf") else f"{v:.0f}"
 

@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -25,31 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import machine, start_peregrine
+
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
 GOAL = 0.15
-
-
-def start_server(repository: Path, model: str, port: int) -> subprocess.Popen[bytes]:
-    from peregrine.client import InferenceClient, PeregrineClientError
-
-    cmd = [sys.executable, "-m", "peregrine.server", "--model-repository", str(repository), "--grpc-port",
-           str(port), "--http-port", "-1", "--model-control-mode", "explicit", "--load-model", model,
-           "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd)
-    with InferenceClient(f"127.0.0.1:{port}", deadline_s=2.0) as client:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("the server exited during start-up")
-            try:
-                if client.model_ready(model):
-                    return proc
-            except PeregrineClientError:
-                pass
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the server did not become ready in 120 s")
 
 
 def input_name(port: int, model: str) -> str:
@@ -92,19 +71,6 @@ def run_harness(model: str, port: int, name: str, shape: str, load: tuple[str, f
     return {"throughput": r["throughput_rps"], "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"]}
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", type=Path, default=ROOT / "models")
@@ -125,7 +91,7 @@ def main() -> int:
         return 2
     loads = [("closed", float(c)) for c in a.concurrency] + [("open", r) for r in a.rate]
     load_before = os.getloadavg()[0]
-    server = start_server(a.repository, a.model, a.port)
+    server = start_peregrine(a.repository, a.model, a.port)
     results: dict[tuple[str, float], dict[str, list[dict[str, float]]]] = {}
     try:
         name = input_name(a.port, a.model)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -21,10 +19,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from _common import machine, start_peregrine
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
@@ -41,26 +41,26 @@ def session_for(repository: Path, model: str) -> ort.InferenceSession:
     return OnnxSession(model_dir / str(version) / config.default_model_filename, config).session
 
 
-def in_process(sess: ort.InferenceSession, shape: list[int], concurrency: int, seconds: float) -> dict[str, float]:
-    """Closed loop with `concurrency` threads calling run() on one session: throughput, p50, p99 (ms)."""
-    name = sess.get_inputs()[0].name
-    rng = np.random.default_rng(0)
-    x = rng.random(shape, dtype=np.float32)
-    sess.run(None, {name: x})
+def closed_loop(make_call: Callable[[], Callable[[], object]], concurrency: int,
+                seconds: float) -> dict[str, float]:
+    """`concurrency` threads, each calling its own `make_call()` back to back for `seconds` after one
+    warm-up call: throughput (calls/s), p50 and p99 (ms)."""
     latencies: list[float] = []
     lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+    start = time.perf_counter()
+    stop = start + seconds
 
     def worker() -> None:
+        call = make_call()
+        call()
         local = []
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            sess.run(None, {name: x})
+            call()
             local.append(time.perf_counter() - t)
         with lock:
             latencies.extend(local)
 
-    start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
@@ -72,26 +72,10 @@ def in_process(sess: ort.InferenceSession, shape: list[int], concurrency: int, s
             "p99": float(np.percentile(lat, 99))}
 
 
-def start_server(repository: Path, model: str, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "peregrine.server", "--model-repository", str(repository),
-           "--grpc-port", str(port), "--http-port", "-1", "--model-control-mode", "explicit",
-           "--load-model", model, "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd)
-    import tritonclient.grpc as tc
-
-    client = tc.InferenceServerClient(f"127.0.0.1:{port}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if client.is_model_ready(model):
-                return proc
-        except Exception:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("server exited during start-up")
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("server did not become ready")
+def in_process(sess: ort.InferenceSession, shape: list[int], concurrency: int, seconds: float) -> dict[str, float]:
+    """Closed loop with `concurrency` threads calling run() on one session."""
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+    return closed_loop(lambda: lambda: sess.run(None, feed), concurrency, seconds)
 
 
 def perf_analyzer(model: str, port: int, shape: list[int], concurrency: list[int],
@@ -118,41 +102,20 @@ def perf_analyzer(model: str, port: int, shape: list[int], concurrency: list[int
 
 def tritonclient_loop(model: str, port: int, shape: list[int], concurrency: list[int],
                       seconds: float) -> dict[int, dict[str, float]]:
-    """The same closed loop as perf_analyzer's, driven by tritonclient threads (for machines where
-    perf_analyzer cannot run)."""
+    """The same closed loop as perf_analyzer's, driven by tritonclient threads (one client each), for
+    machines where perf_analyzer cannot run."""
     import tritonclient.grpc as tc
 
     name = model_input(model, port)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    result = {}
-    for c in concurrency:
-        latencies: list[float] = []
-        lock = threading.Lock()
-        stop = time.perf_counter() + seconds
 
-        def worker() -> None:
-            client = tc.InferenceServerClient(f"127.0.0.1:{port}")
-            inp = tc.InferInput(name, shape, "FP32")
-            inp.set_data_from_numpy(x)
-            client.infer(model, [inp])
-            local = []
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                client.infer(model, [inp])
-                local.append(time.perf_counter() - t)
-            with lock:
-                latencies.extend(local)
+    def make_call() -> Callable[[], object]:
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = tc.InferInput(name, shape, "FP32")
+        inp.set_data_from_numpy(x)
+        return lambda: client.infer(model, [inp])
 
-        start = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(c)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        lat = np.array(latencies) * 1000
-        result[c] = {"throughput": len(lat) / (time.perf_counter() - start),
-                     "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
-    return result
+    return {c: closed_loop(make_call, c, seconds) for c in concurrency}
 
 
 def print_server_stats(model: str, port: int) -> None:
@@ -179,25 +142,6 @@ def model_input(model: str, port: int) -> str:
     return tc.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata(model).inputs[0].name
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = ""
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        try:
-            gpu = ", GPU " + subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                            capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            gpu = ", GPU unknown"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.release()}, ORT {ort.__version__}"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", type=Path, default=ROOT / "models")
@@ -219,7 +163,7 @@ def main() -> int:
     sess = session_for(a.repository, a.model)
     before = {c: in_process(sess, shape, c, a.in_process_seconds) for c in a.concurrency}
     del sess
-    server = start_server(a.repository, a.model, a.port)
+    server = start_peregrine(a.repository, a.model, a.port)
     try:
         if a.client == "perf_analyzer":
             served = perf_analyzer(a.model, a.port, shape, a.concurrency, a.measurement_ms, a.stability_percentage)
@@ -239,8 +183,9 @@ def main() -> int:
     for c in a.concurrency:
         inp = {k: statistics.median([before[c][k], after[c][k]]) for k in before[c]}
         s = served[c]
-        lines.append(f"| {c} | {s['throughput']:.2f} | {inp['throughput']:.2f} | {s['throughput'] / inp['throughput']:.3f} "
-                     f"| {s['p50']:.2f} | {inp['p50']:.2f} | {s['p50'] - inp['p50']:+.2f} | {s['p99']:.2f} | {inp['p99']:.2f} |")
+        ratio = s["throughput"] / inp["throughput"]
+        lines.append(f"| {c} | {s['throughput']:.2f} | {inp['throughput']:.2f} | {ratio:.3f} | {s['p50']:.2f} "
+                     f"| {inp['p50']:.2f} | {s['p50'] - inp['p50']:+.2f} | {s['p99']:.2f} | {inp['p99']:.2f} |")
     table = "\n".join(lines)
     print(table)
     if a.out:

@@ -1,0 +1,74 @@
+"""What the benchmark scripts share: describing the machine, and starting a server they measure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    """CPU model, core count, GPU (where ONNX Runtime has CUDA), OS, Python and ONNX Runtime versions."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [cpu, f"{os.cpu_count()} cores"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    if ort is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            gpu = "unknown"
+        parts.append(f"GPU {gpu}")
+    parts += [f"{platform.system()} {platform.release()}", f"Python {platform.python_version()}"]
+    if ort is not None:
+        parts.append(f"ONNX Runtime {ort.__version__}")
+    return ", ".join(parts)
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], url: str, models: list[str], timeout_s: float = 180) -> None:
+    """Block until every model is ready on the server at ``url``; raise if the process exits or time runs out."""
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited during start-up ({proc.returncode})")
+            try:
+                if all(client.is_model_ready(m) for m in models):
+                    return
+            except Exception:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not become ready in {timeout_s:g} s")
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
+def start_peregrine(repository: Path, model: str, port: int) -> subprocess.Popen[bytes]:
+    """A Peregrine server subprocess serving only ``model``, ready when this returns."""
+    cmd = [sys.executable, "-m", "peregrine.server", "--model-repository", str(repository),
+           "--grpc-port", str(port), "--http-port", "-1", "--model-control-mode", "explicit",
+           "--load-model", model, "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd)
+    try:
+        wait_until_ready(proc, f"127.0.0.1:{port}", [model], timeout_s=120)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc
