@@ -10,17 +10,19 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from peregrine.proto import _pool, grpc_service_pb2, grpc_service_pb2_grpc
+from peregrine.proto import _pool, detection_pb2, detection_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
 
 from .config import ServerConfig
 from .engine import Engine
 from .metrics import Metrics
 from .repository import ModelRepository
+from .transport.detection_service import DetectionServicer
 from .transport.inference_service import InferenceServicer
 
 log = logging.getLogger(__name__)
 
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+DETECTION_SERVICE = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name
 
 
 def peregrine_version() -> str:
@@ -73,10 +75,13 @@ class PeregrineServer:
         ]
         self._pool = ThreadPoolExecutor(config.grpc_workers, thread_name_prefix="grpc")
         self.grpc = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=None)
+        self.detection = DetectionServicer(self.repository, self.engine, self.metrics)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.grpc)
+        detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            [OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [OIP_SERVICE, DETECTION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
             self.grpc,
             pool=_reflection_pool(),
         )
@@ -95,7 +100,7 @@ class PeregrineServer:
             raise OSError(f"could not bind gRPC to {cfg.host}:{cfg.grpc_port}")
         if cfg.http_port is not None:
             self.http_port = self.metrics.serve(cfg.host, cfg.http_port)
-        for svc in ("", OIP_SERVICE):
+        for svc in ("", OIP_SERVICE, DETECTION_SERVICE):
             self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.start()
         if cfg.model_control_mode == "all":
@@ -103,7 +108,7 @@ class PeregrineServer:
         else:
             self.repository.load_all(cfg.load_models)
         self.servicer.ready = True
-        for svc in ("", OIP_SERVICE):
+        for svc in ("", OIP_SERVICE, DETECTION_SERVICE):
             self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         log.info("Peregrine %s serving gRPC on %s:%d%s", peregrine_version(), cfg.host, self.port,
                  f", metrics on :{self.http_port}" if self.http_port else "")

@@ -180,11 +180,8 @@ def decode_infer_request(
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
         raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {priority!r}")
     timeout_us = params.get("timeout")
-    if timeout_us is not None:
-        if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
-            raise InvalidArgument(
-                f"parameters.timeout: expected a non-negative integer (microseconds), got {timeout_us!r}"
-            )
+    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0):
+        raise InvalidArgument(f"parameters.timeout: expected a non-negative integer (microseconds), got {timeout_us!r}")
     requested = []
     for o in msg.outputs:
         if not o.name:
@@ -262,7 +259,8 @@ def model_config(model: ModelVersion, tier: str = "") -> mc.ModelConfig:
     elif isinstance(policy, dict):
         msg.version_policy.specific.versions.extend(policy["specific"])  # type: ignore[arg-type]
     for t in model.inputs:
-        msg.input.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape))
+        msg.input.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape),
+                      optional=t.optional)
     for t in model.outputs:
         msg.output.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape))
     on_gpu = model.sessions[0].device == "cuda"

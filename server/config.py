@@ -113,11 +113,62 @@ class DynamicBatchingConfig(_Strict):
         return self
 
 
+class DetectionConfig(_Strict):
+    """The ``[detection]`` block of a detection pipeline model (``platform = "peregrine_detection"``):
+    frames in, boxes out. Thresholds and limits are defaults that a request may override."""
+
+    # A detector model in the same repository whose versions this pipeline serves (its ONNX files are
+    # opened by the pipeline's own instances); None: the pipeline's own version directories hold them.
+    detector: str | None = None
+    # Head layout: "auto" reads it from the output's shape ([N, 4+C, A] yolov8, [N, A, 5+C] yolov5,
+    # [N, K, 6] end2end); set it when the shape is ambiguous.
+    layout: Literal["auto", "yolov8", "yolo11", "yolov5", "end2end", "yolov10"] = "auto"
+    # Model input [height, width]; None: read from the model (which then needs static sizes).
+    input_size: list[int] | None = None
+    score_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    iou_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    max_detections: int = Field(300, ge=1, le=100_000)
+    # Keep only these class ids (empty: all); class-agnostic NMS when agnostic_nms is set.
+    classes: list[int] = Field(default_factory=list)
+    agnostic_nms: bool = False
+    # Class names by id; empty: the model's `names` metadata (ultralytics exports it), else "class<i>".
+    labels: list[str] = Field(default_factory=list)
+    # Images over this many pixels are rejected before decoding.
+    max_pixels: int = Field(8192 * 8192, ge=1)
+    # Channel order of raw frames sent by clients and of the model's input tensor.
+    frame_channel_order: Literal["rgb", "bgr"] = "rgb"
+    model_channel_order: Literal["rgb", "bgr"] = "rgb"
+    pad_value: int = Field(114, ge=0, le=255)
+    scale: float = 1 / 255
+    # Decoded candidates kept per image before NMS.
+    max_candidates: int = Field(8192, ge=1)
+    # DetectStream: frames one stream runs at once, and frames kept waiting behind them (the oldest
+    # waiting frame is dropped when a new one arrives: latest frame wins).
+    stream_max_in_flight: int = Field(2, ge=1, le=64)
+    stream_max_waiting: int = Field(1, ge=1, le=64)
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 2 or any(d < 1 for d in v)):
+            raise ValueError(f"expected [height, width] in pixels, got {v}")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[int]) -> list[int]:
+        if any(c < 0 for c in v):
+            raise ValueError(f"expected class ids >= 0, got {v}")
+        return v
+
+
 class ModelConfig(_Strict):
     """One model's configuration (``config.toml``)."""
 
     name: str | None = None
-    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    # "peregrine_detection": a detection pipeline (decode -> letterbox -> ONNX model -> NMS), see
+    # the [detection] block.
+    platform: Literal["onnxruntime_onnx", "peregrine_detection"] = "onnxruntime_onnx"
     # None: 8 when every input and output has a dynamic first dimension, else 0 (no batching).
     max_batch_size: int | None = Field(None, ge=0)
     default_model_filename: str = "model.onnx"
@@ -130,6 +181,15 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatchingConfig | None = None
     warmup: bool = True
     parameters: dict[str, str] = Field(default_factory=dict)
+    detection: DetectionConfig | None = None
+
+    @model_validator(mode="after")
+    def _pipeline(self) -> ModelConfig:
+        if self.platform == "peregrine_detection" and self.detection is None:
+            raise ValueError("platform 'peregrine_detection' needs a [detection] block")
+        if self.detection is not None and self.platform != "peregrine_detection":
+            raise ValueError(f"a [detection] block needs platform = 'peregrine_detection', got '{self.platform}'")
+        return self
 
     @field_validator("version_policy")
     @classmethod

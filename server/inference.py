@@ -22,6 +22,7 @@ class TensorSpec:
     datatype: str  # OIP datatype name
     shape: tuple[int, ...]
     reject_non_finite: bool = False
+    optional: bool = False  # an input a request may leave out (Triton's ModelInput.optional)
 
     def describe(self) -> str:
         return f"{self.datatype} [{','.join('N' if d == -1 else str(d) for d in self.shape)}]"

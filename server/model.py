@@ -23,7 +23,7 @@ from .errors import InvalidArgument, ModelLoadError
 from .inference import InferRequest, InferResponse, TensorSpec
 from .runtime.executor import OnnxBatchExecutor
 from .runtime.onnx import OnnxSession
-from .scheduling.batcher import DynamicBatcher, QueueConfig, QueuePolicy
+from .scheduling.batcher import BatchExecutor, DynamicBatcher, QueueConfig, QueuePolicy
 from .scheduling.policy import BatchPolicy, PolicyConfig
 from .stats import ModelStats
 
@@ -43,7 +43,8 @@ def _apply_overrides(graph: list[TensorSpec], overrides: list[TensorConfig], bat
         spec = by_name[o.name]
         if o.data_type and o.data_type != spec.datatype:
             raise ModelLoadError(
-                f"{source}: {kind} '{o.name}' has data_type {o.data_type} in the config but {spec.datatype} in the model"
+                f"{source}: {kind} '{o.name}' has data_type {o.data_type} in the config but {spec.datatype} "
+                "in the model"
             )
         shape = spec.shape
         if o.dims is not None:
@@ -151,8 +152,7 @@ class ModelVersion:
             adaptive=bool(db and db.window == "adaptive"),
         )
         queue_cfg = _queue_config(db)
-        executor = OnnxBatchExecutor(self.name, self.sessions, self.inputs, self.outputs, batching,
-                                     max(self.max_batch_size, 1), self.stats)
+        executor = self.make_executor()
         self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-{i}") for i in range(len(self.sessions))]
         loop = asyncio.get_running_loop()
 
@@ -164,6 +164,11 @@ class ModelVersion:
             shape_key=self._shape_key, size=self._size, run_in_thread=run_in_thread,
         )
         self.batcher.start()
+
+    def make_executor(self) -> BatchExecutor:
+        """What runs a batch on an instance (the detection pipeline brings its own)."""
+        return OnnxBatchExecutor(self.name, self.sessions, self.inputs, self.outputs, self.max_batch_size > 0,
+                                 max(self.max_batch_size, 1), self.stats)
 
     async def stop(self) -> None:
         if self.batcher:
@@ -185,8 +190,9 @@ class ModelVersion:
         return tuple((n, a.dtype.str, a.shape[1:] if self.max_batch_size else a.shape)
                      for n, a in sorted(request.inputs.items()))
 
-    def validate(self, request: InferRequest) -> None:
-        """Check names, datatypes, shapes and batch size. Raises InvalidArgument naming the tensor."""
+    def validate(self, request: InferRequest) -> InferRequest:
+        """Check names, datatypes, shapes and batch size; returns the request to submit to :meth:`infer`.
+        Raises InvalidArgument naming the tensor. Runs in the transport's thread, not on the event loop."""
         expected = {t.name: t for t in self.inputs}
         missing = [n for n in expected if n not in request.inputs]
         if missing:
@@ -226,6 +232,7 @@ class ModelVersion:
                 raise InvalidArgument(
                     f"model '{self.name}': unknown output '{name}'; the model has {', '.join(known)}"
                 )
+        return request
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Queue, run, answer a request that :meth:`validate` accepted (the caller validates, off the

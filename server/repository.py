@@ -7,6 +7,7 @@ server down. A reload swaps the new versions in before the old ones drain and st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from .config import CONFIG_FILENAME, ModelConfig, load_model_config
 from .engine import Engine
 from .errors import ModelLoadError, NotFound, PeregrineError, Unavailable
 from .model import ModelVersion
+from .pipeline.detection import DetectionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +109,19 @@ class ModelRepository:
                     raise ModelLoadError(
                         f"{name}/{CONFIG_FILENAME}: name is '{config.name}' but the directory is '{name}'"
                     )
-                available = list(_versions(model_dir))
+                files_dir = self._files_dir(name, model_dir, config)
+                available = list(_versions(files_dir))
                 if not available:
-                    raise ModelLoadError(f"{name}: no version directories (expected e.g. {name}/1/model.onnx)")
+                    raise ModelLoadError(f"{files_dir.name}: no version directories (expected e.g. "
+                                         f"{files_dir.name}/1/model.onnx)")
                 wanted = config.select_versions(available)
                 if not wanted:
                     raise ModelLoadError(f"{name}: version_policy selects none of the versions {sorted(available)}")
                 loaded = {}
                 try:
                     for v in wanted:
-                        model = ModelVersion.load(name, v, model_dir / str(v), config)
+                        kind = DetectionPipeline if config.platform == "peregrine_detection" else ModelVersion
+                        model = kind.load(name, v, files_dir / str(v), config)
                         self.engine.run(model.start())
                         loaded[v] = model
                 except BaseException:
@@ -140,6 +145,18 @@ class ModelRepository:
         for m in previous.values():
             self.engine.run(m.stop())
 
+    def _files_dir(self, name: str, model_dir: Path, config: ModelConfig) -> Path:
+        """Where a model's version directories live: its own directory, or for a detection pipeline
+        that names a detector, the detector's."""
+        detector = config.detection.detector if config.detection else None
+        if not detector:
+            return model_dir
+        files_dir = self.root / detector
+        if "/" in detector or detector.startswith(".") or not files_dir.is_dir():
+            raise ModelLoadError(f"{name}/{CONFIG_FILENAME}: detection.detector '{detector}' is not a model "
+                                 "directory in the repository")
+        return files_dir
+
     def unload(self, name: str) -> None:
         """Stop serving a model; queued and running requests finish first."""
         with self._lock(name):
@@ -157,10 +174,9 @@ class ModelRepository:
 
     def load_all(self, names: list[str] | None = None) -> None:
         for name in names if names is not None else self.available():
-            try:
+            # A failure is recorded as UNAVAILABLE with its reason; the others still load.
+            with contextlib.suppress(PeregrineError):
                 self.load(name)
-            except PeregrineError:
-                pass  # recorded as UNAVAILABLE with its reason; the others still load
 
     def unload_all(self) -> None:
         for name in list(self._states):

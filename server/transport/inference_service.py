@@ -91,7 +91,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -----------------------------------------------------------------------------
     def _submit(self, request: InferRequest) -> tuple[ModelVersion, concurrent.futures.Future[Any]]:
         model = self.repo.get(request.model_name, request.model_version)
-        model.validate(request)
+        request = model.validate(request)
         return model, self.engine.submit(model.infer(request))
 
     @unary

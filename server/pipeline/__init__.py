@@ -1,0 +1,1 @@
+"""Pipelines: pre-processing kernel -> ONNX Runtime -> post-processing kernel as one served model."""

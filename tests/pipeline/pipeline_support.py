@@ -1,0 +1,216 @@
+"""A plain reference detection pipeline and the fixtures of the pipeline tests.
+
+The reference follows ultralytics' conventions step by step, written with OpenCV and NumPy only:
+LetterBox (INTER_LINEAR resize, grey 114 borders split with round(d -/+ 0.1)), /255 in RGB order,
+ONNX Runtime on the CPU, ``non_max_suppression`` (class offsets of 7680 px, greedy IoU suppression in
+score order, conf strictly above the threshold), ``scale_boxes`` and ``clip_boxes``. It shares no code
+with Peregrine's kernels.
+
+Not a conftest.py: see tests/clients/client_support.py for why.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import skimage.data
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from peregrine.server.app import PeregrineServer
+from peregrine.server.config import ServerConfig
+from peregrine.server.modelgen import end2end_detector, yolov5_detector, yolov8_detector
+from support import onnx_models
+
+MAX_WH = 7680  # ultralytics' class offset for batched NMS
+CONF, IOU, MAX_DET = 0.25, 0.7, 300
+
+
+# -- reference pipeline ----------------------------------------------------------------------------
+def letterbox(rgb: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """ultralytics LetterBox(auto=False, scaleup=True, center=True) + ToTensor: [1, 3, H, W] float32."""
+    h, w = rgb.shape[:2]
+    r = min(height / h, width / w)
+    new_w, new_h = int(round(w * r)), int(round(h * r))
+    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    # Resized in float, as Peregrine does: ultralytics resizes the uint8 image, and OpenCV's uint8 path
+    # rounds each pixel (and its 11-bit weights) on the way, which moves pixels by up to one level.
+    img = rgb.astype(np.float32)
+    if (w, h) != (new_w, new_h):
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114.0, 114.0, 114.0))
+    tensor = np.ascontiguousarray(img.transpose(2, 0, 1)[None]) / np.float32(255.0)
+    return tensor, r, (left, top)
+
+
+def _xywh2xyxy(x: np.ndarray) -> np.ndarray:
+    y = np.empty_like(x)
+    y[:, 0] = x[:, 0] - x[:, 2] / 2
+    y[:, 1] = x[:, 1] - x[:, 3] / 2
+    y[:, 2] = x[:, 0] + x[:, 2] / 2
+    y[:, 3] = x[:, 1] + x[:, 3] / 2
+    return y
+
+
+def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    """torchvision.ops.nms: keep boxes in descending score order, drop those overlapping a kept one > iou."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    suppressed = np.zeros(len(boxes), bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        xx1 = np.maximum(boxes[i, 0], boxes[:, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[:, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[:, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[:, 3])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        overlap = inter / (areas[i] + areas - inter)
+        suppressed |= overlap > iou
+    return keep
+
+
+def nms(head: np.ndarray, layout: str, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET) -> np.ndarray:
+    """One image's head output -> [k, 6] x1, y1, x2, y2, score, class in model pixels."""
+    if layout == "end2end":
+        x = head[head[:, 4] > conf]
+        return x[:max_det].astype(np.float32)
+    if layout == "yolov8":  # [4 + C, A]
+        x = head.T
+        cls = x[:, 4:]
+    else:  # yolov5 [A, 5 + C]: objectness times class probability
+        x = head[head[:, 4] > conf]
+        cls = x[:, 5:] * x[:, 4:5]
+    score = cls.max(1)
+    cls_id = cls.argmax(1)
+    keep = score > conf
+    boxes = _xywh2xyxy(x[keep, :4])
+    score, cls_id = score[keep], cls_id[keep]
+    kept = _greedy_nms(boxes + (cls_id[:, None] * MAX_WH).astype(np.float32), score, iou)[:max_det]
+    return np.concatenate([boxes[kept], score[kept, None], cls_id[kept, None]], axis=1).astype(np.float32)
+
+
+def scale_boxes(dets: np.ndarray, gain: float, pad: tuple[int, int], h: int, w: int) -> np.ndarray:
+    """ultralytics scale_boxes + clip_boxes: model pixels -> original pixels."""
+    out = dets.copy()
+    out[:, [0, 2]] = (out[:, [0, 2]] - pad[0]) / gain
+    out[:, [1, 3]] = (out[:, [1, 3]] - pad[1]) / gain
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
+
+
+@dataclass
+class Reference:
+    """The reference pipeline over one ONNX file."""
+
+    session: ort.InferenceSession
+    layout: str
+    height: int
+    width: int
+
+    @classmethod
+    def open(cls, path: Path, layout: str, size: int) -> Reference:
+        return cls(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), layout, size, size)
+
+    def __call__(self, rgb: np.ndarray, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET) -> np.ndarray:
+        tensor, gain, pad = letterbox(rgb, self.height, self.width)
+        head = self.session.run(None, {self.session.get_inputs()[0].name: tensor})[0][0]
+        return scale_boxes(nms(head, self.layout, conf, iou, max_det), gain, pad, *rgb.shape[:2])
+
+
+def assert_same_detections(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    """Same number of boxes; each reference box has a partner of the same class, corners within 1 px and
+    score within 1e-3 (matched greedily, so near-ties in score may come in either order)."""
+    assert len(got) == len(want), f"{what}: {len(got)} detections, reference has {len(want)}"
+    used = np.zeros(len(got), bool)
+    for k, ref in enumerate(want):
+        ok = (~used & (got[:, 5] == ref[5]) & (np.abs(got[:, 4] - ref[4]) <= 1e-3)
+              & (np.abs(got[:, :4] - ref[:4]).max(axis=1) <= 1.0))
+        assert ok.any(), f"{what}: reference detection {k} {ref.tolist()} has no match in Peregrine's output"
+        used[np.flatnonzero(ok)[0]] = True
+
+
+# -- images ----------------------------------------------------------------------------------------
+def photographs() -> dict[str, np.ndarray]:
+    """Real photographs of several sizes and aspect ratios (RGB uint8), including 1080p, portrait and tiny."""
+    photos = {name: getattr(skimage.data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")}
+    photos["motorcycle"] = skimage.data.stereo_motorcycle()[0]
+    photos["hubble_1080p"] = cv2.resize(skimage.data.hubble_deep_field(), (1920, 1080), interpolation=cv2.INTER_AREA)
+    photos["astronaut_portrait"] = np.ascontiguousarray(photos["astronaut"][:, 128:384])
+    photos["coffee_tiny"] = cv2.resize(photos["coffee"], (60, 40), interpolation=cv2.INTER_AREA)
+    return photos
+
+
+def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    assert ok
+    return buf.tobytes()
+
+
+# -- repository and server -------------------------------------------------------------------------
+SMALL = 320  # input size of the yolov5 and end-to-end test detectors
+# A pipeline whose batcher holds a request for this long waiting for a fuller batch: a server that is
+# guaranteed to fall behind a camera for the stream tests.
+SLOW_WINDOW_US = 400_000
+
+
+def pipeline_config(detector: str, extra: str = "", max_batch: int = 16, window_us: int = 2000) -> str:
+    return (f'platform = "peregrine_detection"\nmax_batch_size = {max_batch}\n\n'
+            f"[detection]\ndetector = \"{detector}\"\n{extra}\n"
+            f"[dynamic_batching]\nmax_queue_delay_us = {window_us}\n")
+
+
+def write_pipeline(root: Path, name: str, config: str) -> None:
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "config.toml").write_text(config)
+
+
+@pytest.fixture(scope="module")
+def detection_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("detection_models")
+    onnx_models.write(root, "yolov8n", yolov8_detector(0), "max_batch_size = 16\n")
+    onnx_models.write(root, "yolov5n", yolov5_detector(0, imgsz=SMALL), "max_batch_size = 16\n")
+    onnx_models.write(root, "e2e", end2end_detector(0, imgsz=SMALL), "max_batch_size = 16\n")
+    onnx_models.write(root, "plain", onnx_models.identity("FP32", ["N", 4]))
+    write_pipeline(root, "det_v8", pipeline_config("yolov8n"))
+    write_pipeline(root, "det_v5", pipeline_config("yolov5n"))
+    write_pipeline(root, "det_e2e", pipeline_config("e2e"))
+    write_pipeline(root, "det_limited", pipeline_config("yolov5n", "max_pixels = 100000\n", max_batch=4))
+    write_pipeline(root, "det_slow", pipeline_config(
+        "yolov5n", "stream_max_in_flight = 1\nstream_max_waiting = 1\n", max_batch=8, window_us=SLOW_WINDOW_US))
+    return root
+
+
+@pytest.fixture(scope="module")
+def detection_server(detection_repo: Path) -> Iterator[PeregrineServer]:
+    server = PeregrineServer(ServerConfig(model_repository=detection_repo, grpc_port=0, http_port=None))
+    server.start()
+    yield server
+    server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="module")
+def references(detection_repo: Path) -> dict[str, Reference]:
+    return {
+        "det_v8": Reference.open(detection_repo / "yolov8n" / "1" / "model.onnx", "yolov8", 640),
+        "det_v5": Reference.open(detection_repo / "yolov5n" / "1" / "model.onnx", "yolov5", SMALL),
+        "det_e2e": Reference.open(detection_repo / "e2e" / "1" / "model.onnx", "end2end", SMALL),
+    }
