@@ -38,15 +38,15 @@ def letterbox(rgb: np.ndarray, height: int, width: int) -> tuple[np.ndarray, flo
     """ultralytics LetterBox(auto=False, scaleup=True, center=True) + ToTensor: [1, 3, H, W] float32."""
     h, w = rgb.shape[:2]
     r = min(height / h, width / w)
-    new_w, new_h = int(round(w * r)), int(round(h * r))
+    new_w, new_h = round(w * r), round(h * r)
     dw, dh = (width - new_w) / 2, (height - new_h) / 2
     # Resized in float, as Peregrine does: ultralytics resizes the uint8 image, and OpenCV's uint8 path
     # rounds each pixel (and its 11-bit weights) on the way, which moves pixels by up to one level.
     img = rgb.astype(np.float32)
     if (w, h) != (new_w, new_h):
         img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114.0, 114.0, 114.0))
     tensor = np.ascontiguousarray(img.transpose(2, 0, 1)[None]) / np.float32(255.0)
     return tensor, r, (left, top)

@@ -14,16 +14,13 @@ from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 from peregrine.server.app import PeregrineServer
 from peregrine.server.modelgen.coco import COCO80
-from pipeline_support import (  # noqa: F401 - fixtures
-    Reference,
-    assert_same_detections,
-    detection_repo,
-    detection_server,
-    jpeg,
-    photographs,
-    png,
-    references,
-)
+import pipeline_support
+from pipeline_support import Reference, assert_same_detections, jpeg, photographs, png
+
+# Fixtures shared with the other pipeline tests (see pipeline_support).
+detection_repo = pipeline_support.detection_repo
+detection_server = pipeline_support.detection_server
+references = pipeline_support.references
 
 PHOTOS = photographs()
 OPTIONS = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
