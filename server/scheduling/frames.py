@@ -29,7 +29,9 @@ class FrameWindow(Generic[T]):
         as dropped."""
         self.waiting.append(frame)
         pushed = []
-        while len(self.waiting) > self.max_waiting:
+        # Frames about to fill free slots are not waiting for one: only the rest count against the room.
+        room = self.max_waiting + self.max_in_flight - self.in_flight
+        while len(self.waiting) > room:
             pushed.append(self.waiting.popleft())
         self.dropped += len(pushed)
         return pushed

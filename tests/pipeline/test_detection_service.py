@@ -1,0 +1,231 @@
+"""DetectionService over real gRPC: bad input, deadlines, and camera streams (order, latest frame wins)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pipeline_support
+import pytest
+import tritonclient.grpc as triton
+from peregrine.proto import detection_pb2 as det
+from peregrine.proto import detection_pb2_grpc as det_grpc
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+from peregrine.server.app import PeregrineServer
+from pipeline_support import jpeg, photographs, png
+
+detection_repo = pipeline_support.detection_repo
+detection_server = pipeline_support.detection_server
+
+PHOTOS = photographs()
+ROCKET = PHOTOS["rocket"]
+OPTIONS = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
+Status = det.StreamResult
+
+
+@pytest.fixture(scope="module")
+def channel(detection_server: PeregrineServer) -> Iterator[grpc.Channel]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{detection_server.port}", options=OPTIONS)
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> det_grpc.DetectionServiceStub:
+    return det_grpc.DetectionServiceStub(channel)
+
+
+def raw(rgb: np.ndarray) -> det.Image:
+    return det.Image(raw=det.RawImage(height=rgb.shape[0], width=rgb.shape[1], channels=rgb.shape[2],
+                                      data=rgb.tobytes()))
+
+
+def executions(channel: grpc.Channel, model: str) -> int:
+    stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(pb.ModelStatisticsRequest(name=model))
+    return stats.model_stats[0].execution_count
+
+
+def code_of(stub: det_grpc.DetectionServiceStub, request: det.DetectRequest) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Detect(request, timeout=30)
+    return info.value.code()
+
+
+JPEG = jpeg(ROCKET)
+BAD_REQUESTS = {
+    "corrupt jpeg": det.DetectRequest(images=[det.Image(encoded=JPEG[:200] + bytes(range(256)) * 8 + JPEG[-200:])]),
+    "truncated jpeg": det.DetectRequest(images=[det.Image(encoded=JPEG[: len(JPEG) // 2])]),
+    "truncated png": det.DetectRequest(images=[det.Image(encoded=png(ROCKET)[:5000])]),
+    "not an image": det.DetectRequest(images=[det.Image(encoded=b"GIF89a but not really an image at all")]),
+    "empty bytes": det.DetectRequest(images=[det.Image(encoded=b"")]),
+    "no image set": det.DetectRequest(images=[det.Image()]),
+    "no images": det.DetectRequest(images=[]),
+    "zero-sized raw": det.DetectRequest(images=[det.Image(raw=det.RawImage(height=0, width=640, channels=3))]),
+    "two channels": det.DetectRequest(images=[det.Image(raw=det.RawImage(height=2, width=2, channels=2,
+                                                                           data=bytes(8)))]),
+    "short raw data": det.DetectRequest(images=[det.Image(raw=det.RawImage(height=10, width=10, channels=3,
+                                                                             data=bytes(299)))]),
+    "score above 1": det.DetectRequest(images=[raw(ROCKET)], options=det.DetectOptions(score_threshold=1.5)),
+    "iou below 0": det.DetectRequest(images=[raw(ROCKET)], options=det.DetectOptions(iou_threshold=-0.1)),
+    "score nan": det.DetectRequest(images=[raw(ROCKET)], options=det.DetectOptions(score_threshold=float("nan"))),
+    "max_detections 0": det.DetectRequest(images=[raw(ROCKET)], options=det.DetectOptions(max_detections=0)),
+    "max_detections over limit": det.DetectRequest(images=[raw(ROCKET)],
+                                                   options=det.DetectOptions(max_detections=100_000)),
+    "unknown class": det.DetectRequest(images=[raw(ROCKET)], options=det.DetectOptions(classes=[80])),
+    "too many images": det.DetectRequest(images=[raw(PHOTOS["coffee_tiny"])] * 17),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_and_server_keeps_serving(stub: det_grpc.DetectionServiceStub, case: str) -> None:
+    request = det.DetectRequest()
+    request.CopyFrom(BAD_REQUESTS[case])
+    request.model_name = "det_v8"
+    assert code_of(stub, request) == grpc.StatusCode.INVALID_ARGUMENT
+    good = stub.Detect(det.DetectRequest(model_name="det_v8", images=[raw(PHOTOS["coffee_tiny"])]), timeout=30)
+    assert len(good.results) == 1
+
+
+def test_image_over_the_pixel_limit(stub: det_grpc.DetectionServiceStub) -> None:
+    """det_limited allows 100,000 pixels: a 400x400 JPEG is refused from its header, raw too."""
+    big = np.ascontiguousarray(PHOTOS["astronaut"][:400, :400])
+    for image in (det.Image(encoded=jpeg(big)), raw(big)):
+        assert code_of(stub, det.DetectRequest(model_name="det_limited", images=[image])) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+    small = np.ascontiguousarray(big[:300, :300])
+    assert stub.Detect(det.DetectRequest(model_name="det_limited", images=[raw(small)]), timeout=30).results
+
+
+def test_grey_and_rgba_frames_are_accepted(stub: det_grpc.DetectionServiceStub) -> None:
+    grey = np.ascontiguousarray(ROCKET[:, :, :1])
+    rgba = np.ascontiguousarray(np.concatenate([ROCKET, np.full(ROCKET.shape[:2] + (1,), 255, np.uint8)], axis=2))
+    response = stub.Detect(det.DetectRequest(model_name="det_v5", images=[raw(grey), raw(rgba), raw(ROCKET)]),
+                           timeout=30)
+    rgb_boxes = [(b.x1, b.class_id) for b in response.results[2].boxes]
+    assert [(b.x1, b.class_id) for b in response.results[1].boxes] == rgb_boxes  # alpha is ignored
+    assert [r.width for r in response.results] == [ROCKET.shape[1]] * 3
+
+
+@pytest.mark.parametrize(("model", "code"), [("no_such_model", grpc.StatusCode.NOT_FOUND),
+                                             ("plain", grpc.StatusCode.INVALID_ARGUMENT),
+                                             ("", grpc.StatusCode.INVALID_ARGUMENT)])
+def test_model_must_be_a_pipeline(stub: det_grpc.DetectionServiceStub, model: str, code: grpc.StatusCode) -> None:
+    assert code_of(stub, det.DetectRequest(model_name=model, images=[raw(ROCKET)])) == code
+
+
+def test_oip_bad_input(detection_server: PeregrineServer) -> None:
+    client = triton.InferenceServerClient(f"127.0.0.1:{detection_server.port}")
+
+    def infer(inputs: list[triton.InferInput], **kw: object) -> None:
+        with pytest.raises(triton.InferenceServerException) as info:
+            client.infer("det_v5", inputs, **kw)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+    wrong_channels = triton.InferInput("IMAGE", [1, 8, 8, 2], "UINT8")
+    wrong_channels.set_data_from_numpy(np.zeros((1, 8, 8, 2), np.uint8))
+    infer([wrong_channels])
+    corrupt = triton.InferInput("ENCODED", [1, 1], "BYTES")
+    corrupt.set_data_from_numpy(np.array([[JPEG[:1000]]], dtype=object))
+    infer([corrupt])
+    image = triton.InferInput("IMAGE", [1, *ROCKET.shape], "UINT8")
+    image.set_data_from_numpy(ROCKET[None])
+    infer([image], parameters={"score_threshold": "2"})
+    infer([image], parameters={"iou_threshold": "high"})
+    both = triton.InferInput("ENCODED", [1, 1], "BYTES")
+    both.set_data_from_numpy(np.array([[JPEG]], dtype=object))
+    infer([image, both])
+    assert client.infer("det_v5", [image]).as_numpy("COUNTS")[0, 0] > 0
+
+
+def test_expired_request_never_runs(channel: grpc.Channel, stub: det_grpc.DetectionServiceStub) -> None:
+    """A request still queued when its deadline passes is answered DEADLINE_EXCEEDED and never executed:
+    det_slow holds a lone request 400 ms for a fuller batch, past the 100 ms deadline."""
+    before = executions(channel, "det_slow")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Detect(det.DetectRequest(model_name="det_slow", images=[raw(ROCKET)]), timeout=0.1)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # A later request runs (and its execution is the only one counted).
+    stub.Detect(det.DetectRequest(model_name="det_slow", images=[raw(ROCKET)]), timeout=30)
+    assert executions(channel, "det_slow") == before + 1
+
+
+# -- streams --------------------------------------------------------------------------------------
+def frames(model: str, count: int, **fields: object) -> Iterator[det.StreamFrame]:
+    for i in range(count):
+        yield det.StreamFrame(model_name=model if i == 0 else "", sequence=10 + i, capture_time_us=1000 * i,
+                              image=det.Image(encoded=JPEG), **fields)  # type: ignore[arg-type]
+
+
+def test_stream_answers_every_frame_in_order(stub: det_grpc.DetectionServiceStub) -> None:
+    results = list(stub.DetectStream(frames("det_v5", 12, max_in_flight=4), timeout=60))
+    assert [r.sequence for r in results] == [10 + i for i in range(12)]
+    assert [r.capture_time_us for r in results] == [1000 * i for i in range(12)]
+    ok = [r for r in results if r.status == Status.OK]
+    assert ok and all(len(r.detections.boxes) == len(ok[0].detections.boxes) for r in ok)
+    assert all(r.status in (Status.OK, Status.DROPPED) for r in results)
+    assert results[-1].status == Status.OK  # the newest frame always runs
+    assert results[-1].dropped_total == sum(r.status == Status.DROPPED for r in results)
+
+
+def test_stream_falls_behind_and_latest_frame_wins(channel: grpc.Channel, stub: det_grpc.DetectionServiceStub) -> None:
+    """det_slow runs one frame at a time and holds each 400 ms: frames sent meanwhile push each other
+    out of the one waiting place; only the first and the last run."""
+    before = executions(channel, "det_slow")
+    results = list(stub.DetectStream(frames("det_slow", 6), timeout=60))
+    assert [r.sequence for r in results] == list(range(10, 16))
+    assert [r.status for r in results] == [Status.OK] + [Status.DROPPED] * 4 + [Status.OK]
+    assert all(r.error_code == grpc.StatusCode.ABORTED.value[0] for r in results[1:5])
+    assert [r.dropped_total for r in results[1:5]] == [1, 2, 3, 4]
+    assert results[-1].dropped_total == 4
+    assert executions(channel, "det_slow") == before + 2
+
+
+def test_stream_frame_past_its_deadline_is_not_run(channel: grpc.Channel, stub: det_grpc.DetectionServiceStub) -> None:
+    before = executions(channel, "det_slow")
+    results = list(stub.DetectStream(frames("det_slow", 1, deadline_us=50_000), timeout=60))
+    assert results[0].status == Status.DEADLINE_EXCEEDED
+    assert results[0].error_code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert executions(channel, "det_slow") == before
+
+
+def test_stream_bad_frames_are_answered_and_the_stream_goes_on(stub: det_grpc.DetectionServiceStub) -> None:
+    def mixed() -> Iterator[det.StreamFrame]:
+        yield det.StreamFrame(model_name="det_v5", sequence=1, image=det.Image(encoded=JPEG[:300]))
+        yield det.StreamFrame(sequence=2, image=det.Image(encoded=JPEG), options=det.DetectOptions(iou_threshold=3))
+        yield det.StreamFrame(sequence=2, image=det.Image(encoded=JPEG))  # not increasing
+        yield det.StreamFrame(sequence=3, image=raw(ROCKET))
+
+    results = list(stub.DetectStream(mixed(), timeout=60))
+    assert [r.sequence for r in results] == [1, 2, 2, 3]
+    assert [r.status for r in results] == [Status.ERROR, Status.ERROR, Status.ERROR, Status.OK]
+    assert {r.error_code for r in results[:3]} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert results[3].detections.boxes
+
+
+def test_stream_to_unknown_model_answers_each_frame(stub: det_grpc.DetectionServiceStub) -> None:
+    results = list(stub.DetectStream(frames("no_such_model", 3), timeout=30))
+    assert [r.status for r in results] == [Status.ERROR] * 3
+    assert {r.error_code for r in results} == {grpc.StatusCode.NOT_FOUND.value[0]}
+
+
+def test_cancelled_stream_leaves_the_server_serving(stub: det_grpc.DetectionServiceStub) -> None:
+    stop = threading.Event()
+
+    def endless() -> Iterator[det.StreamFrame]:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            yield det.StreamFrame(model_name="det_slow", sequence=i, image=det.Image(encoded=JPEG))
+            if i >= 50:
+                stop.wait(5)
+
+    call = stub.DetectStream(endless(), timeout=60)
+    first = next(call)
+    assert first.sequence == 1
+    call.cancel()
+    stop.set()
+    response = stub.Detect(det.DetectRequest(model_name="det_v5", images=[raw(ROCKET)]), timeout=30)
+    assert response.results[0].boxes
