@@ -142,11 +142,6 @@ def _inspect(session: OnnxSession, cfg: DetectionConfig, source: str) -> HeadInf
     if spec.datatype not in ("FP32", "FP16") or spec.shape[1] not in (3, -1):
         raise ModelLoadError(f"{source}: input '{spec.name}': expected FP32 or FP16 [N, 3, H, W], "
                              f"got {spec.describe()}")
-    heads = [t for t in graph_out if len(t.shape) == 3]
-    if not heads:
-        described = ", ".join(f"{t.name} {t.describe()}" for t in graph_out)
-        raise ModelLoadError(f"{source}: a detection pipeline needs a 3-D detection head output; the model has "
-                             f"{described}")
     if cfg.input_size is not None:
         height, width = cfg.input_size
         if spec.shape[2] not in (-1, height) or spec.shape[3] not in (-1, width):
@@ -157,6 +152,11 @@ def _inspect(session: OnnxSession, cfg: DetectionConfig, source: str) -> HeadInf
     else:
         raise ModelLoadError(f"{source}: input '{spec.name}' {spec.describe()} has a dynamic height or width; "
                              "set detection.input_size = [height, width]")
+    heads = [t for t in graph_out if len(t.shape) == 3]
+    if not heads:
+        described = ", ".join(f"{t.name} {t.describe()}" for t in graph_out)
+        raise ModelLoadError(f"{source}: a detection pipeline needs a 3-D detection head output; the model has "
+                             f"{described}")
     dtype = np.dtype(np.float16 if spec.datatype == "FP16" else np.float32)
     fixed = spec.shape[0] if spec.shape[0] > 0 else 0
     # The head's shape from a real run: dynamic dimensions and the layout are only known then.

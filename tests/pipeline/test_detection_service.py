@@ -101,7 +101,7 @@ def test_image_over_the_pixel_limit(stub: det_grpc.DetectionServiceStub) -> None
 
 def test_grey_and_rgba_frames_are_accepted(stub: det_grpc.DetectionServiceStub) -> None:
     grey = np.ascontiguousarray(ROCKET[:, :, :1])
-    rgba = np.ascontiguousarray(np.concatenate([ROCKET, np.full(ROCKET.shape[:2] + (1,), 255, np.uint8)], axis=2))
+    rgba = np.ascontiguousarray(np.concatenate([ROCKET, np.full((*ROCKET.shape[:2], 1), 255, np.uint8)], axis=2))
     response = stub.Detect(det.DetectRequest(model_name="det_v5", images=[raw(grey), raw(rgba), raw(ROCKET)]),
                            timeout=30)
     rgb_boxes = [(b.x1, b.class_id) for b in response.results[2].boxes]

@@ -1,0 +1,120 @@
+"""Detection pipeline configuration: validation errors name the key; models that cannot be a pipeline fail
+to load with a reason while the server keeps serving; layout, input size and labels are read from the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from peregrine.proto import detection_pb2 as det
+from peregrine.proto import detection_pb2_grpc as det_grpc
+from peregrine.server.app import PeregrineServer
+from peregrine.server.config import parse_model_config
+from peregrine.server.errors import ModelLoadError
+from peregrine.server.modelgen import end2end_detector, yolov5_detector, yolov8_detector
+from peregrine.server.pipeline.detection import DetectionPipeline, detect_layout, parse_labels
+from pipeline_support import pipeline_config, write_pipeline
+from support import onnx_models
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('platform = "peregrine_detection"', "detection"),
+    ('[detection]\nscore_threshold = 0.5', "detection"),
+    ('platform = "peregrine_detection"\n[detection]\nscore_threshold = 1.5', "detection.score_threshold"),
+    ('platform = "peregrine_detection"\n[detection]\niou_threshold = -1', "detection.iou_threshold"),
+    ('platform = "peregrine_detection"\n[detection]\nmax_detections = 0', "detection.max_detections"),
+    ('platform = "peregrine_detection"\n[detection]\ninput_size = [640]', "detection.input_size"),
+    ('platform = "peregrine_detection"\n[detection]\nlayout = "yolov9"', "detection.layout"),
+    ('platform = "peregrine_detection"\n[detection]\nclasses = [-1]', "detection.classes"),
+    ('platform = "peregrine_detection"\n[detection]\nstream_max_waiting = 0', "detection.stream_max_waiting"),
+    ('platform = "peregrine_detection"\n[detection]\nthreshold = 0.5', "detection.threshold"),
+])
+def test_config_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ModelLoadError) as e:
+        parse_model_config(text, "det/config.toml")
+    assert key in e.value.message and "det/config.toml" in e.value.message
+
+
+def test_layout_from_head_shape() -> None:
+    assert detect_layout((1, 84, 8400)) == "yolov8"
+    assert detect_layout((1, 6, 2100)) == "yolov8"  # two classes
+    assert detect_layout((1, 25200, 85)) == "yolov5"
+    assert detect_layout((1, 300, 6)) == "end2end"
+
+
+def test_labels_from_metadata() -> None:
+    assert parse_labels({"names": "{0: 'person', 1: 'car'}"}) == ["person", "car"]
+    assert parse_labels({"names": "['a', 'b']"}) == ["a", "b"]
+    assert parse_labels({"names": "{0: 'x', 2: 'z'}"}) == ["x", "class1", "z"]
+    assert parse_labels({"names": "not python"}) == []
+    assert parse_labels({}) == []
+
+
+def _load(root: Path, name: str) -> DetectionPipeline:
+    from peregrine.server.config import load_model_config
+
+    cfg = load_model_config(root / name)
+    detector = cfg.detection.detector if cfg.detection else None
+    return DetectionPipeline.load(name, 1, root / (detector or name) / "1", cfg)
+
+
+def test_settings_read_from_each_model(tmp_path: Path) -> None:
+    onnx_models.write(tmp_path, "v8", yolov8_detector(0, imgsz=256, class_names=["cone", "robot"]))
+    onnx_models.write(tmp_path, "v5", yolov5_detector(0, imgsz=320))
+    onnx_models.write(tmp_path, "e2e", end2end_detector(0, imgsz=192, max_detections=50))
+    write_pipeline(tmp_path, "p8", pipeline_config("v8", max_batch=2))
+    write_pipeline(tmp_path, "p5", pipeline_config("v5", 'labels = ["a", "b"]\n'))
+    write_pipeline(tmp_path, "pe", pipeline_config("e2e", "max_detections = 50\n"))
+    p8, p5, pe = _load(tmp_path, "p8"), _load(tmp_path, "p5"), _load(tmp_path, "pe")
+    assert p8.head is not None and p5.head is not None and pe.head is not None
+    assert (p8.head.layout, p8.head.height, p8.head.num_classes, p8.labels) == ("yolov8", 256, 2, ["cone", "robot"])
+    assert (p5.head.layout, p5.head.height, p5.head.num_classes) == ("yolov5", 320, 80)
+    assert p5.labels[:3] == ["a", "b", "class2"]  # configured labels first, then placeholders
+    assert (pe.head.layout, pe.head.height) == ("end2end", 192)
+    assert p8.max_batch_size == 2
+
+
+def test_models_that_cannot_be_pipelines(tmp_path: Path, start_server: Callable[..., PeregrineServer]) -> None:
+    onnx_models.write(tmp_path, "two_inputs", onnx_models.add_sub(["N", 16]))
+    onnx_models.write(tmp_path, "flat", onnx_models.identity("FP32", ["N", 3, 64, 64]))
+    onnx_models.write(tmp_path, "v5", yolov5_detector(0, imgsz=320))
+    write_pipeline(tmp_path, "p_two_inputs", pipeline_config("two_inputs"))
+    write_pipeline(tmp_path, "p_no_head", pipeline_config("flat"))
+    write_pipeline(tmp_path, "p_missing", pipeline_config("nowhere"))
+    write_pipeline(tmp_path, "p_bad_classes", pipeline_config("v5", "classes = [80]\n"))
+    write_pipeline(tmp_path, "p_wrong_size", pipeline_config("v5", "input_size = [640, 640]\n"))
+    write_pipeline(tmp_path, "p_ok", pipeline_config("v5"))
+    server = start_server(tmp_path)
+    index = {(row[0]): row for row in server.repository.index()}
+    for name in ("p_two_inputs", "p_no_head", "p_missing", "p_bad_classes", "p_wrong_size"):
+        assert index[name][2] == "UNAVAILABLE", name
+        assert index[name][3], f"{name} has no reason"
+    assert index["p_ok"][2] == "READY"
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = det_grpc.DetectionServiceStub(channel)
+    frame = np.full((48, 64, 3), 90, np.uint8)
+    image = det.Image(raw=det.RawImage(height=48, width=64, channels=3, data=frame.tobytes()))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Detect(det.DetectRequest(model_name="p_no_head", images=[image]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(stub.Detect(det.DetectRequest(model_name="p_ok", images=[image]), timeout=10).results) == 1
+    channel.close()
+
+
+def test_dynamic_input_size_needs_input_size(tmp_path: Path) -> None:
+    model = yolov8_detector(0, imgsz=320)
+    for dim, name in ((model.graph.input[0].type.tensor_type.shape.dim[2], "height"),
+                      (model.graph.input[0].type.tensor_type.shape.dim[3], "width"),
+                      (model.graph.output[0].type.tensor_type.shape.dim[2], "anchors")):
+        dim.dim_param = name
+    onnx_models.write(tmp_path, "dyn", model)
+    write_pipeline(tmp_path, "p", pipeline_config("dyn"))
+    with pytest.raises(ModelLoadError) as e:
+        _load(tmp_path, "p")
+    assert "input_size" in e.value.message
+    write_pipeline(tmp_path, "p", pipeline_config("dyn", "input_size = [256, 320]\n"))
+    pipeline = _load(tmp_path, "p")
+    assert pipeline.head is not None and (pipeline.head.height, pipeline.head.width) == (320, 320)
