@@ -115,6 +115,6 @@ def test_dynamic_input_size_needs_input_size(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as e:
         _load(tmp_path, "p")
     assert "input_size" in e.value.message
-    write_pipeline(tmp_path, "p", pipeline_config("dyn", "input_size = [256, 320]\n"))
+    write_pipeline(tmp_path, "p", pipeline_config("dyn", "input_size = [320, 320]\n"))
     pipeline = _load(tmp_path, "p")
     assert pipeline.head is not None and (pipeline.head.height, pipeline.head.width) == (320, 320)
