@@ -1,0 +1,78 @@
+"""The detection pipeline on a CUDA instance: frames staged in pinned memory and uploaded once, letterbox,
+model (IO binding) and NMS on the device; results equal the reference's and the CPU pipeline's.
+
+Skipped where onnxruntime-gpu, CuPy or a GPU is absent (CI); run on a GPU machine with `pytest -m gpu`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pipeline_support
+import pytest
+from peregrine import kernels
+from peregrine.server.config import load_model_config
+from peregrine.server.engine import Engine
+from peregrine.server.pipeline.detection import DetectionPipeline, FrameRequest
+from peregrine.server.runtime.onnx import CUDA
+from pipeline_support import Reference, assert_same_detections, photographs, pipeline_config, write_pipeline
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.gpu
+detection_repo = pipeline_support.detection_repo
+references = pipeline_support.references
+
+
+def _gpu_available() -> bool:
+    if CUDA not in ort.get_available_providers() or not kernels.cuda_available():
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+requires_gpu = pytest.mark.skipif(not _gpu_available(), reason="needs onnxruntime-gpu, CuPy, a CUDA GPU and the "
+                                                                "CUDA kernels")
+
+
+def _pipeline(root: Path, name: str, detector: str, device: str) -> DetectionPipeline:
+    write_pipeline(root, name, pipeline_config(detector) + f'\n[instance_group]\ndevice = "{device}"\n')
+    return DetectionPipeline.load(name, 1, root / detector / "1", load_model_config(root / name))
+
+
+@requires_gpu
+@pytest.mark.parametrize(("detector", "model"), [("yolov8n", "det_v8"), ("yolov5n", "det_v5"), ("e2e", "det_e2e")])
+def test_gpu_pipeline_matches_reference_and_cpu(detection_repo: Path, references: dict[str, Reference],
+                                                detector: str, model: str) -> None:
+    gpu = _pipeline(detection_repo, f"gpu_{model}", detector, "cuda")
+    cpu = _pipeline(detection_repo, f"cpu_{model}", detector, "cpu")
+    assert gpu.sessions[0].device == "cuda" and cpu.sessions[0].device == "cpu"
+    photos = photographs()
+    engine = Engine()
+    engine.start()
+    try:
+        for p in (gpu, cpu):
+            engine.run(p.start())
+        names = list(photos) * 2  # 16 frames of eight sizes in one batch
+        results = {}
+        for label, p in (("gpu", gpu), ("cpu", cpu)):
+            request = FrameRequest(p.name, frames=[photos[n] for n in names], options=p.default_options())
+            results[label] = engine.run(p.detect(request))
+        assert results["gpu"].times.batch_size == 16
+        for i, name in enumerate(names):
+            want = references[model](photos[name])
+            assert_same_detections(results["gpu"].detections[i], want, f"gpu/{name}")
+            assert_same_detections(results["gpu"].detections[i], results["cpu"].detections[i], f"gpu-cpu/{name}")
+        # single frames too (batch of one, smallest buffers)
+        one = engine.run(gpu.detect(FrameRequest(gpu.name, frames=[photos["coffee_tiny"]],
+                                                 options=gpu.default_options())))
+        assert_same_detections(one.detections[0], references[model](photos["coffee_tiny"]))
+        assert np.isfinite(one.detections[0]).all()
+    finally:
+        for p in (gpu, cpu):
+            engine.run(p.stop())
+        engine.stop()
