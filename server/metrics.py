@@ -62,6 +62,11 @@ class Metrics:
             "peregrine_request_duration_seconds", "Server-side request latency, from decode to reply",
             ["model", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.stages = Histogram(
+            "peregrine_pipeline_stage_seconds", "Detection pipeline time per frame request and stage "
+            "(decode, queue, pre, infer, post; pre/infer/post are the batch's)",
+            ["model", "stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
         self.registry.register(_ModelCollector(models))
         self._http: Any = None
         self._thread: threading.Thread | None = None
@@ -69,6 +74,11 @@ class Metrics:
 
     def observe_request(self, model: str, status: str, seconds: float) -> None:
         self.latency.labels(model, status).observe(seconds)
+
+    def observe_stages(self, model: str, stages: dict[str, int]) -> None:
+        """Per-stage durations of one detection request, in nanoseconds."""
+        for stage, ns in stages.items():
+            self.stages.labels(model, stage).observe(ns / 1e9)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port (``port`` 0 picks one)."""

@@ -87,6 +87,12 @@ class FrameResult:
     queue_ns: int = 0
     total_ns: int = 0
 
+    def stages(self) -> dict[str, int]:
+        """Nanoseconds per stage: decode, queue, pre, infer, post."""
+        t = self.times
+        return {"decode": self.decode_ns, "queue": self.queue_ns, "pre": t.pre_ns, "infer": t.infer_ns,
+                "post": t.post_ns}
+
 
 # -- settings resolved at load ---------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -63,7 +63,9 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
             future = self.engine.submit(pipeline.detect(req))
             if not context.add_callback(future.cancel):
                 future.cancel()
-            response = codecs.encode_detect_response(pipeline, req, future.result())
+            result = future.result()
+            self.metrics.observe_stages(pipeline.name, result.stages())
+            response = codecs.encode_detect_response(pipeline, req, result)
         except BaseException as e:
             self.metrics.observe_request(request.model_name, status_of(e)[0].name, time.perf_counter() - start)
             raise
@@ -223,6 +225,7 @@ class _FrameStream:
             status = det.StreamResult.DEADLINE_EXCEEDED if isinstance(e, DeadlineExceeded) else det.StreamResult.ERROR
             code, message = status_of(e)
             return codecs.stream_failure(slot.msg, status, code.value[0], message, self._dropped())
+        self.servicer.metrics.observe_stages(slot.pipeline.name, result.stages())
         return codecs.encode_stream_result(slot.pipeline, slot.msg, slot.request, result, self._dropped())
 
     def run(self, frames: Iterator[det.StreamFrame]) -> Iterator[det.StreamResult]:

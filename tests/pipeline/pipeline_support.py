@@ -201,7 +201,7 @@ def detection_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def detection_server(detection_repo: Path) -> Iterator[PeregrineServer]:
-    server = PeregrineServer(ServerConfig(model_repository=detection_repo, grpc_port=0, http_port=None))
+    server = PeregrineServer(ServerConfig(model_repository=detection_repo, grpc_port=0, http_port=0))
     server.start()
     yield server
     server.stop(grace=1.0)

@@ -229,3 +229,14 @@ def test_cancelled_stream_leaves_the_server_serving(stub: det_grpc.DetectionServ
     stop.set()
     response = stub.Detect(det.DetectRequest(model_name="det_v5", images=[raw(ROCKET)]), timeout=30)
     assert response.results[0].boxes
+
+
+def test_stage_times_reach_prometheus(detection_server: PeregrineServer, stub: det_grpc.DetectionServiceStub) -> None:
+    import urllib.request
+
+    stub.Detect(det.DetectRequest(model_name="det_v5", images=[det.Image(encoded=JPEG)]), timeout=30)
+    list(stub.DetectStream(frames("det_v5", 2), timeout=30))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{detection_server.http_port}/metrics", timeout=10).read().decode()
+    for stage in ("decode", "queue", "pre", "infer", "post"):
+        assert f'peregrine_pipeline_stage_seconds_count{{model="det_v5",stage="{stage}"}}' in text
+    assert 'peregrine_request_duration_seconds_count{model="det_v5",status="OK"}' in text
