@@ -286,6 +286,8 @@ def model_config(model: ModelVersion, tier: str = "") -> mc.ModelConfig:
         for level_, p in db.priority_queue_policy.items():
             _queue_policy(dyn.priority_queue_policy[level_], p, 0)
         msg.parameters["batching_window"].string_value = db.window
+        if model.batch_buckets:  # Peregrine only: the sizes batches are padded up to
+            msg.parameters["batch_buckets"].string_value = ",".join(str(b) for b in model.batch_buckets)
     msg.parameters["execution_providers"].string_value = ",".join(model.providers)
     note = model.sessions[0].provider_note
     if note:

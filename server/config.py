@@ -100,6 +100,23 @@ class DynamicBatchingConfig(_Strict):
     # "fixed": wait up to max_queue_delay_us for a fuller batch. "adaptive": learn the batch cost and
     # stop waiting when waiting would cost a deadline or no longer pays in throughput.
     window: Literal["fixed", "adaptive"] = "fixed"
+    # Batch sizes the model is executed at: a batch of n elements runs padded to the smallest bucket
+    # >= n, so a GPU provider sees a few shapes instead of every size (ORT's CUDA EP plans its
+    # convolutions again for each new shape). "auto": powers of two up to max_batch_size, plus
+    # max_batch_size and the preferred sizes, on GPU providers; no buckets on the CPU. []: no buckets.
+    # max_batch_size is always added; sizes above it are an error.
+    batch_buckets: list[int] | Literal["auto"] = "auto"
+
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _buckets(cls, v: object) -> object:
+        if v == "auto":
+            return v
+        if not isinstance(v, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in v):
+            raise ValueError("expected a list of batch sizes or 'auto'")  # the formatter adds what came
+        if any(b <= 0 for b in v):
+            raise ValueError("expected positive batch sizes")
+        return sorted(set(v))
 
     @model_validator(mode="after")
     def _levels(self) -> DynamicBatchingConfig:
@@ -191,6 +208,14 @@ class ModelConfig(_Strict):
             raise ValueError(f"a [detection] block needs platform = 'peregrine_detection', got '{self.platform}'")
         return self
 
+    @model_validator(mode="after")
+    def _buckets_fit(self) -> ModelConfig:
+        db = self.dynamic_batching
+        if db is None or db.batch_buckets == "auto" or not db.batch_buckets or self.max_batch_size is None:
+            return self  # an inferred max_batch_size is checked when the model loads
+        check_batch_buckets(db.batch_buckets, self.max_batch_size)
+        return self
+
     @field_validator("version_policy")
     @classmethod
     def _policy(cls, v: str | dict[str, int | list[int]]) -> str | dict[str, int | list[int]]:
@@ -219,6 +244,21 @@ class ModelConfig(_Strict):
         return [x for x in ordered if x in wanted]
 
 
+def check_batch_buckets(buckets: list[int], max_batch_size: int) -> None:
+    """Raise ValueError unless explicit batch buckets fit the model's max_batch_size."""
+    if max_batch_size == 0:
+        raise ValueError(
+            f"dynamic_batching.batch_buckets: expected none (the model does not batch: max_batch_size is 0), "
+            f"got {buckets}"
+        )
+    too_large = [b for b in buckets if b > max_batch_size]
+    if too_large:
+        raise ValueError(
+            f"dynamic_batching.batch_buckets: expected sizes in 1..max_batch_size ({max_batch_size}), "
+            f"got {buckets}"
+        )
+
+
 def _format_validation(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -227,6 +267,9 @@ def _format_validation(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        if not e["loc"] and e["type"] == "value_error":
+            parts.append(msg)  # a check across keys: its message names them and says what came
+            continue
         parts.append(f"{loc}: {msg} (got {got!r})" if got is not None and e["type"] != "missing" else f"{loc}: {msg}")
     return "; ".join(parts)
 

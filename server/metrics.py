@@ -32,6 +32,9 @@ class _ModelCollector(Collector):
             "fail": CounterMetricFamily("peregrine_inference_request_failure", "Failed requests", labels=labels),
             "count": CounterMetricFamily("peregrine_inference_count", "Batch elements executed", labels=labels),
             "exec": CounterMetricFamily("peregrine_inference_exec_count", "Batches executed", labels=labels),
+            "padding": CounterMetricFamily("peregrine_inference_padding_count",
+                                           "Padding rows executed to fill batch buckets (not inferences)",
+                                           labels=labels),
             "queue": CounterMetricFamily("peregrine_inference_queue_duration_us", "Time in queue", labels=labels),
             "compute_input": CounterMetricFamily("peregrine_inference_compute_input_duration_us",
                                                  "Batch assembly time", labels=labels),
@@ -48,6 +51,7 @@ class _ModelCollector(Collector):
             fams["fail"].add_metric(lv, s.fail.count)
             fams["count"].add_metric(lv, s.inference_count)
             fams["exec"].add_metric(lv, s.execution_count)
+            fams["padding"].add_metric(lv, s.padding_count)
             for k in ("queue", "compute_input", "compute_infer", "compute_output"):
                 fams[k].add_metric(lv, getattr(s, k).ns / 1000)
             depth.add_metric(lv, m.batcher.queue_depth if m.batcher else 0)

@@ -28,8 +28,9 @@ class BatchStats:
 class ModelStats:
     """Counters of one model version; every method is thread-safe."""
 
-    inference_count: int = 0  # requests executed (counting each batch element)
+    inference_count: int = 0  # requests executed (counting each batch element; never padding)
     execution_count: int = 0  # batches executed
+    padding_count: int = 0  # padding rows executed to fill batch buckets
     last_inference_ms: int = 0  # wall-clock milliseconds since the epoch, as the protocol reports it
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -40,13 +41,23 @@ class ModelStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record_batch(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One executed batch of ``batch_size`` elements coming from ``requests`` requests."""
+    def record_batch(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int,
+                     executed: int | None = None) -> None:
+        """One executed batch of ``batch_size`` elements coming from ``requests`` requests, run at
+        ``executed`` rows (its batch bucket; default ``batch_size``: no padding).
+
+        ``inference_count`` counts the real elements; the per-size batch statistics are keyed by the
+        executed size, since that is the shape whose compute time they measure; the difference is
+        ``padding_count``. Triton never pads, so there the two sizes are the same number."""
+        executed = batch_size if executed is None else executed
+        if executed < batch_size:
+            raise ValueError(f"executed size {executed} is below the batch's {batch_size} elements")
         with self._lock:
             self.execution_count += 1
             self.inference_count += batch_size
+            self.padding_count += executed - batch_size
             self.last_inference_ms = time.time_ns() // 1_000_000
-            b = self.batches.setdefault(batch_size, BatchStats())
+            b = self.batches.setdefault(executed, BatchStats())
             b.compute_input.add(input_ns)
             b.compute_infer.add(infer_ns)
             b.compute_output.add(output_ns)

@@ -60,6 +60,11 @@ default_timeout_us = 100000
     ("[[input]]\nname = 'x'\ndims = [0, 3]", "input.0.dims"),
     ("version_policy = 'newest'", "version_policy"),
     ("[dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 3", "dynamic_batching"),
+    ("[dynamic_batching]\nbatch_buckets = [0, 4]", "dynamic_batching.batch_buckets"),
+    ("[dynamic_batching]\nbatch_buckets = 'all'", "dynamic_batching.batch_buckets"),
+    ("[dynamic_batching]\nbatch_buckets = [2.5]", "dynamic_batching.batch_buckets"),
+    ("max_batch_size = 8\n[dynamic_batching]\nbatch_buckets = [4, 16]", "dynamic_batching.batch_buckets"),
+    ("max_batch_size = 0\n[dynamic_batching]\nbatch_buckets = [4]", "dynamic_batching.batch_buckets"),
     ("max_batch_size = [", "not valid TOML"),
 ])
 def test_errors_name_the_key(text: str, key: str) -> None:
@@ -67,6 +72,25 @@ def test_errors_name_the_key(text: str, key: str) -> None:
         parse_model_config(text, "m/config.toml")
     assert key in e.value.message
     assert "m/config.toml" in e.value.message
+
+
+@pytest.mark.parametrize(("text", "expected", "got"), [
+    ("[dynamic_batching]\nbatch_buckets = [0, 4]", "positive", "[0, 4]"),
+    ("[dynamic_batching]\nbatch_buckets = 'all'", "'auto'", "'all'"),
+    ("max_batch_size = 8\n[dynamic_batching]\nbatch_buckets = [4, 16]", "1..max_batch_size (8)", "[4, 16]"),
+    ("max_batch_size = 0\n[dynamic_batching]\nbatch_buckets = [4]", "max_batch_size is 0", "[4]"),
+])
+def test_batch_bucket_errors_say_what_was_expected_and_what_came(text: str, expected: str, got: str) -> None:
+    with pytest.raises(ModelLoadError) as e:
+        parse_model_config(text, "m/config.toml")
+    assert expected in e.value.message and got in e.value.message
+
+
+def test_batch_buckets_parse() -> None:
+    assert parse_model_config("[dynamic_batching]").dynamic_batching.batch_buckets == "auto"  # type: ignore[union-attr]
+    cfg = parse_model_config("max_batch_size = 16\n[dynamic_batching]\nbatch_buckets = [8, 2, 2]")
+    assert cfg.dynamic_batching is not None and cfg.dynamic_batching.batch_buckets == [2, 8]
+    assert parse_model_config("max_batch_size = 8\n[dynamic_batching]\nbatch_buckets = []").dynamic_batching
 
 
 def test_version_policies() -> None:
@@ -82,6 +106,9 @@ BAD_MODELS = {
     "override_wrong_type": (onnx_models.identity("FP32", ["N", 2]), "[[input]]\nname = 'INPUT0'\ndata_type = 'INT8'"),
     "override_wrong_dims": (onnx_models.identity("FP32", ["N", 2]), "[[input]]\nname = 'INPUT0'\ndims = [3]"),
     "batch_without_dynamic_dim": (onnx_models.identity("FP32", [1, 2]), "max_batch_size = 4"),
+    # max_batch_size inferred at load: 8 for a dynamic first dimension, 0 for a fixed one.
+    "buckets_above_inferred_max": (onnx_models.identity("FP32", ["N", 2]), "[dynamic_batching]\nbatch_buckets = [16]"),
+    "buckets_without_batching": (onnx_models.identity("FP32", [1, 2]), "[dynamic_batching]\nbatch_buckets = [1]"),
     "not_onnx": (b"\x00garbage", None),
     "cuda_without_gpu_build": (onnx_models.identity("FP32", ["N", 2]), "[instance_group]\ndevice = 'cuda'"),
     "name_mismatch": (onnx_models.identity("FP32", ["N", 2]), "name = 'other'"),

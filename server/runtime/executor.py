@@ -3,10 +3,20 @@
 Batch assembly writes each request's rows straight into a buffer preallocated per instance (no
 concatenate-then-copy); a batch of one request feeds the request's own arrays (no copy at all).
 Outputs are split back into per-request views.
+
+With batch buckets, a batch of n elements is padded up to the smallest bucket >= n before it runs,
+so that the session only ever sees the bucket shapes. The padding rows repeat the batch's last real
+row rather than holding zeros: a real row is an input the model is known to accept (it passed
+validation and runs anyway), so padding can never make a batch fail or take a numeric path (NaN,
+division by zero, an invalid index) that its real rows do not; it works for every datatype, BYTES
+included; and a data-dependent model (NMS on the detections) spends on it about what it spends on a
+real row, so a bucket costs the same whatever fills it. Padding outputs are dropped; only the real
+rows are split back.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Sequence
@@ -38,6 +48,7 @@ class OnnxBatchExecutor:
         batching: bool,
         max_batch_size: int,
         stats: ModelStats,
+        batch_buckets: Sequence[int] = (),
     ) -> None:
         self.model_name = model_name
         self.sessions = sessions
@@ -46,7 +57,16 @@ class OnnxBatchExecutor:
         self.batching = batching
         self.max_batch_size = max_batch_size
         self.stats = stats
+        # Sizes a batch is padded up to (ascending); empty: batches run at their own size.
+        self.batch_buckets = tuple(sorted(batch_buckets)) if batching else ()
+        if self.batch_buckets and self.batch_buckets[-1] > max_batch_size:
+            raise ValueError(f"batch bucket {self.batch_buckets[-1]} exceeds max_batch_size {max_batch_size}")
         self._buffers: list[dict[str, np.ndarray]] = [{} for _ in sessions]
+
+    def executed_size(self, elements: int) -> int:
+        """The batch size a batch of ``elements`` runs at: its bucket, or ``elements`` itself."""
+        i = bisect.bisect_left(self.batch_buckets, elements)
+        return self.batch_buckets[i] if i < len(self.batch_buckets) else elements
 
     def _buffer(self, instance: int, name: str, like: np.ndarray) -> np.ndarray:
         buf = self._buffers[instance].get(name)
@@ -55,26 +75,34 @@ class OnnxBatchExecutor:
             self._buffers[instance][name] = buf
         return buf
 
-    def _assemble(self, instance: int, requests: Sequence[InferRequest]) -> dict[str, np.ndarray]:
-        if len(requests) == 1:
+    def _assemble(self, instance: int, requests: Sequence[InferRequest], executed: int) -> dict[str, np.ndarray]:
+        """The session's feed: the requests' rows one after the other, then padding rows up to
+        ``executed`` (copies of the last real row)."""
+        if len(requests) == 1 and (not self.batching or executed == _rows(requests[0])):
             return requests[0].inputs
         feed = {}
         for spec in self.inputs:
             parts = [r.inputs[spec.name] for r in requests]
             if parts[0].dtype == object:
-                feed[spec.name] = np.concatenate(parts)
+                rows = np.concatenate(parts)
+                pad = executed - len(rows)
+                feed[spec.name] = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)]) if pad else rows
                 continue
             buf = self._buffer(instance, spec.name, parts[0])
             offset = 0
             for p in parts:
                 buf[offset : offset + len(p)] = p
                 offset += len(p)
-            feed[spec.name] = buf[:offset]
+            if executed > offset:
+                buf[offset:executed] = buf[offset - 1]
+            feed[spec.name] = buf[:executed]
         return feed
 
     def execute(self, instance: int, requests: Sequence[InferRequest]) -> list[dict[str, np.ndarray]]:
         t0 = time.perf_counter_ns()
-        feed = self._assemble(instance, requests)
+        elements = sum(_rows(r) for r in requests) if self.batching else len(requests)
+        executed = self.executed_size(elements)
+        feed = self._assemble(instance, requests, executed)
         t1 = time.perf_counter_ns()
         try:
             outs = self.sessions[instance].run(feed, self.output_names)
@@ -86,23 +114,23 @@ class OnnxBatchExecutor:
             log.error("model '%s' failed on a batch of %d requests: %s", self.model_name, len(requests), e)
             raise ModelExecutionError(self.model_name, str(e)) from None
         t2 = time.perf_counter_ns()
-        results = self._split(requests, outs)
+        results = self._split(requests, outs, executed)
         t3 = time.perf_counter_ns()
-        elements = sum(len(next(iter(r.inputs.values()))) for r in requests) if self.batching else len(requests)
-        self.stats.record_batch(elements, len(requests), t1 - t0, t2 - t1, t3 - t2)
+        self.stats.record_batch(elements, len(requests), t1 - t0, t2 - t1, t3 - t2, executed=executed)
         return results
 
-    def _split(self, requests: Sequence[InferRequest], outs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def _split(self, requests: Sequence[InferRequest], outs: list[np.ndarray],
+               executed: int) -> list[dict[str, np.ndarray]]:
         named = dict(zip(self.output_names, outs, strict=True))
-        if len(requests) == 1:
+        if len(requests) == 1 and not self.batch_buckets:
             return [self._select(requests[0], named)]
-        sizes = [len(next(iter(r.inputs.values()))) for r in requests]
-        total = sum(sizes)
+        sizes = [_rows(r) for r in requests]
         for name, arr in named.items():
-            if arr.ndim == 0 or arr.shape[0] != total:
+            if arr.ndim == 0 or arr.shape[0] != executed:
                 raise ModelExecutionError(
-                    self.model_name, f"output '{name}' has shape {arr.shape}, expected batch dimension {total}"
+                    self.model_name, f"output '{name}' has shape {arr.shape}, expected batch dimension {executed}"
                 )
+        # Views of the real rows; the padding rows at the end are dropped.
         results, offset = [], 0
         for r, n in zip(requests, sizes, strict=True):
             results.append(self._select(r, {k: v[offset : offset + n] for k, v in named.items()}))
@@ -114,3 +142,8 @@ class OnnxBatchExecutor:
         if not request.requested_outputs:
             return outputs
         return {name: outputs[name] for name in request.requested_outputs}
+
+
+def _rows(request: InferRequest) -> int:
+    """Batch elements a request carries (the first dimension of its inputs)."""
+    return len(next(iter(request.inputs.values())))

@@ -243,7 +243,9 @@ class DynamicBatcher:
                 if not f.done():
                     f.set_exception(e)
         else:
-            self.policy.cost.observe_batch(sum(e.size for e in entries), time.perf_counter() - start)
+            # The cost model learns the size that ran: with batch buckets, the padded one.
+            elements = sum(e.size for e in entries)
+            self.policy.cost.observe_batch(self.policy.executed_size(elements), time.perf_counter() - start)
             for f, r in zip(futures, results, strict=True):
                 if not f.done():
                     f.set_result(r)

@@ -10,13 +10,22 @@ elements. It is dispatched when it is full (or reaches the largest preferred siz
 closes, or, in the adaptive window, as soon as waiting would cost a deadline or no longer pays. The
 adaptive window also stops merging requests when the learned cost shows that batching does not raise
 throughput (a batch of n costing about n single runs, as on a CPU).
+
+While the most urgent batch waits inside its window, a batch of another shape may run first on a
+spare instance (one that every more urgent waiting batch leaves over) when it is full, its own window
+closed, or its deadline needs it to start now: one idle instance stays kept for each more urgent
+batch, so none of them is dispatched later than it would have been.
+
+With batch buckets (``PolicyConfig.batch_buckets``) a batch of n elements runs padded to the smallest
+bucket >= n; the cost model and the deadline guard count the executed (padded) size.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +56,16 @@ class PolicyConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay: float = 0.0  # seconds a batch may wait to fill (fixed window; cap in adaptive)
     adaptive: bool = False
+    # Sizes batches are executed at, ascending (a batch of n runs padded to the smallest one >= n);
+    # empty: every batch runs at its own size.
+    batch_buckets: tuple[int, ...] = ()
+
+
+def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
+    """The size a batch of ``n`` elements is executed at: the smallest bucket >= n, or ``n`` itself
+    when there are no buckets (or none is large enough)."""
+    i = bisect.bisect_left(buckets, n)
+    return buckets[i] if i < len(buckets) else n
 
 
 @dataclass
@@ -106,16 +125,16 @@ class CostModel:
     def estimate(self, n: int) -> float:
         return self.a + self.b * n
 
-    def batching_pays(self, max_batch: int, gain: float = 1.1) -> bool:
+    def batching_pays(self, max_batch: int, gain: float = 1.1, single: int = 1) -> bool:
         """Whether, by the fit, a full batch of ``max_batch`` elements runs at least ``gain`` times the
-        throughput of single requests. True while fewer than two batch sizes were seen: batching is
-        then still being explored."""
+        throughput of single requests, each executed at size ``single`` (1, or the smallest batch
+        bucket). True while fewer than two batch sizes were seen: batching is then still being explored."""
         if self._fitted_sizes < 2 or max_batch <= 1:
             return True
         full = self.estimate(max_batch)
         if full <= 0:
             return True
-        return max_batch * self.estimate(1) >= gain * full
+        return max_batch * self.estimate(single) >= gain * full
 
     def upper(self, n: int) -> float:
         """An estimate of the batch time that is not optimistic when the fit is unsure.
@@ -136,6 +155,10 @@ class BatchPolicy:
         self.config = config
         self.cost = cost or CostModel()
 
+    def executed_size(self, n: int) -> int:
+        """The size a batch of ``n`` elements runs at (its batch bucket, or ``n``)."""
+        return bucket_for(n, self.config.batch_buckets)
+
     def decide(self, queue: Iterable[QueuedRequest], now: float, idle_instances: int) -> Decision:
         d = Decision()
         live: list[QueuedRequest] = []
@@ -153,32 +176,67 @@ class BatchPolicy:
         if idle_instances <= 0:
             return d
         live.sort(key=QueuedRequest.order)
-        if self.config.adaptive and not self.cost.batching_pays(self.config.max_batch_size):
+        cfg = self.config
+        if cfg.adaptive and not self.cost.batching_pays(cfg.max_batch_size, single=self.executed_size(1)):
             # A batch of n costs about n single runs here (no fixed cost to share): merging requests
-            # would only make the first ones wait for the others' compute. The most urgent runs alone.
-            d.batch = [live[0]]
+            # would only make the first ones wait for the others' compute. The most urgent runs alone,
+            # with the requests of its shape that ride free in its batch bucket's padding.
+            d.batch = self._fill(live, self.executed_size(live[0].size))
             return d
-        batch = self._fill(live)
-        n = sum(r.size for r in batch)
-        target = self._target(n)
-        if target is not None:
-            d.batch = self._trim(batch, target)
-            return d
-        close = self._window_close(batch, now)
-        if close <= now:
-            d.batch = self._trim(batch, self._largest_preferred(n) or n)
-            return d
-        d.wake_at = min(d.wake_at, close)
+        # The most urgent batch first, then the batches of other shapes in the order of their most
+        # urgent request. Each batch still inside its window keeps one idle instance for itself, so a
+        # later batch may only use an instance left over: nothing dispatched here can make a more
+        # urgent batch start later than it would have.
+        for waiting, batch in enumerate(self._batches(live)):  # `waiting`: more urgent batches still waiting
+            if waiting >= idle_instances:
+                break  # every idle instance is kept for a more urgent batch
+            ready_at = self._ready_at(batch, now, head=waiting == 0)
+            if ready_at <= now:
+                d.batch = self._finalize(batch)
+                return d
+            d.wake_at = min(d.wake_at, ready_at)
         return d
 
-    def _fill(self, ordered: list[QueuedRequest]) -> list[QueuedRequest]:
+    def _batches(self, ordered: list[QueuedRequest]) -> Iterator[list[QueuedRequest]]:
+        """One candidate batch per shape key, most urgent first."""
+        groups: dict[Hashable, list[QueuedRequest]] = {}
+        for r in ordered:
+            groups.setdefault(r.shape_key, []).append(r)
+        for members in groups.values():
+            yield self._fill(members)
+
+    def _ready_at(self, batch: list[QueuedRequest], now: float, head: bool) -> float:
+        """When the batch should be dispatched: now when it is full, else when its window closes. A
+        batch behind the most urgent one also goes when its own deadline needs it to start (it is not
+        waiting for company then, but for an instance)."""
+        n = sum(r.size for r in batch)
+        if self._target(n) is not None:
+            return now
+        close = self._window_close(batch, now)
+        if not head and self.cost.ready:
+            urgent = min(r.deadline for r in batch)
+            if urgent < INF:
+                close = min(close, urgent - self.cost.upper(self.executed_size(n)))
+        return close
+
+    def _finalize(self, batch: list[QueuedRequest]) -> list[QueuedRequest]:
+        """What of a ready batch runs: the target size when full, else the largest preferred size
+        that fits, else all of it."""
+        n = sum(r.size for r in batch)
+        target = self._target(n)
+        return self._trim(batch, target if target is not None else (self._largest_preferred(n) or n))
+
+    def _fill(self, ordered: list[QueuedRequest], limit: int | None = None) -> list[QueuedRequest]:
+        """The first request plus the next ones of its shape, up to ``limit`` (default
+        ``max_batch_size``) elements."""
+        limit = self.config.max_batch_size if limit is None else limit
         head = ordered[0]
         batch = [head]
         n = head.size
         for r in ordered[1:]:
-            if n >= self.config.max_batch_size:
+            if n >= limit:
                 break
-            if r.shape_key == head.shape_key and n + r.size <= self.config.max_batch_size:
+            if r.shape_key == head.shape_key and n + r.size <= limit:
                 batch.append(r)
                 n += r.size
         return batch
@@ -217,14 +275,18 @@ class BatchPolicy:
             # No batch has run yet, so its time is unknown: any wait could cost a deadline.
             return now if urgent < INF else oldest + cfg.max_queue_delay
         n = sum(r.size for r in batch)
-        # Waiting pays only while the next request is expected sooner than the fixed cost of a batch
-        # that merging it would save.
-        if cost.arrival_gap >= cost.a:
+        # Waiting pays only while the next request is expected sooner than the time that merging it
+        # saves: its own run, less what it adds to this batch. Without buckets that is the fixed cost
+        # `a`; with buckets a request that fits in the padding adds nothing, and one that needs the
+        # next bucket adds that bucket's extra rows, so a batch that fills its bucket stops sooner.
+        ex = self.executed_size
+        saving = cost.a + cost.b * (ex(1) - (ex(n + 1) - ex(n)))
+        if cost.arrival_gap >= saving:
             return now
         cap = cfg.max_queue_delay if cfg.max_queue_delay > 0 else cost.a
         close = oldest + cap
         # Never wait past the moment where running one more element would miss the most urgent deadline:
         # at `close`, dispatching still meets every deadline that dispatching now meets.
         if urgent < INF:
-            close = min(close, urgent - cost.upper(n + 1))
+            close = min(close, urgent - cost.upper(ex(n + 1)))
         return close

@@ -18,7 +18,7 @@ import pytest
 from peregrine.server.errors import DeadlineExceeded, InvalidArgument, ModelExecutionError, Unavailable
 from peregrine.server.inference import InferRequest
 from peregrine.server.scheduling.batcher import DynamicBatcher, QueueConfig, QueuePolicy
-from peregrine.server.scheduling.policy import BatchPolicy, PolicyConfig
+from peregrine.server.scheduling.policy import BatchPolicy, CostModel, PolicyConfig
 
 
 class Clock:
@@ -112,10 +112,11 @@ class Harness:
         await until(lambda: self.batcher.queue_depth == depth)
 
 
-def harness(policy: PolicyConfig | None = None, queue: QueueConfig | None = None, instances: int = 1) -> Harness:
+def harness(policy: PolicyConfig | None = None, queue: QueueConfig | None = None, instances: int = 1,
+            cost: CostModel | None = None) -> Harness:
     gates, executor, clock = Gates(), FakeExecutor(), Clock()
     batcher = DynamicBatcher(
-        BatchPolicy(policy or PolicyConfig(max_batch_size=1)), executor, instances, queue or QueueConfig(),
+        BatchPolicy(policy or PolicyConfig(max_batch_size=1), cost), executor, instances, queue or QueueConfig(),
         shape_key=lambda r: r.parameters["shape"], size=lambda r: len(r.inputs["x"]),
         run_in_thread=gates.run, clock=clock,
     )
@@ -519,5 +520,80 @@ def test_a_failing_policy_fails_the_queued_requests_instead_of_hanging_them() ->
         await gates.release(0)
         assert await ok == "out-ok"
         assert executor.executed == [["ok"]]
+
+    run(body)
+
+
+# -- head-of-line blocking and batch buckets --------------------------------------------------------
+async def _yield_many(turns: int = 200) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def _hol_case(instances: int) -> tuple[int, list[list[str]]]:
+    """Shape b waits since t=0; shape a (more urgent) arrives at t=8 with a 10 s window. At t=11 b's
+    own window has closed but a's has not. Returns how many batches were dispatched at t=11, and
+    the batches in the order they ran once a's window closed too."""
+    at_11 = 0
+
+    async def body() -> None:
+        nonlocal at_11
+        h = harness(PolicyConfig(max_batch_size=4, max_queue_delay=10.0),
+                    QueueConfig(priority_levels=2, default_priority_level=2), instances=instances)
+        b1 = h.submit("b1", shape="b", priority=2)
+        await h.queued(1)
+        h.clock.advance(8.0)
+        a1 = h.submit("a1", shape="a", priority=1)
+        await h.queued(2)
+        h.clock.advance(3.0)
+        a2 = h.submit("a2", shape="a", priority=1)  # an arrival wakes the driver at t=11
+        await h.queued(3 if instances == 1 else 2)
+        await _yield_many()  # give the driver every chance to dispatch what it would
+        at_11 = len(h.gates.batches)
+        h.clock.advance(7.0)  # t=18: a's window closes
+        a3 = h.submit("a3", shape="a", priority=1)
+        await h.gates.release(0)
+        await h.gates.release(1)
+        await asyncio.gather(b1, a1, a2, a3)
+
+        order.extend(h.executor.executed)
+
+    order: list[list[str]] = []
+    run(body)
+    return at_11, order
+
+
+def test_another_shape_whose_window_closed_uses_a_second_idle_instance() -> None:
+    # Two instances: b runs at t=11 on the spare one, while a keeps filling until its window closes.
+    assert _hol_case(instances=2) == (1, [["b1"], ["a1", "a2", "a3"]])
+
+
+def test_with_one_instance_other_shapes_still_wait_for_the_head() -> None:
+    # The only idle instance is kept for a: b waits behind a's window, as before.
+    assert _hol_case(instances=1) == (0, [["a1", "a2", "a3"], ["b1"]])
+
+
+def test_the_cost_model_learns_the_padded_batch_size() -> None:
+    class Recording(CostModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def observe_batch(self, n: int, seconds: float) -> None:
+            self.sizes.append(n)
+            super().observe_batch(n, seconds)
+
+    async def body() -> None:
+        cost = Recording()
+        h = harness(PolicyConfig(max_batch_size=8, batch_buckets=(4, 8)), cost=cost)
+        busy = h.submit("busy")
+        await until(lambda: len(h.gates.batches) == 1)
+        batch = [h.submit("x", size=2), h.submit("y", size=3)]
+        await h.queued(2)
+        await h.gates.release(0)
+        await h.gates.release(1)
+        await asyncio.gather(busy, *batch)
+        assert h.executor.executed == [["busy"], ["x", "y"]]
+        assert cost.sizes == [4, 8]  # 1 element ran at 4, 5 elements at 8
 
     run(body)

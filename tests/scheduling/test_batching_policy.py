@@ -9,7 +9,14 @@ import random
 from collections.abc import Callable
 
 import pytest
-from peregrine.server.scheduling.policy import INF, BatchPolicy, CostModel, PolicyConfig, QueuedRequest
+from peregrine.server.scheduling.policy import (
+    INF,
+    BatchPolicy,
+    CostModel,
+    PolicyConfig,
+    QueuedRequest,
+    bucket_for,
+)
 
 
 def req(seq: int, arrival: float = 0.0, **kw: object) -> QueuedRequest:
@@ -380,15 +387,20 @@ def _random_case(rng: random.Random) -> tuple[BatchPolicy, list[QueuedRequest], 
     cost = CostModel()
     for _ in range(rng.randint(1, 3)):
         for n in sizes:
-            cost.observe_batch(n, a + b * n)
+            cost.observe_batch(n, a + b * n)  # sizes as executed (with buckets too: they are its sizes then)
     t = 0.0
     for _ in range(rng.randint(0, 6)):
         t += rng.expovariate(1 / rng.choice([0.0002, 0.002, 0.02]))
         cost.observe_arrival(t)
     now = 10.0
+    buckets: tuple[int, ...] = ()
+    if rng.random() < 0.5:  # half the cases pad to batch buckets (powers of two, or a random set)
+        buckets = tuple(sorted({1 << k for k in range(max_batch.bit_length()) if 1 << k <= max_batch} | {max_batch}))
+        if rng.random() < 0.5:
+            buckets = tuple(sorted(set(rng.sample(range(1, max_batch + 1), k=rng.randint(1, max_batch))) | {max_batch}))
     policy = BatchPolicy(
         PolicyConfig(max_batch_size=max_batch, max_queue_delay=rng.choice([0.0, 0.002, 0.010, 0.050]),
-                     adaptive=True),
+                     adaptive=True, batch_buckets=buckets),
         cost,
     )
     queue = []
@@ -404,11 +416,15 @@ def _late_after_waiting(rng: random.Random, policy: BatchPolicy, queue: list[Que
     """Run one queue to its first dispatch; return (requests that dispatching at once would have kept
     in time, those of them that waiting made late, whether the policy waited)."""
     # What dispatching at once would run: the most urgent batch, as the policy fills it.
-    forced = BatchPolicy(PolicyConfig(max_batch_size=policy.config.max_batch_size), policy.cost)
+    cfg = policy.config
+    forced = BatchPolicy(PolicyConfig(max_batch_size=cfg.max_batch_size, batch_buckets=cfg.batch_buckets),
+                         policy.cost)
     at_once = forced.decide(list(queue), now, idle_instances=1).batch
-    if policy.config.adaptive and not policy.cost.batching_pays(policy.config.max_batch_size):
-        at_once = at_once[:1]  # where batching does not pay, the adaptive policy runs requests alone
-    n0 = sum(r.size for r in at_once)
+    if cfg.adaptive and not policy.cost.batching_pays(cfg.max_batch_size, single=policy.executed_size(1)):
+        # Where batching does not pay, the adaptive policy runs the most urgent request alone (with
+        # what fits in its bucket's padding).
+        at_once = forced._fill(at_once, policy.executed_size(at_once[0].size))
+    n0 = policy.executed_size(sum(r.size for r in at_once))
     would_meet = [r for r in at_once if now + true_cost(n0) <= r.deadline]
     # Let time run to each wake-up until the policy dispatches (one idle instance throughout).
     t, live, seq = now, list(queue), len(queue)
@@ -430,7 +446,7 @@ def _late_after_waiting(rng: random.Random, policy: BatchPolicy, queue: list[Que
         t = nxt
     else:
         pytest.fail("the policy never dispatched")
-    n = sum(r.size for r in d.batch)
+    n = policy.executed_size(sum(r.size for r in d.batch))
     late = [r for r in would_meet if r not in d.batch or t + true_cost(n) > r.deadline + 1e-9]
     return len(would_meet), len(late), t > now
 
@@ -455,8 +471,214 @@ def test_the_property_loop_catches_a_window_that_ignores_deadlines() -> None:
     late_total = 0
     for _ in range(500):
         policy, queue, now, a, b = _random_case(rng)
-        fixed = BatchPolicy(PolicyConfig(max_batch_size=policy.config.max_batch_size, max_queue_delay=0.010),
-                            policy.cost)
+        fixed = BatchPolicy(PolicyConfig(max_batch_size=policy.config.max_batch_size, max_queue_delay=0.010,
+                                          batch_buckets=policy.config.batch_buckets), policy.cost)
         _, late, _ = _late_after_waiting(rng, fixed, queue, now, lambda n: a + b * n, False)  # noqa: B023
         late_total += late
     assert late_total > 0
+
+
+# -- batch buckets -------------------------------------------------------------------------------
+def test_a_batch_runs_at_the_smallest_bucket_that_holds_it() -> None:
+    assert [bucket_for(n, (4, 8)) for n in range(1, 9)] == [4, 4, 4, 4, 8, 8, 8, 8]
+    assert [bucket_for(n, ()) for n in (1, 3, 7)] == [1, 3, 7]  # no buckets: the batch's own size
+    assert bucket_for(9, (4, 8)) == 9  # larger than every bucket (never formed: max is a bucket)
+    assert BatchPolicy(PolicyConfig(max_batch_size=16, batch_buckets=(1, 2, 4, 8, 16))).executed_size(5) == 8
+
+
+def test_buckets_do_not_change_which_requests_the_fixed_window_sends() -> None:
+    # Padding 5 up to 8 costs one run; splitting at the bucket (4, then 1 padded to... 4) costs two.
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, max_queue_delay=0.010, batch_buckets=(4, 8)))
+    queue = [req(i, arrival=1.000) for i in range(5)]
+    assert policy.decide(queue, now=1.005, idle_instances=1).batch == []
+    assert seqs(policy.decide(queue, now=1.010, idle_instances=1).batch) == [0, 1, 2, 3, 4]
+
+
+def test_preferred_sizes_keep_their_meaning_with_buckets() -> None:
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, preferred_batch_sizes=(3,), max_queue_delay=0.010,
+                                      batch_buckets=(4, 8)))
+    queue = [req(i, arrival=1.000) for i in range(5)]
+    assert seqs(policy.decide(queue, now=1.000, idle_instances=1).batch) == [0, 1, 2]  # 3 at once, run at 4
+
+
+def test_adaptive_keeps_waiting_while_the_bucket_has_room_and_stops_when_it_is_full() -> None:
+    # Cost over executed sizes: 10 ms + 2 ms per row. Requests come every 8 ms.
+    # 3 queued (bucket 4): a fourth rides in the padding for free, saving its own run (12 ms > 8): wait.
+    # 4 queued (bucket 4 full): a fifth moves the batch to bucket 8, +8 ms, saving 12 - 8 = 4 ms < 8: go.
+    cost = fitted(a=0.010, b=0.002, sizes=(1, 2, 4, 8))
+    arrivals(cost, gap=0.008)
+    buckets = PolicyConfig(max_batch_size=8, max_queue_delay=0.050, adaptive=True, batch_buckets=(1, 2, 4, 8))
+    three = [req(i, arrival=1.000) for i in range(3)]
+    four = [req(i, arrival=1.000) for i in range(4)]
+    assert BatchPolicy(buckets, cost).decide(three, now=1.001, idle_instances=1).batch == []
+    assert seqs(BatchPolicy(buckets, cost).decide(four, now=1.001, idle_instances=1).batch) == [0, 1, 2, 3]
+    # Without buckets a fifth request saves the fixed cost (10 ms > 8): the batch of 4 waits.
+    plain = PolicyConfig(max_batch_size=8, max_queue_delay=0.050, adaptive=True)
+    assert BatchPolicy(plain, cost).decide(four, now=1.001, idle_instances=1).batch == []
+
+
+def test_adaptive_deadline_guard_counts_the_padded_size() -> None:
+    cost = fitted(a=0.010, b=0.002, sizes=(1, 2, 4, 8))
+    arrivals(cost, gap=0.001)
+    queue = [req(0, arrival=1.000, deadline=1.030), req(1, arrival=1.000)]
+    # A third element makes the batch run at 4: 18 ms, so waiting stops at 1.030 - 0.018.
+    cfg = PolicyConfig(max_batch_size=8, max_queue_delay=0.050, adaptive=True, batch_buckets=(1, 2, 4, 8))
+    assert BatchPolicy(cfg, cost).decide(queue, now=1.001, idle_instances=1).wake_at == pytest.approx(1.012)
+    # Without buckets it would run at 3: 16 ms.
+    plain = PolicyConfig(max_batch_size=8, max_queue_delay=0.050, adaptive=True)
+    assert BatchPolicy(plain, cost).decide(queue, now=1.001, idle_instances=1).wake_at == pytest.approx(1.014)
+
+
+def test_where_batching_does_not_pay_a_request_takes_along_what_fits_in_its_bucket() -> None:
+    # CPU-like cost over buckets 1, 4 and 8: 100 ms per executed row, so batching does not pay. The
+    # head carries 3 elements and runs padded to 4 anyway: one single request rides along for nothing.
+    cost = fitted(a=0.0, b=0.100, sizes=(1, 4, 8))
+    cfg = PolicyConfig(max_batch_size=8, max_queue_delay=0.010, adaptive=True, batch_buckets=(1, 4, 8))
+    assert not cost.batching_pays(8, single=1)
+    queue = [req(0, arrival=1.000, size=3)] + [req(i, arrival=1.000) for i in range(1, 4)]
+    assert seqs(BatchPolicy(cfg, cost).decide(queue, now=1.000, idle_instances=1).batch) == [0, 1]
+    # A single request at the head fills its bucket of 1 and runs alone.
+    assert seqs(BatchPolicy(cfg, cost).decide(queue[1:], now=1.000, idle_instances=1).batch) == [1]
+
+
+def test_batching_pays_counts_singles_at_their_padded_size() -> None:
+    # 100 ms per executed row; singles padded to 4 run a quarter as fast as a full batch of 8.
+    cost = fitted(a=0.0, b=0.100, sizes=(4, 8))
+    assert not cost.batching_pays(8, single=1)
+    assert cost.batching_pays(8, single=4)
+
+
+# -- head-of-line blocking: other shapes on a spare instance ---------------------------------------
+A, B, C = "a", "b", "c"  # shape keys
+
+
+def test_another_shape_whose_window_closed_runs_on_a_spare_instance() -> None:
+    # Head: shape a (priority 1), window open until 1.018. Shape b (priority 2) has waited since 1.000:
+    # its window closed at 1.010.
+    policy = BatchPolicy(PolicyConfig(max_batch_size=4, max_queue_delay=0.010))
+    queue = [req(0, arrival=1.008, shape_key=A, priority=1), req(1, arrival=1.000, shape_key=B, priority=2)]
+    d = policy.decide(queue, now=1.011, idle_instances=2)
+    assert seqs(d.batch) == [1]
+    # One idle instance: it is the head's, so b still waits behind a's window.
+    d = policy.decide(queue, now=1.011, idle_instances=1)
+    assert d.batch == []
+    assert d.wake_at == pytest.approx(1.018)
+
+
+def test_the_head_still_goes_first_when_its_own_window_closes() -> None:
+    policy = BatchPolicy(PolicyConfig(max_batch_size=4, max_queue_delay=0.010))
+    queue = [req(0, arrival=1.008, shape_key=A, priority=1), req(1, arrival=1.000, shape_key=B, priority=2)]
+    assert seqs(policy.decide(queue, now=1.018, idle_instances=2).batch) == [0]
+
+
+def test_another_shape_that_is_full_runs_on_a_spare_instance() -> None:
+    policy = BatchPolicy(PolicyConfig(max_batch_size=4, max_queue_delay=0.010))
+    queue = [req(0, arrival=1.000, shape_key=A, priority=1)] + [
+        req(i, arrival=1.001, shape_key=B, priority=2) for i in range(1, 6)
+    ]
+    assert seqs(policy.decide(queue, now=1.002, idle_instances=2).batch) == [1, 2, 3, 4]
+
+
+def test_another_shape_at_its_largest_preferred_size_runs_on_a_spare_instance() -> None:
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, preferred_batch_sizes=(2, 3), max_queue_delay=0.010))
+    queue = [req(0, arrival=1.000, shape_key=A, priority=1)] + [
+        req(i, arrival=1.001, shape_key=B, priority=2) for i in range(1, 5)
+    ]
+    assert seqs(policy.decide(queue, now=1.002, idle_instances=2).batch) == [1, 2, 3]
+
+
+def test_another_shape_whose_deadline_needs_it_now_runs_on_a_spare_instance() -> None:
+    # Known cost: 10 ms + 2 ms per element. Shape b's request must start by 1.050 - 0.012 = 1.038,
+    # long before its fixed window (1.100) or the head's (1.095) closes.
+    cost = fitted(a=0.010, b=0.002)
+    policy = BatchPolicy(PolicyConfig(max_batch_size=4, max_queue_delay=0.100), cost)
+    queue = [req(0, arrival=0.995, shape_key=A, priority=1), req(1, arrival=1.000, shape_key=B, priority=2,
+                                                                  deadline=1.050)]
+    d = policy.decide(queue, now=1.001, idle_instances=2)
+    assert d.batch == []
+    assert d.wake_at == pytest.approx(1.038)
+    assert seqs(policy.decide(queue, now=1.038, idle_instances=2).batch) == [1]
+    # With the head holding the only idle instance, b waits (and expires at its deadline).
+    d = policy.decide(queue, now=1.038, idle_instances=1)
+    assert d.batch == [] and d.wake_at == pytest.approx(1.050)
+
+
+def test_each_waiting_shape_keeps_an_idle_instance_for_itself() -> None:
+    # a (head) and b both wait inside their windows; c's window closed. With two idle instances both
+    # are kept for a and b, and c waits; a third idle instance is c's to use.
+    policy = BatchPolicy(PolicyConfig(max_batch_size=4, max_queue_delay=0.010))
+    queue = [
+        req(0, arrival=1.008, shape_key=A, priority=1),
+        req(1, arrival=1.006, shape_key=B, priority=2),
+        req(2, arrival=1.000, shape_key=C, priority=3),
+    ]
+    d = policy.decide(queue, now=1.011, idle_instances=2)
+    assert d.batch == []
+    assert d.wake_at == pytest.approx(1.016)  # b's window: b may then use the spare instance
+    assert seqs(policy.decide(queue, now=1.011, idle_instances=3).batch) == [2]
+
+
+def test_same_shape_leftovers_never_jump_ahead_of_their_head() -> None:
+    # Request 1 (size 3) does not fit in the head's batch (1 + 3 > 3); it is the head's shape, so it
+    # does not form a group of its own while the head waits.
+    policy = BatchPolicy(PolicyConfig(max_batch_size=3, max_queue_delay=0.010))
+    queue = [req(0, arrival=1.000, shape_key=A, size=1), req(1, arrival=0.990, shape_key=A, size=3, priority=2)]
+    # Priorities 0 and 2: request 0 (level 0) sorts first.
+    d = policy.decide(queue, now=1.005, idle_instances=2)
+    assert d.batch == []
+
+
+def _first_dispatch_of(target: int, policy: BatchPolicy, queue: list[QueuedRequest], now: float,
+                       idle: int) -> tuple[float, list[int] | None, int]:
+    """Run decisions from ``now`` with ``idle`` instances that never come back once used (the worst
+    case for the head); return when request ``target`` left the queue, the batch it ran in (None
+    when it expired) and how many other batches were dispatched before."""
+    live, t, before = list(queue), now, 0
+    for _step in range(200):
+        d = policy.decide(live, t, idle)
+        for r in d.expired:
+            live.remove(r)
+            if r.seq == target:
+                return t, None, before
+        if d.batch:
+            for r in d.batch:
+                live.remove(r)
+            idle -= 1
+            if any(r.seq == target for r in d.batch):
+                return t, seqs(d.batch), before
+            before += 1
+            continue
+        assert d.wake_at < INF and d.wake_at > t
+        t = d.wake_at
+    raise AssertionError("never dispatched")
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_other_shapes_never_delay_the_most_urgent_batch(adaptive: bool) -> None:
+    """Over random queues of several shapes, the most urgent request leaves the queue at the same
+    moment, in the same batch, as it would with the requests of other shapes absent."""
+    rng = random.Random(1123 + adaptive)
+    bypassed = 0
+    for case in range(2000):
+        max_batch = rng.randint(1, 8)
+        cost = fitted(a=rng.uniform(0.001, 0.020), b=rng.uniform(0.0, 0.004), sizes=(1, max(2, max_batch)))
+        gap = rng.choice([0.0002, 0.0005, 0.005])  # mostly faster than the fixed cost: the adaptive head waits
+        for i in range(5):
+            cost.observe_arrival(i * gap)
+        cfg = PolicyConfig(max_batch_size=max_batch, max_queue_delay=rng.choice([0.0, 0.005, 0.020]),
+                           preferred_batch_sizes=tuple(rng.sample(range(1, max_batch + 1), k=min(max_batch, 2)))
+                           if rng.random() < 0.3 else (), adaptive=adaptive)
+        now = 10.0
+        queue = [
+            req(i, arrival=now - rng.uniform(0.0, 0.030), size=rng.randint(1, max_batch), shape_key=rng.choice("abc"),
+                priority=rng.randint(1, 3), deadline=now + rng.uniform(0.001, 0.100) if rng.random() < 0.5 else INF)
+            for i in range(rng.randint(2, 10))
+        ]
+        idle = rng.randint(1, 4)
+        head = min(queue, key=QueuedRequest.order)
+        alone = [r for r in queue if r.shape_key == head.shape_key]
+        *with_others, went_first = _first_dispatch_of(head.seq, BatchPolicy(cfg, cost), queue, now, idle)
+        *without, _ = _first_dispatch_of(head.seq, BatchPolicy(cfg, cost), alone, now, idle)
+        assert with_others == without, f"case {case}"
+        bypassed += went_first > 0
+    assert bypassed > 60  # other shapes did go first in many cases (122 and 144 of 2000 with these seeds)
