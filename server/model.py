@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +102,26 @@ def resolve_batch_buckets(config: ModelConfig, max_batch_size: int, device: str,
     return tuple(sorted(sizes | {max_batch_size}))
 
 
+def open_bucket_sessions(sessions: list[OnnxSession], buckets: tuple[int, ...],
+                         open_session: Callable[[int], OnnxSession]) -> list[dict[int, OnnxSession]]:
+    """Per instance, the session that runs each batch bucket; empty when every batch of an instance
+    runs on its one session.
+
+    On a GPU provider each bucket gets a session of its own. ORT's CUDA convolutions keep the plan of
+    the last input shape they ran and rebuild it (cuDNN frontend graph and plans) whenever the shape
+    differs from the previous run's, so one session alternating between buckets would pay for it on
+    every change of bucket; a session that only ever sees one shape plans once, at warm-up. The
+    instance's own session takes the largest bucket; ``open_session(instance)`` opens the others.
+    Each session holds its own copy of the weights and its own memory arena. On the CPU, where a new
+    shape costs nothing to plan, the instance's one session runs every bucket."""
+    if not buckets or sessions[0].device != "cuda":
+        return []
+    return [
+        {b: (session if b == buckets[-1] else open_session(i)) for b in buckets}
+        for i, session in enumerate(sessions)
+    ]
+
+
 @dataclass
 class ModelVersion:
     name: str
@@ -117,6 +137,8 @@ class ModelVersion:
     batcher: DynamicBatcher | None = None
     # Sizes batches are executed at (padded up to), ascending; empty: each batch at its own size.
     batch_buckets: tuple[int, ...] = ()
+    # Per instance, bucket -> the session that runs it (GPU providers); empty: `sessions` run everything.
+    bucket_sessions: list[dict[int, OnnxSession]] = field(default_factory=list)
     _pools: list[ThreadPoolExecutor] = field(default_factory=list)
 
     # -- loading ------------------------------------------------------------------------------
@@ -133,8 +155,10 @@ class ModelVersion:
         inputs = _apply_overrides(graph_in, config.input, max_batch > 0, "input", source)
         outputs = _apply_overrides(graph_out, config.output, max_batch > 0, "output", source)
         buckets = resolve_batch_buckets(config, max_batch, sessions[0].device, source)
+        per_bucket = open_bucket_sessions(sessions, buckets,
+                                          lambda i: OnnxSession(path, config, device_id=_gpu(config, i)))
         model = cls(name, version, path, config, sessions, inputs, outputs, max_batch,
-                    metadata=sessions[0].metadata(), batch_buckets=buckets)
+                    metadata=sessions[0].metadata(), batch_buckets=buckets, bucket_sessions=per_bucket)
         if config.warmup:
             model.warm_up()
         return model
@@ -170,7 +194,8 @@ class ModelVersion:
                     feed[t.name] = rng.random(shape) > 0.5
                 else:
                     feed[t.name] = rng.random(shape).astype(dt.numpy)
-            for s in self.sessions:
+            runners = [per[batch] for per in self.bucket_sessions] if self.bucket_sessions else self.sessions
+            for s in runners:
                 try:
                     s.run(feed, [o.name for o in self.outputs])
                 except Exception as e:
@@ -209,7 +234,8 @@ class ModelVersion:
     def make_executor(self) -> BatchExecutor:
         """What runs a batch on an instance (the detection pipeline brings its own)."""
         return OnnxBatchExecutor(self.name, self.sessions, self.inputs, self.outputs, self.max_batch_size > 0,
-                                 max(self.max_batch_size, 1), self.stats, self.batch_buckets)
+                                 max(self.max_batch_size, 1), self.stats, self.batch_buckets,
+                                 self.bucket_sessions)
 
     async def stop(self) -> None:
         if self.batcher:

@@ -11,7 +11,8 @@ validation and runs anyway), so padding can never make a batch fail or take a nu
 division by zero, an invalid index) that its real rows do not; it works for every datatype, BYTES
 included; and a data-dependent model (NMS on the detections) spends on it about what it spends on a
 real row, so a bucket costs the same whatever fills it. Padding outputs are dropped; only the real
-rows are split back.
+rows are split back. On GPU providers each bucket has a session of its own (see
+``peregrine.server.model.open_bucket_sessions``), so that no session ever changes shape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +50,7 @@ class OnnxBatchExecutor:
         max_batch_size: int,
         stats: ModelStats,
         batch_buckets: Sequence[int] = (),
+        bucket_sessions: Sequence[Mapping[int, OnnxSession]] = (),
     ) -> None:
         self.model_name = model_name
         self.sessions = sessions
@@ -61,7 +63,18 @@ class OnnxBatchExecutor:
         self.batch_buckets = tuple(sorted(batch_buckets)) if batching else ()
         if self.batch_buckets and self.batch_buckets[-1] > max_batch_size:
             raise ValueError(f"batch bucket {self.batch_buckets[-1]} exceeds max_batch_size {max_batch_size}")
+        # Per instance, the session of each bucket (GPU providers: one shape per session); empty: the
+        # instance's one session runs every size.
+        self.bucket_sessions = list(bucket_sessions)
+        if self.bucket_sessions and any(set(m) != set(self.batch_buckets) for m in self.bucket_sessions):
+            raise ValueError(f"bucket sessions must cover exactly the buckets {self.batch_buckets}")
         self._buffers: list[dict[str, np.ndarray]] = [{} for _ in sessions]
+
+    def session_for(self, instance: int, executed: int) -> OnnxSession:
+        """The session that runs a batch of ``executed`` rows on ``instance``."""
+        if self.bucket_sessions:
+            return self.bucket_sessions[instance][executed]
+        return self.sessions[instance]
 
     def executed_size(self, elements: int) -> int:
         """The batch size a batch of ``elements`` runs at: its bucket, or ``elements`` itself."""
@@ -105,7 +118,7 @@ class OnnxBatchExecutor:
         feed = self._assemble(instance, requests, executed)
         t1 = time.perf_counter_ns()
         try:
-            outs = self.sessions[instance].run(feed, self.output_names)
+            outs = self.session_for(instance, executed).run(feed, self.output_names)
         except PeregrineError:
             raise
         except _OrtInvalidArgument as e:

@@ -23,7 +23,7 @@ from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig, parse_model_config
 from peregrine.server.errors import ModelLoadError
 from peregrine.server.inference import InferRequest, TensorSpec
-from peregrine.server.model import ModelVersion, resolve_batch_buckets
+from peregrine.server.model import ModelVersion, open_bucket_sessions, resolve_batch_buckets
 from peregrine.server.runtime.executor import OnnxBatchExecutor
 from peregrine.server.runtime.onnx import OnnxSession
 from peregrine.server.stats import ModelStats
@@ -90,11 +90,11 @@ def identity_session(tmp_path: Path, datatype: str = "FP32", width: int = 3) -> 
 
 
 def executor(session: RecordingSession, buckets: tuple[int, ...], datatype: str = "FP32",
-             width: int = 3) -> OnnxBatchExecutor:
+             width: int = 3, per_bucket: dict[int, RecordingSession] | None = None) -> OnnxBatchExecutor:
     spec = TensorSpec("INPUT0", datatype, (-1, width))
     out = TensorSpec("OUTPUT0", datatype, (-1, width))
     return OnnxBatchExecutor("id", [session], [spec], [out], True, 8, ModelStats(),  # type: ignore[list-item]
-                             batch_buckets=buckets)
+                             batch_buckets=buckets, bucket_sessions=[per_bucket] if per_bucket else ())
 
 
 def rows(start: int, n: int, width: int = 3) -> InferRequest:
@@ -157,6 +157,52 @@ def test_bytes_inputs_are_padded_too(tmp_path: Path) -> None:
     assert list(session.feeds[-1]["INPUT0"][3]) == [b"e", b"f"]
     assert [r["OUTPUT0"].shape for r in results] == [(1, 2), (2, 2)]
     assert ex.stats.padding_count == 1
+
+
+def test_with_a_session_per_bucket_every_session_keeps_one_shape(tmp_path: Path) -> None:
+    # What GPU instances do (ORT's CUDA convolutions re-plan whenever the shape changes), on real CPU
+    # sessions: whatever the batch sizes, each session only ever runs its own bucket.
+    per_bucket = {b: identity_session(tmp_path / str(b)) for b in (2, 4, 8)}
+    ex = executor(per_bucket[8], (2, 4, 8), per_bucket=per_bucket)
+    for n in (1, 5, 3, 8, 2, 4, 7, 1):
+        request = rows(0, n)
+        np.testing.assert_array_equal(ex.execute(0, [request])[0]["OUTPUT0"], request.inputs["INPUT0"])
+    assert {b: sorted({f["INPUT0"].shape[0] for f in s.feeds}) for b, s in per_bucket.items()} == {
+        2: [2], 4: [4], 8: [8]}
+    assert [len(s.feeds) for s in per_bucket.values()] == [3, 2, 3]
+
+
+def test_gpu_instances_get_a_session_per_bucket_and_cpu_instances_share_one(tmp_path: Path) -> None:
+    # Stand-ins: real CPU sessions, two of them reporting device "cuda" (no GPU here).
+    opened: list[int] = []
+
+    def open_session(instance: int) -> Any:
+        opened.append(instance)
+        return identity_session(tmp_path / f"extra{len(opened)}")
+
+    gpu = [identity_session(tmp_path / "g0"), identity_session(tmp_path / "g1")]
+    for s in gpu:
+        s.device = "cuda"
+    per = open_bucket_sessions(gpu, (1, 4, 8), open_session)  # type: ignore[arg-type]
+    assert [sorted(m) for m in per] == [[1, 4, 8], [1, 4, 8]]
+    assert per[0][8] is gpu[0] and per[1][8] is gpu[1]  # the instance's session takes the largest bucket
+    assert sorted(opened) == [0, 0, 1, 1] and len({id(s) for m in per for s in m.values()}) == 6
+    cpu = [identity_session(tmp_path / "c0")]
+    assert open_bucket_sessions(cpu, (1, 4, 8), open_session) == []  # type: ignore[arg-type]
+    assert open_bucket_sessions(gpu, (), open_session) == []  # type: ignore[arg-type]
+
+
+def test_warm_up_runs_each_bucket_on_its_own_session(tmp_path: Path) -> None:
+    # Stand-in "cuda" sessions, as above.
+    per_bucket = {b: identity_session(tmp_path / str(b)) for b in (1, 2, 4)}
+    for s in per_bucket.values():
+        s.device = "cuda"
+    cfg = parse_model_config("max_batch_size = 4\n[dynamic_batching]\n")
+    model = ModelVersion("w", 1, tmp_path / "w.onnx", cfg, [per_bucket[4]],  # type: ignore[list-item]
+                         [TensorSpec("INPUT0", "FP32", (-1, 3))], [TensorSpec("OUTPUT0", "FP32", (-1, 3))], 4,
+                         batch_buckets=(1, 2, 4), bucket_sessions=[per_bucket])  # type: ignore[list-item]
+    model.warm_up()
+    assert {b: [f["INPUT0"].shape[0] for f in s.feeds] for b, s in per_bucket.items()} == {1: [1], 2: [2], 4: [4]}
 
 
 def test_statistics_refuse_an_executed_size_below_the_batch() -> None:
