@@ -71,10 +71,19 @@ class OnnxBatchExecutor:
         self._buffers: list[dict[str, np.ndarray]] = [{} for _ in sessions]
 
     def session_for(self, instance: int, executed: int) -> OnnxSession:
-        """The session that runs a batch of ``executed`` rows on ``instance``."""
-        if self.bucket_sessions:
+        """The session that runs a batch of ``executed`` rows on ``instance``: its bucket's session,
+        or the instance's own session (no buckets, or an unpadded device batch of another size)."""
+        if self.bucket_sessions and executed in self.bucket_sessions[instance]:
             return self.bucket_sessions[instance][executed]
         return self.sessions[instance]
+
+    def sizes(self, requests: Sequence[InferRequest]) -> tuple[int, int]:
+        """(real elements, executed rows) of a batch. Inputs already in device memory (CUDA shared
+        memory) are fed to the session as they are, so they are never padded: they run at their own
+        size (on their bucket's session when that size is a bucket)."""
+        elements = sum(_rows(r) for r in requests) if self.batching else len(requests)
+        on_device = any(hasattr(a, "__cuda_array_interface__") for r in requests for a in r.inputs.values())
+        return elements, elements if on_device else self.executed_size(elements)
 
     def executed_size(self, elements: int) -> int:
         """The batch size a batch of ``elements`` runs at: its bucket, or ``elements`` itself."""
@@ -113,8 +122,7 @@ class OnnxBatchExecutor:
 
     def execute(self, instance: int, requests: Sequence[InferRequest]) -> list[dict[str, np.ndarray]]:
         t0 = time.perf_counter_ns()
-        elements = sum(_rows(r) for r in requests) if self.batching else len(requests)
-        executed = self.executed_size(elements)
+        elements, executed = self.sizes(requests)
         feed = self._assemble(instance, requests, executed)
         t1 = time.perf_counter_ns()
         try:

@@ -172,6 +172,30 @@ def test_with_a_session_per_bucket_every_session_keeps_one_shape(tmp_path: Path)
     assert [len(s.feeds) for s in per_bucket.values()] == [3, 2, 3]
 
 
+class DeviceArray:
+    """Stands in for a CuPy array from CUDA shared memory (no GPU here): only its length and the
+    ``__cuda_array_interface__`` attribute matter to the executor's choice of size and session."""
+
+    __cuda_array_interface__: dict[str, Any] = {}
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+def test_device_inputs_are_never_padded(tmp_path: Path) -> None:
+    per_bucket = {b: identity_session(tmp_path / str(b)) for b in (4, 8)}
+    ex = executor(per_bucket[8], (4, 8), per_bucket=per_bucket)
+    on_device = [InferRequest("id", inputs={"INPUT0": DeviceArray(3)})]  # type: ignore[dict-item]
+    assert ex.sizes(on_device) == (3, 3)  # fed to IO binding as it is
+    assert ex.session_for(0, 3) is per_bucket[8]  # not a bucket: the instance's own session
+    assert ex.sizes([InferRequest("id", inputs={"INPUT0": DeviceArray(4)})]) == (4, 4)  # type: ignore[dict-item]
+    assert ex.session_for(0, 4) is per_bucket[4]
+    assert ex.sizes([rows(0, 3)]) == (3, 4)  # host arrays are padded
+
+
 def test_gpu_instances_get_a_session_per_bucket_and_cpu_instances_share_one(tmp_path: Path) -> None:
     # Stand-ins: real CPU sessions, two of them reporting device "cuda" (no GPU here).
     opened: list[int] = []
