@@ -213,11 +213,6 @@ class ModelConfig(_Strict):
         db = self.dynamic_batching
         if db is None or db.batch_buckets == "auto" or not db.batch_buckets:
             return self
-        if self.platform == "peregrine_detection":
-            raise ValueError(
-                "dynamic_batching.batch_buckets: expected 'auto' or [] for a detection pipeline (its batches "
-                f"are not padded to buckets yet), got {db.batch_buckets}"
-            )
         if self.max_batch_size is not None:  # an inferred max_batch_size is checked when the model loads
             check_batch_buckets(db.batch_buckets, self.max_batch_size)
         return self

@@ -79,8 +79,8 @@ def test_errors_name_the_key(text: str, key: str) -> None:
     ("[dynamic_batching]\nbatch_buckets = 'all'", "'auto'", "'all'"),
     ("max_batch_size = 8\n[dynamic_batching]\nbatch_buckets = [4, 16]", "1..max_batch_size (8)", "[4, 16]"),
     ("max_batch_size = 0\n[dynamic_batching]\nbatch_buckets = [4]", "max_batch_size is 0", "[4]"),
-    ("platform = 'peregrine_detection'\n[detection]\n[dynamic_batching]\nbatch_buckets = [4]",
-     "'auto' or [] for a detection pipeline", "[4]"),
+    ("platform = 'peregrine_detection'\nmax_batch_size = 8\n[detection]\n[dynamic_batching]\n"
+     "batch_buckets = [4, 16]", "1..max_batch_size (8)", "[4, 16]"),
 ])
 def test_batch_bucket_errors_say_what_was_expected_and_what_came(text: str, expected: str, got: str) -> None:
     with pytest.raises(ModelLoadError) as e:

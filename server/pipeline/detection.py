@@ -31,7 +31,7 @@ from ... import kernels
 from ..config import DetectionConfig, ModelConfig
 from ..errors import InvalidArgument, ModelExecutionError, ModelLoadError, PeregrineError
 from ..inference import InferRequest, InferResponse, TensorSpec
-from ..model import ModelVersion, _gpu, resolve_batching
+from ..model import ModelVersion, _gpu, open_bucket_sessions, resolve_batch_buckets, resolve_batching
 from ..runtime.onnx import OnnxSession
 from ..stats import ModelStats
 from . import images
@@ -187,9 +187,12 @@ class DetectionExecutor:
     """The :class:`~peregrine.server.scheduling.batcher.BatchExecutor` of a detection pipeline."""
 
     def __init__(self, name: str, sessions: list[OnnxSession], head: HeadInfo, cfg: DetectionConfig,
-                 max_batch_size: int, stats: ModelStats) -> None:
+                 max_batch_size: int, stats: ModelStats, buckets: tuple[int, ...] = (),
+                 bucket_sessions: list[dict[int, OnnxSession]] | None = None) -> None:
         self.name = name
         self.sessions = sessions
+        self.buckets = buckets
+        self.bucket_sessions = bucket_sessions or []
         self.head = head
         self.cfg = cfg
         self.max_batch_size = max_batch_size
@@ -224,17 +227,21 @@ class DetectionExecutor:
             per_frame = [dets[i, : int(counts[i])] for i in range(row, row + k)]
             results.append(FrameResult(per_frame, times))
             row += k
-        self.stats.record_batch(n, len(requests), times.pre_ns, times.infer_ns, times.post_ns)
+        self.stats.record_batch(n, len(requests), times.pre_ns, times.infer_ns, times.post_ns, executed=self._padded(n))
         return results
 
-    # The model runs on `rows` rows: the batch, padded up to the model's static batch size if it has one.
+    # The model runs on the batch padded up to its bucket (the rows past the batch hold earlier frames or
+    # zeros: real-looking input, never read back), or to a multiple of the model's static batch size.
     def _padded(self, n: int) -> int:
         fb = self.head.fixed_batch
-        return math.ceil(n / fb) * fb if fb else n
+        if fb:
+            return math.ceil(n / fb) * fb
+        return next((b for b in self.buckets if b >= n), n)
 
     def _run_model(self, instance: int, tensor: Any, on_device: bool) -> Any:
         h, fb = self.head, self.head.fixed_batch
-        session = self.sessions[instance]
+        per_bucket = self.bucket_sessions[instance] if self.bucket_sessions else {}
+        session = per_bucket.get(len(tensor), self.sessions[instance])
         if not fb or len(tensor) == fb:
             return session.run({h.input_name: tensor}, [h.output_name], outputs_on_device=on_device)[0]
         parts = [session.run({h.input_name: tensor[i : i + fb]}, [h.output_name], outputs_on_device=on_device)[0]
@@ -396,6 +403,10 @@ class DetectionPipeline(ModelVersion):
                                  f"(it has {head.num_classes} classes)")
         model = cls(name, version, path, config, sessions, list(PIPELINE_INPUTS), list(PIPELINE_OUTPUTS),
                     max_batch, metadata=metadata, head=head, labels=labels)
+        if not head.fixed_batch:
+            model.batch_buckets = resolve_batch_buckets(config, max_batch, sessions[0].device, source)
+            model.bucket_sessions = open_bucket_sessions(
+                sessions, model.batch_buckets, lambda i: OnnxSession(path, config, device_id=_gpu(config, i)))
         if config.warmup:
             model.warm_up()
         log.info("%s: detection pipeline on %s, input %dx%d, layout %s, %d classes, batches up to %d",
@@ -407,7 +418,8 @@ class DetectionPipeline(ModelVersion):
     def make_executor(self, stats: ModelStats | None = None) -> DetectionExecutor:
         assert self.head is not None and self.config.detection is not None
         return DetectionExecutor(self.name, self.sessions, self.head, self.config.detection,
-                                 self.max_batch_size, self.stats if stats is None else stats)
+                                 self.max_batch_size, self.stats if stats is None else stats,
+                                 self.batch_buckets, self.bucket_sessions)
 
     def _size(self, request: InferRequest) -> int:
         return len(request.frames)  # type: ignore[attr-defined]
@@ -416,11 +428,12 @@ class DetectionPipeline(ModelVersion):
         return None  # frames of any size share a batch
 
     def warm_up(self) -> None:
-        """Run every instance once at batch 1 and once at the largest batch, on frames of two sizes."""
+        """Run every instance on frames of two sizes at each batch bucket (GPU providers: each bucket's
+        session plans its shape once, here), or at batch 1 and the largest batch."""
         executor = self.make_executor(ModelStats())  # warm-up runs are not the model's statistics
         frame = np.full((480, 640, 3), 114, np.uint8)
         tall = np.full((720, 405, 3), 60, np.uint8)
-        for n in sorted({1, self.max_batch_size}):
+        for n in self.batch_buckets or sorted({1, self.max_batch_size}):
             req = FrameRequest(self.name, frames=[frame if i % 2 else tall for i in range(n)],
                                options=self.default_options())
             for instance in range(len(self.sessions)):

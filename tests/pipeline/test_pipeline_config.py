@@ -118,3 +118,23 @@ def test_dynamic_input_size_needs_input_size(tmp_path: Path) -> None:
     write_pipeline(tmp_path, "p", pipeline_config("dyn", "input_size = [320, 320]\n"))
     pipeline = _load(tmp_path, "p")
     assert pipeline.head is not None and (pipeline.head.height, pipeline.head.width) == (320, 320)
+
+
+def test_pipeline_batches_padded_to_buckets(tmp_path: Path) -> None:
+    """Explicit buckets apply on the CPU too: a batch of 3 frames runs at 4 rows and is answered as 3,
+    equal to the unbucketed pipeline's answer; statistics count 3 frames and 1 padding row."""
+    onnx_models.write(tmp_path, "v5", yolov5_detector(0, imgsz=320))
+    write_pipeline(tmp_path, "plain", pipeline_config("v5", max_batch=8))
+    write_pipeline(tmp_path, "bucketed", pipeline_config("v5", max_batch=8) + "batch_buckets = [4, 8]\n")
+    plain, bucketed = _load(tmp_path, "plain"), _load(tmp_path, "bucketed")
+    assert bucketed.batch_buckets == (4, 8) and plain.batch_buckets == ()
+    frames = [np.full((90 + 10 * i, 120, 3), 40 * i, np.uint8) for i in range(3)]
+    from peregrine.server.pipeline.detection import FrameRequest
+
+    results = []
+    for p in (plain, bucketed):
+        executor = p.make_executor()
+        results.append(executor.execute(0, [FrameRequest(p.name, frames=frames, options=p.default_options())]))
+    for a, b in zip(results[0][0].detections, results[1][0].detections, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert bucketed.stats.inference_count == 3 and bucketed.stats.padding_count == 1
