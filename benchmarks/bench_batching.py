@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import machine, wait_until_ready
@@ -51,13 +52,14 @@ def build_model(workdir: Path) -> Path:
     return workdir / "yolov8n" / "1" / "model.onnx"
 
 
-def write_repository(root: Path, onnx_path: Path, threads: int, max_batch: int, delay_us: int) -> None:
+def write_repository(root: Path, onnx_path: Path, threads: int, max_batch: int, delay_us: int,
+                     device: str = "cpu") -> None:
     """Three models over one ONNX file: batching off, a fixed window, the adaptive window."""
     common = textwrap.dedent(f"""\
         max_batch_size = {max_batch}
         [instance_group]
         count = 1
-        device = "cpu"
+        device = "{device}"
         [onnxruntime]
         intra_op_num_threads = {threads}
         inter_op_num_threads = 1
@@ -81,14 +83,19 @@ def make_input(batch: int = 1) -> np.ndarray:
 
 
 # -- in-process ONNX Runtime -----------------------------------------------------------------------
-def in_process(onnx_path: Path, threads: int, batches: list[int], seconds: float) -> dict[int, float]:
-    """Images per second of one session, single caller, at each batch size."""
+def in_process(onnx_path: Path, threads: int, batches: list[int], seconds: float,
+               device: str = "cpu") -> dict[int, float]:
+    """Images per second of one session, single caller, at each batch size (the server's CUDA options
+    on ``device="cuda"``: heuristic cuDNN algorithm search)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device == "cuda":
+        providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
+    sess = ort.InferenceSession(str(onnx_path), so, providers=providers)
     name = sess.get_inputs()[0].name
     out = {}
     for n in batches:
@@ -310,6 +317,7 @@ def main() -> int:
     p.add_argument("--onnx", type=Path, help="ONNX model with a dynamic batch dimension (default: build YOLOv8n)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of every session (default 1)")
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the server and in-process ORT run")
     p.add_argument("--delay-us", type=int, default=10_000, help="max_queue_delay_us of fixed/adaptive")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--closed-seconds", type=float, default=3.5)
@@ -330,10 +338,10 @@ def main() -> int:
         work = Path(tmp)
         onnx_path = a.onnx or build_model(work / "built")
         repo = work / "repo"
-        write_repository(repo, onnx_path, a.threads, a.max_batch, a.delay_us)
+        write_repository(repo, onnx_path, a.threads, a.max_batch, a.delay_us, a.device)
         batches = [b for b in (1, 2, 4, 8) if b <= a.max_batch]
 
-        ort_before = in_process(onnx_path, a.threads, batches, a.in_process_seconds)
+        ort_before = in_process(onnx_path, a.threads, batches, a.in_process_seconds, a.device)
         closed: dict[tuple[str, int], list[Closed]] = {}
         with peregrine_server(repo, a.port) as url:
             for _ in range(a.repeats):
@@ -357,7 +365,7 @@ def main() -> int:
             enforced = {(m, dl): open_loop(url, f"yolo_{m}", top * capacity, a.open_seconds, dl / 1000,
                                            seed=int(top * 100)) for dl in (a.deadline_ms, scaled_ms) for m in MODES}
             batch_sizes = batch_histograms(url)
-        ort_after = in_process(onnx_path, a.threads, batches, a.in_process_seconds)
+        ort_after = in_process(onnx_path, a.threads, batches, a.in_process_seconds, a.device)
         ort_tput = {n: statistics.median([ort_before[n], ort_after[n]]) for n in batches}
 
         peer_closed: dict[int, Closed] = {}

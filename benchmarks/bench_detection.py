@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from _common import machine, start_peregrine
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble_deep_field", "retina", "immunohistochemistry")
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble_deep_field", "retina",
+          "immunohistochemistry")
 
 
 def frames_1080p(quality: int = 90) -> list[bytes]:
@@ -183,7 +184,8 @@ def report(args: argparse.Namespace, local: dict[str, Any], served: dict[int, di
     for k, r in served.items():
         lat, st = r.get("latency_ms", {}), r.get("stages_ms", {})
         lines.append(
-            f"| {k} | {k * args.fps:g} | {r.get('throughput', float('nan')):.1f} | {lat.get('p50', float('nan')):.1f} | "
+            f"| {k} | {k * args.fps:g} | {r.get('throughput', float('nan')):.1f} | "
+            f"{lat.get('p50', float('nan')):.1f} | "
             f"{lat.get('p99', float('nan')):.1f} | {lat.get('p99.9', float('nan')):.1f} | {r.get('dropped', 0)} | "
             f"{r.get('deadline_misses', 0)} | {sum(r.get('errors', {}).values())} | "
             + " | ".join(f"{st.get(x, float('nan')):.2f}" for x in ("decode", "queue", "pre", "infer", "post")) + " |"
