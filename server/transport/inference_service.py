@@ -19,6 +19,7 @@ from .. import codecs
 from ..engine import Engine
 from ..errors import InvalidArgument, NotFound, PeregrineError, Unimplemented
 from ..inference import InferRequest
+from ..logsettings import LogSettings
 from ..metrics import Metrics
 from ..model import ModelVersion
 from ..repository import ModelRepository
@@ -26,7 +27,7 @@ from .status import status_of, unary
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters"]
+EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters", "logging"]
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
@@ -45,6 +46,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.kernel_tier = kernel_tier
         self.ready = False
         self._stream_ids = itertools.count()
+        self.log_settings = LogSettings()
 
     # -- health and metadata -------------------------------------------------------------------
     @unary
@@ -221,5 +223,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._unimplemented("tracing")
 
     @unary
-    def LogSettings(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("log settings over gRPC")
+    def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        changes = {}
+        for key, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            if kind is None:
+                raise InvalidArgument(f"settings.{key}: expected a bool, uint32 or string value, got none")
+            changes[key] = getattr(value, kind)
+        settings = self.log_settings.update(changes) if changes else self.log_settings.current()
+        response = pb.LogSettingsResponse()
+        for key, v in settings.items():
+            field = "bool_param" if isinstance(v, bool) else "uint32_param" if isinstance(v, int) else "string_param"
+            setattr(response.settings[key], field, v)
+        return response
