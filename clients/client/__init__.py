@@ -7,6 +7,11 @@ Needs only grpcio, protobuf, NumPy and ``peregrine.proto``::
     with InferenceClient("127.0.0.1:8001") as client:
         outputs = client.infer("yolov8n", {"images": frame}, deadline_s=0.05)
 
+    from peregrine.client import DetectionClient
+
+    with DetectionClient("127.0.0.1:8001") as client:
+        boxes = client.detect("street.jpg", deadline_s=0.1)   # [Detection(x1, y1, x2, y2, score, class_id, label)]
+
 The load-testing harness is :mod:`peregrine.client.load` (``python -m peregrine.client.load``).
 """
 
@@ -14,7 +19,8 @@ from __future__ import annotations
 
 from .aio import AsyncInferenceClient
 from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, NO_RETRY, RetryPolicy, TlsOptions
-from .detection import Detection, DetectionClient, FrameResult
+from .detection import Detection, DetectionClient, DetectResult, FrameResult, FrameStatus, StageTimings
+from .detection_aio import AsyncDetectionClient
 from .errors import PeregrineClientError
 from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata
 from .sync import InferenceClient
@@ -24,10 +30,13 @@ __all__ = [
     "DEFAULT_DEADLINE_S",
     "MAX_MESSAGE_BYTES",
     "NO_RETRY",
+    "AsyncDetectionClient",
     "AsyncInferenceClient",
+    "DetectResult",
     "Detection",
     "DetectionClient",
     "FrameResult",
+    "FrameStatus",
     "InferRequest",
     "InferenceClient",
     "ModelMetadata",
@@ -35,6 +44,7 @@ __all__ = [
     "RepositoryModel",
     "RetryPolicy",
     "ServerMetadata",
+    "StageTimings",
     "StreamResult",
     "TensorMetadata",
     "TlsOptions",

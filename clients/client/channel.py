@@ -1,8 +1,11 @@
 """How a client reaches the server: channel options, TLS, bearer token, deadlines and retries.
 
 Retries are gRPC's own (a ``retryPolicy`` in the channel's service config): exponential backoff with jitter,
-on ``UNAVAILABLE`` only, and only for the idempotent calls listed in :data:`IDEMPOTENT_METHODS`. Inference,
-load and unload are never retried: a retried infer could run twice, and a load/unload changes state.
+on ``UNAVAILABLE`` only, and only for the calls listed in :data:`RETRIED_METHODS`. OIP inference, load and
+unload are never retried: an OIP model may keep state (sequence batching) so a retried infer could change it
+twice, and a load/unload changes the repository. ``peregrine.v1.DetectionService/Detect`` is retried: a
+detection pipeline is stateless and changes nothing, so a second attempt can only cost compute, and every
+attempt stays within the call's deadline. ``DetectStream`` is never retried (a stream cannot be replayed).
 """
 
 from __future__ import annotations
@@ -17,14 +20,23 @@ from typing import Any
 import grpc
 
 OIP_SERVICE = "inference.GRPCInferenceService"
+DETECTION_SERVICE = "peregrine.v1.DetectionService"
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 DEFAULT_DEADLINE_S = 30.0
+# gRPC keeps a call's request for a retry only up to this size (its default is 256 KiB, less than one camera
+# frame): a larger request is sent once. 64 MiB covers raw 4K frames; the copy lives until the call ends.
+RETRY_BUFFER_BYTES = 64 * 1024 * 1024
 
 # Calls that read state and change nothing: safe to send again after UNAVAILABLE.
 IDEMPOTENT_METHODS = (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
     "ModelStatistics", "RepositoryIndex",
 )
+# Every call retried on UNAVAILABLE, by service: the OIP reads above and the stateless Detect.
+RETRIED_METHODS: dict[str, tuple[str, ...]] = {
+    OIP_SERVICE: IDEMPOTENT_METHODS,
+    DETECTION_SERVICE: ("Detect",),
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class ChannelSettings:
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.enable_retries", 1),
+            ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
             ("grpc.service_config", service_config(self.retry)),
         ]
         if self.tls is not None and self.tls.server_name_override:
@@ -141,11 +154,12 @@ class ChannelSettings:
 
 
 def service_config(retry: RetryPolicy) -> str:
-    """The channel's service config (JSON): the retry policy on the idempotent OIP methods."""
+    """The channel's service config (JSON): the retry policy on the methods of :data:`RETRIED_METHODS`."""
     config: dict[str, Any] = {"methodConfig": []}
     if retry.max_attempts > 1:
         config["methodConfig"].append({
-            "name": [{"service": OIP_SERVICE, "method": m} for m in IDEMPOTENT_METHODS],
+            "name": [{"service": service, "method": m} for service, methods in RETRIED_METHODS.items()
+                     for m in methods],
             "retryPolicy": {
                 "maxAttempts": retry.max_attempts,
                 "initialBackoff": f"{retry.initial_backoff_s:.6f}s",

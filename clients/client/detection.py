@@ -1,30 +1,53 @@
-"""``DetectionClient``: typed detection over ``peregrine.v1.DetectionService`` (frames in, boxes out).
+"""``DetectionClient``: frames in, boxes out, over ``peregrine.v1.DetectionService``.
 
-The service is planned, not yet served: docs/CLIENTS.md ("Detection service (planned)") gives the proto this
-client is written against. Until ``peregrine.proto.detection_pb2`` carries those messages, constructing a
-``DetectionClient`` raises PeregrineClientError(UNIMPLEMENTED); use OIP ``ModelInfer`` with
-:mod:`peregrine.client.images` meanwhile (see ``clients/examples/robot_loop.py``).
+The server decodes, letterboxes, runs the detector in batches and returns boxes in the original image's
+pixels, so the client sends an image and gets :class:`Detection` objects back::
+
+    from peregrine.client import DetectionClient
+
+    with DetectionClient("127.0.0.1:8001") as client:
+        boxes = client.detect("street.jpg", deadline_s=0.1)            # a file, sent as it is
+        boxes = client.detect(frame, score_threshold=0.5)             # a uint8 [H, W, 3] RGB array
+        for result in client.stream(camera_frames, deadline_s=0.05):  # one camera, one stream
+            ...
+
+An image is a path (the file's bytes are sent as they are: JPEG, PNG, BMP, TIFF, WebP), encoded bytes, or
+a uint8 array ``[H, W]`` / ``[H, W, C]`` (sent raw; the server takes 1, 3 or 4 channels, in the pipeline's
+channel order, RGB by default). This module also holds what the asyncio client
+(:mod:`peregrine.client.detection_aio`) shares: result types, message building and parsing.
 """
 
 from __future__ import annotations
 
+import enum
+import math
+import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import grpc
 import numpy as np
+from peregrine.proto import detection_pb2 as det
 
-from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
-from .errors import PeregrineClientError
+from .channel import DEFAULT_DEADLINE_S, DETECTION_SERVICE, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
+from .errors import PeregrineClientError, status_code
 
-SERVICE = "peregrine.v1.DetectionService"
+DEFAULT_MODEL = "yolov8n_detect"
+
+# What detect() and stream() take as one image.
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
+# What stream() takes as one frame: an image, or an image and its capture time (microseconds, any clock).
+FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int]
 
 
+# -- results -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Detection:
     """One box in original-image pixels (x1, y1 top-left; x2, y2 bottom-right), its score in [0, 1],
-    its class index and, when the model has labels, its class name."""
+    its class id and the class name (from the model's labels; ``class<i>`` when it has none)."""
 
     x1: float
     y1: float
@@ -36,36 +59,202 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class FrameResult:
-    """The answer to one frame of a stream: ``detections`` when it ran, else ``error`` (e.g. DEADLINE_EXCEEDED
-    for a frame that missed its deadline, ABORTED for one superseded by a newer frame: latest frame wins)."""
+class StageTimings:
+    """Where the server spent a request's time, in microseconds. The pre/infer/post stages run per batch,
+    so they are the figures of the batch (of ``batch_size`` images) the request ran in."""
 
-    frame_id: int
+    decode_us: int  # image decoding before queueing
+    queue_us: int  # waiting for a batch and a free instance
+    pre_us: int  # letterbox + normalize
+    infer_us: int  # the model
+    post_us: int  # decode head + NMS + map back to image pixels
+    total_us: int  # arrival at the server to result ready
+    batch_size: int
+
+    @classmethod
+    def from_proto(cls, msg: det.StageTimings) -> StageTimings:
+        return cls(msg.decode_us, msg.queue_us, msg.pre_us, msg.infer_us, msg.post_us, msg.total_us, msg.batch_size)
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    """The whole answer to one ``Detect`` call: per image (in request order) its detections and its size
+    ``(height, width)`` as the server decoded it, the server's stage timings, and what served it."""
+
+    detections: list[list[Detection]]
+    image_sizes: list[tuple[int, int]]
+    timings: StageTimings
+    model: str
+    version: str
+    request_id: str = ""
+
+
+class FrameStatus(enum.IntEnum):
+    """What became of a streamed frame (``StreamResult.Status``)."""
+
+    OK = 0  # it ran: detections and timings are set
+    DROPPED = 1  # a newer frame superseded it while it waited (latest frame wins); never run
+    DEADLINE_EXCEEDED = 2  # its deadline passed before it could run; never run
+    ERROR = 3  # a bad frame or a failed batch: see ``error``
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The answer to one frame of :meth:`DetectionClient.stream`, in the order the frames were sent.
+
+    ``sequence`` is the number the client gave the frame (0, 1, 2, ... in the order sent) and
+    ``capture_time_us`` the capture time it carried (echoed by the server). ``status`` says whether it ran;
+    when it did not, ``error`` holds the gRPC status the server gave (ABORTED for a dropped frame,
+    DEADLINE_EXCEEDED, INVALID_ARGUMENT, ...). ``dropped_total`` counts the frames the server dropped on
+    this stream so far. ``latency_s`` is measured by the client: from handing the frame to gRPC to receiving
+    its result (seconds)."""
+
+    sequence: int
+    capture_time_us: int
+    status: FrameStatus
     detections: list[Detection] = field(default_factory=list)
+    image_size: tuple[int, int] = (0, 0)  # (height, width); (0, 0) when the frame did not run
+    timings: StageTimings | None = None
     error: PeregrineClientError | None = None
-    server_latency_us: int = 0
+    dropped_total: int = 0
+    latency_s: float = math.nan
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.status is FrameStatus.OK
 
 
-def _proto() -> Any:
-    from peregrine.proto import detection_pb2
+# -- messages ------------------------------------------------------------------------------------------
+def image_message(image: ImageInput) -> det.Image:
+    """An ``Image`` message: a path's file bytes or encoded bytes as ``encoded``, a uint8 array as ``raw``.
 
-    if not hasattr(detection_pb2, "DetectRequest"):
-        raise PeregrineClientError(grpc.StatusCode.UNIMPLEMENTED,
-                                   "this build has no peregrine.v1 detection messages (the DetectionService is "
-                                   "not available yet); use OIP ModelInfer")
-    return detection_pb2
+    Raises OSError when a file cannot be read, ValueError for an array that is not uint8 ``[H, W]`` or
+    ``[H, W, C]``, TypeError for anything else. Channel counts and sizes are the server's to judge."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"image: expected a uint8 [H, W] or [H, W, C] array, got {image.dtype} "
+                             f"{list(image.shape)}")
+        h, w = image.shape[:2]
+        c = image.shape[2] if image.ndim == 3 else 1
+        return det.Image(raw=det.RawImage(height=h, width=w, channels=c, data=np.ascontiguousarray(image).tobytes()))
+    if isinstance(image, bytes | bytearray | memoryview):
+        return det.Image(encoded=bytes(image))
+    if isinstance(image, str | os.PathLike):
+        return det.Image(encoded=Path(image).read_bytes())
+    raise TypeError(f"image: expected a path, encoded bytes or a uint8 array, got {type(image).__name__}")
 
 
+def options_message(score_threshold: float | None = None, iou_threshold: float | None = None,
+                    max_detections: int | None = None, classes: Sequence[int] | None = None) -> det.DetectOptions:
+    """``DetectOptions`` with only the given overrides set (None: the model's default).
+
+    Raises ValueError for values the message cannot hold (a negative max_detections); range checks
+    ([0, 1] thresholds, known class ids) are the server's (INVALID_ARGUMENT)."""
+    msg = det.DetectOptions()
+    if score_threshold is not None:
+        msg.score_threshold = score_threshold
+    if iou_threshold is not None:
+        msg.iou_threshold = iou_threshold
+    if max_detections is not None:
+        msg.max_detections = max_detections
+    if classes:
+        msg.classes.extend(classes)
+    return msg
+
+
+def detect_request(images: Sequence[ImageInput], model: str, version: str = "", score_threshold: float | None = None,
+                   iou_threshold: float | None = None, max_detections: int | None = None,
+                   classes: Sequence[int] | None = None, priority: int = 0, timeout_us: int | None = None,
+                   request_id: str = "") -> det.DetectRequest:
+    """A ``DetectRequest`` of several images. Raises as :func:`image_message`, and TypeError when
+    ``images`` is a single image rather than a sequence of them."""
+    if isinstance(images, np.ndarray | str | bytes | bytearray | memoryview | os.PathLike):
+        raise TypeError("images: expected a sequence of images; use detect() for one image")
+    return det.DetectRequest(model_name=model, model_version=version, id=request_id,
+                             images=[image_message(i) for i in images],
+                             options=options_message(score_threshold, iou_threshold, max_detections, classes),
+                             priority=priority, timeout_us=timeout_us or 0)
+
+
+def detections_of(msg: det.ImageDetections) -> list[Detection]:
+    return [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, b.label) for b in msg.boxes]
+
+
+def detect_result(msg: det.DetectResponse) -> DetectResult:
+    return DetectResult([detections_of(r) for r in msg.results], [(r.height, r.width) for r in msg.results],
+                        StageTimings.from_proto(msg.timings), msg.model_name, msg.model_version, msg.id)
+
+
+def _is_frame_tuple(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int | np.integer)
+
+
+class FrameSender:
+    """Numbers a stream's frames, turns them into ``StreamFrame`` messages and matches results to them.
+
+    Shared by the sync and asyncio clients. Every frame carries the model, options, deadline and priority
+    (the server reads them per frame); the first also carries ``max_in_flight``. An exception raised while
+    taking or encoding a frame is kept in ``failure`` and ends the input; the caller raises it once the
+    results of the frames already sent have been delivered."""
+
+    def __init__(self, model: str, version: str, options: det.DetectOptions, deadline_s: float | None,
+                 max_in_flight: int | None, priority: int) -> None:
+        self.model = model
+        self.version = version
+        self.options = options
+        self.deadline_us = 0 if deadline_s is None else max(1, round(deadline_s * 1e6))
+        self.max_in_flight = max_in_flight or 0
+        self.priority = priority
+        self.next_sequence = 0
+        self.sent_at: dict[int, float] = {}
+        self.failure: BaseException | None = None
+
+    def message(self, item: FrameInput) -> det.StreamFrame:
+        """The message of the next frame; stamps its send time. Raises as :func:`image_message`."""
+        if _is_frame_tuple(item):
+            image, capture_us = item  # type: ignore[misc]
+        else:
+            image, capture_us = item, time.monotonic_ns() // 1000
+        msg = det.StreamFrame(model_name=self.model, model_version=self.version, sequence=self.next_sequence,
+                              capture_time_us=int(capture_us), image=image_message(image), options=self.options,
+                              deadline_us=self.deadline_us, priority=self.priority)
+        if self.next_sequence == 0:
+            msg.max_in_flight = self.max_in_flight
+        self.sent_at[self.next_sequence] = time.monotonic()
+        self.next_sequence += 1
+        return msg
+
+    def messages(self, frames: Iterable[FrameInput]) -> Iterator[det.StreamFrame]:
+        """The request iterator of a sync stream (gRPC pulls it from its own thread)."""
+        try:
+            for item in frames:
+                yield self.message(item)
+        except Exception as e:
+            self.failure = e
+
+    def result(self, msg: det.StreamResult) -> FrameResult:
+        sent = self.sent_at.pop(msg.sequence, None)
+        latency = math.nan if sent is None else time.monotonic() - sent
+        status = FrameStatus(msg.status)
+        if status is FrameStatus.OK:
+            d = msg.detections
+            return FrameResult(msg.sequence, msg.capture_time_us, status, detections_of(d), (d.height, d.width),
+                               StageTimings.from_proto(msg.timings), None, msg.dropped_total, latency)
+        error = PeregrineClientError(status_code(msg.error_code), msg.error_message, "DetectStream")
+        return FrameResult(msg.sequence, msg.capture_time_us, status, error=error, dropped_total=msg.dropped_total,
+                           latency_s=latency)
+
+
+# -- the client ----------------------------------------------------------------------------------------
 class DetectionClient:
-    """Frames in, boxes out, over the typed detection service. Same connection options, deadline and error
-    behaviour as :class:`~peregrine.client.InferenceClient`; Detect is retried only by gRPC's transparent
-    retries (never after it reached the server).
+    """A blocking client of ``peregrine.v1.DetectionService``.
 
-    Raises PeregrineClientError(UNIMPLEMENTED) at construction when the detection protocol is missing."""
+    Connection options, deadlines and errors as :class:`~peregrine.client.InferenceClient`: every call has
+    a deadline (its ``deadline_s`` argument in seconds, else the client's ``deadline_s``; ``math.inf`` or
+    None: none). ``Detect`` is retried on UNAVAILABLE per ``retry`` (a detection pipeline is stateless, so
+    a repeat can only cost compute; all attempts stay within the deadline; ``NO_RETRY`` turns it off);
+    ``DetectStream`` is never retried. A failed call raises :class:`PeregrineClientError` with the gRPC
+    status in ``.code``. Thread-safe; ``close()`` or use ``with``."""
 
     def __init__(
         self,
@@ -79,19 +268,19 @@ class DetectionClient:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._pb = _proto()
         self.settings = ChannelSettings(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
                                         max_message_bytes, tuple(channel_options))
         self._channel = self.settings.channel()
         self._metadata = self.settings.metadata()
         self._detect = self._channel.unary_unary(
-            f"/{SERVICE}/Detect", request_serializer=self._pb.DetectRequest.SerializeToString,
-            response_deserializer=self._pb.DetectResponse.FromString)
+            f"/{DETECTION_SERVICE}/Detect", request_serializer=det.DetectRequest.SerializeToString,
+            response_deserializer=det.DetectResponse.FromString)
         self._stream = self._channel.stream_stream(
-            f"/{SERVICE}/DetectStream", request_serializer=self._pb.DetectRequest.SerializeToString,
-            response_deserializer=self._pb.DetectResponse.FromString)
+            f"/{DETECTION_SERVICE}/DetectStream", request_serializer=det.StreamFrame.SerializeToString,
+            response_deserializer=det.StreamResult.FromString)
 
     def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
         self._channel.close()
 
     def __enter__(self) -> DetectionClient:
@@ -100,64 +289,129 @@ class DetectionClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, image: np.ndarray | bytes, model: str, frame_id: int, score_threshold: float,
-                 iou_threshold: float, max_detections: int, frame_deadline_us: int, priority: int) -> Any:
-        pb = self._pb
-        if isinstance(image, bytes | bytearray | memoryview):
-            img = pb.Image(encoded=bytes(image))
-        else:
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"image: expected uint8 [H,W,3] RGB or encoded bytes, got {image.dtype} "
-                                 f"{list(image.shape)}")
-            h, w, c = image.shape
-            img = pb.Image(raw=pb.RawImage(height=h, width=w, channels=c,
-                                           data=np.ascontiguousarray(image).tobytes()))
-        return pb.DetectRequest(model_name=model, frame_id=frame_id, image=img, score_threshold=score_threshold,
-                                iou_threshold=iou_threshold, max_detections=max_detections,
-                                deadline_us=frame_deadline_us, priority=priority)
+    # -- Detect --------------------------------------------------------------------------------------
+    def detect(
+        self,
+        image: ImageInput,
+        *,
+        model: str = DEFAULT_MODEL,
+        version: str = "",
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[int] | None = None,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        deadline_s: float | None = None,
+    ) -> list[Detection]:
+        """The detections in one image: a path, encoded bytes or a uint8 array. Arguments and errors as
+        :meth:`detect_with_timings`."""
+        return self.detect_with_timings(
+            [image], model=model, version=version, score_threshold=score_threshold, iou_threshold=iou_threshold,
+            max_detections=max_detections, classes=classes, priority=priority, timeout_us=timeout_us,
+            deadline_s=deadline_s).detections[0]
 
-    @staticmethod
-    def _detections(msg: Any) -> list[Detection]:
-        return [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, b.label) for b in msg.boxes]
+    def detect_many(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str = DEFAULT_MODEL,
+        version: str = "",
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[int] | None = None,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        deadline_s: float | None = None,
+    ) -> list[list[Detection]]:
+        """The detections of each image (in order), all sent in one request. Arguments and errors as
+        :meth:`detect_with_timings`."""
+        return self.detect_with_timings(
+            images, model=model, version=version, score_threshold=score_threshold, iou_threshold=iou_threshold,
+            max_detections=max_detections, classes=classes, priority=priority, timeout_us=timeout_us,
+            deadline_s=deadline_s).detections
 
-    def detect(self, image: np.ndarray | bytes, *, model: str = "yolov8n", score_threshold: float = 0.0,
-               iou_threshold: float = 0.0, max_detections: int = 0, priority: int = 0,
-               deadline_s: float | None = None) -> list[Detection]:
-        """Detect objects in one image: a uint8 ``[H,W,3]`` RGB array or encoded JPEG/PNG bytes.
-        Thresholds and ``max_detections`` of 0 use the model's defaults. ``deadline_s`` as in ``infer``.
+    def detect_with_timings(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str = DEFAULT_MODEL,
+        version: str = "",
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[int] | None = None,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        deadline_s: float | None = None,
+        request_id: str = "",
+    ) -> DetectResult:
+        """Detect objects in several images in one request (they run in one batch) and return the whole
+        answer, the server's :class:`StageTimings` included.
 
-        Raises PeregrineClientError (NOT_FOUND, INVALID_ARGUMENT, DEADLINE_EXCEEDED, ...)."""
-        request = self._request(image, model, 0, score_threshold, iou_threshold, max_detections, 0, priority)
+        ``score_threshold``/``iou_threshold`` in [0, 1], ``max_detections`` (1 .. the model's limit) and
+        ``classes`` (keep only these class ids) override the model's defaults for this request; None keeps
+        them. ``priority``: the model's priority level (1 most urgent; 0 default). ``timeout_us``: the
+        server-side queue timeout. ``deadline_s``: the call's deadline (see the class).
+
+        Raises PeregrineClientError: NOT_FOUND unknown model, INVALID_ARGUMENT a bad image (corrupt, empty,
+        too large, wrong channel count), bad options, too many images or a model that is not a detection
+        pipeline; DEADLINE_EXCEEDED; UNAVAILABLE queue full or server unreachable. OSError, ValueError,
+        TypeError for images that cannot be sent (see :func:`image_message`)."""
+        request = detect_request(images, model, version, score_threshold, iou_threshold, max_detections, classes,
+                                 priority, timeout_us, request_id)
         try:
             msg = self._detect(request, timeout=self.settings.timeout(deadline_s), metadata=self._metadata)
         except grpc.RpcError as e:
             raise PeregrineClientError.from_rpc_error(e, "Detect") from None
-        return self._detections(msg)
+        return detect_result(msg)
 
-    def stream(self, frames: Iterable[np.ndarray | bytes], *, model: str = "yolov8n",
-               frame_deadline_ms: float = 0.0, score_threshold: float = 0.0, iou_threshold: float = 0.0,
-               max_detections: int = 0) -> Iterator[FrameResult]:
-        """Send frames over one DetectStream and yield a :class:`FrameResult` per frame, numbered from 0 in
-        the order sent. ``frame_deadline_ms`` (0: none) is each frame's budget from its arrival at the server;
-        a late or superseded frame comes back with ``error`` set and the stream goes on.
+    # -- DetectStream --------------------------------------------------------------------------------
+    def stream(
+        self,
+        frames: Iterable[FrameInput],
+        *,
+        model: str = DEFAULT_MODEL,
+        version: str = "",
+        deadline_s: float | None = None,
+        max_in_flight: int | None = None,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[int] | None = None,
+        priority: int = 0,
+        stream_deadline_s: float | None = None,
+    ) -> Iterator[FrameResult]:
+        """Send one camera's frames over a ``DetectStream`` and yield one :class:`FrameResult` per frame,
+        in the order sent.
 
-        Raises PeregrineClientError when the stream itself fails; stopping the iteration cancels it."""
-        deadline_us = round(frame_deadline_ms * 1000)
-        requests = (self._request(f, model, i, score_threshold, iou_threshold, max_detections, deadline_us, 0)
-                    for i, f in enumerate(frames))
-        call = self._stream(requests, metadata=self._metadata)
+        ``frames`` yields images (as :meth:`detect` takes them) or ``(image, capture_time_us)`` pairs; the
+        client numbers them 0, 1, 2, ... and, without a capture time, stamps the client's monotonic clock
+        when it takes the frame. gRPC pulls frames from its own thread as fast as the iterable gives them, so
+        a camera iterable paces the stream. ``deadline_s``: each frame's budget from its arrival at the
+        server (None: the client's ``deadline_s``; ``math.inf``: none); a frame past it is never run and
+        comes back DEADLINE_EXCEEDED. ``max_in_flight``: frames the server runs at once for this stream
+        (None: the model's ``stream_max_in_flight``); when it falls behind it drops the oldest waiting frame
+        (DROPPED). Options as :meth:`detect_with_timings`, for every frame. ``stream_deadline_s`` bounds the
+        whole stream (None: no limit).
+
+        A frame that fails (bad image, a failed batch) comes back with status ERROR and the stream goes on.
+        Raises PeregrineClientError when the stream itself fails (e.g. UNAVAILABLE); an exception raised by
+        ``frames``, or a frame that cannot be sent (OSError, ValueError, TypeError), ends the input and is
+        raised after the results of the frames sent before it. Stopping the iteration cancels the stream."""
+        sender = FrameSender(model, version, options_message(score_threshold, iou_threshold, max_detections, classes),
+                             self.settings.timeout(deadline_s), max_in_flight, priority)
+        timeout = None if stream_deadline_s is None else self.settings.timeout(stream_deadline_s)
+        call = self._stream(sender.messages(frames), timeout=timeout, metadata=self._metadata)
         try:
             for msg in call:
-                error = None
-                if msg.error_code:
-                    error = PeregrineClientError(_status(msg.error_code), msg.error_message, "DetectStream")
-                yield FrameResult(msg.frame_id, self._detections(msg), error, msg.server_latency_us)
+                yield sender.result(msg)
         except grpc.RpcError as e:
+            if sender.failure is not None:
+                raise sender.failure from None
             raise PeregrineClientError.from_rpc_error(e, "DetectStream") from None
         finally:
             call.cancel()
-
-
-def _status(code: int) -> grpc.StatusCode:
-    """The StatusCode of a google.rpc.Code number."""
-    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        if sender.failure is not None:
+            raise sender.failure

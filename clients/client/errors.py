@@ -26,3 +26,11 @@ class PeregrineClientError(Exception):
         details = details_fn() if callable(details_fn) else None
         return cls(code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
                    details or str(error), method)
+
+
+def status_code(code: int) -> grpc.StatusCode:
+    """The :class:`grpc.StatusCode` of a ``google.rpc.Code`` number (UNKNOWN for a number gRPC does not know)."""
+    return _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+
+
+_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
+from peregrine.proto import detection_pb2_grpc as det_grpc
 from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig
+from peregrine.server.modelgen import yolov5_detector
 from support import onnx_models
 
 ALL_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -59,6 +61,43 @@ def peregrine_url(peregrine_server: PeregrineServer) -> str:
     return f"127.0.0.1:{peregrine_server.port}"
 
 
+# Detection pipelines over a small YOLOv5 (320x320 input, seeded weights that find tens of boxes in photos).
+# "det_slow" holds a lone frame for DET_SLOW_WINDOW_US waiting for a fuller batch and runs one frame per
+# stream at a time with one waiting: a server guaranteed to fall behind a camera.
+DET_SIZE = 320
+DET_SLOW_WINDOW_US = 400_000
+
+
+def pipeline_config(detector: str, extra: str = "", max_batch: int = 8, window_us: int = 2000) -> str:
+    return (f'platform = "peregrine_detection"\nmax_batch_size = {max_batch}\n\n'
+            f'[detection]\ndetector = "{detector}"\n{extra}\n'
+            f"[dynamic_batching]\nmax_queue_delay_us = {window_us}\n")
+
+
+@pytest.fixture(scope="module")
+def detection_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeregrineServer]:
+    """A real Peregrine server with detection pipelines "det" and "det_slow" and a plain OIP model "plain"."""
+    repo = tmp_path_factory.mktemp("detection_models")
+    onnx_models.write(repo, "yolov5n", yolov5_detector(0, imgsz=DET_SIZE), "max_batch_size = 8\n")
+    onnx_models.write(repo, "plain", onnx_models.identity("FP32", ["N", 4]))
+    for name, config in (
+        ("det", pipeline_config("yolov5n")),
+        ("det_slow", pipeline_config("yolov5n", "stream_max_in_flight = 1\nstream_max_waiting = 1\n",
+                                     window_us=DET_SLOW_WINDOW_US)),
+    ):
+        (repo / name).mkdir()
+        (repo / name / "config.toml").write_text(config)
+    server = PeregrineServer(ServerConfig(model_repository=repo, grpc_port=0, http_port=None))
+    server.start()
+    yield server
+    server.stop(grace=0.5)
+
+
+@pytest.fixture(scope="module")
+def detection_url(detection_server: PeregrineServer) -> str:
+    return f"127.0.0.1:{detection_server.port}"
+
+
 @contextmanager
 def serve(servicer: pb_grpc.GRPCInferenceServiceServicer, workers: int = 4,
           credentials: grpc.ServerCredentials | None = None,
@@ -69,6 +108,19 @@ def serve(servicer: pb_grpc.GRPCInferenceServiceServicer, workers: int = 4,
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     address = "127.0.0.1:0"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=0).wait()
+
+
+@contextmanager
+def serve_detection(servicer: det_grpc.DetectionServiceServicer, workers: int = 4) -> Iterator[int]:
+    """Run a ``peregrine.v1.DetectionService`` servicer on 127.0.0.1, port 0; yields the bound port."""
+    server = grpc.server(ThreadPoolExecutor(workers), options=[("grpc.so_reuseport", 0)])
+    det_grpc.add_DetectionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         yield port
