@@ -1,4 +1,5 @@
-"""``peregrine-load`` / ``python -m peregrine.client.load``: load-test any OIP gRPC server.
+"""``peregrine-load`` / ``python -m peregrine.client.load``: load-test any OIP gRPC server, or Peregrine's
+detection service (``--detect`` unary calls, ``--cameras`` streams).
 
 Exit status: 0 done (and the SLO met, if one was given); 1 the SLO was missed (p99 above ``--slo-p99-ms``,
 or no request succeeded); 2 bad arguments, or the server/model could not be reached before the run.
@@ -9,19 +10,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import grpc
 import numpy as np
 
 from ..channel import ChannelSettings, TlsOptions
+from ..detection import DetectionClient, detect_request, options_message
 from ..errors import PeregrineClientError
 from ..images import load_image
 from ..sync import InferenceClient
+from .camera import run_camera
+from .frames import FramePayload, frame_payload, parse_frame_size
 from .payload import make_inputs
 from .report import LoadResult, slo_met
-from .runner import LoadConfig, Recorder, run_load
+from .runner import LoadConfig, Recorder, Workload, detect_workload, run_load
 
 EXIT_OK, EXIT_SLO, EXIT_USAGE = 0, 1, 2
 
@@ -30,15 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peregrine-load",
         description="Load-test an Open Inference Protocol gRPC server (Peregrine, Triton, ...): closed loop "
-        "(--concurrency) or open loop (--rate), latencies into an HDR histogram.",
+        "(--concurrency) or open loop (--rate), latencies into an HDR histogram. With --detect the calls are "
+        "Peregrine's DetectionService/Detect; --cameras K --fps F runs K camera streams over DetectStream.",
         epilog="Exit status: 0 ok, 1 SLO missed, 2 bad arguments or server/model unreachable.",
     )
-    p.add_argument("model", help="model name")
+    p.add_argument("model", help="model name (a detection pipeline, e.g. yolov8n_detect, for --detect/--cameras)")
     p.add_argument("-u", "--url", default="127.0.0.1:8001", help="server host:port (default %(default)s)")
     p.add_argument("--model-version", default="", help="model version (default: the server's choice)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("-c", "--concurrency", type=int, help="closed loop with N workers (default: 1)")
     load.add_argument("-r", "--rate", type=float, help="open loop at R requests/s, on schedule")
+    load.add_argument("--cameras", type=int, metavar="K",
+                      help="camera mode: K DetectStream streams, each sending --fps frames/s on schedule")
+    p.add_argument("--fps", type=float, default=30.0, help="camera mode: frames per second per camera "
+                   "(default %(default)s)")
+    p.add_argument("--max-in-flight", type=int, metavar="N",
+                   help="camera mode: frames the server runs at once per stream (default: the model's)")
+    p.add_argument("--detect", action="store_true",
+                   help="-c/-r: call DetectionService/Detect with images instead of OIP ModelInfer")
     p.add_argument("--arrival", choices=["constant", "poisson"], default="constant",
                    help="open-loop arrivals: evenly spaced or a Poisson process (default %(default)s)")
     p.add_argument("--warmup", type=float, default=2.0, metavar="S", help="seconds not measured (default %(default)s)")
@@ -47,11 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-ms", type=float, help="per-request deadline from the intended send time; misses counted")
     p.add_argument("--drain", type=float, metavar="S",
                    help="open loop: seconds to wait for answers after the last send (default: deadline + 1 s, or 10 s)")
-    p.add_argument("-b", "--batch-size", type=int, default=1, help="size of a leading -1 dimension (default 1)")
+    p.add_argument("-b", "--batch-size", type=int, default=1,
+                   help="size of a leading -1 dimension; with --detect, images per request (default 1)")
     p.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="shape of an input with dynamic dimensions (with or without the batch dimension)")
-    p.add_argument("--image", metavar="FILE", help="send this image (JPEG/PNG via OpenCV, or uint8 HWC .npy), "
-                   "letterboxed to the model's image input")
+    p.add_argument("--image", action="append", default=[], metavar="FILE|DIR",
+                   help="OIP: send this image (JPEG/PNG via OpenCV, or uint8 HWC .npy), letterboxed to the model's "
+                   "image input. --detect/--cameras: images to send in turn (files, or directories of them; "
+                   "repeatable; default: scikit-image's photographs)")
+    p.add_argument("--frame-size", metavar="WxH", help="--detect/--cameras: fit every image to this size "
+                   "(cover and crop the middle), e.g. 1920x1080 (default: as they are)")
+    p.add_argument("--encoding", choices=["jpeg", "png", "raw"], default="jpeg",
+                   help="--detect/--cameras: how images travel (default %(default)s; raw: uint8 RGB pixels)")
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality (default %(default)s)")
+    p.add_argument("--score-threshold", type=float, help="--detect/--cameras: override the model's score threshold")
+    p.add_argument("--iou-threshold", type=float, help="--detect/--cameras: override the model's NMS IoU threshold")
     p.add_argument("--image-input", metavar="NAME", help="the input --image goes to (default: found from metadata)")
     p.add_argument("--npy", action="append", default=[], metavar="[NAME=]FILE",
                    help="send this array for an input (NAME may be left out for a one-input model)")
@@ -127,20 +150,55 @@ class _ProgressLine:
         self.bar.close()
 
 
+def _detect_payload(a: argparse.Namespace) -> FramePayload:
+    if a.npy or a.shape or a.image_input:
+        raise ValueError("--npy, --shape and --image-input are for OIP models; --detect/--cameras send images")
+    size = parse_frame_size(a.frame_size) if a.frame_size else None
+    return frame_payload(a.image, size, a.encoding, a.jpeg_quality)
+
+
+def _detect_requests(a: argparse.Namespace, payload: FramePayload) -> Workload:
+    """One Detect request per image, each with ``--batch-size`` images taken in turn from the payload."""
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size: expected at least 1, got {a.batch_size}")
+    images, b = payload.images, a.batch_size
+    requests = [
+        detect_request([images[(i + j) % len(images)] for j in range(b)], a.model, a.model_version,
+                       a.score_threshold, a.iou_threshold).SerializeToString()
+        for i in range(len(images))
+    ]
+    per = f"{b} images per request: " if b > 1 else ""
+    return detect_workload(requests, per + payload.description)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    detection = a.cameras is not None or a.detect
     try:
         settings = _settings(a)
-        mode: Literal["closed", "open"] = "open" if a.rate is not None else "closed"
+        mode: Literal["closed", "open", "camera"] = (
+            "camera" if a.cameras is not None else "open" if a.rate is not None else "closed")
         config = LoadConfig(a.model, settings, a.model_version, mode, a.concurrency or 1, a.rate or 0.0, a.arrival,
-                            a.warmup, a.duration, a.deadline_ms, a.drain, a.seed)
-        with InferenceClient(settings.target, tls=settings.tls, token=settings.token) as client:
-            meta = client.model_metadata(a.model, a.model_version, deadline_s=30.0)
-        image = load_image(a.image) if a.image else None
-        arrays = _arrays(a.npy, [t.name for t in meta.inputs])
-        inputs = make_inputs(meta, batch_size=a.batch_size, shapes=_shapes(a.shape), image=image,
-                             image_input_name=a.image_input, arrays=arrays, seed=a.seed)
+                            a.warmup, a.duration, a.deadline_ms, a.drain, a.seed, a.cameras or 1, a.fps,
+                            a.max_in_flight)
+        if detection:
+            payload = _detect_payload(a)
+            # One call first: the model must be a reachable detection pipeline that takes these images.
+            with DetectionClient(settings.target, tls=settings.tls, token=settings.token) as client:
+                client.detect(payload.images[0], model=a.model, version=a.model_version,
+                              score_threshold=a.score_threshold, iou_threshold=a.iou_threshold, deadline_s=60.0)
+            work: Mapping[str, np.ndarray] | Workload | None = None if mode == "camera" else \
+                _detect_requests(a, payload)
+        else:
+            with InferenceClient(settings.target, tls=settings.tls, token=settings.token) as client:
+                meta = client.model_metadata(a.model, a.model_version, deadline_s=30.0)
+            if len(a.image) > 1:
+                raise ValueError("--image: an OIP run sends one image; give one file")
+            image = load_image(a.image[0]) if a.image else None
+            arrays = _arrays(a.npy, [t.name for t in meta.inputs])
+            work = make_inputs(meta, batch_size=a.batch_size, shapes=_shapes(a.shape), image=image,
+                               image_input_name=a.image_input, arrays=arrays, seed=a.seed)
     except PeregrineClientError as e:
         print(f"peregrine-load: cannot start: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -150,7 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = sys.stderr.isatty() if a.progress is None else a.progress
     line = _ProgressLine(a.warmup + a.duration, a.warmup) if show else None
     try:
-        result = run_load(config, inputs, progress=line)
+        if work is None:
+            result = run_camera(config, payload.images,
+                                options=options_message(a.score_threshold, a.iou_threshold),
+                                description=payload.description, progress=line)
+        else:
+            result = run_load(config, work, progress=line)
     except (TimeoutError, grpc.RpcError, OSError) as e:  # the channel never became ready
         print(f"peregrine-load: cannot run against {a.url}: {e!r}", file=sys.stderr)
         return EXIT_USAGE

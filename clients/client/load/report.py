@@ -1,5 +1,5 @@
-"""What a load run measured: an HDR latency histogram, per-request records, and their outputs
-(text summary, JSON, CSV, PNG plot)."""
+"""What a load run measured: an HDR latency histogram, per-request records, the server's stage timings
+(detection modes), and their outputs (text summary, JSON, CSV, PNG plot)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+# The stages of peregrine.v1.StageTimings, in pipeline order.
+STAGES = ("decode", "queue", "pre", "infer", "post", "total")
 _LOWEST_US = 1
 _HIGHEST_US = 3_600_000_000  # one hour
 _SIGNIFICANT_FIGURES = 3  # values are exact to 0.1 %
@@ -57,26 +59,58 @@ class LatencyHistogram:
 @dataclass
 class Records:
     """One row per measured request: intended and actual send times (seconds from the run's start),
-    latency (seconds, from the intended send time) and final gRPC status name."""
+    latency (seconds, from the intended send time) and final status name (a gRPC status, or ``DROPPED``
+    for a camera frame the server dropped). Camera mode adds each frame's camera and sequence number."""
 
     intended_s: np.ndarray
     sent_s: np.ndarray
     latency_s: np.ndarray
     status: np.ndarray  # str
+    camera: np.ndarray | None = None  # int, camera mode only
+    sequence: np.ndarray | None = None  # int, camera mode only
 
     @classmethod
     def empty(cls) -> Records:
         return cls(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=str))
 
 
+class StageSamples:
+    """The server's per-stage timings (microseconds) of measured successful requests or frames."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[int]] = {stage: [] for stage in STAGES}
+        self.batch_sizes: list[int] = []
+
+    def add(self, timings_us: dict[str, int], batch_size: int) -> None:
+        for stage in STAGES:
+            self.values[stage].append(timings_us[stage])
+        self.batch_sizes.append(batch_size)
+
+    def __len__(self) -> int:
+        return len(self.batch_sizes)
+
+    def summary_ms(self) -> dict[str, dict[str, float]] | None:
+        """Per stage, p50/p99/mean in milliseconds, and ``batch_size`` p50/mean; None when empty."""
+        if not self.batch_sizes:
+            return None
+        out: dict[str, dict[str, float]] = {}
+        for stage, us in self.values.items():
+            a = np.asarray(us, np.float64) / 1e3
+            out[stage] = {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+                          "mean": float(a.mean())}
+        b = np.asarray(self.batch_sizes, np.float64)
+        out["batch_size"] = {"p50": float(np.percentile(b, 50)), "mean": float(b.mean())}
+        return out
+
+
 @dataclass
 class LoadResult:
     """The outcome of one run. Latencies are of successful requests, measured from the intended send time
-    (open loop: the schedule; closed loop: when the worker sent it)."""
+    (open loop and camera mode: the schedule; closed loop: when the worker sent it)."""
 
     target: str
     model: str
-    mode: str  # "closed" or "open"
+    mode: str  # "closed", "open" or "camera"
     concurrency: int | None
     rate: float | None
     arrival: str | None
@@ -85,7 +119,7 @@ class LoadResult:
     deadline_ms: float | None
     sent: int  # measured requests issued
     ok: int
-    errors: dict[str, int]  # by gRPC status name
+    errors: dict[str, int]  # by status name: a gRPC status, or DROPPED (camera mode)
     deadline_misses: int  # DEADLINE_EXCEEDED, or answered after the deadline
     throughput_rps: float  # successful requests per second of the measurement window
     offered_rps: float  # requests issued per second of the measurement window
@@ -93,6 +127,13 @@ class LoadResult:
     send_lag_ms: dict[str, float]  # actual - intended send time: the generator's own delay
     histogram: LatencyHistogram = field(repr=False)
     records: Records = field(repr=False)
+    api: str = "oip"  # "oip" (ModelInfer), "detect" (DetectionService.Detect), "stream" (DetectStream)
+    cameras: int | None = None  # camera mode: streams
+    fps: float | None = None  # camera mode: frames per second of each stream
+    dropped: int = 0  # camera mode: measured frames answered DROPPED (also counted in errors)
+    server_dropped_total: int | None = None  # camera mode: the server's own count over all streams, warm-up included
+    stages_ms: dict[str, dict[str, float]] | None = None  # detection modes: the server's StageTimings
+    payload: str = ""  # what each request or frame carried
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-request records, JSON-ready (NaN becomes null)."""
@@ -104,14 +145,18 @@ class LoadResult:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def write_csv(self, path: str | Path) -> None:
-        """Per-request rows: intended_s, sent_s, latency_ms, status."""
+        """Per-request rows: intended_s, sent_s, latency_ms, status (camera mode: then camera, sequence)."""
         r = self.records
+        frames = r.camera is not None and r.sequence is not None
         with Path(path).open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["intended_s", "sent_s", "latency_ms", "status"])
+            w.writerow(["intended_s", "sent_s", "latency_ms", "status"] + (["camera", "sequence"] if frames else []))
             for i in range(len(r.status)):
-                w.writerow([f"{r.intended_s[i]:.6f}", f"{r.sent_s[i]:.6f}", f"{r.latency_s[i] * 1e3:.3f}",
-                            r.status[i]])
+                row = [f"{r.intended_s[i]:.6f}", f"{r.sent_s[i]:.6f}", f"{r.latency_s[i] * 1e3:.3f}", r.status[i]]
+                if frames:
+                    assert r.camera is not None and r.sequence is not None
+                    row += [int(r.camera[i]), int(r.sequence[i])]
+                w.writerow(row)
 
     def plot(self, path: str | Path) -> None:
         """A PNG: latency over time (every request) and the latency CDF. Raises ImportError without
@@ -144,29 +189,51 @@ class LoadResult:
         ax2.set_xlabel("latency (ms)")
         ax2.set_ylabel("percent of requests")
         ax2.set_title("latency CDF (successful requests)")
-        load = f"concurrency {self.concurrency}" if self.mode == "closed" else f"{self.rate:g} req/s {self.arrival}"
-        fig.suptitle(f"{self.model} @ {self.target}: {self.mode} loop, {load}, {self.throughput_rps:.1f} req/s")
+        fig.suptitle(f"{self.model} @ {self.target}: {self.describe_load()}, {self.throughput_rps:.1f} {self.unit}/s")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
 
+    @property
+    def unit(self) -> str:
+        return "frames" if self.mode == "camera" else "req"
+
+    def describe_load(self) -> str:
+        api = {"oip": "", "detect": " over Detect", "stream": " over DetectStream"}.get(self.api, "")
+        if self.mode == "camera":
+            return f"camera mode, {self.cameras} x {self.fps:g} fps{api}"
+        if self.mode == "closed":
+            return f"closed loop, concurrency {self.concurrency}{api}"
+        return f"open loop, {self.rate:g} req/s ({self.arrival}){api}"
+
     def format(self, slo_p99_ms: float | None = None) -> str:
         """A few lines for a terminal."""
-        load = (f"closed loop, concurrency {self.concurrency}" if self.mode == "closed"
-                else f"open loop, {self.rate:g} req/s ({self.arrival})")
         errs = sum(self.errors.values())
         by = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
-        lat, lag = self.latency_ms, self.send_lag_ms
+        lat, lag, unit = self.latency_ms, self.send_lag_ms, self.unit
+        what = "frames" if self.mode == "camera" else "requests"
         lines = [
-            f"{self.model} @ {self.target}: {load}, {self.duration_s:g} s after {self.warmup_s:g} s warm-up",
-            f"requests    {self.sent} sent, {self.ok} ok, {errs} errors" + (f" ({by})" if by else ""),
-            f"throughput  {self.throughput_rps:.1f} req/s (offered {self.offered_rps:.1f} req/s)",
+            f"{self.model} @ {self.target}: {self.describe_load()}, {self.duration_s:g} s after "
+            f"{self.warmup_s:g} s warm-up",
+        ]
+        if self.payload:
+            lines.append(f"payload     {self.payload}")
+        lines += [
+            f"{what:<11} {self.sent} sent, {self.ok} ok, {errs} not ok" + (f" ({by})" if by else ""),
+            f"throughput  {self.throughput_rps:.1f} {unit}/s (offered {self.offered_rps:.1f} {unit}/s)",
             "latency ms  " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
             + f"  (mean {lat['mean']:.3f})",
             f"send lag ms p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}",
         ]
+        if self.mode == "camera":
+            lines.append(f"dropped     {self.dropped} measured frames (server count, warm-up included: "
+                         f"{self.server_dropped_total})")
         if self.deadline_ms is not None:
             lines.append(f"deadline    {self.deadline_ms:g} ms: {self.deadline_misses} missed")
+        if self.stages_ms:
+            st = self.stages_ms
+            lines.append("server ms   p50 " + "  ".join(f"{k} {st[k]['p50']:.3f}" for k in STAGES)
+                         + f"  (batch p50 {st['batch_size']['p50']:g}, mean {st['batch_size']['mean']:.2f})")
         if slo_p99_ms is not None:
             verdict = "met" if slo_met(self, slo_p99_ms) else "MISSED"
             lines.append(f"SLO         p99 <= {slo_p99_ms:g} ms: {verdict}")

@@ -1,5 +1,6 @@
 """The load generator: closed loop (N workers, each sends when its last answer came) or open loop
-(requests on a schedule: constant or Poisson arrivals).
+(requests on a schedule: constant or Poisson arrivals) of unary calls, OIP ``ModelInfer`` or
+``peregrine.v1.DetectionService/Detect`` (a :class:`Workload`). Camera mode lives in :mod:`.camera`.
 
 The open loop never waits for the server: each request is launched as its own task at its intended time,
 however many are still in flight, and its latency counts from the intended time. A server that stalls
@@ -7,8 +8,8 @@ therefore shows up as queueing delay in the latencies instead of as a slower off
 omission). The measured ``send lag`` (actual minus intended send time) tells whether the generator itself
 kept up.
 
-The request is serialized once; calls send those bytes and do not parse the answers, so the generator's
-own cost per request stays small.
+Requests are serialized once; calls send those bytes. OIP answers are not parsed; Detect answers are, for
+the server's stage timings (a small message). So the generator's own cost per request stays small.
 """
 
 from __future__ import annotations
@@ -17,31 +18,34 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import grpc
 import numpy as np
+from peregrine.proto import detection_pb2 as det
 
-from ..channel import OIP_SERVICE, ChannelSettings
+from ..channel import DETECTION_SERVICE, OIP_SERVICE, ChannelSettings
 from ..tensors import InferRequest, build_request
-from .report import LatencyHistogram, LoadResult, Records, lag_summary_ms
+from .report import LatencyHistogram, LoadResult, Records, StageSamples, lag_summary_ms
 
 SPIN_S = 0.0015  # the open loop's last stretch before a send is spent polling the event loop, not sleeping
 
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """One run. ``concurrency`` (closed loop) or ``rate`` in requests per second (open loop, ``arrival``
-    constant or poisson). Times in seconds; ``deadline_ms`` is each request's deadline, counted from its
-    intended send time (None: none); ``drain_s`` is how long to wait for requests still in flight after
-    the last one was sent (None: the deadline plus 1 s, or 10 s)."""
+    """One run. ``concurrency`` (closed loop), ``rate`` in requests per second (open loop, ``arrival``
+    constant or poisson), or ``cameras`` streams of ``fps`` frames per second (camera mode, over
+    DetectStream; ``max_in_flight`` frames per stream on the server, None: the model's default). Times in
+    seconds; ``deadline_ms`` is each request's (frame's) deadline, counted from its intended send time
+    (None: none); ``drain_s`` is how long to wait for requests still in flight after the last one was sent
+    (None: the deadline plus 1 s, or 10 s)."""
 
     model: str
     settings: ChannelSettings = field(default_factory=ChannelSettings)
     version: str = ""
-    mode: Literal["closed", "open"] = "closed"
+    mode: Literal["closed", "open", "camera"] = "closed"
     concurrency: int = 1
     rate: float = 0.0
     arrival: Literal["constant", "poisson"] = "constant"
@@ -50,12 +54,22 @@ class LoadConfig:
     deadline_ms: float | None = None
     drain_s: float | None = None
     seed: int = 0
+    cameras: int = 1
+    fps: float = 0.0
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
+        if self.mode not in ("closed", "open", "camera"):
+            raise ValueError(f"mode: expected 'closed', 'open' or 'camera', got '{self.mode}'")
         if self.mode == "closed" and self.concurrency < 1:
             raise ValueError(f"concurrency: expected at least 1, got {self.concurrency}")
         if self.mode == "open" and not self.rate > 0:
             raise ValueError(f"rate: expected a positive number of requests per second, got {self.rate}")
+        if self.mode == "camera" and (self.cameras < 1 or not self.fps > 0):
+            raise ValueError(f"camera mode: expected at least 1 camera and a positive fps, got {self.cameras} "
+                             f"cameras at {self.fps} fps")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight: expected at least 1, got {self.max_in_flight}")
         if self.warmup_s < 0 or not self.duration_s > 0:
             raise ValueError("warmup_s must be >= 0 and duration_s > 0")
         if self.deadline_ms is not None and not self.deadline_ms > 0:
@@ -78,23 +92,74 @@ def arrival_offsets(rate: float, arrival: str, seed: int = 0) -> Iterator[float]
         raise ValueError(f"arrival: expected 'constant' or 'poisson', got '{arrival}'")
 
 
+# A reader of the server's stage timings in an answer: ({stage: microseconds}, batch size), or None.
+TimingsReader = Callable[[bytes], "tuple[dict[str, int], int] | None"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the unary loops send: the full gRPC method, the serialized requests (sent in turn), and how
+    to read the server's stage timings from an answer (None: answers are not parsed)."""
+
+    method: str
+    payloads: Sequence[bytes]
+    timings: TimingsReader | None = None
+    api: str = "oip"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.payloads:
+            raise ValueError("a workload needs at least one request")
+
+
+def oip_workload(model: str, inputs: Mapping[str, np.ndarray], version: str = "") -> Workload:
+    """OIP ``ModelInfer`` with fixed ``inputs``."""
+    payload = build_request(InferRequest(model, inputs, version=version)).SerializeToString()
+    shapes = ", ".join(f"{k} {a.dtype}{list(a.shape)}" for k, a in inputs.items())
+    return Workload(f"/{OIP_SERVICE}/ModelInfer", [payload], description=shapes)
+
+
+def detect_workload(requests: Sequence[bytes], description: str = "") -> Workload:
+    """``DetectionService/Detect`` with these serialized ``DetectRequest`` messages (sent in turn); the
+    answers' StageTimings are collected."""
+
+    def timings(answer: bytes) -> tuple[dict[str, int], int]:
+        t = det.DetectResponse.FromString(answer).timings
+        return stage_us(t), t.batch_size
+
+    return Workload(f"/{DETECTION_SERVICE}/Detect", list(requests), timings, "detect", description)
+
+
+def stage_us(t: det.StageTimings) -> dict[str, int]:
+    """A ``StageTimings`` message as {stage: microseconds}."""
+    return {"decode": t.decode_us, "queue": t.queue_us, "pre": t.pre_us, "infer": t.infer_us, "post": t.post_us,
+            "total": t.total_us}
+
+
 class Recorder:
-    """Collects requests whose intended send time falls in the measurement window."""
+    """Collects requests (frames) whose intended send time falls in the measurement window."""
 
     def __init__(self, window_start: float, deadline_s: float | None) -> None:
         self.window_start = window_start
         self.deadline_s = deadline_s
         self.histogram = LatencyHistogram()
+        self.stages = StageSamples()
         self.intended: list[float] = []
         self.sent: list[float] = []
         self.latency: list[float] = []
         self.status: list[str] = []
+        self.camera: list[int] = []
+        self.sequence: list[int] = []
         self.in_warmup = 0
         self.ok = 0
         self.errors = 0
+        self.dropped = 0
         self.deadline_misses = 0
 
-    def record(self, intended: float, sent: float, done: float, code: grpc.StatusCode) -> None:
+    def record(self, intended: float, sent: float, done: float, status: str,
+               timings: tuple[dict[str, int], int] | None = None, frame: tuple[int, int] | None = None) -> None:
+        """One answer. ``status`` is a gRPC status name, or ``DROPPED``; ``timings`` the server's stage
+        timings of a successful answer; ``frame`` its (camera, sequence) in camera mode."""
         if intended < self.window_start:
             self.in_warmup += 1
             return
@@ -102,128 +167,34 @@ class Recorder:
         self.intended.append(intended)
         self.sent.append(sent)
         self.latency.append(latency)
-        self.status.append(code.name)
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED or (
-                self.deadline_s is not None and code is grpc.StatusCode.OK and latency > self.deadline_s):
+        self.status.append(status)
+        if frame is not None:
+            self.camera.append(frame[0])
+            self.sequence.append(frame[1])
+        if status == "DEADLINE_EXCEEDED" or (
+                self.deadline_s is not None and status == "OK" and latency > self.deadline_s):
             self.deadline_misses += 1
-        if code is grpc.StatusCode.OK:
+        if status == "OK":
             self.ok += 1
             self.histogram.record(latency)
+            if timings is not None:
+                self.stages.add(*timings)
         else:
             self.errors += 1
+            self.dropped += status == "DROPPED"
 
-
-Progress = Callable[[float, Recorder], None]
-
-
-class LoadRunner:
-    """Drives one :class:`LoadConfig` against a server with fixed ``inputs``. ``progress`` is called
-    every ``progress_interval_s`` with the seconds elapsed and the counts so far."""
-
-    def __init__(self, config: LoadConfig, inputs: Mapping[str, np.ndarray], progress: Progress | None = None,
-                 progress_interval_s: float = 0.5) -> None:
-        self.config = config
-        self.payload = build_request(InferRequest(config.model, inputs, version=config.version)).SerializeToString()
-        self.clock: Callable[[], float] = time.perf_counter  # monotonic, sub-microsecond
-        self.progress = progress
-        self.progress_interval_s = progress_interval_s
-
-    def run(self) -> LoadResult:
-        """Run to completion (blocking; starts its own event loop)."""
-        return asyncio.run(self.run_async())
-
-    async def run_async(self) -> LoadResult:
-        cfg = self.config
-        channel = cfg.settings.aio_channel()
-        try:
-            # Bytes in, bytes out: no protobuf work per request on the generator's side.
-            self._infer = channel.unary_unary(f"/{OIP_SERVICE}/ModelInfer")
-            self._metadata = cfg.settings.metadata()
-            await asyncio.wait_for(channel.channel_ready(), timeout=cfg.settings.timeout(None) or 30.0)
-            self.t0 = self.clock()
-            deadline_s = None if cfg.deadline_ms is None else cfg.deadline_ms / 1e3
-            rec = Recorder(cfg.warmup_s, deadline_s)
-            end = cfg.warmup_s + cfg.duration_s
-            ticker = asyncio.create_task(self._tick(rec)) if self.progress else None
-            try:
-                if cfg.mode == "closed":
-                    await asyncio.gather(*(self._worker(rec, end, deadline_s) for _ in range(cfg.concurrency)))
-                else:
-                    await self._open_loop(rec, end, deadline_s)
-            finally:
-                if ticker:
-                    ticker.cancel()
-            if self.progress:
-                self.progress(self.clock() - self.t0, rec)
-        finally:
-            await channel.close()
-        return self._result(rec)
-
-    async def _tick(self, rec: Recorder) -> None:
-        assert self.progress is not None
-        while True:
-            self.progress(self.clock() - self.t0, rec)
-            await asyncio.sleep(self.progress_interval_s)
-
-    async def _one(self, rec: Recorder, intended: float, deadline_s: float | None) -> None:
-        """Send one request whose intended send time is ``intended`` (seconds from t0) and record it."""
-        sent = self.clock() - self.t0
-        timeout = None
-        if deadline_s is not None:
-            timeout = deadline_s - (sent - intended)
-            if timeout <= 0:  # already late before it left: a miss, and no point in sending it
-                rec.record(intended, sent, sent, grpc.StatusCode.DEADLINE_EXCEEDED)
-                return
-        code = grpc.StatusCode.OK
-        try:
-            await self._infer(self.payload, timeout=timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as e:
-            code = e.code()
-        except asyncio.CancelledError:
-            rec.record(intended, sent, self.clock() - self.t0, grpc.StatusCode.CANCELLED)
-            raise
-        rec.record(intended, sent, self.clock() - self.t0, code)
-
-    async def _worker(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
-        while (now := self.clock() - self.t0) < end:
-            await self._one(rec, now, deadline_s)
-
-    async def _open_loop(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
-        cfg = self.config
-        tasks: set[asyncio.Task[None]] = set()
-        for intended in arrival_offsets(cfg.rate, cfg.arrival, cfg.seed):
-            if intended >= end:
-                break
-            await self._sleep_until(intended)
-            task = asyncio.create_task(self._one(rec, intended, deadline_s))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            # With a deadline, gRPC ends every call by then; the extra second keeps the drain from racing it.
-            drain = cfg.drain_s if cfg.drain_s is not None else (deadline_s + 1.0 if deadline_s else 10.0)
-            _, pending = await asyncio.wait(tasks, timeout=drain)
-            for t in pending:  # still unanswered: recorded as CANCELLED with the time they had waited
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _sleep_until(self, offset: float) -> None:
-        """Wait until ``offset`` seconds after t0, to within tens of microseconds. The event loop's timers
-        wake up to a millisecond late (epoll's resolution), which would add to every latency measured from
-        the intended time; so sleep to a millisecond before, then yield to the loop until the moment
-        (answers of requests in flight are still taken and stamped meanwhile)."""
-        delay = offset - (self.clock() - self.t0)
-        if delay > SPIN_S:
-            await asyncio.sleep(delay - SPIN_S)
-        while self.clock() - self.t0 < offset:
-            await asyncio.sleep(0)
-
-    def _result(self, rec: Recorder) -> LoadResult:
-        cfg = self.config
-        counts = Counter(s for s in rec.status if s != "OK")
-        intended = np.asarray(rec.intended)
-        sent = np.asarray(rec.sent)
-        n = len(rec.status)
+    def result(self, cfg: LoadConfig, api: str, payload: str) -> LoadResult:
+        """The run's :class:`LoadResult` (camera-mode fields other than ``dropped`` are left to the caller)."""
+        counts = Counter(s for s in self.status if s != "OK")
+        intended = np.asarray(self.intended)
+        sent = np.asarray(self.sent)
+        n = len(self.status)
+        records = Records.empty()
+        if n:
+            frames = len(self.camera) == n
+            camera, sequence = (np.asarray(self.camera), np.asarray(self.sequence)) if frames else (None, None)
+            records = Records(intended, sent, np.asarray(self.latency), np.asarray(self.status, dtype=str),
+                              camera, sequence)
         return LoadResult(
             target=cfg.settings.target,
             model=cfg.model,
@@ -235,21 +206,176 @@ class LoadRunner:
             duration_s=cfg.duration_s,
             deadline_ms=cfg.deadline_ms,
             sent=n,
-            ok=rec.ok,
+            ok=self.ok,
             errors=dict(counts),
-            deadline_misses=rec.deadline_misses,
-            throughput_rps=rec.ok / cfg.duration_s,
+            deadline_misses=self.deadline_misses,
+            throughput_rps=self.ok / cfg.duration_s,
             offered_rps=n / cfg.duration_s,
-            latency_ms=rec.histogram.summary_ms(),
+            latency_ms=self.histogram.summary_ms(),
             send_lag_ms=lag_summary_ms(sent - intended) if n else lag_summary_ms(np.zeros(0)),
-            histogram=rec.histogram,
-            records=Records(intended, sent, np.asarray(rec.latency), np.asarray(rec.status, dtype=str))
-            if n else Records.empty(),
+            histogram=self.histogram,
+            records=records,
+            api=api,
+            cameras=cfg.cameras if cfg.mode == "camera" else None,
+            fps=cfg.fps if cfg.mode == "camera" else None,
+            dropped=self.dropped,
+            stages_ms=self.stages.summary_ms(),
+            payload=payload,
         )
 
 
-def run_load(config: LoadConfig, inputs: Mapping[str, np.ndarray], progress: Progress | None = None) -> LoadResult:
-    """Run one load test (blocking). Raises grpc.aio.AioRpcError/TimeoutError when the server cannot be
-    reached before the run starts; failures during the run are counted, not raised."""
+Progress = Callable[[float, Recorder], None]
+
+
+class ScheduledRun:
+    """What every mode shares: the clock, the channel, the measurement window, the progress line and
+    sleeping until a scheduled send time. Subclasses drive the calls in :meth:`drive`."""
+
+    def __init__(self, config: LoadConfig, progress: Progress | None = None, progress_interval_s: float = 0.5) -> None:
+        self.config = config
+        self.clock: Callable[[], float] = time.perf_counter  # monotonic, sub-microsecond
+        self.progress = progress
+        self.progress_interval_s = progress_interval_s
+        self.t0 = 0.0
+
+    def run(self) -> LoadResult:
+        """Run to completion (blocking; starts its own event loop)."""
+        return asyncio.run(self.run_async())
+
+    async def run_async(self) -> LoadResult:
+        cfg = self.config
+        channel = cfg.settings.aio_channel()
+        try:
+            self._metadata = cfg.settings.metadata()
+            self.prepare(channel)
+            await asyncio.wait_for(channel.channel_ready(), timeout=cfg.settings.timeout(None) or 30.0)
+            self.t0 = self.clock()
+            deadline_s = None if cfg.deadline_ms is None else cfg.deadline_ms / 1e3
+            rec = Recorder(cfg.warmup_s, deadline_s)
+            end = cfg.warmup_s + cfg.duration_s
+            ticker = asyncio.create_task(self._tick(rec)) if self.progress else None
+            try:
+                await self.drive(rec, end, deadline_s)
+            finally:
+                if ticker:
+                    ticker.cancel()
+            if self.progress:
+                self.progress(self.now(), rec)
+        finally:
+            await channel.close()
+        return self.finish(rec)
+
+    def prepare(self, channel: grpc.aio.Channel) -> None:
+        """Make the call objects on ``channel`` (before it is ready)."""
+        raise NotImplementedError
+
+    async def drive(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
+        """Send everything whose intended time is before ``end`` (seconds from t0) and record the answers."""
+        raise NotImplementedError
+
+    def finish(self, rec: Recorder) -> LoadResult:
+        raise NotImplementedError
+
+    def now(self) -> float:
+        """Seconds since the run started."""
+        return self.clock() - self.t0
+
+    def drain_s(self, deadline_s: float | None) -> float:
+        """How long to wait for answers after the last send: gRPC (or the server) ends every call by its
+        deadline; the extra second keeps the drain from racing it."""
+        cfg = self.config
+        return cfg.drain_s if cfg.drain_s is not None else (deadline_s + 1.0 if deadline_s else 10.0)
+
+    async def _tick(self, rec: Recorder) -> None:
+        assert self.progress is not None
+        while True:
+            self.progress(self.now(), rec)
+            await asyncio.sleep(self.progress_interval_s)
+
+    async def sleep_until(self, offset: float) -> None:
+        """Wait until ``offset`` seconds after t0, to within tens of microseconds. The event loop's timers
+        wake up to a millisecond late (epoll's resolution), which would add to every latency measured from
+        the intended time; so sleep to a millisecond before, then yield to the loop until the moment
+        (answers of requests in flight are still taken and stamped meanwhile)."""
+        delay = offset - self.now()
+        if delay > SPIN_S:
+            await asyncio.sleep(delay - SPIN_S)
+        while self.now() < offset:
+            await asyncio.sleep(0)
+
+
+class LoadRunner(ScheduledRun):
+    """Drives one closed- or open-loop :class:`LoadConfig` against a server: OIP ``ModelInfer`` with fixed
+    ``inputs``, or a :class:`Workload`. ``progress`` is called every ``progress_interval_s`` with the
+    seconds elapsed and the counts so far."""
+
+    def __init__(self, config: LoadConfig, inputs: Mapping[str, np.ndarray] | Workload,
+                 progress: Progress | None = None, progress_interval_s: float = 0.5) -> None:
+        if config.mode == "camera":
+            raise ValueError("camera mode runs with peregrine.client.load.camera.CameraRunner")
+        super().__init__(config, progress, progress_interval_s)
+        self.workload = inputs if isinstance(inputs, Workload) else oip_workload(config.model, inputs, config.version)
+        self._turn = itertools.cycle(self.workload.payloads)
+
+    def prepare(self, channel: grpc.aio.Channel) -> None:
+        # Bytes in, bytes out: no protobuf work per request on the generator's side.
+        self._call = channel.unary_unary(self.workload.method)
+
+    async def drive(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
+        if self.config.mode == "closed":
+            await asyncio.gather(*(self._worker(rec, end, deadline_s) for _ in range(self.config.concurrency)))
+        else:
+            await self._open_loop(rec, end, deadline_s)
+
+    def finish(self, rec: Recorder) -> LoadResult:
+        return rec.result(self.config, self.workload.api, self.workload.description)
+
+    async def _one(self, rec: Recorder, intended: float, deadline_s: float | None) -> None:
+        """Send one request whose intended send time is ``intended`` (seconds from t0) and record it."""
+        sent = self.now()
+        timeout = None
+        if deadline_s is not None:
+            timeout = deadline_s - (sent - intended)
+            if timeout <= 0:  # already late before it left: a miss, and no point in sending it
+                rec.record(intended, sent, sent, "DEADLINE_EXCEEDED")
+                return
+        try:
+            answer = await self._call(next(self._turn), timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as e:
+            rec.record(intended, sent, self.now(), e.code().name)
+            return
+        except asyncio.CancelledError:
+            rec.record(intended, sent, self.now(), "CANCELLED")
+            raise
+        done = self.now()
+        read = self.workload.timings
+        rec.record(intended, sent, done, "OK", read(answer) if read is not None else None)
+
+    async def _worker(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
+        while (now := self.now()) < end:
+            await self._one(rec, now, deadline_s)
+
+    async def _open_loop(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
+        cfg = self.config
+        tasks: set[asyncio.Task[None]] = set()
+        for intended in arrival_offsets(cfg.rate, cfg.arrival, cfg.seed):
+            if intended >= end:
+                break
+            await self.sleep_until(intended)
+            task = asyncio.create_task(self._one(rec, intended, deadline_s))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.drain_s(deadline_s))
+            for t in pending:  # still unanswered: recorded as CANCELLED with the time they had waited
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+
+def run_load(config: LoadConfig, inputs: Mapping[str, np.ndarray] | Workload,
+             progress: Progress | None = None) -> LoadResult:
+    """Run one closed- or open-loop load test (blocking). Raises grpc.aio.AioRpcError/TimeoutError when the
+    server cannot be reached before the run starts; failures during the run are counted, not raised."""
     return LoadRunner(config, inputs, progress=progress).run()
 
