@@ -1,23 +1,27 @@
-"""A robot/vehicle perception loop on Peregrine: camera -> detector -> decision, with a safety watchdog.
+"""A robot/vehicle perception loop on Peregrine: camera -> detection stream -> decision, with a safety watchdog.
 
-Each frame goes to the server with a deadline. A watchdog thread is armed for every frame; if no valid
-result has arrived when the deadline passes, it takes the safe action at once ("BRAKE": logged and
-counted), whether the call is still in flight or failed. The camera is synthetic (moving shapes drawn with
-NumPy) or a video file (OpenCV). Frames that come while the loop is still busy are skipped: the loop
-always works on the newest frame.
+The camera (synthetic frames with moving shapes, or a video file through OpenCV) runs at ``--fps`` and its
+frames go to the server over one ``DetectStream`` (``DetectionClient.stream``), each with a deadline
+(``--deadline-ms``, counted from capture). The server letterboxes, runs the detector, applies NMS and
+returns boxes in frame pixels; when it falls behind it drops the oldest waiting frame (latest frame wins)
+and never runs a frame past its deadline.
 
-For now frames travel over the Open Inference Protocol (``ModelInfer``, model ``yolov8n``, input
-``images`` [1,3,640,640] FP32): letterboxing happens here and the YOLOv8 head is decoded here. Once the
-server's typed detection service exists, ``DetectionClient.stream`` replaces both.
+A watchdog thread holds every frame's deadline from the moment it is captured. If no valid result has
+arrived when a deadline passes, it takes the safe action at once ("BRAKE": logged and counted), whether
+the frame is still in flight, was dropped or failed; a result that says the frame was dropped, expired or
+failed brakes at once too, without waiting for the deadline. If the stream itself fails (server gone), the
+loop brakes for the frames in flight and opens a new stream. Frames the camera produced while the loop
+was not ready to send are skipped (counted).
 
-Run against ``make serve`` (gRPC on 127.0.0.1:8001)::
+Run against ``make serve`` (gRPC on 127.0.0.1:8001, detection pipeline ``yolov8n_detect``)::
 
-    python clients/examples/robot_loop.py --fps 10 --duration 10 --deadline-ms 100
+    python clients/examples/robot_loop.py --fps 10 --duration 10 --deadline-ms 150
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import logging
 import sys
 import threading
@@ -26,10 +30,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
-from peregrine.client import Detection, InferenceClient, PeregrineClientError
-from peregrine.client.images import LetterboxParams, letterbox_nchw
+from peregrine.client import Detection, DetectionClient, FrameResult, FrameStatus, PeregrineClientError
 from peregrine.client.load import LatencyHistogram
 
 log = logging.getLogger("robot_loop")
@@ -90,33 +92,35 @@ def video_frames(path: str) -> Iterator[np.ndarray]:
 
 # -- the watchdog --------------------------------------------------------------------------------------
 class Watchdog:
-    """Armed per frame with an absolute deadline (time.monotonic()); if it is not disarmed in time, its
-    thread calls ``on_miss(frame_id)`` at the deadline. ``disarm`` returns False when it already fired."""
+    """Holds an absolute deadline (time.monotonic()) per frame; for every frame not disarmed by its
+    deadline, its thread calls ``on_miss(frame_id)`` at that deadline. ``disarm`` returns False when the
+    watchdog already fired for the frame (the result is too late to act on)."""
 
     def __init__(self, on_miss: Callable[[int], None]) -> None:
         self._on_miss = on_miss
         self._cond = threading.Condition()
-        self._armed: tuple[int, float] | None = None
-        self._fired: set[int] = set()
+        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, frame id)
+        self._armed: set[int] = set()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
         self._thread.start()
 
     def arm(self, frame_id: int, deadline: float) -> None:
         with self._cond:
-            self._armed = (frame_id, deadline)
+            heapq.heappush(self._deadlines, (deadline, frame_id))
+            self._armed.add(frame_id)
             self._cond.notify()
 
     def disarm(self, frame_id: int) -> bool:
+        """Stand the watchdog down for a frame; True when it had not fired yet."""
         with self._cond:
-            if self._armed is not None and self._armed[0] == frame_id:
-                self._armed = None
-            if frame_id in self._fired:
-                self._fired.discard(frame_id)
-                return False
-            return True
+            if frame_id in self._armed:
+                self._armed.discard(frame_id)
+                return True
+            return False
 
     def close(self) -> None:
+        """Stop the thread; frames still armed are left unjudged."""
         with self._cond:
             self._stop = True
             self._cond.notify()
@@ -125,74 +129,45 @@ class Watchdog:
     def _run(self) -> None:
         with self._cond:
             while not self._stop:
-                if self._armed is None:
+                while self._deadlines and self._deadlines[0][1] not in self._armed:
+                    heapq.heappop(self._deadlines)  # answered in time
+                if not self._deadlines:
                     self._cond.wait()
                     continue
-                frame_id, deadline = self._armed
+                deadline, frame_id = self._deadlines[0]
                 remaining = deadline - time.monotonic()
                 if remaining > 0:
                     self._cond.wait(remaining)
                     continue
-                self._armed = None
-                self._fired.add(frame_id)
+                heapq.heappop(self._deadlines)
+                self._armed.discard(frame_id)
                 self._on_miss(frame_id)
-
-
-# -- YOLOv8 head, decoded on the client until the server-side post-kernel is reachable ---------------
-def decode_yolov8(output: np.ndarray, params: LetterboxParams, score_threshold: float = 0.25,
-                  iou_threshold: float = 0.45, max_detections: int = 100) -> list[Detection]:
-    """Boxes of one image from a YOLOv8 ``[1, 4 + C, A]`` output (cx, cy, w, h in model pixels, then class
-    scores after sigmoid), thresholded, class-aware NMS, mapped back to the original frame."""
-    pred = output[0].T  # [A, 4 + C]
-    scores = pred[:, 4:]
-    cls = scores.argmax(axis=1)
-    best = scores[np.arange(len(cls)), cls]
-    keep = best >= score_threshold
-    if not keep.any():
-        return []
-    cxcywh, best, cls = pred[keep, :4], best[keep], cls[keep]
-    boxes = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], axis=1)
-    order = best.argsort()[::-1]
-    # Class-aware NMS in one pass: boxes of different classes are moved apart so they never overlap.
-    shifted = boxes + (cls * 4096.0)[:, None]
-    kept: list[int] = []
-    while order.size and len(kept) < max_detections:
-        i = order[0]
-        kept.append(int(i))
-        rest = order[1:]
-        lt = np.maximum(shifted[i, :2], shifted[rest, :2])
-        rb = np.minimum(shifted[i, 2:], shifted[rest, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-        iou = inter / (_area(shifted[i]) + _area(shifted[rest]) - inter + 1e-9)
-        order = rest[iou <= iou_threshold]
-    original = params.to_original(boxes[kept])
-    return [Detection(*map(float, b), score=float(best[k]), class_id=int(cls[k]))
-            for b, k in zip(original, kept, strict=True)]
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 # -- the loop ------------------------------------------------------------------------------------------
 @dataclass
 class Summary:
-    frames: int = 0
+    frames: int = 0  # captured and handed to the stream
     on_time: int = 0
-    brakes: int = 0  # safe actions: no valid result by the deadline (late, failed or still in flight)
-    skipped: int = 0  # camera frames not processed because the loop was busy
-    errors: Counter[str] = field(default_factory=Counter)
+    brakes: int = 0  # safe actions: no valid result by the deadline (late, dropped, failed or in flight)
+    skipped: int = 0  # camera frames not sent because the loop was not ready for them
+    outcomes: Counter[str] = field(default_factory=Counter)  # frames without a valid result, by cause
+    errors: Counter[str] = field(default_factory=Counter)  # failed frames and failed streams, by gRPC status
     detections: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def format(self, elapsed_s: float) -> str:
+    def format(self, camera_s: float) -> str:
         lat = self.latency.summary_ms()
         errs = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        why = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "none"
         return "\n".join([
-            f"frames      {self.frames} processed in {elapsed_s:.1f} s ({self.frames / elapsed_s:.1f} fps), "
+            f"frames      {self.frames} sent in {camera_s:.1f} s ({self.frames / max(camera_s, 1e-9):.1f} fps), "
             f"{self.skipped} camera frames skipped",
             f"on time     {self.on_time}   watchdog brakes {self.brakes}   errors: {errs}",
-            f"latency ms  p50 {lat['p50']:.1f}  p99 {lat['p99']:.1f}  max {lat['max']:.1f} (on-time results)",
+            f"not on time {why}",
+            f"latency ms  p50 {lat['p50']:.1f}  p99 {lat['p99']:.1f}  max {lat['max']:.1f} "
+            "(capture to result, on-time results)",
             f"detections  {self.detections / max(self.on_time, 1):.1f} per frame",
         ])
 
@@ -206,81 +181,139 @@ def decide(detections: list[Detection], frame_width: int) -> str:
     return "cruise"
 
 
+class Camera:
+    """Paces a frame source at ``fps`` and hands out frames with their id and capture time; each frame's
+    deadline is armed on the watchdog at capture. Frames that fall due while nobody asks for one are
+    skipped. Several streams may take frames one after another (a failed stream's sending thread may
+    still be inside :meth:`take`), so taking a frame holds a lock."""
+
+    def __init__(self, frames: Iterator[np.ndarray], fps: float, end: float, deadline_s: float,
+                 watchdog: Watchdog, summary: Summary) -> None:
+        self.frames = frames
+        self.period = 1.0 / fps
+        self.end = end
+        self.deadline_s = deadline_s
+        self.watchdog = watchdog
+        self.summary = summary
+        self.next_tick = time.monotonic()
+        self.captured: dict[int, float] = {}  # frame id -> capture time (monotonic)
+        self.width = 0
+        self._lock = threading.Lock()
+
+    def _next(self) -> tuple[int, np.ndarray, int] | None:
+        with self._lock:
+            now = time.monotonic()
+            if now >= self.end:
+                return None
+            if now < self.next_tick:  # the camera's cadence
+                time.sleep(self.next_tick - now)
+            elif now - self.next_tick > self.period:  # frames came and went while the loop was not ready
+                missed = int((now - self.next_tick) / self.period)
+                self.summary.skipped += missed
+                self.next_tick += missed * self.period
+            self.next_tick += self.period
+            frame = next(self.frames, None)
+            if frame is None:
+                return None
+            captured = time.monotonic()
+            frame_id = self.summary.frames
+            self.summary.frames += 1
+            self.captured[frame_id] = captured
+            self.width = frame.shape[1]
+            self.watchdog.arm(frame_id, captured + self.deadline_s)
+            return frame_id, frame, int(captured * 1e6)
+
+    def take(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        """(frame id, frame, capture time in µs) until the run's end or the source's."""
+        while (item := self._next()) is not None:
+            yield item
+
+
+def stream_frames(camera: Camera, first_id: list[int]) -> Iterator[tuple[np.ndarray, int]]:
+    """The camera's frames for one stream, as (frame, capture time in µs). The stream numbers its frames
+    from 0 while the loop's frame ids run on across streams: ``first_id`` gets the id of its first frame."""
+    for frame_id, frame, capture_us in camera.take():
+        if not first_id:
+            first_id.append(frame_id)
+        yield frame, capture_us
+
+
 def run(args: argparse.Namespace) -> int:
-    client = InferenceClient(args.url, deadline_s=10.0)
+    deadline_s = args.deadline_ms / 1000
+    client = DetectionClient(args.url, deadline_s=30.0)
+    source = video_frames(args.video) if args.video else SyntheticCamera(seed=args.seed).frames()
     try:
-        meta = client.model_metadata(args.model)
-    except PeregrineClientError as e:
-        print(f"robot_loop: cannot reach model '{args.model}' at {args.url}: {e}", file=sys.stderr)
+        first = next(source)
+        client.detect(first, model=args.model)  # reachable, a detection pipeline, and warm
+    except (PeregrineClientError, OSError, StopIteration) as e:
+        print(f"robot_loop: cannot start with model '{args.model}' at {args.url}: {e!r}", file=sys.stderr)
+        client.close()
         return 2
-    _, _, height, width = meta.input(args.input).shape
-    frames = video_frames(args.video) if args.video else SyntheticCamera(seed=args.seed).frames()
     summary = Summary()
 
-    def brake(frame_id: int) -> None:  # the safe action; a real vehicle would command its brakes here
-        summary.brakes += 1
-        log.warning("frame %d: no valid result within %.0f ms -> BRAKE", frame_id, args.deadline_ms)
+    def brake(frame_id: int, why: str) -> None:  # the safe action; a real vehicle would command its brakes here
+        with summary.lock:
+            summary.brakes += 1
+            summary.outcomes[why] += 1
+        log.warning("frame %d: no valid result within %.0f ms (%s) -> BRAKE", frame_id, args.deadline_ms, why)
 
-    watchdog = Watchdog(brake)
-    period = 1.0 / args.fps
-    deadline_s = args.deadline_ms / 1000
+    watchdog = Watchdog(lambda frame_id: brake(frame_id, "deadline passed"))
     start = time.monotonic()
-    next_tick = start
+    camera = Camera(source, args.fps, start + args.duration, deadline_s, watchdog, summary)
     try:
-        for frame_id, frame in enumerate(frames):
-            now = time.monotonic()
-            if now - start >= args.duration:
-                break
-            if now < next_tick:  # the camera's cadence
-                time.sleep(next_tick - now)
-            elif now - next_tick > period:  # busy past a whole frame: those frames were missed
-                missed = int((now - next_tick) / period)
-                summary.skipped += missed
-                next_tick += missed * period
-            next_tick += period
-            sent = time.monotonic()
-            watchdog.arm(frame_id, sent + deadline_s)
-            tensor, params = letterbox_nchw(frame, height, width)
-            summary.frames += 1
+        while time.monotonic() < camera.end:
+            first_id: list[int] = []
             try:
-                remaining = max(sent + deadline_s - time.monotonic(), 1e-3)  # letterboxing used some of it
-                out = client.infer(args.model, {args.input: tensor}, outputs=[args.output], deadline_s=remaining)
-            except PeregrineClientError as e:
+                for result in client.stream(stream_frames(camera, first_id), model=args.model, deadline_s=deadline_s,
+                                            max_in_flight=args.max_in_flight, score_threshold=args.score):
+                    act(first_id[0] + result.sequence, result, camera, watchdog, summary, brake)
+                break  # the camera ended or the time is up: the stream answered every frame
+            except PeregrineClientError as e:  # the stream failed: frames in flight brake by the watchdog
                 summary.errors[e.code.name] += 1
-                if e.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
-                    log.error("frame %d: %s", frame_id, e)
-                if watchdog.disarm(frame_id):  # failed before the deadline: no result is no result, brake now
-                    brake(frame_id)
-                continue
-            latency = time.monotonic() - sent
-            if not watchdog.disarm(frame_id):  # the result came after the watchdog braked
-                summary.errors["LATE"] += 1
-                continue
-            detections = decode_yolov8(out[args.output], params, args.score)
-            summary.on_time += 1
-            summary.detections += len(detections)
-            summary.latency.record(latency)
-            log.info("frame %d: %d detections, %.1f ms -> %s", frame_id, len(detections), latency * 1e3,
-                     decide(detections, frame.shape[1]))
+                log.error("stream failed: %s; opening a new one", e)
+                time.sleep(min(0.5, max(camera.end - time.monotonic(), 0)))
     finally:
         watchdog.close()
         client.close()
-    print(summary.format(time.monotonic() - start))
+    print(summary.format(min(time.monotonic(), camera.end) - start))
     return 0
+
+
+def act(frame_id: int, result: FrameResult, camera: Camera, watchdog: Watchdog, summary: Summary,
+        brake: Callable[[int, str], None]) -> None:
+    """Act on one frame's result: use it if it is valid and on time, else take the safe action now."""
+    latency = time.monotonic() - camera.captured.pop(frame_id, time.monotonic())
+    if result.status is not FrameStatus.OK:
+        reason = {FrameStatus.DROPPED: "dropped", FrameStatus.DEADLINE_EXCEEDED: "expired on the server"}.get(
+            result.status, "failed")
+        if result.status is FrameStatus.ERROR and result.error is not None:
+            summary.errors[result.error.code.name] += 1
+            log.error("frame %d: %s", frame_id, result.error)
+        if watchdog.disarm(frame_id):  # no result is no result: brake now rather than at the deadline
+            brake(frame_id, reason)
+        return
+    if not watchdog.disarm(frame_id):  # the result came after the watchdog braked
+        with summary.lock:
+            summary.outcomes["late result"] += 1
+        return
+    summary.on_time += 1
+    summary.detections += len(result.detections)
+    summary.latency.record(latency)
+    log.info("frame %d: %d detections, %.1f ms -> %s", frame_id, len(result.detections), latency * 1e3,
+             decide(result.detections, camera.width))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="127.0.0.1:8001", help="server host:port (default %(default)s)")
-    p.add_argument("--model", default="yolov8n")
-    p.add_argument("--input", default="images", help="model input name (default %(default)s)")
-    p.add_argument("--output", default="output0", help="model output name (default %(default)s)")
+    p.add_argument("--model", default="yolov8n_detect", help="detection pipeline model (default %(default)s)")
     p.add_argument("--video", help="a video file instead of the synthetic camera (needs OpenCV)")
     p.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default %(default)s)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to run (default %(default)s)")
     p.add_argument("--deadline-ms", type=float, default=100.0,
-                   help="per-frame deadline; a miss makes the watchdog brake (default %(default)s)")
-    p.add_argument("--score", type=float, default=0.25, help="score threshold (default %(default)s)")
+                   help="per-frame deadline from capture; a miss makes the watchdog brake (default %(default)s)")
+    p.add_argument("--max-in-flight", type=int, help="frames the server runs at once (default: the model's)")
+    p.add_argument("--score", type=float, help="score threshold (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="synthetic camera seed")
     p.add_argument("-v", "--verbose", action="store_true", help="log every frame")
     args = p.parse_args(argv)
