@@ -185,10 +185,6 @@ def detect_result(msg: det.DetectResponse) -> DetectResult:
                         StageTimings.from_proto(msg.timings), msg.model_name, msg.model_version, msg.id)
 
 
-def _is_frame_tuple(item: Any) -> bool:
-    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int | np.integer)
-
-
 class FrameSender:
     """Numbers a stream's frames, turns them into ``StreamFrame`` messages and matches results to them.
 
@@ -210,9 +206,14 @@ class FrameSender:
         self.failure: BaseException | None = None
 
     def message(self, item: FrameInput) -> det.StreamFrame:
-        """The message of the next frame; stamps its send time. Raises as :func:`image_message`."""
-        if _is_frame_tuple(item):
-            image, capture_us = item  # type: ignore[misc]
+        """The message of the next frame; stamps its send time. Raises as :func:`image_message`, and
+        TypeError for a tuple that is not (image, capture time in µs)."""
+        image: ImageInput
+        if isinstance(item, tuple):
+            if len(item) != 2 or isinstance(item[1], bool) or not isinstance(item[1], int | np.integer):
+                raise TypeError("frame: expected an image or (image, capture_time_us: int), got a tuple of "
+                                + ", ".join(type(x).__name__ for x in item))
+            image, capture_us = item[0], int(item[1])
         else:
             image, capture_us = item, time.monotonic_ns() // 1000
         msg = det.StreamFrame(model_name=self.model, model_version=self.version, sequence=self.next_sequence,

@@ -1,7 +1,8 @@
 """Client-side image preparation for detection models that take ``[N,3,H,W]`` FP32 input.
 
-Used until Peregrine's server-side pipeline (letterbox in the pre-kernel) is reachable over the typed
-detection service. Resizing uses OpenCV when it is installed (bilinear), else NumPy (nearest neighbour).
+For calling a plain detector model over OIP (the harness's ``--image``); a detection pipeline model does
+all this on the server (see :class:`~peregrine.client.DetectionClient`). Resizing uses OpenCV when it is
+installed (bilinear), else NumPy (nearest neighbour).
 """
 
 from __future__ import annotations
