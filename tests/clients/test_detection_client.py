@@ -197,11 +197,11 @@ def test_a_server_that_falls_behind_drops_the_oldest_waiting_frames(client: Dete
 
 
 def test_a_frame_past_its_deadline_is_not_run(client: DetectionClient) -> None:
-    results = list(client.stream([CHELSEA] * 3, model="det_slow", deadline_s=0.05))
+    # One frame at a time, each held 400 ms for a batch: every one expires after 50 ms, unrun.
+    results = lockstep(client, [CHELSEA] * 3, model="det_slow", deadline_s=0.05)
     assert [r.sequence for r in results] == [0, 1, 2]
-    assert results[0].status is FrameStatus.DEADLINE_EXCEEDED
-    assert results[0].error is not None and results[0].error.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert all(r.status in (FrameStatus.DEADLINE_EXCEEDED, FrameStatus.DROPPED) for r in results)
+    assert all(r.status is FrameStatus.DEADLINE_EXCEEDED and not r.detections for r in results)
+    assert all(r.error is not None and r.error.code == grpc.StatusCode.DEADLINE_EXCEEDED for r in results)
 
 
 def test_bad_frames_fail_alone_and_the_stream_goes_on(client: DetectionClient) -> None:
