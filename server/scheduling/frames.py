@@ -29,10 +29,12 @@ class FrameWindow(Generic[T]):
         as dropped."""
         self.waiting.append(frame)
         pushed = []
-        # Frames about to fill free slots are not waiting for one: only the rest count against the room.
-        room = self.max_waiting + self.max_in_flight - self.in_flight
-        while len(self.waiting) > room:
-            pushed.append(self.waiting.popleft())
+        # The oldest frames are due the free slots and are not waiting for one; of the rest, only the
+        # newest max_waiting stay.
+        free = max(self.max_in_flight - self.in_flight, 0)
+        while len(self.waiting) > free + self.max_waiting:
+            pushed.append(self.waiting[free])
+            del self.waiting[free]
         self.dropped += len(pushed)
         return pushed
 

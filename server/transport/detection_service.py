@@ -107,6 +107,9 @@ class _FrameStream:
         self.model_name = ""
         self.model_version = ""
         self.last_sequence: int | None = None
+        self.options = det.DetectOptions()
+        self.deadline_us = 0
+        self.priority = 0
         self.launched: list[_Slot] = []
 
     # -- answers -------------------------------------------------------------------------------
@@ -144,6 +147,13 @@ class _FrameStream:
         self.last_sequence = msg.sequence
         if msg.model_name:
             self.model_name, self.model_version = msg.model_name, msg.model_version
+        # Options, deadline and priority stay in force for later frames until a frame sets them again.
+        if msg.HasField("options"):
+            self.options.CopyFrom(msg.options)
+        else:
+            msg.options.CopyFrom(self.options)
+        self.deadline_us = msg.deadline_us = msg.deadline_us or self.deadline_us
+        self.priority = msg.priority = msg.priority or self.priority
         slot.pipeline = self.servicer.pipeline(self.model_name, self.model_version)
         with self.cond:
             if self.window is None:

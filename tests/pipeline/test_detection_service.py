@@ -196,7 +196,7 @@ def test_stream_bad_frames_are_answered_and_the_stream_goes_on(stub: det_grpc.De
         yield det.StreamFrame(model_name="det_v5", sequence=1, image=det.Image(encoded=JPEG[:300]))
         yield det.StreamFrame(sequence=2, image=det.Image(encoded=JPEG), options=det.DetectOptions(iou_threshold=3))
         yield det.StreamFrame(sequence=2, image=det.Image(encoded=JPEG))  # not increasing
-        yield det.StreamFrame(sequence=3, image=raw(ROCKET))
+        yield det.StreamFrame(sequence=3, image=raw(ROCKET), options=det.DetectOptions())  # back to defaults
 
     results = list(stub.DetectStream(mixed(), timeout=60))
     assert [r.sequence for r in results] == [1, 2, 2, 3]
@@ -240,3 +240,17 @@ def test_stage_times_reach_prometheus(detection_server: PeregrineServer, stub: d
     for stage in ("decode", "queue", "pre", "infer", "post"):
         assert f'peregrine_pipeline_stage_seconds_count{{model="det_v5",stage="{stage}"}}' in text
     assert 'peregrine_request_duration_seconds_count{model="det_v5",status="OK"}' in text
+
+
+def test_stream_settings_carry_over_to_later_frames(stub: det_grpc.DetectionServiceStub) -> None:
+    def two() -> Iterator[det.StreamFrame]:
+        yield det.StreamFrame(model_name="det_v5", sequence=1, image=det.Image(encoded=JPEG),
+                              options=det.DetectOptions(score_threshold=0.6, max_detections=3))
+        yield det.StreamFrame(sequence=2, image=det.Image(encoded=JPEG))
+        yield det.StreamFrame(sequence=3, image=det.Image(encoded=JPEG), options=det.DetectOptions())
+
+    first, second, third = list(stub.DetectStream(two(), timeout=60))
+    assert 0 < len(first.detections.boxes) <= 3
+    assert [(b.x1, b.score) for b in second.detections.boxes] == [(b.x1, b.score) for b in first.detections.boxes]
+    assert min(b.score for b in second.detections.boxes) > 0.6
+    assert len(third.detections.boxes) > 3  # an explicit empty options message restores the defaults

@@ -9,8 +9,8 @@ from peregrine.server.scheduling.frames import FrameWindow
 def test_frames_fill_free_slots_before_anything_is_dropped() -> None:
     w: FrameWindow[int] = FrameWindow(max_in_flight=2, max_waiting=1)
     assert w.offer(1) == [] and w.offer(2) == [] and w.offer(3) == []  # two slots free + one waiting place
-    assert w.offer(4) == [1]  # the oldest waiting frame goes
-    assert w.take() == 2 and w.take() == 3 and w.take() is None
+    assert w.offer(4) == [3]  # 1 and 2 are due the free slots; the oldest frame waiting for a slot goes
+    assert w.take() == 1 and w.take() == 2 and w.take() is None
     assert list(w.waiting) == [4]
 
 
@@ -47,3 +47,12 @@ def test_drain_and_finish_bookkeeping() -> None:
         w.finish()
     with pytest.raises(ValueError):
         FrameWindow(0, 1)
+
+
+def test_frames_due_free_slots_are_never_pushed_out() -> None:
+    """A burst that arrives before anything is taken keeps its first frames for the free slots."""
+    w: FrameWindow[str] = FrameWindow(max_in_flight=1, max_waiting=1)
+    assert w.offer("a") == [] and w.offer("b") == []
+    assert w.offer("c") == ["b"]
+    assert w.offer("d") == ["c"]
+    assert w.take() == "a" and list(w.waiting) == ["d"]
