@@ -73,6 +73,9 @@ class OnnxRuntimeConfig(_Strict):
     execution_providers: list[str] | None = None
     provider_options: dict[str, dict[str, str]] = Field(default_factory=dict)
     enable_cpu_mem_arena: bool = True
+    # ORT's worker threads spin while waiting for work: lowest latency for the model alone, but the
+    # spinning takes cores from work running beside it (image decoding in a detection pipeline).
+    allow_spinning: bool = True
     # Bind inputs and outputs with IO binding on GPU providers.
     io_binding: bool = True
 

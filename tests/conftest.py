@@ -10,12 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import onnx_models  # noqa: E402
-
-from peregrine.server.app import PeregrineServer  # noqa: E402
-from peregrine.server.config import ServerConfig  # noqa: E402
-
-from support.onnx_models import ALL_TYPES  # noqa: E402
+from peregrine.server.app import PeregrineServer
+from peregrine.server.config import ServerConfig
+from support import onnx_models
+from support.onnx_models import ALL_TYPES
 
 
 @pytest.fixture

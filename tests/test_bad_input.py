@@ -7,7 +7,6 @@ import random
 import grpc
 import numpy as np
 import pytest
-
 from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 

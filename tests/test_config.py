@@ -7,11 +7,10 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
-
 from peregrine.server.config import ModelConfig, parse_model_config
 from peregrine.server.errors import ModelLoadError
 from support import onnx_models
+from tritonclient.utils import InferenceServerException
 
 
 def test_defaults_when_empty() -> None:
@@ -143,3 +142,19 @@ def test_overrides_narrow_dynamic_dims(tmp_path: Path, start_server) -> None:
     c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
     assert list(c.get_model_metadata("m").inputs[0].shape) == [-1, 3]
     assert list(c.get_model_metadata("m").outputs[0].shape) == [-1, -1]
+
+
+def test_allow_spinning_reaches_the_session(tmp_path: Path) -> None:
+    from peregrine.server.runtime.onnx import OnnxSession
+
+    path = onnx_models.write(tmp_path, "m", onnx_models.identity("FP32", ["N", 4])) / "1" / "model.onnx"
+    text = "[onnxruntime]\nallow_spinning = false\n[instance_group]\ndevice = 'cpu'"
+    quiet = OnnxSession(path, parse_model_config(text))
+    options = quiet.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = OnnxSession(path, parse_model_config("[instance_group]\ndevice = 'cpu'"))
+    try:
+        spinning = default.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except Exception:  # not set: ORT's default, spinning on
+        spinning = "1"
+    assert spinning != "0"

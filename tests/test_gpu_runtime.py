@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from peregrine.server.config import parse_model_config
 from peregrine.server.runtime.onnx import CUDA, OnnxSession
 from support import onnx_models

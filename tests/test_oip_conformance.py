@@ -12,10 +12,9 @@ import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tritonclient.utils import InferenceServerException
-
 from support import onnx_models
 from support.onnx_models import ALL_TYPES
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture

@@ -136,6 +136,9 @@ class OnnxSession:
             ort.ExecutionMode.ORT_PARALLEL if ort_cfg.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.enable_cpu_mem_arena = ort_cfg.enable_cpu_mem_arena
+        if not ort_cfg.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.log_severity_level = 3
         options = []
         for p in providers:
