@@ -98,7 +98,7 @@ def test_malformed_request_is_invalid_argument(stub, case: str) -> None:
 
 
 def test_messages_name_the_tensor_and_expectation(stub) -> None:
-    _code_, details = _code(stub, _mutate(CASES["wrong datatype"]))
+    _, details = _code(stub, _mutate(CASES["wrong datatype"]))
     assert "INPUT0" in details and "INT32" in details and "FP32" in details
 
 
