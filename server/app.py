@@ -16,6 +16,7 @@ from .config import ServerConfig
 from .engine import Engine
 from .metrics import Metrics
 from .repository import ModelRepository
+from .shm import SharedMemoryRegistry
 from .transport.detection_service import DetectionServicer
 from .transport.inference_service import InferenceServicer
 
@@ -66,8 +67,10 @@ class PeregrineServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.repository = ModelRepository(config.model_repository, self.engine, on_change=self._model_changed)
         self.metrics = Metrics(self.repository.ready_models)
+        self.shared_memory = SharedMemoryRegistry(config.shm_key_prefixes, enabled=config.shared_memory)
         self.servicer = InferenceServicer(self.repository, self.engine, self.metrics, peregrine_version(),
-                                          name=config.server_name, kernel_tier=kernel_tier())
+                                          name=config.server_name, kernel_tier=kernel_tier(),
+                                          shared_memory=self.shared_memory)
         options = [
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -115,13 +118,15 @@ class PeregrineServer:
         return self.port
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, let running ones finish within ``grace`` seconds, unload models."""
+        """Stop taking calls, let running ones finish within ``grace`` seconds, unload models, unmap the
+        clients' shared-memory regions."""
         self.servicer.ready = False
         self.health.enter_graceful_shutdown()
         self.grpc.stop(grace).wait()
         self.repository.unload_all()
         self.metrics.close()
         self.engine.stop()
+        self.shared_memory.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wait(self) -> None:

@@ -28,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--model-control-mode", choices=["all", "explicit"], default=d.model_control_mode,
                    help="'all' loads every model at start-up; 'explicit' only those given by --load-model")
     p.add_argument("--load-model", action="append", default=[], help="model to load at start-up (explicit mode)")
+    p.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                   help="turn off the shared-memory extension (its calls answer UNIMPLEMENTED)")
+    p.add_argument("--shm-key-prefix", action="append", default=[], metavar="PREFIX",
+                   help="accept only system shared-memory keys starting with PREFIX (repeatable; "
+                        "default: any key; see docs/SHARED_MEMORY.md)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -40,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         grpc_workers=a.grpc_workers,
         model_control_mode=a.model_control_mode,
         load_models=a.load_model,
+        shared_memory=a.shared_memory,
+        shm_key_prefixes=tuple(a.shm_key_prefix),
     )
 
 

@@ -1,8 +1,11 @@
 """Protobuf <-> NumPy at the edge.
 
 The only module that turns Open Inference Protocol messages into arrays and back. Raw tensors are
-decoded without copying: ``np.frombuffer`` views of the request's bytes. Errors name the tensor, what
-was expected and what came, and map to INVALID_ARGUMENT.
+decoded without copying: ``np.frombuffer`` views of the request's bytes. Tensors in shared memory
+(parameters ``shared_memory_region``/``_offset``/``_byte_size``) are views of the registered region,
+resolved through the request's :class:`~peregrine.server.shm.RequestRegions`; outputs requested into a
+region are written there and answered without bytes. Errors name the tensor, what was expected and what
+came, and map to INVALID_ARGUMENT (NOT_FOUND for a region that is not registered).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import model_config_pb2 as mc
 
 from . import datatypes
-from .errors import InvalidArgument
+from .errors import InvalidArgument, Unimplemented
 from .inference import InferRequest, InferResponse
 
 if TYPE_CHECKING:
     from .model import ModelVersion
+    from .shm import RegionStatus, RequestRegions
+
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
 
 _LEN = struct.Struct("<I")
 
@@ -41,10 +47,11 @@ def set_parameter(p: pb.InferParameter, value: Any) -> None:
         p.string_param = str(value)
 
 
-def decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
-    """Decode OIP's BYTES serialization (each element a 4-byte little-endian length, then the bytes)."""
+def decode_bytes_tensor(raw: bytes | memoryview | np.ndarray, count: int, name: str) -> np.ndarray:
+    """Decode OIP's BYTES serialization (each element a 4-byte little-endian length, then the bytes) from
+    ``raw`` (bytes, or a uint8 array of a shared-memory region)."""
     out = np.empty(count, dtype=object)
-    view = memoryview(raw)
+    view = memoryview(raw)  # type: ignore[arg-type]  # ndarray exports the buffer protocol
     pos = 0
     for i in range(count):
         if pos + 4 > len(view):
@@ -141,19 +148,90 @@ def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...]) -
     return wide.astype(dt.numpy).reshape(shape)
 
 
+def _shm_params(tensor: Any, what: str) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when the tensor's parameters put it in shared memory, else None."""
+    params = tensor.parameters
+    if SHM_REGION not in params:
+        stray = [k for k in (SHM_OFFSET, SHM_BYTE_SIZE) if k in params]
+        if stray:
+            raise InvalidArgument(f"{what}: parameters.{stray[0]} given without parameters.{SHM_REGION}")
+        return None
+    region = params[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
+        raise InvalidArgument(f"{what}: parameters.{SHM_REGION}: expected a string_param naming a registered "
+                              f"region, got {region.WhichOneof('parameter_choice') or 'nothing'}")
+
+    def integer(key: str, default: int | None) -> int:
+        if key not in params:
+            if default is None:
+                raise InvalidArgument(f"{what}: parameters.{key}: expected the size in bytes along with "
+                                      f"{SHM_REGION}, got none")
+            return default
+        which = params[key].WhichOneof("parameter_choice")
+        value = getattr(params[key], which) if which else None
+        if which not in ("int64_param", "uint64_param") or value < 0:  # type: ignore[operator]
+            raise InvalidArgument(f"{what}: parameters.{key}: expected a non-negative int64_param, "
+                                  f"got {which or 'nothing'} {value!r}")
+        return int(value)  # type: ignore[arg-type]
+
+    return region.string_param, integer(SHM_OFFSET, 0), integer(SHM_BYTE_SIZE, None)
+
+
+def _decode_shm(regions: RequestRegions | None, where: tuple[str, int, int], dt: datatypes.DataType,
+                shape: tuple[int, ...], name: str) -> Any:
+    """An input read from shared memory: a read-only NumPy view of a system region (a copy only when the
+    offset leaves the data misaligned for its type), or a CuPy array over a CUDA region."""
+    what = f"input '{name}'"
+    if regions is None:
+        raise Unimplemented(f"{what}: parameters.{SHM_REGION}: this endpoint does not take shared memory")
+    region, offset, byte_size = where
+    count = math.prod(shape)
+    if dt.name != "BYTES" and byte_size != count * dt.itemsize:
+        raise InvalidArgument(f"{what}: {dt.name} {list(shape)} needs {count * dt.itemsize} bytes, "
+                              f"got {SHM_BYTE_SIZE} {byte_size}")
+    memory = regions.input(region, offset, byte_size, what)
+    on_device = hasattr(memory, "__cuda_array_interface__")
+    if dt.name == "BYTES":
+        from .shm import to_host
+
+        return decode_bytes_tensor(to_host(memory), count, name).reshape(shape)
+    if on_device:
+        if offset % dt.itemsize:
+            raise InvalidArgument(f"{what}: {SHM_OFFSET} {offset} in a CUDA region must be a multiple of "
+                                  f"{dt.name}'s {dt.itemsize} bytes")
+        return memory.view(dt.numpy).reshape(shape)
+    array = memory.view(dt.numpy).reshape(shape)
+    if not array.flags.aligned:
+        array = array.copy()
+    array.flags.writeable = False
+    return array
+
+
 def decode_infer_request(
-    msg: pb.ModelInferRequest, deadline: float | None = None, ordering_key: str = ""
+    msg: pb.ModelInferRequest, deadline: float | None = None, ordering_key: str = "",
+    regions: RequestRegions | None = None,
 ) -> InferRequest:
-    """Turn a ModelInferRequest into an :class:`InferRequest` (arrays are views where possible)."""
+    """Turn a ModelInferRequest into an :class:`InferRequest` (arrays are views where possible).
+
+    ``regions`` resolves tensors in shared memory: inputs become views of their region, and requested
+    outputs that name a region are reserved in ``regions.outputs`` for :func:`encode_infer_response`.
+    As in Triton, ``raw_input_contents`` holds one entry per input that is not in shared memory."""
     if not msg.model_name:
         raise InvalidArgument("model_name: expected a model name, got an empty string")
+    in_shm = {}
+    for i, tensor in enumerate(msg.inputs):
+        where = _shm_params(tensor, f"input '{tensor.name or i}'")
+        if where is not None:
+            in_shm[i] = where
     n_raw = len(msg.raw_input_contents)
-    if n_raw and n_raw != len(msg.inputs):
+    n_carried = len(msg.inputs) - len(in_shm)
+    if n_raw and n_raw != n_carried:
         raise InvalidArgument(
-            f"raw_input_contents: expected one entry per input ({len(msg.inputs)}), got {n_raw}"
+            f"raw_input_contents: expected one entry per input not in shared memory ({n_carried}), got {n_raw}"
         )
-    inputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, Any] = {}
     typed = False
+    raw_index = 0
     for i, tensor in enumerate(msg.inputs):
         if not tensor.name:
             raise InvalidArgument(f"inputs[{i}].name: expected a tensor name, got an empty string")
@@ -162,18 +240,26 @@ def decode_infer_request(
         dt = _datatype(tensor)
         shape = _shape(tensor, "input")
         has_typed = tensor.HasField("contents") and bool(tensor.contents.ListFields())
-        if n_raw:
+        if i in in_shm:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{tensor.name}': has both typed contents and parameters.{SHM_REGION}; send one"
+                )
+            inputs[tensor.name] = _decode_shm(regions, in_shm[i], dt, shape, tensor.name)
+        elif n_raw:
             if has_typed:
                 raise InvalidArgument(
                     f"input '{tensor.name}': has both typed contents and raw_input_contents; send one"
                 )
-            inputs[tensor.name] = _decode_raw(msg.raw_input_contents[i], dt, shape, tensor.name)
+            inputs[tensor.name] = _decode_raw(msg.raw_input_contents[raw_index], dt, shape, tensor.name)
+            raw_index += 1
         elif has_typed or math.prod(shape) == 0:
             typed = True
             inputs[tensor.name] = _decode_typed(tensor, dt, shape)
         else:
             raise InvalidArgument(
-                f"input '{tensor.name}': no data; expected raw_input_contents or typed contents"
+                f"input '{tensor.name}': no data; expected raw_input_contents, typed contents or "
+                f"parameters.{SHM_REGION}"
             )
     params = {k: parameter_value(v) for k, v in msg.parameters.items()}
     priority = params.get("priority", 0)
@@ -187,6 +273,12 @@ def decode_infer_request(
         if not o.name:
             raise InvalidArgument("outputs[].name: expected an output name, got an empty string")
         requested.append(o.name)
+        where = _shm_params(o, f"output '{o.name}'")
+        if where is not None:
+            if regions is None:
+                raise Unimplemented(f"output '{o.name}': parameters.{SHM_REGION}: this endpoint does not take "
+                                    "shared memory")
+            regions.output(o.name, *where)
     return InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version,
@@ -205,15 +297,38 @@ def _typed_response_possible(outputs: dict[str, np.ndarray]) -> bool:
     return all(datatypes.from_numpy(a.dtype).contents_field is not None for a in outputs.values())
 
 
-def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
+def encode_infer_response(resp: InferResponse, regions: RequestRegions | None = None) -> pb.ModelInferResponse:
     """Build a ModelInferResponse. Outputs travel raw, unless the client sent typed contents and every
-    output has a typed field (the protocol forbids mixing raw and typed outputs)."""
+    output has a typed field (the protocol forbids mixing raw and typed outputs).
+
+    Outputs reserved in ``regions.outputs`` are written into their shared-memory region; as in Triton, the
+    response lists them (name, datatype, shape) with an empty ``raw_output_contents`` entry, and Peregrine
+    adds the region, offset and the number of bytes written as the output's parameters. Raises
+    InvalidArgument, before anything is written, when an output does not fit its region."""
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     typed = resp.typed_contents and _typed_response_possible(resp.outputs)
+    targets = regions.outputs if regions is not None else {}
+    payloads: dict[str, Any] = {}
+    for name, target in targets.items():
+        array = resp.outputs.get(name)
+        if array is None:
+            continue
+        dt = datatypes.from_numpy(array.dtype)
+        payload: Any = encode_bytes_tensor(array) if dt.name == "BYTES" else _contiguous(array)
+        target.check_fits(len(payload) if dt.name == "BYTES" else payload.nbytes, f"{dt.name} {list(array.shape)}")
+        payloads[name] = payload
     for name, array in resp.outputs.items():
         dt = datatypes.from_numpy(array.dtype)
         out = msg.outputs.add(name=name, datatype=dt.name, shape=array.shape)
-        if typed:
+        if name in payloads:
+            target = targets[name]
+            written = target.write(payloads[name])
+            set_parameter(out.parameters[SHM_REGION], target.region)
+            set_parameter(out.parameters[SHM_OFFSET], target.offset)
+            set_parameter(out.parameters[SHM_BYTE_SIZE], written)
+            if not typed:
+                msg.raw_output_contents.append(b"")
+        elif typed:
             field = getattr(out.contents, dt.contents_field)  # type: ignore[arg-type]
             if dt.name == "BYTES":
                 field.extend(x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in array.reshape(-1))
@@ -223,6 +338,28 @@ def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
             msg.raw_output_contents.append(encode_bytes_tensor(array))
         else:
             msg.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return msg
+
+
+def _contiguous(array: Any) -> Any:
+    """A C-contiguous array with the same contents (NumPy or CuPy, whichever ``array`` is)."""
+    if hasattr(array, "__cuda_array_interface__"):
+        return array if array.flags.c_contiguous else array.copy()
+    return np.ascontiguousarray(array)
+
+
+def shared_memory_status(kind: str, regions: list[RegionStatus]) -> Any:
+    """A System- or CudaSharedMemoryStatusResponse listing ``regions``."""
+    if kind == "system":
+        msg: Any = pb.SystemSharedMemoryStatusResponse()
+        for r in regions:
+            msg.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+        return msg
+    msg = pb.CudaSharedMemoryStatusResponse()
+    for r in regions:
+        msg.regions[r.name].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(
+            name=r.name, device_id=r.device_id, byte_size=r.byte_size))
     return msg
 
 

@@ -313,3 +313,7 @@ class ServerConfig:
     load_models: list[str] = field(default_factory=list)
     server_name: str = "peregrine"
     strict_model_config: bool = False
+    # Triton's shared-memory extension (docs/SHARED_MEMORY.md). Off: its calls answer UNIMPLEMENTED.
+    shared_memory: bool = True
+    # When not empty, clients may register only POSIX shared-memory keys whose name starts with one of these.
+    shm_key_prefixes: tuple[str, ...] = ()

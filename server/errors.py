@@ -35,6 +35,13 @@ class AlreadyExists(PeregrineError):
     code = "ALREADY_EXISTS"
 
 
+class PermissionDenied(PeregrineError):
+    """The server's configuration forbids what the request asks (e.g. a shared-memory key outside the
+    allowed prefixes)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class Unavailable(PeregrineError):
     """The model is not ready, the queue is full, or the server is shutting down."""
 

@@ -254,8 +254,13 @@ class ModelVersion:
         return len(next(iter(request.inputs.values())))
 
     def _shape_key(self, request: InferRequest) -> Hashable:
-        return tuple((n, a.dtype.str, a.shape[1:] if self.max_batch_size else a.shape)
-                     for n, a in sorted(request.inputs.items()))
+        key = tuple((n, a.dtype.str, a.shape[1:] if self.max_batch_size else a.shape)
+                    for n, a in sorted(request.inputs.items()))
+        if any(hasattr(a, "__cuda_array_interface__") for a in request.inputs.values()):
+            # Device inputs (CUDA shared memory) run alone, fed to IO binding as they are: batch assembly
+            # gathers rows into host buffers.
+            return (key, id(request))
+        return key
 
     def validate(self, request: InferRequest) -> InferRequest:
         """Check names, datatypes, shapes and batch size; returns the request to submit to :meth:`infer`.

@@ -173,6 +173,9 @@ class OnnxSession:
         ``outputs_on_device`` is set on a GPU session."""
         feed = {k: _to_onnx(v) for k, v in inputs.items()}
         on_device = any(hasattr(v, "__cuda_array_interface__") for v in feed.values())
+        if on_device and self.device == "cpu":  # device inputs (CUDA shared memory) for a CPU session
+            feed = {k: _to_host(v) for k, v in feed.items()}
+            on_device = False
         # IO binding is for device buffers. Host arrays in and out take the same two copies through
         # run(), which measured several times faster than binding host buffers (docs/BENCHMARKS.md).
         if self.device == "cpu" or not self.config.onnxruntime.io_binding or not (on_device or outputs_on_device):
@@ -211,6 +214,14 @@ def _to_onnx(value: Any) -> Any:
                     f"BYTES element {i} is not UTF-8 text, which ONNX string tensors require"
                 ) from None
         return out
+    return value
+
+
+def _to_host(value: Any) -> Any:
+    if hasattr(value, "__cuda_array_interface__"):
+        import cupy  # only where device arrays exist
+
+        return cupy.asnumpy(value)
     return value
 
 

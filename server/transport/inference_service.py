@@ -23,6 +23,7 @@ from ..logsettings import LogSettings
 from ..metrics import Metrics
 from ..model import ModelVersion
 from ..repository import ModelRepository
+from ..shm import SharedMemoryRegistry, cuda_available
 from .status import status_of, unary
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository, engine: Engine, metrics: Metrics, version: str,
-                 name: str = "peregrine", kernel_tier: str = "") -> None:
+                 name: str = "peregrine", kernel_tier: str = "",
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self.repo = repository
         self.engine = engine
         self.metrics = metrics
@@ -47,6 +49,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.ready = False
         self._stream_ids = itertools.count()
         self.log_settings = LogSettings()
+        self.shm = shared_memory if shared_memory is not None else SharedMemoryRegistry()
 
     # -- health and metadata -------------------------------------------------------------------
     @unary
@@ -67,7 +70,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=self.name, version=self.version, extensions=EXTENSIONS)
+        extensions = list(EXTENSIONS)
+        if self.shm.enabled:
+            extensions.append("system_shared_memory")
+            if cuda_available():
+                extensions.append("cuda_shared_memory")
+        return pb.ServerMetadataResponse(name=self.name, version=self.version, extensions=extensions)
 
     @unary
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
@@ -100,16 +108,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         start = time.perf_counter()
         model_name = request.model_name
+        regions = self.shm.use()
         try:
-            req = codecs.decode_infer_request(request, _deadline(context))
+            req = codecs.decode_infer_request(request, _deadline(context), regions=regions)
             _, future = self._submit(req)
             # When the call ends early (cancelled, or past its deadline) the queued request is dropped.
             if not context.add_callback(future.cancel):
                 future.cancel()
-            response = codecs.encode_infer_response(future.result())
+            response = codecs.encode_infer_response(future.result(), regions)
         except BaseException as e:
             self.metrics.observe_request(model_name, status_of(e)[0].name, time.perf_counter() - start)
             raise
+        finally:
+            regions.release()
         self.metrics.observe_request(model_name, "OK", time.perf_counter() - start)
         return response
 
@@ -130,13 +141,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def read() -> None:
             try:
                 for msg in request_iterator:
+                    regions = self.shm.use()
                     try:
-                        req = codecs.decode_infer_request(msg, _deadline(context), ordering_key=stream_key)
+                        req = codecs.decode_infer_request(msg, _deadline(context), ordering_key=stream_key,
+                                                          regions=regions)
                         _, future = self._submit(req)
                         futures.append(future)
-                        pending.put((msg, future, None, time.perf_counter()))
+                        pending.put((msg, future, None, time.perf_counter(), regions))
                     except Exception as e:
-                        pending.put((msg, None, e, time.perf_counter()))
+                        pending.put((msg, None, e, time.perf_counter(), regions))
             except Exception as e:  # the stream itself broke (client went away)
                 log.debug("stream %s ended: %s", stream_key, e)
             finally:
@@ -144,15 +157,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         threading.Thread(target=read, name=stream_key, daemon=True).start()
         while (item := pending.get()) is not None:
-            msg, future, error, start = item
+            msg, future, error, start, regions = item
             if future is not None:
                 try:
-                    response = codecs.encode_infer_response(future.result())
+                    response = codecs.encode_infer_response(future.result(), regions)
+                    regions.release()
                     self.metrics.observe_request(msg.model_name, "OK", time.perf_counter() - start)
                     yield pb.ModelStreamInferResponse(infer_response=response)
                     continue
                 except BaseException as e:
                     error = e
+            regions.release()
             code, message = status_of(error)
             self.metrics.observe_request(msg.model_name, code.name, time.perf_counter() - start)
             yield pb.ModelStreamInferResponse(
@@ -190,33 +205,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.repo.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- shared memory (Triton's extension) ------------------------------------------------------------
+    @unary
+    def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+                                 context: Any) -> pb.SystemSharedMemoryStatusResponse:
+        return codecs.shared_memory_status("system", self.shm.status("system", request.name))
+
+    @unary
+    def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                   context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+        self.shm.register_system(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @unary
+    def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                     context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.shm.unregister("system", request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @unary
+    def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
+                               context: Any) -> pb.CudaSharedMemoryStatusResponse:
+        return codecs.shared_memory_status("cuda", self.shm.status("cuda", request.name))
+
+    @unary
+    def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
+                                 context: Any) -> pb.CudaSharedMemoryRegisterResponse:
+        self.shm.register_cuda(request.name, request.raw_handle, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @unary
+    def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
+                                   context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
+        self.shm.unregister("cuda", request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     # -- not (yet) offered ---------------------------------------------------------------------------
     def _unimplemented(self, what: str) -> Any:
         raise Unimplemented(f"{what} is not supported by this server")
-
-    @unary
-    def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("system shared memory")
-
-    @unary
-    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("system shared memory")
-
-    @unary
-    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("system shared memory")
-
-    @unary
-    def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("CUDA shared memory")
-
-    @unary
-    def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("CUDA shared memory")
-
-    @unary
-    def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("CUDA shared memory")
 
     @unary
     def TraceSetting(self, request: Any, context: Any) -> Any:
