@@ -22,9 +22,10 @@ from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, NO_RETRY, RetryPolic
 from .detection import Detection, DetectionClient, DetectResult, FrameResult, FrameStatus, StageTimings
 from .detection_aio import AsyncDetectionClient
 from .errors import PeregrineClientError
-from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata
+from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, SharedMemoryStatus, TensorMetadata
+from .shm import SystemSharedMemory
 from .sync import InferenceClient
-from .tensors import InferRequest, StreamResult
+from .tensors import InferRequest, SharedMemoryInput, SharedMemoryOutput, StreamResult
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -44,8 +45,12 @@ __all__ = [
     "RepositoryModel",
     "RetryPolicy",
     "ServerMetadata",
+    "SharedMemoryInput",
+    "SharedMemoryOutput",
+    "SharedMemoryStatus",
     "StageTimings",
     "StreamResult",
+    "SystemSharedMemory",
     "TensorMetadata",
     "TlsOptions",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -13,8 +14,17 @@ from peregrine.proto import model_config_pb2 as mc
 
 from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .errors import PeregrineClientError
-from .metadata import ModelMetadata, RepositoryModel, ServerMetadata
-from .tensors import InferRequest, StreamResult, build_request, parse_response, parse_stream_response
+from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, SharedMemoryStatus
+from .shm import SystemSharedMemory
+from .tensors import (
+    InferRequest,
+    SharedMemoryInput,
+    SharedMemoryOutput,
+    StreamResult,
+    build_request,
+    parse_response,
+    parse_stream_response,
+)
 
 
 class AsyncInferenceClient:
@@ -100,7 +110,7 @@ class AsyncInferenceClient:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray | SharedMemoryInput],
         outputs: Sequence[str] | None = None,
         version: str = "",
         parameters: Mapping[str, bool | int | float | str] | None = None,
@@ -108,30 +118,79 @@ class AsyncInferenceClient:
         timeout_us: int | None = None,
         deadline_s: float | None = None,
         request_id: str = "",
+        outputs_to_shm: Mapping[str, SharedMemoryOutput] | None = None,
     ) -> dict[str, np.ndarray]:
         """See :meth:`peregrine.client.InferenceClient.infer`."""
         request = build_request(InferRequest(model, inputs, outputs, version, parameters, priority, timeout_us,
-                                             request_id))
-        return parse_response(await self._call("ModelInfer", request, deadline_s))
+                                             request_id, outputs_to_shm))
+        return parse_response(await self._call("ModelInfer", request, deadline_s), outputs_to_shm)
 
     async def stream_infer(self, requests: Iterable[InferRequest] | AsyncIterable[InferRequest], *,
                            deadline_s: float | None = None) -> AsyncIterator[StreamResult]:
         """See :meth:`peregrine.client.InferenceClient.stream_infer`; ``requests`` may be an async iterable."""
 
+        slots: deque[Mapping[str, SharedMemoryOutput] | None] = deque()  # answers come in request order
+
         async def messages() -> AsyncIterator[pb.ModelInferRequest]:
             if isinstance(requests, AsyncIterable):
                 async for r in requests:
+                    slots.append(r.outputs_to_shm)
                     yield build_request(r)
             else:
                 for r in requests:
+                    slots.append(r.outputs_to_shm)
                     yield build_request(r)
 
         timeout = None if deadline_s is None else self.settings.timeout(deadline_s)
         call = self._stub.ModelStreamInfer(messages(), timeout=timeout, metadata=self._metadata)
         try:
             async for msg in call:
-                yield parse_stream_response(msg)
+                yield parse_stream_response(msg, slots.popleft() if slots else None)
         except grpc.RpcError as e:
             raise PeregrineClientError.from_rpc_error(e, "ModelStreamInfer") from None
         finally:
             call.cancel()
+
+    # -- shared memory (see InferenceClient) ----------------------------------------------------------
+    async def register_system_shared_memory(self, name: str, key: str, byte_size: int, offset: int = 0, *,
+                                            deadline_s: float | None = None) -> None:
+        """Register ``byte_size`` bytes at ``offset`` of the POSIX shared-memory object ``key`` as region
+        ``name`` (Triton's call). Raises PeregrineClientError: ALREADY_EXISTS name taken, NOT_FOUND no such
+        key, INVALID_ARGUMENT bad key or out of bounds, PERMISSION_DENIED key not allowed by the server."""
+        await self._call("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(
+            name=name, key=key, offset=offset, byte_size=byte_size), deadline_s)
+
+    async def register_shared_memory(self, region: SystemSharedMemory, *, deadline_s: float | None = None) -> None:
+        """Register a whole :class:`SystemSharedMemory` under its name."""
+        await self.register_system_shared_memory(region.name, region.key, region.byte_size, deadline_s=deadline_s)
+
+    async def unregister_system_shared_memory(self, name: str = "", *, deadline_s: float | None = None) -> None:
+        """Unregister region ``name``, or every system region when ``name`` is empty (any client's: see
+        docs/SHARED_MEMORY.md). An unknown name is not an error."""
+        await self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name),
+                         deadline_s)
+
+    async def system_shared_memory_status(self, name: str = "", *,
+                                          deadline_s: float | None = None) -> list[SharedMemoryStatus]:
+        """The registered system regions (or the one called ``name``; NOT_FOUND when there is none)."""
+        msg = await self._call("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest(name=name),
+                               deadline_s)
+        return SharedMemoryStatus.list_from_proto(msg)
+
+    async def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int, byte_size: int, *,
+                                          deadline_s: float | None = None) -> None:
+        """Register a CUDA allocation of this process by its 64-byte ``cudaIpcMemHandle_t`` (raw bytes, not
+        base64). UNAVAILABLE from a server without a GPU."""
+        await self._call("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(
+            name=name, raw_handle=raw_handle, device_id=device_id, byte_size=byte_size), deadline_s)
+
+    async def unregister_cuda_shared_memory(self, name: str = "", *, deadline_s: float | None = None) -> None:
+        """Unregister CUDA region ``name``, or all of them when ``name`` is empty."""
+        await self._call("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest(name=name),
+                         deadline_s)
+
+    async def cuda_shared_memory_status(self, name: str = "", *,
+                                        deadline_s: float | None = None) -> list[SharedMemoryStatus]:
+        """The registered CUDA regions (or the one called ``name``)."""
+        msg = await self._call("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest(name=name), deadline_s)
+        return SharedMemoryStatus.list_from_proto(msg)

@@ -27,10 +27,11 @@ DEFAULT_DEADLINE_S = 30.0
 # frame): a larger request is sent once. 64 MiB covers raw 4K frames; the copy lives until the call ends.
 RETRY_BUFFER_BYTES = 64 * 1024 * 1024
 
-# Calls that read state and change nothing: safe to send again after UNAVAILABLE.
+# Calls that read state and change nothing: safe to send again after UNAVAILABLE. (Not CudaSharedMemoryStatus:
+# a server without a GPU answers it UNAVAILABLE for good, and retrying would only add the backoff.)
 IDEMPOTENT_METHODS = (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
-    "ModelStatistics", "RepositoryIndex",
+    "ModelStatistics", "RepositoryIndex", "SystemSharedMemoryStatus",
 )
 # Every call retried on UNAVAILABLE, by service: the OIP reads above and the stateless Detect.
 RETRIED_METHODS: dict[str, tuple[str, ...]] = {

@@ -63,3 +63,27 @@ class RepositoryModel:
     @classmethod
     def list_from_proto(cls, msg: pb.RepositoryIndexResponse) -> list[RepositoryModel]:
         return [cls(m.name, m.version, m.state, m.reason) for m in msg.models]
+
+
+@dataclass(frozen=True)
+class SharedMemoryStatus:
+    """One registered shared-memory region. System regions have ``key`` and ``offset`` (into the POSIX
+    shared-memory object); CUDA regions have ``device_id``. Sizes in bytes."""
+
+    name: str
+    byte_size: int
+    key: str = ""
+    offset: int = 0
+    device_id: int | None = None
+
+    @classmethod
+    def list_from_proto(cls, msg: pb.SystemSharedMemoryStatusResponse | pb.CudaSharedMemoryStatusResponse
+                        ) -> list[SharedMemoryStatus]:
+        out = []
+        for name in sorted(msg.regions):
+            r = msg.regions[name]
+            if isinstance(msg, pb.CudaSharedMemoryStatusResponse):
+                out.append(cls(r.name, int(r.byte_size), device_id=int(r.device_id)))
+            else:
+                out.append(cls(r.name, int(r.byte_size), key=r.key, offset=int(r.offset)))
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -13,8 +14,17 @@ from peregrine.proto import model_config_pb2 as mc
 
 from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .errors import PeregrineClientError
-from .metadata import ModelMetadata, RepositoryModel, ServerMetadata
-from .tensors import InferRequest, StreamResult, build_request, parse_response, parse_stream_response
+from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, SharedMemoryStatus
+from .shm import SystemSharedMemory
+from .tensors import (
+    InferRequest,
+    SharedMemoryInput,
+    SharedMemoryOutput,
+    StreamResult,
+    build_request,
+    parse_response,
+    parse_stream_response,
+)
 
 R = TypeVar("R")
 
@@ -114,7 +124,7 @@ class InferenceClient:
     def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray | SharedMemoryInput],
         outputs: Sequence[str] | None = None,
         version: str = "",
         parameters: Mapping[str, bool | int | float | str] | None = None,
@@ -122,12 +132,17 @@ class InferenceClient:
         timeout_us: int | None = None,
         deadline_s: float | None = None,
         request_id: str = "",
+        outputs_to_shm: Mapping[str, SharedMemoryOutput] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one inference and return its outputs by name.
 
         ``inputs`` maps names to arrays of any OIP datatype (bool, (u)int8..64, float16/32/64; object, ``S``
-        or ``U`` arrays travel as BYTES and come back as object arrays of ``bytes``). ``outputs`` limits the
-        outputs returned (None: all). ``priority``: the model's priority level (1 most urgent).
+        or ``U`` arrays travel as BYTES and come back as object arrays of ``bytes``), or to a
+        :class:`SharedMemoryInput` for data in a registered region (sent without its bytes).
+        ``outputs_to_shm`` maps output names to region slices the server writes them to; those come back
+        as views of the region (overwritten by the next request that uses it). ``outputs`` limits the
+        outputs returned (None: all, or only those of ``outputs_to_shm`` when it is given).
+        ``priority``: the model's priority level (1 most urgent).
         ``timeout_us``: server-side queue timeout in microseconds. ``deadline_s``: the whole call's deadline
         in seconds; past it the call ends with DEADLINE_EXCEEDED and the server drops the request.
         Never retried. Numeric outputs are read-only arrays.
@@ -136,8 +151,8 @@ class InferenceClient:
         DEADLINE_EXCEEDED, UNAVAILABLE queue full or server unreachable, ...); ValueError for an input dtype
         the protocol has no datatype for."""
         request = build_request(InferRequest(model, inputs, outputs, version, parameters, priority, timeout_us,
-                                             request_id))
-        return parse_response(self._call("ModelInfer", request, deadline_s))
+                                             request_id, outputs_to_shm))
+        return parse_response(self._call("ModelInfer", request, deadline_s), outputs_to_shm)
 
     def stream_infer(self, requests: Iterable[InferRequest], *,
                      deadline_s: float | None = None) -> Iterator[StreamResult]:
@@ -148,12 +163,59 @@ class InferenceClient:
 
         Raises PeregrineClientError when the stream itself fails; stopping the iteration cancels the stream."""
         timeout = None if deadline_s is None else self.settings.timeout(deadline_s)
-        call = self._stub.ModelStreamInfer((build_request(r) for r in requests), timeout=timeout,
-                                           metadata=self._metadata)
+        slots: deque[Mapping[str, SharedMemoryOutput] | None] = deque()  # answers come in request order
+
+        def messages() -> Iterator[pb.ModelInferRequest]:
+            for r in requests:
+                slots.append(r.outputs_to_shm)
+                yield build_request(r)
+
+        call = self._stub.ModelStreamInfer(messages(), timeout=timeout, metadata=self._metadata)
         try:
             for msg in call:
-                yield parse_stream_response(msg)
+                yield parse_stream_response(msg, slots.popleft() if slots else None)
         except grpc.RpcError as e:
             raise PeregrineClientError.from_rpc_error(e, "ModelStreamInfer") from None
         finally:
             call.cancel()
+
+    # -- shared memory ---------------------------------------------------------------------------------
+    def register_system_shared_memory(self, name: str, key: str, byte_size: int, offset: int = 0, *,
+                                      deadline_s: float | None = None) -> None:
+        """Register ``byte_size`` bytes at ``offset`` of the POSIX shared-memory object ``key`` as region
+        ``name`` (Triton's call). Raises PeregrineClientError: ALREADY_EXISTS name taken, NOT_FOUND no such
+        key, INVALID_ARGUMENT bad key or out of bounds, PERMISSION_DENIED key not allowed by the server."""
+        self._call("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(
+            name=name, key=key, offset=offset, byte_size=byte_size), deadline_s)
+
+    def register_shared_memory(self, region: SystemSharedMemory, *, deadline_s: float | None = None) -> None:
+        """Register a whole :class:`SystemSharedMemory` under its name."""
+        self.register_system_shared_memory(region.name, region.key, region.byte_size, deadline_s=deadline_s)
+
+    def unregister_system_shared_memory(self, name: str = "", *, deadline_s: float | None = None) -> None:
+        """Unregister region ``name``, or every system region when ``name`` is empty (any client's: see
+        docs/SHARED_MEMORY.md). An unknown name is not an error."""
+        self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name), deadline_s)
+
+    def system_shared_memory_status(self, name: str = "", *,
+                                    deadline_s: float | None = None) -> list[SharedMemoryStatus]:
+        """The registered system regions (or the one called ``name``; NOT_FOUND when there is none)."""
+        msg = self._call("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest(name=name), deadline_s)
+        return SharedMemoryStatus.list_from_proto(msg)
+
+    def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int, byte_size: int, *,
+                                    deadline_s: float | None = None) -> None:
+        """Register a CUDA allocation of this process by its 64-byte ``cudaIpcMemHandle_t`` (raw bytes, not
+        base64). UNAVAILABLE from a server without a GPU."""
+        self._call("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(
+            name=name, raw_handle=raw_handle, device_id=device_id, byte_size=byte_size), deadline_s)
+
+    def unregister_cuda_shared_memory(self, name: str = "", *, deadline_s: float | None = None) -> None:
+        """Unregister CUDA region ``name``, or all of them when ``name`` is empty."""
+        self._call("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest(name=name), deadline_s)
+
+    def cuda_shared_memory_status(self, name: str = "", *,
+                                  deadline_s: float | None = None) -> list[SharedMemoryStatus]:
+        """The registered CUDA regions (or the one called ``name``)."""
+        msg = self._call("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest(name=name), deadline_s)
+        return SharedMemoryStatus.list_from_proto(msg)

@@ -1,9 +1,11 @@
 """NumPy arrays <-> Open Inference Protocol tensors, on the client side.
 
-Inputs always travel in ``raw_input_contents`` (little-endian, row-major); BYTES elements are each a
-4-byte little-endian length followed by the bytes. Outputs are decoded from ``raw_output_contents``, or from
-the typed ``contents`` fields for servers that answer that way. Decoded numeric outputs are read-only views
-of the response's bytes (no copy); call ``.copy()`` to modify one.
+Inputs travel in ``raw_input_contents`` (little-endian, row-major), or stay in a registered shared-memory
+region (a :class:`SharedMemoryInput` given instead of an array); BYTES elements are each a 4-byte
+little-endian length followed by the bytes. Outputs are decoded from ``raw_output_contents``, from the typed
+``contents`` fields for servers that answer that way, or read from the shared-memory region they were
+requested into (a :class:`SharedMemoryOutput`). Decoded numeric outputs are read-only views of the
+response's bytes (no copy); call ``.copy()`` to modify one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -61,8 +63,9 @@ def encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def decode_bytes(raw: bytes, shape: Sequence[int], name: str = "") -> np.ndarray:
-    """The inverse of :func:`encode_bytes`: an object array of ``bytes``.
+def decode_bytes(raw: bytes | memoryview, shape: Sequence[int], name: str = "", exact: bool = True) -> np.ndarray:
+    """The inverse of :func:`encode_bytes`: an object array of ``bytes``. ``exact`` False allows bytes
+    after the last element (a tensor read from a larger shared-memory slice).
 
     Raises PeregrineClientError (DATA_LOSS) when the lengths do not add up to ``raw``."""
     count = math.prod(shape)
@@ -78,7 +81,7 @@ def decode_bytes(raw: bytes, shape: Sequence[int], name: str = "") -> np.ndarray
             raise _bad_output(name, f"BYTES element {i} claims {n} bytes, {len(view) - pos} remain")
         out[i] = bytes(view[pos:pos + n])
         pos += n
-    if pos != len(view):
+    if exact and pos != len(view):
         raise _bad_output(name, f"{len(view) - pos} bytes left over after {count} BYTES elements")
     return out.reshape(tuple(shape))
 
@@ -117,23 +120,61 @@ def parameter_value(param: pb.InferParameter) -> bool | int | float | str | None
     return None if which is None else getattr(param, which)
 
 
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+
+
+@dataclass(frozen=True)
+class SharedMemoryInput:
+    """An input whose data sits in a registered shared-memory region: ``byte_size`` bytes at ``offset`` of
+    region ``region``, a ``datatype`` tensor of ``shape``. Made by :meth:`SystemSharedMemory.put` or
+    ``input_at``; pass it in ``inputs`` instead of an array."""
+
+    region: str
+    datatype: str
+    shape: tuple[int, ...]
+    offset: int
+    byte_size: int
+
+
+class SharedMemoryReader(Protocol):
+    """What an output region must offer: its registered name and a way to read a tensor back."""
+
+    name: str
+
+    def read(self, datatype: str, shape: tuple[int, ...] | list[int], offset: int = 0,
+             byte_size: int | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SharedMemoryOutput:
+    """Room for one output in a registered region: ``byte_size`` bytes at ``offset``. Made by
+    :meth:`SystemSharedMemory.output_at`; pass it in ``outputs_to_shm``."""
+
+    region: SharedMemoryReader
+    offset: int
+    byte_size: int
+
+
 @dataclass
 class InferRequest:
     """One inference request, as given to :meth:`InferenceClient.stream_infer`.
 
-    ``inputs`` maps input names to arrays; ``outputs`` names the outputs to return (None: all);
+    ``inputs`` maps input names to arrays, or to :class:`SharedMemoryInput` for data in a registered
+    region; ``outputs`` names the outputs to return (None: all, or only those of ``outputs_to_shm`` when
+    that is given); ``outputs_to_shm`` maps output names to the region slices the server writes them to;
     ``priority`` is the model's priority level (1 is the most urgent); ``timeout_us`` is the server-side
     queue timeout in microseconds (the request is answered DEADLINE_EXCEEDED if it has not started by then);
     ``id`` is echoed in the result."""
 
     model: str
-    inputs: Mapping[str, np.ndarray]
+    inputs: Mapping[str, np.ndarray | SharedMemoryInput]
     outputs: Sequence[str] | None = None
     version: str = ""
     parameters: Mapping[str, bool | int | float | str] | None = None
     priority: int | None = None
     timeout_us: int | None = None
     id: str = ""
+    outputs_to_shm: Mapping[str, SharedMemoryOutput] | None = None
 
 
 @dataclass
@@ -158,12 +199,20 @@ def build_request(request: InferRequest) -> pb.ModelInferRequest:
     Raises ValueError for an array whose dtype has no OIP datatype, or a negative priority/timeout."""
     msg = pb.ModelInferRequest(model_name=request.model, model_version=request.version, id=request.id)
     for name, value in request.inputs.items():
+        if isinstance(value, SharedMemoryInput):
+            tensor = msg.inputs.add(name=name, datatype=value.datatype, shape=value.shape)
+            _shm_parameters(tensor, value.region, value.offset, value.byte_size)
+            continue
         array = np.asarray(value)
         datatype, payload = raw_bytes(array)
         msg.inputs.add(name=name, datatype=datatype, shape=array.shape)
         msg.raw_input_contents.append(payload)
-    for name in request.outputs or ():
-        msg.outputs.add(name=name)
+    to_shm = request.outputs_to_shm or {}
+    for name in dict.fromkeys([*(request.outputs or ()), *to_shm]):
+        out = msg.outputs.add(name=name)
+        if name in to_shm:
+            slot = to_shm[name]
+            _shm_parameters(out, slot.region.name, slot.offset, slot.byte_size)
     for key, param in (request.parameters or {}).items():
         set_parameter(msg.parameters[key], param)
     # Triton's conventions (tritonclient sends the same): priority as uint64, timeout in microseconds as int64.
@@ -176,6 +225,14 @@ def build_request(request: InferRequest) -> pb.ModelInferRequest:
             raise ValueError(f"timeout_us: expected a non-negative number of microseconds, got {request.timeout_us}")
         msg.parameters["timeout"].int64_param = request.timeout_us
     return msg
+
+
+def _shm_parameters(tensor: Any, region: str, offset: int, byte_size: int) -> None:
+    """The parameters that put a tensor in shared memory (Triton's names and types)."""
+    tensor.parameters[SHM_REGION].string_param = region
+    tensor.parameters[SHM_BYTE_SIZE].int64_param = byte_size
+    if offset:
+        tensor.parameters[SHM_OFFSET].int64_param = offset
 
 
 def _typed_output(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -193,16 +250,27 @@ def _typed_output(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
     return np.array(values, dtype=NUMPY_OF[datatype]).reshape(shape)
 
 
-def parse_response(msg: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    """Outputs of a ModelInferResponse by name.
+def parse_response(msg: pb.ModelInferResponse,
+                   outputs_to_shm: Mapping[str, SharedMemoryOutput] | None = None) -> dict[str, np.ndarray]:
+    """Outputs of a ModelInferResponse by name; those in ``outputs_to_shm`` are read from their region
+    (numeric ones as views of it, see :meth:`SystemSharedMemory.read`).
 
     Raises PeregrineClientError (DATA_LOSS) for an unknown datatype or contents that do not match the shape."""
     out: dict[str, np.ndarray] = {}
     raw = msg.raw_output_contents
+    to_shm = outputs_to_shm or {}
     for i, tensor in enumerate(msg.outputs):
         shape = tuple(int(d) for d in tensor.shape)
         if tensor.datatype not in NUMPY_OF:
             raise _bad_output(tensor.name, f"unknown datatype '{tensor.datatype}'")
+        slot = to_shm.get(tensor.name)
+        if slot is not None:
+            written = tensor.parameters.get(SHM_BYTE_SIZE)  # Peregrine says how many bytes it wrote
+            size = int(written.int64_param) if written is not None else None
+            out[tensor.name] = slot.region.read(tensor.datatype, shape, slot.offset, size)
+            continue
+        if SHM_REGION in tensor.parameters:  # in a region this call did not name: nothing to read here
+            continue
         if i >= len(raw):
             out[tensor.name] = _typed_output(tensor, shape)
             continue
@@ -217,8 +285,9 @@ def parse_response(msg: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return out
 
 
-def parse_stream_response(msg: pb.ModelStreamInferResponse) -> StreamResult:
+def parse_stream_response(msg: pb.ModelStreamInferResponse,
+                          outputs_to_shm: Mapping[str, SharedMemoryOutput] | None = None) -> StreamResult:
     r = msg.infer_response
     if msg.error_message:
         return StreamResult(r.model_name, r.model_version, r.id, error=msg.error_message)
-    return StreamResult(r.model_name, r.model_version, r.id, outputs=parse_response(r))
+    return StreamResult(r.model_name, r.model_version, r.id, outputs=parse_response(r, outputs_to_shm))

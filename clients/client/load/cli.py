@@ -8,6 +8,7 @@ or no request succeeded); 2 bad arguments, or the server/model could not be reac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", action="append", default=[], metavar="[NAME=]FILE",
                    help="send this array for an input (NAME may be left out for a one-input model)")
     p.add_argument("--seed", type=int, default=0, help="seed of random data and Poisson arrivals (default 0)")
+    p.add_argument("--shared-memory", choices=["none", "system"], default="none",
+                   help="OIP runs: 'system' sends tensors through POSIX shared memory (server on this machine), "
+                        "one region set per request in flight, registered once and reused (default %(default)s)")
+    p.add_argument("--output-shm-size", type=int, metavar="BYTES",
+                   help="with --shared-memory: bytes reserved per output (default: learned from one request)")
     p.add_argument("--slo-p99-ms", type=float, help="exit 1 when p99 latency exceeds this (ms)")
     p.add_argument("--json", metavar="FILE", help="write the summary and HDR histogram as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one row per measured request")
@@ -179,9 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(a)
         mode: Literal["closed", "open", "camera"] = (
             "camera" if a.cameras is not None else "open" if a.rate is not None else "closed")
+        if a.output_shm_size is not None and a.output_shm_size <= 0:
+            raise ValueError(f"--output-shm-size: expected a positive number of bytes, got {a.output_shm_size}")
+        if detection and a.shared_memory != "none":
+            raise ValueError("--shared-memory: only OIP runs send tensors through shared memory, "
+                             "not --detect/--cameras")
         config = LoadConfig(a.model, settings, a.model_version, mode, a.concurrency or 1, a.rate or 0.0, a.arrival,
                             a.warmup, a.duration, a.deadline_ms, a.drain, a.seed, a.cameras or 1, a.fps,
-                            a.max_in_flight)
+                            a.max_in_flight, a.shared_memory)
         if detection:
             payload = _detect_payload(a)
             # One call first: the model must be a reachable detection pipeline that takes these images.
@@ -199,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             arrays = _arrays(a.npy, [t.name for t in meta.inputs])
             work = make_inputs(meta, batch_size=a.batch_size, shapes=_shapes(a.shape), image=image,
                                image_input_name=a.image_input, arrays=arrays, seed=a.seed)
+            if a.output_shm_size is not None:
+                config = dataclasses.replace(config, output_shm_bytes={t.name: a.output_shm_size
+                                                                       for t in meta.outputs})
     except PeregrineClientError as e:
         print(f"peregrine-load: cannot start: {e}", file=sys.stderr)
         return EXIT_USAGE

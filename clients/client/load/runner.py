@@ -10,12 +10,21 @@ kept up.
 
 Requests are serialized once; calls send those bytes. OIP answers are not parsed; Detect answers are, for
 the server's stage timings (a small message). So the generator's own cost per request stays small.
+
+With ``shared_memory="system"`` (OIP only) the tensors do not travel in the messages: each request in
+flight owns a set of system shared-memory regions (one region holding the inputs, written once, and room
+for every output), registered once and reused for every request it sends. A closed loop makes one set per
+worker before the clock starts; an open loop makes one, and another whenever every set is busy. The sets
+are unregistered and unlinked at the end of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,12 +34,15 @@ from typing import Literal
 import grpc
 import numpy as np
 from peregrine.proto import detection_pb2 as det
+from peregrine.proto import grpc_service_pb2 as pb
 
 from ..channel import DETECTION_SERVICE, OIP_SERVICE, ChannelSettings
-from ..tensors import InferRequest, build_request
+from ..shm import SystemSharedMemory
+from ..tensors import NUMPY_OF, InferRequest, build_request, raw_bytes
 from .report import LatencyHistogram, LoadResult, Records, StageSamples, lag_summary_ms
 
 SPIN_S = 0.0015  # the open loop's last stretch before a send is spent polling the event loop, not sleeping
+SHM_ALIGN = 64  # each tensor of a shared-memory set starts on a cache line
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,9 @@ class LoadConfig:
     DetectStream; ``max_in_flight`` frames per stream on the server, None: the model's default). Times in
     seconds; ``deadline_ms`` is each request's (frame's) deadline, counted from its intended send time
     (None: none); ``drain_s`` is how long to wait for requests still in flight after the last one was sent
-    (None: the deadline plus 1 s, or 10 s)."""
+    (None: the deadline plus 1 s, or 10 s). ``shared_memory`` "system" sends OIP tensors through system shared
+    memory (closed and open loops); ``output_shm_bytes`` is the room per output (None: learned from one
+    plain request before the run)."""
 
     model: str
     settings: ChannelSettings = field(default_factory=ChannelSettings)
@@ -57,6 +71,8 @@ class LoadConfig:
     cameras: int = 1
     fps: float = 0.0
     max_in_flight: int | None = None
+    shared_memory: Literal["none", "system"] = "none"
+    output_shm_bytes: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("closed", "open", "camera"):
@@ -74,6 +90,10 @@ class LoadConfig:
             raise ValueError("warmup_s must be >= 0 and duration_s > 0")
         if self.deadline_ms is not None and not self.deadline_ms > 0:
             raise ValueError(f"deadline_ms: expected a positive number, got {self.deadline_ms}")
+        if self.shared_memory not in ("none", "system"):
+            raise ValueError(f"shared_memory: expected 'none' or 'system', got '{self.shared_memory}'")
+        if self.shared_memory != "none" and self.mode == "camera":
+            raise ValueError("shared_memory: camera mode sends frames over DetectStream, without shared memory")
 
 
 def arrival_offsets(rate: float, arrival: str, seed: int = 0) -> Iterator[float]:
@@ -249,6 +269,7 @@ class ScheduledRun:
             self._metadata = cfg.settings.metadata()
             self.prepare(channel)
             await asyncio.wait_for(channel.channel_ready(), timeout=cfg.settings.timeout(None) or 30.0)
+            await self.setup(channel)
             self.t0 = self.clock()
             deadline_s = None if cfg.deadline_ms is None else cfg.deadline_ms / 1e3
             rec = Recorder(cfg.warmup_s, deadline_s)
@@ -262,12 +283,19 @@ class ScheduledRun:
             if self.progress:
                 self.progress(self.now(), rec)
         finally:
+            await self.teardown()
             await channel.close()
         return self.finish(rec)
 
     def prepare(self, channel: grpc.aio.Channel) -> None:
         """Make the call objects on ``channel`` (before it is ready)."""
         raise NotImplementedError
+
+    async def setup(self, channel: grpc.aio.Channel) -> None:
+        """Work on the server before the clock starts (the channel is ready)."""
+
+    async def teardown(self) -> None:
+        """Undo :meth:`setup` (also after a failed run), before the channel closes."""
 
     async def drive(self, rec: Recorder, end: float, deadline_s: float | None) -> None:
         """Send everything whose intended time is before ``end`` (seconds from t0) and record the answers."""
@@ -316,6 +344,12 @@ class LoadRunner(ScheduledRun):
         super().__init__(config, progress, progress_interval_s)
         self.workload = inputs if isinstance(inputs, Workload) else oip_workload(config.model, inputs, config.version)
         self._turn = itertools.cycle(self.workload.payloads)
+        self._shm = config.shared_memory == "system"
+        if self._shm and isinstance(inputs, Workload):
+            raise ValueError("shared_memory: only OIP ModelInfer tensors go through shared memory, not a Workload")
+        self.inputs = {} if isinstance(inputs, Workload) else dict(inputs)
+        self._free: list[bytes] = []  # shared memory: payloads of the region sets not in use
+        self._regions: list[SystemSharedMemory] = []
 
     def prepare(self, channel: grpc.aio.Channel) -> None:
         # Bytes in, bytes out: no protobuf work per request on the generator's side.
@@ -339,14 +373,21 @@ class LoadRunner(ScheduledRun):
             if timeout <= 0:  # already late before it left: a miss, and no point in sending it
                 rec.record(intended, sent, sent, "DEADLINE_EXCEEDED")
                 return
+        payload = next(self._turn)
+        if self._shm:
+            # Every set busy (open loop): make another; its registration counts in this request's latency.
+            payload = self._free.pop() if self._free else await self._new_shm_set()
         try:
-            answer = await self._call(next(self._turn), timeout=timeout, metadata=self._metadata)
+            answer = await self._call(payload, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             rec.record(intended, sent, self.now(), e.code().name)
             return
         except asyncio.CancelledError:
             rec.record(intended, sent, self.now(), "CANCELLED")
             raise
+        finally:
+            if self._shm:
+                self._free.append(payload)
         done = self.now()
         read = self.workload.timings
         rec.record(intended, sent, done, "OK", read(answer) if read is not None else None)
@@ -371,6 +412,84 @@ class LoadRunner(ScheduledRun):
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+    # -- shared memory -------------------------------------------------------------------------------
+    async def setup(self, channel: grpc.aio.Channel) -> None:
+        """Shared memory: learn the output sizes (one plain request, unless configured) and make the first
+        region sets."""
+        if not self._shm:
+            return
+        cfg = self.config
+        self._register = channel.unary_unary(
+            f"/{OIP_SERVICE}/SystemSharedMemoryRegister",
+            request_serializer=pb.SystemSharedMemoryRegisterRequest.SerializeToString,
+            response_deserializer=pb.SystemSharedMemoryRegisterResponse.FromString)
+        self._unregister = channel.unary_unary(
+            f"/{OIP_SERVICE}/SystemSharedMemoryUnregister",
+            request_serializer=pb.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            response_deserializer=pb.SystemSharedMemoryUnregisterResponse.FromString)
+        sizes = cfg.output_shm_bytes
+        if sizes is None:
+            infer = channel.unary_unary(f"/{OIP_SERVICE}/ModelInfer",
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            answer = await infer(self.workload.payloads[0], timeout=cfg.settings.timeout(None),
+                                 metadata=self._metadata)
+            sizes = output_bytes(answer)
+        self._output_bytes = dict(sizes)
+        for _ in range(cfg.concurrency if cfg.mode == "closed" else 1):
+            self._free.append(await self._new_shm_set())
+
+    async def _new_shm_set(self) -> bytes:
+        """A new region with the inputs written in and room for every output, registered; the serialized
+        request that uses it."""
+        cfg = self.config
+        layout, offset = {}, 0
+        for name, array in self.inputs.items():
+            layout[name] = offset
+            offset += _aligned(_tensor_bytes(array))
+        outputs_at = {}
+        for name, size in self._output_bytes.items():
+            outputs_at[name] = (offset, size)
+            offset += _aligned(size)
+        region = SystemSharedMemory.create(f"peregrine-load-{os.getpid()}-{len(self._regions)}", max(offset, 1))
+        self._regions.append(region)
+        shm_inputs = {name: region.put(array, layout[name]) for name, array in self.inputs.items()}
+        slots = {name: region.output_at(off, size) for name, (off, size) in outputs_at.items()}
+        await self._register(pb.SystemSharedMemoryRegisterRequest(name=region.name, key=region.key,
+                                                                  byte_size=region.byte_size),
+                             timeout=cfg.settings.timeout(None), metadata=self._metadata)
+        request = InferRequest(cfg.model, shm_inputs, version=cfg.version, outputs_to_shm=slots)
+        return build_request(request).SerializeToString()
+
+    async def teardown(self) -> None:
+        for region in self._regions:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # a server that is gone has nothing left to unmap
+                await self._unregister(pb.SystemSharedMemoryUnregisterRequest(name=region.name), timeout=10.0,
+                                       metadata=self._metadata)
+            region.close()
+        self._regions.clear()
+
+
+def _aligned(n: int) -> int:
+    return -(-n // SHM_ALIGN) * SHM_ALIGN
+
+
+def _tensor_bytes(array: np.ndarray) -> int:
+    return len(raw_bytes(array)[1]) if array.dtype.kind in "OSU" else array.nbytes
+
+
+def output_bytes(response: pb.ModelInferResponse) -> dict[str, int]:
+    """Bytes to reserve per output, from one answer: the raw size, twice over (and 64 bytes more) for
+    BYTES outputs, whose size varies with their contents."""
+    sizes = {}
+    raw = response.raw_output_contents
+    for i, t in enumerate(response.outputs):
+        if t.datatype == "BYTES":
+            sizes[t.name] = 2 * len(raw[i]) + 64 if i < len(raw) else 1 << 20
+        else:
+            sizes[t.name] = math.prod(int(d) for d in t.shape) * NUMPY_OF[t.datatype].itemsize
+    return sizes
 
 
 def run_load(config: LoadConfig, inputs: Mapping[str, np.ndarray] | Workload,
