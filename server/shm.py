@@ -517,26 +517,32 @@ class RequestRegions:
         self.registry = registry
         self.outputs: dict[str, OutputTarget] = {}
         self._leased: list[_Region] = []
-        self._finalizer = weakref.finalize(self, registry.release, self._leased)
+        self._finalizer: weakref.finalize | None = None  # made with the first lease: most requests take none
+
+    def _hold(self, region: _Region) -> None:
+        if self._finalizer is None:
+            self._finalizer = weakref.finalize(self, self.registry.release, self._leased)
+        self._leased.append(region)
 
     def input(self, region: str, offset: int, byte_size: int, what: str) -> Any:
         """The bytes of an input: a uint8 NumPy view of a system region (no copy) or a uint8 CuPy array over a
         CUDA region. Raises NotFound/InvalidArgument (see :meth:`SharedMemoryRegistry.lease`)."""
         r, view = self.registry.lease(region, offset, byte_size, what)
-        self._leased.append(r)
+        self._hold(r)
         return view
 
     def output(self, tensor: str, region: str, offset: int, byte_size: int) -> OutputTarget:
         """Reserve ``[offset, offset + byte_size)`` of ``region`` for output ``tensor``."""
         r, view = self.registry.lease(region, offset, byte_size, f"output '{tensor}'", writable=True)
-        self._leased.append(r)
+        self._hold(r)
         target = OutputTarget(tensor, region, offset, byte_size, view, r.kind)
         self.outputs[tensor] = target
         return target
 
     def release(self) -> None:
         """Give the leases back (idempotent)."""
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 @dataclass

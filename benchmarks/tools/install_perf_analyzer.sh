@@ -15,6 +15,11 @@
 #      `apt-get download`s Debian 13 (trixie) runtime libraries
 #      (libc6 incl. its dynamic loader, libstdc++6, libgcc-s1, libssl3t64,
 #      zlib1g, libzstd1) and `dpkg -x`es them into root/.
+#   2b. pip-downloads the pinned nvidia-cuda-runtime-cu12 wheel (sha256 checked)
+#      and puts its libcudart.so.12 (+ a libcudart.so link) into root/:
+#      perf_analyzer dlopen()s "libcudart.so" as soon as any --shared-memory
+#      mode is used, system included, and aborts without it. No GPU is needed:
+#      the CUDA functions are called only for --shared-memory cuda.
 #   3. Writes bin/perf_analyzer, a wrapper that starts the binary through
 #      trixie's loader with --inhibit-cache --library-path <root libs>.
 #   4. Verifies every shared library resolves inside root/ and that
@@ -62,6 +67,9 @@ DEBIAN_SUITE=${DEBIAN_SUITE:-trixie}
 # libstdc++ libm libgcc_s libc ld-linux; libssl needs libzstd). Taken all from
 # the same suite so nothing is resolved from the host's older libraries.
 DEB_PACKAGES=(libc6 libstdc++6 libgcc-s1 libssl3t64 zlib1g libzstd1)
+# libcudart for --shared-memory (see 2b above).
+CUDART_VERSION=12.9.79
+CUDART_SHA256=25bba2dfb01d48a9b59ca474a1ac43c6ebf7011f1b0b8cc44f54eb6ac48a96c3
 KEYRINGS=/usr/share/keyrings/debian-archive-${DEBIAN_SUITE}-stable.gpg,/usr/share/keyrings/debian-archive-${DEBIAN_SUITE}-automatic.gpg
 
 if [[ -z "${PYTHON:-}" ]]; then
@@ -77,7 +85,7 @@ for kr in ${KEYRINGS//,/ }; do
   [[ -r "$kr" ]] || die "Debian archive keyring $kr missing (package debian-archive-keyring >= 2023.3+deb12u1 has the trixie keys)"
 done
 
-STAMP="pa=$PA_VERSION sha=$PA_WHEEL_SHA256 suite=$DEBIAN_SUITE mirror=$DEBIAN_MIRROR debs=${DEB_PACKAGES[*]} layout=1"
+STAMP="pa=$PA_VERSION sha=$PA_WHEEL_SHA256 suite=$DEBIAN_SUITE mirror=$DEBIAN_MIRROR debs=${DEB_PACKAGES[*]} cudart=$CUDART_VERSION layout=2"
 
 PARENT=$(dirname "$PA_HOME")
 mkdir -p "$PARENT"
@@ -92,6 +100,7 @@ verify() {
         --list "$dir/wheel/perf_analyzer/bin/perf_analyzer" 2>&1) || { echo "$out"; return 1; }
   bad=$(echo "$out" | grep -v 'linux-vdso' | grep -v "=> $dir/root/" || true)
   if [[ -n "$bad" ]]; then echo "libraries not resolved from the private root:"; echo "$bad"; return 1; fi
+  [[ -f "$lib/libcudart.so.12" && -L "$lib/libcudart.so" ]] || { echo "libcudart.so missing (--shared-memory)"; return 1; }
   out=$("$dir/bin/perf_analyzer" --version 2>&1) || { echo "$out"; return 1; }
   [[ "$out" == *"Perf Analyzer Version"* ]] || { echo "unexpected --version output: $out"; return 1; }
   return 0
@@ -171,7 +180,25 @@ for deb in "$STAGE"/debs/*.deb; do
   echo "$(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version) ($DEBIAN_SUITE)" >> "$STAGE/MANIFEST"
 done
 [[ -x "$STAGE/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ]] || die "trixie libc6 has no loader at usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
-rm -rf "$STAGE/dl" "$STAGE/debs" "$A/cache" "$A/state/lists"   # keep only what runs (+ apt logs)
+
+# ---- 2b. libcudart (dlopen()ed by every --shared-memory mode) -----------------
+log "downloading nvidia-cuda-runtime-cu12==$CUDART_VERSION (libcudart for --shared-memory)"
+mkdir -p "$STAGE/cudart"
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --platform manylinux2014_x86_64 --python-version 3.11 \
+    -d "$STAGE/cudart" "nvidia-cuda-runtime-cu12==$CUDART_VERSION" 2> >(grep -v "^WARNING: Location 'file:" >&2) \
+  || die "pip download nvidia-cuda-runtime-cu12==$CUDART_VERSION failed"
+CUDART_WHEEL=$(ls "$STAGE"/cudart/nvidia_cuda_runtime_cu12-*.whl 2>/dev/null | head -1)
+[[ -n "$CUDART_WHEEL" ]] || die "no nvidia-cuda-runtime-cu12 wheel was downloaded"
+echo "$CUDART_SHA256  $CUDART_WHEEL" | sha256sum -c --quiet - >/dev/null 2>&1 \
+  || die "sha256 mismatch for $(basename "$CUDART_WHEEL"): got $(sha256sum "$CUDART_WHEEL" | cut -d' ' -f1)"
+"$PYTHON" -m zipfile -e "$CUDART_WHEEL" "$STAGE/cudart/x" || die "cannot unzip $CUDART_WHEEL"
+LIBDIR=$STAGE/root/usr/lib/x86_64-linux-gnu
+cp "$STAGE/cudart/x/nvidia/cuda_runtime/lib/libcudart.so.12" "$LIBDIR/" || die "the wheel has no libcudart.so.12"
+ln -sf libcudart.so.12 "$LIBDIR/libcudart.so"
+echo "nvidia-cuda-runtime-cu12 $CUDART_VERSION (libcudart.so.12)" >> "$STAGE/MANIFEST"
+
+rm -rf "$STAGE/dl" "$STAGE/debs" "$STAGE/cudart" "$A/cache" "$A/state/lists"   # keep only what runs (+ apt logs)
 
 # ---- 3. wrapper -------------------------------------------------------------
 mkdir -p "$STAGE/bin"
