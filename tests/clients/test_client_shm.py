@@ -4,8 +4,10 @@ in-process server. Every region made here is unregistered and unlinked."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import client_support
 import grpc
@@ -139,11 +141,13 @@ def test_input_at_checks_bounds(region: SystemSharedMemory) -> None:
 
 @pytest.mark.parametrize("load", [["-c", "2"], ["--rate", "200"]])
 def test_load_harness_with_shared_memory(peregrine_url: str, peregrine_server: PeregrineServer,
-                                         load: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+                                         load: list[str], tmp_path: Path) -> None:
     before = _ours()
     rc = main(["identity_fp32", "-u", peregrine_url, "--shape", "INPUT0:4096", *load, "--shared-memory", "system",
-               "--warmup", "0.2", "--duration", "0.5", "--no-progress"])
+               "--warmup", "0.2", "--duration", "0.5", "--no-progress", "--json", str(tmp_path / "r.json")])
     assert rc == 0
-    assert ", 0 errors" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["ok"] == summary["sent"] > 0 and summary["errors"] == {}
+    assert summary["payload"].endswith("in system shared memory")
     assert peregrine_server.shared_memory.mapped() == []  # every set was unregistered
     assert _ours() == before  # and unlinked

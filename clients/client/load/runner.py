@@ -362,7 +362,8 @@ class LoadRunner(ScheduledRun):
             await self._open_loop(rec, end, deadline_s)
 
     def finish(self, rec: Recorder) -> LoadResult:
-        return rec.result(self.config, self.workload.api, self.workload.description)
+        description = self.workload.description + (" in system shared memory" if self._shm else "")
+        return rec.result(self.config, self.workload.api, description)
 
     async def _one(self, rec: Recorder, intended: float, deadline_s: float | None) -> None:
         """Send one request whose intended send time is ``intended`` (seconds from t0) and record it."""
