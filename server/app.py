@@ -16,6 +16,7 @@ from .config import ServerConfig
 from .engine import Engine
 from .metrics import Metrics
 from .repository import ModelRepository
+from .security import TlsFiles, TokenAuthInterceptor, TokenStore
 from .shm import SharedMemoryRegistry
 from .transport.detection_service import DetectionServicer
 from .transport.inference_service import InferenceServicer
@@ -77,7 +78,11 @@ class PeregrineServer:
             ("grpc.so_reuseport", 0),
         ]
         self._pool = ThreadPoolExecutor(config.grpc_workers, thread_name_prefix="grpc")
-        self.grpc = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=None)
+        interceptors = []
+        if config.auth_token_file is not None:
+            interceptors.append(TokenAuthInterceptor(TokenStore(config.auth_token_file), config.auth_open))
+        self.grpc = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=None,
+                                interceptors=interceptors)
         self.detection = DetectionServicer(self.repository, self.engine, self.metrics)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.grpc)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection, self.grpc)
@@ -98,7 +103,15 @@ class PeregrineServer:
     def start(self) -> int:
         cfg = self.config
         self.engine.start()
-        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        address = f"{cfg.host}:{cfg.grpc_port}"
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+            self.port = self.grpc.add_secure_port(address, tls.credentials())
+        else:
+            self.port = self.grpc.add_insecure_port(address)
+            if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning("gRPC on %s is plain text%s: use --tls-cert/--tls-key off a trusted network",
+                            address, "" if cfg.auth_token_file else " and needs no token")
         if self.port == 0:
             raise OSError(f"could not bind gRPC to {cfg.host}:{cfg.grpc_port}")
         if cfg.http_port is not None:
@@ -113,7 +126,9 @@ class PeregrineServer:
         self.servicer.ready = True
         for svc in ("", OIP_SERVICE, DETECTION_SERVICE):
             self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
-        log.info("Peregrine %s serving gRPC on %s:%d%s", peregrine_version(), cfg.host, self.port,
+        log.info("Peregrine %s serving gRPC%s on %s:%d%s%s", peregrine_version(),
+                 " (mutual TLS)" if cfg.tls_client_ca else " (TLS)" if cfg.tls_cert else "", cfg.host, self.port,
+                 ", bearer tokens required" if cfg.auth_token_file else "",
                  f", metrics on :{self.http_port}" if self.http_port else "")
         return self.port
 

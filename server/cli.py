@@ -33,6 +33,17 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--shm-key-prefix", action="append", default=[], metavar="PREFIX",
                    help="accept only system shared-memory keys starting with PREFIX (repeatable; "
                         "default: any key; see docs/SHARED_MEMORY.md)")
+    sec = p.add_argument_group("security (docs/SECURITY.md)")
+    sec.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
+    sec.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    sec.add_argument("--tls-client-ca", type=Path,
+                     help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    sec.add_argument("--auth-token-file", type=Path,
+                     help="bearer tokens, one per line: calls must send 'authorization: Bearer <token>'")
+    sec.add_argument("--auth-open", action="append", metavar="CATEGORY",
+                     help="call category that needs no token (repeatable; default: health); one of "
+                          "health, metadata, inference, shared-memory, model-config, model-repository, "
+                          "statistics, trace, logging")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -47,11 +58,20 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         load_models=a.load_model,
         shared_memory=a.shared_memory,
         shm_key_prefixes=tuple(a.shm_key_prefix),
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        tls_client_ca=a.tls_client_ca,
+        auth_token_file=a.auth_token_file,
+        auth_open=tuple(a.auth_open) if a.auth_open is not None else ("health",),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    try:
+        config = parse_args(argv)
+    except ValueError as e:
+        print(f"peregrine-server: {e}", file=sys.stderr)
+        return 2
     if not config.model_repository.is_dir():
         print(f"peregrine-server: model repository {config.model_repository} is not a directory", file=sys.stderr)
         return 2

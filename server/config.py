@@ -317,3 +317,20 @@ class ServerConfig:
     shared_memory: bool = True
     # When not empty, clients may register only POSIX shared-memory keys whose name starts with one of these.
     shm_key_prefixes: tuple[str, ...] = ()
+    # TLS for the gRPC port (docs/SECURITY.md): PEM certificate chain and key; with `tls_client_ca`,
+    # clients must present a certificate signed by that CA (mutual TLS). None: plain text.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens, one per line; None: no token needed. Calls of the `auth_open` categories need none.
+    auth_token_file: Path | None = None
+    auth_open: tuple[str, ...] = ("health",)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key); one was given")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        from .security import check_categories
+
+        self.auth_open = check_categories(self.auth_open)

@@ -7,8 +7,6 @@ import the fixtures they use from here.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -16,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig
 from peregrine.server.modelgen import yolov5_detector
 from support import onnx_models
+from support.certificates import Certificates, make_certificates  # noqa: F401 (re-exported)
 
 ALL_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES"]
@@ -183,37 +181,3 @@ class SlowServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelInferResponse(model_name=request.model_name)
 
 
-@dataclass(frozen=True)
-class Certificates:
-    """PEM bytes of a throw-away CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
-
-    ca: bytes
-    server_cert: bytes
-    server_key: bytes
-    client_cert: bytes
-    client_key: bytes
-
-
-def make_certificates(directory: Path) -> Certificates:
-    """Generate the certificates with the ``openssl`` command (EC P-256, valid one day)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is needed to make test certificates")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
-
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=peregrine-test-ca")
-    (directory / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name, cn in (("server", "localhost"), ("client", "peregrine-test-client")):
-        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
-
-    def read(name: str) -> bytes:
-        return (directory / name).read_bytes()
-
-    return Certificates(read("ca.pem"), read("server.pem"), read("server.key"), read("client.pem"),
-                        read("client.key"))

@@ -1,26 +1,21 @@
-"""TLS (server-authenticated and mutual) and bearer tokens.
-
-The Peregrine server binds insecure ports only, so its own servicer (the real one, over the real model
-repository) is also registered on a grpc.server with a TLS port. Certificates are made at test time.
+"""TLS (server-authenticated and mutual) and bearer tokens, against Peregrine servers started with their
+own TLS and token settings. Certificates are made at test time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import client_support
 import grpc
 import numpy as np
 import pytest
-from client_support import Certificates, make_certificates, serve
+from client_support import Certificates, make_certificates
 from peregrine.client import AsyncInferenceClient, InferenceClient, PeregrineClientError, TlsOptions
 from peregrine.server.app import PeregrineServer
-
-# Fixtures shared with the other client tests (see client_support).
-peregrine_server = client_support.peregrine_server
+from peregrine.server.config import ServerConfig
+from support import onnx_models
 
 TOKEN = "s3cret-token"
 X = {"INPUT0": np.arange(6, dtype=np.float32).reshape(2, 3)}
@@ -31,41 +26,33 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("certs"))
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Rejects calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
-
-    def __init__(self, token: str) -> None:
-        self.expected = f"Bearer {token}"
-
-    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        if dict(details.invocation_metadata).get("authorization") == self.expected:
-            return continuation(details)
-
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-        return grpc.unary_unary_rpc_method_handler(deny)
-
-
-def _tls_server(server: PeregrineServer, certs: Certificates, client_auth: bool,
-                interceptors: tuple[grpc.ServerInterceptor, ...] = ()) -> Any:
-    creds = grpc.ssl_server_credentials([(certs.server_key, certs.server_cert)],
-                                        root_certificates=certs.ca if client_auth else None,
-                                        require_client_auth=client_auth)
-    return serve(server.servicer, credentials=creds, interceptors=interceptors)
+def _secure_server(root: Path, certs: Certificates, mutual: bool) -> PeregrineServer:
+    onnx_models.write(root, "identity_fp32", onnx_models.identity("FP32", ["N", None]))
+    for name, data in (("server.pem", certs.server_cert), ("server.key", certs.server_key), ("ca.pem", certs.ca)):
+        (root / name).write_bytes(data)
+    token_file = None
+    if mutual:
+        token_file = root / "tokens"
+        token_file.write_text(f"{TOKEN}\n")
+    server = PeregrineServer(ServerConfig(
+        model_repository=root, grpc_port=0, http_port=None, tls_cert=root / "server.pem",
+        tls_key=root / "server.key", tls_client_ca=root / "ca.pem" if mutual else None, auth_token_file=token_file))
+    server.start()
+    return server
 
 
 @pytest.fixture(scope="module")
-def tls_port(peregrine_server: PeregrineServer, certs: Certificates) -> Iterator[int]:
-    with _tls_server(peregrine_server, certs, client_auth=False) as port:
-        yield port
+def tls_port(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[int]:
+    server = _secure_server(tmp_path_factory.mktemp("tls"), certs, mutual=False)
+    yield server.port  # type: ignore[misc]
+    server.stop(grace=0.5)
 
 
 @pytest.fixture(scope="module")
-def mtls_port(peregrine_server: PeregrineServer, certs: Certificates) -> Iterator[int]:
-    with _tls_server(peregrine_server, certs, client_auth=True,
-                     interceptors=(BearerTokenInterceptor(TOKEN),)) as port:
-        yield port
+def mtls_port(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[int]:
+    server = _secure_server(tmp_path_factory.mktemp("mtls"), certs, mutual=True)
+    yield server.port  # type: ignore[misc]
+    server.stop(grace=0.5)
 
 
 def test_tls_with_the_server_certificate_checked(tls_port: int, certs: Certificates) -> None:

@@ -1,0 +1,209 @@
+"""Transport security: TLS (optionally mutual) for the gRPC port, and bearer-token authorization.
+
+Both are off by default, which suits a server bound to loopback on the robot's own computer. Bound to
+a network, turn on TLS and tokens (docs/SECURITY.md). Certificates and token files are re-read when they
+change on disk, so they rotate without a restart.
+
+Tokens guard calls by category, the categories Triton's ``--grpc-restricted-protocol`` uses; a category
+named in ``open_categories`` needs no token (by default ``health``, so that liveness probes work).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+OIP = "/inference.GRPCInferenceService/"
+DETECTION = "/peregrine.v1.DetectionService/"
+
+# Method → category, after Triton's restricted-protocol categories.
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "health": (f"{OIP}ServerLive", f"{OIP}ServerReady", f"{OIP}ModelReady", "/grpc.health.v1.Health/"),
+    "metadata": (f"{OIP}ServerMetadata", f"{OIP}ModelMetadata", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/"),
+    "inference": (f"{OIP}ModelInfer", f"{OIP}ModelStreamInfer", DETECTION),
+    "shared-memory": (f"{OIP}SystemSharedMemory", f"{OIP}CudaSharedMemory"),
+    "model-config": (f"{OIP}ModelConfig",),
+    "model-repository": (f"{OIP}Repository",),
+    "statistics": (f"{OIP}ModelStatistics",),
+    "trace": (f"{OIP}TraceSetting",),
+    "logging": (f"{OIP}LogSettings",),
+}
+UNKNOWN = "other"  # a method of no category (none today) always needs a token when tokens are on
+
+
+def category_of(method: str) -> str:
+    """The category of a full gRPC method name such as ``/inference.GRPCInferenceService/ModelInfer``."""
+    best, length = UNKNOWN, 0
+    for category, prefixes in CATEGORIES.items():
+        for prefix in prefixes:
+            if method.startswith(prefix) and len(prefix) > length:  # the longest prefix wins
+                best, length = category, len(prefix)
+    return best
+
+
+def check_categories(names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(names)
+    unknown = [n for n in names if n not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown call category {', '.join(map(repr, unknown))}; "
+                         f"expected some of {', '.join(CATEGORIES)}")
+    return names
+
+
+class _WatchedFile:
+    """A file re-read when its modification time or size changes, checked at most once per ``interval``."""
+
+    def __init__(self, path: Path, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_mtime_ns, st.st_size
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < self.interval:
+            return False
+        with self._lock:
+            self._checked = now
+            try:
+                stamp = self._stat()
+            except OSError as e:  # mid-rotation or removed: keep what we have
+                log.warning("cannot stat %s (%s); keeping the loaded version", self.path, e)
+                return False
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            return True
+
+
+class TokenStore:
+    """Bearer tokens from a file: one per line; blank lines and lines starting with ``#`` are skipped."""
+
+    def __init__(self, path: Path, reload_interval: float = 1.0) -> None:
+        self.path = Path(path)
+        self._tokens = self._read()
+        self._watch = _WatchedFile(self.path, reload_interval)
+
+    def _read(self) -> tuple[bytes, ...]:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        tokens = tuple(t.encode() for t in (line.strip() for line in lines) if t and not t.startswith("#"))
+        if not tokens:
+            raise ValueError(f"token file {self.path} holds no token (one per line, '#' starts a comment)")
+        return tokens
+
+    def _current(self) -> tuple[bytes, ...]:
+        if self._watch.changed():
+            try:
+                self._tokens = self._read()
+                log.info("reloaded %d bearer token(s) from %s", len(self._tokens), self.path)
+            except (OSError, ValueError) as e:
+                log.error("keeping the previous tokens: %s", e)
+        return self._tokens
+
+    def accepts(self, token: str) -> bool:
+        given = token.encode()
+        # Compare with every token, in constant time per comparison.
+        return sum(hmac.compare_digest(given, t) for t in self._current()) > 0
+
+
+def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def _denied(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Answers UNAUTHENTICATED, before the servicer runs, to calls of a guarded category that carry no
+    ``authorization: Bearer <token>`` metadata or a token the store does not hold."""
+
+    def __init__(self, tokens: TokenStore, open_categories: Iterable[str] = ("health",)) -> None:
+        self.tokens = tokens
+        self.open = frozenset(check_categories(open_categories))
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        category = category_of(details.method)
+        if category in self.open:
+            return handler
+        token = _bearer(details.invocation_metadata)
+        method = details.method.rsplit("/", 1)[-1]
+        if token is None:
+            message = f"{method} ({category}) needs metadata 'authorization: Bearer <token>'; the call carried none"
+        elif not token:
+            message = f"{method} ({category}): metadata 'authorization' must read 'Bearer <token>'"
+        elif not self.tokens.accepts(token):
+            message = f"{method} ({category}): the bearer token in 'authorization' is not accepted"
+        else:
+            return handler
+        return _denied(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the server's certificate chain and key, and optionally the CA that signs client
+    certificates (then clients must present one: mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def _configuration(self) -> Any:
+        pair = (self.key.read_bytes(), self.cert.read_bytes())
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+
+    def credentials(self, reload_interval: float = 1.0) -> grpc.ServerCredentials:
+        """Server credentials that pick up new certificate files at the next handshake after they change."""
+        watched = [_WatchedFile(p, reload_interval) for p in (self.cert, self.key, self.client_ca) if p]
+
+        def fetch() -> Any:
+            if not any([w.changed() for w in watched]):  # a list: stat every file, keep all stamps current
+                return None
+            try:
+                config = self._configuration()
+            except OSError as e:
+                log.error("keeping the previous TLS certificates: %s", e)
+                return None
+            log.info("reloaded TLS certificates from %s", self.cert)
+            return config
+
+        return grpc.dynamic_ssl_server_credentials(self._configuration(), fetch,
+                                                   require_client_authentication=self.client_ca is not None)
