@@ -14,8 +14,9 @@ One run measures, on this machine:
 
 Prints a markdown report; ``--out FILE`` writes it with the command line and the machine.
 
+    python -m venv PEER_VENV && PEER_VENV/bin/pip install mlserver onnxruntime "uvloop<0.22"
     python benchmarks/bench_batching.py --out benchmarks/results/batching.md \
-        --peer-python /tmp/peer-venv/bin/python
+        --peer-python PEER_VENV/bin/python
 """
 
 from __future__ import annotations

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repository", type=Path, default=Path("models"))
     ap.add_argument("--model", default="yolov8n_detect")
-    ap.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--cameras", type=int, nargs="*", default=[1, 4, 16],
+                    help="camera counts at --fps (none: only the calm one-camera run)")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--deadline-ms", type=float, default=100.0, help="per-frame deadline (default 100 ms on a CPU)")
@@ -208,7 +209,10 @@ def report(args: argparse.Namespace, local: dict[str, Any], served: dict[int, di
                   f"answered/s, client send lag p99 {lag:.1f} ms): p50 {p50:.1f} ms, p99 "
                   f"{calm.get('latency_ms', {}).get('p99', float('nan')):.1f} ms. Served p50 / in-process p50 = "
                   f"{p50 / local['p50_ms']:.2f}; share of end-to-end time outside the model = 1 - infer/p50 = "
-                  f"{1 - infer / p50:.2f} served ({1 - s['infer'] / local['p50_ms']:.2f} in-process)."]
+                  f"{1 - infer / p50:.2f} served ({1 - s['infer'] / local['p50_ms']:.2f} in-process). "
+                  "Server stage medians: "
+                  + ", ".join(f"{x} {calm.get('stages_ms', {}).get(x, {}).get('p50', float('nan')):.2f}"
+                              for x in ("decode", "queue", "pre", "infer", "post")) + " ms."]
     for k, r in served.items():
         statuses = ", ".join(f"{name} {n}" for name, n in sorted(r.get("errors", {}).items()))
         lines.append(f"- {k} camera(s): not OK by status: {statuses or 'none'}; client send lag p99 "

@@ -110,7 +110,9 @@ class _FrameStream:
         self.options = det.DetectOptions()
         self.deadline_us = 0
         self.priority = 0
-        self.launched: list[_Slot] = []
+        # Slots submitted to the engine and not yet finished (by id): what a cancel must cancel. Finished
+        # slots leave at once, so a long stream holds only its frames in flight, never its history.
+        self.launched: dict[int, _Slot] = {}
 
     # -- answers -------------------------------------------------------------------------------
     def _fail(self, slot: _Slot, status: int, error: BaseException) -> None:
@@ -168,6 +170,7 @@ class _FrameStream:
                     old.msg, det.StreamResult.DROPPED, grpc.StatusCode.ABORTED.value[0],
                     f"frame {old.msg.sequence} dropped: frame {msg.sequence} superseded it while it waited "
                     "(latest frame wins)", self.window.dropped)
+                old.msg.ClearField("image")  # its answer is made; the pixels need not wait in the queue
                 old.answered.set()
             self.cond.notify_all()
 
@@ -188,6 +191,7 @@ class _FrameStream:
         with self.cond:
             assert self.window is not None
             self.window.finish()
+            self.launched.pop(id(slot), None)
             self.cond.notify_all()
         slot.answered.set()
 
@@ -209,17 +213,19 @@ class _FrameStream:
                     assert self.window is not None
                     self.window.finish()
                 continue
-            self.launched.append(slot)
+            with self.cond:
+                self.launched[id(slot)] = slot
             slot.future.add_done_callback(lambda _f, s=slot: self._finished(s))
 
     def _cancel(self) -> None:
         with self.cond:
             self.cancelled = True
             waiting = self.window.drain() if self.window else []
+            launched = list(self.launched.values())
             self.cond.notify_all()
         for slot in waiting:
             self._fail(slot, det.StreamResult.ERROR, Cancelled("stream cancelled by the client"))
-        for slot in self.launched:
+        for slot in launched:
             if slot.future is not None:
                 slot.future.cancel()
 
