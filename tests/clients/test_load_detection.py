@@ -119,3 +119,19 @@ def test_frames_are_fitted_encoded_or_sent_as_they_are(tmp_path: Path) -> None:
     assert isinstance(raw.images[0], np.ndarray) and raw.images[0].shape == (48, 64, 3)
     png = frame_payload([], (100, 100), "png")  # scikit-image's photographs
     assert len(png.images) == 5 and all(bytes(i[:4]) == b"\x89PNG" for i in png.images)  # type: ignore[index]
+
+
+def test_detection_options_reach_the_server(detection_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Out-of-range options come back from the server as INVALID_ARGUMENT naming the field: they were sent.
+    assert main(["det", "-u", detection_url, "--detect", "--classes", "0,999", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "classes" in err
+    assert main(["det", "-u", detection_url, "--cameras", "1", "--max-detections", "100000", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "max_detections" in err
+    with pytest.raises(SystemExit):
+        main(["det", "-u", detection_url, "--detect", "--classes", "person", *QUICK])
+    assert "expected class ids" in capsys.readouterr().err
+    rc = main(["det", "-u", detection_url, "--cameras", "1", "--fps", "5", "--warmup", "0.2", "--duration", "0.6",
+               "--max-detections", "1", "--classes", "0,2", "--score-threshold", "0.3", *QUICK])
+    assert rc == 0

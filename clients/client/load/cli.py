@@ -31,6 +31,16 @@ from .runner import LoadConfig, Recorder, Workload, detect_workload, run_load
 EXIT_OK, EXIT_SLO, EXIT_USAGE = 0, 1, 2
 
 
+def _class_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class ids like 0,2,7, got '{text}'") from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative class ids like 0,2,7, got '{text}'")
+    return ids
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peregrine-load",
@@ -76,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality (default %(default)s)")
     p.add_argument("--score-threshold", type=float, help="--detect/--cameras: override the model's score threshold")
     p.add_argument("--iou-threshold", type=float, help="--detect/--cameras: override the model's NMS IoU threshold")
+    p.add_argument("--max-detections", type=int, metavar="N",
+                   help="--detect/--cameras: at most N boxes per image (default: the model's)")
+    p.add_argument("--classes", type=_class_ids, metavar="ID,ID,...",
+                   help="--detect/--cameras: keep only these class ids (default: all)")
     p.add_argument("--image-input", metavar="NAME", help="the input --image goes to (default: found from metadata)")
     p.add_argument("--npy", action="append", default=[], metavar="[NAME=]FILE",
                    help="send this array for an input (NAME may be left out for a one-input model)")
@@ -170,7 +184,7 @@ def _detect_requests(a: argparse.Namespace, payload: FramePayload) -> Workload:
     images, b = payload.images, a.batch_size
     requests = [
         detect_request([images[(i + j) % len(images)] for j in range(b)], a.model, a.model_version,
-                       a.score_threshold, a.iou_threshold).SerializeToString()
+                       a.score_threshold, a.iou_threshold, a.max_detections, a.classes).SerializeToString()
         for i in range(len(images))
     ]
     per = f"{b} images per request: " if b > 1 else ""
@@ -198,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # One call first: the model must be a reachable detection pipeline that takes these images.
             with DetectionClient(settings.target, tls=settings.tls, token=settings.token) as client:
                 client.detect(payload.images[0], model=a.model, version=a.model_version,
-                              score_threshold=a.score_threshold, iou_threshold=a.iou_threshold, deadline_s=60.0)
+                              score_threshold=a.score_threshold, iou_threshold=a.iou_threshold,
+                              max_detections=a.max_detections, classes=a.classes, deadline_s=60.0)
             work: Mapping[str, np.ndarray] | Workload | None = None if mode == "camera" else \
                 _detect_requests(a, payload)
         else:
@@ -224,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if work is None:
             result = run_camera(config, payload.images,
-                                options=options_message(a.score_threshold, a.iou_threshold),
+                                options=options_message(a.score_threshold, a.iou_threshold, a.max_detections,
+                                                        a.classes),
                                 description=payload.description, progress=line)
         else:
             result = run_load(config, work, progress=line)
