@@ -130,11 +130,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request order. An error answers that request in ``error_message`` and the stream goes on."""
         stream_key = f"stream-{next(self._stream_ids)}"
         pending: queue.Queue[Any] = queue.Queue(maxsize=256)
-        futures: list[concurrent.futures.Future[Any]] = []
+        # Requests submitted and not finished: what a cancel must cancel. Finished ones leave at once, so a
+        # long stream holds only what is in flight, never its history of results.
+        futures: set[concurrent.futures.Future[Any]] = set()
+        lock = threading.Lock()
 
         def cancel_all() -> None:
-            for f in futures:
+            with lock:
+                running = list(futures)
+            for f in running:
                 f.cancel()
+
+        def finished(f: concurrent.futures.Future[Any]) -> None:
+            with lock:
+                futures.discard(f)
 
         context.add_callback(cancel_all)
 
@@ -146,7 +155,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         req = codecs.decode_infer_request(msg, _deadline(context), ordering_key=stream_key,
                                                           regions=regions)
                         _, future = self._submit(req)
-                        futures.append(future)
+                        with lock:
+                            futures.add(future)
+                        future.add_done_callback(finished)
                         pending.put((msg, future, None, time.perf_counter(), regions))
                     except Exception as e:
                         pending.put((msg, None, e, time.perf_counter(), regions))
