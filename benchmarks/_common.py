@@ -60,14 +60,16 @@ def wait_until_ready(proc: subprocess.Popen[bytes], url: str, models: list[str],
         client.close()
 
 
-def start_peregrine(repository: Path, model: str, port: int) -> subprocess.Popen[bytes]:
-    """A Peregrine server subprocess serving only ``model``, ready when this returns."""
+def start_peregrine(repository: Path, model: str, port: int,
+                    extra_models: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """A Peregrine server subprocess serving only ``model`` (and ``extra_models``), ready when this returns."""
+    models = [model, *(extra_models or [])]
     cmd = [sys.executable, "-m", "peregrine.server", "--model-repository", str(repository),
            "--grpc-port", str(port), "--http-port", "-1", "--model-control-mode", "explicit",
-           "--load-model", model, "--log-level", "WARNING"]
+           *[arg for m in models for arg in ("--load-model", m)], "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd)
     try:
-        wait_until_ready(proc, f"127.0.0.1:{port}", [model], timeout_s=120)
+        wait_until_ready(proc, f"127.0.0.1:{port}", models, timeout_s=120)
     except BaseException:
         proc.terminate()
         raise

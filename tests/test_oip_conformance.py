@@ -173,6 +173,46 @@ def test_a_long_stream_holds_only_what_is_in_flight(url: str) -> None:
     assert growth < 16 * x.nbytes, f"stream memory grew by {growth / 1e6:.0f} MB over 129 requests"
 
 
+def test_a_stream_reads_no_further_ahead_than_its_in_flight_limit(tmp_path: Path, start_server) -> None:
+    """A client that sends faster than the model runs is held back by gRPC flow control: the server reads
+    at most STREAM_MAX_IN_FLIGHT requests of a stream ahead of its answers instead of buffering them."""
+    import threading
+    import time
+
+    from peregrine.proto import grpc_service_pb2 as pb
+    from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+    from peregrine.server.transport.inference_service import STREAM_MAX_IN_FLIGHT
+
+    # Batches wait up to 1 s to fill 64 rows: with at most 32 requests in flight, each batch waits it out.
+    onnx_models.write(tmp_path, "held", onnx_models.identity("FP32", ["N", 1 << 18]),
+                      "max_batch_size = 64\n\n[dynamic_batching]\nmax_queue_delay_us = 1000000\n")
+    server = start_server(tmp_path)
+    x = np.ones((1, 1 << 18), np.float32)  # 1 MiB
+    request = pb.ModelInferRequest(
+        model_name="held", raw_input_contents=[x.tobytes()],
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=list(x.shape))])
+    pulled = 0
+    total = STREAM_MAX_IN_FLIGHT * 2 + 8
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        nonlocal pulled
+        for _ in range(total):
+            pulled += 1
+            yield request
+
+    seen_early: list[int] = []
+    timer = threading.Timer(0.7, lambda: seen_early.append(pulled))  # before the first batch runs
+    options = [("grpc.max_receive_message_length", 1 << 26)]
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
+        timer.start()
+        t0 = time.monotonic()
+        answers = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests(), timeout=60))
+    assert len(answers) == total and not any(a.error_message for a in answers)
+    assert time.monotonic() - t0 >= 1.0
+    # gRPC's own buffers hold a few more messages on the way (its flow-control window is a few MiB).
+    assert seen_early and seen_early[0] <= STREAM_MAX_IN_FLIGHT + 12, seen_early
+
+
 def test_statistics_count_requests_and_batches(client: tc.InferenceServerClient) -> None:
     before = client.get_inference_statistics("identity_int16").model_stats[0]
     x = np.ones((2, 3), np.int16)

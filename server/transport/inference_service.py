@@ -28,6 +28,11 @@ from .status import status_of, unary
 
 log = logging.getLogger(__name__)
 
+# Requests of one ModelStreamInfer stream read off the wire and not yet answered. Beyond this the server
+# stops reading, so gRPC's flow control holds a client that sends faster than the model runs, instead of
+# the server buffering its backlog (a 640x640 FP32 request is about 5 MB decoded).
+STREAM_MAX_IN_FLIGHT = 32
+
 EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters", "logging"]
 
 
@@ -126,10 +131,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
-        """Requests of one stream run concurrently (so they can share batches); responses come back in
-        request order. An error answers that request in ``error_message`` and the stream goes on."""
+        """Requests of one stream run concurrently (so they can share batches), at most
+        STREAM_MAX_IN_FLIGHT at a time; responses come back in request order. An error answers that
+        request in ``error_message`` and the stream goes on."""
         stream_key = f"stream-{next(self._stream_ids)}"
-        pending: queue.Queue[Any] = queue.Queue(maxsize=256)
+        pending: queue.Queue[Any] = queue.Queue()
+        room = threading.Semaphore(STREAM_MAX_IN_FLIGHT)
         # Requests submitted and not finished: what a cancel must cancel. Finished ones leave at once, so a
         # long stream holds only what is in flight, never its history of results.
         futures: set[concurrent.futures.Future[Any]] = set()
@@ -147,9 +154,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         context.add_callback(cancel_all)
 
+        def has_room() -> bool:
+            while not room.acquire(timeout=0.5):
+                if not context.is_active():
+                    return False
+            return True
+
         def read() -> None:
             try:
-                for msg in request_iterator:
+                while has_room():
+                    msg = next(request_iterator, None)
+                    if msg is None:
+                        break
                     regions = self.shm.use()
                     try:
                         req = codecs.decode_infer_request(msg, _deadline(context), ordering_key=stream_key,
@@ -168,24 +184,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         threading.Thread(target=read, name=stream_key, daemon=True).start()
         while (item := pending.get()) is not None:
-            msg, future, error, start, regions = item
+            try:
+                yield self._stream_answer(*item)
+            finally:
+                room.release()
+
+    def _stream_answer(self, msg: pb.ModelInferRequest, future: concurrent.futures.Future[Any] | None,
+                       error: BaseException | None, start: float, regions: Any) -> pb.ModelStreamInferResponse:
+        """The response to one request of a stream, once it is done: its result, or its error inline."""
+        try:
             if future is not None:
                 try:
                     response = codecs.encode_infer_response(future.result(), regions)
-                    regions.release()
                     self.metrics.observe_request(msg.model_name, "OK", time.perf_counter() - start)
-                    yield pb.ModelStreamInferResponse(infer_response=response)
-                    continue
-                except BaseException as e:
+                    return pb.ModelStreamInferResponse(infer_response=response)
+                except Exception as e:  # the request's failure (CancelledError included), answered inline
                     error = e
+        finally:
             regions.release()
-            code, message = status_of(error)
-            self.metrics.observe_request(msg.model_name, code.name, time.perf_counter() - start)
-            yield pb.ModelStreamInferResponse(
-                error_message=message,
-                infer_response=pb.ModelInferResponse(model_name=msg.model_name, model_version=msg.model_version,
-                                                     id=msg.id),
-            )
+        code, message = status_of(error)
+        self.metrics.observe_request(msg.model_name, code.name, time.perf_counter() - start)
+        return pb.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=pb.ModelInferResponse(model_name=msg.model_name, model_version=msg.model_version,
+                                                 id=msg.id),
+        )
 
     # -- repository ----------------------------------------------------------------------------
     @unary
