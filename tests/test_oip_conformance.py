@@ -140,16 +140,18 @@ def test_stream_infer_in_order_with_errors_inline(client: tc.InferenceServerClie
 
 def test_a_long_stream_holds_only_what_is_in_flight(url: str) -> None:
     """A ModelStreamInfer stream's memory stays bounded however many requests it carries: answered
-    requests (their inputs, their results) are let go. 4 MiB tensors; the process's resident memory is
-    read (results live in ONNX Runtime's allocations, which tracemalloc does not see)."""
+    requests (their inputs, their results) are let go. The client sends in lock step (one request in
+    flight), 4 MiB tensors; the process's resident memory is read (results live in ONNX Runtime's
+    allocations, which tracemalloc does not see)."""
     import os
+    import threading
+
+    from peregrine.proto import grpc_service_pb2 as pb
+    from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
     def rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    from peregrine.proto import grpc_service_pb2 as pb
-    from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
     x = np.ones((1, 1 << 20), np.float32)
     request = pb.ModelInferRequest(
@@ -157,20 +159,26 @@ def test_a_long_stream_holds_only_what_is_in_flight(url: str) -> None:
         inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=list(x.shape))],
         raw_input_contents=[x.tobytes()])
     marks: dict[int, int] = {}
+    answered = threading.Semaphore(0)
+    count = 120
 
-    def requests(count: int) -> Iterator[pb.ModelInferRequest]:
+    def requests() -> Iterator[pb.ModelInferRequest]:
         for i in range(count):
+            if i:
+                answered.acquire()  # one request in flight at a time
             if i in (20, count - 1):
                 marks[i] = rss()
             yield request
 
     options = [("grpc.max_receive_message_length", 1 << 26)]
+    ok = 0
     with grpc.insecure_channel(url, options=options) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        count = sum(1 for r in stub.ModelStreamInfer(requests(150), timeout=120) if not r.error_message)
-    assert count == 150
-    growth = marks[149] - marks[20]
-    assert growth < 16 * x.nbytes, f"stream memory grew by {growth / 1e6:.0f} MB over 129 requests"
+        for response in pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests(), timeout=120):
+            ok += not response.error_message
+            answered.release()
+    assert ok == count
+    growth = marks[count - 1] - marks[20]
+    assert growth < 16 * x.nbytes, f"stream memory grew by {growth / 1e6:.0f} MB over {count - 21} requests"
 
 
 def test_a_stream_reads_no_further_ahead_than_its_in_flight_limit(tmp_path: Path, start_server) -> None:
