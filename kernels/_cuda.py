@@ -33,9 +33,10 @@ def _require() -> None:
 
 @contextlib.contextmanager
 def _on(arrays: list[Any], stream: Any) -> Iterator[int]:
-    """Enter the arrays' device (and ``stream`` when it is a CuPy stream); yield the stream handle."""
+    """Enter the arrays' device and ``stream`` (a CuPy stream, or an int handle entered as an
+    ExternalStream), so that uploads and CuPy allocations in the block are ordered on it; yield its handle."""
     _require()
-    devices = {a.device.id for a in arrays if a is not None and hasattr(a, "device")}
+    devices = {a.device.id for a in arrays if hasattr(a, "__cuda_array_interface__") and hasattr(a, "device")}
     if len(devices) > 1:
         raise ValueError(f"inputs: expected arrays on one CUDA device, got devices {sorted(devices)}")
     device = devices.pop() if devices else cupy.cuda.Device().id
@@ -46,9 +47,15 @@ def _on(arrays: list[Any], stream: Any) -> Iterator[int]:
             with stream:
                 yield stream.ptr
         elif isinstance(stream, int):
-            yield stream
+            with cupy.cuda.ExternalStream(stream):
+                yield stream
         else:
             raise TypeError(f"stream: expected a cupy.cuda.Stream, an int handle or None, got {type(stream).__name__}")
+
+
+def _upload(a: Any) -> Any:
+    """A host array copied to the current device on the current stream (inside ``_on``); device arrays as they are."""
+    return cupy.asarray(a) if isinstance(a, np.ndarray) else a
 
 
 def _ptr(a: Any) -> int:
@@ -68,7 +75,7 @@ def _check_out(out: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> Any:
 def _check_shared(capacity: int, max_det: int, what: str) -> None:
     device = cupy.cuda.Device().id
     if device not in _shared_memory:
-        _shared_memory[device] = _native.cuda_max_shared_memory()
+        _shared_memory[device] = _native.cuda_detect_max_shared_bytes()
     need = _native.cuda_detect_shared_bytes(capacity, max_det)
     if need > _shared_memory[device]:
         raise ValueError(
@@ -179,6 +186,7 @@ def nms(
 
 def map_boxes(out: Any, boxes: Any, params: Any, sizes: Any, stream: Any) -> Any:
     with _on([boxes, out, params, sizes], stream) as handle:
+        params, sizes = _upload(params), _upload(sizes)
         if out is None:
             out = cupy.empty_like(boxes)
         _check_out(out, "out", np.float32, tuple(boxes.shape))
@@ -205,6 +213,7 @@ def detect_postprocess(
     stream: Any,
 ) -> tuple[Any, Any]:
     with _on([head, dets, counts, params, sizes], stream) as handle:
+        params, sizes = _upload(params), _upload(sizes)
         n = int(head.shape[0])
         classes = int(head.shape[1] - 4) if layout == 0 else int(head.shape[2] - 5) if layout == 1 else 0
         _check_shared(max(1, min(max_candidates, anchors)), max_det, "max_candidates")

@@ -629,13 +629,8 @@ def _map_inputs(params: Any, orig_sizes: Any, n: int, device: bool) -> tuple[Any
         raise ValueError("params: expected scales > 0")
     if not (sizes >= 1).all() or not (sizes < 2**31).all():
         raise ValueError("orig_sizes: expected sizes >= 1")
-    params = np.ascontiguousarray(params)
-    sizes = np.ascontiguousarray(sizes, np.int32)
-    if device:
-        import cupy
-
-        return cupy.asarray(params), cupy.asarray(sizes)
-    return params, sizes
+    # Host arrays either way: the CUDA tier uploads them on the launch's own stream (see _cuda._upload).
+    return np.ascontiguousarray(params), np.ascontiguousarray(sizes, np.int32)
 
 
 def decode(

@@ -283,10 +283,13 @@ class CudaRegion(_Region):
 
     def _ipc_close(self) -> None:
         if self._open:
+            self._open = False  # closed once, whatever CUDA says: a failed close is not retried forever
             cp = _cupy()
-            with cp.cuda.Device(self.device_id):
-                cp.cuda.runtime.ipcCloseMemHandle(self.ptr)
-            self._open = False
+            try:
+                with cp.cuda.Device(self.device_id):
+                    cp.cuda.runtime.ipcCloseMemHandle(self.ptr)
+            except Exception as e:  # a sticky CUDA error or shutdown: the mapping goes with the process
+                log.warning("CUDA shared-memory region '%s': closing its IPC handle failed: %s", self.name, e)
 
     @property
     def mapped(self) -> bool:

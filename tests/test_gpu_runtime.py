@@ -104,3 +104,26 @@ def test_cuda_device_without_gpu_build_is_a_clear_load_error(conv_model: Path) -
 
     with pytest.raises(ModelLoadError, match="CUDAExecutionProvider"):
         OnnxSession(conv_model, parse_model_config("[instance_group]\ndevice = 'cuda'"))
+
+
+@requires_gpu
+def test_device_inputs_without_io_binding_and_strided_inputs(conv_model: Path) -> None:
+    """io_binding = false on a GPU session still takes device arrays (copied to the host for run()) and
+    gives device outputs when asked; a strided device array is bound as a contiguous copy."""
+    import cupy
+
+    x = np.random.default_rng(4).random((2, 3, 64, 64), dtype=np.float32)
+    want = OnnxSession(conv_model, parse_model_config("[instance_group]\ndevice = 'cpu'")).run(
+        {"images": x}, ["output0"])[0]
+    unbound = OnnxSession(conv_model, parse_model_config(
+        "[instance_group]\ndevice = 'cuda'\n[onnxruntime]\nio_binding = false"))
+    out = unbound.run({"images": cupy.asarray(x)}, ["output0"], outputs_on_device=True)[0]
+    assert isinstance(out, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-3, atol=1e-4)
+    bound = OnnxSession(conv_model, parse_model_config("[instance_group]\ndevice = 'cuda'"))
+    wide = cupy.zeros((2, 3, 64, 128), cupy.float32)
+    wide[..., ::2] = cupy.asarray(x)
+    strided = wide[..., ::2]
+    assert not strided.flags.c_contiguous
+    got = bound.run({"images": strided}, ["output0"])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)

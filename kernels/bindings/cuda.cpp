@@ -92,6 +92,8 @@ void bind_cuda(py::module_& m) {
 #ifdef PEREGRINE_WITH_CUDA
   m.def("cuda_max_shared_memory", &cuda::max_shared_memory_per_block,
         "Opt-in shared memory per block of the current device, bytes.");
+  m.def("cuda_detect_max_shared_bytes", &cuda::detect_max_shared_bytes,
+        "Dynamic shared memory the detection select kernel may use on the current device, bytes.");
   m.def("cuda_detect_shared_bytes", &cuda::detect_shared_bytes, py::arg("capacity"), py::arg("max_det"),
         "Shared memory the detection select kernel needs for this candidate capacity and max_det, bytes.");
   m.def("cuda_resize_nchw", &resize, py::arg("out"), py::arg("half"), py::arg("frames"),

@@ -307,7 +307,15 @@ class DetectionExecutor:
 
 
 def _on_gpu(session: OnnxSession) -> bool:
-    return session.device == "cuda" and kernels.cuda_available()
+    """Whether this instance runs the device path: a CUDA session, the CUDA kernels and CuPy."""
+    if session.device != "cuda" or not kernels.cuda_available():
+        return False
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        log.warning("CUDA session without CuPy: the pipeline's pre- and post-processing run on the host")
+        return False
+    return True
 
 
 class _DeviceStage:
@@ -339,32 +347,37 @@ class _DeviceStage:
         cp = self.cupy
         h = ex.head
         with cp.cuda.Device(self.device_id), self.stream:
-            t0 = time.perf_counter_ns()
-            total = sum(f.nbytes for f in frames)
-            pinned, staged = self._staging(total)
-            views, offset = [], 0
-            for f in frames:  # one host copy into pinned memory, then one upload for the whole batch
-                pinned[offset : offset + f.nbytes] = f.reshape(-1)
-                views.append(staged[offset : offset + f.nbytes].reshape(f.shape))
-                offset += f.nbytes
-            staged[:total].set(pinned[:total], stream=self.stream)
-            if self._input is None:
-                self._input = cp.zeros((ex._rows, 3, h.height, h.width), h.input_dtype)
-            n = len(frames)
-            params = kernels.letterbox_into(self._input[:n], views, swap_rb=ex.swap_rb, scale=ex.cfg.scale,
-                                            pad_value=ex.cfg.pad_value, stream=self.stream)
-            # ONNX Runtime runs on its own stream: the input must be complete before it starts.
-            self.stream.synchronize()
-            t1 = time.perf_counter_ns()
-            head = ex._run_model(instance, self._input[: ex._padded(n)], on_device=True)[:n]
-            if head.dtype != cp.float32:
-                head = head.astype(cp.float32)
-            head = cp.ascontiguousarray(head)
-            t2 = time.perf_counter_ns()
-            dets, counts = ex._postprocess(head, params, sizes, requests, stream=self.stream)
-            out = dets.get(stream=self.stream), counts.get(stream=self.stream)
-            self.stream.synchronize()
-            t3 = time.perf_counter_ns()
+            try:
+                t0 = time.perf_counter_ns()
+                total = sum(f.nbytes for f in frames)
+                pinned, staged = self._staging(total)
+                views, offset = [], 0
+                for f in frames:  # one host copy into pinned memory, then one upload for the whole batch
+                    pinned[offset : offset + f.nbytes] = f.reshape(-1)
+                    views.append(staged[offset : offset + f.nbytes].reshape(f.shape))
+                    offset += f.nbytes
+                staged[:total].set(pinned[:total], stream=self.stream)
+                if self._input is None:
+                    self._input = cp.zeros((ex._rows, 3, h.height, h.width), h.input_dtype)
+                n = len(frames)
+                params = kernels.letterbox_into(self._input[:n], views, swap_rb=ex.swap_rb, scale=ex.cfg.scale,
+                                                pad_value=ex.cfg.pad_value, stream=self.stream)
+                # ONNX Runtime runs on its own stream: the input must be complete before it starts.
+                self.stream.synchronize()
+                t1 = time.perf_counter_ns()
+                head = ex._run_model(instance, self._input[: ex._padded(n)], on_device=True)[:n]
+                if head.dtype != cp.float32:
+                    head = head.astype(cp.float32)
+                head = cp.ascontiguousarray(head)
+                t2 = time.perf_counter_ns()
+                dets, counts = ex._postprocess(head, params, sizes, requests, stream=self.stream)
+                out = dets.get(stream=self.stream), counts.get(stream=self.stream)
+                self.stream.synchronize()
+                t3 = time.perf_counter_ns()
+            except BaseException:
+                # An upload or kernel may still be in flight on the staging buffers the next batch reuses.
+                self.stream.synchronize()
+                raise
         times.pre_ns, times.infer_ns, times.post_ns = t1 - t0, t2 - t1, t3 - t2
         return out
 
@@ -511,6 +524,10 @@ class DetectionPipeline(ModelVersion):
         max_pixels = self.settings.max_pixels
         if IMAGE in request.inputs:
             array = request.inputs[IMAGE]
+            if hasattr(array, "__cuda_array_interface__"):  # frames in a CUDA shared-memory region
+                import cupy
+
+                array = cupy.asnumpy(array)
             if array.dtype != np.uint8 or array.ndim != 4:
                 raise InvalidArgument(f"input '{IMAGE}': expected UINT8 [N,H,W,3], got {array.dtype} "
                                       f"{list(array.shape)}")

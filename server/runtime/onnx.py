@@ -145,6 +145,8 @@ class OnnxSession:
             opts = dict(ort_cfg.provider_options.get(p, {}))
             if p in _GPU_PROVIDERS:
                 opts.setdefault("device_id", str(self.device_id))
+                # A device_id in the config's provider_options wins; bind and stage on that device too.
+                self.device_id = int(opts["device_id"])
             if p == CUDA:
                 # ORT's default (EXHAUSTIVE) benchmarks cuDNN algorithms for every new input shape, which
                 # costs seconds each time the dynamic batcher forms a batch size it has not run before.
@@ -178,17 +180,52 @@ class OnnxSession:
             on_device = False
         # IO binding is for device buffers. Host arrays in and out take the same two copies through
         # run(), which measured several times faster than binding host buffers (docs/BENCHMARKS.md).
-        if self.device == "cpu" or not self.config.onnxruntime.io_binding or not (on_device or outputs_on_device):
-            return self.session.run(output_names, feed)
-        return self._run_bound(feed, output_names, outputs_on_device)
+        if self.device != "cpu" and self.config.onnxruntime.io_binding and (on_device or outputs_on_device):
+            return self._run_bound(feed, output_names, outputs_on_device)
+        if on_device:  # io_binding = false on a GPU session: run() takes host arrays only
+            feed = {k: _to_host(v) for k, v in feed.items()}
+        outputs = self.session.run(output_names, feed)
+        if outputs_on_device and self.device != "cpu":
+            import cupy
+
+            with cupy.cuda.Device(self.device_id):
+                outputs = [cupy.asarray(o) for o in outputs]
+        return outputs
+
+    def _on_this_device(self, value: Any) -> Any:
+        """A C-contiguous device array on this session's GPU: ``value`` itself, or a copy of it when it
+        lives on another GPU (a CUDA shared-memory region of another device) or is strided."""
+        cai = value.__cuda_array_interface__
+        device = getattr(getattr(value, "device", None), "id", self.device_id)
+        contiguous = cai.get("strides") is None or getattr(getattr(value, "flags", None), "c_contiguous", False)
+        if device == self.device_id and contiguous:
+            return value
+        import cupy
+
+        src = value if isinstance(value, cupy.ndarray) else cupy.asarray(value)
+        if not src.flags.c_contiguous:
+            with cupy.cuda.Device(src.device.id):
+                src = cupy.ascontiguousarray(src)
+                cupy.cuda.get_current_stream().synchronize()
+        if src.device.id == self.device_id:
+            return src
+        with cupy.cuda.Device(self.device_id):
+            dst = cupy.empty(src.shape, dtype=src.dtype)
+            dst.data.copy_from_device(src.data, src.nbytes)  # a peer copy between the two GPUs
+            cupy.cuda.get_current_stream().synchronize()
+        return dst
 
     def _run_bound(self, feed: dict[str, Any], output_names: list[str], on_device: bool) -> list[Any]:
         binding = self.session.io_binding()
+        kept = []  # copies made for binding live until the run is over
         for name, value in feed.items():
             cai = getattr(value, "__cuda_array_interface__", None)
             if cai is None:
                 binding.bind_cpu_input(name, value)
             else:
+                value = self._on_this_device(value)
+                kept.append(value)
+                cai = value.__cuda_array_interface__
                 binding.bind_input(name, "cuda", self.device_id, np.dtype(cai["typestr"]), list(cai["shape"]),
                                    cai["data"][0])
         for name in output_names:
@@ -198,7 +235,8 @@ class OnnxSession:
         binding.synchronize_outputs()
         if not on_device:
             return binding.copy_outputs_to_cpu()
-        return [_ortvalue_to_cupy(v) for v in binding.get_outputs()]
+        del kept
+        return [_ortvalue_to_cupy(v, self.device_id) for v in binding.get_outputs()]
 
 
 def _to_onnx(value: Any) -> Any:
@@ -225,11 +263,12 @@ def _to_host(value: Any) -> Any:
     return value
 
 
-def _ortvalue_to_cupy(value: Any) -> Any:
+def _ortvalue_to_cupy(value: Any, device_id: int) -> Any:
     import cupy  # only on GPU sessions
 
     dtype = np.dtype(datatypes.BY_ONNX[value.data_type()].numpy)
     shape = tuple(value.shape())
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    mem = cupy.cuda.UnownedMemory(value.data_ptr(), nbytes, owner=value)
+    # device_id given: CuPy would otherwise look the pointer up, which fails for an empty output's null one
+    mem = cupy.cuda.UnownedMemory(value.data_ptr(), nbytes, owner=value, device_id=device_id)
     return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(mem, 0))

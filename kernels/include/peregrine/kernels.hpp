@@ -132,6 +132,9 @@ namespace cuda {
 int device_count() noexcept;
 // Largest dynamic shared memory per block on the current device (opt-in), in bytes.
 int max_shared_memory_per_block();
+// Largest dynamic shared memory the detection select kernel may use on the current device (the opt-in
+// maximum less its static shared memory), in bytes; compare with detect_shared_bytes().
+int detect_max_shared_bytes();
 
 // frames[i].data are device pointers; the frame table itself is host memory (passed by value to the
 // kernel in chunks).

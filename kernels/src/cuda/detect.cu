@@ -11,8 +11,10 @@
 // CPU kernels and the NumPy reference, so kept indices agree exactly across tiers.
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 
 #include "common.cuh"
 #include "peregrine/kernels.hpp"
@@ -425,15 +427,35 @@ std::int32_t pow2_at_least(std::int32_t n) {
   return p;
 }
 
+// The dynamic shared memory limit of select_kernel on the current device: the opt-in maximum less the
+// kernel's static shared memory. Set on the kernel once per device and never lowered: the attribute is
+// the kernel's, shared by every thread launching it, so setting it to each launch's own size would let
+// one thread's smaller value fail another's larger launch.
+int select_dynamic_limit() {
+  static std::mutex mutex;
+  static std::unordered_map<int, int> limits;
+  int device = 0;
+  detail::check(cudaGetDevice(&device), "cudaGetDevice");
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = limits.find(device); it != limits.end()) return it->second;
+  cudaFuncAttributes attributes{};
+  detail::check(cudaFuncGetAttributes(&attributes, select_kernel), "cudaFuncGetAttributes(select_kernel)");
+  const int limit = max_shared_memory_per_block() - static_cast<int>(attributes.sharedSizeBytes);
+  detail::check(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit),
+                "cudaFuncSetAttribute(select_kernel)");
+  limits.emplace(device, limit);
+  return limit;
+}
+
 void launch(Args& args, std::uintptr_t stream) {
   if (args.shape.batch == 0) return;
   const cudaStream_t st = detail::as_stream(stream);
   args.sort_size = pow2_at_least(std::max(args.capacity, 1));
   const std::size_t bytes = detect_shared_bytes(args.capacity, args.mode == Mode::kDecode ? 0 : args.max_det);
-  if (bytes > static_cast<std::size_t>(max_shared_memory_per_block())) {
+  const int limit = select_dynamic_limit();
+  if (bytes > static_cast<std::size_t>(limit)) {
     throw std::invalid_argument("max_candidates/max_det need " + std::to_string(bytes) +
-                                " bytes of shared memory per block; this GPU has " +
-                                std::to_string(max_shared_memory_per_block()));
+                                " bytes of shared memory per block; this GPU allows " + std::to_string(limit));
   }
   detail::check(cudaMemsetAsync(args.scratch.counts, 0, sizeof(std::int32_t) * args.shape.batch, st),
                 "cudaMemsetAsync(counts)");
@@ -442,14 +464,13 @@ void launch(Args& args, std::uintptr_t stream) {
     candidates_kernel<<<grid, kCandidateThreads, 0, st>>>(args);
     detail::check_launch("candidates_kernel launch");
   }
-  detail::check(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(bytes)),
-                "cudaFuncSetAttribute(select_kernel)");
   select_kernel<<<args.shape.batch, kThreads, bytes, st>>>(args);
   detail::check_launch("select_kernel launch");
 }
 
 }  // namespace
+
+int detect_max_shared_bytes() { return select_dynamic_limit(); }
 
 std::size_t detect_shared_bytes(std::int32_t capacity, std::int32_t max_det) {
   return sizeof(std::uint64_t) * pow2_at_least(std::max(capacity, 1)) + 7 * sizeof(float) * kThreads +
