@@ -6,6 +6,7 @@ inputs, ``infer`` queues it with the dynamic batcher and returns the outputs.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import time
@@ -122,6 +123,20 @@ def open_bucket_sessions(sessions: list[OnnxSession], buckets: tuple[int, ...],
     ]
 
 
+def export_size(metadata: dict[str, str]) -> tuple[int, int] | None:
+    """The input size an ultralytics export records in its ``imgsz`` metadata ("[640, 640]" or "640")."""
+    try:
+        value = ast.literal_eval(metadata.get("imgsz", ""))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int):
+        value = [value, value]
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)
+            and all(0 < v <= 8192 for v in value)):
+        return int(value[0]), int(value[1])
+    return None
+
+
 @dataclass
 class ModelVersion:
     name: str
@@ -173,6 +188,9 @@ class ModelVersion:
         about a second to every load. Dynamic dimensions other than the batch are guessed as 1; a
         model that rejects the guess is still served (warm-up skipped, logged)."""
         guessed = any(d == -1 for t in self.inputs for d in (t.shape[1:] if self.max_batch_size else t.shape))
+        # Dynamic height and width of an image input [N, C, H, W]: the size the model was exported at
+        # ('imgsz' metadata), else 64 (a multiple of common strides); other dynamic dims: 1.
+        spatial = export_size(self.metadata) or (64, 64)
         rng = np.random.default_rng(0)
         if not self.max_batch_size:
             batches = [0]
@@ -183,7 +201,10 @@ class ModelVersion:
         for batch in batches:
             feed = {}
             for t in self.inputs:
-                dims = [1 if d == -1 else d for d in t.shape]
+                dims = list(t.shape)
+                if len(dims) == 4:
+                    dims[2:] = [spatial[i] if d == -1 else d for i, d in enumerate(dims[2:])]
+                dims = [1 if d == -1 else d for d in dims]
                 if batch:
                     dims[0] = batch
                 shape = tuple(dims)

@@ -31,7 +31,7 @@ from ... import kernels
 from ..config import DetectionConfig, ModelConfig
 from ..errors import InvalidArgument, ModelExecutionError, ModelLoadError, PeregrineError
 from ..inference import InferRequest, InferResponse, TensorSpec
-from ..model import ModelVersion, _gpu, open_bucket_sessions, resolve_batch_buckets, resolve_batching
+from ..model import ModelVersion, _gpu, export_size, open_bucket_sessions, resolve_batch_buckets, resolve_batching
 from ..runtime.onnx import OnnxSession
 from ..stats import ModelStats
 from . import images
@@ -155,9 +155,13 @@ def _inspect(session: OnnxSession, cfg: DetectionConfig, source: str) -> HeadInf
                                  f"'{spec.name}' {spec.describe()}")
     elif spec.shape[2] > 0 and spec.shape[3] > 0:
         height, width = spec.shape[2], spec.shape[3]
+    elif (exported := export_size(session.metadata())) is not None:
+        height, width = exported  # an ultralytics export with dynamic=True: the size it was exported at
+        log.info("%s: input '%s' %s is dynamic; using the exported size %dx%d from the model's 'imgsz' "
+                 "metadata (detection.input_size overrides it)", source, spec.name, spec.describe(), height, width)
     else:
-        raise ModelLoadError(f"{source}: input '{spec.name}' {spec.describe()} has a dynamic height or width; "
-                             "set detection.input_size = [height, width]")
+        raise ModelLoadError(f"{source}: input '{spec.name}' {spec.describe()} has a dynamic height or width "
+                             "and the model carries no 'imgsz' metadata; set detection.input_size = [height, width]")
     heads = [t for t in graph_out if len(t.shape) == 3]
     if not heads:
         described = ", ".join(f"{t.name} {t.describe()}" for t in graph_out)

@@ -110,6 +110,9 @@ def test_dynamic_input_size_needs_input_size(tmp_path: Path) -> None:
                       (model.graph.input[0].type.tensor_type.shape.dim[3], "width"),
                       (model.graph.output[0].type.tensor_type.shape.dim[2], "anchors")):
         dim.dim_param = name
+    kept = [p for p in model.metadata_props if p.key != "imgsz"]  # no record of the export size
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     onnx_models.write(tmp_path, "dyn", model)
     write_pipeline(tmp_path, "p", pipeline_config("dyn"))
     with pytest.raises(ModelLoadError) as e:
@@ -118,6 +121,37 @@ def test_dynamic_input_size_needs_input_size(tmp_path: Path) -> None:
     write_pipeline(tmp_path, "p", pipeline_config("dyn", "input_size = [320, 320]\n"))
     pipeline = _load(tmp_path, "p")
     assert pipeline.head is not None and (pipeline.head.height, pipeline.head.width) == (320, 320)
+
+
+def test_dynamic_input_size_from_the_export_metadata(tmp_path: Path,
+                                                     start_server: Callable[..., PeregrineServer]) -> None:
+    """An ultralytics export with dynamic=True has [N, 3, H, W] inputs and records the size it was
+    exported at as 'imgsz' metadata: the pipeline runs at that size, and the plain model warms up at it."""
+    from peregrine.server.model import export_size
+
+    model = yolov8_detector(0, imgsz=320)
+    for dim, name in ((model.graph.input[0].type.tensor_type.shape.dim[2], "height"),
+                      (model.graph.input[0].type.tensor_type.shape.dim[3], "width"),
+                      (model.graph.output[0].type.tensor_type.shape.dim[2], "anchors")):
+        dim.dim_param = name
+    assert {p.key: p.value for p in model.metadata_props}["imgsz"] == "[320, 320]"  # as ultralytics writes it
+    onnx_models.write(tmp_path, "dyn", model, "max_batch_size = 4\n")
+    write_pipeline(tmp_path, "p", pipeline_config("dyn"))
+    pipeline = _load(tmp_path, "p")
+    assert pipeline.head is not None and (pipeline.head.height, pipeline.head.width) == (320, 320)
+    server = start_server(tmp_path)
+    index = {row[0]: row for row in server.repository.index()}
+    assert index["dyn"][2] == "READY" and index["p"][2] == "READY"
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        image = det.Image(raw=det.RawImage(height=240, width=320, channels=3, data=frame.tobytes()))
+        response = det_grpc.DetectionServiceStub(channel).Detect(det.DetectRequest(model_name="p", images=[image]),
+                                                                 timeout=10)
+        assert len(response.results) == 1
+    assert export_size({"imgsz": "[480, 640]"}) == (480, 640)
+    assert export_size({"imgsz": "640"}) == (640, 640)
+    for bad in ("", "[640]", "[0, 640]", "[640, 'x']", "not python", "[99999, 640]"):
+        assert export_size({"imgsz": bad}) is None, bad
 
 
 def test_pipeline_batches_padded_to_buckets(tmp_path: Path) -> None:
