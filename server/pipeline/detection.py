@@ -183,6 +183,16 @@ def _inspect(session: OnnxSession, cfg: DetectionConfig, source: str) -> HeadInf
     _, d1, d2 = head.shape
     if (lid == 0 and d1 < 5) or (lid == 1 and d2 < 6) or (lid == 2 and d2 != 6):
         raise ModelLoadError(f"{source}: output '{heads[0].name}' {list(head.shape)} does not fit layout '{layout}'")
+    names = len(parse_labels(session.metadata()))
+    classes = _num_classes(layout, head.shape)
+    if cfg.layout == "auto" and layout == "yolov5" and names and classes != names and d2 - 4 == names:
+        # [N, K, 4+C] with as many classes as the model names: boxes and class scores without objectness
+        # (DETR-style heads such as RT-DETR), which no layout here decodes. Refuse rather than misread it.
+        raise ModelLoadError(
+            f"{source}: output '{heads[0].name}' {list(head.shape)} has 4 + {names} columns for the model's "
+            f"{names} class names, a head without objectness (DETR-style), which Peregrine does not decode; "
+            "supported: yolov8/yolo11 [N, 4+C, A], yolov5 [N, A, 5+C], end2end [N, K, 6] "
+            "(set detection.layout to force one)")
     return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, _num_classes(layout, head.shape), fixed)
 
 
