@@ -6,11 +6,18 @@ The server is a fake that takes 200 ms per request on 2 threads: it completes at
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
+import grpc
 import numpy as np
 import pytest
-from client_support import SlowServicer, serve
+from client_support import SlowServicer, serve, serve_detection
 from peregrine.client.channel import ChannelSettings
 from peregrine.client.load import LoadConfig, run_load
+from peregrine.client.load.camera import run_camera
+from peregrine.proto import detection_pb2 as det
+from peregrine.proto import detection_pb2_grpc as det_grpc
 
 DELAY_S = 0.2
 X = {"INPUT0": np.zeros((1, 4), np.float32)}
@@ -58,3 +65,34 @@ def test_closed_loop_waits_for_each_answer() -> None:
     # Two workers, 200 ms each: about 10 requests in a second, each measured from its own send.
     assert 6 <= result.sent <= 12 and result.ok == result.sent
     assert result.latency_ms["p50"] == pytest.approx(DELAY_S * 1000, rel=0.5)
+
+
+class BreakingStreams(det_grpc.DetectionServiceServicer):
+    """The first DetectStream answers three frames, then fails UNAVAILABLE (a server restarting); later
+    streams answer every frame."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self._lock = threading.Lock()
+
+    def DetectStream(self, request_iterator: Iterator[det.StreamFrame],
+                     context: grpc.ServicerContext) -> Iterator[det.StreamResult]:
+        with self._lock:
+            self.streams += 1
+            first = self.streams == 1
+        for i, frame in enumerate(request_iterator):
+            if first and i == 3:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+            yield det.StreamResult(sequence=frame.sequence, status=det.StreamResult.OK)
+
+
+def test_camera_mode_reopens_a_broken_stream_and_counts_what_it_lost() -> None:
+    servicer = BreakingStreams()
+    with serve_detection(servicer) as port:
+        config = LoadConfig("m", ChannelSettings(f"127.0.0.1:{port}"), mode="camera", cameras=1, fps=20.0,
+                            warmup_s=0.0, duration_s=1.0, drain_s=5.0)
+        result = run_camera(config, [np.zeros((8, 8, 3), np.uint8)])
+    assert servicer.streams >= 2  # a new stream after the first broke
+    assert result.sent == 20 and result.ok + sum(result.errors.values()) == 20
+    assert 1 <= result.errors.get("UNAVAILABLE", 0) <= 3  # the frames the broken stream left unanswered
+    assert result.ok >= 15  # the camera went on over the new stream
