@@ -38,6 +38,17 @@ def machine() -> str:
     return ", ".join(parts)
 
 
+def write_report(path: Path | None, title: str, text: str) -> None:
+    """Write a benchmark's report to ``path`` (when given) under ``title``, with the command line that
+    produced it and the machine it ran on."""
+    if path is None:
+        return
+    import shlex
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\n`{shlex.join(['python', *sys.argv])}`\n\nMachine: {machine()}\n\n{text}\n")
+
+
 def wait_until_ready(proc: subprocess.Popen[bytes], url: str, models: list[str], timeout_s: float = 180) -> None:
     """Block until every model is ready on the server at ``url``; raise if the process exits or time runs out."""
     import tritonclient.grpc as tc

@@ -22,7 +22,6 @@ import argparse
 import base64
 import csv
 import json
-import shlex
 import statistics
 import struct
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, start_peregrine
+from _common import start_peregrine, write_report
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble_deep_field", "retina",
           "immunohistochemistry")
@@ -165,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = report(args, local, served, oip, calm, calm_fps)
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"# Detection pipeline end to end\n\n`{shlex.join(['python', *sys.argv])}`\n\n"
-                            f"Machine: {machine()}\n\n{text}\n")
+    write_report(args.out, "Detection pipeline end to end", text)
     return 0
 
 

@@ -18,7 +18,6 @@ in MB per minute; the report also gives RSS at the start and end of each phase.
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from _common import machine, start_peregrine
+from _common import start_peregrine, write_report
 from bench_detection import frames_1080p
 
 PHASES = ("oip", "oip-stream", "detect", "camera")
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {p} | {s:.0f} | {b:.0f} | {e:.0f} | {k:.0f} | {sl:+.1f} |" for p, s, b, e, k, sl in rows]
     text = "\n".join(lines)
     print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(f"# Soak: server memory under sustained traffic\n\n`{shlex.join(['python', *sys.argv])}`\n\n"
-                         f"Machine: {machine()}\n\n{text}\n")
+    write_report(a.out, "Soak: server memory under sustained traffic", text)
     return 0
 
 
