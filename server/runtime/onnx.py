@@ -84,6 +84,9 @@ def choose_providers(ort_cfg: OnnxRuntimeConfig, device: str) -> ProviderChoice:
     return ProviderChoice(usable, "cuda", note)
 
 
+_said_cpu_only = False
+
+
 @dataclass
 class OnnxSession:
     """One ONNX Runtime session on one device; ``run`` is thread-safe and releases the GIL."""
@@ -123,7 +126,13 @@ class OnnxSession:
             log.warning("%s: %s", self.model_path, msg)
         self.providers = active
         self.device = "cuda" if any(p in _GPU_PROVIDERS for p in active) else "cpu"
-        if self.provider_note:
+        if self.provider_note == choice.note and choice.device == "cpu" and choice.note:
+            # device = "auto" on a machine without a GPU build: the expected case, said once per process.
+            global _said_cpu_only
+            if not _said_cpu_only:
+                log.info("device 'auto' runs on the CPU: %s", self.provider_note)
+                _said_cpu_only = True
+        elif self.provider_note:
             log.warning("%s: %s", self.model_path, self.provider_note)
 
     def _open(self, providers: list[str]) -> ort.InferenceSession:
