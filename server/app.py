@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .repository import ModelRepository
 from .security import TlsFiles, TokenAuthInterceptor, TokenStore
 from .shm import SharedMemoryRegistry
+from .tracing import Tracer
 from .transport.detection_service import DetectionServicer
 from .transport.inference_service import InferenceServicer
 
@@ -69,9 +70,11 @@ class PeregrineServer:
         self.repository = ModelRepository(config.model_repository, self.engine, on_change=self._model_changed)
         self.metrics = Metrics(self.repository.ready_models)
         self.shared_memory = SharedMemoryRegistry(config.shm_key_prefixes, enabled=config.shared_memory)
+        self.tracer = Tracer(config.trace_file, config.trace_level, config.trace_rate, config.trace_count,
+                             config.trace_log_frequency)
         self.servicer = InferenceServicer(self.repository, self.engine, self.metrics, peregrine_version(),
                                           name=config.server_name, kernel_tier=kernel_tier(),
-                                          shared_memory=self.shared_memory)
+                                          shared_memory=self.shared_memory, tracer=self.tracer)
         options = [
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -142,6 +145,7 @@ class PeregrineServer:
         self.metrics.close()
         self.engine.stop()
         self.shared_memory.close()
+        self.tracer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wait(self) -> None:

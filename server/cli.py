@@ -44,6 +44,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                      help="call category that needs no token (repeatable; default: health); one of "
                           "health, metadata, inference, shared-memory, model-config, model-repository, "
                           "statistics, trace, logging")
+    tr = p.add_argument_group("tracing (Triton's trace extension; settings change at run time over TraceSetting)")
+    tr.add_argument("--trace-file", type=Path, help="write sampled request traces (Triton's JSON) to this file")
+    tr.add_argument("--trace-level", choices=["OFF", "TIMESTAMPS"], default=d.trace_level,
+                    help="OFF or TIMESTAMPS (default %(default)s)")
+    tr.add_argument("--trace-rate", type=int, default=d.trace_rate, help="trace one request in N (default %(default)s)")
+    tr.add_argument("--trace-count", type=int, default=d.trace_count,
+                    help="stop after N traces; -1: no limit (default %(default)s)")
+    tr.add_argument("--trace-log-frequency", type=int, default=d.trace_log_frequency,
+                    help="write every N traces to FILE.<k>; 0: all to FILE at shutdown (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -63,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         tls_client_ca=a.tls_client_ca,
         auth_token_file=a.auth_token_file,
         auth_open=tuple(a.auth_open) if a.auth_open is not None else ("health",),
+        trace_file=a.trace_file,
+        trace_level=a.trace_level,
+        trace_rate=a.trace_rate,
+        trace_count=a.trace_count,
+        trace_log_frequency=a.trace_log_frequency,
     )
 
 
@@ -75,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     if not config.model_repository.is_dir():
         print(f"peregrine-server: model repository {config.model_repository} is not a directory", file=sys.stderr)
         return 2
-    server = PeregrineServer(config)
+    try:
+        server = PeregrineServer(config)
+    except (ValueError, OSError) as e:
+        print(f"peregrine-server: {e}", file=sys.stderr)
+        return 2
     server.start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

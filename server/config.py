@@ -325,6 +325,12 @@ class ServerConfig:
     # Bearer tokens, one per line; None: no token needed. Calls of the `auth_open` categories need none.
     auth_token_file: Path | None = None
     auth_open: tuple[str, ...] = ("health",)
+    # Triton's trace extension (server/tracing.py): where traces go, and the initial global settings.
+    trace_file: Path | None = None
+    trace_level: str = "OFF"
+    trace_rate: int = 1000
+    trace_count: int = -1
+    trace_log_frequency: int = 0
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

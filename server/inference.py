@@ -49,6 +49,7 @@ class InferRequest:
     arrival: float = field(default_factory=time.monotonic)
     typed_contents: bool = False  # the client sent typed `contents`, so it is answered in kind
     queue_ns: int | None = None  # set by the scheduler when the request leaves the queue
+    trace: Any = None  # a tracing.Trace when this request is traced (Triton's trace extension)
 
 
 @dataclass

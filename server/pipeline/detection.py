@@ -34,6 +34,7 @@ from ..inference import InferRequest, InferResponse, TensorSpec
 from ..model import ModelVersion, _gpu, export_size, open_bucket_sessions, resolve_batch_buckets, resolve_batching
 from ..runtime.onnx import OnnxSession
 from ..stats import ModelStats
+from ..tracing import stamp_compute
 from . import images
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class DetectionExecutor:
         sizes = np.array([f.shape[:2] for f in frames], np.int32)
         device = self._device[instance]
         times = StageTimes(batch_size=n)
+        started = time.perf_counter_ns()
         try:
             if device is not None:
                 dets, counts = device.run(self, instance, frames, sizes, requests, times)
@@ -242,6 +244,7 @@ class DetectionExecutor:
             results.append(FrameResult(per_frame, times))
             row += k
         self.stats.record_batch(n, len(requests), times.pre_ns, times.infer_ns, times.post_ns, executed=self._padded(n))
+        stamp_compute(requests, started, times.pre_ns, times.infer_ns, times.post_ns)
         return results
 
     # The model runs on the batch padded up to its bucket (the rows past the batch hold earlier frames or
@@ -561,6 +564,7 @@ class DetectionPipeline(ModelVersion):
             request.model_name, request.model_version, request.id, {}, list(request.requested_outputs),
             request.parameters, request.deadline, request.priority, request.ordering_key, request.arrival,
             request.typed_contents, frames=frames, options=options, decode_ns=time.perf_counter_ns() - t0,
+            trace=request.trace,
         )
 
     async def detect(self, request: FrameRequest) -> FrameResult:

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InvalidArgument, ModelExecutionError, PeregrineError
 from ..inference import InferRequest, TensorSpec
 from ..stats import ModelStats
+from ..tracing import stamp_compute
 from .onnx import OnnxSession
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class OnnxBatchExecutor:
         results = self._split(requests, outs, executed)
         t3 = time.perf_counter_ns()
         self.stats.record_batch(elements, len(requests), t1 - t0, t2 - t1, t3 - t2, executed=executed)
+        stamp_compute(requests, t0, t1 - t0, t2 - t1, t3 - t2)
         return results
 
     def _split(self, requests: Sequence[InferRequest], outs: list[np.ndarray],

@@ -17,13 +17,14 @@ from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
 from .. import codecs
 from ..engine import Engine
-from ..errors import InvalidArgument, NotFound, PeregrineError, Unimplemented
+from ..errors import InvalidArgument, NotFound, PeregrineError
 from ..inference import InferRequest
 from ..logsettings import LogSettings
 from ..metrics import Metrics
 from ..model import ModelVersion
 from ..repository import ModelRepository
 from ..shm import SharedMemoryRegistry, cuda_available
+from ..tracing import Trace, Tracer
 from .status import status_of, unary
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 # the server buffering its backlog (a 640x640 FP32 request is about 5 MB decoded).
 STREAM_MAX_IN_FLIGHT = 32
 
-EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters", "logging"]
+EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters", "logging",
+              "trace"]
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
@@ -44,7 +46,7 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository, engine: Engine, metrics: Metrics, version: str,
                  name: str = "peregrine", kernel_tier: str = "",
-                 shared_memory: SharedMemoryRegistry | None = None) -> None:
+                 shared_memory: SharedMemoryRegistry | None = None, tracer: Tracer | None = None) -> None:
         self.repo = repository
         self.engine = engine
         self.metrics = metrics
@@ -54,6 +56,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.ready = False
         self._stream_ids = itertools.count()
         self.log_settings = LogSettings()
+        self.tracer = tracer if tracer is not None else Tracer()
         self.shm = shared_memory if shared_memory is not None else SharedMemoryRegistry()
 
     # -- health and metadata -------------------------------------------------------------------
@@ -104,23 +107,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[codecs.model_statistics(m) for m in models])
 
     # -- inference -----------------------------------------------------------------------------
-    def _submit(self, request: InferRequest) -> tuple[ModelVersion, concurrent.futures.Future[Any]]:
+    def _submit(self, request: InferRequest,
+                started_ns: int | None = None) -> tuple[ModelVersion, concurrent.futures.Future[Any]]:
         model = self.repo.get(request.model_name, request.model_version)
+        request.trace = self.tracer.start(model.name, str(model.version), request.id)
+        if request.trace is not None:
+            request.trace.stamp("REQUEST_START", started_ns)
         request = model.validate(request)
+        if request.trace is not None:
+            request.trace.stamp("QUEUE_START")
         return model, self.engine.submit(model.infer(request))
+
+    def _traced(self, trace: Trace | None) -> None:
+        if trace is not None:
+            self.tracer.finish(trace)
 
     @unary
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         start = time.perf_counter()
+        started_ns = time.monotonic_ns()
         model_name = request.model_name
         regions = self.shm.use()
+        req = None
         try:
             req = codecs.decode_infer_request(request, _deadline(context), regions=regions)
-            _, future = self._submit(req)
+            _, future = self._submit(req, started_ns)
             # When the call ends early (cancelled, or past its deadline) the queued request is dropped.
             if not context.add_callback(future.cancel):
                 future.cancel()
             response = codecs.encode_infer_response(future.result(), regions)
+            self._traced(req.trace)
         except BaseException as e:
             self.metrics.observe_request(model_name, status_of(e)[0].name, time.perf_counter() - start)
             raise
@@ -167,16 +183,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     if msg is None:
                         break
                     regions = self.shm.use()
+                    started_ns = time.monotonic_ns()
                     try:
                         req = codecs.decode_infer_request(msg, _deadline(context), ordering_key=stream_key,
                                                           regions=regions)
-                        _, future = self._submit(req)
+                        _, future = self._submit(req, started_ns)
                         with lock:
                             futures.add(future)
                         future.add_done_callback(finished)
-                        pending.put((msg, future, None, time.perf_counter(), regions))
+                        pending.put((msg, future, None, time.perf_counter(), regions, req.trace))
                     except Exception as e:
-                        pending.put((msg, None, e, time.perf_counter(), regions))
+                        pending.put((msg, None, e, time.perf_counter(), regions, None))
             except Exception as e:  # the stream itself broke (client went away)
                 log.debug("stream %s ended: %s", stream_key, e)
             finally:
@@ -190,12 +207,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 room.release()
 
     def _stream_answer(self, msg: pb.ModelInferRequest, future: concurrent.futures.Future[Any] | None,
-                       error: BaseException | None, start: float, regions: Any) -> pb.ModelStreamInferResponse:
+                       error: BaseException | None, start: float, regions: Any,
+                       trace: Trace | None) -> pb.ModelStreamInferResponse:
         """The response to one request of a stream, once it is done: its result, or its error inline."""
         try:
             if future is not None:
                 try:
                     response = codecs.encode_infer_response(future.result(), regions)
+                    self._traced(trace)
                     self.metrics.observe_request(msg.model_name, "OK", time.perf_counter() - start)
                     return pb.ModelStreamInferResponse(infer_response=response)
                 except Exception as e:  # the request's failure (CancelledError included), answered inline
@@ -274,13 +293,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.shm.unregister("cuda", request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
-    # -- not (yet) offered ---------------------------------------------------------------------------
-    def _unimplemented(self, what: str) -> Any:
-        raise Unimplemented(f"{what} is not supported by this server")
-
+    # -- trace and log settings ----------------------------------------------------------------------
     @unary
-    def TraceSetting(self, request: Any, context: Any) -> Any:
-        return self._unimplemented("tracing")
+    def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        if changes:
+            known = {name for name, *_ in self.repo.index()}
+            settings = self.tracer.update(changes, request.model_name, known)
+        else:
+            if request.model_name and request.model_name not in {name for name, *_ in self.repo.index()}:
+                raise NotFound(f"unknown model '{request.model_name}'")
+            settings = self.tracer.settings(request.model_name)
+        response = pb.TraceSettingResponse()
+        for key, values in settings.items():
+            response.settings[key].value.extend(values)
+        return response
 
     @unary
     def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
