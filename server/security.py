@@ -94,21 +94,34 @@ class _WatchedFile:
 
 
 class TokenStore:
-    """Bearer tokens from a file: one per line; blank lines and lines starting with ``#`` are skipped."""
+    """Bearer tokens from a file, one per line: ``<token>`` (every category) or ``<token> <category>,...``
+    (only those categories: a scoped token). Blank lines and lines starting with ``#`` are skipped."""
 
     def __init__(self, path: Path, reload_interval: float = 1.0) -> None:
         self.path = Path(path)
         self._tokens = self._read()
         self._watch = _WatchedFile(self.path, reload_interval)
 
-    def _read(self) -> tuple[bytes, ...]:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        tokens = tuple(t.encode() for t in (line.strip() for line in lines) if t and not t.startswith("#"))
+    def _read(self) -> tuple[tuple[bytes, frozenset[str] | None], ...]:
+        tokens = []
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            token, _, scope = line.partition(" ")
+            categories = None
+            if scope.strip():
+                names = [c.strip() for c in scope.replace(" ", ",").split(",") if c.strip()]
+                try:
+                    categories = frozenset(check_categories(names))
+                except ValueError as e:
+                    raise ValueError(f"token file {self.path}, line {number}: {e}") from None
+            tokens.append((token.encode(), categories))
         if not tokens:
             raise ValueError(f"token file {self.path} holds no token (one per line, '#' starts a comment)")
-        return tokens
+        return tuple(tokens)
 
-    def _current(self) -> tuple[bytes, ...]:
+    def _current(self) -> tuple[tuple[bytes, frozenset[str] | None], ...]:
         if self._watch.changed():
             try:
                 self._tokens = self._read()
@@ -117,10 +130,19 @@ class TokenStore:
                 log.error("keeping the previous tokens: %s", e)
         return self._tokens
 
-    def accepts(self, token: str) -> bool:
+    def scope(self, token: str) -> frozenset[str] | bool | None:
+        """False for a token the file does not hold; else its categories (None: all of them). Every
+        token is compared, each in constant time."""
         given = token.encode()
-        # Compare with every token, in constant time per comparison.
-        return sum(hmac.compare_digest(given, t) for t in self._current()) > 0
+        found: frozenset[str] | bool | None = False
+        for known, categories in self._current():
+            if hmac.compare_digest(given, known):
+                found = categories
+        return found
+
+    def accepts(self, token: str, category: str | None = None) -> bool:
+        scope = self.scope(token)
+        return scope is not False and (scope is None or category is None or category in scope)
 
 
 def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
@@ -169,10 +191,15 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             message = f"{method} ({category}) needs metadata 'authorization: Bearer <token>'; the call carried none"
         elif not token:
             message = f"{method} ({category}): metadata 'authorization' must read 'Bearer <token>'"
-        elif not self.tokens.accepts(token):
-            message = f"{method} ({category}): the bearer token in 'authorization' is not accepted"
         else:
-            return handler
+            scope = self.tokens.scope(token)
+            if scope is False:
+                message = f"{method} ({category}): the bearer token in 'authorization' is not accepted"
+            elif scope is None or category in scope:
+                return handler
+            else:
+                return _denied(handler, grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method} ({category}): this token may call only {', '.join(sorted(scope))}")
         return _denied(handler, grpc.StatusCode.UNAUTHENTICATED, message)
 
 

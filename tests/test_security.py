@@ -272,3 +272,33 @@ def test_open_categories_and_token_rotation(secure_server: Callable[..., Peregri
         code, _ = _code(lambda: stub.ModelInfer(_infer_request(), timeout=5,
                                                 metadata=(("authorization", "Bearer first"),)))
         assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_scoped_tokens_reach_only_their_categories(secure_server: Callable[..., PeregrineServer],
+                                                   certs: Certificates) -> None:
+    """A token followed by categories may call only those: a camera's token runs inference but cannot
+    unload models (PERMISSION_DENIED: who it is is known, what it asks is not allowed)."""
+    server = secure_server(tokens="camera-7 inference,metadata\nops-token\n")
+    with _channel(server.port, certs) as ch:  # type: ignore[arg-type]
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        camera = (("authorization", "Bearer camera-7"),)
+        ops = (("authorization", "Bearer ops-token"),)
+        assert stub.ModelInfer(_infer_request(), timeout=10, metadata=camera).model_name == "identity_fp32"
+        assert stub.ModelMetadata(pb.ModelMetadataRequest(name="identity_fp32"), timeout=5, metadata=camera).name
+        code, message = _code(lambda: stub.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name="identity_fp32"), timeout=5, metadata=camera))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "RepositoryModelUnload (model-repository)" in message and "inference, metadata" in message
+        assert stub.ModelReady(pb.ModelReadyRequest(name="identity_fp32"), timeout=5, metadata=camera).ready
+        assert stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5, metadata=ops).models
+
+
+def test_a_token_file_with_an_unknown_category_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("ok-token\nbad-token inference,admin\n")
+    with pytest.raises(ValueError, match=r"line 2: unknown call category 'admin'"):
+        TokenStore(path)
+    path.write_text("scoped inference\n")
+    store = TokenStore(path)
+    assert store.accepts("scoped", "inference") and not store.accepts("scoped", "logging")
+    assert store.scope("nope") is False and store.scope("scoped") == frozenset({"inference"})
