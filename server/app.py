@@ -86,7 +86,7 @@ class PeregrineServer:
             interceptors.append(TokenAuthInterceptor(TokenStore(config.auth_token_file), config.auth_open))
         self.grpc = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=None,
                                 interceptors=interceptors)
-        self.detection = DetectionServicer(self.repository, self.engine, self.metrics)
+        self.detection = DetectionServicer(self.repository, self.engine, self.metrics, self.tracer)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.grpc)
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self.detection, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

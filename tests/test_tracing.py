@@ -118,3 +118,31 @@ def test_start_up_settings_are_checked() -> None:
         Tracer(Path("t.json"), "TIMESTAMPS", rate=0)
     tracer = Tracer(None, "TIMESTAMPS", rate=1)
     assert tracer.start("m") is None  # no file: nothing is traced
+
+
+def test_detection_calls_are_traced(tmp_path: Path, start_server: Callable[..., PeregrineServer]) -> None:
+    """Detect and DetectStream frames of a detection pipeline get the same timelines."""
+    from peregrine.proto import detection_pb2 as det
+    from peregrine.proto import detection_pb2_grpc as det_grpc
+    from peregrine.server.modelgen import yolov5_detector
+
+    root = tmp_path / "models"
+    onnx_models.write(root, "v5", yolov5_detector(0, imgsz=160), "max_batch_size = 4\n")
+    (root / "det").mkdir()
+    (root / "det" / "config.toml").write_text('platform = "peregrine_detection"\nmax_batch_size = 4\n\n'
+                                               '[detection]\ndetector = "v5"\n')
+    trace_file = tmp_path / "trace.json"
+    server = start_server(root, trace_file=trace_file, trace_level="TIMESTAMPS", trace_rate=1)
+    frame = np.full((90, 120, 3), 100, np.uint8)
+    image = det.Image(raw=det.RawImage(height=90, width=120, channels=3, data=frame.tobytes()))
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = det_grpc.DetectionServiceStub(channel)
+        stub.Detect(det.DetectRequest(model_name="det", images=[image], id="unary"), timeout=30)
+        frames = [det.StreamFrame(model_name="det", sequence=i, image=image) for i in (1, 2)]
+        assert len(list(stub.DetectStream(iter(frames), timeout=30))) == 2
+    server.stop(grace=1.0)
+    traces = json.loads(trace_file.read_text())
+    assert len(traces) == 3 and {t["model_name"] for t in traces} == {"det"}
+    assert traces[0]["request_id"] == "unary"
+    for t in traces:
+        assert [s["name"] for s in t["timestamps"]] == ORDER

@@ -22,6 +22,7 @@ from ..metrics import Metrics
 from ..pipeline.detection import DetectionPipeline, FrameRequest
 from ..repository import ModelRepository
 from ..scheduling.frames import FrameWindow
+from ..tracing import Tracer
 from .status import status_of, unary
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,24 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
 
 
 class DetectionServicer(det_grpc.DetectionServiceServicer):
-    def __init__(self, repository: ModelRepository, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, repository: ModelRepository, engine: Engine, metrics: Metrics,
+                 tracer: Tracer | None = None) -> None:
         self.repo = repository
         self.engine = engine
         self.metrics = metrics
+        self.tracer = tracer if tracer is not None else Tracer()
+
+    def submit(self, pipeline: DetectionPipeline, req: FrameRequest, started_ns: int) -> Any:
+        """Queue a decoded request on its pipeline, traced when the tracer samples it."""
+        req.trace = self.tracer.start(pipeline.name, str(pipeline.version), req.id)
+        if req.trace is not None:
+            req.trace.stamp("REQUEST_START", started_ns)
+            req.trace.stamp("QUEUE_START")
+        return self.engine.submit(pipeline.detect(req))
+
+    def traced(self, req: FrameRequest | None) -> None:
+        if req is not None and req.trace is not None:
+            self.tracer.finish(req.trace)
 
     def pipeline(self, name: str, version: str = "") -> DetectionPipeline:
         """The ready detection pipeline called ``name``; InvalidArgument when it is another kind of model."""
@@ -57,15 +72,17 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
     @unary
     def Detect(self, request: det.DetectRequest, context: grpc.ServicerContext) -> det.DetectResponse:
         start = time.perf_counter()
+        started_ns = time.monotonic_ns()
         try:
             pipeline = self.pipeline(request.model_name, request.model_version)
             req = codecs.decode_detect_request(request, pipeline, _deadline(context))
-            future = self.engine.submit(pipeline.detect(req))
+            future = self.submit(pipeline, req, started_ns)
             if not context.add_callback(future.cancel):
                 future.cancel()
             result = future.result()
             self.metrics.observe_stages(pipeline.name, result.stages())
             response = codecs.encode_detect_response(pipeline, req, result)
+            self.traced(req)
         except BaseException as e:
             self.metrics.observe_request(request.model_name, status_of(e)[0].name, time.perf_counter() - start)
             raise
@@ -84,6 +101,7 @@ class _Slot:
     msg: det.StreamFrame
     arrival: float
     pipeline: DetectionPipeline | None = None
+    arrival_ns: int = field(default_factory=time.monotonic_ns)
     request: FrameRequest | None = None
     future: concurrent.futures.Future[Any] | None = None
     failure: det.StreamResult | None = None
@@ -204,7 +222,7 @@ class _FrameStream:
                 if req.deadline is not None and time.monotonic() >= req.deadline:
                     raise DeadlineExceeded(f"frame {slot.msg.sequence}: its deadline passed before it could run")
                 slot.request = req
-                slot.future = self.servicer.engine.submit(pipeline.detect(req))
+                slot.future = self.servicer.submit(pipeline, req, slot.arrival_ns)
             except Exception as e:
                 status = det.StreamResult.DEADLINE_EXCEEDED if isinstance(e, DeadlineExceeded) else \
                     det.StreamResult.ERROR
@@ -242,7 +260,9 @@ class _FrameStream:
             code, message = status_of(e)
             return codecs.stream_failure(slot.msg, status, code.value[0], message, self._dropped())
         self.servicer.metrics.observe_stages(slot.pipeline.name, result.stages())
-        return codecs.encode_stream_result(slot.pipeline, slot.msg, slot.request, result, self._dropped())
+        answer = codecs.encode_stream_result(slot.pipeline, slot.msg, slot.request, result, self._dropped())
+        self.servicer.traced(slot.request)
+        return answer
 
     def run(self, frames: Iterator[det.StreamFrame]) -> Iterator[det.StreamResult]:
         self.context.add_callback(self._cancel)
