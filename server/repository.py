@@ -13,8 +13,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIG_FILENAME, ModelConfig, load_model_config
+from .config_override import apply_override
 from .engine import Engine
 from .errors import ModelLoadError, NotFound, PeregrineError, Unavailable
 from .model import ModelVersion
@@ -94,8 +96,10 @@ class ModelRepository:
         with self._guard:
             return self._locks.setdefault(name, threading.Lock())
 
-    def load(self, name: str) -> None:
-        """(Re)load a model from disk. Raises NotFound or ModelLoadError; the server keeps serving."""
+    def load(self, name: str, override: dict[str, Any] | None = None) -> None:
+        """(Re)load a model from disk, with ``override`` (Peregrine config keys, see config_override)
+        laid over its config.toml for this load. Raises NotFound, InvalidArgument or ModelLoadError; the
+        server keeps serving."""
         model_dir = self.root / name
         if "/" in name or name.startswith(".") or not model_dir.is_dir():
             raise NotFound(f"no model directory '{name}' in the repository")
@@ -109,6 +113,8 @@ class ModelRepository:
                     raise ModelLoadError(
                         f"{name}/{CONFIG_FILENAME}: name is '{config.name}' but the directory is '{name}'"
                     )
+                if override:
+                    config = apply_override(config, override, f"{name}: parameters.config")
                 files_dir = self._files_dir(name, model_dir, config)
                 available = list(_versions(files_dir))
                 if not available:

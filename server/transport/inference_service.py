@@ -16,6 +16,7 @@ from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
 from .. import codecs
+from ..config_override import parse_triton_override
 from ..engine import Engine
 from ..errors import InvalidArgument, NotFound, PeregrineError
 from ..inference import InferRequest
@@ -244,12 +245,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @unary
     def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                             context: Any) -> pb.RepositoryModelLoadResponse:
-        if request.parameters:
-            raise InvalidArgument(
-                f"parameters: load overrides ({', '.join(request.parameters)}) are not supported; "
-                "edit the model's config.toml in the repository and load again"
-            )
-        self.repo.load(request.model_name)
+        override = None
+        for key, value in request.parameters.items():
+            if key != "config":
+                what = "model files over the API are" if key.startswith("file:") else f"parameter '{key}' is"
+                raise InvalidArgument(f"parameters.{key}: {what} not supported; a load takes 'config' (a model "
+                                      "configuration in JSON, applied over config.toml for this load)")
+            if value.WhichOneof("parameter_choice") != "string_param":
+                raise InvalidArgument("parameters.config: expected a string holding JSON")
+            override = parse_triton_override(value.string_param, request.model_name)
+        self.repo.load(request.model_name, override)
         return pb.RepositoryModelLoadResponse()
 
     @unary
