@@ -132,6 +132,9 @@ class Tracer:
         for key, values in changes.items():
             if values or key not in DEFAULTS:
                 _check(key, values, self.trace_file)
+        if not self.trace_file and changes.get("trace_level", ["OFF"]) not in ([], ["OFF"]):
+            raise InvalidArgument("settings.trace_level: the server was started without --trace-file, so traces "
+                                  "would go nowhere; start it with --trace-file to trace")
         with self._lock:
             scope = self._models.setdefault(model, {}) if model else self._global
             for key, values in changes.items():

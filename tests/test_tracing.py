@@ -146,3 +146,13 @@ def test_detection_calls_are_traced(tmp_path: Path, start_server: Callable[..., 
     assert traces[0]["request_id"] == "unary"
     for t in traces:
         assert [s["name"] for s in t["timestamps"]] == ORDER
+
+
+def test_tracing_cannot_be_turned_on_without_a_trace_file(tmp_path: Path,
+                                                          start_server: Callable[..., PeregrineServer]) -> None:
+    server = start_server(_repo(tmp_path / "models"))
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+    with pytest.raises(InferenceServerException) as e:
+        client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "--trace-file" in e.value.message()
+    assert _settings(client.update_trace_settings(settings={"trace_rate": "10"}))["trace_rate"] == ["10"]
