@@ -15,25 +15,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support import onnx_models
 from support.onnx_models import ALL_TYPES
+from support.tensors import random_tensor
 from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture
 def client(url: str) -> tc.InferenceServerClient:
     return tc.InferenceServerClient(url)
-
-
-def _random(dt: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    if dt == "BYTES":
-        return np.array([bytes(rng.integers(32, 127, size=rng.integers(0, 9)).astype(np.uint8))
-                         for _ in range(int(np.prod(shape)))], dtype=object).reshape(shape)
-    if dt == "BOOL":
-        return rng.random(shape) > 0.5
-    np_dt = tc.triton_to_np_dtype(dt)
-    if np.issubdtype(np_dt, np.integer):
-        info = np.iinfo(np_dt)
-        return rng.integers(info.min, info.max, size=shape, dtype=np_dt, endpoint=True)
-    return (rng.standard_normal(shape) * 100).astype(np_dt)
 
 
 def test_server_health_and_metadata(client: tc.InferenceServerClient) -> None:
@@ -70,7 +58,7 @@ def test_model_ready(client: tc.InferenceServerClient) -> None:
 @pytest.mark.parametrize("dt", ALL_TYPES)
 def test_raw_round_trip_every_datatype(client: tc.InferenceServerClient, dt: str) -> None:
     rng = np.random.default_rng(hash(dt) % 2**32)
-    x = _random(dt, (3, 5), rng)
+    x = random_tensor(dt, (3, 5), rng)
     inp = tc.InferInput("INPUT0", list(x.shape), dt)
     inp.set_data_from_numpy(x)
     result = client.infer(f"identity_{dt.lower()}", [inp], request_id="r1")
@@ -87,7 +75,7 @@ def test_typed_contents_round_trip(url: str, dt: str) -> None:
     from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
     rng = np.random.default_rng(7)
-    x = _random(dt, (2, 3), rng)
+    x = random_tensor(dt, (2, 3), rng)
     field = {"BOOL": "bool_contents", "INT32": "int_contents", "INT64": "int64_contents",
              "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
              "FP64": "fp64_contents", "BYTES": "bytes_contents"}[dt]

@@ -26,6 +26,7 @@ from peregrine.server.app import PeregrineServer
 from peregrine.server.shm import SharedMemoryRegistry, cuda_available
 from support import onnx_models
 from support.onnx_models import ALL_TYPES
+from support.tensors import random_tensor
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 
@@ -83,22 +84,6 @@ def regions(client: tc.InferenceServerClient) -> Iterator[Regions]:
     r.close()
 
 
-def _sample(dt: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    if dt == "BYTES":
-        items = [bytes(rng.integers(32, 127, size=int(rng.integers(0, 9))).astype(np.uint8))
-                 for _ in range(int(np.prod(shape)))]
-        out = np.empty(len(items), dtype=object)
-        out[:] = items
-        return out.reshape(shape)
-    if dt == "BOOL":
-        return rng.random(shape) > 0.5
-    np_dt = tc.triton_to_np_dtype(dt)
-    if np.issubdtype(np_dt, np.integer):
-        info = np.iinfo(np_dt)
-        return rng.integers(info.min, info.max, size=shape, dtype=np_dt, endpoint=True)
-    return (rng.standard_normal(shape) * 100).astype(np_dt)
-
-
 def _payload(x: np.ndarray) -> np.ndarray:
     """What goes into the region: the array, or for BYTES its serialized form (as tritonclient documents)."""
     return serialize_byte_tensor(x) if x.dtype == object else x
@@ -118,7 +103,7 @@ def test_extension_is_advertised(client: tc.InferenceServerClient) -> None:
 @pytest.mark.parametrize("dt", ALL_TYPES)
 def test_round_trip_every_datatype(client: tc.InferenceServerClient, regions: Regions, dt: str) -> None:
     """Input and output both in shared memory: the response carries metadata and no tensor bytes."""
-    x = _sample(dt, (2, 5), np.random.default_rng(len(dt)))
+    x = random_tensor(dt, (2, 5), np.random.default_rng(len(dt)))
     size = _nbytes(x)
     h_in = regions.create("in", size)
     h_out = regions.create("out", size + 64)  # room to spare: the output says how much it used
