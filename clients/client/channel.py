@@ -109,6 +109,14 @@ class ChannelSettings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     channel_options: Sequence[tuple[str, Any]] = ()
 
+    @classmethod
+    def of(cls, url: str, tls: TlsOptions | None, token: str | None, headers: Mapping[str, str] | None,
+           deadline_s: float | None, retry: RetryPolicy | None, max_message_bytes: int,
+           channel_options: Sequence[tuple[str, Any]]) -> ChannelSettings:
+        """Settings from the clients' constructor arguments (None headers and retry: the defaults)."""
+        return cls(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(), max_message_bytes,
+                   tuple(channel_options))
+
     def __post_init__(self) -> None:
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError(f"deadline_s: expected a positive number of seconds or None, got {self.deadline_s}")

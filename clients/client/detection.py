@@ -176,6 +176,16 @@ def detect_request(images: Sequence[ImageInput], model: str, version: str = "", 
                              priority=priority, timeout_us=timeout_us or 0)
 
 
+def detection_methods(channel: Any) -> tuple[Any, Any]:
+    """The ``Detect`` and ``DetectStream`` callables of a channel (``grpc`` or ``grpc.aio``)."""
+    detect = channel.unary_unary(f"/{DETECTION_SERVICE}/Detect", request_serializer=det.DetectRequest.SerializeToString,
+                                 response_deserializer=det.DetectResponse.FromString)
+    stream = channel.stream_stream(f"/{DETECTION_SERVICE}/DetectStream",
+                                   request_serializer=det.StreamFrame.SerializeToString,
+                                   response_deserializer=det.StreamResult.FromString)
+    return detect, stream
+
+
 def detections_of(msg: det.ImageDetections) -> list[Detection]:
     return [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, b.label) for b in msg.boxes]
 
@@ -269,16 +279,11 @@ class DetectionClient:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.settings = ChannelSettings(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
-                                        max_message_bytes, tuple(channel_options))
+        self.settings = ChannelSettings.of(url, tls, token, headers, deadline_s, retry, max_message_bytes,
+                                           channel_options)
         self._channel = self.settings.channel()
         self._metadata = self.settings.metadata()
-        self._detect = self._channel.unary_unary(
-            f"/{DETECTION_SERVICE}/Detect", request_serializer=det.DetectRequest.SerializeToString,
-            response_deserializer=det.DetectResponse.FromString)
-        self._stream = self._channel.stream_stream(
-            f"/{DETECTION_SERVICE}/DetectStream", request_serializer=det.StreamFrame.SerializeToString,
-            response_deserializer=det.StreamResult.FromString)
+        self._detect, self._stream = detection_methods(self._channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from peregrine.proto import detection_pb2 as det
 
-from .channel import DEFAULT_DEADLINE_S, DETECTION_SERVICE, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
+from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .detection import (
     DEFAULT_MODEL,
     Detection,
@@ -19,6 +19,7 @@ from .detection import (
     ImageInput,
     detect_request,
     detect_result,
+    detection_methods,
     options_message,
 )
 from .errors import PeregrineClientError
@@ -41,16 +42,11 @@ class AsyncDetectionClient:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.settings = ChannelSettings(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
-                                        max_message_bytes, tuple(channel_options))
+        self.settings = ChannelSettings.of(url, tls, token, headers, deadline_s, retry, max_message_bytes,
+                                           channel_options)
         self._channel = self.settings.aio_channel()
         self._metadata = self.settings.metadata()
-        self._detect = self._channel.unary_unary(
-            f"/{DETECTION_SERVICE}/Detect", request_serializer=det.DetectRequest.SerializeToString,
-            response_deserializer=det.DetectResponse.FromString)
-        self._stream = self._channel.stream_stream(
-            f"/{DETECTION_SERVICE}/DetectStream", request_serializer=det.StreamFrame.SerializeToString,
-            response_deserializer=det.StreamResult.FromString)
+        self._detect, self._stream = detection_methods(self._channel)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -51,8 +51,8 @@ class InferenceClient:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.settings = ChannelSettings(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
-                                        max_message_bytes, tuple(channel_options))
+        self.settings = ChannelSettings.of(url, tls, token, headers, deadline_s, retry, max_message_bytes,
+                                           channel_options)
         self._channel = self.settings.channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = self.settings.metadata()
