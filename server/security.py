@@ -10,6 +10,7 @@ named in ``open_categories`` needs no token (by default ``health``, so that live
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -43,6 +44,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 UNKNOWN = "other"  # a method of no category (none today) always needs a token when tokens are on
 
 
+@functools.lru_cache(maxsize=256)  # a server has a few dozen methods; every guarded call asks
 def category_of(method: str) -> str:
     """The category of a full gRPC method name such as ``/inference.GRPCInferenceService/ModelInfer``."""
     best, length = UNKNOWN, 0

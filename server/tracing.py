@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgument, NotFound
+from .errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,9 @@ class Tracer:
         merged.update(self._models.get(model, {}))
         return merged
 
-    def update(self, changes: dict[str, list[str]], model: str = "",
-               known_models: set[str] | None = None) -> dict[str, list[str]]:
+    def update(self, changes: dict[str, list[str]], model: str = "") -> dict[str, list[str]]:
         """Apply ``changes`` (all or nothing) to the global settings or to ``model``'s and return the
         settings now in force there. An empty list clears the model's override or restores the default."""
-        if model and known_models is not None and model not in known_models:
-            raise NotFound(f"unknown model '{model}'")
         for key, values in changes.items():
             if values or key not in DEFAULTS:
                 _check(key, values, self.trace_file)
@@ -152,6 +149,13 @@ class Tracer:
             return self._effective(model)
 
     # -- sampling and recording ------------------------------------------------------------------
+    def begin(self, model: str, version: str, request_id: str, started_ns: int) -> Trace | None:
+        """:meth:`start`, the trace's REQUEST_START stamped at ``started_ns`` (monotonic) when sampled."""
+        trace = self.start(model, version, request_id)
+        if trace is not None:
+            trace.stamp("REQUEST_START", started_ns)
+        return trace
+
     def start(self, model: str, version: str = "", request_id: str = "") -> Trace | None:
         """A Trace for this request when it is sampled, else None (cheap when tracing is off)."""
         if not self._active:
@@ -174,7 +178,10 @@ class Tracer:
             self._next_id += 1
             return trace
 
-    def finish(self, trace: Trace) -> None:
+    def finish(self, trace: Trace | None) -> None:
+        """Stamp REQUEST_END and keep the trace; None (a request not sampled) does nothing."""
+        if trace is None:
+            return
         trace.stamp("REQUEST_END")
         entry: dict[str, Any] = {"id": trace.id, "model_name": trace.model_name}
         try:

@@ -46,15 +46,10 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
 
     def submit(self, pipeline: DetectionPipeline, req: FrameRequest, started_ns: int) -> Any:
         """Queue a decoded request on its pipeline, traced when the tracer samples it."""
-        req.trace = self.tracer.start(pipeline.name, str(pipeline.version), req.id)
+        req.trace = self.tracer.begin(pipeline.name, str(pipeline.version), req.id, started_ns)
         if req.trace is not None:
-            req.trace.stamp("REQUEST_START", started_ns)
             req.trace.stamp("QUEUE_START")
         return self.engine.submit(pipeline.detect(req))
-
-    def traced(self, req: FrameRequest | None) -> None:
-        if req is not None and req.trace is not None:
-            self.tracer.finish(req.trace)
 
     def pipeline(self, name: str, version: str = "") -> DetectionPipeline:
         """The ready detection pipeline called ``name``; InvalidArgument when it is another kind of model."""
@@ -82,7 +77,7 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
             result = future.result()
             self.metrics.observe_stages(pipeline.name, result.stages())
             response = codecs.encode_detect_response(pipeline, req, result)
-            self.traced(req)
+            self.tracer.finish(req.trace)
         except BaseException as e:
             self.metrics.observe_request(request.model_name, status_of(e)[0].name, time.perf_counter() - start)
             raise
@@ -101,7 +96,6 @@ class _Slot:
     msg: det.StreamFrame
     arrival: float
     pipeline: DetectionPipeline | None = None
-    arrival_ns: int = field(default_factory=time.monotonic_ns)
     request: FrameRequest | None = None
     future: concurrent.futures.Future[Any] | None = None
     failure: det.StreamResult | None = None
@@ -222,7 +216,7 @@ class _FrameStream:
                 if req.deadline is not None and time.monotonic() >= req.deadline:
                     raise DeadlineExceeded(f"frame {slot.msg.sequence}: its deadline passed before it could run")
                 slot.request = req
-                slot.future = self.servicer.submit(pipeline, req, slot.arrival_ns)
+                slot.future = self.servicer.submit(pipeline, req, int(slot.arrival * 1e9))
             except Exception as e:
                 status = det.StreamResult.DEADLINE_EXCEEDED if isinstance(e, DeadlineExceeded) else \
                     det.StreamResult.ERROR
@@ -261,7 +255,7 @@ class _FrameStream:
             return codecs.stream_failure(slot.msg, status, code.value[0], message, self._dropped())
         self.servicer.metrics.observe_stages(slot.pipeline.name, result.stages())
         answer = codecs.encode_stream_result(slot.pipeline, slot.msg, slot.request, result, self._dropped())
-        self.servicer.traced(slot.request)
+        self.servicer.tracer.finish(slot.request.trace)
         return answer
 
     def run(self, frames: Iterator[det.StreamFrame]) -> Iterator[det.StreamResult]:

@@ -109,19 +109,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference -----------------------------------------------------------------------------
     def _submit(self, request: InferRequest,
-                started_ns: int | None = None) -> tuple[ModelVersion, concurrent.futures.Future[Any]]:
+                started_ns: int) -> tuple[ModelVersion, concurrent.futures.Future[Any]]:
         model = self.repo.get(request.model_name, request.model_version)
-        request.trace = self.tracer.start(model.name, str(model.version), request.id)
-        if request.trace is not None:
-            request.trace.stamp("REQUEST_START", started_ns)
+        request.trace = self.tracer.begin(model.name, str(model.version), request.id, started_ns)
         request = model.validate(request)
         if request.trace is not None:
             request.trace.stamp("QUEUE_START")
         return model, self.engine.submit(model.infer(request))
-
-    def _traced(self, trace: Trace | None) -> None:
-        if trace is not None:
-            self.tracer.finish(trace)
 
     @unary
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
@@ -129,7 +123,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started_ns = time.monotonic_ns()
         model_name = request.model_name
         regions = self.shm.use()
-        req = None
         try:
             req = codecs.decode_infer_request(request, _deadline(context), regions=regions)
             _, future = self._submit(req, started_ns)
@@ -137,7 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not context.add_callback(future.cancel):
                 future.cancel()
             response = codecs.encode_infer_response(future.result(), regions)
-            self._traced(req.trace)
+            self.tracer.finish(req.trace)
         except BaseException as e:
             self.metrics.observe_request(model_name, status_of(e)[0].name, time.perf_counter() - start)
             raise
@@ -215,7 +208,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if future is not None:
                 try:
                     response = codecs.encode_infer_response(future.result(), regions)
-                    self._traced(trace)
+                    self.tracer.finish(trace)
                     self.metrics.observe_request(msg.model_name, "OK", time.perf_counter() - start)
                     return pb.ModelStreamInferResponse(infer_response=response)
                 except Exception as e:  # the request's failure (CancelledError included), answered inline
@@ -301,14 +294,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- trace and log settings ----------------------------------------------------------------------
     @unary
     def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        model = request.model_name
+        if model and model not in {name for name, *_ in self.repo.index()}:
+            raise NotFound(f"unknown model '{model}'")
         changes = {key: list(value.value) for key, value in request.settings.items()}
-        if changes:
-            known = {name for name, *_ in self.repo.index()}
-            settings = self.tracer.update(changes, request.model_name, known)
-        else:
-            if request.model_name and request.model_name not in {name for name, *_ in self.repo.index()}:
-                raise NotFound(f"unknown model '{request.model_name}'")
-            settings = self.tracer.settings(request.model_name)
+        settings = self.tracer.update(changes, model) if changes else self.tracer.settings(model)
         response = pb.TraceSettingResponse()
         for key, values in settings.items():
             response.settings[key].value.extend(values)
