@@ -614,7 +614,7 @@ def _class_mask(classes: Sequence[int] | None) -> np.ndarray | None:
     return mask
 
 
-def _map_inputs(params: Any, orig_sizes: Any, n: int, device: bool) -> tuple[Any, Any]:
+def _map_inputs(params: Any, orig_sizes: Any, n: int) -> tuple[Any, Any]:
     if (params is None) != (orig_sizes is None):
         raise ValueError("params, orig_sizes: expected both (to map boxes back) or neither")
     if params is None:
@@ -768,7 +768,7 @@ def _map_boxes(out: Any, boxes: Any, params: Any, orig_sizes: Any, num_threads: 
         raise ValueError(f"boxes: expected float32 [N, K, 4], got {_describe(boxes)}")
     num_threads = _check_threads(num_threads)
     n = int(boxes.shape[0])
-    params, sizes = _map_inputs(params, orig_sizes, n, device)
+    params, sizes = _map_inputs(params, orig_sizes, n)
     if params is None:
         raise ValueError("params, orig_sizes: expected arrays, got None")
     if device:
@@ -892,7 +892,7 @@ def _detect(
     max_candidates = _positive_int(max_candidates, "max_candidates")
     num_threads = _check_threads(num_threads)
     mask = _class_mask(classes)
-    params, sizes = _map_inputs(params, orig_sizes, n, device)
+    params, sizes = _map_inputs(params, orig_sizes, n)
     if dets is not None:
         _array(dets, "dets", np.float32, 3, f"[{n}, max_det, 6]", device)
         if tuple(dets.shape) != (n, max_det, 6):
