@@ -7,38 +7,31 @@ module is missing or ``PEREGRINE_KERNELS=numba``), CuPy arrays on the native CUD
 
 from __future__ import annotations
 
-from ._dispatch import (
+from ._classify import classify_postprocess, softmax, softmax_into, topk
+from ._postprocess import (
     LAYOUTS,
-    NATIVE_CPU,
-    NATIVE_CUDA,
-    NUMBA,
+    Candidates,
+    Detections,
+    decode,
+    detect_postprocess,
+    detect_postprocess_into,
+    map_boxes,
+    map_boxes_into,
+    nms,
+)
+from ._preprocess import (
     PARAM_PAD_X,
     PARAM_PAD_Y,
     PARAM_SCALE_X,
     PARAM_SCALE_Y,
-    Candidates,
-    Detections,
-    active_tier,
     center_crop,
     center_crop_into,
-    classify_postprocess,
-    cuda_available,
-    decode,
-    detect_postprocess,
-    detect_postprocess_into,
-    has_native,
     letterbox,
     letterbox_into,
-    map_boxes,
-    map_boxes_into,
-    nms,
     resize,
     resize_into,
-    set_cpu_tier,
-    softmax,
-    softmax_into,
-    topk,
 )
+from ._tiers import NATIVE_CPU, NATIVE_CUDA, NUMBA, active_tier, cuda_available, has_native, set_cpu_tier
 
 __all__ = [
     "LAYOUTS",

@@ -1,7 +1,8 @@
 """CuPy glue for the native CUDA kernels: reads device pointers, allocates outputs and scratch with CuPy
 (on the caller's device and stream, from CuPy's memory pool) and launches on that stream.
 
-Called only by ``_dispatch`` after it has checked dtypes and shapes; the kernels never allocate.
+Called only by the family modules (``_preprocess``, ``_postprocess``, ``_classify``) after they have checked
+dtypes and shapes; the kernels never allocate.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The numba tier: the same kernels as the native module, written with ``numba.njit(nogil=True, cache=True)``.
 
 It is the fallback when ``peregrine.kernels._native`` cannot be imported and the reference the native
-kernels are compared with. Functions here take validated arguments (``_dispatch`` checks them) and work on
-one image at a time; the dispatch layer loops over the batch.
+kernels are compared with. Functions here take validated arguments (the family modules ``_preprocess``,
+``_postprocess`` and ``_classify`` check them) and work on one image at a time; those modules loop over the batch.
 """
 
 from __future__ import annotations

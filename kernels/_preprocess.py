@@ -1,0 +1,427 @@
+"""Pre-processing, the Python side of ``bindings/preprocess.cpp``: ``letterbox``, ``resize`` and
+``center_crop`` (and their ``_into`` forms) all reduce to one batched resize into an NCHW tensor with a
+placement per frame; ``PARAM_*`` name the columns of the params array they return.
+
+Arguments are checked here, then the tier is picked by where the frames live (see ``_tiers``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _tiers
+from ._tiers import NATIVE_CPU, _c_contiguous, _check_threads, _describe, _is_device_array, _native, _numba
+
+#: Columns of the per-frame parameter array returned by the resize family: a point maps from the original
+#: frame to the model input as ``model = original * scale + pad``.
+PARAM_SCALE_X, PARAM_SCALE_Y, PARAM_PAD_X, PARAM_PAD_Y = 0, 1, 2, 3
+
+
+def _size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        height = width = int(size)
+    else:
+        try:
+            height, width = (int(v) for v in size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"size: expected an int or (height, width), got {size!r}") from None
+    if not (1 <= height <= 65536 and 1 <= width <= 65536):
+        raise ValueError(f"size: expected height and width in [1, 65536], got ({height}, {width})")
+    return height, width
+
+
+def _triple(value: float | Sequence[float] | None, name: str, default: float) -> tuple[float, float, float]:
+    if value is None:
+        return (default, default, default)
+    values: tuple[float, ...]
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        values = (float(value),) * 3
+    else:
+        try:
+            values = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number or 3 numbers, got {value!r}") from None
+        if len(values) != 3:
+            raise ValueError(f"{name}: expected a number or 3 numbers, got {len(values)} values")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: expected finite numbers, got {values}")
+    return values[0], values[1], values[2]
+
+
+class PixelTransform(NamedTuple):
+    src_channel: tuple[int, int, int]
+    mul: tuple[float, float, float]
+    add: tuple[float, float, float]
+    pad: tuple[float, float, float]
+
+
+def _pixel_transform(swap_rb: bool, scale: float, mean: Any, std: Any, pad_value: Any) -> PixelTransform:
+    if not isinstance(scale, (int, float, np.integer, np.floating)) or not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"scale: expected a finite non-zero number, got {scale!r}")
+    means = _triple(mean, "mean", 0.0)
+    stds = _triple(std, "std", 1.0)
+    if any(s == 0 for s in stds):
+        raise ValueError(f"std: expected non-zero values, got {stds}")
+    pads = _triple(pad_value, "pad_value", 0.0)
+    mul = tuple(float(np.float32(scale / s)) for s in stds)
+    add = tuple(float(np.float32(-m / s)) for m, s in zip(means, stds, strict=True))
+    pad = tuple(float(np.float32(p * mu + a)) for p, mu, a in zip(pads, mul, add, strict=True))
+    src = (2, 1, 0) if swap_rb else (0, 1, 2)
+    return PixelTransform(src, mul, add, pad)  # type: ignore[arg-type]
+
+
+def _frames(frames: Any) -> tuple[list[Any], bool]:
+    """The frames as a list of [h, w, 3] uint8 arrays, and whether they live on a CUDA device."""
+    if isinstance(frames, np.ndarray) or _is_device_array(frames):
+        if frames.ndim != 4:
+            raise ValueError(
+                f"frames: expected a sequence of uint8 [H, W, 3] frames or one uint8 [N, H, W, 3] array, "
+                f"got {_describe(frames)}"
+            )
+        items = list(frames)
+    elif isinstance(frames, (list, tuple)):
+        items = list(frames)
+    else:
+        raise TypeError(f"frames: expected a list of arrays or an [N, H, W, 3] array, got {_describe(frames)}")
+    on_device = None
+    for i, frame in enumerate(items):
+        device = _is_device_array(frame)
+        if not device and not isinstance(frame, np.ndarray):
+            raise TypeError(f"frames[{i}]: expected a numpy or CuPy array, got {_describe(frame)}")
+        if on_device is not None and device != on_device:
+            raise TypeError("frames: expected all frames on the host (NumPy) or all on a CUDA device, got a mix")
+        on_device = device
+        if frame.dtype != np.uint8:
+            raise TypeError(f"frames[{i}]: expected uint8 [H, W, 3], got {_describe(frame)}")
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frames[{i}]: expected uint8 [H, W, 3] (3 channels), got {_describe(frame)}")
+        if frame.shape[0] < 1 or frame.shape[1] < 1:
+            raise ValueError(f"frames[{i}]: expected a non-empty frame, got {_describe(frame)}")
+        if frame.shape[0] > (1 << 20) or frame.shape[1] > (1 << 20):
+            raise ValueError(f"frames[{i}]: expected height and width <= 2^20, got {_describe(frame)}")
+        if not _c_contiguous(frame):
+            raise ValueError(f"frames[{i}]: expected a C-contiguous array (use np.ascontiguousarray)")
+    return items, bool(on_device)
+
+
+def _placements(
+    mode: str, shapes: list[tuple[int, int]], height: int, width: int, scaleup: bool, resize_shorter: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32 [N, 4] (resized_w, resized_h, left, top) and float32 [N, 4] params for each frame."""
+    placements = np.empty((len(shapes), 4), np.int32)
+    params = np.empty((len(shapes), 4), np.float32)
+    for i, (h, w) in enumerate(shapes):
+        if mode == "letterbox":
+            # ultralytics LetterBox(auto=False, center=True), Python's round() included
+            r = min(height / h, width / w)
+            if not scaleup:
+                r = min(r, 1.0)
+            new_w, new_h = max(1, round(w * r)), max(1, round(h * r))
+            dw, dh = (width - new_w) / 2, (height - new_h) / 2
+            left, top = round(dw - 0.1), round(dh - 0.1)
+            placements[i] = (new_w, new_h, left, top)
+            params[i] = (r, r, left, top)
+        elif mode == "stretch":
+            placements[i] = (width, height, 0, 0)
+            params[i] = (width / w, height / h, 0, 0)
+        else:  # center crop
+            if resize_shorter is None:
+                r = max(height / h, width / w)
+                new_w, new_h = max(width, round(w * r)), max(height, round(h * r))
+            elif w <= h:  # torchvision Resize(int): the shorter side becomes resize_shorter exactly
+                new_w, new_h = resize_shorter, max(1, int(resize_shorter * h / w))
+            else:
+                new_w, new_h = max(1, int(resize_shorter * w / h)), resize_shorter
+            left, top = -round((new_w - width) / 2), -round((new_h - height) / 2)
+            placements[i] = (new_w, new_h, left, top)
+            params[i] = (new_w / w, new_h / h, left, top)
+    return placements, params
+
+
+def _resize_family(
+    mode: str,
+    out: Any,
+    frames: Any,
+    size: int | Sequence[int] | None,
+    *,
+    swap_rb: bool,
+    scale: float,
+    mean: Any,
+    std: Any,
+    pad_value: Any,
+    dtype: Any,
+    scaleup: bool = True,
+    resize_shorter: int | None = None,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> tuple[Any, np.ndarray]:
+    items, on_device = _frames(frames)
+    num_threads = _check_threads(num_threads)
+    transform = _pixel_transform(bool(swap_rb), scale, mean, std, pad_value)
+    if resize_shorter is not None and (
+        not isinstance(resize_shorter, (int, np.integer)) or not 1 <= resize_shorter <= 65536
+    ):
+        raise ValueError(f"resize_shorter: expected an int in [1, 65536] or None, got {resize_shorter!r}")
+    if out is None:
+        if size is None:
+            raise ValueError("size: expected an int or (height, width), got None")
+        height, width = _size(size)
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float16):
+            raise TypeError(f"dtype: expected float32 or float16, got {dt}")
+    else:
+        if on_device != _is_device_array(out) or not (on_device or isinstance(out, np.ndarray)):
+            where = "a CuPy array" if on_device else "a numpy.ndarray"
+            raise TypeError(f"out: expected {where} like the frames, got {_describe(out)}")
+        if out.dtype not in (np.float32, np.float16):
+            raise TypeError(f"out: expected float32 or float16 [N, 3, H, W], got {_describe(out)}")
+        if out.ndim != 4 or out.shape[0] != len(items) or out.shape[1] != 3:
+            raise ValueError(f"out: expected [{len(items)}, 3, H, W], got {_describe(out)}")
+        height, width = _size(out.shape[2:])
+        if not _c_contiguous(out):
+            raise ValueError("out: expected a C-contiguous array")
+    shapes = [(int(f.shape[0]), int(f.shape[1])) for f in items]
+    placements, params = _placements(mode, shapes, height, width, scaleup, resize_shorter)
+    if on_device:
+        from . import _cuda
+
+        result = _cuda.resize_nchw(out, items, placements, height, width, transform, dtype, stream)
+        return result, params
+    if out is None:
+        out = np.empty((len(items), 3, height, width), np.dtype(dtype))
+    elif not out.flags.writeable:
+        raise ValueError("out: expected a writeable array")
+    if _tiers._cpu_tier == NATIVE_CPU:
+        _native.resize_nchw_into(out, items, placements, *transform, num_threads=num_threads)
+    else:
+        nb = _numba()
+        src_channel = np.asarray(transform.src_channel, np.int64)
+        mul, add, pad = (np.asarray(v, np.float32) for v in transform[1:])
+        target = out if out.dtype == np.float32 else np.empty(out.shape, np.float32)
+        for i, frame in enumerate(items):
+            nb.resize_frame(frame, *(int(v) for v in placements[i]), src_channel, mul, add, pad, target[i])
+        if target is not out:
+            out[...] = target
+    return out, params
+
+
+_RESIZE_DOC = """
+    frames: a list of uint8 [h, w, 3] frames (each its own size) or one uint8 [N, h, w, 3] array; NumPy
+        arrays run on the CPU tier, CuPy arrays on the CUDA tier. Frames must be C-contiguous.
+    size: model input size, an int or (height, width) in pixels.
+    swap_rb: reverse the channel order (BGR frames -> RGB tensor).
+    scale, mean, std: out = (pixel * scale - mean) / std per output channel (mean/std: a number or three,
+        in output channel order; None means 0 and 1).
+    pad_value: fill of the uncovered area, in pixel units before scale/mean/std (a number or three).
+    dtype: float32 or float16 output.
+    num_threads: CPU threads (0 = all cores). stream: CUDA stream (a cupy Stream or a raw handle; default
+        the current CuPy stream).
+
+    Returns (tensor [N, 3, height, width] of dtype, params float32 [N, 4]) where params holds, per frame,
+    scale_x, scale_y, pad_x, pad_y with model = original * scale + pad (pixels); ``map_boxes`` undoes it.
+    Bilinear resizing follows OpenCV INTER_LINEAR (half-pixel centres, clamped borders).
+    Raises ValueError (shape, size, range) or TypeError (dtype, array kind) naming the argument.
+"""
+
+
+def letterbox(
+    frames: Any,
+    size: int | Sequence[int] = 640,
+    *,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean: Any = None,
+    std: Any = None,
+    pad_value: Any = 114,
+    dtype: Any = np.float32,
+    scaleup: bool = True,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> tuple[Any, np.ndarray]:
+    """Letterbox a batch of frames into one NCHW tensor, exactly as ultralytics' LetterBox places them.
+
+    r = min(H / h, W / w) (at most 1 when ``scaleup`` is False); the frame is resized to
+    (round(w * r), round(h * r)) (at least 1 pixel) and centred with left = round(dw - 0.1),
+    top = round(dh - 0.1) where dw, dh are half the leftover width and height.
+    """
+    return _resize_family(
+        "letterbox",
+        None,
+        frames,
+        size,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=dtype,
+        scaleup=scaleup,
+        num_threads=num_threads,
+        stream=stream,
+    )
+
+
+def letterbox_into(
+    out: Any,
+    frames: Any,
+    *,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean: Any = None,
+    std: Any = None,
+    pad_value: Any = 114,
+    scaleup: bool = True,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> np.ndarray:
+    """``letterbox`` writing into ``out`` (float32/float16 [N, 3, H, W], C-contiguous, writeable, on the
+    frames' device; the model size is read from it). Returns the params array."""
+    return _resize_family(
+        "letterbox",
+        out,
+        frames,
+        None,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=None,
+        scaleup=scaleup,
+        num_threads=num_threads,
+        stream=stream,
+    )[1]
+
+
+def resize(
+    frames: Any,
+    size: int | Sequence[int] = 640,
+    *,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean: Any = None,
+    std: Any = None,
+    dtype: Any = np.float32,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> tuple[Any, np.ndarray]:
+    """Stretch every frame to the model size (no aspect preservation, no padding) into one NCHW tensor."""
+    return _resize_family(
+        "stretch",
+        None,
+        frames,
+        size,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=0,
+        dtype=dtype,
+        num_threads=num_threads,
+        stream=stream,
+    )
+
+
+def resize_into(
+    out: Any,
+    frames: Any,
+    *,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean: Any = None,
+    std: Any = None,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> np.ndarray:
+    """``resize`` writing into ``out``; returns the params array."""
+    return _resize_family(
+        "stretch",
+        out,
+        frames,
+        None,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=0,
+        dtype=None,
+        num_threads=num_threads,
+        stream=stream,
+    )[1]
+
+
+def center_crop(
+    frames: Any,
+    size: int | Sequence[int] = 224,
+    *,
+    resize_shorter: int | None = None,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean: Any = None,
+    std: Any = None,
+    pad_value: Any = 0,
+    dtype: Any = np.float32,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> tuple[Any, np.ndarray]:
+    """Resize the shorter side, then crop the centre (classifier pre-processing).
+
+    With ``resize_shorter`` the shorter side becomes exactly that many pixels and the longer one
+    int(resize_shorter * long / short) (torchvision ``Resize(int)``); without it the frame is scaled by
+    max(H / h, W / w) so that it covers the crop. The crop starts at round((new - size) / 2)
+    (torchvision ``CenterCrop``); if the resized frame is smaller than the crop the rest is ``pad_value``.
+    """
+    return _resize_family(
+        "crop",
+        None,
+        frames,
+        size,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=dtype,
+        resize_shorter=resize_shorter,
+        num_threads=num_threads,
+        stream=stream,
+    )
+
+
+def center_crop_into(
+    out: Any,
+    frames: Any,
+    *,
+    resize_shorter: int | None = None,
+    swap_rb: bool = True,
+    scale: float = 1 / 255,
+    mean: Any = None,
+    std: Any = None,
+    pad_value: Any = 0,
+    num_threads: int = 0,
+    stream: Any = None,
+) -> np.ndarray:
+    """``center_crop`` writing into ``out``; returns the params array."""
+    return _resize_family(
+        "crop",
+        out,
+        frames,
+        None,
+        swap_rb=swap_rb,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_value=pad_value,
+        dtype=None,
+        resize_shorter=resize_shorter,
+        num_threads=num_threads,
+        stream=stream,
+    )[1]
+
+
+for _f in (letterbox, resize, center_crop):
+    _f.__doc__ = (_f.__doc__ or "") + _RESIZE_DOC
