@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.peregrine-$(subst $(comma),-,$(EXTRAS))
 comma := ,
-SOURCES := $(shell find server kernels proto clients -type f \( -name '*.py' -o -name '*.proto' -o -name '*.cpp' \
+SOURCES := $(shell find server modelgen kernels proto clients -type f \( -name '*.py' -o -name '*.proto' -o -name '*.cpp' \
              -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
 .PHONY: setup models serve test lint bench-oip clean
@@ -42,8 +42,9 @@ test: models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m pip install --quiet ruff
-	$(VENV)/bin/ruff check server clients kernels tests benchmarks
+	$(PY) -m pip install --quiet ruff import-linter
+	$(VENV)/bin/ruff check server modelgen clients kernels tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 # Served vs in-process ONNX Runtime under Triton's perf_analyzer (docs/BENCHMARKS.md).
 bench-oip: models

@@ -48,7 +48,7 @@ MODES = ("off", "fixed", "adaptive")
 # -- the model and the repository ------------------------------------------------------------------
 def build_model(workdir: Path) -> Path:
     """The YOLOv8n-class detector from Peregrine's model builder ([N,3,640,640] -> [N,84,8400])."""
-    subprocess.run([sys.executable, "-m", "peregrine.server.modelgen", "--repository", str(workdir),
+    subprocess.run([sys.executable, "-m", "peregrine.modelgen", "--repository", str(workdir),
                     "--model", "yolov8n"], check=True, stdout=sys.stderr)
     return workdir / "yolov8n" / "1" / "model.onnx"
 
@@ -426,7 +426,7 @@ def render(a: argparse.Namespace, seconds: float, ort_tput: dict[int, float], me
     say(shlex.join(["python", *sys.argv]))
     say("```")
     say(f"- machine: {machine()}; 1-minute load average at the end {os.getloadavg()[0]:.2f}")
-    say(f"- model: {a.onnx or 'YOLOv8n-class detector from peregrine.server.modelgen'}, FP32 [1,3,640,640] per "
+    say(f"- model: {a.onnx or 'YOLOv8n-class detector from peregrine.modelgen'}, FP32 [1,3,640,640] per "
         f"request, output [1,84,8400]; ONNX Runtime CPU EP, intra_op_num_threads={a.threads}, one instance")
     say(f"- server: `python -m peregrine.server` in a subprocess; client: tritonclient gRPC from this process; "
         f"max_batch_size={a.max_batch}; fixed and adaptive: max_queue_delay_us={a.delay_us}")

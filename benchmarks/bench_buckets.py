@@ -8,7 +8,7 @@ One run measures, in process, on the YOLOv8n-class model (or ``--model-path``):
   ``padded, one session`` (each batch padded to the next power of two, one session alternating
   between bucket shapes) and ``padded, session per bucket`` (what Peregrine does on GPU providers).
   Reported: median and p90 ms per batch and ms per real image.
-* **Load.** ``ModelVersion.load`` of the same model with ``max_batch_size`` as given: without
+* **Load.** ``TensorModel.load`` of the same model with ``max_batch_size`` as given: without
   warm-up, with Peregrine's warm-up for the device, and with the old warm-up (batch 1 and
   max_batch_size).
 
@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 from _common import machine
 from peregrine.server.config import parse_model_config
-from peregrine.server.model import ModelVersion
+from peregrine.server.models.tensor import TensorModel
 from peregrine.server.runtime.onnx import OnnxSession
 
 
 def build_model(workdir: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "peregrine.server.modelgen", "--repository", str(workdir),
+    subprocess.run([sys.executable, "-m", "peregrine.modelgen", "--repository", str(workdir),
                     "--model", "yolov8n"], check=True, stdout=sys.stderr)
     return workdir / "yolov8n" / "1" / "model.onnx"
 
@@ -87,7 +87,7 @@ def time_shapes(path: Path, device: str, max_batch: int, threads: int, batches: 
 
 
 def time_loads(path: Path, device: str, max_batch: int, threads: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per ModelVersion.load: without warm-up, with Peregrine's (every bucket on a GPU, the
+    """Seconds per TensorModel.load: without warm-up, with Peregrine's (every bucket on a GPU, the
     smallest size on the CPU; on a GPU this includes opening a session per bucket), and with the
     warm-up Peregrine had before (batch 1 and max_batch_size, one session)."""
     cfg = parse_model_config(config_text(device, max_batch, threads))
@@ -96,16 +96,16 @@ def time_loads(path: Path, device: str, max_batch: int, threads: int, repeats: i
     results: dict[str, list[float]] = {"no warm-up": [], "warm-up (Peregrine)": [], "warm-up 1 and max (before)": []}
     for _ in range(repeats):
         t = time.perf_counter()
-        ModelVersion.load("yolov8n", 1, path.parent, cold)
+        TensorModel.load("yolov8n", 1, path.parent, cold)
         results["no warm-up"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        ModelVersion.load("yolov8n", 1, path.parent, cfg)
+        TensorModel.load("yolov8n", 1, path.parent, cfg)
         results["warm-up (Peregrine)"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        old = ModelVersion.load("yolov8n", 1, path.parent, cold.model_copy(
+        old = TensorModel.load("yolov8n", 1, path.parent, cold.model_copy(
             update={"dynamic_batching": cold.dynamic_batching.model_copy(update={"batch_buckets": []})}))
         for n in (1, max_batch):
-            for session in old.sessions:
+            for session in old.instances.sessions:
                 session.run({"images": x[:n]}, ["output0"])
         results["warm-up 1 and max (before)"].append(time.perf_counter() - t)
     return results
@@ -141,7 +141,7 @@ def main() -> None:
         "# Batch buckets and warm-up", "",
         "## Command and machine", "```", "python " + shlex.join(sys.argv), "```",
         f"- machine: {machine()}; 1-minute load average at the end {Path('/proc/loadavg').read_text().split()[0]}",
-        f"- model: {'YOLOv8n-class from peregrine.server.modelgen' if not args.model_path else args.model_path.name}, "
+        f"- model: {'YOLOv8n-class from peregrine.modelgen' if not args.model_path else args.model_path.name}, "
         f"FP32 [N,3,640,640]; device {args.device}; max_batch_size {args.max_batch}; "
         f"intra_op_num_threads {args.threads}; whole run {whole:.0f} s", "",
         f"## A changing batch shape ({len(sizes)} batches, sizes uniform in 1..{args.max_batch}, seed {args.seed}, "
@@ -152,7 +152,7 @@ def main() -> None:
     ]
     for way, ts in shapes.items():
         lines.append(f"| {way} | {ms(ts, 0.5):.1f} | {ms(ts, 0.9):.1f} | {1000 * sum(ts) / real:.1f} |")
-    lines += ["", f"## Load time (`ModelVersion.load`, one instance, {args.load_repeats} repeats)", "",
+    lines += ["", f"## Load time (`TensorModel.load`, one instance, {args.load_repeats} repeats)", "",
               "| load | median s | min s | max s |", "|---|---|---|---|"]
     for label, ts in loads.items():
         lines.append(f"| {label} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")

@@ -59,18 +59,19 @@ def pct(values: list[float], q: float) -> float:
 # -- in-process ------------------------------------------------------------------------------------
 def in_process(repository: Path, model: str, jpegs: list[bytes], count: int) -> dict[str, Any]:
     from peregrine.server.config import load_model_config
-    from peregrine.server.pipeline.detection import DetectionPipeline, FrameRequest
+    from peregrine.server.core.types import EncodedImage, FrameRequest
+    from peregrine.server.models.detection import DetectionModel
 
     cfg = load_model_config(repository / model)
     assert cfg.detection is not None
     files = repository / (cfg.detection.detector or model)
     version = max(int(p.name) for p in files.iterdir() if p.name.isdigit())
-    pipeline = DetectionPipeline.load(model, version, files / str(version), cfg)
+    pipeline = DetectionModel.load(model, version, files / str(version), cfg)
     executor = pipeline.make_executor()
     stages: dict[str, list[float]] = {k: [] for k in ("decode", "pre", "infer", "post", "total")}
     for i in range(count):
         t0 = time.perf_counter_ns()
-        frame = pipeline.frame_from_bytes(jpegs[i % len(jpegs)], "frame")
+        frame = pipeline.decode_image(EncodedImage(jpegs[i % len(jpegs)], "frame"))
         t1 = time.perf_counter_ns()
         result = executor.execute(0, [FrameRequest(model, frames=[frame], options=pipeline.default_options())])[0]
         t2 = time.perf_counter_ns()
@@ -83,7 +84,7 @@ def in_process(repository: Path, model: str, jpegs: list[bytes], count: int) -> 
         stages["total"].append((t2 - t0) / 1e6)
     return {"stages_ms": {k: statistics.median(v) for k, v in stages.items()},
             "p50_ms": pct(stages["total"], 50), "p99_ms": pct(stages["total"], 99),
-            "fps": 1000 / statistics.mean(stages["total"]), "providers": pipeline.providers}
+            "fps": 1000 / statistics.mean(stages["total"]), "providers": pipeline.describe().providers}
 
 
 # -- served: cameras through the load harness ------------------------------------------------------

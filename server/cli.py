@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from .app import PeregrineServer
-from .config import ServerConfig
+from .config.server import ServerConfig
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:

@@ -8,7 +8,7 @@ import grpc
 import pytest
 import tritonclient.grpc as tc
 from peregrine.server.config import ModelConfig, parse_model_config
-from peregrine.server.errors import ModelLoadError
+from peregrine.server.core.errors import ModelLoadError
 from support import onnx_models
 from tritonclient.utils import InferenceServerException
 

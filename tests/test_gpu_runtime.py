@@ -100,7 +100,7 @@ def test_served_on_gpu_equals_cpu(conv_model: Path, start_server) -> None:
 def test_cuda_device_without_gpu_build_is_a_clear_load_error(conv_model: Path) -> None:
     if CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
-    from peregrine.server.errors import ModelLoadError
+    from peregrine.server.core.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="CUDAExecutionProvider"):
         OnnxSession(conv_model, parse_model_config("[instance_group]\ndevice = 'cuda'"))

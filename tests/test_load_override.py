@@ -11,8 +11,8 @@ import pytest
 import tritonclient.grpc as tc
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import parse_model_config
-from peregrine.server.config_override import apply_override, parse_triton_override
-from peregrine.server.errors import InvalidArgument
+from peregrine.server.config.override import apply_override, parse_triton_override
+from peregrine.server.core.errors import InvalidArgument
 from support import onnx_models
 from tritonclient.utils import InferenceServerException
 

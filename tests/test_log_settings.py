@@ -18,7 +18,7 @@ def client(server: PeregrineServer) -> Iterator[tc.InferenceServerClient]:
     yield c
     c.close()
     logger.setLevel(level)
-    server.servicer.log_settings.update({"log_verbose_level": 0, "log_info": True, "log_warning": True,
+    server.dataplane.log_settings.update({"log_verbose_level": 0, "log_info": True, "log_warning": True,
                                          "log_error": True, "log_format": "default"})
 
 
@@ -27,9 +27,9 @@ def test_read_and_change_log_levels(client: tc.InferenceServerClient) -> None:
     assert set(settings) == {"log_file", "log_info", "log_warning", "log_error", "log_verbose_level", "log_format"}
     updated = client.update_log_settings({"log_verbose_level": 1}, as_json=True)["settings"]
     assert updated["log_verbose_level"]["uint32_param"] == 1
-    assert logging.getLogger("peregrine.server.model").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("peregrine.server.models.tensor").isEnabledFor(logging.DEBUG)
     client.update_log_settings({"log_verbose_level": 0, "log_info": False, "log_warning": True})
-    logger = logging.getLogger("peregrine.server.model")
+    logger = logging.getLogger("peregrine.server.models.tensor")
     assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
     assert "logging" in client.get_server_metadata(as_json=True)["extensions"]
 

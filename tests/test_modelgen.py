@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import skimage.data
-from peregrine.server.modelgen import (
+from peregrine.modelgen import (
     BUNDLED_MODELS,
     add_sub_model,
     classifier,
@@ -24,8 +24,8 @@ from peregrine.server.modelgen import (
     yolov5_detector,
     yolov8_detector,
 )
-from peregrine.server.modelgen.cli import main
-from peregrine.server.modelgen.simple import ARITHMETIC_DATATYPES, ONNX_TYPES
+from peregrine.modelgen.cli import main
+from peregrine.modelgen.simple import ARITHMETIC_DATATYPES, ONNX_TYPES
 
 CONF = 0.25
 
@@ -330,7 +330,7 @@ def test_python_dash_m_builds_the_same_bytes_in_a_fresh_process(
     tmp_path: Path, models: dict[str, onnx.ModelProto]
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "peregrine.server.modelgen", "--repository", str(tmp_path), "--model", "yolov8n"],
+        [sys.executable, "-m", "peregrine.modelgen", "--repository", str(tmp_path), "--model", "yolov8n"],
         capture_output=True,
         text=True,
         check=True,

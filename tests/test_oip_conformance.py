@@ -177,13 +177,15 @@ def test_a_stream_reads_no_further_ahead_than_its_in_flight_limit(tmp_path: Path
 
     from peregrine.proto import grpc_service_pb2 as pb
     from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
-    from peregrine.server.transport.inference_service import STREAM_MAX_IN_FLIGHT
+    from peregrine.server.dataplane.streams import STREAM_MAX_IN_FLIGHT
 
-    # Batches wait up to 1 s to fill 64 rows: with at most 32 requests in flight, each batch waits it out.
-    onnx_models.write(tmp_path, "held", onnx_models.identity("FP32", ["N", 1 << 18]),
-                      "max_batch_size = 64\n\n[dynamic_batching]\nmax_queue_delay_us = 1000000\n")
+    # Batches wait up to 1 s to fill 40 rows: with at most 32 requests in flight, each batch waits it out.
+    # 4 MiB requests: gRPC's transport buffers hold bytes, and its flow-control window grows to several MiB
+    # (BDP probing), so with 1 MiB requests it held up to 22 more than the server read (flaky).
+    onnx_models.write(tmp_path, "held", onnx_models.identity("FP32", ["N", 1 << 20]),
+                      "max_batch_size = 40\n\n[dynamic_batching]\nmax_queue_delay_us = 1000000\n")
     server = start_server(tmp_path)
-    x = np.ones((1, 1 << 18), np.float32)  # 1 MiB
+    x = np.ones((1, 1 << 20), np.float32)  # 4 MiB
     request = pb.ModelInferRequest(
         model_name="held", raw_input_contents=[x.tobytes()],
         inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=list(x.shape))])

@@ -1,4 +1,5 @@
-"""Server-side TLS, mutual TLS and bearer tokens (server/security.py), against real servers on port 0.
+"""Server-side TLS, mutual TLS and bearer tokens (server/security/tokens.py,
+server/transport/grpc/security.py), against real servers on port 0.
 
 Certificates are made at test time with the openssl command; calls go through plain grpcio stubs so that
 what is on the wire (metadata, credentials) is exactly what the test says.
@@ -23,7 +24,7 @@ from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 from peregrine.server import cli
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig
-from peregrine.server.security import CATEGORIES, UNKNOWN, TokenStore, category_of
+from peregrine.server.security.tokens import CATEGORIES, UNKNOWN, TokenStore, category_of
 from support import onnx_models
 from support.certificates import Certificates, make_certificates
 

@@ -23,7 +23,7 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.utils.shared_memory as shm
 from peregrine.server.app import PeregrineServer
-from peregrine.server.shm import SharedMemoryRegistry, cuda_available
+from peregrine.server.dataplane.shm import SharedMemoryRegistry, cuda_available
 from support import onnx_models
 from support.onnx_models import ALL_TYPES
 from support.tensors import random_tensor

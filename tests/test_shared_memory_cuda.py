@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from peregrine.server.app import PeregrineServer
-from peregrine.server.shm import cuda_available
+from peregrine.server.dataplane.shm import cuda_available
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU and CuPy")]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from peregrine.server.app import PeregrineServer
-from peregrine.server.tracing import Tracer
+from peregrine.server.observability.tracing import Tracer
 from support import onnx_models
 from tritonclient.utils import InferenceServerException
 
@@ -122,9 +122,9 @@ def test_start_up_settings_are_checked() -> None:
 
 def test_detection_calls_are_traced(tmp_path: Path, start_server: Callable[..., PeregrineServer]) -> None:
     """Detect and DetectStream frames of a detection pipeline get the same timelines."""
+    from peregrine.modelgen import yolov5_detector
     from peregrine.proto import detection_pb2 as det
     from peregrine.proto import detection_pb2_grpc as det_grpc
-    from peregrine.server.modelgen import yolov5_detector
 
     root = tmp_path / "models"
     onnx_models.write(root, "v5", yolov5_detector(0, imgsz=160), "max_batch_size = 4\n")

@@ -13,5 +13,5 @@ python3 -c "import onnxruntime as o; o.preload_dlls(); print('ORT', o.__version_
 PEREGRINE_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps --upgrade --target /tmp/pg . 2>&1 | tail -5
 export PYTHONPATH=/tmp/pg:/tmp/site
 (cd /tmp && python3 -c "import peregrine.kernels._native as n; print('native has_cuda:', n.has_cuda())")
-python3 -m peregrine.server.modelgen --repository models
+python3 -m peregrine.modelgen --repository models
 set +e

@@ -1,1 +1,3 @@
-"""Pipelines: pre-processing kernel -> ONNX Runtime -> post-processing kernel as one served model."""
+"""The detection pipeline's stages around a detector: image decoding (:mod:`.images`), the detector's head
+(:mod:`.head`), letterbox and box decoding (:mod:`.stages`), and the executor that runs a batch of frames
+through them on the host or the device (:mod:`.executor`)."""

@@ -15,7 +15,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InvalidArgument
+from ..core.errors import InvalidArgument
 
 ChannelOrder = Literal["rgb", "bgr"]
 

@@ -12,22 +12,25 @@ division by zero, an invalid index) that its real rows do not; it works for ever
 included; and a data-dependent model (NMS on the detections) spends on it about what it spends on a
 real row, so a bucket costs the same whatever fills it. Padding outputs are dropped; only the real
 rows are split back. On GPU providers each bucket has a session of its own (see
-``peregrine.server.model.open_bucket_sessions``), so that no session ever changes shape.
+:mod:`peregrine.server.runtime.instances`), so that no session ever changes shape.
+
+The detection pipeline's executor (:mod:`peregrine.server.pipeline.executor`) is the other
+implementation of the scheduler's ``BatchExecutor`` interface.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InvalidArgument, ModelExecutionError, PeregrineError
-from ..inference import InferRequest, TensorSpec
-from ..stats import ModelStats
-from ..tracing import stamp_compute
+from ..core.errors import InvalidArgument, ModelExecutionError, PeregrineError
+from ..core.stats import ModelStats
+from ..core.types import ComputeTimes, InferRequest, TensorSpec
+from ..scheduling.buckets import bucket_for
+from .instances import Instances
 from .onnx import OnnxSession
 
 log = logging.getLogger(__name__)
@@ -38,45 +41,30 @@ except ImportError:  # pragma: no cover - layout of older builds
     _OrtInvalidArgument = ()  # type: ignore[assignment,misc]
 
 
-class OnnxBatchExecutor:
-    """The :class:`~peregrine.server.scheduling.batcher.BatchExecutor` of an ONNX model version."""
+class TensorExecutor:
+    """The scheduler's ``BatchExecutor`` for a model of tensors in, tensors out: batch assembly, one
+    session run, outputs split back per request. ``max_batch_size`` 0: the model does not batch (each
+    request runs alone, as it came)."""
 
-    def __init__(
-        self,
-        model_name: str,
-        sessions: list[OnnxSession],
-        inputs: list[TensorSpec],
-        outputs: list[TensorSpec],
-        batching: bool,
-        max_batch_size: int,
-        stats: ModelStats,
-        batch_buckets: Sequence[int] = (),
-        bucket_sessions: Sequence[Mapping[int, OnnxSession]] = (),
-    ) -> None:
+    def __init__(self, model_name: str, instances: Instances, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 max_batch_size: int, stats: ModelStats) -> None:
         self.model_name = model_name
-        self.sessions = sessions
+        self.instances = instances
         self.inputs = inputs
         self.output_names = [o.name for o in outputs]
-        self.batching = batching
-        self.max_batch_size = max_batch_size
+        self.batching = max_batch_size > 0
+        self.max_batch_size = max(max_batch_size, 1)
         self.stats = stats
         # Sizes a batch is padded up to (ascending); empty: batches run at their own size.
-        self.batch_buckets = tuple(sorted(batch_buckets)) if batching else ()
-        if self.batch_buckets and self.batch_buckets[-1] > max_batch_size:
-            raise ValueError(f"batch bucket {self.batch_buckets[-1]} exceeds max_batch_size {max_batch_size}")
-        # Per instance, the session of each bucket (GPU providers: one shape per session); empty: the
-        # instance's one session runs every size.
-        self.bucket_sessions = list(bucket_sessions)
-        if self.bucket_sessions and any(set(m) != set(self.batch_buckets) for m in self.bucket_sessions):
-            raise ValueError(f"bucket sessions must cover exactly the buckets {self.batch_buckets}")
-        self._buffers: list[dict[str, np.ndarray]] = [{} for _ in sessions]
+        self.batch_buckets = instances.buckets if self.batching else ()
+        if self.batch_buckets and self.batch_buckets[-1] > self.max_batch_size:
+            raise ValueError(f"batch bucket {self.batch_buckets[-1]} exceeds max_batch_size {self.max_batch_size}")
+        self._buffers: list[dict[str, np.ndarray]] = [{} for _ in range(len(instances))]
 
     def session_for(self, instance: int, executed: int) -> OnnxSession:
         """The session that runs a batch of ``executed`` rows on ``instance``: its bucket's session,
         or the instance's own session (no buckets, or an unpadded device batch of another size)."""
-        if self.bucket_sessions and executed in self.bucket_sessions[instance]:
-            return self.bucket_sessions[instance][executed]
-        return self.sessions[instance]
+        return self.instances.session_for(instance, executed)
 
     def sizes(self, requests: Sequence[InferRequest]) -> tuple[int, int]:
         """(real elements, executed rows) of a batch. Inputs already in device memory (CUDA shared
@@ -88,8 +76,7 @@ class OnnxBatchExecutor:
 
     def executed_size(self, elements: int) -> int:
         """The batch size a batch of ``elements`` runs at: its bucket, or ``elements`` itself."""
-        i = bisect.bisect_left(self.batch_buckets, elements)
-        return self.batch_buckets[i] if i < len(self.batch_buckets) else elements
+        return bucket_for(elements, self.batch_buckets)
 
     def _buffer(self, instance: int, name: str, like: np.ndarray) -> np.ndarray:
         buf = self._buffers[instance].get(name)
@@ -139,7 +126,9 @@ class OnnxBatchExecutor:
         results = self._split(requests, outs, executed)
         t3 = time.perf_counter_ns()
         self.stats.record_batch(elements, len(requests), t1 - t0, t2 - t1, t3 - t2, executed=executed)
-        stamp_compute(requests, t0, t1 - t0, t2 - t1, t3 - t2)
+        compute = ComputeTimes(t0, t1 - t0, t2 - t1, t3 - t2)
+        for r in requests:
+            r.compute = compute
         return results
 
     def _split(self, requests: Sequence[InferRequest], outs: list[np.ndarray],

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .. import datatypes
-from ..config import ModelConfig, OnnxRuntimeConfig
-from ..errors import InvalidArgument, ModelLoadError
-from ..inference import TensorSpec
+from ..config.model import ModelConfig, OnnxRuntimeConfig
+from ..core import datatypes
+from ..core.errors import InvalidArgument, ModelLoadError
+from ..core.types import TensorSpec
 
 log = logging.getLogger(__name__)
 

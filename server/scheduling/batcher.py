@@ -16,8 +16,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import Cancelled, DeadlineExceeded, InvalidArgument, PeregrineError, Unavailable
-from ..inference import InferRequest
+from ..core.errors import Cancelled, DeadlineExceeded, InvalidArgument, PeregrineError, Unavailable
+from ..core.types import InferRequest
 from .policy import INF, BatchPolicy, QueuedRequest
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class DynamicBatcher:
         self._queue.append(entry)
         self.policy.cost.observe_arrival(entry.arrival)
         self._wake.set()
+        error: Exception | None = None
         try:
             try:
                 result = await asyncio.shield(future)
@@ -125,8 +126,6 @@ class DynamicBatcher:
                 raise
             except Exception as e:
                 result, error = None, e
-            else:
-                error = None
             if previous is not None:
                 # Answer in arrival order per client: wait for the previous request to be answered.
                 await asyncio.wait([previous])

@@ -22,12 +22,13 @@ bucket >= n; the cost model and the deadline guard count the executed (padded) s
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from .buckets import bucket_for
 
 INF = math.inf
 
@@ -59,13 +60,6 @@ class PolicyConfig:
     # Sizes batches are executed at, ascending (a batch of n runs padded to the smallest one >= n);
     # empty: every batch runs at its own size.
     batch_buckets: tuple[int, ...] = ()
-
-
-def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
-    """The size a batch of ``n`` elements is executed at: the smallest bucket >= n, or ``n`` itself
-    when there are no buckets (or none is large enough)."""
-    i = bisect.bisect_left(buckets, n)
-    return buckets[i] if i < len(buckets) else n
 
 
 @dataclass
@@ -255,7 +249,8 @@ class BatchPolicy:
 
     @staticmethod
     def _trim(batch: list[QueuedRequest], size: int) -> list[QueuedRequest]:
-        out, n = [], 0
+        out: list[QueuedRequest] = []
+        n = 0
         for r in batch:
             if n + r.size > size and out:
                 break

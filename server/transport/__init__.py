@@ -1,1 +1,2 @@
-"""gRPC transport: decode the request, call the data plane, encode the response. Nothing else."""
+"""Transports: wire in, plain requests to the data plane, plain results back to the wire. Thin by rule:
+they import neither models, runtimes nor kernels."""

@@ -25,9 +25,9 @@ from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+from peregrine.modelgen import yolov5_detector
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig
-from peregrine.server.modelgen import yolov5_detector
 from support import onnx_models
 from support.certificates import Certificates, make_certificates  # noqa: F401 (re-exported)
 

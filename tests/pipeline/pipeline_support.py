@@ -24,9 +24,9 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+from peregrine.modelgen import end2end_detector, yolov5_detector, yolov8_detector
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig
-from peregrine.server.modelgen import end2end_detector, yolov5_detector, yolov8_detector
 from support import onnx_models
 
 MAX_WH = 7680  # ultralytics' class offset for batched NMS

@@ -11,10 +11,10 @@ import numpy as np
 import pipeline_support
 import pytest
 import tritonclient.grpc as triton
+from peregrine.modelgen.coco import COCO80
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 from peregrine.server.app import PeregrineServer
-from peregrine.server.modelgen.coco import COCO80
 from pipeline_support import Reference, assert_same_detections, jpeg, photographs, png
 
 # Fixtures shared with the other pipeline tests (see pipeline_support).

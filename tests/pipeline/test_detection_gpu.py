@@ -13,9 +13,10 @@ import pipeline_support
 import pytest
 from peregrine import kernels
 from peregrine.server.config import load_model_config
-from peregrine.server.engine import Engine
-from peregrine.server.pipeline.detection import DetectionPipeline, FrameRequest
+from peregrine.server.core.types import FrameRequest
+from peregrine.server.models.detection import DetectionModel
 from peregrine.server.runtime.onnx import CUDA
+from peregrine.server.scheduling.loop import EventLoopThread
 from pipeline_support import Reference, assert_same_detections, photographs, pipeline_config, write_pipeline
 
 ort = pytest.importorskip("onnxruntime")
@@ -39,9 +40,9 @@ requires_gpu = pytest.mark.skipif(not _gpu_available(), reason="needs onnxruntim
                                                                 "CUDA kernels")
 
 
-def _pipeline(root: Path, name: str, detector: str, device: str) -> DetectionPipeline:
+def _pipeline(root: Path, name: str, detector: str, device: str) -> DetectionModel:
     write_pipeline(root, name, pipeline_config(detector) + f'\n[instance_group]\ndevice = "{device}"\n')
-    return DetectionPipeline.load(name, 1, root / detector / "1", load_model_config(root / name))
+    return DetectionModel.load(name, 1, root / detector / "1", load_model_config(root / name))
 
 
 @requires_gpu
@@ -50,29 +51,29 @@ def test_gpu_pipeline_matches_reference_and_cpu(detection_repo: Path, references
                                                 detector: str, model: str) -> None:
     gpu = _pipeline(detection_repo, f"gpu_{model}", detector, "cuda")
     cpu = _pipeline(detection_repo, f"cpu_{model}", detector, "cpu")
-    assert gpu.sessions[0].device == "cuda" and cpu.sessions[0].device == "cpu"
+    assert gpu.detector.instances.device == "cuda" and cpu.detector.instances.device == "cpu"
     photos = photographs()
-    engine = Engine()
-    engine.start()
+    loop = EventLoopThread()
+    loop.start()
     try:
         for p in (gpu, cpu):
-            engine.run(p.start())
+            loop.run(p.start())
         names = list(photos) * 2  # 16 frames of eight sizes in one batch
         results = {}
         for label, p in (("gpu", gpu), ("cpu", cpu)):
             request = FrameRequest(p.name, frames=[photos[n] for n in names], options=p.default_options())
-            results[label] = engine.run(p.detect(request))
+            results[label] = loop.run(p.detect(request))
         assert results["gpu"].times.batch_size == 16
         for i, name in enumerate(names):
             want = references[model](photos[name])
             assert_same_detections(results["gpu"].detections[i], want, f"gpu/{name}")
             assert_same_detections(results["gpu"].detections[i], results["cpu"].detections[i], f"gpu-cpu/{name}")
         # single frames too (batch of one, smallest buffers)
-        one = engine.run(gpu.detect(FrameRequest(gpu.name, frames=[photos["coffee_tiny"]],
+        one = loop.run(gpu.detect(FrameRequest(gpu.name, frames=[photos["coffee_tiny"]],
                                                  options=gpu.default_options())))
         assert_same_detections(one.detections[0], references[model](photos["coffee_tiny"]))
         assert np.isfinite(one.detections[0]).all()
     finally:
         for p in (gpu, cpu):
-            engine.run(p.stop())
-        engine.stop()
+            loop.run(p.stop())
+        loop.stop()

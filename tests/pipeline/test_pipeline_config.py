@@ -9,13 +9,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from peregrine.modelgen import end2end_detector, yolov5_detector, yolov8_detector
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import parse_model_config
-from peregrine.server.errors import ModelLoadError
-from peregrine.server.modelgen import end2end_detector, yolov5_detector, yolov8_detector
-from peregrine.server.pipeline.detection import DetectionPipeline, detect_layout, parse_labels
+from peregrine.server.core.errors import ModelLoadError
+from peregrine.server.models.detection import DetectionModel
+from peregrine.server.pipeline.head import detect_layout
+from peregrine.server.runtime.metadata import parse_labels
 from pipeline_support import pipeline_config, write_pipeline
 from support import onnx_models
 
@@ -53,12 +55,12 @@ def test_labels_from_metadata() -> None:
     assert parse_labels({}) == []
 
 
-def _load(root: Path, name: str) -> DetectionPipeline:
+def _load(root: Path, name: str) -> DetectionModel:
     from peregrine.server.config import load_model_config
 
     cfg = load_model_config(root / name)
     detector = cfg.detection.detector if cfg.detection else None
-    return DetectionPipeline.load(name, 1, root / (detector or name) / "1", cfg)
+    return DetectionModel.load(name, 1, root / (detector or name) / "1", cfg)
 
 
 def test_settings_read_from_each_model(tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ def test_dynamic_input_size_from_the_export_metadata(tmp_path: Path,
                                                      start_server: Callable[..., PeregrineServer]) -> None:
     """An ultralytics export with dynamic=True has [N, 3, H, W] inputs and records the size it was
     exported at as 'imgsz' metadata: the pipeline runs at that size, and the plain model warms up at it."""
-    from peregrine.server.model import export_size
+    from peregrine.server.runtime.metadata import export_size
 
     model = yolov8_detector(0, imgsz=320)
     for dim, name in ((model.graph.input[0].type.tensor_type.shape.dim[2], "height"),
@@ -161,9 +163,9 @@ def test_pipeline_batches_padded_to_buckets(tmp_path: Path) -> None:
     write_pipeline(tmp_path, "plain", pipeline_config("v5", max_batch=8))
     write_pipeline(tmp_path, "bucketed", pipeline_config("v5", max_batch=8) + "batch_buckets = [4, 8]\n")
     plain, bucketed = _load(tmp_path, "plain"), _load(tmp_path, "bucketed")
-    assert bucketed.batch_buckets == (4, 8) and plain.batch_buckets == ()
+    assert bucketed.detector.instances.buckets == (4, 8) and plain.detector.instances.buckets == ()
     frames = [np.full((90 + 10 * i, 120, 3), 40 * i, np.uint8) for i in range(3)]
-    from peregrine.server.pipeline.detection import FrameRequest
+    from peregrine.server.core.types import FrameRequest
 
     results = []
     for p in (plain, bucketed):

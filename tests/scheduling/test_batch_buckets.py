@@ -21,12 +21,14 @@ import pytest
 import tritonclient.grpc as tc
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig, parse_model_config
-from peregrine.server.errors import ModelLoadError
-from peregrine.server.inference import InferRequest, TensorSpec
-from peregrine.server.model import ModelVersion, open_bucket_sessions, resolve_batch_buckets
-from peregrine.server.runtime.executor import OnnxBatchExecutor
+from peregrine.server.core.errors import ModelLoadError
+from peregrine.server.core.stats import ModelStats
+from peregrine.server.core.types import InferRequest, TensorSpec
+from peregrine.server.models.loading import resolve_batch_buckets
+from peregrine.server.models.tensor import TensorModel
+from peregrine.server.runtime.executor import TensorExecutor
+from peregrine.server.runtime.instances import Instances, open_bucket_sessions
 from peregrine.server.runtime.onnx import OnnxSession
-from peregrine.server.stats import ModelStats
 from support import onnx_models
 
 
@@ -90,11 +92,11 @@ def identity_session(tmp_path: Path, datatype: str = "FP32", width: int = 3) -> 
 
 
 def executor(session: RecordingSession, buckets: tuple[int, ...], datatype: str = "FP32",
-             width: int = 3, per_bucket: dict[int, RecordingSession] | None = None) -> OnnxBatchExecutor:
+             width: int = 3, per_bucket: dict[int, RecordingSession] | None = None) -> TensorExecutor:
     spec = TensorSpec("INPUT0", datatype, (-1, width))
     out = TensorSpec("OUTPUT0", datatype, (-1, width))
-    return OnnxBatchExecutor("id", [session], [spec], [out], True, 8, ModelStats(),  # type: ignore[list-item]
-                             batch_buckets=buckets, bucket_sessions=[per_bucket] if per_bucket else ())
+    instances = Instances([session], buckets, [per_bucket] if per_bucket else [])  # type: ignore[list-item]
+    return TensorExecutor("id", instances, [spec], [out], 8, ModelStats())
 
 
 def rows(start: int, n: int, width: int = 3) -> InferRequest:
@@ -222,9 +224,9 @@ def test_warm_up_runs_each_bucket_on_its_own_session(tmp_path: Path) -> None:
     for s in per_bucket.values():
         s.device = "cuda"
     cfg = parse_model_config("max_batch_size = 4\n[dynamic_batching]\n")
-    model = ModelVersion("w", 1, tmp_path / "w.onnx", cfg, [per_bucket[4]],  # type: ignore[list-item]
-                         [TensorSpec("INPUT0", "FP32", (-1, 3))], [TensorSpec("OUTPUT0", "FP32", (-1, 3))], 4,
-                         batch_buckets=(1, 2, 4), bucket_sessions=[per_bucket])  # type: ignore[list-item]
+    instances = Instances([per_bucket[4]], (1, 2, 4), [per_bucket])  # type: ignore[list-item]
+    model = TensorModel("w", 1, cfg, instances, [TensorSpec("INPUT0", "FP32", (-1, 3))],
+                        [TensorSpec("OUTPUT0", "FP32", (-1, 3))], 4)
     model.warm_up()
     assert {b: [f["INPUT0"].shape[0] for f in s.feeds] for b, s in per_bucket.items()} == {1: [1], 2: [2], 4: [4]}
 
@@ -240,9 +242,9 @@ def warmed_sizes(tmp_path: Path, config: str, device: str) -> list[int]:
     cfg = parse_model_config(config)
     session = RecordingSession(OnnxSession(d / "1" / "model.onnx", cfg), device=device)
     max_batch = cfg.max_batch_size or 8
-    model = ModelVersion("w", 1, d / "1" / "model.onnx", cfg, [session], [TensorSpec("INPUT0", "FP32", (-1, 3))],  # type: ignore[list-item]
-                         [TensorSpec("OUTPUT0", "FP32", (-1, 3))], max_batch,
-                         batch_buckets=resolve_batch_buckets(cfg, max_batch, device, "w/1"))
+    instances = Instances([session], resolve_batch_buckets(cfg, max_batch, device, "w/1"))  # type: ignore[list-item]
+    model = TensorModel("w", 1, cfg, instances, [TensorSpec("INPUT0", "FP32", (-1, 3))],
+                        [TensorSpec("OUTPUT0", "FP32", (-1, 3))], max_batch)
     model.warm_up()
     return [f["INPUT0"].shape[0] for f in session.feeds]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from peregrine.server.errors import DeadlineExceeded, InvalidArgument, ModelExecutionError, Unavailable
-from peregrine.server.inference import InferRequest
+from peregrine.server.core.errors import DeadlineExceeded, InvalidArgument, ModelExecutionError, Unavailable
+from peregrine.server.core.types import InferRequest
 from peregrine.server.scheduling.batcher import DynamicBatcher, QueueConfig, QueuePolicy
 from peregrine.server.scheduling.policy import BatchPolicy, CostModel, PolicyConfig
 

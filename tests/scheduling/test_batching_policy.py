@@ -9,13 +9,13 @@ import random
 from collections.abc import Callable
 
 import pytest
+from peregrine.server.scheduling.buckets import bucket_for
 from peregrine.server.scheduling.policy import (
     INF,
     BatchPolicy,
     CostModel,
     PolicyConfig,
     QueuedRequest,
-    bucket_for,
 )
 
 

@@ -1,0 +1,129 @@
+"""``peregrine.v1`` detection messages <-> plain detection requests and results.
+
+Like :mod:`.oip` for OIP, the only place that turns detection protobufs into plain data and back. Images
+are not decoded here: a request carries the bytes the client sent (:class:`EncodedImage`,
+:class:`RawImage`) and the detection model decodes them, off the event loop. A ``DetectStream``'s state
+(the model, options, deadline and priority that later frames inherit; sequence numbers that must grow)
+is wire semantics, kept here by :class:`StreamFrameDecoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from peregrine.proto import detection_pb2 as det
+
+from ..core.errors import InvalidArgument
+from ..core.types import DetectRequest, EncodedImage, FrameResult, OptionOverrides, RawImage
+
+_US = 1000
+
+
+def _overrides(msg: det.DetectOptions) -> OptionOverrides:
+    return OptionOverrides(
+        msg.score_threshold if msg.HasField("score_threshold") else None,
+        msg.iou_threshold if msg.HasField("iou_threshold") else None,
+        msg.max_detections if msg.HasField("max_detections") else None,
+        list(msg.classes),
+        field_prefix="options.",
+    )
+
+
+def decode_image(image: det.Image, field: str) -> EncodedImage | RawImage:
+    """One ``Image`` message as the bytes it carries. Raises InvalidArgument naming ``field``."""
+    kind = image.WhichOneof("data")
+    if kind == "encoded":
+        return EncodedImage(image.encoded, field)
+    if kind == "raw":
+        raw = image.raw
+        return RawImage(raw.data, raw.height, raw.width, raw.channels, field)
+    raise InvalidArgument(f"{field}: expected an image (encoded bytes or raw pixels), got none")
+
+
+def decode_detect_request(msg: det.DetectRequest, deadline: float | None) -> DetectRequest:
+    """A ``DetectRequest`` as a plain :class:`DetectRequest` (images still as sent)."""
+    images = [decode_image(img, f"images[{i}]") for i, img in enumerate(msg.images)]
+    params: dict[str, Any] = {"timeout": msg.timeout_us} if msg.timeout_us else {}
+    return DetectRequest(msg.model_name, msg.model_version, msg.id, parameters=params, deadline=deadline,
+                         priority=msg.priority, images=images, overrides=_overrides(msg.options))
+
+
+class StreamFrameDecoder:
+    """The frames of one ``DetectStream`` as plain requests. Model, options, deadline and priority stay
+    in force for later frames until a frame sets them again; sequence numbers must grow."""
+
+    def __init__(self) -> None:
+        self.model_name = ""
+        self.model_version = ""
+        self.last_sequence: int | None = None
+        self.options = det.DetectOptions()
+        self.deadline_us = 0
+        self.priority = 0
+
+    def model_of(self, msg: det.StreamFrame) -> str:
+        return msg.model_name or self.model_name
+
+    def decode(self, msg: det.StreamFrame, arrival: float, call_deadline: float | None) -> DetectRequest:
+        """A ``StreamFrame`` as a one-image :class:`DetectRequest`; its deadline is the earlier of the
+        frame's ``deadline_us`` (from ``arrival``, a monotonic time) and the call's."""
+        if self.last_sequence is not None and msg.sequence <= self.last_sequence:
+            raise InvalidArgument(f"sequence: expected more than the previous frame's {self.last_sequence}, "
+                                  f"got {msg.sequence}")
+        self.last_sequence = msg.sequence
+        if msg.model_name:
+            self.model_name, self.model_version = msg.model_name, msg.model_version
+        if msg.HasField("options"):
+            self.options.CopyFrom(msg.options)
+        self.deadline_us = msg.deadline_us or self.deadline_us
+        self.priority = msg.priority or self.priority
+        image = decode_image(msg.image, "image")
+        deadline = call_deadline
+        if self.deadline_us:
+            own = arrival + self.deadline_us / 1e6
+            deadline = own if deadline is None else min(deadline, own)
+        return DetectRequest(self.model_name, self.model_version, f"frame-{msg.sequence}", deadline=deadline,
+                             priority=self.priority, arrival=arrival, images=[image],
+                             overrides=_overrides(self.options), sequence=msg.sequence,
+                             max_in_flight=msg.max_in_flight)
+
+
+def _boxes(result: FrameResult, dets: np.ndarray, height: int, width: int) -> det.ImageDetections:
+    out = det.ImageDetections(height=height, width=width)
+    for x1, y1, x2, y2, score, cls in dets.tolist():
+        c = int(cls)
+        out.boxes.add(x1=x1, y1=y1, x2=x2, y2=y2, score=score, class_id=c, label=result.label(c))
+    return out
+
+
+def timings(result: FrameResult) -> det.StageTimings:
+    t = result.times
+    return det.StageTimings(decode_us=result.decode_ns // _US, queue_us=result.queue_ns // _US,
+                            pre_us=t.pre_ns // _US, infer_us=t.infer_ns // _US, post_us=t.post_ns // _US,
+                            total_us=result.total_ns // _US, batch_size=t.batch_size)
+
+
+def encode_detect_response(msg: det.DetectRequest, result: FrameResult) -> det.DetectResponse:
+    response = det.DetectResponse(model_name=result.model_name, model_version=result.model_version, id=msg.id,
+                                  timings=timings(result))
+    for (height, width), dets in zip(result.sizes, result.detections, strict=True):
+        response.results.append(_boxes(result, dets, height, width))
+    return response
+
+
+def encode_stream_result(msg: det.StreamFrame, result: FrameResult, dropped_total: int) -> det.StreamResult:
+    height, width = result.sizes[0]
+    return det.StreamResult(sequence=msg.sequence, capture_time_us=msg.capture_time_us, status=det.StreamResult.OK,
+                            detections=_boxes(result, result.detections[0], height, width),
+                            timings=timings(result), dropped_total=dropped_total)
+
+
+def stream_failure(msg: det.StreamFrame, status: int, code: int, message: str, dropped_total: int) -> det.StreamResult:
+    return det.StreamResult(sequence=msg.sequence, capture_time_us=msg.capture_time_us, status=status,  # type: ignore[arg-type]
+                            error_code=code, error_message=message, dropped_total=dropped_total)
+
+
+def stream_status(outcome: str) -> int:
+    """The ``StreamResult.status`` of a frame's outcome ("ok", "dropped", "deadline", "error")."""
+    return {"ok": det.StreamResult.OK, "dropped": det.StreamResult.DROPPED,
+            "deadline": det.StreamResult.DEADLINE_EXCEEDED}.get(outcome, det.StreamResult.ERROR)

@@ -1,0 +1,346 @@
+"""Open Inference Protocol inference messages <-> plain requests and responses.
+
+The only module that turns ``ModelInferRequest``/``ModelInferResponse`` into arrays and back. Raw tensors are
+decoded without copying: ``np.frombuffer`` views of the request's bytes. Tensors in shared memory
+(parameters ``shared_memory_region``/``_offset``/``_byte_size``) are views of the registered region,
+resolved through the request's :class:`~peregrine.server.dataplane.shm.RequestRegions`; outputs requested into a
+region are written there and answered without bytes. Errors name the tensor, what was expected and what
+came, and map to INVALID_ARGUMENT (NOT_FOUND for a region that is not registered).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from peregrine.proto import grpc_service_pb2 as pb
+
+from ..core import datatypes
+from ..core.errors import InvalidArgument, Unimplemented
+from ..core.types import InferRequest, InferResponse
+
+if TYPE_CHECKING:
+    from ..dataplane.shm import RequestRegions
+
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+
+_LEN = struct.Struct("<I")
+
+
+def parameter_value(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+def set_parameter(p: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    else:
+        p.string_param = str(value)
+
+
+def decode_bytes_tensor(raw: bytes | memoryview | np.ndarray, count: int, name: str) -> np.ndarray:
+    """Decode OIP's BYTES serialization (each element a 4-byte little-endian length, then the bytes) from
+    ``raw`` (bytes, or a uint8 array of a shared-memory region)."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)  # type: ignore[arg-type]  # ndarray exports the buffer protocol
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} of {count} has no length prefix "
+                f"({len(view) - pos} bytes left at offset {pos})"
+            )
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + n > len(view):
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} claims {n} bytes but only {len(view) - pos} remain"
+            )
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != len(view):
+        raise InvalidArgument(
+            f"input '{name}': {len(view) - pos} bytes left over after {count} BYTES elements"
+        )
+    return out
+
+
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        b = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _shape(tensor: Any, kind: str) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{kind} '{tensor.name}': shape {list(shape)} has a negative dimension")
+    return shape
+
+
+def _datatype(tensor: Any) -> datatypes.DataType:
+    try:
+        return datatypes.from_name(tensor.datatype)
+    except KeyError:
+        known = ", ".join(datatypes.BY_NAME)
+        raise InvalidArgument(
+            f"input '{tensor.name}': unknown datatype '{tensor.datatype}', expected one of {known}"
+        ) from None
+
+
+def _decode_raw(raw: bytes, dt: datatypes.DataType, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if dt.name == "BYTES":
+        return decode_bytes_tensor(raw, count, name).reshape(shape)
+    expected = count * dt.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input '{name}': {dt.name} {list(shape)} needs {expected} bytes, got {len(raw)} in raw_input_contents"
+        )
+    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+
+
+def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...]) -> np.ndarray:
+    if dt.contents_field is None:
+        raise InvalidArgument(
+            f"input '{tensor.name}': {dt.name} has no typed contents field in the protocol; "
+            "send it in raw_input_contents"
+        )
+    contents = tensor.contents
+    present = [f.name for f, _ in contents.ListFields()]
+    stray = [f for f in present if f != dt.contents_field]
+    if stray:
+        raise InvalidArgument(
+            f"input '{tensor.name}': datatype {dt.name} expects contents.{dt.contents_field}, "
+            f"got contents.{stray[0]}"
+        )
+    values = getattr(contents, dt.contents_field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input '{tensor.name}': shape {list(shape)} needs {count} elements, "
+            f"got {len(values)} in contents.{dt.contents_field}"
+        )
+    if dt.name == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    wide = np.array(values, dtype=np.float64 if dt.numpy.kind == "f" else None)
+    if dt.numpy.kind in "iu" and wide.size:
+        info = np.iinfo(dt.numpy)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidArgument(
+                f"input '{tensor.name}': contents.{dt.contents_field} holds values outside {dt.name}'s range "
+                f"[{info.min}, {info.max}]"
+            )
+    return wide.astype(dt.numpy).reshape(shape)
+
+
+def _shm_params(tensor: Any, what: str) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when the tensor's parameters put it in shared memory, else None."""
+    params = tensor.parameters
+    if SHM_REGION not in params:
+        stray = [k for k in (SHM_OFFSET, SHM_BYTE_SIZE) if k in params]
+        if stray:
+            raise InvalidArgument(f"{what}: parameters.{stray[0]} given without parameters.{SHM_REGION}")
+        return None
+    region = params[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
+        raise InvalidArgument(f"{what}: parameters.{SHM_REGION}: expected a string_param naming a registered "
+                              f"region, got {region.WhichOneof('parameter_choice') or 'nothing'}")
+
+    def integer(key: str, default: int | None) -> int:
+        if key not in params:
+            if default is None:
+                raise InvalidArgument(f"{what}: parameters.{key}: expected the size in bytes along with "
+                                      f"{SHM_REGION}, got none")
+            return default
+        which = params[key].WhichOneof("parameter_choice")
+        value = getattr(params[key], which) if which else None
+        if which not in ("int64_param", "uint64_param") or value < 0:  # type: ignore[operator]
+            raise InvalidArgument(f"{what}: parameters.{key}: expected a non-negative int64_param, "
+                                  f"got {which or 'nothing'} {value!r}")
+        return int(value)  # type: ignore[arg-type]
+
+    return region.string_param, integer(SHM_OFFSET, 0), integer(SHM_BYTE_SIZE, None)
+
+
+def _decode_shm(regions: RequestRegions | None, where: tuple[str, int, int], dt: datatypes.DataType,
+                shape: tuple[int, ...], name: str) -> Any:
+    """An input read from shared memory: a read-only NumPy view of a system region (a copy only when the
+    offset leaves the data misaligned for its type), or a CuPy array over a CUDA region."""
+    what = f"input '{name}'"
+    if regions is None:
+        raise Unimplemented(f"{what}: parameters.{SHM_REGION}: this endpoint does not take shared memory")
+    region, offset, byte_size = where
+    count = math.prod(shape)
+    if dt.name != "BYTES" and byte_size != count * dt.itemsize:
+        raise InvalidArgument(f"{what}: {dt.name} {list(shape)} needs {count * dt.itemsize} bytes, "
+                              f"got {SHM_BYTE_SIZE} {byte_size}")
+    memory = regions.input(region, offset, byte_size, what)
+    on_device = hasattr(memory, "__cuda_array_interface__")
+    if dt.name == "BYTES":
+        from ..dataplane.shm import to_host
+
+        return decode_bytes_tensor(to_host(memory), count, name).reshape(shape)
+    if on_device:
+        if offset % dt.itemsize:
+            raise InvalidArgument(f"{what}: {SHM_OFFSET} {offset} in a CUDA region must be a multiple of "
+                                  f"{dt.name}'s {dt.itemsize} bytes")
+        return memory.view(dt.numpy).reshape(shape)
+    array = memory.view(dt.numpy).reshape(shape)
+    if not array.flags.aligned:
+        array = array.copy()
+    array.flags.writeable = False
+    return array
+
+
+def decode_infer_request(
+    msg: pb.ModelInferRequest, deadline: float | None = None, ordering_key: str = "",
+    regions: RequestRegions | None = None,
+) -> InferRequest:
+    """Turn a ModelInferRequest into an :class:`InferRequest` (arrays are views where possible).
+
+    ``regions`` resolves tensors in shared memory: inputs become views of their region, and requested
+    outputs that name a region are reserved in ``regions.outputs`` for :func:`encode_infer_response`.
+    As in Triton, ``raw_input_contents`` holds one entry per input that is not in shared memory."""
+    if not msg.model_name:
+        raise InvalidArgument("model_name: expected a model name, got an empty string")
+    in_shm = {}
+    for i, tensor in enumerate(msg.inputs):
+        where = _shm_params(tensor, f"input '{tensor.name or i}'")
+        if where is not None:
+            in_shm[i] = where
+    n_raw = len(msg.raw_input_contents)
+    n_carried = len(msg.inputs) - len(in_shm)
+    if n_raw and n_raw != n_carried:
+        raise InvalidArgument(
+            f"raw_input_contents: expected one entry per input not in shared memory ({n_carried}), got {n_raw}"
+        )
+    inputs: dict[str, Any] = {}
+    typed = False
+    raw_index = 0
+    for i, tensor in enumerate(msg.inputs):
+        if not tensor.name:
+            raise InvalidArgument(f"inputs[{i}].name: expected a tensor name, got an empty string")
+        if tensor.name in inputs:
+            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
+        dt = _datatype(tensor)
+        shape = _shape(tensor, "input")
+        has_typed = tensor.HasField("contents") and bool(tensor.contents.ListFields())
+        if i in in_shm:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{tensor.name}': has both typed contents and parameters.{SHM_REGION}; send one"
+                )
+            inputs[tensor.name] = _decode_shm(regions, in_shm[i], dt, shape, tensor.name)
+        elif n_raw:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{tensor.name}': has both typed contents and raw_input_contents; send one"
+                )
+            inputs[tensor.name] = _decode_raw(msg.raw_input_contents[raw_index], dt, shape, tensor.name)
+            raw_index += 1
+        elif has_typed or math.prod(shape) == 0:
+            typed = True
+            inputs[tensor.name] = _decode_typed(tensor, dt, shape)
+        else:
+            raise InvalidArgument(
+                f"input '{tensor.name}': no data; expected raw_input_contents, typed contents or "
+                f"parameters.{SHM_REGION}"
+            )
+    params = {k: parameter_value(v) for k, v in msg.parameters.items()}
+    priority = params.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {priority!r}")
+    timeout_us = params.get("timeout")
+    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0):
+        raise InvalidArgument(f"parameters.timeout: expected a non-negative integer (microseconds), got {timeout_us!r}")
+    requested = []
+    for o in msg.outputs:
+        if not o.name:
+            raise InvalidArgument("outputs[].name: expected an output name, got an empty string")
+        requested.append(o.name)
+        where = _shm_params(o, f"output '{o.name}'")
+        if where is not None:
+            if regions is None:
+                raise Unimplemented(f"output '{o.name}': parameters.{SHM_REGION}: this endpoint does not take "
+                                    "shared memory")
+            regions.output(o.name, *where)
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        requested_outputs=requested,
+        parameters=params,
+        deadline=deadline,
+        priority=priority,
+        ordering_key=ordering_key,
+        typed_contents=typed,
+    )
+
+
+def _typed_response_possible(outputs: dict[str, np.ndarray]) -> bool:
+    return all(datatypes.from_numpy(a.dtype).contents_field is not None for a in outputs.values())
+
+
+def encode_infer_response(resp: InferResponse, regions: RequestRegions | None = None) -> pb.ModelInferResponse:
+    """Build a ModelInferResponse. Outputs travel raw, unless the client sent typed contents and every
+    output has a typed field (the protocol forbids mixing raw and typed outputs).
+
+    Outputs reserved in ``regions.outputs`` are written into their shared-memory region; as in Triton, the
+    response lists them (name, datatype, shape) with an empty ``raw_output_contents`` entry, and Peregrine
+    adds the region, offset and the number of bytes written as the output's parameters. Raises
+    InvalidArgument, before anything is written, when an output does not fit its region."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    typed = resp.typed_contents and _typed_response_possible(resp.outputs)
+    targets = regions.outputs if regions is not None else {}
+    payloads: dict[str, Any] = {}
+    for name, target in targets.items():
+        array = resp.outputs.get(name)
+        if array is None:
+            continue
+        dt = datatypes.from_numpy(array.dtype)
+        payload: Any = encode_bytes_tensor(array) if dt.name == "BYTES" else _contiguous(array)
+        target.check_fits(len(payload) if dt.name == "BYTES" else payload.nbytes, f"{dt.name} {list(array.shape)}")
+        payloads[name] = payload
+    for name, array in resp.outputs.items():
+        dt = datatypes.from_numpy(array.dtype)
+        out = msg.outputs.add(name=name, datatype=dt.name, shape=array.shape)
+        if name in payloads:
+            target = targets[name]
+            written = target.write(payloads[name])
+            set_parameter(out.parameters[SHM_REGION], target.region)
+            set_parameter(out.parameters[SHM_OFFSET], target.offset)
+            set_parameter(out.parameters[SHM_BYTE_SIZE], written)
+            if not typed:
+                msg.raw_output_contents.append(b"")
+        elif typed:
+            field = getattr(out.contents, dt.contents_field)  # type: ignore[arg-type]
+            if dt.name == "BYTES":
+                field.extend(x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in array.reshape(-1))
+            else:
+                field.extend(array.reshape(-1).tolist())
+        elif dt.name == "BYTES":
+            msg.raw_output_contents.append(encode_bytes_tensor(array))
+        else:
+            msg.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return msg
+
+
+def _contiguous(array: Any) -> Any:
+    """A C-contiguous array with the same contents (NumPy or CuPy, whichever ``array`` is)."""
+    if hasattr(array, "__cuda_array_interface__"):
+        return array if array.flags.c_contiguous else array.copy()
+    return np.ascontiguousarray(array)

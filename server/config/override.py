@@ -1,0 +1,187 @@
+"""A load-time configuration override in Triton's form: ``RepositoryModelLoad`` with a ``config``
+parameter holding a model configuration as JSON (what ``tritonclient``'s ``load_model(name, config=...)``
+sends), applied over the model's ``config.toml`` for that load only.
+
+The keys a Triton user tunes at load time are read and mapped to Peregrine's (docs/MODEL_CONFIG.md):
+``max_batch_size``, ``dynamic_batching`` (queue delay, preferred sizes, priorities, queue policies,
+ordering), one ``instance_group`` (count, kind, gpus), ``version_policy`` and ``parameters``. Anything
+else is refused with INVALID_ARGUMENT naming the key, rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..core.errors import InvalidArgument
+from .model import ModelConfig, _format_validation
+
+_KINDS = {"KIND_AUTO": "auto", "KIND_GPU": "cuda", "KIND_CPU": "cpu"}
+
+
+def _int(value: Any, key: str) -> int:
+    # Protobuf's JSON writes 64-bit integers as strings.
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"parameters.config.{key}: expected an integer, got {value!r}") from None
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"parameters.config.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _object(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"parameters.config.{key}: expected an object, got {value!r}")
+    return value
+
+
+def _unknown(key: str, known: dict[str, Any] | set[str]) -> InvalidArgument:
+    return InvalidArgument(f"parameters.config.{key}: not supported in a load override; supported: "
+                           f"{', '.join(sorted(known))}")
+
+
+def _queue_policy(raw: Any, key: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in _object(raw, key).items():
+        if k == "timeout_action":
+            if v not in ("REJECT", "DELAY"):
+                raise InvalidArgument(f"parameters.config.{key}.timeout_action: expected REJECT or DELAY, got {v!r}")
+            out["timeout_action"] = v.lower()
+        elif k == "default_timeout_microseconds":
+            out["default_timeout_us"] = _int(v, f"{key}.{k}")
+        elif k == "allow_timeout_override":
+            out["allow_timeout_override"] = _bool(v, f"{key}.{k}")
+        elif k == "max_queue_size":
+            out["max_queue_size"] = _int(v, f"{key}.{k}")
+        else:
+            raise _unknown(f"{key}.{k}", {"timeout_action", "default_timeout_microseconds", "allow_timeout_override",
+                                          "max_queue_size"})
+    return out
+
+
+def _dynamic_batching(raw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    key = "dynamic_batching"
+    for k, v in _object(raw, key).items():
+        if k == "max_queue_delay_microseconds":
+            out["max_queue_delay_us"] = _int(v, f"{key}.{k}")
+        elif k == "preferred_batch_size":
+            if not isinstance(v, list):
+                raise InvalidArgument(f"parameters.config.{key}.{k}: expected a list of sizes, got {v!r}")
+            out["preferred_batch_sizes"] = [_int(x, f"{key}.{k}") for x in v]
+        elif k in ("priority_levels", "default_priority_level"):
+            out[k] = _int(v, f"{key}.{k}")
+        elif k == "preserve_ordering":
+            out[k] = _bool(v, f"{key}.{k}")
+        elif k == "default_queue_policy":
+            out[k] = _queue_policy(v, f"{key}.{k}")
+        elif k == "priority_queue_policy":
+            out[k] = {_int(level, f"{key}.{k}"): _queue_policy(p, f"{key}.{k}.{level}")
+                      for level, p in _object(v, f"{key}.{k}").items()}
+        else:
+            raise _unknown(f"{key}.{k}", {"max_queue_delay_microseconds", "preferred_batch_size", "priority_levels",
+                                          "default_priority_level", "preserve_ordering", "default_queue_policy",
+                                          "priority_queue_policy"})
+    return out
+
+
+def _instance_group(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, list) or len(raw) != 1:
+        raise InvalidArgument(f"parameters.config.instance_group: expected one group (Peregrine runs one per "
+                              f"model), got {raw!r}")
+    out: dict[str, Any] = {}
+    for k, v in _object(raw[0], "instance_group[0]").items():
+        if k == "count":
+            out["count"] = _int(v, f"instance_group[0].{k}")
+        elif k == "kind":
+            if v not in _KINDS:
+                raise InvalidArgument(f"parameters.config.instance_group[0].kind: expected one of "
+                                      f"{', '.join(_KINDS)}, got {v!r}")
+            out["device"] = _KINDS[v]
+        elif k == "gpus":
+            if not isinstance(v, list):
+                raise InvalidArgument(f"parameters.config.instance_group[0].gpus: expected a list, got {v!r}")
+            out["gpus"] = [_int(g, f"instance_group[0].{k}") for g in v]
+        elif k != "name":
+            raise _unknown(f"instance_group[0].{k}", {"count", "kind", "gpus", "name"})
+    return out
+
+
+def _version_policy(raw: Any) -> Any:
+    policy = _object(raw, "version_policy")
+    if set(policy) == {"all"}:
+        return "all"
+    if set(policy) == {"latest"}:
+        return {"latest": _int(_object(policy["latest"], "version_policy.latest").get("num_versions", 1),
+                               "version_policy.latest.num_versions")}
+    if set(policy) == {"specific"}:
+        versions = _object(policy["specific"], "version_policy.specific").get("versions", [])
+        return {"specific": [_int(v, "version_policy.specific.versions") for v in versions]}
+    raise InvalidArgument(f"parameters.config.version_policy: expected one of latest, all, specific, got {policy!r}")
+
+
+def parse_triton_override(text: str, model: str) -> dict[str, Any]:
+    """Peregrine config keys from a Triton model configuration in JSON. Raises InvalidArgument."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"parameters.config: expected a model configuration in JSON, got invalid JSON ({e})") \
+            from None
+    out: dict[str, Any] = {}
+    for k, v in _object(raw, "(top level)").items():
+        if k == "name":
+            if v != model:
+                raise InvalidArgument(f"parameters.config.name: expected '{model}' (the model loaded), got {v!r}")
+        elif k in ("platform", "backend"):
+            if v not in ("onnxruntime_onnx", "onnxruntime"):
+                raise InvalidArgument(f"parameters.config.{k}: Peregrine serves ONNX models with ONNX Runtime, "
+                                      f"got {v!r}")
+        elif k == "max_batch_size":
+            out[k] = _int(v, k)
+        elif k == "dynamic_batching":
+            out[k] = _dynamic_batching(v)
+        elif k == "instance_group":
+            out[k] = _instance_group(v)
+        elif k == "version_policy":
+            out[k] = _version_policy(v)
+        elif k == "parameters":
+            params = {}
+            for name, value in _object(v, k).items():
+                if not isinstance(value, dict) or not isinstance(value.get("string_value"), str):
+                    raise InvalidArgument(f"parameters.config.parameters.{name}: expected "
+                                          f'{{"string_value": "..."}}, got {value!r}')
+                params[name] = value["string_value"]
+            out[k] = params
+        else:
+            raise _unknown(k, {"name", "platform", "backend", "max_batch_size", "dynamic_batching",
+                               "instance_group", "version_policy", "parameters"})
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict) and k != "version_policy":
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def apply_override(config: ModelConfig, override: dict[str, Any], source: str) -> ModelConfig:
+    """``config`` with ``override`` (Peregrine keys) laid over it, validated again."""
+    base = config.model_dump(exclude_unset=True)
+    if "dynamic_batching" in override and config.dynamic_batching is None:
+        base["dynamic_batching"] = {}
+    try:
+        return ModelConfig.model_validate(_merge(base, override))
+    except ValidationError as e:
+        raise InvalidArgument(f"{source}: {_format_validation(e)}") from None

@@ -1,0 +1,51 @@
+"""Settings of one server process: what ``peregrine-server``'s options set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..security.tokens import check_categories
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server process (see ``peregrine-server --help``)."""
+
+    model_repository: Path = Path("models")
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001  # 0 picks a free port; the server reports the one it bound
+    http_port: int | None = 8002  # Prometheus metrics; None disables
+    max_message_bytes: int = 512 * 1024 * 1024
+    grpc_workers: int = 64
+    # "all": load every model at start-up; "explicit": load only `load_models` (and on request).
+    model_control_mode: Literal["all", "explicit"] = "all"
+    load_models: list[str] = field(default_factory=list)
+    server_name: str = "peregrine"
+    strict_model_config: bool = False
+    # Triton's shared-memory extension (docs/SHARED_MEMORY.md). Off: its calls answer UNIMPLEMENTED.
+    shared_memory: bool = True
+    # When not empty, clients may register only POSIX shared-memory keys whose name starts with one of these.
+    shm_key_prefixes: tuple[str, ...] = ()
+    # TLS for the gRPC port (docs/SECURITY.md): PEM certificate chain and key; with `tls_client_ca`,
+    # clients must present a certificate signed by that CA (mutual TLS). None: plain text.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens, one per line; None: no token needed. Calls of the `auth_open` categories need none.
+    auth_token_file: Path | None = None
+    auth_open: tuple[str, ...] = ("health",)
+    # Triton's trace extension (observability/tracing.py): where traces go, and the initial global settings.
+    trace_file: Path | None = None
+    trace_level: str = "OFF"
+    trace_rate: int = 1000
+    trace_count: int = -1
+    trace_log_frequency: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key); one was given")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        self.auth_open = check_categories(self.auth_open)

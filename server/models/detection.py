@@ -1,0 +1,303 @@
+"""A detection pipeline model (``platform = "peregrine_detection"``): frames in, boxes out.
+
+    decode (caller's thread: pipeline.images) -> queue (scheduling.batcher) -> letterbox (pipeline.stages)
+    -> ONNX Runtime (runtime) -> decode head + NMS + map back (pipeline.stages) -> boxes in frame pixels
+
+Composed of a detector (its instances and head, :mod:`peregrine.server.pipeline`), the pipeline's
+executor and a scheduler. The OIP transport drives it with an ``IMAGE`` (uint8 [N, H, W, 3]) or
+``ENCODED`` (BYTES [N, 1]) input and gets ``DETECTIONS`` (FP32 [N, K, 6]: x1, y1, x2, y2, score, class
+id) and ``COUNTS`` (INT32 [N, 1]); ``peregrine.v1.DetectionService`` drives it with a
+:class:`~peregrine.server.core.types.DetectRequest` and gets a :class:`~peregrine.server.core.types.FrameResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config.model import DetectionConfig, ModelConfig
+from ..core.errors import InvalidArgument, ModelLoadError
+from ..core.stats import ModelStats
+from ..core.types import (
+    DetectOptions,
+    DetectRequest,
+    EncodedImage,
+    FrameRequest,
+    FrameResult,
+    InferRequest,
+    InferResponse,
+    ModelDescription,
+    OptionOverrides,
+    TensorSpec,
+)
+from ..pipeline import images
+from ..pipeline.executor import DetectionExecutor, Detector
+from ..pipeline.head import HeadInfo, inspect_head
+from ..runtime.instances import Instances, open_sessions
+from ..runtime.metadata import parse_labels
+from .base import describe
+from .loading import DEFAULT_MAX_BATCH_SIZE, Scheduler, model_file, resolve_batch_buckets, resolve_batching
+
+log = logging.getLogger(__name__)
+
+IMAGE, ENCODED = "IMAGE", "ENCODED"
+DETECTIONS, COUNTS = "DETECTIONS", "COUNTS"
+# Exactly one of the two inputs is given.
+PIPELINE_INPUTS = [TensorSpec(IMAGE, "UINT8", (-1, -1, -1, 3), optional=True),
+                   TensorSpec(ENCODED, "BYTES", (-1, 1), optional=True)]
+PIPELINE_OUTPUTS = [TensorSpec(DETECTIONS, "FP32", (-1, -1, 6)), TensorSpec(COUNTS, "INT32", (-1, 1))]
+_OIP_OPTIONS = ("score_threshold", "iou_threshold", "max_detections")
+
+
+@dataclass
+class DetectionModel:
+    """One loaded version of a detection pipeline (see the module docstring)."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    detector: Detector
+    max_batch_size: int
+    labels: list[str] = field(default_factory=list)
+    stats: ModelStats = field(default_factory=ModelStats)
+    scheduler: Scheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.detector.instances.buckets,
+                                   self.make_executor(), len(self.detector.instances), self._shape_key, self._size)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str, version: int, version_dir: Path, config: ModelConfig) -> DetectionModel:
+        cfg = config.detection
+        assert cfg is not None, "a detection pipeline needs a [detection] block"
+        source = f"{name}/{version}"
+        path = model_file(name, version, version_dir, config)
+        sessions = open_sessions(path, config)
+        head = inspect_head(sessions[0], cfg, source)
+        graph_in, graph_out = sessions[0].tensor_specs()
+        if config.max_batch_size is None:
+            max_batch = DEFAULT_MAX_BATCH_SIZE if head.fixed_batch == 0 else head.fixed_batch
+        else:
+            max_batch = config.max_batch_size if head.fixed_batch else resolve_batching(
+                config, graph_in, graph_out, source)
+        max_batch = max(max_batch, 1)
+        labels = list(cfg.labels) or parse_labels(sessions[0].metadata())
+        if head.num_classes and len(labels) < head.num_classes:
+            labels += [f"class{i}" for i in range(len(labels), head.num_classes)]
+        if cfg.classes and head.num_classes and max(cfg.classes) >= head.num_classes:
+            raise ModelLoadError(f"{source}: detection.classes {cfg.classes} names ids the model does not have "
+                                 f"(it has {head.num_classes} classes)")
+        buckets = () if head.fixed_batch else resolve_batch_buckets(config, max_batch, sessions[0].device, source)
+        instances = Instances.with_buckets(sessions, buckets, path, config)
+        model = cls(name, version, config, Detector(instances, head), max_batch, labels)
+        if config.warmup:
+            model.warm_up()
+        log.info("%s: detection pipeline on %s, input %dx%d, layout %s, %d classes, batches up to %d",
+                 source, ", ".join(instances.providers), head.height, head.width, head.layout, head.num_classes,
+                 max_batch)
+        return model
+
+    def make_executor(self, stats: ModelStats | None = None) -> DetectionExecutor:
+        """An executor of this pipeline's batches, counting into ``stats`` (default: the model's)."""
+        return DetectionExecutor(self.name, self.detector, self.settings, self.max_batch_size,
+                                 self.stats if stats is None else stats, self.labels)
+
+    def warm_up(self) -> None:
+        """Run every instance on frames of two sizes at each batch bucket (GPU providers: each bucket's
+        session plans its shape once, here), or at batch 1 and the largest batch."""
+        executor = self.make_executor(ModelStats())  # warm-up runs are not the model's statistics
+        frame = np.full((480, 640, 3), 114, np.uint8)
+        tall = np.full((720, 405, 3), 60, np.uint8)
+        for n in self.detector.instances.buckets or sorted({1, self.max_batch_size}):
+            req = FrameRequest(self.name, frames=[frame if i % 2 else tall for i in range(n)],
+                               options=self.default_options())
+            for instance in range(len(self.detector.instances)):
+                executor.execute(instance, [req])
+
+    async def start(self) -> None:
+        await self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+
+    def describe(self) -> ModelDescription:
+        return describe(self.name, self.version, self.config.platform, PIPELINE_INPUTS, PIPELINE_OUTPUTS,
+                        self.max_batch_size, self.config, self.detector.instances)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth
+
+    @property
+    def head(self) -> HeadInfo:
+        return self.detector.head
+
+    @property
+    def settings(self) -> DetectionConfig:
+        assert self.config.detection is not None
+        return self.config.detection
+
+    # -- batching hooks -------------------------------------------------------------------------
+    def _size(self, request: InferRequest) -> int:
+        return len(request.frames)  # type: ignore[attr-defined]
+
+    def _shape_key(self, request: InferRequest) -> Hashable:
+        return None  # frames of any size share a batch
+
+    # -- requests -------------------------------------------------------------------------------
+    def default_options(self) -> DetectOptions:
+        cfg = self.settings
+        return DetectOptions(cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, tuple(cfg.classes),
+                             cfg.agnostic_nms)
+
+    def options(self, overrides: OptionOverrides) -> DetectOptions:
+        """The pipeline's defaults with a request's overrides, checked (InvalidArgument names the field)."""
+        base = self.default_options()
+        prefix = overrides.field_prefix
+
+        def unit(name: str, value: Any, default: float) -> float:
+            if value is None:
+                return default
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise InvalidArgument(f"{prefix}{name}: expected a number in [0, 1], got {value!r}")
+            return float(value)
+
+        max_detections = overrides.max_detections
+        if max_detections is None:
+            max_det = base.max_detections
+        elif isinstance(max_detections, bool) or not isinstance(max_detections, int) or not (
+                1 <= max_detections <= base.max_detections):
+            raise InvalidArgument(f"{prefix}max_detections: expected an integer in 1..{base.max_detections}, "
+                                  f"got {max_detections!r}")
+        else:
+            max_det = max_detections
+        cls_ids = base.classes
+        if overrides.classes:
+            n = self.head.num_classes
+            bad = [c for c in overrides.classes
+                   if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (n and c >= n)]
+            if bad:
+                limit = f"0..{n - 1}" if n else ">= 0"
+                raise InvalidArgument(f"{prefix}classes: expected class ids in {limit}, got {bad}")
+            cls_ids = tuple(int(c) for c in overrides.classes)
+        return DetectOptions(unit("score_threshold", overrides.score_threshold, base.score_threshold),
+                             unit("iou_threshold", overrides.iou_threshold, base.iou_threshold), max_det, cls_ids,
+                             base.agnostic)
+
+    def check_count(self, n: int, field: str) -> None:
+        if not 1 <= n <= self.max_batch_size:
+            raise InvalidArgument(f"{field}: expected 1..{self.max_batch_size} images (max_batch_size), got {n}")
+
+    def decode_image(self, image: Any) -> np.ndarray:
+        """A client's image (:class:`EncodedImage` or :class:`RawImage`) as a uint8 [H, W, 3] frame in the
+        pipeline's channel order. Raises InvalidArgument naming the image's field."""
+        cfg = self.settings
+        if isinstance(image, EncodedImage):
+            return images.decode_image(image.data, f"{image.field}.encoded", cfg.frame_channel_order, cfg.max_pixels)
+        return images.raw_bytes_frame(image.data, image.height, image.width, image.channels, f"{image.field}.raw",
+                                      cfg.max_pixels)
+
+    def validate(self, request: InferRequest) -> FrameRequest:
+        """The request as decoded frames with checked options: a :class:`DetectRequest` (its images
+        decoded), or an OIP request (``IMAGE`` or ``ENCODED``, with optional parameters ``score_threshold``,
+        ``iou_threshold``, ``max_detections``). Runs in the caller's thread: decoding never blocks the loop."""
+        if isinstance(request, FrameRequest):
+            return request
+        t0 = time.perf_counter_ns()
+        if isinstance(request, DetectRequest):
+            self.check_count(len(request.images), "images")
+            frames = [self.decode_image(img) for img in request.images]
+            options = self.options(request.overrides)
+        else:
+            frames = self._oip_frames(request)
+            p = {k: _number(k, v) for k, v in request.parameters.items() if k in _OIP_OPTIONS}
+            options = self.options(OptionOverrides(p.get("score_threshold"), p.get("iou_threshold"),
+                                                   p.get("max_detections"), field_prefix="parameters."))
+        return FrameRequest(
+            model_name=request.model_name, model_version=request.model_version, id=request.id,
+            requested_outputs=list(request.requested_outputs), parameters=request.parameters,
+            deadline=request.deadline, priority=request.priority, ordering_key=request.ordering_key,
+            arrival=request.arrival, typed_contents=request.typed_contents, trace=request.trace,
+            frames=frames, options=options, decode_ns=time.perf_counter_ns() - t0,
+        )
+
+    def _oip_frames(self, request: InferRequest) -> list[np.ndarray]:
+        given = sorted(request.inputs)
+        if given not in ([IMAGE], [ENCODED]):
+            raise InvalidArgument(
+                f"model '{self.name}': expected one input, {IMAGE} (UINT8 [N,H,W,3]) or {ENCODED} "
+                f"(BYTES [N,1]), got {', '.join(given) or 'none'}"
+            )
+        for name in request.requested_outputs:
+            if name not in (DETECTIONS, COUNTS):
+                raise InvalidArgument(f"model '{self.name}': unknown output '{name}'; the model has "
+                                      f"{DETECTIONS}, {COUNTS}")
+        cfg = self.settings
+        if IMAGE in request.inputs:
+            array = request.inputs[IMAGE]
+            if hasattr(array, "__cuda_array_interface__"):  # frames in a CUDA shared-memory region
+                import cupy
+
+                array = cupy.asnumpy(array)
+            if array.dtype != np.uint8 or array.ndim != 4:
+                raise InvalidArgument(f"input '{IMAGE}': expected UINT8 [N,H,W,3], got {array.dtype} "
+                                      f"{list(array.shape)}")
+            self.check_count(array.shape[0], f"input '{IMAGE}'")
+            return [images.raw_frame(array[i], f"input '{IMAGE}'[{i}]", cfg.max_pixels) for i in range(len(array))]
+        array = request.inputs[ENCODED]
+        if array.dtype != object or array.ndim != 2 or array.shape[1] != 1:
+            raise InvalidArgument(f"input '{ENCODED}': expected BYTES [N,1], got {array.dtype} {list(array.shape)}")
+        self.check_count(array.shape[0], f"input '{ENCODED}'")
+        return [images.decode_image(array[i, 0], f"input '{ENCODED}'[{i}]", cfg.frame_channel_order, cfg.max_pixels)
+                for i in range(len(array))]
+
+    async def detect(self, request: FrameRequest) -> FrameResult:
+        """Queue, run and answer a request of decoded frames."""
+        ok = False
+        try:
+            result: FrameResult = await self.scheduler.submit(request)
+            ok = True
+        finally:
+            self.stats.record_request(ok, _since(request.arrival), request.queue_ns)
+        result.model_name, result.model_version = self.name, str(self.version)
+        result.decode_ns = request.decode_ns
+        result.queue_ns = request.queue_ns or 0
+        result.total_ns = _since(request.arrival)
+        return result
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """An OIP answer (``DETECTIONS`` padded to the most boxes of any frame, ``COUNTS``)."""
+        assert isinstance(request, FrameRequest), "validate() turns OIP requests into frame requests"
+        result = await self.detect(request)
+        n = len(result.detections)
+        width = max([len(d) for d in result.detections] + [0])
+        dets = np.zeros((n, width, 6), np.float32)
+        for i, d in enumerate(result.detections):
+            dets[i, : len(d)] = d
+        counts = np.array([[len(d)] for d in result.detections], np.int32)
+        outputs = {DETECTIONS: dets, COUNTS: counts}
+        if request.requested_outputs:
+            outputs = {k: outputs[k] for k in request.requested_outputs}
+        return InferResponse(self.name, str(self.version), request.id, outputs, request.typed_contents)
+
+
+def _number(name: str, value: Any) -> Any:
+    """An OIP parameter as a number: clients without float parameters (tritonclient) send strings."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value) if name == "max_detections" else float(value)
+    except ValueError:
+        raise InvalidArgument(f"parameters.{name}: expected a number, got {value!r}") from None
+
+
+def _since(monotonic: float) -> int:
+    """Nanoseconds since a time.monotonic() stamp."""
+    return int((time.monotonic() - monotonic) * 1e9)

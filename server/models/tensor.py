@@ -1,0 +1,166 @@
+"""A model of tensors in, tensors out (``platform = "onnxruntime_onnx"``): an ONNX model served as it is.
+
+Composed of its instances (ONNX Runtime sessions, :mod:`peregrine.server.runtime`), a
+:class:`~peregrine.server.runtime.executor.TensorExecutor` that runs batches on them, and a scheduler
+(the dynamic batcher). ``validate`` checks a decoded request against the model's inputs in the caller's
+thread; ``infer`` queues it and returns the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config.model import ModelConfig
+from ..core import datatypes
+from ..core.errors import InvalidArgument
+from ..core.stats import ModelStats
+from ..core.types import InferRequest, InferResponse, ModelDescription, TensorSpec
+from ..runtime.executor import TensorExecutor
+from ..runtime.instances import Instances, open_sessions
+from .base import describe
+from .loading import (
+    Scheduler,
+    apply_overrides,
+    model_file,
+    resolve_batch_buckets,
+    resolve_batching,
+    warm_up_tensors,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TensorModel:
+    """One loaded version of a tensor model (see the module docstring)."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    instances: Instances
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    stats: ModelStats = field(default_factory=ModelStats)
+    metadata: dict[str, str] = field(default_factory=dict)
+    scheduler: Scheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        executor = TensorExecutor(self.name, self.instances, self.inputs, self.outputs, self.max_batch_size,
+                                  self.stats)
+        self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.instances.buckets, executor,
+                                   len(self.instances), self._shape_key, self._size)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str, version: int, version_dir: Path, config: ModelConfig) -> TensorModel:
+        """Open the sessions and resolve the tensors (blocking; run it off the event loop)."""
+        source = f"{name}/{version}"
+        path = model_file(name, version, version_dir, config)
+        sessions = open_sessions(path, config)
+        graph_in, graph_out = sessions[0].tensor_specs()
+        max_batch = resolve_batching(config, graph_in, graph_out, source)
+        inputs = apply_overrides(graph_in, config.input, max_batch > 0, "input", source)
+        outputs = apply_overrides(graph_out, config.output, max_batch > 0, "output", source)
+        buckets = resolve_batch_buckets(config, max_batch, sessions[0].device, source)
+        instances = Instances.with_buckets(sessions, buckets, path, config)
+        model = cls(name, version, config, instances, inputs, outputs, max_batch, metadata=sessions[0].metadata())
+        if config.warmup:
+            model.warm_up()
+        return model
+
+    def warm_up(self) -> None:
+        """Run each instance at every batch size it will execute (see loading.warm_up_tensors)."""
+        warm_up_tensors(f"{self.name}/{self.version}", self.instances, self.inputs, self.outputs,
+                        self.max_batch_size, self.metadata)
+
+    async def start(self) -> None:
+        await self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+
+    def describe(self) -> ModelDescription:
+        return describe(self.name, self.version, self.config.platform, self.inputs, self.outputs,
+                        self.max_batch_size, self.config, self.instances)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth
+
+    # -- serving --------------------------------------------------------------------------------
+    def _size(self, request: InferRequest) -> int:
+        if not self.max_batch_size:
+            return 1
+        return len(next(iter(request.inputs.values())))
+
+    def _shape_key(self, request: InferRequest) -> Hashable:
+        key = tuple((n, a.dtype.str, a.shape[1:] if self.max_batch_size else a.shape)
+                    for n, a in sorted(request.inputs.items()))
+        if any(hasattr(a, "__cuda_array_interface__") for a in request.inputs.values()):
+            # Device inputs (CUDA shared memory) run alone, fed to IO binding as they are: batch assembly
+            # gathers rows into host buffers.
+            return (key, id(request))
+        return key
+
+    def validate(self, request: InferRequest) -> InferRequest:
+        """Check names, datatypes, shapes and batch size; returns the request to submit to :meth:`infer`.
+        Raises InvalidArgument naming the tensor. Runs in the transport's thread, not on the event loop."""
+        expected = {t.name: t for t in self.inputs}
+        missing = [n for n in expected if n not in request.inputs]
+        if missing:
+            raise InvalidArgument(
+                f"model '{self.name}': missing input(s) {', '.join(missing)}; expected {', '.join(expected)}"
+            )
+        extra = [n for n in request.inputs if n not in expected]
+        if extra:
+            raise InvalidArgument(
+                f"model '{self.name}': unexpected input(s) {', '.join(extra)}; expected {', '.join(expected)}"
+            )
+        batch = None
+        for name, array in request.inputs.items():
+            spec = expected[name]
+            got_dt = datatypes.from_numpy(array.dtype).name
+            got = f"{got_dt} {list(array.shape)}"
+            if got_dt != spec.datatype or array.ndim != len(spec.shape) or any(
+                d != -1 and d != s for d, s in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise InvalidArgument(f"input '{name}': expected {spec.describe()}, got {got}")
+            if self.max_batch_size:
+                n = array.shape[0]
+                if n < 1 or n > self.max_batch_size:
+                    raise InvalidArgument(
+                        f"input '{name}': batch size {n} is outside 1..{self.max_batch_size} (max_batch_size)"
+                    )
+                if batch is not None and n != batch:
+                    raise InvalidArgument(
+                        f"input '{name}': batch size {n} differs from the other inputs' {batch}"
+                    )
+                batch = n
+            if spec.reject_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise InvalidArgument(f"input '{name}': holds NaN or infinite values, which this model rejects")
+        known = {o.name for o in self.outputs}
+        for name in request.requested_outputs:
+            if name not in known:
+                raise InvalidArgument(
+                    f"model '{self.name}': unknown output '{name}'; the model has {', '.join(known)}"
+                )
+        return request
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Queue, run, answer a request that :meth:`validate` accepted (the caller validates, off the
+        event loop). Statistics count every request that got this far, failed or not."""
+        start = time.perf_counter_ns()
+        ok = False
+        try:
+            outputs = await self.scheduler.submit(request)
+            ok = True
+            return InferResponse(self.name, str(self.version), request.id, outputs, request.typed_contents)
+        finally:
+            self.stats.record_request(ok, time.perf_counter_ns() - start, request.queue_ns)

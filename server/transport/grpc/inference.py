@@ -1,0 +1,190 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol over gRPC.
+
+Each method converts the message (:mod:`peregrine.server.codecs`), calls the data plane and converts its
+answer back; errors leave as statuses through :func:`.status.unary`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from peregrine.proto import grpc_service_pb2 as pb
+from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
+
+from ...codecs import metadata, oip
+from ...core.errors import InvalidArgument
+from ...dataplane.dataplane import DataPlane, RequestScope
+from ...dataplane.streams import OIP_STREAM, StreamAnswer
+from .status import GrpcCall, status_of, unary
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self._stream_ids = itertools.count()
+
+    # -- health and metadata -------------------------------------------------------------------
+    @unary
+    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @unary
+    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    @unary
+    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @unary
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        m = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
+
+    @unary
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        model = self.dataplane.model(request.name, request.version)
+        return metadata.model_metadata(model, self.dataplane.ready_versions(model.name))
+
+    @unary
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        model = self.dataplane.model(request.name, request.version)
+        return pb.ModelConfigResponse(config=metadata.model_config(model, self.dataplane.kernel_tier))
+
+    @unary
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        stats = self.dataplane.model_statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[metadata.model_statistics(m, s) for m, s in stats])
+
+    # -- inference -----------------------------------------------------------------------------
+    @unary
+    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        call = GrpcCall(context)
+        with self.dataplane.scope(call, request.model_name) as scope:
+            req = oip.decode_infer_request(request, scope.deadline, regions=scope.regions)
+            return oip.encode_infer_response(scope.infer(req), scope.regions)
+
+    def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
+                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+        """Requests of one stream run concurrently (so they can share batches), at most
+        ``STREAM_MAX_IN_FLIGHT`` read ahead of their answers; responses come back in request order. An
+        error answers that request in ``error_message`` and the stream goes on."""
+        adapter = _OipStream(f"stream-{next(self._stream_ids)}")
+        return self.dataplane.stream(GrpcCall(context), request_iterator, adapter, OIP_STREAM)
+
+    # -- repository ----------------------------------------------------------------------------
+    @unary
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        return metadata.repository_index(self.dataplane.repository_index(request.repository_name, request.ready))
+
+    @unary
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                            context: Any) -> pb.RepositoryModelLoadResponse:
+        config_json = None
+        for key, value in request.parameters.items():
+            if key != "config":
+                what = "model files over the API are" if key.startswith("file:") else f"parameter '{key}' is"
+                raise InvalidArgument(f"parameters.{key}: {what} not supported; a load takes 'config' (a model "
+                                      "configuration in JSON, applied over config.toml for this load)")
+            if value.WhichOneof("parameter_choice") != "string_param":
+                raise InvalidArgument("parameters.config: expected a string holding JSON")
+            config_json = value.string_param
+        self.dataplane.load_model(request.model_name, config_json)
+        return pb.RepositoryModelLoadResponse()
+
+    @unary
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                              context: Any) -> pb.RepositoryModelUnloadResponse:
+        self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- shared memory (Triton's extension) ------------------------------------------------------------
+    @unary
+    def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+                                 context: Any) -> pb.SystemSharedMemoryStatusResponse:
+        return metadata.shared_memory_status("system", self.dataplane.shared_memory.status("system", request.name))
+
+    @unary
+    def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                   context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+        self.dataplane.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @unary
+    def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                     context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dataplane.shared_memory.unregister("system", request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @unary
+    def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
+                               context: Any) -> pb.CudaSharedMemoryStatusResponse:
+        return metadata.shared_memory_status("cuda", self.dataplane.shared_memory.status("cuda", request.name))
+
+    @unary
+    def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
+                                 context: Any) -> pb.CudaSharedMemoryRegisterResponse:
+        self.dataplane.shared_memory.register_cuda(request.name, request.raw_handle, request.device_id,
+                                                   request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @unary
+    def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
+                                   context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
+        self.dataplane.shared_memory.unregister("cuda", request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    # -- trace and log settings ----------------------------------------------------------------------
+    @unary
+    def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        settings = self.dataplane.trace_settings(request.model_name, changes)
+        response = pb.TraceSettingResponse()
+        for key, values in settings.items():
+            response.settings[key].value.extend(values)
+        return response
+
+    @unary
+    def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        changes = {}
+        for key, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            if kind is None:
+                raise InvalidArgument(f"settings.{key}: expected a bool, uint32 or string value, got none")
+            changes[key] = getattr(value, kind)
+        settings = self.dataplane.update_log_settings(changes)
+        response = pb.LogSettingsResponse()
+        for key, v in settings.items():
+            field = "bool_param" if isinstance(v, bool) else "uint32_param" if isinstance(v, int) else "string_param"
+            setattr(response.settings[key], field, v)
+        return response
+
+
+class _OipStream:
+    """The codec of one ModelStreamInfer stream, for the data plane's stream driver."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key  # requests of one stream keep their order where the model preserves ordering
+
+    def model_of(self, message: pb.ModelInferRequest) -> str:
+        return message.model_name
+
+    def decode(self, message: pb.ModelInferRequest, scope: RequestScope) -> Any:
+        return oip.decode_infer_request(message, scope.deadline, ordering_key=self.key, regions=scope.regions)
+
+    def answer(self, message: pb.ModelInferRequest, scope: RequestScope,
+               answer: StreamAnswer) -> pb.ModelStreamInferResponse:
+        if answer.error is None:
+            return pb.ModelStreamInferResponse(infer_response=oip.encode_infer_response(answer.result, scope.regions))
+        _, text = status_of(answer.error)
+        return pb.ModelStreamInferResponse(
+            error_message=text,
+            infer_response=pb.ModelInferResponse(model_name=message.model_name, model_version=message.model_version,
+                                                 id=message.id),
+        )
+
+    def shed(self, message: pb.ModelInferRequest) -> None:
+        """Nothing to shed: a ModelStreamInfer request is never dropped."""
