@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..core.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument
@@ -125,7 +125,9 @@ class _Item:
     request: InferRequest | None = None
     future: concurrent.futures.Future[Any] | None = None
     failure: StreamAnswer | None = None  # answered without a result
-    answered: threading.Event = field(default_factory=threading.Event)
+    # Set once the item has its failure or its future is done; None where the reader launches inline
+    # (the item reaches the answering thread already failed or launched: its future is what to wait on).
+    answered: threading.Event | None = None
 
 
 class StreamDriver(Generic[M, R]):
@@ -151,7 +153,8 @@ class StreamDriver(Generic[M, R]):
 
     def _fail(self, item: _Item, outcome: str, error: BaseException) -> None:
         item.failure = StreamAnswer(outcome, error=error, dropped_total=self._dropped())
-        item.answered.set()
+        if item.answered is not None:
+            item.answered.set()
 
     # -- reading ---------------------------------------------------------------------------------
     def _read(self, messages: Iterator[M]) -> None:
@@ -160,13 +163,20 @@ class StreamDriver(Generic[M, R]):
                 item = _Item(message, self.plane.scope(self.call, self.adapter.model_of(message), time.monotonic_ns()))
                 with self.cond:
                     self.unanswered += 1
-                self.order.put(item)
-                try:
-                    self._admit(item)
-                    if self.policy.launch_inline:
+                if self.policy.launch_inline:
+                    try:
+                        self._admit(item)
                         self._start(self._take_admitted(item))
-                except Exception as e:
-                    self._fail(item, "error", e)
+                    except Exception as e:
+                        self._fail(item, "error", e)
+                    self.order.put(item)
+                else:
+                    item.answered = threading.Event()
+                    self.order.put(item)
+                    try:
+                        self._admit(item)
+                    except Exception as e:
+                        self._fail(item, "error", e)
                 if not self._has_room():
                     break
         except Exception as e:  # the stream itself broke (the client went away)
@@ -206,7 +216,8 @@ class StreamDriver(Generic[M, R]):
                     "waited (latest frame wins)"), dropped_total=self.window.dropped)
                 old.request = None
                 self.adapter.shed(old.message)  # its answer is made; the pixels need not wait in the queue
-                old.answered.set()
+                if old.answered is not None:
+                    old.answered.set()
             self.cond.notify_all()
 
     # -- launching -------------------------------------------------------------------------------
@@ -237,7 +248,8 @@ class StreamDriver(Generic[M, R]):
             self.window.finish()
             item = self.launched.pop(key)
             self.cond.notify_all()
-        item.answered.set()
+        if item.answered is not None:
+            item.answered.set()
 
     def _launch(self) -> None:
         """The launcher thread: start each item as the window gives it a slot."""
@@ -280,7 +292,8 @@ class StreamDriver(Generic[M, R]):
 
     # -- answering -------------------------------------------------------------------------------
     def _answer(self, item: _Item) -> R:
-        item.answered.wait()
+        if item.answered is not None:
+            item.answered.wait()
         answer = item.failure
         if answer is None:
             assert item.future is not None
