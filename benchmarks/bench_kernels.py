@@ -6,7 +6,9 @@ that file; the rest of the file is kept), with the command line and the machine.
     python benchmarks/bench_kernels.py            # CPU: letterbox and decode+NMS
     python benchmarks/bench_kernels.py --gpu      # GPU: batch 16 of 1080p, needs only numpy, cupy, the module
 
-Times are medians of repeated runs (wall clock on the CPU, CUDA events on the GPU).
+Times are medians of repeated runs (wall clock on the CPU, CUDA events on the GPU). The letterbox runs with
+each resize mode: "linear" (the default: cv2.resize INTER_LINEAR's bytes, which OpenCV's own baseline also
+computes), "float" (the float blend) and, for one frame, "area" against OpenCV with INTER_AREA.
 """
 
 from __future__ import annotations
@@ -104,16 +106,18 @@ def numpy_letterbox(frames: list[np.ndarray], size: int = 640) -> np.ndarray:
     return out
 
 
-def opencv_letterbox(frames: list[np.ndarray], size: int = 640) -> np.ndarray:
+def opencv_letterbox(frames: list[np.ndarray], size: int = 640, interpolation: int | None = None) -> np.ndarray:
+    """ultralytics' LetterBox (cv2.resize + copyMakeBorder) and cv2.dnn.blobFromImages (/255, BGR->RGB, NCHW)."""
     import cv2
 
+    interpolation = cv2.INTER_LINEAR if interpolation is None else interpolation
     padded = []
     for img in frames:
         h, w = img.shape[:2]
         r = min(size / h, size / w)
         nw, nh = round(w * r), round(h * r)
         dw, dh = (size - nw) / 2, (size - nh) / 2
-        resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(img, (nw, nh), interpolation=interpolation)
         padded.append(
             cv2.copyMakeBorder(
                 resized,
@@ -186,14 +190,27 @@ def run_cpu(repeat: int) -> list[str]:
         for t in sorted({1, threads}):
             if K.has_native():
                 K.set_cpu_tier(K.NATIVE_CPU)
-                ms = median_ms(partial(K.letterbox_into, out, frames, num_threads=t), reps)
-                rows.append(("native C++", t, ms, f"{opencv[t] / ms:.2f}x faster"))
-            rows.append(("OpenCV resize+copyMakeBorder+blobFromImages", t, opencv[t], "1.00x"))
+                for resize in ("linear", "float"):
+                    ms = median_ms(partial(K.letterbox_into, out, frames, num_threads=t, resize=resize), reps)
+                    rows.append((f'native C++, resize="{resize}"', t, ms, f"{opencv[t] / ms:.2f}x faster"))
+            rows.append(("OpenCV resize (INTER_LINEAR) + copyMakeBorder + blobFromImages", t, opencv[t], "1.00x"))
         K.set_cpu_tier(K.NUMBA)
-        ms = median_ms(partial(K.letterbox_into, out, frames), max(3, reps // 4))
-        rows.append(("numba tier", 1, ms, f"{opencv[1] / ms:.2f}x"))
+        for resize in ("linear", "float"):
+            ms = median_ms(partial(K.letterbox_into, out, frames, resize=resize), max(3, reps // 4))
+            rows.append((f'numba tier, resize="{resize}"', 1, ms, f"{opencv[1] / ms:.2f}x"))
         ms = median_ms(partial(numpy_letterbox, frames), max(3, reps // 10), warmup=1)
-        rows.append(("NumPy gathers", 1, ms, f"{opencv[1] / ms:.2f}x"))
+        rows.append(("NumPy gathers (float blend)", 1, ms, f"{opencv[1] / ms:.2f}x"))
+        if batch == 1:  # INTER_AREA: 1080p -> 640x360 is an exact 3x box in OpenCV and here
+            cv2.setNumThreads(1)
+            area_cv = median_ms(partial(opencv_letterbox, frames, interpolation=cv2.INTER_AREA), reps)
+            rows.append(("OpenCV resize (INTER_AREA) + copyMakeBorder + blobFromImages", 1, area_cv, "1.00x"))
+            if K.has_native():
+                K.set_cpu_tier(K.NATIVE_CPU)
+                ms = median_ms(partial(K.letterbox_into, out, frames, num_threads=1, resize="area"), reps)
+                rows.append(('native C++, resize="area"', 1, ms, f"{area_cv / ms:.2f}x faster (vs INTER_AREA)"))
+            K.set_cpu_tier(K.NUMBA)
+            ms = median_ms(partial(K.letterbox_into, out, frames, resize="area"), max(3, reps // 4))
+            rows.append(('numba tier, resize="area"', 1, ms, f"{area_cv / ms:.2f}x (vs INTER_AREA)"))
         for name, t, ms, ratio in rows:
             lines.append(
                 f"| letterbox {batch}x1920x1080 BGR -> {batch}x3x640x640 RGB FP32 | {name} | {t} | {ms:.3f} | {ratio} |"
@@ -317,12 +334,15 @@ def run_gpu(repeat: int) -> list[str]:
     rows = [
         (
             "letterbox 16x1920x1080 BGR uint8 -> 16x3x640x640 RGB FP32",
-            "native CUDA",
-            gpu_ms(lambda: K.letterbox_into(out, frame_list), repeat),
-        ),
+            f'native CUDA, resize="{resize}"',
+            gpu_ms(partial(K.letterbox_into, out, frame_list, resize=resize), repeat),
+        )
+        for resize in ("linear", "area", "float")
+    ]
+    rows += [
         (
             "letterbox 16x1920x1080 BGR uint8 -> 16x3x640x640 RGB FP32",
-            "CuPy element-wise",
+            "CuPy element-wise (float blend)",
             gpu_ms(lambda: cupy_letterbox(cp, frames), repeat),
         ),
         (
@@ -338,10 +358,10 @@ def run_gpu(repeat: int) -> list[str]:
     ]
 
     def both() -> None:
-        K.letterbox_into(out, frame_list)
+        K.letterbox_into(out, frame_list)  # resize="linear"
         K.detect_postprocess(head, conf=CONF, iou=IOU, max_det=MAX_DET)
 
-    rows.append(("letterbox + decode/NMS, batch 16 (one stream)", "native CUDA", gpu_ms(both, repeat)))
+    rows.append(("letterbox + decode/NMS, batch 16 (one stream)", 'native CUDA, resize="linear"', gpu_ms(both, repeat)))
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     lines = [

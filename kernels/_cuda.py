@@ -103,6 +103,7 @@ def resize_nchw(
     height: int,
     width: int,
     transform: Any,
+    resize: str,
     dtype: Any,
     stream: Any,
 ) -> Any:
@@ -112,7 +113,7 @@ def resize_nchw(
             out = cupy.empty((n, 3, height, width), np.dtype(dtype))
         descs = [(_ptr(f), int(f.shape[0]), int(f.shape[1]), int(f.strides[0])) for f in frames]
         _native.cuda_resize_nchw(
-            _ptr(out), out.dtype == np.float16, descs, placements, height, width, *transform, handle
+            _ptr(out), out.dtype == np.float16, descs, placements, height, width, *transform, resize, handle
         )
     return out
 

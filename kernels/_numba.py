@@ -65,6 +65,194 @@ def resize_frame(src, resized_w, resized_h, left, top, src_channel, mul, add, pa
 
 
 # ------------------------------------------------------------------------------------------------------
+# cv2.resize on the uint8 frame, byte for byte (resize="linear" / "area"): the same arithmetic as
+# src/shared/opencv_resize.hpp, which says what OpenCV does and why.
+# ------------------------------------------------------------------------------------------------------
+
+_KIND_COPY, _KIND_LINEAR, _KIND_LINEAR_AREA, _KIND_BOX_2X2, _KIND_BOX, _KIND_AREA = 0, 1, 2, 3, 4, 5
+_DBL_EPSILON = 2.220446049250313e-16
+_COEF_ONE = np.float32(2048.0)
+
+
+@njit(nogil=True, cache=True)
+def _exact_kind(w, h, rw, rh, area):
+    """(kind, box_x, box_y): which algorithm cv2.resize runs for this size change."""
+    if w == rw and h == rh:
+        return _KIND_COPY, 1, 1
+    scale_x = 1.0 / (rw / w)
+    scale_y = 1.0 / (rh / h)
+    ix = np.rint(scale_x)
+    iy = np.rint(scale_y)
+    integer = abs(scale_x - ix) < _DBL_EPSILON and abs(scale_y - iy) < _DBL_EPSILON
+    if integer and ix == 2 and iy == 2:
+        return _KIND_BOX_2X2, 2, 2
+    if not area:
+        return _KIND_LINEAR, 1, 1
+    if scale_x >= 1 and scale_y >= 1:
+        if integer:
+            return _KIND_BOX, int(ix), int(iy)
+        return _KIND_AREA, 1, 1
+    return _KIND_LINEAR_AREA, 1, 1
+
+
+@njit(nogil=True, cache=True)
+def _linear_tap(d, src_len, dst_len, area_coords, clamp):
+    """(first source index, weight of it, weight of the next) in 11-bit fixed point."""
+    inv_scale = dst_len / src_len
+    scale = 1.0 / inv_scale
+    if not area_coords:
+        f = np.float32((d + 0.5) * scale - 0.5)
+        s = int(np.floor(f))
+        f = np.float32(f - np.float32(s))
+    else:
+        s = int(np.floor(d * scale))
+        f = np.float32((d + 1) - (s + 1) * inv_scale)
+        f = np.float32(0.0) if f <= 0 else np.float32(f - np.float32(np.floor(f)))
+    if clamp:
+        if s < 0:
+            f = np.float32(0.0)
+            s = 0
+        if s >= src_len - 1:
+            f = np.float32(0.0)
+            s = src_len - 1
+    w0 = int(np.rint(np.float32(np.float32(1.0) - f) * _COEF_ONE))
+    w1 = int(np.rint(np.float32(f * _COEF_ONE)))
+    return s, w0, w1
+
+
+@njit(nogil=True, cache=True)
+def _area_taps(d, src_len, dst_len):
+    """(first source index, count, weights float32 [count]) of output coordinate d's cell."""
+    scale = 1.0 / (dst_len / src_len)
+    fsx1 = d * scale
+    fsx2 = fsx1 + scale
+    cell = min(scale, src_len - fsx1)
+    sx1 = int(np.ceil(fsx1))
+    sx2 = int(np.floor(fsx2))
+    sx2 = min(sx2, src_len - 1)
+    sx1 = min(sx1, sx2)
+    first_partial = sx1 - fsx1 > 1e-3
+    last_partial = fsx2 - sx2 > 1e-3
+    count = (sx2 - sx1) + (1 if first_partial else 0) + (1 if last_partial else 0)
+    weights = np.empty(count, np.float32)
+    k = 0
+    if first_partial:
+        weights[k] = np.float32((sx1 - fsx1) / cell)
+        k += 1
+    for _ in range(sx1, sx2):
+        weights[k] = np.float32(1.0 / cell)
+        k += 1
+    if last_partial:
+        weights[k] = np.float32(min(min(fsx2 - sx2, 1.0), cell) / cell)
+    return (sx1 - 1 if first_partial else sx1), count, weights
+
+
+@njit(nogil=True, cache=True)
+def _saturate_u8(v):
+    r = np.rint(v)
+    return 0 if r < 0 else (255 if r > 255 else int(r))
+
+
+@njit(nogil=True, cache=True)
+def _horizontal(src, row, x_src, x_w0, x_w1, width, dst):
+    for j in range(x_src.shape[0]):
+        s0 = x_src[j]
+        s1 = min(s0 + 1, width - 1)
+        for ch in range(3):
+            dst[ch, j] = np.int64(src[row, s0, ch]) * x_w0[j] + np.int64(src[row, s1, ch]) * x_w1[j]
+
+
+@njit(nogil=True, cache=True)
+def resize_frame_exact(src, area, resized_w, resized_h, left, top, src_channel, mul, add, pad, out):
+    """One uint8 [h, w, 3] frame into float32 out [3, H, W]: cv2.resize(INTER_LINEAR, or INTER_AREA when
+    ``area``) to resized_w x resized_h, then placed, channel-ordered and transformed as ``resize_frame``."""
+    height, width = out.shape[1], out.shape[2]
+    h, w = src.shape[0], src.shape[1]
+    for c in range(3):
+        out[c, :, :] = pad[c]
+    xb, xe = max(0, left), min(width, left + resized_w)
+    yb, ye = max(0, top), min(height, top + resized_h)
+    if xe <= xb or ye <= yb:
+        return
+    cols = xe - xb
+    kind, box_x, box_y = _exact_kind(w, h, resized_w, resized_h, area)
+    values = np.empty((3, cols), np.int64)
+    linear = kind in (_KIND_LINEAR, _KIND_LINEAR_AREA)
+    n_x = cols if linear else 0
+    x_src = np.empty(n_x, np.int64)
+    x_w0 = np.empty(n_x, np.int64)
+    x_w1 = np.empty(n_x, np.int64)
+    for j in range(n_x):
+        x_src[j], x_w0[j], x_w1[j] = _linear_tap(xb + j - left, w, resized_w, kind == _KIND_LINEAR_AREA, True)
+    rows = np.empty((2, 3, n_x), np.int64)
+    cached = np.array([-1, -1])
+    n_area = cols if kind == _KIND_AREA else 0
+    area_first = np.empty(n_area, np.int64)
+    area_count = np.empty(n_area, np.int64)
+    for j in range(n_area):
+        area_first[j], area_count[j], _ = _area_taps(xb + j - left, w, resized_w)
+    area_weights = np.empty((n_area, area_count.max() if n_area else 0), np.float32)
+    for j in range(n_area):
+        area_weights[j, : area_count[j]] = _area_taps(xb + j - left, w, resized_w)[2]
+    inv_area = np.float32(1.0) / np.float32(box_x * box_y)
+    for oy in range(yb, ye):
+        dy = oy - top
+        if kind == _KIND_COPY:
+            for j in range(cols):
+                for ch in range(3):
+                    values[ch, j] = src[dy, xb + j - left, ch]
+        elif linear:
+            sy, b0, b1 = _linear_tap(dy, h, resized_h, kind == _KIND_LINEAR_AREA, False)
+            r0 = min(max(sy, 0), h - 1)
+            r1 = min(max(sy + 1, 0), h - 1)
+            i0 = 0 if cached[0] == r0 else (1 if cached[1] == r0 else -1)
+            i1 = 0 if cached[0] == r1 else (1 if cached[1] == r1 else -1)
+            if i0 < 0:
+                i0 = 1 if i1 == 0 else 0
+                _horizontal(src, r0, x_src, x_w0, x_w1, w, rows[i0])
+                cached[i0] = r0
+            if i1 < 0:
+                i1 = 1 - i0
+                _horizontal(src, r1, x_src, x_w0, x_w1, w, rows[i1])
+                cached[i1] = r1
+            for ch in range(3):
+                for j in range(cols):
+                    values[ch, j] = (
+                        ((b0 * (rows[i0, ch, j] >> 4)) >> 16) + ((b1 * (rows[i1, ch, j] >> 4)) >> 16) + 2
+                    ) >> 2
+        elif kind in (_KIND_BOX_2X2, _KIND_BOX):
+            for j in range(cols):
+                dx = xb + j - left
+                for ch in range(3):
+                    total = 0
+                    for yy in range(dy * box_y, dy * box_y + box_y):
+                        for xx in range(dx * box_x, dx * box_x + box_x):
+                            total += np.int64(src[yy, xx, ch])
+                    if kind == _KIND_BOX_2X2:
+                        values[ch, j] = (total + 2) >> 2
+                    else:
+                        values[ch, j] = _saturate_u8(np.float32(total) * inv_area)
+        else:
+            y_first, y_count, y_weights = _area_taps(dy, h, resized_h)
+            for j in range(cols):
+                x_first = area_first[j]
+                for ch in range(3):
+                    acc = np.float32(0.0)
+                    for t in range(y_count):
+                        buf = np.float32(0.0)
+                        for i in range(area_count[j]):
+                            buf = buf + np.float32(src[y_first + t, x_first + i, ch]) * area_weights[j, i]
+                        acc = acc + y_weights[t] * buf
+                    values[ch, j] = _saturate_u8(acc)
+        for c in range(3):
+            ch = src_channel[c]
+            m = mul[c]
+            ad = add[c]
+            for j in range(cols):
+                out[c, oy, xb + j] = np.float32(values[ch, j]) * m + ad
+
+
+# ------------------------------------------------------------------------------------------------------
 # Detection post-processing (one image at a time). Arithmetic stays in float32, in the same order as the
 # C++ kernels, so that kept indices agree exactly.
 # ------------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Pre-processing, the Python side of ``bindings/preprocess.cpp``: ``letterbox``, ``resize`` and
 ``center_crop`` (and their ``_into`` forms) all reduce to one batched resize into an NCHW tensor with a
-placement per frame; ``PARAM_*`` name the columns of the params array they return.
+placement per frame; ``PARAM_*`` name the columns of the params array they return. Their ``resize``
+argument (``RESIZE_MODES``) picks how frames are resized: cv2's INTER_LINEAR or INTER_AREA bytes, or the
+float blend.
 
 Arguments are checked here, then the tier is picked by where the frames live (see ``_tiers``).
 """
@@ -19,6 +21,15 @@ from ._tiers import NATIVE_CPU, _c_contiguous, _check_threads, _describe, _is_de
 #: Columns of the per-frame parameter array returned by the resize family: a point maps from the original
 #: frame to the model input as ``model = original * scale + pad``.
 PARAM_SCALE_X, PARAM_SCALE_Y, PARAM_PAD_X, PARAM_PAD_Y = 0, 1, 2, 3
+
+#: Values of the resize family's ``resize`` argument (see ``_RESIZE_DOC``).
+RESIZE_MODES = ("linear", "area", "float")
+
+
+def _resize_mode(resize: Any) -> str:
+    if not isinstance(resize, str) or resize not in RESIZE_MODES:
+        raise ValueError(f"resize: expected one of 'linear', 'area', 'float', got {resize!r}")
+    return resize
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -103,9 +114,19 @@ def _frames(frames: Any) -> tuple[list[Any], bool]:
             raise ValueError(f"frames[{i}]: expected a non-empty frame, got {_describe(frame)}")
         if frame.shape[0] > (1 << 20) or frame.shape[1] > (1 << 20):
             raise ValueError(f"frames[{i}]: expected height and width <= 2^20, got {_describe(frame)}")
-        if not _c_contiguous(frame):
-            raise ValueError(f"frames[{i}]: expected a C-contiguous array (use np.ascontiguousarray)")
+        if not _rows_of_pixels(frame):
+            raise ValueError(
+                f"frames[{i}]: expected a C-contiguous array or rows of contiguous pixels (strides "
+                f"[>= 3 * width, 3, 1]), got strides {list(frame.strides)} (use np.ascontiguousarray)"
+            )
     return items, bool(on_device)
+
+
+def _rows_of_pixels(frame: Any) -> bool:
+    """Whether each row of the [h, w, 3] uint8 frame is w contiguous pixels (rows may be padded: a crop of a
+    wider buffer), rows in increasing memory order."""
+    row, pixel, channel = (int(v) for v in frame.strides)
+    return channel == 1 and pixel == 3 and (frame.shape[0] == 1 or row >= 3 * frame.shape[1])
 
 
 def _placements(
@@ -154,11 +175,13 @@ def _resize_family(
     std: Any,
     pad_value: Any,
     dtype: Any,
+    resize: Any = "linear",
     scaleup: bool = True,
     resize_shorter: int | None = None,
     num_threads: int = 0,
     stream: Any = None,
 ) -> tuple[Any, np.ndarray]:
+    method = _resize_mode(resize)
     items, on_device = _frames(frames)
     num_threads = _check_threads(num_threads)
     transform = _pixel_transform(bool(swap_rb), scale, mean, std, pad_value)
@@ -189,21 +212,25 @@ def _resize_family(
     if on_device:
         from . import _cuda
 
-        result = _cuda.resize_nchw(out, items, placements, height, width, transform, dtype, stream)
+        result = _cuda.resize_nchw(out, items, placements, height, width, transform, method, dtype, stream)
         return result, params
     if out is None:
         out = np.empty((len(items), 3, height, width), np.dtype(dtype))
     elif not out.flags.writeable:
         raise ValueError("out: expected a writeable array")
     if _tiers._cpu_tier == NATIVE_CPU:
-        _native.resize_nchw_into(out, items, placements, *transform, num_threads=num_threads)
+        _native.resize_nchw_into(out, items, placements, *transform, resize=method, num_threads=num_threads)
     else:
         nb = _numba()
         src_channel = np.asarray(transform.src_channel, np.int64)
         mul, add, pad = (np.asarray(v, np.float32) for v in transform[1:])
         target = out if out.dtype == np.float32 else np.empty(out.shape, np.float32)
         for i, frame in enumerate(items):
-            nb.resize_frame(frame, *(int(v) for v in placements[i]), src_channel, mul, add, pad, target[i])
+            placement = tuple(int(v) for v in placements[i])
+            if method == "float":
+                nb.resize_frame(frame, *placement, src_channel, mul, add, pad, target[i])
+            else:
+                nb.resize_frame_exact(frame, method == "area", *placement, src_channel, mul, add, pad, target[i])
         if target is not out:
             out[...] = target
     return out, params
@@ -211,8 +238,16 @@ def _resize_family(
 
 _RESIZE_DOC = """
     frames: a list of uint8 [h, w, 3] frames (each its own size) or one uint8 [N, h, w, 3] array; NumPy
-        arrays run on the CPU tier, CuPy arrays on the CUDA tier. Frames must be C-contiguous.
+        arrays run on the CPU tier, CuPy arrays on the CUDA tier. Each row of a frame must be contiguous
+        pixels (C-contiguous frames, or crops of wider buffers: strides [>= 3 * w, 3, 1]).
     size: model input size, an int or (height, width) in pixels.
+    resize: how the frame is resized, before the pixels are converted to float:
+        "linear" (default): exactly cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR) on
+            the uint8 frame, byte for byte (OpenCV's fixed-point arithmetic; ultralytics' letterbox);
+        "area": exactly cv2.resize(..., interpolation=cv2.INTER_AREA), byte for byte;
+        "float": INTER_LINEAR's coordinates, blended in float with no rounding to uint8 (Peregrine's
+            resize before issue 13, for models validated that way).
+        The frame is never resized into an intermediate uint8 image; the rounding happens per pixel.
     swap_rb: reverse the channel order (BGR frames -> RGB tensor).
     scale, mean, std: out = (pixel * scale - mean) / std per output channel (mean/std: a number or three,
         in output channel order; None means 0 and 1).
@@ -223,8 +258,8 @@ _RESIZE_DOC = """
 
     Returns (tensor [N, 3, height, width] of dtype, params float32 [N, 4]) where params holds, per frame,
     scale_x, scale_y, pad_x, pad_y with model = original * scale + pad (pixels); ``map_boxes`` undoes it.
-    Bilinear resizing follows OpenCV INTER_LINEAR (half-pixel centres, clamped borders).
-    Raises ValueError (shape, size, range) or TypeError (dtype, array kind) naming the argument.
+    Raises ValueError (shape, size, range, unknown resize mode) or TypeError (dtype, array kind) naming
+    the argument.
 """
 
 
@@ -239,6 +274,7 @@ def letterbox(
     pad_value: Any = 114,
     dtype: Any = np.float32,
     scaleup: bool = True,
+    resize: str = "linear",
     num_threads: int = 0,
     stream: Any = None,
 ) -> tuple[Any, np.ndarray]:
@@ -260,6 +296,7 @@ def letterbox(
         pad_value=pad_value,
         dtype=dtype,
         scaleup=scaleup,
+        resize=resize,
         num_threads=num_threads,
         stream=stream,
     )
@@ -275,6 +312,7 @@ def letterbox_into(
     std: Any = None,
     pad_value: Any = 114,
     scaleup: bool = True,
+    resize: str = "linear",
     num_threads: int = 0,
     stream: Any = None,
 ) -> np.ndarray:
@@ -292,6 +330,7 @@ def letterbox_into(
         pad_value=pad_value,
         dtype=None,
         scaleup=scaleup,
+        resize=resize,
         num_threads=num_threads,
         stream=stream,
     )[1]
@@ -306,6 +345,7 @@ def resize(
     mean: Any = None,
     std: Any = None,
     dtype: Any = np.float32,
+    resize: str = "linear",
     num_threads: int = 0,
     stream: Any = None,
 ) -> tuple[Any, np.ndarray]:
@@ -321,6 +361,7 @@ def resize(
         std=std,
         pad_value=0,
         dtype=dtype,
+        resize=resize,
         num_threads=num_threads,
         stream=stream,
     )
@@ -334,6 +375,7 @@ def resize_into(
     scale: float = 1 / 255,
     mean: Any = None,
     std: Any = None,
+    resize: str = "linear",
     num_threads: int = 0,
     stream: Any = None,
 ) -> np.ndarray:
@@ -349,6 +391,7 @@ def resize_into(
         std=std,
         pad_value=0,
         dtype=None,
+        resize=resize,
         num_threads=num_threads,
         stream=stream,
     )[1]
@@ -365,6 +408,7 @@ def center_crop(
     std: Any = None,
     pad_value: Any = 0,
     dtype: Any = np.float32,
+    resize: str = "linear",
     num_threads: int = 0,
     stream: Any = None,
 ) -> tuple[Any, np.ndarray]:
@@ -387,6 +431,7 @@ def center_crop(
         pad_value=pad_value,
         dtype=dtype,
         resize_shorter=resize_shorter,
+        resize=resize,
         num_threads=num_threads,
         stream=stream,
     )
@@ -402,6 +447,7 @@ def center_crop_into(
     mean: Any = None,
     std: Any = None,
     pad_value: Any = 0,
+    resize: str = "linear",
     num_threads: int = 0,
     stream: Any = None,
 ) -> np.ndarray:
@@ -418,6 +464,7 @@ def center_crop_into(
         pad_value=pad_value,
         dtype=None,
         resize_shorter=resize_shorter,
+        resize=resize,
         num_threads=num_threads,
         stream=stream,
     )[1]

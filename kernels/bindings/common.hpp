@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "peregrine/kernels.hpp"
+
 namespace peregrine::bindings {
 
 namespace py = pybind11;
@@ -68,6 +70,14 @@ inline void check_unit(float value, const char* name) {
   if (!(value >= 0.0f && value <= 1.0f)) {
     value_error(std::string(name) + ": expected a value in [0, 1], got " + std::to_string(value));
   }
+}
+
+// The resize family's `resize` argument.
+inline ResizeMode resize_mode(const std::string& name) {
+  if (name == "linear") return ResizeMode::kLinear;
+  if (name == "area") return ResizeMode::kArea;
+  if (name == "float") return ResizeMode::kFloat;
+  value_error("resize: expected 'linear', 'area' or 'float', got '" + name + "'");
 }
 
 // A caller's output buffer: a writeable, C-contiguous ndarray of exactly this dtype and shape. Never

@@ -35,10 +35,17 @@ ResizeArgs read_args(const py::sequence& frames, const Array<std::int32_t>& plac
     }
     if (a.ndim() != 3 || a.shape(2) != 3) value_error(name + ": expected uint8 [H, W, 3], got " + describe(a));
     if (a.shape(0) < 1 || a.shape(1) < 1) value_error(name + ": expected a non-empty frame, got " + describe(a));
-    if (!(a.flags() & py::array::c_style)) value_error(name + ": expected a C-contiguous array");
     if (a.shape(0) > (1 << 20) || a.shape(1) > (1 << 20)) value_error(name + ": frame too large: " + describe(a));
+    // rows may be padded (a crop of a wider buffer); the pixels of a row must be contiguous
+    if (a.strides(2) != 1 || a.strides(1) != 3 || (a.shape(0) > 1 && a.strides(0) < 3 * a.shape(1))) {
+      value_error(name + ": expected a C-contiguous array or rows of contiguous pixels (strides [>= 3 * width, 3, " +
+                  "1]), got strides [" + std::to_string(a.strides(0)) + ", " + std::to_string(a.strides(1)) + ", " +
+                  std::to_string(a.strides(2)) + "]");
+    }
     args.frames.push_back(Frame{static_cast<const std::uint8_t*>(a.data()), static_cast<std::int32_t>(a.shape(0)),
-                                static_cast<std::int32_t>(a.shape(1)), 3 * static_cast<std::int64_t>(a.shape(1))});
+                                static_cast<std::int32_t>(a.shape(1)),
+                                a.shape(0) > 1 ? static_cast<std::int64_t>(a.strides(0))
+                                               : 3 * static_cast<std::int64_t>(a.shape(1))});
     Placement pl{p(i, 0), p(i, 1), p(i, 2), p(i, 3)};
     if (pl.resized_w < 1 || pl.resized_h < 1 || pl.resized_w > (1 << 20) || pl.resized_h > (1 << 20) ||
         pl.left < -(1 << 20) || pl.left > (1 << 20) || pl.top < -(1 << 20) || pl.top > (1 << 20)) {
@@ -75,8 +82,10 @@ void check_out_size(py::ssize_t h, py::ssize_t w) {
 
 void resize_into(const py::object& out, const py::sequence& frames, const Array<std::int32_t>& placements,
                  const std::array<int, 3>& src_channel, const std::array<float, 3>& mul,
-                 const std::array<float, 3>& add, const std::array<float, 3>& pad, int num_threads) {
+                 const std::array<float, 3>& add, const std::array<float, 3>& pad, const std::string& resize,
+                 int num_threads) {
   check_threads(num_threads);
+  const ResizeMode mode = resize_mode(resize);
   ResizeArgs args = read_args(frames, placements, src_channel, mul, add, pad);
   if (!py::isinstance<py::array>(out)) {
     type_error("out: expected a numpy.ndarray, got " + type_name(out));
@@ -94,18 +103,18 @@ void resize_into(const py::object& out, const py::sequence& frames, const Array<
   void* data = checked.mutable_data();
   py::gil_scoped_release nogil;
   resize_nchw_cpu(args.frames.data(), args.placements.data(), static_cast<std::int32_t>(args.frames.size()), h, w,
-                  args.transform, type, data, num_threads);
+                  args.transform, mode, type, data, num_threads);
 }
 
 py::array resize(const py::sequence& frames, const Array<std::int32_t>& placements, py::ssize_t out_h,
                  py::ssize_t out_w, const std::array<int, 3>& src_channel, const std::array<float, 3>& mul,
                  const std::array<float, 3>& add, const std::array<float, 3>& pad, const py::object& dtype,
-                 int num_threads) {
+                 const std::string& resize, int num_threads) {
   check_out_size(out_h, out_w);
   const py::dtype dt = py::dtype::from_args(dtype);
   tensor_type(dt, "dtype");
   py::array out(dt, std::vector<py::ssize_t>{static_cast<py::ssize_t>(py::len(frames)), 3, out_h, out_w});
-  resize_into(out, frames, placements, src_channel, mul, add, pad, num_threads);
+  resize_into(out, frames, placements, src_channel, mul, add, pad, resize, num_threads);
   return out;
 }
 
@@ -114,16 +123,20 @@ py::array resize(const py::sequence& frames, const Array<std::int32_t>& placemen
 void bind_preprocess(py::module_& m) {
   m.def("resize_nchw", &resize, py::arg("frames"), py::arg("placements").noconvert(), py::arg("out_h"),
         py::arg("out_w"), py::arg("src_channel"), py::arg("mul"), py::arg("add"), py::arg("pad"),
-        py::arg("dtype") = "float32", py::arg("num_threads") = 0,
-        R"doc(Resize uint8 HWC frames into one NCHW tensor (OpenCV INTER_LINEAR, half-pixel centres).
+        py::arg("dtype") = "float32", py::arg("resize") = "linear", py::arg("num_threads") = 0,
+        R"doc(Resize uint8 HWC frames into one NCHW tensor.
 
-frames: sequence of C-contiguous uint8 [H, W, 3] arrays, each its own size.
+frames: sequence of uint8 [H, W, 3] arrays, each its own size, whose rows are contiguous pixels
+    (C-contiguous, or padded rows: strides [>= 3 * W, 3, 1]).
 placements: int32 [N, 4] = resized_w, resized_h, left, top of each resized frame in the output (offsets
     may be negative: the frame is cropped); output pixels it does not cover get `pad`.
-out[c] = frame[..., src_channel[c]] * mul[c] + add[c]; pad is already in output units.
+resize: "linear" (the uint8 bytes of cv2.resize INTER_LINEAR), "area" (of cv2.resize INTER_AREA) or
+    "float" (INTER_LINEAR coordinates, blended in float without rounding to uint8).
+out[c] = resized[..., src_channel[c]] * mul[c] + add[c]; pad is already in output units.
 Returns float32 or float16 [N, 3, out_h, out_w]. Raises ValueError/TypeError on bad arguments.)doc");
   m.def("resize_nchw_into", &resize_into, py::arg("out"), py::arg("frames"), py::arg("placements").noconvert(),
-        py::arg("src_channel"), py::arg("mul"), py::arg("add"), py::arg("pad"), py::arg("num_threads") = 0,
+        py::arg("src_channel"), py::arg("mul"), py::arg("add"), py::arg("pad"), py::arg("resize") = "linear",
+        py::arg("num_threads") = 0,
         "resize_nchw writing into out (float32 or float16 [N, 3, H, W], C-contiguous, writeable).");
 }
 

@@ -1,4 +1,8 @@
-"""Plainly written NumPy references for the kernels (float64 unless a comparison needs float32 steps)."""
+"""Plainly written NumPy references for the kernels (float64 unless a comparison needs float32 steps).
+
+The resize family's default modes (resize="linear" / "area") are compared with cv2 itself, not with a
+reference of ours; ``bilinear_resize`` and ``letterbox`` here describe resize="float" (the float blend).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import numpy as np
 
 
 def bilinear_resize(img: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """cv2.resize(img, (new_w, new_h), INTER_LINEAR) without rounding: float64 [new_h, new_w, 3]."""
+    """resize="float": INTER_LINEAR's coordinates, blended without rounding to uint8: float64 [new_h, new_w, 3]."""
     h, w = img.shape[:2]
 
     def axis(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The CUDA tier against the same NumPy references (and OpenCV) as the CPU tiers.
+"""The CUDA tier against OpenCV (byte for byte for resize="linear"/"area") and the same NumPy references as
+the CPU tiers.
 
 Runs where CuPy imports and the native module has CUDA kernels and a device:
 ``python -m pytest tests/kernels -m gpu``. Everywhere else every test here is skipped.
@@ -6,13 +7,21 @@ Runs where CuPy imports and the native module has CUDA kernels and a device:
 
 from __future__ import annotations
 
-import cv2
 import kernel_reference as ref
 import numpy as np
 import peregrine.kernels as K
 import pytest
 from test_kernels_postprocess import end2end_head, random_boxes, yolov5_head, yolov8_head
-from test_kernels_preprocess import opencv_letterbox, photographs
+from test_kernels_preprocess import (
+    EDGE_CASES,
+    EXACT_MODES,
+    cv2_resize,
+    opencv_letterbox,
+    opencv_place,
+    photographs,
+    random_cases,
+    random_frame,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -21,32 +30,115 @@ def test_tier_reports_cuda(cp) -> None:
     assert K.active_tier("cuda") == K.NATIVE_CUDA
 
 
+@pytest.mark.parametrize("resize", EXACT_MODES)
 @pytest.mark.parametrize("size", [(640, 640), (256, 416)])
-def test_letterbox_matches_opencv_on_photographs(cp, size: tuple[int, int]) -> None:
+def test_letterbox_equals_cv2_on_photographs(cp, size: tuple[int, int], resize: str) -> None:
     frames = photographs()
     out = cp.full((len(frames), 3, *size), cp.nan, cp.float32)
-    params = K.letterbox_into(out, [cp.asarray(f) for f in frames])
+    params = K.letterbox_into(out, [cp.asarray(f) for f in frames], resize=resize)
     host = out.get()
     for i, frame in enumerate(frames):
-        assert np.abs(host[i] * 255 - opencv_letterbox(frame, *size)).max() <= 1.0 + 1e-3
+        pixels = opencv_letterbox(frame, *size, resize=resize).astype(np.float32)
+        np.testing.assert_array_equal(host[i], pixels * np.float32(1 / 255))
         _, _, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], *size)
         np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
 
 
+def device_frame(cp, frame: np.ndarray):  # type: ignore[no-untyped-def]
+    """The frame on the device with the same layout: a crop of a wider device buffer when it is strided."""
+    if frame.flags.c_contiguous:
+        return cp.asarray(frame)
+    big = cp.zeros((frame.shape[0] + 1, frame.shape[1] + 5, 3), cp.uint8)
+    big[1:, 3 : 3 + frame.shape[1]] = cp.asarray(np.ascontiguousarray(frame))
+    view = big[1:, 3 : 3 + frame.shape[1]]
+    assert not view.flags.c_contiguous
+    return view
+
+
+@pytest.mark.parametrize("resize", EXACT_MODES)
+def test_letterbox_equals_cv2_on_random_sizes(cp, resize: str) -> None:
+    for case in random_cases(np.random.default_rng(1300 + len(resize)), 80):
+        out = cp.full((1, 3, case.height, case.width), cp.nan, case.dtype)
+        K.letterbox_into(
+            out, [device_frame(cp, case.frame)], scale=1.0, pad_value=case.pad, swap_rb=case.swap_rb, resize=resize
+        )
+        expected = opencv_letterbox(case.frame, case.height, case.width, case.pad, resize, case.swap_rb)
+        np.testing.assert_array_equal(out.get()[0], expected.astype(case.dtype), err_msg=f"{resize}: {case}")
+
+
+@pytest.mark.parametrize("resize", EXACT_MODES)
+@pytest.mark.parametrize(("shape", "size"), EDGE_CASES, ids=[f"{s[0]}x{s[1]}-{m[0]}x{m[1]}" for s, m in EDGE_CASES])
+def test_letterbox_equals_cv2_on_edge_sizes(
+    cp, rng: np.random.Generator, resize: str, shape: tuple[int, int], size: tuple[int, int]
+) -> None:
+    for strided in (False, True):
+        frame = random_frame(rng, *shape, strided=strided)
+        tensor, _ = K.letterbox([device_frame(cp, frame)], size, scale=1.0, resize=resize)
+        expected = opencv_letterbox(frame, *size, resize=resize).astype(np.float32)
+        np.testing.assert_array_equal(tensor.get()[0], expected, err_msg=f"{resize} strided={strided}")
+
+
+@pytest.mark.parametrize("resize", EXACT_MODES)
+def test_many_frames_float16_normalised_and_cpu_equal(cp, rng: np.random.Generator, resize: str) -> None:
+    """More frames than one launch takes, of mixed sizes, FP16 with mean/std, on a stream: the same bits
+    as the native CPU tier (both round each float step, no fused multiply-adds)."""
+    frames = [random_frame(rng, int(h), int(w)) for h, w in rng.integers(1, 90, (70, 2))]
+    stream = cp.cuda.Stream(non_blocking=True)
+    kwargs = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pad_value=(1, 2, 3), resize=resize)
+    out = cp.full((70, 3, 32, 48), cp.nan, cp.float16)
+    K.letterbox_into(out, [cp.asarray(f) for f in frames], stream=stream, **kwargs)
+    stream.synchronize()
+    if K.has_native():
+        previous = K.set_cpu_tier(K.NATIVE_CPU)
+        try:
+            cpu, _ = K.letterbox(frames, (32, 48), dtype=np.float16, **kwargs)
+        finally:
+            K.set_cpu_tier(previous)
+        np.testing.assert_array_equal(out.get(), cpu)
+    for i, frame in enumerate(frames):
+        new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], 32, 48)
+        canvas = opencv_place(frame, new_w, new_h, left, top, 32, 48, (3, 2, 1), resize)
+        expected = ref.to_tensor(canvas.astype(np.float64), True, 1 / 255, kwargs["mean"], kwargs["std"])
+        np.testing.assert_allclose(out.get()[i].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("resize", EXACT_MODES)
+def test_resize_and_center_crop_equal_cv2(cp, rng: np.random.Generator, resize: str) -> None:
+    frames = [random_frame(rng, h, w) for h, w in [(300, 451), (451, 300)]]
+    device = [cp.asarray(f) for f in frames]
+    for op, kwargs in ((K.resize, {"size": (100, 150)}), (K.center_crop, {"size": 96, "resize_shorter": 110})):
+        gpu, gpu_params = op(device, resize=resize, **kwargs)
+        cpu, cpu_params = op(frames, resize=resize, **kwargs)
+        np.testing.assert_array_equal(gpu.get(), cpu)
+        np.testing.assert_array_equal(gpu_params, cpu_params)
+    expected = cv2_resize(frames[0], 150, 100, resize)[..., ::-1].transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_array_equal(K.resize(device, (100, 150), scale=1.0, resize=resize)[0].get()[0], expected)
+
+
+@pytest.mark.parametrize("size", [(640, 640), (256, 416)])
+def test_float_letterbox_within_one_level_of_opencv(cp, size: tuple[int, int]) -> None:
+    frames = photographs()
+    out = cp.full((len(frames), 3, *size), cp.nan, cp.float32)
+    K.letterbox_into(out, [cp.asarray(f) for f in frames], resize="float")
+    host = out.get()
+    for i, frame in enumerate(frames):
+        assert np.abs(host[i] * 255 - opencv_letterbox(frame, *size)).max() <= 1.0 + 1e-3
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 4000), (4000, 3), (37, 61), (900, 8200)])
-def test_letterbox_matches_reference(cp, rng: np.random.Generator, shape: tuple[int, int]) -> None:
+def test_float_letterbox_matches_reference(cp, rng: np.random.Generator, shape: tuple[int, int]) -> None:
     frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    tensor, _ = K.letterbox([cp.asarray(frame)], (96, 128))
+    tensor, _ = K.letterbox([cp.asarray(frame)], (96, 128), resize="float")
     np.testing.assert_allclose(tensor.get()[0], ref.letterbox(frame, 96, 128), rtol=0, atol=1e-5)
 
 
-def test_float16_stream_and_many_frames(cp, rng: np.random.Generator) -> None:
+def test_float_float16_stream_and_many_frames(cp, rng: np.random.Generator) -> None:
     frames = [
         rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8) for h, w in rng.integers(1, 60, (70, 2))
     ]  # more frames than one launch takes
     stream = cp.cuda.Stream(non_blocking=True)
     out = cp.full((70, 3, 32, 48), cp.nan, cp.float16)
-    K.letterbox_into(out, [cp.asarray(f) for f in frames], stream=stream, mean=0.5, std=0.25)
+    K.letterbox_into(out, [cp.asarray(f) for f in frames], stream=stream, mean=0.5, std=0.25, resize="float")
     stream.synchronize()
     host = out.get().astype(np.float32)
     for i, frame in enumerate(frames):
@@ -54,16 +146,14 @@ def test_float16_stream_and_many_frames(cp, rng: np.random.Generator) -> None:
         np.testing.assert_allclose(host[i], expected, rtol=2e-3, atol=2e-3)
 
 
-def test_resize_and_center_crop_match_cpu(cp, rng: np.random.Generator) -> None:
+def test_float_resize_and_center_crop_match_cpu(cp, rng: np.random.Generator) -> None:
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(300, 451), (451, 300)]]
     device = [cp.asarray(f) for f in frames]
     for op, kwargs in ((K.resize, {"size": (100, 150)}), (K.center_crop, {"size": 96, "resize_shorter": 110})):
-        gpu, gpu_params = op(device, **kwargs)
-        cpu, cpu_params = op(frames, **kwargs)
+        gpu, gpu_params = op(device, resize="float", **kwargs)
+        cpu, cpu_params = op(frames, resize="float", **kwargs)
         np.testing.assert_allclose(gpu.get(), cpu, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(gpu_params, cpu_params)
-    expected = cv2.resize(frames[0], (150, 100), interpolation=cv2.INTER_LINEAR)[..., ::-1].transpose(2, 0, 1)
-    assert np.abs(K.resize(device, (100, 150))[0].get()[0] * 255 - expected).max() <= 1.0 + 1e-3
 
 
 @pytest.mark.parametrize(("layout", "classes"), [("yolov8", 80), ("yolov8", 1), ("yolov5", 80), ("end2end", 0)])
@@ -184,3 +274,5 @@ def test_bad_arguments(cp) -> None:
         K.nms(cp.zeros((1, 3, 4), cp.float32), np.zeros((1, 3), np.float32), cp.zeros((1, 3), cp.int32))
     with pytest.raises(ValueError, match="frames"):
         K.letterbox([cp.ones((8, 16, 3), cp.uint8)[:, ::2]], 32)
+    with pytest.raises(ValueError, match="resize"):
+        K.letterbox([cp.asarray(frame)], 32, resize="cubic")

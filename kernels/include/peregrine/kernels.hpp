@@ -23,9 +23,9 @@ struct Frame {
   std::int64_t row_stride;
 };
 
-// Where the resized frame lands in the output: the frame is resized (bilinear, OpenCV INTER_LINEAR
-// semantics) to resized_w x resized_h and its top-left corner placed at output pixel (left, top).
-// left/top may be negative (center crop); output pixels outside the resized frame get the pad value.
+// Where the resized frame lands in the output: the frame is resized to resized_w x resized_h (see
+// ResizeMode) and its top-left corner placed at output pixel (left, top). left/top may be negative
+// (center crop); output pixels outside the resized frame get the pad value.
 struct Placement {
   std::int32_t resized_w;
   std::int32_t resized_h;
@@ -43,10 +43,16 @@ struct PixelTransform {
 
 enum class TensorType : std::int32_t { kFloat32 = 0, kFloat16 = 1 };
 
+// How frames are resized. kLinear and kArea give, before the pixel transform, exactly the uint8 values of
+// cv2.resize(frame, (resized_w, resized_h), interpolation=INTER_LINEAR / INTER_AREA) (OpenCV's own
+// fixed-point and area arithmetic, see src/shared/opencv_resize.hpp). kFloat blends in float with
+// INTER_LINEAR's coordinates and no rounding to uint8.
+enum class ResizeMode : std::int32_t { kFloat = 0, kLinear = 1, kArea = 2 };
+
 // out: [n, 3, out_h, out_w] of `type`, C-contiguous. num_threads <= 0 means all cores.
 void resize_nchw_cpu(const Frame* frames, const Placement* placements, std::int32_t n, std::int32_t out_h,
-                     std::int32_t out_w, const PixelTransform& transform, TensorType type, void* out,
-                     int num_threads);
+                     std::int32_t out_w, const PixelTransform& transform, ResizeMode mode, TensorType type,
+                     void* out, int num_threads);
 
 // ------------------------------------------------------------------------------------------------
 // Post-processing: decode a detection head, NMS, map boxes back, classification.
@@ -139,7 +145,7 @@ int detect_max_shared_bytes();
 // frames[i].data are device pointers; the frame table itself is host memory (passed by value to the
 // kernel in chunks).
 void resize_nchw(const Frame* frames, const Placement* placements, std::int32_t n, std::int32_t out_h,
-                 std::int32_t out_w, const PixelTransform& transform, TensorType type, void* out,
+                 std::int32_t out_w, const PixelTransform& transform, ResizeMode mode, TensorType type, void* out,
                  std::uintptr_t stream);
 
 // Device scratch the caller provides for the detection kernels: keys [batch, anchors] uint64,

@@ -1,4 +1,6 @@
-// Fused resize (OpenCV INTER_LINEAR semantics) + pad/crop + channel order + normalize + HWC -> NCHW.
+// Fused resize + pad/crop + channel order + normalize + HWC -> NCHW. This file holds the float blend
+// (ResizeMode::kFloat: OpenCV INTER_LINEAR coordinates, no rounding to uint8) and the dispatch; the
+// OpenCV-exact modes are in resize_exact.cpp.
 //
 // Each output row is made in two passes over a per-thread row of floats: a vertical blend of the two
 // source rows it needs (contiguous, vectorizes) and a horizontal blend with precomputed per-column offsets
@@ -11,6 +13,7 @@
 
 #include "parallel.hpp"
 #include "peregrine/kernels.hpp"
+#include "resize_exact.hpp"
 #include "simd.hpp"
 
 namespace peregrine {
@@ -186,8 +189,13 @@ void run(const std::vector<FramePlan>& plans, std::int32_t out_h, std::int32_t o
 }  // namespace
 
 void resize_nchw_cpu(const Frame* frames, const Placement* placements, std::int32_t n, std::int32_t out_h,
-                     std::int32_t out_w, const PixelTransform& transform, TensorType type, void* out,
-                     int num_threads) {
+                     std::int32_t out_w, const PixelTransform& transform, ResizeMode mode, TensorType type,
+                     void* out, int num_threads) {
+  if (mode != ResizeMode::kFloat) {
+    detail::resize_exact_nchw_cpu(frames, placements, n, out_h, out_w, transform, type, out,
+                                  mode == ResizeMode::kArea, num_threads);
+    return;
+  }
   std::vector<FramePlan> plans(static_cast<std::size_t>(n));
   for (std::int32_t i = 0; i < n; ++i) {
     FramePlan& plan = plans[i];

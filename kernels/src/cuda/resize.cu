@@ -1,25 +1,28 @@
-// Fused resize (OpenCV INTER_LINEAR) + pad/crop + channel order + normalize + HWC -> NCHW on the GPU.
+// Fused resize + pad/crop + channel order + normalize + HWC -> NCHW on the GPU.
 // One thread per output pixel writes its three planes; frame descriptors travel by value in the launch
 // parameters (chunks of kFramesPerLaunch), so nothing is allocated or copied before the launch.
+//
+// ResizeMode::kLinear / kArea: the uint8 bytes of cv2.resize, with the same integer and float arithmetic as
+// the CPU kernels (shared/opencv_resize.hpp; every float step is an explicit round-to-nearest intrinsic,
+// so nvcc fuses nothing). Each thread recomputes its own taps: no tables, deterministic.
+// ResizeMode::kFloat: INTER_LINEAR coordinates, blended in float.
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "../shared/opencv_resize.hpp"
 #include "common.cuh"
 #include "peregrine/kernels.hpp"
 
 namespace peregrine::cuda {
 namespace {
 
-constexpr int kFramesPerLaunch = 64;  // 64 x 48 bytes of descriptors stay under the 4 KiB parameter limit
+constexpr int kFramesPerLaunch = 32;  // 32 descriptors stay under the 4 KiB parameter limit (static_assert below)
 
 struct FrameDesc {
-  const std::uint8_t* data;
-  std::int64_t row_stride;
-  std::int32_t height, width;
-  std::int32_t resized_w, resized_h, left, top;
-  double scale_x, scale_y;  // source pixels per resized pixel, as OpenCV computes them
+  opencv::ExactFrame frame;  // the frame, its resized size, OpenCV's scales and algorithm
+  std::int32_t left, top;
 };
 
 struct FrameChunk {
@@ -41,15 +44,16 @@ __device__ __forceinline__ void axis(std::int32_t dst, double scale, std::int32_
 }
 
 template <class T>
-__global__ void __launch_bounds__(256) resize_kernel(FrameChunk chunk, PixelTransform t, std::int32_t out_h,
-                                                     std::int32_t out_w, T* out) {
+__global__ void __launch_bounds__(256) resize_float_kernel(FrameChunk chunk, PixelTransform t, std::int32_t out_h,
+                                                           std::int32_t out_w, T* out) {
   const std::int32_t ox = blockIdx.x * blockDim.x + threadIdx.x;
   const std::int32_t oy = blockIdx.y * blockDim.y + threadIdx.y;
   if (ox >= out_w || oy >= out_h) return;
-  const FrameDesc& f = chunk.frames[blockIdx.z];
+  const FrameDesc& d = chunk.frames[blockIdx.z];
+  const opencv::ExactFrame& f = d.frame;
   const std::int64_t plane = static_cast<std::int64_t>(out_h) * out_w;
   T* dst = out + blockIdx.z * 3 * plane + static_cast<std::int64_t>(oy) * out_w + ox;
-  const std::int32_t rx = ox - f.left, ry = oy - f.top;
+  const std::int32_t rx = ox - d.left, ry = oy - d.top;
   if (rx < 0 || rx >= f.resized_w || ry < 0 || ry >= f.resized_h) {
     store(dst, t.pad[0]);
     store(dst + plane, t.pad[1]);
@@ -58,8 +62,8 @@ __global__ void __launch_bounds__(256) resize_kernel(FrameChunk chunk, PixelTran
   }
   std::int32_t x0, x1, y0, y1;
   float wx, wy;
-  axis(rx, f.scale_x, f.width, x0, x1, wx);
-  axis(ry, f.scale_y, f.height, y0, y1, wy);
+  axis(rx, f.x.scale, f.width, x0, x1, wx);
+  axis(ry, f.y.scale, f.height, y0, y1, wy);
   const std::uint8_t* r0 = f.data + f.row_stride * y0;
   const std::uint8_t* r1 = f.data + f.row_stride * y1;
   float px[3];
@@ -78,11 +82,48 @@ __global__ void __launch_bounds__(256) resize_kernel(FrameChunk chunk, PixelTran
   }
 }
 
+template <class T>
+__global__ void __launch_bounds__(256) resize_exact_kernel(FrameChunk chunk, PixelTransform t, std::int32_t out_h,
+                                                           std::int32_t out_w, T* out) {
+  const std::int32_t ox = blockIdx.x * blockDim.x + threadIdx.x;
+  const std::int32_t oy = blockIdx.y * blockDim.y + threadIdx.y;
+  if (ox >= out_w || oy >= out_h) return;
+  const FrameDesc& d = chunk.frames[blockIdx.z];
+  const opencv::ExactFrame& f = d.frame;
+  const std::int64_t plane = static_cast<std::int64_t>(out_h) * out_w;
+  T* dst = out + blockIdx.z * 3 * plane + static_cast<std::int64_t>(oy) * out_w + ox;
+  const std::int32_t rx = ox - d.left, ry = oy - d.top;
+  if (rx < 0 || rx >= f.resized_w || ry < 0 || ry >= f.resized_h) {
+    store(dst, t.pad[0]);
+    store(dst + plane, t.pad[1]);
+    store(dst + 2 * plane, t.pad[2]);
+    return;
+  }
+  std::int32_t v[3];
+  opencv::exact_pixel(f, rx, ry, v);
+  for (int c = 0; c < 3; ++c) {
+    const int s = t.src_channel[c];
+    const float value = static_cast<float>(s == 0 ? v[0] : s == 1 ? v[1] : v[2]);
+    store(dst + c * plane, opencv::fadd(opencv::fmul(value, t.mul[c]), t.add[c]));
+  }
+}
+
+template <class T>
+void launch(ResizeMode mode, const dim3& grid, const dim3& block, cudaStream_t stream, const FrameChunk& chunk,
+            const PixelTransform& t, std::int32_t out_h, std::int32_t out_w, T* out) {
+  if (mode == ResizeMode::kFloat) {
+    resize_float_kernel<T><<<grid, block, 0, stream>>>(chunk, t, out_h, out_w, out);
+  } else {
+    resize_exact_kernel<T><<<grid, block, 0, stream>>>(chunk, t, out_h, out_w, out);
+  }
+}
+
 }  // namespace
 
 void resize_nchw(const Frame* frames, const Placement* placements, std::int32_t n, std::int32_t out_h,
-                 std::int32_t out_w, const PixelTransform& transform, TensorType type, void* out,
+                 std::int32_t out_w, const PixelTransform& transform, ResizeMode mode, TensorType type, void* out,
                  std::uintptr_t stream) {
+  static_assert(sizeof(FrameChunk) <= 4000, "frame descriptors must fit in the kernel parameters");
   const std::int64_t frame_elems = 3 * static_cast<std::int64_t>(out_h) * out_w;
   const dim3 block(32, 8);
   for (std::int32_t begin = 0; begin < n; begin += kFramesPerLaunch) {
@@ -91,17 +132,17 @@ void resize_nchw(const Frame* frames, const Placement* placements, std::int32_t 
     for (std::int32_t i = 0; i < count; ++i) {
       const Frame& f = frames[begin + i];
       const Placement& p = placements[begin + i];
-      chunk.frames[i] = FrameDesc{f.data, f.row_stride, f.height, f.width, p.resized_w, p.resized_h, p.left, p.top,
-                                  1.0 / (static_cast<double>(p.resized_w) / f.width),
-                                  1.0 / (static_cast<double>(p.resized_h) / f.height)};
+      chunk.frames[i] = FrameDesc{opencv::exact_frame(f.data, f.row_stride, f.height, f.width, p.resized_w,
+                                                      p.resized_h, mode == ResizeMode::kArea),
+                                  p.left, p.top};
     }
     const dim3 grid((out_w + block.x - 1) / block.x, (out_h + block.y - 1) / block.y, count);
     if (type == TensorType::kFloat16) {
-      resize_kernel<__half><<<grid, block, 0, detail::as_stream(stream)>>>(
-          chunk, transform, out_h, out_w, static_cast<__half*>(out) + begin * frame_elems);
+      launch(mode, grid, block, detail::as_stream(stream), chunk, transform, out_h, out_w,
+             static_cast<__half*>(out) + begin * frame_elems);
     } else {
-      resize_kernel<float><<<grid, block, 0, detail::as_stream(stream)>>>(
-          chunk, transform, out_h, out_w, static_cast<float*>(out) + begin * frame_elems);
+      launch(mode, grid, block, detail::as_stream(stream), chunk, transform, out_h, out_w,
+             static_cast<float*>(out) + begin * frame_elems);
     }
     detail::check_launch("resize_nchw kernel launch");
   }
