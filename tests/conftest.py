@@ -22,7 +22,8 @@ def start_server() -> Iterator[Callable[..., PeregrineServer]]:
     started: list[PeregrineServer] = []
 
     def start(repo: Path, **options: object) -> PeregrineServer:
-        server = PeregrineServer(ServerConfig(model_repository=repo, grpc_port=0, http_port=None, **options))  # type: ignore[arg-type]
+        settings: dict[str, object] = {"grpc_port": 0, "http_port": None, **options}
+        server = PeregrineServer(ServerConfig(model_repository=repo, **settings))  # type: ignore[arg-type]
         server.start()
         started.append(server)
         return server

@@ -35,7 +35,8 @@ from peregrine.proto import detection_pb2 as det
 from .channel import DEFAULT_DEADLINE_S, DETECTION_SERVICE, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .errors import PeregrineClientError, status_code
 
-DEFAULT_MODEL = "yolov8n_detect"
+# No model named: the server runs its only detection pipeline (and says which are ready when it has several).
+DEFAULT_MODEL = ""
 
 # What detect() and stream() take as one image.
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
@@ -356,7 +357,8 @@ class DetectionClient:
         """Detect objects in several images in one request (they run in one batch) and return the whole
         answer, the server's :class:`StageTimings` included.
 
-        ``score_threshold``/``iou_threshold`` in [0, 1], ``max_detections`` (1 .. the model's limit) and
+        ``model``: the detection pipeline; empty (the default) lets a server that serves exactly one choose
+        it. ``score_threshold``/``iou_threshold`` in [0, 1], ``max_detections`` (1 .. the model's limit) and
         ``classes`` (keep only these class ids) override the model's defaults for this request; None keeps
         them. ``priority``: the model's priority level (1 most urgent; 0 default). ``timeout_us``: the
         server-side queue timeout. ``deadline_s``: the call's deadline (see the class).

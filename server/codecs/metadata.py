@@ -99,6 +99,8 @@ def model_config(model: ModelDescription, tier: str = "") -> mc.ModelConfig:
         msg.parameters["execution_provider_note"].string_value = note
     if tier:
         msg.parameters["kernel_tier"].string_value = tier
+    for k, v in model.details:
+        msg.parameters[k].string_value = v
     for k, v in cfg.parameters.items():
         msg.parameters[k].string_value = v
     return msg

@@ -159,8 +159,12 @@ class DetectionConfig(_Strict):
     model_channel_order: Literal["rgb", "bgr"] = "rgb"
     pad_value: int = Field(114, ge=0, le=255)
     scale: float = 1 / 255
-    # Decoded candidates kept per image before NMS.
-    max_candidates: int = Field(8192, ge=1)
+    # How the letterbox resizes: "linear" is cv2.resize(INTER_LINEAR) on the uint8 frame, byte for byte
+    # (what ultralytics does, so the default); "area" is cv2's INTER_AREA, byte for byte; "float" blends
+    # in floating point without rounding to uint8 (for models validated that way).
+    resize: Literal["linear", "area", "float"] = "linear"
+    # Decoded candidates kept per image before NMS, by score (ultralytics' max_nms).
+    max_candidates: int = Field(30000, ge=1)
     # DetectStream: frames one stream runs at once, and frames kept waiting behind them (the oldest
     # waiting frame is dropped when a new one arrives: latest frame wins).
     stream_max_in_flight: int = Field(2, ge=1, le=64)

@@ -31,6 +31,7 @@ class ModelStats:
     inference_count: int = 0  # requests executed (counting each batch element; never padding)
     execution_count: int = 0  # batches executed
     padding_count: int = 0  # padding rows executed to fill batch buckets
+    inverted_boxes: int = 0  # detections answered with x2 < x1 or y2 < y1 (as the head gave them)
     last_inference_ms: int = 0  # wall-clock milliseconds since the epoch, as the protocol reports it
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -65,6 +66,12 @@ class ModelStats:
             self.compute_input.add(input_ns * requests, requests)
             self.compute_infer.add(infer_ns * requests, requests)
             self.compute_output.add(output_ns * requests, requests)
+
+    def record_inverted(self, boxes: int) -> None:
+        """Detections a head gave with x2 < x1 or y2 < y1: answered as they are, counted here."""
+        if boxes:
+            with self._lock:
+                self.inverted_boxes += boxes
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int | None) -> None:
         """One finished request: its time from arrival to answer, and its time in the queue if it got

@@ -29,7 +29,9 @@ class TensorSpec:
     optional: bool = False  # an input a request may leave out (Triton's ModelInput.optional)
 
     def describe(self) -> str:
-        return f"{self.datatype} [{','.join('N' if d == -1 else str(d) for d in self.shape)}]"
+        """``FP32 [N,3,640,640]``: a dynamic first (batch) dimension is N, other dynamic ones -1."""
+        dims = ["N" if d == -1 and i == 0 else str(d) for i, d in enumerate(self.shape)]
+        return f"{self.datatype} [{','.join(dims)}]"
 
 
 @dataclass(frozen=True)
@@ -196,3 +198,4 @@ class ModelDescription:
     providers: tuple[str, ...]  # ONNX Runtime execution providers, in order
     provider_note: str = ""  # why the providers differ from the configured preference, if they do
     batch_buckets: tuple[int, ...] = ()  # sizes batches are padded up to; empty: none
+    details: tuple[tuple[str, str], ...] = ()  # what a kind of model adds to its configuration's parameters

@@ -95,8 +95,10 @@ class RequestScope:
         return self.result(self.launch(model, self.prepare(model, request), "infer"))
 
     def detect(self, request: DetectRequest) -> FrameResult:
-        """Run a typed detection request on the detection pipeline it names and wait for the boxes."""
+        """Run a typed detection request on the detection pipeline it names (or the only one) and wait for
+        the boxes."""
         model = self.plane.detection_model(request.model_name, request.model_version)
+        self.model_name = model.name
         return self.result(self.launch(model, self.prepare(model, request), "detect"))
 
     # -- the steps, for drivers that interleave them (streams) --------------------------------------
@@ -214,9 +216,14 @@ class DataPlane:
         return [(m.describe(), m.stats) for m in models]
 
     def detection_model(self, name: str, version: str = "") -> DetectionModel:
-        """The ready detection pipeline called ``name``; InvalidArgument when it is another kind of model."""
+        """The ready detection pipeline called ``name`` (none named: the server's only one); InvalidArgument
+        when it is another kind of model, or when no name is given and there is not exactly one."""
         if not name:
-            raise InvalidArgument("model_name: expected the name of a detection pipeline model, got ''")
+            ready = sorted({m.name for m in self.repository.ready_models() if isinstance(m, DetectionModel)})
+            if len(ready) != 1:
+                raise InvalidArgument(f"model_name: expected the name of a detection pipeline, got '' (the server "
+                                      f"chooses only when it serves exactly one; ready: {', '.join(ready) or 'none'})")
+            name = ready[0]
         model = self.repository.get(name, version)
         if not isinstance(model, DetectionModel):
             pipelines = sorted({m.name for m in self.repository.ready_models() if isinstance(m, DetectionModel)})

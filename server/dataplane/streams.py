@@ -203,6 +203,7 @@ class StreamDriver(Generic[M, R]):
         request = self.adapter.decode(item.message, item.scope)
         if self.policy.answer == "detect":
             model: ModelVersion = self.plane.detection_model(request.model_name, request.model_version)
+            item.scope.model_name = model.name  # the one the server chose when the stream named none
         else:
             model = self.plane.repository.get(request.model_name, request.model_version)
         item.model, item.request = model, request

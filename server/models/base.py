@@ -55,7 +55,8 @@ class ModelVersion(Protocol):
 
 
 def describe(name: str, version: int, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-             max_batch_size: int, config: ModelConfig, instances: Instances) -> ModelDescription:
+             max_batch_size: int, config: ModelConfig, instances: Instances,
+             details: tuple[tuple[str, str], ...] = ()) -> ModelDescription:
     """The ModelDescription of a version served by ``instances``."""
     sessions = instances.sessions
     on_gpu = instances.device == "cuda"
@@ -64,5 +65,5 @@ def describe(name: str, version: int, platform: str, inputs: list[TensorSpec], o
         max_batch_size=max_batch_size, config=config, instances=len(sessions), device=instances.device,
         gpus=tuple(sorted({s.device_id for s in sessions})) if on_gpu else (),
         providers=tuple(instances.providers), provider_note=sessions[0].provider_note,
-        batch_buckets=instances.buckets,
+        batch_buckets=instances.buckets, details=details,
     )

@@ -43,6 +43,9 @@ class _ModelCollector(Collector):
             "padding": CounterMetricFamily("peregrine_inference_padding_count",
                                            "Padding rows executed to fill batch buckets (not inferences)",
                                            labels=labels),
+            "inverted": CounterMetricFamily("peregrine_detection_inverted_boxes",
+                                            "Detections answered with x2 < x1 or y2 < y1, as the head gave them",
+                                            labels=labels),
             "queue": CounterMetricFamily("peregrine_inference_queue_duration_us", "Time in queue", labels=labels),
             "compute_input": CounterMetricFamily("peregrine_inference_compute_input_duration_us",
                                                  "Batch assembly time", labels=labels),
@@ -60,6 +63,7 @@ class _ModelCollector(Collector):
             fams["count"].add_metric(lv, s.inference_count)
             fams["exec"].add_metric(lv, s.execution_count)
             fams["padding"].add_metric(lv, s.padding_count)
+            fams["inverted"].add_metric(lv, s.inverted_boxes)
             for k in ("queue", "compute_input", "compute_infer", "compute_output"):
                 fams[k].add_metric(lv, getattr(s, k).ns / 1000)
             depth.add_metric(lv, m.queue_depth)

@@ -202,6 +202,10 @@ class DetectionExecutor:
         except Exception as e:
             log.error("pipeline '%s' failed on a batch of %d frames: %s", self.name, n, e)
             raise ModelExecutionError(self.name, str(e)) from None
+        # A head may give boxes with x2 < x1 or y2 < y1: they are answered as they are (what the model
+        # said), and counted.
+        real = np.arange(dets.shape[1])[None, :] < counts[:, None]
+        self.stats.record_inverted(int((((dets[..., 2] < dets[..., 0]) | (dets[..., 3] < dets[..., 1])) & real).sum()))
         results, row = [], 0
         for r in requests:
             k = len(r.frames)

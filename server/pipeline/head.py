@@ -33,7 +33,7 @@ class HeadInfo:
     width: int
     output_name: str
     layout: str
-    num_classes: int  # 0 when the head does not say (end-to-end layouts)
+    num_classes: int  # end-to-end heads: as many as labels or metadata name; 0 when nothing says
     fixed_batch: int  # the model's static batch size, 0 when dynamic
 
 
@@ -109,4 +109,8 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
             f"{names} class names, a head without objectness (DETR-style), which Peregrine does not decode; "
             "supported: yolov8/yolo11 [N, 4+C, A], yolov5 [N, A, 5+C], end2end [N, K, 6] "
             "(set detection.layout to force one)")
-    return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, _num_classes(layout, head.shape), fixed)
+    if not classes:
+        # An end-to-end head [N, K, 6] carries class ids, not one score per class: the classes are the
+        # ones the configuration or the model's metadata names.
+        classes = len(cfg.labels) or names
+    return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed)

@@ -4,8 +4,8 @@ Each stage is a thin, device-agnostic call into :mod:`peregrine.kernels`: NumPy 
 CPU kernels, CuPy arrays on the CUDA kernels (on ``stream``).
 
 - :class:`Letterbox`: frames of any size (uint8 [H, W, 3]) into rows of the model's input tensor
-  (resize keeping the aspect ratio, pad, channel order, scale to float, NCHW), and the parameters that map
-  boxes back.
+  (resize keeping the aspect ratio, by default exactly as ``cv2.resize`` does on uint8; pad, channel
+  order, scale to float, NCHW), and the parameters that map boxes back.
 - :class:`BoxDecoder`: the model's head into boxes in each frame's own pixels (decode the layout,
   threshold, class-aware NMS, map back), per run of requests that share post-processing options.
 """
@@ -30,10 +30,11 @@ class Letterbox:
         self.swap_rb = cfg.frame_channel_order != cfg.model_channel_order
         self.scale = cfg.scale
         self.pad_value = cfg.pad_value
+        self.resize = cfg.resize
 
     def __call__(self, out: Any, frames: Sequence[Any], stream: Any = None) -> Any:
         return kernels.letterbox_into(out, frames, swap_rb=self.swap_rb, scale=self.scale, pad_value=self.pad_value,
-                                      stream=stream)
+                                      resize=self.resize, stream=stream)
 
 
 class BoxDecoder:

@@ -1,10 +1,22 @@
 """A plain reference detection pipeline and the fixtures of the pipeline tests.
 
-The reference follows ultralytics' conventions step by step, written with OpenCV and NumPy only:
-LetterBox (INTER_LINEAR resize, grey 114 borders split with round(d -/+ 0.1)), /255 in RGB order,
-ONNX Runtime on the CPU, ``non_max_suppression`` (class offsets of 7680 px, greedy IoU suppression in
-score order, conf strictly above the threshold), ``scale_boxes`` and ``clip_boxes``. It shares no code
-with Peregrine's kernels.
+The reference is ultralytics' predictor written out with OpenCV and NumPy only, step by step, sharing no
+code with Peregrine's kernels:
+
+- ``LetterBox(auto=False, scaleup=True, center=True)``: ``cv2.resize`` of the **uint8** frame with
+  INTER_LINEAR to ``round(w * r), round(h * r)`` (OpenCV's 8-bit path: 11-bit fixed-point weights, each
+  pixel rounded), grey 114 borders split ``round(d - 0.1), round(d + 0.1)``, then /255 in RGB order.
+- ONNX Runtime on the CPU.
+- ``non_max_suppression``: candidates whose best class score is above ``conf`` (strictly), the ``classes``
+  filter, at most ``max_nms`` = 30000 candidates by score, boxes offset by ``class * 7680`` (0 when
+  ``agnostic``), greedy IoU suppression in descending score order (``torchvision.ops.nms``), the first
+  ``max_det`` kept. YOLOv5 heads (``[A, 5 + C]``, from the yolov5 repository): objectness above ``conf``,
+  class scores times objectness. End-to-end heads ``[K, 6]``: rows above ``conf`` in the model's order,
+  the first ``max_det``, then the ``classes`` filter (ultralytics' order).
+- ``scale_boxes`` (gain ``min(H / h, W / w)``, pad ``round(d - 0.1)``) and ``clip_boxes``.
+
+Score ties are broken by anchor order (a stable sort), as Peregrine's kernels do; torch leaves them
+unspecified.
 
 Not a conftest.py: see tests/clients/client_support.py for why.
 """
@@ -12,7 +24,7 @@ Not a conftest.py: see tests/clients/client_support.py for why.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,25 +42,25 @@ from peregrine.server.config import ServerConfig
 from support import onnx_models
 
 MAX_WH = 7680  # ultralytics' class offset for batched NMS
+MAX_NMS = 30000  # ultralytics' cap on candidates entering NMS
 CONF, IOU, MAX_DET = 0.25, 0.7, 300
 
 
 # -- reference pipeline ----------------------------------------------------------------------------
-def letterbox(rgb: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+def letterbox(rgb: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_LINEAR,
+              ) -> tuple[np.ndarray, float, tuple[int, int]]:
     """ultralytics LetterBox(auto=False, scaleup=True, center=True) + ToTensor: [1, 3, H, W] float32."""
     h, w = rgb.shape[:2]
     r = min(height / h, width / w)
     new_w, new_h = round(w * r), round(h * r)
     dw, dh = (width - new_w) / 2, (height - new_h) / 2
-    # Resized in float, as Peregrine does: ultralytics resizes the uint8 image, and OpenCV's uint8 path
-    # rounds each pixel (and its 11-bit weights) on the way, which moves pixels by up to one level.
-    img = rgb.astype(np.float32)
+    img = rgb
     if (w, h) != (new_w, new_h):
-        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(rgb, (new_w, new_h), interpolation=interpolation)  # uint8 in, uint8 out
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
-    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114.0, 114.0, 114.0))
-    tensor = np.ascontiguousarray(img.transpose(2, 0, 1)[None]) / np.float32(255.0)
+    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    tensor = np.ascontiguousarray(img.transpose(2, 0, 1)[None]).astype(np.float32) / np.float32(255.0)
     return tensor, r, (left, top)
 
 
@@ -81,23 +93,32 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     return keep
 
 
-def nms(head: np.ndarray, layout: str, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET) -> np.ndarray:
+def nms(head: np.ndarray, layout: str, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET,
+        classes: Sequence[int] | None = None, agnostic: bool = False) -> np.ndarray:
     """One image's head output -> [k, 6] x1, y1, x2, y2, score, class in model pixels."""
     if layout == "end2end":
-        x = head[head[:, 4] > conf]
-        return x[:max_det].astype(np.float32)
+        x = head[head[:, 4] > conf][:max_det]
+        if classes:
+            x = x[np.isin(x[:, 5], classes)]
+        return x.astype(np.float32)
     if layout == "yolov8":  # [4 + C, A]
         x = head.T
         cls = x[:, 4:]
-    else:  # yolov5 [A, 5 + C]: objectness times class probability
+    else:  # yolov5 [A, 5 + C]: objectness above conf, then class scores times objectness
         x = head[head[:, 4] > conf]
         cls = x[:, 5:] * x[:, 4:5]
     score = cls.max(1)
     cls_id = cls.argmax(1)
     keep = score > conf
+    if classes:
+        keep &= np.isin(cls_id, classes)
     boxes = _xywh2xyxy(x[keep, :4])
     score, cls_id = score[keep], cls_id[keep]
-    kept = _greedy_nms(boxes + (cls_id[:, None] * MAX_WH).astype(np.float32), score, iou)[:max_det]
+    if len(score) > MAX_NMS:
+        top = np.argsort(-score, kind="stable")[:MAX_NMS]
+        boxes, score, cls_id = boxes[top], score[top], cls_id[top]
+    offsets = (cls_id[:, None] * (0 if agnostic else MAX_WH)).astype(np.float32)
+    kept = _greedy_nms(boxes + offsets, score, iou)[:max_det]
     return np.concatenate([boxes[kept], score[kept, None], cls_id[kept, None]], axis=1).astype(np.float32)
 
 
@@ -124,10 +145,11 @@ class Reference:
     def open(cls, path: Path, layout: str, size: int) -> Reference:
         return cls(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), layout, size, size)
 
-    def __call__(self, rgb: np.ndarray, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET,
+                 classes: Sequence[int] | None = None, agnostic: bool = False) -> np.ndarray:
         tensor, gain, pad = letterbox(rgb, self.height, self.width)
         head = self.session.run(None, {self.session.get_inputs()[0].name: tensor})[0][0]
-        return scale_boxes(nms(head, self.layout, conf, iou, max_det), gain, pad, *rgb.shape[:2])
+        return scale_boxes(nms(head, self.layout, conf, iou, max_det, classes, agnostic), gain, pad, *rgb.shape[:2])
 
 
 def assert_same_detections(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
@@ -193,6 +215,7 @@ def detection_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_pipeline(root, "det_v8", pipeline_config("yolov8n"))
     write_pipeline(root, "det_v5", pipeline_config("yolov5n"))
     write_pipeline(root, "det_e2e", pipeline_config("e2e"))
+    write_pipeline(root, "det_v5_agnostic", pipeline_config("yolov5n", "agnostic_nms = true\n"))
     write_pipeline(root, "det_limited", pipeline_config("yolov5n", "max_pixels = 100000\n", max_batch=4))
     write_pipeline(root, "det_slow", pipeline_config(
         "yolov5n", "stream_max_in_flight = 1\nstream_max_waiting = 1\n", max_batch=8, window_us=SLOW_WINDOW_US))

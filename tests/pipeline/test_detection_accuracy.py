@@ -1,5 +1,7 @@
-"""Peregrine's detections equal a plain reference pipeline's on real photographs, for every head layout,
-batch sizes 1 to 16 and mixed image sizes, through DetectionService and through OIP."""
+"""Peregrine's detections equal ultralytics' on real photographs, for every head layout, batch sizes 1 to 16
+and mixed image sizes, through DetectionService and through OIP. The reference is ultralytics' predictor
+written out plainly with OpenCV and NumPy (tests/pipeline/pipeline_support.py): cv2.resize on the uint8
+frame, class-offset NMS, max_det, agnostic NMS, the candidate cap, the classes filter."""
 
 from __future__ import annotations
 
@@ -54,6 +56,47 @@ def test_one_request_of_mixed_sizes_matches_reference(stub: det_grpc.DetectionSe
         total += len(want)
     assert total >= 20, "the photographs should give the detectors something to find"
     assert response.timings.batch_size == len(names)
+
+
+@pytest.mark.parametrize("model", ["det_v8", "det_v5", "det_e2e"])
+@pytest.mark.parametrize("batch", [1, 3, 7, 16])
+def test_every_batch_size_matches_reference(stub: det_grpc.DetectionServiceStub, references: dict[str, Reference],
+                                            model: str, batch: int) -> None:
+    """A request of ``batch`` images of mixed sizes runs as one batch; each image's boxes are ultralytics'."""
+    names = [list(PHOTOS)[(i * 3 + batch) % len(PHOTOS)] for i in range(batch)]
+    response = stub.Detect(det.DetectRequest(model_name=model, images=[raw(PHOTOS[n]) for n in names]), timeout=120)
+    assert response.timings.batch_size == batch
+    for name, result in zip(names, response.results, strict=True):
+        assert_same_detections(as_array(result), references[model](PHOTOS[name]), f"{model}/{batch}/{name}")
+
+
+@pytest.mark.parametrize("model", ["det_v8", "det_v5", "det_e2e"])
+def test_classes_and_max_detections_follow_ultralytics(stub: det_grpc.DetectionServiceStub,
+                                                       references: dict[str, Reference], model: str) -> None:
+    rgb = PHOTOS["astronaut"]
+    everything = references[model](rgb, conf=0.1)
+    assert len(everything) > 3, "the photograph should give the detector something to find"
+    wanted = sorted({int(c) for c in everything[:3, 5]})
+    options = det.DetectOptions(score_threshold=0.1, classes=wanted, max_detections=7)
+    response = stub.Detect(det.DetectRequest(model_name=model, images=[raw(rgb)], options=options), timeout=60)
+    want = references[model](rgb, conf=0.1, classes=wanted, max_det=7)
+    assert_same_detections(as_array(response.results[0]), want, model)
+    assert {b.class_id for b in response.results[0].boxes} <= set(wanted)
+
+
+def test_agnostic_nms_follows_ultralytics(stub: det_grpc.DetectionServiceStub,
+                                          references: dict[str, Reference]) -> None:
+    """A pipeline with agnostic_nms suppresses overlapping boxes across classes, as ultralytics' agnostic
+    NMS does (no class offsets), and keeps fewer boxes than per-class NMS on the same image."""
+    found = 0
+    for name in ("astronaut", "coffee", "motorcycle"):
+        rgb = PHOTOS[name]
+        response = stub.Detect(det.DetectRequest(model_name="det_v5_agnostic", images=[raw(rgb)]), timeout=60)
+        want = references["det_v5"](rgb, agnostic=True)
+        assert_same_detections(as_array(response.results[0]), want, name)
+        assert len(want) <= len(references["det_v5"](rgb))
+        found += len(want)
+    assert found > 0
 
 
 def test_batch_of_sixteen_jpeg_and_png(stub: det_grpc.DetectionServiceStub, references: dict[str, Reference]) -> None:

@@ -280,3 +280,72 @@ def test_a_long_stream_holds_only_its_frames_in_flight(stub: det_grpc.DetectionS
     assert len(results) == 150 and results[-1].status == Status.OK
     growth = marks[149] - marks[30]
     assert growth < 10 * frame.nbytes, f"stream memory grew by {growth / 1e6:.0f} MB over 119 frames"
+
+
+def test_the_only_pipeline_is_chosen_when_none_is_named(tmp_path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """A server with one detection pipeline runs it for Detect, DetectStream and DetectionClient calls that
+    name no model; one with several answers INVALID_ARGUMENT naming them."""
+    from peregrine.client import DetectionClient
+    from peregrine.modelgen import yolov5_detector
+    from pipeline_support import pipeline_config, write_pipeline
+    from support import onnx_models
+
+    onnx_models.write(tmp_path, "v5", yolov5_detector(0, imgsz=320))
+    onnx_models.write(tmp_path, "plain", onnx_models.identity("FP32", ["N", 4]))
+    write_pipeline(tmp_path, "only", pipeline_config("v5"))
+    server = start_server(tmp_path)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=OPTIONS) as ch:
+        one = det_grpc.DetectionServiceStub(ch)
+        response = one.Detect(det.DetectRequest(images=[raw(ROCKET)]), timeout=30)
+        assert (response.model_name, len(response.results)) == ("only", 1)
+        answers = list(one.DetectStream(iter([det.StreamFrame(sequence=i, image=raw(ROCKET)) for i in range(3)]),
+                                        timeout=30))
+        assert [a.status for a in answers] == [Status.OK] * 3
+    with DetectionClient(f"127.0.0.1:{server.port}") as client:
+        assert client.detect(ROCKET) == client.detect(ROCKET, model="only")
+
+
+def test_no_model_named_with_several_pipelines(stub: det_grpc.DetectionServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Detect(det.DetectRequest(images=[raw(ROCKET)]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "det_v8" in info.value.details() and "det_v5" in info.value.details()
+
+
+def test_inverted_boxes_are_answered_as_given_and_counted(tmp_path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """A head may give a box with x2 < x1: Peregrine answers it as the model gave it (mapped back to the
+    frame, not reordered) and counts it in peregrine_detection_inverted_boxes."""
+    import urllib.request
+
+    import onnx
+    from onnx import TensorProto, helper
+    from pipeline_support import pipeline_config, write_pipeline
+    from support import onnx_models
+
+    rows = [[40.0, 10.0, 20.0, 30.0, 0.9, 0.0],  # x2 < x1
+            [10.0, 10.0, 30.0, 30.0, 0.8, 1.0]]
+    nodes = [
+        helper.make_node("Constant", [], ["rows"], value=helper.make_tensor("v", TensorProto.FLOAT, [1, 2, 6],
+                                                                            [v for row in rows for v in row])),
+        helper.make_node("Shape", ["images"], ["shape"], start=0, end=1),
+        helper.make_node("Constant", [], ["ones"], value=helper.make_tensor("o", TensorProto.INT64, [2], [1, 1])),
+        helper.make_node("Concat", ["shape", "ones"], ["reps"], axis=0),
+        helper.make_node("Tile", ["rows", "reps"], ["output0"]),
+    ]
+    graph = helper.make_graph(nodes, "fixed_boxes",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 2, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx_models.write(tmp_path, "fixed", model)
+    write_pipeline(tmp_path, "p", pipeline_config("fixed"))
+    server = start_server(tmp_path, http_port=0)
+    frame = np.full((64, 64, 3), 80, np.uint8)  # no resize, no padding: boxes come back as the head gave them
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        response = det_grpc.DetectionServiceStub(ch).Detect(det.DetectRequest(model_name="p", images=[raw(frame)]),
+                                                            timeout=30)
+    boxes = [(b.x1, b.y1, b.x2, b.y2) for b in response.results[0].boxes]
+    assert boxes == [(40.0, 10.0, 20.0, 30.0), (10.0, 10.0, 30.0, 30.0)]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).read().decode()
+    assert 'peregrine_detection_inverted_boxes_total{model="p",version="1"} 1.0' in text

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pipeline_support
 import pytest
 from peregrine.modelgen import end2end_detector, yolov5_detector, yolov8_detector
 from peregrine.proto import detection_pb2 as det
@@ -20,6 +21,10 @@ from peregrine.server.pipeline.head import detect_layout
 from peregrine.server.runtime.metadata import parse_labels
 from pipeline_support import pipeline_config, write_pipeline
 from support import onnx_models
+
+# Fixtures shared with the other pipeline tests (see pipeline_support).
+detection_repo = pipeline_support.detection_repo
+detection_server = pipeline_support.detection_server
 
 
 @pytest.mark.parametrize(("text", "key"), [
@@ -77,6 +82,55 @@ def test_settings_read_from_each_model(tmp_path: Path) -> None:
     assert p5.labels[:3] == ["a", "b", "class2"]  # configured labels first, then placeholders
     assert (pe.head.layout, pe.head.height) == ("end2end", 192)
     assert p8.max_batch_size == 2
+
+
+def test_end_to_end_heads_know_their_classes(tmp_path: Path) -> None:
+    """An end-to-end head [N, K, 6] carries class ids, not a score per class: its classes are the ones the
+    model's metadata (or the configuration's labels) names, so a class filter naming others is refused."""
+    onnx_models.write(tmp_path, "e2e", end2end_detector(0, imgsz=192, max_detections=50))
+    write_pipeline(tmp_path, "pe", pipeline_config("e2e", "max_detections = 50\n"))
+    pe = _load(tmp_path, "pe")
+    assert pe.head.num_classes == 80 and pe.labels[0] == "person"
+    write_pipeline(tmp_path, "pe_labels", pipeline_config("e2e", 'max_detections = 50\nlabels = ["a", "b", "c"]\n'))
+    assert _load(tmp_path, "pe_labels").head.num_classes == 3
+    write_pipeline(tmp_path, "pe_bad", pipeline_config("e2e", "max_detections = 50\nclasses = [80]\n"))
+    with pytest.raises(ModelLoadError) as e:
+        _load(tmp_path, "pe_bad")
+    assert "detection.classes" in e.value.message and "80 classes" in e.value.message
+    details = dict(pe.describe().details)
+    assert details["detection_layout"] == "end2end" and details["detection_classes"] == "80"
+    assert "iou_threshold" in details["detection_nms"] and "not used" in details["detection_nms"]
+    assert details["detection_resize"] == "linear"
+
+
+def test_pipeline_settings_reach_model_config(detection_server: PeregrineServer) -> None:
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{detection_server.port}")
+    params = client.get_model_config("det_v8", as_json=True)["config"]["parameters"]
+    assert params["detection_layout"]["string_value"] == "yolov8"
+    assert params["detection_input_size"]["string_value"] == "640x640"
+    assert params["detection_resize"]["string_value"] == "linear"
+    assert params["detection_nms"]["string_value"].startswith("per-class greedy")
+    e2e = client.get_model_config("det_e2e", as_json=True)["config"]["parameters"]
+    assert "not used" in e2e["detection_nms"]["string_value"]
+    client.close()
+
+
+def test_dynamic_dims_are_printed_as_triton_does(tmp_path: Path) -> None:
+    """A dynamic batch dimension reads N, any other dynamic one -1 (was N for every one: [N,3,N,N])."""
+    model = yolov8_detector(0, imgsz=320)
+    for dim, name in ((model.graph.input[0].type.tensor_type.shape.dim[2], "height"),
+                      (model.graph.input[0].type.tensor_type.shape.dim[3], "width")):
+        dim.dim_param = name
+    kept = [p for p in model.metadata_props if p.key != "imgsz"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx_models.write(tmp_path, "dyn", model)
+    write_pipeline(tmp_path, "p", pipeline_config("dyn"))
+    with pytest.raises(ModelLoadError) as e:
+        _load(tmp_path, "p")
+    assert "FP32 [N,3,-1,-1]" in e.value.message
 
 
 def test_models_that_cannot_be_pipelines(tmp_path: Path, start_server: Callable[..., PeregrineServer]) -> None:
