@@ -112,8 +112,21 @@ def resize_nchw(
         if out is None:
             out = cupy.empty((n, 3, height, width), np.dtype(dtype))
         descs = [(_ptr(f), int(f.shape[0]), int(f.shape[1]), int(f.strides[0])) for f in frames]
+        lut = None if transform.lut is None else _upload(transform.lut)  # on this stream, like detection's params
         _native.cuda_resize_nchw(
-            _ptr(out), out.dtype == np.float16, descs, placements, height, width, *transform, resize, handle
+            _ptr(out),
+            out.dtype == np.float16,
+            descs,
+            placements,
+            height,
+            width,
+            transform.src_channel,
+            transform.mul,
+            transform.add,
+            transform.pad,
+            resize,
+            handle,
+            _ptr(lut),
         )
     return out
 
@@ -218,7 +231,8 @@ def detect_postprocess(
         params, sizes = _upload(params), _upload(sizes)
         n = int(head.shape[0])
         classes = int(head.shape[1] - 4) if layout == 0 else int(head.shape[2] - 5) if layout == 1 else 0
-        _check_shared(max(1, min(max_candidates, anchors)), max_det, "max_candidates")
+        limit = max_det if layout == 2 else max_candidates  # end-to-end heads: the first max_det rows
+        _check_shared(max(1, min(limit, anchors)), max_det, "max_det" if layout == 2 else "max_candidates")
         if dets is None:
             dets = cupy.empty((n, max_det, 6), cupy.float32)
             counts = cupy.empty(n, cupy.int32)

@@ -163,9 +163,10 @@ def _horizontal(src, row, x_src, x_w0, x_w1, width, dst):
 
 
 @njit(nogil=True, cache=True)
-def resize_frame_exact(src, area, resized_w, resized_h, left, top, src_channel, mul, add, pad, out):
+def resize_frame_exact(src, area, resized_w, resized_h, left, top, src_channel, lut, pad, out):
     """One uint8 [h, w, 3] frame into float32 out [3, H, W]: cv2.resize(INTER_LINEAR, or INTER_AREA when
-    ``area``) to resized_w x resized_h, then placed, channel-ordered and transformed as ``resize_frame``."""
+    ``area``) to resized_w x resized_h, then placed and channel-ordered as ``resize_frame``; each uint8 value v
+    of output channel c becomes lut[c, v] (float32 [3, 256])."""
     height, width = out.shape[1], out.shape[2]
     h, w = src.shape[0], src.shape[1]
     for c in range(3):
@@ -246,10 +247,8 @@ def resize_frame_exact(src, area, resized_w, resized_h, left, top, src_channel, 
                     values[ch, j] = _saturate_u8(acc)
         for c in range(3):
             ch = src_channel[c]
-            m = mul[c]
-            ad = add[c]
             for j in range(cols):
-                out[c, oy, xb + j] = np.float32(values[ch, j]) * m + ad
+                out[c, oy, xb + j] = lut[c, values[ch, j]]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -266,20 +265,60 @@ def _allowed(mask, cls):
     return mask.shape[0] == 0 or (0 <= cls < mask.shape[0] and mask[cls] != 0)
 
 
+@njit(nogil=True, cache=True)
+def _end_to_end_class(v):
+    return int(np.rint(v)) if (v >= -1e9 and v <= 1e9) else -1
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _collect_end_to_end(head, conf, limit, mask):
+    """ultralytics' order for end-to-end rows: score > conf in the head's order, the first ``limit``, then
+    the class filter (the class column equal to an allowed id)."""
+    conf = np.float32(conf)
+    k = head.shape[0]
+    rows = np.empty(k, np.int64)
+    n = 0
+    for a in range(k):
+        if n >= limit:
+            break
+        if head[a, 4] > conf:
+            rows[n] = a
+            n += 1
+    m = 0
+    for i in range(n):
+        c = head[rows[i], 5]
+        cls = _end_to_end_class(c)
+        if mask.shape[0] == 0 or (np.float32(cls) == c and _allowed(mask, cls)):
+            rows[m] = rows[i]
+            m += 1
+    out_scores = np.empty(m, np.float32)
+    out_anchors = np.empty(m, np.int64)
+    out_classes = np.empty(m, np.int64)
+    boxes = np.empty((m, 4), np.float32)
+    for i in range(m):
+        a = rows[i]
+        out_scores[i] = head[a, 4]
+        out_anchors[i] = a
+        out_classes[i] = _end_to_end_class(head[a, 5])
+        for t in range(4):
+            boxes[i, t] = head[a, t]
+    return out_scores, out_anchors, out_classes, boxes
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def collect(head, layout, conf, max_candidates, mask):
     """Candidates of one image: (scores f32, anchors i64, classes i64, boxes f32 [n, 4]) sorted by score
-    desc then anchor asc, at most max_candidates. ``mask`` of length 0 means every class is allowed."""
+    desc then anchor asc, at most max_candidates. ``mask`` of length 0 means every class is allowed.
+    End-to-end heads (layout 2): ``_collect_end_to_end`` with max_candidates as the limit."""
+    if layout == 2:
+        return _collect_end_to_end(head, conf, max_candidates, mask)
     conf = np.float32(conf)
     if layout == 0:
         anchors = head.shape[1]
         classes = head.shape[0] - 4
-    elif layout == 1:
-        anchors = head.shape[0]
-        classes = head.shape[1] - 5
     else:
         anchors = head.shape[0]
-        classes = 0
+        classes = head.shape[1] - 5
     scores = np.empty(anchors, np.float32)
     found = np.empty(anchors, np.int64)
     cls_of = np.empty(anchors, np.int64)
@@ -293,7 +332,7 @@ def collect(head, layout, conf, max_candidates, mask):
                     best = head[4 + c, a]
                     cls = c
             score = best
-        elif layout == 1:
+        else:
             obj = head[a, 4]
             if not obj > conf:
                 continue
@@ -304,12 +343,6 @@ def collect(head, layout, conf, max_candidates, mask):
                     best = head[a, 5 + c]
                     cls = c
             score = obj * best
-        else:
-            score = head[a, 4]
-            if not score > conf:
-                continue
-            v = head[a, 5]
-            cls = int(np.rint(v)) if (v >= -1e9 and v <= 1e9) else -1
         if score > conf and _allowed(mask, cls):
             scores[n] = score
             found[n] = a
@@ -331,16 +364,12 @@ def collect(head, layout, conf, max_candidates, mask):
         out_classes[i] = cls_of[j]
         if layout == 0:
             cx, cy, w, h = head[0, a], head[1, a], head[2, a], head[3, a]
-        elif layout == 1:
-            cx, cy, w, h = head[a, 0], head[a, 1], head[a, 2], head[a, 3]
-        if layout == 2:
-            for t in range(4):
-                boxes[i, t] = head[a, t]
         else:
-            boxes[i, 0] = cx - w / two
-            boxes[i, 1] = cy - h / two
-            boxes[i, 2] = cx + w / two
-            boxes[i, 3] = cy + h / two
+            cx, cy, w, h = head[a, 0], head[a, 1], head[a, 2], head[a, 3]
+        boxes[i, 0] = cx - w / two
+        boxes[i, 1] = cy - h / two
+        boxes[i, 2] = cx + w / two
+        boxes[i, 3] = cy + h / two
     return out_scores, out_anchors, out_classes, boxes
 
 

@@ -21,7 +21,8 @@ _LAYOUT_SHAPES = ("yolov8 [N, 4+C, A]", "yolov5 [N, A, 5+C]", "end2end [N, K, 6]
 
 
 class Candidates(NamedTuple):
-    """Decoded candidates, per image sorted by score desc then anchor asc; rows past counts[i] are 0 / -1."""
+    """Decoded candidates, per image sorted by score desc then anchor asc (end-to-end heads: in the head's
+    own order, see ``decode``); rows past counts[i] are 0 / -1."""
 
     boxes: Any  #: float32 [N, K, 4] x1, y1, x2, y2 in model pixels
     scores: Any  #: float32 [N, K]
@@ -113,9 +114,17 @@ def decode(
     head: float32 C-contiguous; ``layout`` "yolov8"/"yolo11" [N, 4+C, A] (cx, cy, w, h, class scores;
     score = max class score), "yolov5" [N, A, 5+C] (cx, cy, w, h, objectness, class scores; kept when
     objectness > conf and score = objectness * max class score > conf), "end2end"/"yolov10" [N, K, 6]
-    (x1, y1, x2, y2, score, class). Keeps score > ``conf`` (in [0, 1]); the class is the best one (first on
-    ties) and with ``classes`` only those ids are kept (like ultralytics: the best class must be allowed).
-    At most ``max_candidates`` per image, chosen by score desc then anchor asc.
+    (x1, y1, x2, y2, score, class). Keeps score > ``conf`` (in [0, 1]).
+
+    YOLOv8/v5 layouts: the class is the best one (first on ties) and with ``classes`` only those ids are kept
+    (like ultralytics: the best class must be allowed); at most ``max_candidates`` per image, chosen and
+    ordered by score desc then anchor asc.
+
+    End-to-end layouts, as ultralytics' ``non_max_suppression`` treats them: the rows above ``conf`` in the
+    head's own order (not re-sorted by score), the first ``max_candidates`` of them, and only then the
+    ``classes`` filter (rows whose class column equals one of the ids), which may leave fewer. The class id
+    reported is the class column rounded.
+
     Returns ``Candidates`` with K = min(max_candidates, A), on the head's device.
     """
     lid, n, anchors, _, device = _head(head, layout)
@@ -270,9 +279,15 @@ def detect_postprocess(
     num_threads: int = 0,
     stream: Any = None,
 ) -> Detections:
-    """Fused detection post-processing: ``decode`` -> ``nms`` (skipped for end-to-end heads, which only keep
-    the best ``max_det``) -> ``map_boxes`` (when ``params`` and ``orig_sizes`` are given; else boxes stay in
-    model pixels).
+    """Fused detection post-processing: ``decode`` -> ``nms`` -> ``map_boxes`` (when ``params`` and
+    ``orig_sizes`` are given; else boxes stay in model pixels).
+
+    YOLOv8/v5 layouts: the top ``max_candidates`` by score, greedy NMS, at most ``max_det`` kept.
+    End-to-end heads (NMS done by the model) follow ultralytics exactly: ``out = rows[score > conf][:max_det]``
+    in the head's own order (not re-sorted), then, with ``classes``, ``out[isin(out[:, 5], classes)]``: the
+    first ``max_det`` rows above ``conf`` are taken before the class filter, so a filter can leave fewer than
+    ``max_det`` although more rows of those classes exist. ``iou``, ``agnostic`` and ``max_candidates`` are
+    not used for them.
 
     See ``decode`` for head layouts, ``conf``, ``classes`` and ``max_candidates``; ``nms`` for ``iou``,
     ``max_det`` and ``agnostic``; ``map_boxes`` for ``params`` / ``orig_sizes``.
@@ -412,11 +427,10 @@ def _detect(
     nb_mask = mask if mask is not None else np.zeros(0, np.uint8)
     dets[...] = 0
     for i in range(n):
-        scores, _, class_ids, boxes = nb.collect(head[i], lid, conf, max_candidates, nb_mask)
-        if lid == 2:
-            chosen = np.arange(min(len(scores), max_det))
-        else:
-            chosen = nb.greedy_nms(boxes, class_ids, iou, max_det, bool(agnostic))
+        # end-to-end heads: the first max_det rows above conf, then the class filter (ultralytics' order)
+        limit = max_det if lid == 2 else max_candidates
+        scores, _, class_ids, boxes = nb.collect(head[i], lid, conf, limit, nb_mask)
+        chosen = np.arange(len(scores)) if lid == 2 else nb.greedy_nms(boxes, class_ids, iou, max_det, bool(agnostic))
         k = len(chosen)
         if params is not None:
             nb.map_boxes(boxes[chosen], params[i], int(sizes[i, 0]), int(sizes[i, 1]), dets[i, :k])

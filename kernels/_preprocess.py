@@ -9,6 +9,7 @@ Arguments are checked here, then the tier is picked by where the frames live (se
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -64,13 +65,40 @@ def _triple(value: float | Sequence[float] | None, name: str, default: float) ->
 
 
 class PixelTransform(NamedTuple):
+    """What the kernels make of a pixel. resize="float": out[c] = src[src_channel[c]] * mul[c] + add[c]. The
+    exact modes: out[c] = lut[c, v] of the uint8 value v (see ``_exact_values``); lut_scale[c] = scale /
+    std[c] lets the native CPU tier compute the table instead of looking it up where it is that pure scaling
+    (it checks). pad: the pad value in output units, for the exact modes computed as the table is."""
+
     src_channel: tuple[int, int, int]
     mul: tuple[float, float, float]
     add: tuple[float, float, float]
     pad: tuple[float, float, float]
+    lut: np.ndarray | None  # float32 [3, 256] (exact modes) or None (float)
+    lut_scale: tuple[float, float, float]
 
 
-def _pixel_transform(swap_rb: bool, scale: float, mean: Any, std: Any, pad_value: Any) -> PixelTransform:
+@functools.lru_cache(maxsize=64)
+def _exact_values(
+    scale: float, means: tuple[float, ...], stds: tuple[float, ...], pads: tuple[float, ...]
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The exact modes' values: (value * scale - mean[c]) / std[c] computed in double and rounded to float32
+    once, for each of the 256 uint8 values per output channel (float32 [3, 256], read-only, shared by the
+    calls with these arguments) and for each channel's pad value. For scale = 1/255, mean 0, std 1 that is
+    float32(v) / float32(255), the correctly rounded quotient of ultralytics' ``im.float() / 255``;
+    v * float32(1/255) would be 1 ULP off for 126 of the 256 byte values."""
+    mean = np.asarray(means, np.float64)
+    std = np.asarray(stds, np.float64)
+    with np.errstate(over="ignore"):  # a huge scale / tiny std overflows to inf, as the float path does
+        lut = ((np.arange(256, dtype=np.float64)[None, :] * scale - mean[:, None]) / std[:, None]).astype(np.float32)
+        pad = ((np.asarray(pads, np.float64) * scale - mean) / std).astype(np.float32)
+    lut.flags.writeable = False
+    return lut, tuple(float(p) for p in pad)
+
+
+def _pixel_transform(
+    swap_rb: bool, scale: float, mean: Any, std: Any, pad_value: Any, exact: bool = True
+) -> PixelTransform:
     if not isinstance(scale, (int, float, np.integer, np.floating)) or not math.isfinite(scale) or scale == 0:
         raise ValueError(f"scale: expected a finite non-zero number, got {scale!r}")
     means = _triple(mean, "mean", 0.0)
@@ -80,9 +108,13 @@ def _pixel_transform(swap_rb: bool, scale: float, mean: Any, std: Any, pad_value
     pads = _triple(pad_value, "pad_value", 0.0)
     mul = tuple(float(np.float32(scale / s)) for s in stds)
     add = tuple(float(np.float32(-m / s)) for m, s in zip(means, stds, strict=True))
-    pad = tuple(float(np.float32(p * mu + a)) for p, mu, a in zip(pads, mul, add, strict=True))
     src = (2, 1, 0) if swap_rb else (0, 1, 2)
-    return PixelTransform(src, mul, add, pad)  # type: ignore[arg-type]
+    lut_scale = tuple(float(scale) / s for s in stds)
+    if not exact:  # resize="float": as before issue 13
+        pad = tuple(float(np.float32(p * mu + a)) for p, mu, a in zip(pads, mul, add, strict=True))
+        return PixelTransform(src, mul, add, pad, None, lut_scale)  # type: ignore[arg-type]
+    lut, pad = _exact_values(float(scale), means, stds, pads)
+    return PixelTransform(src, mul, add, pad, lut, lut_scale)  # type: ignore[arg-type]
 
 
 def _frames(frames: Any) -> tuple[list[Any], bool]:
@@ -126,7 +158,9 @@ def _rows_of_pixels(frame: Any) -> bool:
     """Whether each row of the [h, w, 3] uint8 frame is w contiguous pixels (rows may be padded: a crop of a
     wider buffer), rows in increasing memory order."""
     row, pixel, channel = (int(v) for v in frame.strides)
-    return channel == 1 and pixel == 3 and (frame.shape[0] == 1 or row >= 3 * frame.shape[1])
+    # As NumPy's own contiguity: the stride of a dimension of length 1 is never used, so it may be anything.
+    return (channel == 1 and (pixel == 3 or frame.shape[1] == 1)
+            and (frame.shape[0] == 1 or row >= 3 * frame.shape[1]))
 
 
 def _placements(
@@ -184,7 +218,7 @@ def _resize_family(
     method = _resize_mode(resize)
     items, on_device = _frames(frames)
     num_threads = _check_threads(num_threads)
-    transform = _pixel_transform(bool(swap_rb), scale, mean, std, pad_value)
+    transform = _pixel_transform(bool(swap_rb), scale, mean, std, pad_value, exact=method != "float")
     if resize_shorter is not None and (
         not isinstance(resize_shorter, (int, np.integer)) or not 1 <= resize_shorter <= 65536
     ):
@@ -219,18 +253,30 @@ def _resize_family(
     elif not out.flags.writeable:
         raise ValueError("out: expected a writeable array")
     if _tiers._cpu_tier == NATIVE_CPU:
-        _native.resize_nchw_into(out, items, placements, *transform, resize=method, num_threads=num_threads)
+        _native.resize_nchw_into(
+            out,
+            items,
+            placements,
+            transform.src_channel,
+            transform.mul,
+            transform.add,
+            transform.pad,
+            resize=method,
+            num_threads=num_threads,
+            lut=transform.lut,
+            lut_scale=transform.lut_scale,
+        )
     else:
         nb = _numba()
         src_channel = np.asarray(transform.src_channel, np.int64)
-        mul, add, pad = (np.asarray(v, np.float32) for v in transform[1:])
-        target = out if out.dtype == np.float32 else np.empty(out.shape, np.float32)
+        mul, add, pad = (np.asarray(v, np.float32) for v in transform[1:4])
+        target = out if out.dtype == np.float32 else np.empty(out.shape, np.float32)  # FP16: rounded from FP32
         for i, frame in enumerate(items):
             placement = tuple(int(v) for v in placements[i])
             if method == "float":
                 nb.resize_frame(frame, *placement, src_channel, mul, add, pad, target[i])
             else:
-                nb.resize_frame_exact(frame, method == "area", *placement, src_channel, mul, add, pad, target[i])
+                nb.resize_frame_exact(frame, method == "area", *placement, src_channel, transform.lut, pad, target[i])
         if target is not out:
             out[...] = target
     return out, params
@@ -250,7 +296,10 @@ _RESIZE_DOC = """
         The frame is never resized into an intermediate uint8 image; the rounding happens per pixel.
     swap_rb: reverse the channel order (BGR frames -> RGB tensor).
     scale, mean, std: out = (pixel * scale - mean) / std per output channel (mean/std: a number or three,
-        in output channel order; None means 0 and 1).
+        in output channel order; None means 0 and 1). With resize="linear"/"area" each output value is that
+        expression computed in double and rounded once to float32 (FP16: rounded from that float32), for the
+        pixels and the pad alike: with the defaults exactly ultralytics' float32(pixel) / 255. With
+        resize="float" it is the float blend * float32(scale / std) + float32(-mean / std).
     pad_value: fill of the uncovered area, in pixel units before scale/mean/std (a number or three).
     dtype: float32 or float16 output.
     num_threads: CPU threads (0 = all cores). stream: CUDA stream (a cupy Stream or a raw handle; default

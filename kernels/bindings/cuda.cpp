@@ -48,7 +48,7 @@ cuda::DetectScratch scratch(Ptr keys, Ptr classes, Ptr counts) {
 void resize(Ptr out, bool half, const std::vector<std::array<std::int64_t, 4>>& frames,
             const Array<std::int32_t>& placements, int out_h, int out_w, const std::array<int, 3>& src_channel,
             const std::array<float, 3>& mul, const std::array<float, 3>& add, const std::array<float, 3>& pad,
-            const std::string& resize_name, Ptr stream) {
+            const std::string& resize_name, Ptr stream, Ptr lut) {
   const ResizeMode mode = resize_mode(resize_name);
   const auto n = static_cast<py::ssize_t>(frames.size());
   check_shape(placements, "placements", {n, 4}, "[len(frames), 4]");
@@ -73,6 +73,7 @@ void resize(Ptr out, bool half, const std::vector<std::array<std::int64_t, 4>>& 
     t.add[c] = add[c];
     t.pad[c] = pad[c];
   }
+  t.lut = optional_device<const float>(lut);
   void* dst = n ? device<void>(out, "out") : nullptr;
   py::gil_scoped_release nogil;
   cuda::resize_nchw(fs.data(), ps.data(), static_cast<std::int32_t>(n), out_h, out_w, t, mode,
@@ -99,9 +100,10 @@ void bind_cuda(py::module_& m) {
         "Shared memory the detection select kernel needs for this candidate capacity and max_det, bytes.");
   m.def("cuda_resize_nchw", &resize, py::arg("out"), py::arg("half"), py::arg("frames"),
         py::arg("placements").noconvert(), py::arg("out_h"), py::arg("out_w"), py::arg("src_channel"),
-        py::arg("mul"), py::arg("add"), py::arg("pad"), py::arg("resize"), py::arg("stream"),
+        py::arg("mul"), py::arg("add"), py::arg("pad"), py::arg("resize"), py::arg("stream"), py::arg("lut") = 0,
         "resize_nchw on device memory: frames are (pointer, height, width, row_stride) tuples; resize is "
-        "'linear', 'area' or 'float' as for resize_nchw.");
+        "'linear', 'area' or 'float' as for resize_nchw; lut: 0 or a device pointer to float32 [3, 256], the "
+        "output value of each uint8 value per output channel (exact modes; see resize_nchw).");
   m.def(
       "cuda_decode",
       [](Ptr head, int layout, int batch, int anchors, int classes, float conf, int max_candidates, Ptr allowed,

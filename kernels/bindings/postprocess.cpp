@@ -215,7 +215,9 @@ void bind_postprocess(py::module_& m) {
 
 head: float32 C-contiguous, layout 0 = yolov8 [N, 4+C, A], 1 = yolov5 [N, A, 5+C] (score = obj * cls),
 2 = end-to-end [N, K, 6]. Keeps score > conf and (with `allowed`, a uint8 mask by class id) allowed
-classes; at most max_candidates per image. Returns (boxes float32 [N, K, 4] x1 y1 x2 y2,
+classes; at most max_candidates per image. End-to-end heads (ultralytics' order): the rows above conf in
+the head's own order, the first max_candidates of them, then the class filter (class column == an allowed
+id). Returns (boxes float32 [N, K, 4] x1 y1 x2 y2,
 scores float32 [N, K], class_ids int32 [N, K], anchor_ids int32 [N, K], counts int32 [N]) with
 K = min(max_candidates, A); rows past counts[i] are 0 / -1.)doc");
   m.def("decode_into", &decode_into, py::arg("boxes"), py::arg("scores"), py::arg("class_ids"),
@@ -244,8 +246,9 @@ indices into K in rank order, -1 padded; kept int32 [N]).)doc");
         py::arg("iou"), py::arg("max_det"), py::arg("max_candidates"), py::arg("allowed").noconvert() = py::none(),
         py::arg("agnostic") = false, py::arg("params").noconvert() = py::none(),
         py::arg("orig_sizes").noconvert() = py::none(), py::arg("num_threads") = 0,
-        "decode -> NMS (not for end-to-end heads) -> map back. Returns (dets float32 [N, max_det, 6] "
-        "x1 y1 x2 y2 score class, counts int32 [N]).");
+        "decode -> NMS -> map back; end-to-end heads: the first max_det rows above conf in the head's order, "
+        "then the class filter (ultralytics' order; no NMS, max_candidates unused). Returns (dets float32 "
+        "[N, max_det, 6] x1 y1 x2 y2 score class, counts int32 [N]).");
   m.def("detect_postprocess_into", &postprocess_into, py::arg("dets"), py::arg("counts"),
         py::arg("head").noconvert(), py::arg("layout"), py::arg("conf"), py::arg("iou"), py::arg("max_det"),
         py::arg("max_candidates"), py::arg("allowed").noconvert() = py::none(), py::arg("agnostic") = false,

@@ -1,5 +1,6 @@
 // Bindings of the resize family (letterbox, stretch, center crop all reduce to resize_nchw + placements).
 #include <array>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,8 @@ struct ResizeArgs {
 
 ResizeArgs read_args(const py::sequence& frames, const Array<std::int32_t>& placements,
                      const std::array<int, 3>& src_channel, const std::array<float, 3>& mul,
-                     const std::array<float, 3>& add, const std::array<float, 3>& pad) {
+                     const std::array<float, 3>& add, const std::array<float, 3>& pad,
+                     const std::optional<Array<float>>& lut, const std::array<double, 3>& lut_scale) {
   ResizeArgs args;
   const py::ssize_t n = py::len(frames);
   to_int32(n, "frames");
@@ -37,7 +39,9 @@ ResizeArgs read_args(const py::sequence& frames, const Array<std::int32_t>& plac
     if (a.shape(0) < 1 || a.shape(1) < 1) value_error(name + ": expected a non-empty frame, got " + describe(a));
     if (a.shape(0) > (1 << 20) || a.shape(1) > (1 << 20)) value_error(name + ": frame too large: " + describe(a));
     // rows may be padded (a crop of a wider buffer); the pixels of a row must be contiguous
-    if (a.strides(2) != 1 || a.strides(1) != 3 || (a.shape(0) > 1 && a.strides(0) < 3 * a.shape(1))) {
+    // A dimension of length 1 never uses its stride (NumPy calls such arrays contiguous whatever it is).
+    if (a.strides(2) != 1 || (a.shape(1) > 1 && a.strides(1) != 3) ||
+        (a.shape(0) > 1 && a.strides(0) < 3 * a.shape(1))) {
       value_error(name + ": expected a C-contiguous array or rows of contiguous pixels (strides [>= 3 * width, 3, " +
                   "1]), got strides [" + std::to_string(a.strides(0)) + ", " + std::to_string(a.strides(1)) + ", " +
                   std::to_string(a.strides(2)) + "]");
@@ -63,6 +67,11 @@ ResizeArgs read_args(const py::sequence& frames, const Array<std::int32_t>& plac
     args.transform.mul[c] = mul[c];
     args.transform.add[c] = add[c];
     args.transform.pad[c] = pad[c];
+    args.transform.lut_scale[c] = lut_scale[c];
+  }
+  if (lut) {
+    check_shape(*lut, "lut", {3, 256}, "[3, 256] (the output value of each uint8 value, per output channel)");
+    args.transform.lut = lut->data();
   }
   return args;
 }
@@ -83,10 +92,10 @@ void check_out_size(py::ssize_t h, py::ssize_t w) {
 void resize_into(const py::object& out, const py::sequence& frames, const Array<std::int32_t>& placements,
                  const std::array<int, 3>& src_channel, const std::array<float, 3>& mul,
                  const std::array<float, 3>& add, const std::array<float, 3>& pad, const std::string& resize,
-                 int num_threads) {
+                 int num_threads, const std::optional<Array<float>>& lut, const std::array<double, 3>& lut_scale) {
   check_threads(num_threads);
   const ResizeMode mode = resize_mode(resize);
-  ResizeArgs args = read_args(frames, placements, src_channel, mul, add, pad);
+  ResizeArgs args = read_args(frames, placements, src_channel, mul, add, pad, lut, lut_scale);
   if (!py::isinstance<py::array>(out)) {
     type_error("out: expected a numpy.ndarray, got " + type_name(out));
   }
@@ -109,12 +118,13 @@ void resize_into(const py::object& out, const py::sequence& frames, const Array<
 py::array resize(const py::sequence& frames, const Array<std::int32_t>& placements, py::ssize_t out_h,
                  py::ssize_t out_w, const std::array<int, 3>& src_channel, const std::array<float, 3>& mul,
                  const std::array<float, 3>& add, const std::array<float, 3>& pad, const py::object& dtype,
-                 const std::string& resize, int num_threads) {
+                 const std::string& resize, int num_threads, const std::optional<Array<float>>& lut,
+                 const std::array<double, 3>& lut_scale) {
   check_out_size(out_h, out_w);
   const py::dtype dt = py::dtype::from_args(dtype);
   tensor_type(dt, "dtype");
   py::array out(dt, std::vector<py::ssize_t>{static_cast<py::ssize_t>(py::len(frames)), 3, out_h, out_w});
-  resize_into(out, frames, placements, src_channel, mul, add, pad, resize, num_threads);
+  resize_into(out, frames, placements, src_channel, mul, add, pad, resize, num_threads, lut, lut_scale);
   return out;
 }
 
@@ -124,6 +134,7 @@ void bind_preprocess(py::module_& m) {
   m.def("resize_nchw", &resize, py::arg("frames"), py::arg("placements").noconvert(), py::arg("out_h"),
         py::arg("out_w"), py::arg("src_channel"), py::arg("mul"), py::arg("add"), py::arg("pad"),
         py::arg("dtype") = "float32", py::arg("resize") = "linear", py::arg("num_threads") = 0,
+        py::arg("lut").noconvert() = py::none(), py::arg("lut_scale") = std::array<double, 3>{},
         R"doc(Resize uint8 HWC frames into one NCHW tensor.
 
 frames: sequence of uint8 [H, W, 3] arrays, each its own size, whose rows are contiguous pixels
@@ -132,11 +143,16 @@ placements: int32 [N, 4] = resized_w, resized_h, left, top of each resized frame
     may be negative: the frame is cropped); output pixels it does not cover get `pad`.
 resize: "linear" (the uint8 bytes of cv2.resize INTER_LINEAR), "area" (of cv2.resize INTER_AREA) or
     "float" (INTER_LINEAR coordinates, blended in float without rounding to uint8).
-out[c] = resized[..., src_channel[c]] * mul[c] + add[c]; pad is already in output units.
+out[c] = resized[..., src_channel[c]] * mul[c] + add[c] for "float"; for "linear" and "area", with `lut`
+(float32 [3, 256]) out[c] = lut[c, v] of the uint8 value v of resized[..., src_channel[c]] (FP16: rounded
+from it), without it v * mul[c] + add[c] in float. lut_scale: optional; where lut[c] is v * lut_scale[c]
+correctly rounded to float32 for every v (checked), float32 outputs compute it instead of looking it up.
+pad is already in output units.
 Returns float32 or float16 [N, 3, out_h, out_w]. Raises ValueError/TypeError on bad arguments.)doc");
   m.def("resize_nchw_into", &resize_into, py::arg("out"), py::arg("frames"), py::arg("placements").noconvert(),
         py::arg("src_channel"), py::arg("mul"), py::arg("add"), py::arg("pad"), py::arg("resize") = "linear",
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("lut").noconvert() = py::none(),
+        py::arg("lut_scale") = std::array<double, 3>{},
         "resize_nchw writing into out (float32 or float16 [N, 3, H, W], C-contiguous, writeable).");
 }
 

@@ -81,8 +81,23 @@ def letterbox(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def end_to_end_rows(head: np.ndarray, conf: float, limit: int, classes=None) -> np.ndarray:
+    """ultralytics' ``non_max_suppression`` for an end-to-end head [K, 6], written out: ``out =
+    pred[pred[:, 4] > conf][:max_det]``, then only with ``classes`` ``out = out[isin(out[:, 5], classes)]``.
+    The indices of the rows kept, in the head's own order (never re-sorted by score)."""
+    idx = np.nonzero(head[:, 4] > np.float32(conf))[0][:limit]
+    if classes is not None:
+        idx = idx[np.isin(head[idx, 5], list(classes))]
+    return idx
+
+
 def decode_image(head: np.ndarray, layout: str, conf: float, max_candidates: int, classes=None):
-    """One image: (boxes [k, 4] x1y1x2y2, scores [k], class ids [k], anchor ids [k]) by score desc, anchor asc."""
+    """One image: (boxes [k, 4] x1y1x2y2, scores [k], class ids [k], anchor ids [k]) by score desc, anchor asc;
+    end-to-end heads: ``end_to_end_rows`` with max_candidates as the limit."""
+    if layout == "end2end":
+        idx = end_to_end_rows(head, conf, max_candidates, classes)
+        cls = np.rint(head[idx, 5]).astype(np.int32)
+        return head[idx, :4].astype(np.float32), head[idx, 4].astype(np.float32), cls, idx.astype(np.int32)
     if layout == "yolov8":
         rows = head.T  # [A, 4 + C]
         cls_scores = rows[:, 4:]
@@ -94,21 +109,13 @@ def decode_image(head: np.ndarray, layout: str, conf: float, max_candidates: int
         cls = rows[:, 5:].argmax(axis=1)
         scores = rows[:, 4] * rows[:, 5:].max(axis=1)
         keep = (rows[:, 4] > np.float32(conf)) & (scores > np.float32(conf))
-    else:
-        rows = head
-        scores = rows[:, 4]
-        cls = np.rint(rows[:, 5]).astype(np.int64)
-        keep = scores > np.float32(conf)
     if classes is not None:
         keep &= np.isin(cls, list(classes))
     idx = np.nonzero(keep)[0]
     idx = idx[np.lexsort((idx, -scores[idx]))][:max_candidates]
-    if layout == "end2end":
-        boxes = rows[idx, :4].astype(np.float32)
-    else:
-        cx, cy, w, h = (rows[idx, j] for j in range(4))
-        two = np.float32(2)
-        boxes = np.stack([cx - w / two, cy - h / two, cx + w / two, cy + h / two], axis=1)
+    cx, cy, w, h = (rows[idx, j] for j in range(4))
+    two = np.float32(2)
+    boxes = np.stack([cx - w / two, cy - h / two, cx + w / two, cy + h / two], axis=1)
     return boxes, scores[idx].astype(np.float32), cls[idx].astype(np.int32), idx.astype(np.int32)
 
 
@@ -150,13 +157,14 @@ def map_back(boxes: np.ndarray, params: np.ndarray, height: int, width: int) -> 
 def detect_image(
     head, layout, conf, iou, max_det, classes=None, agnostic=False, params=None, size=None, max_candidates=8192
 ) -> np.ndarray:
-    """[k, 6] detections of one image: decode -> NMS (not end-to-end) -> map back."""
-    boxes, scores, cls, _ = decode_image(head, layout, conf, max_candidates, classes)
-    keep = (
-        list(range(min(len(scores), max_det)))
-        if layout == "end2end"
-        else nms_image(boxes, scores, cls, iou, max_det, agnostic)
-    )
+    """[k, 6] detections of one image: decode -> NMS -> map back; end-to-end heads: ``end_to_end_rows`` with
+    max_det as the limit (no NMS, max_candidates unused)."""
+    if layout == "end2end":
+        boxes, scores, cls, _ = decode_image(head, layout, conf, max_det, classes)
+        keep = list(range(len(scores)))
+    else:
+        boxes, scores, cls, _ = decode_image(head, layout, conf, max_candidates, classes)
+        keep = nms_image(boxes, scores, cls, iou, max_det, agnostic)
     boxes = boxes[keep]
     if params is not None:
         boxes = map_back(boxes, params, *size)

@@ -11,16 +11,25 @@ import kernel_reference as ref
 import numpy as np
 import peregrine.kernels as K
 import pytest
-from test_kernels_postprocess import end2end_head, random_boxes, yolov5_head, yolov8_head
+from test_kernels_postprocess import (
+    check_end_to_end_by_hand,
+    end2end_head,
+    random_boxes,
+    ultralytics_end_to_end,
+    yolov5_head,
+    yolov8_head,
+)
 from test_kernels_preprocess import (
     EDGE_CASES,
     EXACT_MODES,
     cv2_resize,
+    normalised_tensor,
     opencv_letterbox,
     opencv_place,
     photographs,
     random_cases,
     random_frame,
+    ultralytics_tensor,
 )
 
 pytestmark = pytest.mark.gpu
@@ -30,18 +39,28 @@ def test_tier_reports_cuda(cp) -> None:
     assert K.active_tier("cuda") == K.NATIVE_CUDA
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("resize", EXACT_MODES)
 @pytest.mark.parametrize("size", [(640, 640), (256, 416)])
-def test_letterbox_equals_cv2_on_photographs(cp, size: tuple[int, int], resize: str) -> None:
+def test_letterbox_equals_ultralytics_on_photographs(cp, size: tuple[int, int], resize: str, dtype: type) -> None:
+    """The default scale: cv2's bytes -> astype(float32) / float32(255), exactly (FP16: that, as float16)."""
     frames = photographs()
-    out = cp.full((len(frames), 3, *size), cp.nan, cp.float32)
+    out = cp.full((len(frames), 3, *size), cp.nan, dtype)
     params = K.letterbox_into(out, [cp.asarray(f) for f in frames], resize=resize)
     host = out.get()
     for i, frame in enumerate(frames):
-        pixels = opencv_letterbox(frame, *size, resize=resize).astype(np.float32)
-        np.testing.assert_array_equal(host[i], pixels * np.float32(1 / 255))
+        np.testing.assert_array_equal(host[i], ultralytics_tensor(opencv_letterbox(frame, *size, resize=resize), dtype))
         _, _, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], *size)
         np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
+
+
+def test_every_byte_value_is_ultralytics_float32(cp) -> None:
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    frame = np.ascontiguousarray(np.stack([values, values.T, 255 - values], axis=2))
+    for resize in EXACT_MODES:
+        for dtype in (np.float32, np.float16):
+            out, _ = K.letterbox([cp.asarray(frame)], 16, dtype=dtype, resize=resize)
+            np.testing.assert_array_equal(out.get()[0], ultralytics_tensor(frame[..., ::-1].transpose(2, 0, 1), dtype))
 
 
 def device_frame(cp, frame: np.ndarray):  # type: ignore[no-untyped-def]
@@ -81,7 +100,8 @@ def test_letterbox_equals_cv2_on_edge_sizes(
 @pytest.mark.parametrize("resize", EXACT_MODES)
 def test_many_frames_float16_normalised_and_cpu_equal(cp, rng: np.random.Generator, resize: str) -> None:
     """More frames than one launch takes, of mixed sizes, FP16 with mean/std, on a stream: the same bits
-    as the native CPU tier (both round each float step, no fused multiply-adds)."""
+    as the native CPU tier (the same table of values), each the double-computed value rounded to float32,
+    then to float16."""
     frames = [random_frame(rng, int(h), int(w)) for h, w in rng.integers(1, 90, (70, 2))]
     stream = cp.cuda.Stream(non_blocking=True)
     kwargs = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pad_value=(1, 2, 3), resize=resize)
@@ -97,9 +117,9 @@ def test_many_frames_float16_normalised_and_cpu_equal(cp, rng: np.random.Generat
         np.testing.assert_array_equal(out.get(), cpu)
     for i, frame in enumerate(frames):
         new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], 32, 48)
-        canvas = opencv_place(frame, new_w, new_h, left, top, 32, 48, (3, 2, 1), resize)
-        expected = ref.to_tensor(canvas.astype(np.float64), True, 1 / 255, kwargs["mean"], kwargs["std"])
-        np.testing.assert_allclose(out.get()[i].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+        canvas = opencv_place(frame, new_w, new_h, left, top, 32, 48, (3, 2, 1), resize)[..., ::-1]
+        expected = normalised_tensor(canvas.transpose(2, 0, 1), 1 / 255, kwargs["mean"], kwargs["std"], np.float16)
+        np.testing.assert_array_equal(out.get()[i], expected)
 
 
 @pytest.mark.parametrize("resize", EXACT_MODES)
@@ -237,6 +257,45 @@ def test_detect_postprocess_matches_reference(cp, rng: np.random.Generator, layo
     gpu = K.detect_postprocess(cp.asarray(head), layout, conf=0.25, iou=0.6, classes=[0, 1, 2], agnostic=True)
     np.testing.assert_array_equal(gpu.counts.get(), cpu.counts)
     np.testing.assert_allclose(gpu.dets.get(), cpu.dets, rtol=0, atol=1e-4)
+
+
+def test_end_to_end_follows_ultralytics_by_hand(cp) -> None:
+    """Rows kept in the head's order, the first max_det (decode: max_candidates) before the class filter,
+    no other cap: the same hand-made cases as the CPU tiers."""
+
+    def detect(head, max_det, classes, max_candidates=8192):  # type: ignore[no-untyped-def]
+        d = K.detect_postprocess(
+            cp.asarray(head), "end2end", conf=0.25, max_det=max_det, classes=classes, max_candidates=max_candidates
+        )
+        return d.dets.get(), d.counts.get()
+
+    def decode(head, **kwargs):  # type: ignore[no-untyped-def]
+        c = K.decode(cp.asarray(head), "end2end", conf=0.25, **kwargs)
+        return K.Candidates(*(a.get() for a in c))
+
+    check_end_to_end_by_hand(detect, decode)
+
+
+@pytest.mark.parametrize("classes", [None, [0, 3], [5]])
+def test_end_to_end_random_heads_follow_ultralytics(cp, rng: np.random.Generator, classes) -> None:  # type: ignore[no-untyped-def]
+    """Many rows (more than one select chunk), tied scores, max_det below, at and above the rows over conf
+    (the radix selection of the first max_det rows by position): ultralytics' rows, bit for bit, and the
+    CPU tier's."""
+    head = end2end_head(rng, 4, 3000, classes=8)
+    head[..., 4] = np.round(head[..., 4] * 20) / 20
+    for max_det in (1, 17, 300, 1000, 3000):
+        gpu = K.detect_postprocess(cp.asarray(head), "end2end", conf=0.3, max_det=max_det, classes=classes)
+        dets, counts = gpu.dets.get(), gpu.counts.get()
+        c = K.decode(cp.asarray(head), "end2end", conf=0.3, max_candidates=max_det, classes=classes)
+        for i in range(4):
+            want = ultralytics_end_to_end(head[i], 0.3, max_det, classes)
+            assert counts[i] == len(want) == int(c.counts[i])
+            np.testing.assert_array_equal(dets[i, : len(want)], want)
+            np.testing.assert_array_equal(
+                c.anchor_ids[i, : len(want)].get(), ref.end_to_end_rows(head[i], 0.3, max_det, classes)
+            )
+        cpu = K.detect_postprocess(head, "end2end", conf=0.3, max_det=max_det, classes=classes)
+        np.testing.assert_array_equal(dets, cpu.dets)
 
 
 def test_detect_postprocess_edge_cases(cp, rng: np.random.Generator) -> None:

@@ -129,7 +129,13 @@ def test_map_boxes_matches_reference_and_round_trips(tier: str, rng: np.random.G
 
 @pytest.mark.parametrize(
     ("layout", "classes", "agnostic"),
-    [("yolov8", None, False), ("yolov8", [0, 2, 5], True), ("yolov5", None, False), ("end2end", None, False)],
+    [
+        ("yolov8", None, False),
+        ("yolov8", [0, 2, 5], True),
+        ("yolov5", None, False),
+        ("end2end", None, False),
+        ("end2end", [0, 2, 5], False),
+    ],
 )
 def test_detect_postprocess_matches_reference(
     tier: str, rng: np.random.Generator, layout: str, classes: list[int] | None, agnostic: bool
@@ -164,6 +170,118 @@ def test_detect_postprocess_matches_reference(
     plain = K.detect_postprocess(head, layout, conf=0.4, iou=0.5, max_det=50, classes=classes, agnostic=agnostic)
     expected = ref.detect_image(head[0], layout, 0.4, 0.5, 50, classes, agnostic)
     np.testing.assert_allclose(plain.split()[0], expected, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End-to-end heads: ultralytics' order, not ours
+# ---------------------------------------------------------------------------------------------------------
+
+
+def ultralytics_end_to_end(pred: np.ndarray, conf: float, max_det: int, classes=None) -> np.ndarray:
+    """``ultralytics.utils.ops.non_max_suppression`` for an end-to-end head (one image, [K, 6]) as it is
+    written there: ``pred[pred[:, 4] > conf][:max_det]``, then ``out[(out[:, 5:6] == classes).any(1)]``."""
+    out = pred[pred[:, 4] > np.float32(conf)][:max_det]
+    if classes is not None:
+        out = out[(out[:, 5:6] == np.asarray(classes, np.float32)).any(1)]
+    return out
+
+
+def end_to_end_rows_by_hand() -> np.ndarray:
+    """[2, 9, 6]: rows whose order tells ultralytics' rule from a score sort: scores not sorted, ties (0.3 and
+    0.6 twice), a row below the threshold in between, classes interleaved, a class column that is not an
+    integer (2.4). The second image is the first reversed."""
+    rows = np.array(
+        [
+            # x1, y1, x2, y2, score, class
+            (10, 10, 50, 50, 0.30, 2),
+            (20, 20, 60, 60, 0.90, 0),
+            (30, 30, 70, 70, 0.10, 2),  # below conf 0.25
+            (40, 40, 80, 80, 0.60, 1),
+            (50, 50, 90, 90, 0.30, 2),  # ties with row 0
+            (60, 60, 99, 99, 0.95, 2),
+            (70, 70, 99, 99, 0.60, 1),  # ties with row 3
+            (80, 80, 99, 99, 0.50, 2),
+            (90, 90, 99, 99, 0.40, 2.4),
+        ],
+        np.float32,
+    )
+    return np.ascontiguousarray(np.stack([rows, rows[::-1]]))
+
+
+#: (max_det, classes) and the rows each image keeps, in order.
+END_TO_END_EXPECTED = [
+    (300, None, [0, 1, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 7, 8]),  # a score sort: 5, 1, 3, 6, 7, 8, 0, 4
+    (4, None, [0, 1, 3, 4], [0, 1, 2, 3]),  # the first 4 above conf, not the best 4 (5, 1, 3, 6)
+    (3, [2], [0], [1]),  # the first 3 (0, 1, 3), then class 2: one row (filter first: 5, 7, 0)
+    (300, [2], [0, 4, 5, 7], [1, 3, 4, 8]),  # 2.4 is not class 2
+    (5, [1, 2], [0, 3, 4, 5], [1, 2, 3, 4]),
+    (2, [7], [], []),
+]
+
+
+def check_end_to_end_by_hand(detect, decode) -> None:  # type: ignore[no-untyped-def]
+    """``detect(head, max_det, classes[, max_candidates])`` returns host (dets, counts), ``decode(head,
+    max_candidates, classes)`` host Candidates: both must keep the rows of END_TO_END_EXPECTED."""
+    head = end_to_end_rows_by_hand()
+    for max_det, classes, *expected in END_TO_END_EXPECTED:
+        dets, counts = detect(head, max_det=max_det, classes=classes)
+        c = decode(head, max_candidates=max_det, classes=classes)
+        for i, rows in enumerate(expected):
+            want = ultralytics_end_to_end(head[i], 0.25, max_det, classes)
+            np.testing.assert_array_equal(ref.end_to_end_rows(head[i], 0.25, max_det, classes), rows)
+            np.testing.assert_array_equal(want, head[i, rows])
+            assert counts[i] == len(rows), (max_det, classes, i)
+            np.testing.assert_array_equal(dets[i, : len(rows), :5], want[:, :5])
+            np.testing.assert_array_equal(dets[i, : len(rows), 5], np.rint(want[:, 5]))
+            assert (dets[i, len(rows) :] == 0).all()
+            assert c.counts[i] == len(rows)
+            np.testing.assert_array_equal(c.anchor_ids[i, : len(rows)], rows)
+            np.testing.assert_array_equal(c.scores[i, : len(rows)], want[:, 4])
+            np.testing.assert_array_equal(c.boxes[i, : len(rows)], want[:, :4])
+            np.testing.assert_array_equal(c.class_ids[i, : len(rows)], np.rint(want[:, 5]))
+    # image 0 without a filter: 8 rows in the head's order; the 2.4 row reports class 2
+    dets, counts = detect(head, max_det=300, classes=None)
+    np.testing.assert_array_equal(dets[0, :8, 4], np.float32([0.3, 0.9, 0.6, 0.3, 0.95, 0.6, 0.5, 0.4]))
+    assert dets[0, 7, 5] == 2
+    # no candidate cap but max_det: max_candidates does not apply to end-to-end heads
+    dets, counts = detect(head, max_det=300, classes=None, max_candidates=1)
+    np.testing.assert_array_equal(counts, [8, 8])
+
+
+def test_end_to_end_follows_ultralytics_by_hand(tier: str) -> None:
+    def detect(head, max_det, classes, max_candidates=8192):  # type: ignore[no-untyped-def]
+        return K.detect_postprocess(
+            head, "end2end", conf=0.25, max_det=max_det, classes=classes, max_candidates=max_candidates
+        )
+
+    check_end_to_end_by_hand(detect, lambda head, **kw: K.decode(head, "end2end", conf=0.25, **kw))
+
+
+@pytest.mark.parametrize("classes", [None, [0, 3], [5]])
+@pytest.mark.parametrize("max_det", [1, 17, 300])
+def test_end_to_end_random_heads_follow_ultralytics(
+    tier: str, rng: np.random.Generator, classes: list[int] | None, max_det: int
+) -> None:
+    """Random heads, unsorted scores with many ties (rounded to 0.05), 8 classes: the rows ultralytics
+    keeps, in its order, bit for bit; mapped back with params like the other layouts."""
+    head = end2end_head(rng, 3, 300, classes=8)
+    head[..., 4] = np.round(head[..., 4] * 20) / 20
+    sizes = np.array([[1080, 1920], [480, 640], [640, 640]], np.int32)
+    params = np.array([[1 / 3, 1 / 3, 0, 140], [1, 1, 0, 80], [1, 1, 0, 0]], np.float32)
+    plain = K.detect_postprocess(head, "end2end", conf=0.3, max_det=max_det, classes=classes, max_candidates=2)
+    mapped = K.detect_postprocess(
+        head, "end2end", conf=0.3, max_det=max_det, classes=classes, params=params, orig_sizes=sizes
+    )
+    for i in range(3):
+        want = ultralytics_end_to_end(head[i], 0.3, max_det, classes)
+        assert plain.counts[i] == mapped.counts[i] == len(want)
+        np.testing.assert_array_equal(plain.dets[i, : len(want)], want)
+        expected = ref.detect_image(head[i], "end2end", 0.3, 0.5, max_det, classes, False, params[i], sizes[i])
+        np.testing.assert_allclose(mapped.dets[i, : len(want)], expected, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(mapped.dets[i, : len(want), 4:], want[:, 4:])
+        sorted_scores = np.sort(head[i, head[i, :, 4] > np.float32(0.3), 4])[::-1]
+        if max_det == 17:  # the case tells the orders apart: not the 17 best scores, not sorted
+            assert not np.array_equal(plain.dets[i, : len(want), 4], sorted_scores[: len(want)])
 
 
 def test_detect_postprocess_edge_cases(tier: str, rng: np.random.Generator) -> None:

@@ -193,19 +193,57 @@ def test_per_channel_pad_and_channel_order(tier: str, rng: np.random.Generator, 
         np.testing.assert_array_equal(tensor[0], expected.astype(np.float32))
 
 
+def ultralytics_tensor(pixels: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """ultralytics' conversion of the letterboxed uint8 image: ``im.float() / 255`` (float32, correctly rounded
+    division), then ``.half()`` for FP16 models."""
+    return (pixels.astype(np.float32) / np.float32(255)).astype(dtype)
+
+
+def normalised_tensor(pixels: np.ndarray, scale: float, mean, std, dtype=np.float32) -> np.ndarray:
+    """[3, H, W] uint8 -> (v * scale - mean[c]) / std[c] computed in double, rounded once to float32 (FP16:
+    rounded from that float32)."""
+    v = pixels.astype(np.float64)
+    m = np.asarray(mean, np.float64)[:, None, None]
+    s = np.asarray(std, np.float64)[:, None, None]
+    return ((v * scale - m) / s).astype(np.float32).astype(dtype)
+
+
+def test_every_byte_value_is_ultralytics_float32(tier: str) -> None:
+    """All 256 byte values through every conversion path (a copy, a box, a bilinear resize; FP32 and FP16):
+    float32(v) / float32(255) exactly, which float32(v) * float32(1/255) is not for 126 of them."""
+    v = np.arange(256, dtype=np.float32)
+    assert int((v * np.float32(1 / 255) != v / np.float32(255)).sum()) == 126  # what the old conversion missed
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    frame = np.ascontiguousarray(np.stack([values, values.T, 255 - values], axis=2))
+    for resize in EXACT_MODES:
+        for dtype in (np.float32, np.float16):
+            out, _ = K.letterbox([frame], 16, dtype=dtype, resize=resize)  # the same size: a copy
+            np.testing.assert_array_equal(out[0], ultralytics_tensor(frame[..., ::-1].transpose(2, 0, 1), dtype))
+            big = np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1)  # 32x32 -> 16x16: cv2's 2x2 box, same values
+            out, _ = K.letterbox([big], 16, dtype=dtype, resize=resize)
+            np.testing.assert_array_equal(out[0], ultralytics_tensor(frame[..., ::-1].transpose(2, 0, 1), dtype))
+            pad, _ = K.letterbox([frame[:8]], 16, dtype=dtype, resize=resize, pad_value=(0, 114, 255))
+            np.testing.assert_array_equal(pad[0, :, 0, 0], ultralytics_tensor(np.array([0, 114, 255]), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("resize", EXACT_MODES)
-def test_default_scale_is_cv2_bytes_times_scale(tier: str, resize: str) -> None:
-    """The usual call (scale 1/255): out = float32(cv2 byte) * float32(1/255) exactly (0 ULP); against
-    ultralytics' own conversion (uint8 -> float32, then / 255) within 1 ULP."""
+def test_default_scale_is_ultralytics_float32(tier: str, resize: str, dtype: type) -> None:
+    """The usual call (scale 1/255, pad 114): out == cv2.resize bytes -> copyMakeBorder ->
+    astype(float32) / float32(255) exactly (0 ULP), pad included; FP16: that float32 as float16."""
     frames = photographs()
-    out = poisoned((len(frames), 3, 640, 640))
+    out = poisoned((len(frames), 3, 640, 640), dtype)
     params = K.letterbox_into(out, frames, resize=resize)
     for i, frame in enumerate(frames):
-        pixels = opencv_letterbox(frame, 640, 640, resize=resize).astype(np.float32)
-        np.testing.assert_array_equal(out[i], pixels * np.float32(1 / 255))
-        np.testing.assert_array_max_ulp(out[i], pixels / np.float32(255), maxulp=1)
+        expected = ultralytics_tensor(opencv_letterbox(frame, 640, 640, resize=resize), dtype)
+        np.testing.assert_array_equal(out[i], expected)
         *_, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], 640, 640)
         np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
+    for case in random_cases(np.random.default_rng(1400 + len(resize)), 40):
+        out = poisoned((1, 3, case.height, case.width), dtype)
+        K.letterbox_into(out, [case.frame], pad_value=case.pad, swap_rb=case.swap_rb, resize=resize)
+        pixels = opencv_letterbox(case.frame, case.height, case.width, case.pad, resize, case.swap_rb)
+        np.testing.assert_array_equal(out[0], ultralytics_tensor(pixels, dtype), err_msg=f"{resize}: {case}")
 
 
 def test_linear_is_the_default(tier: str) -> None:
@@ -218,15 +256,37 @@ def test_linear_is_the_default(tier: str) -> None:
 
 
 @pytest.mark.parametrize("resize", EXACT_MODES)
-def test_mean_std_normalisation(tier: str, rng: np.random.Generator, resize: str) -> None:
+@pytest.mark.parametrize(
+    ("scale", "mean", "std"),
+    [
+        (1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+        (1 / 127.5, (1.0, 1.0, 1.0), None),  # [-1, 1]
+        (1.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),  # ImageNet in pixel units
+        (1 / 255, None, (0.5, 0.25, 2.0)),  # a pure scaling per channel
+    ],
+)
+def test_mean_std_normalisation(tier: str, rng: np.random.Generator, resize: str, scale: float, mean, std) -> None:
+    """out == float32((cv2 byte * scale - mean) / std) computed in double, pixels and pad alike; FP16 rounded
+    from that float32."""
     frames = [random_frame(rng, h, w) for h, w in [(50, 70), (90, 33), (64, 64)]]
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    tensor, _ = K.letterbox(frames, (64, 80), mean=mean, std=std, pad_value=(10, 20, 30), swap_rb=False, resize=resize)
-    for i, frame in enumerate(frames):
-        new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], 64, 80)
-        canvas = opencv_place(frame, new_w, new_h, left, top, 64, 80, (10, 20, 30), resize)
-        expected = ref.to_tensor(canvas.astype(np.float64), False, 1 / 255, mean, std)
-        np.testing.assert_allclose(tensor[i], expected, rtol=0, atol=2e-6)
+    pad = (10, 20, 30)
+    mean3 = (0.0,) * 3 if mean is None else mean
+    std3 = (1.0,) * 3 if std is None else std
+    for dtype in (np.float32, np.float16):
+        tensor, _ = K.letterbox(
+            frames, (64, 80), scale=scale, mean=mean, std=std, pad_value=pad, swap_rb=False, dtype=dtype, resize=resize
+        )
+        for i, frame in enumerate(frames):
+            new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], 64, 80)
+            canvas = opencv_place(frame, new_w, new_h, left, top, 64, 80, pad, resize)
+            expected = normalised_tensor(canvas.transpose(2, 0, 1), scale, mean3, std3, dtype)
+            np.testing.assert_array_equal(tensor[i], expected, err_msg=f"{np.dtype(dtype).name} frame {i}")
+            np.testing.assert_allclose(  # and that is the plain float64 formula, to float32 precision
+                tensor[i].astype(np.float64),
+                ref.to_tensor(canvas.astype(np.float64), False, scale, mean3, std3),
+                rtol=1e-3 if dtype == np.float16 else 1e-6,
+                atol=1e-3 if dtype == np.float16 else 1e-6,
+            )
 
 
 @pytest.mark.parametrize("resize", EXACT_MODES)
@@ -519,3 +579,27 @@ class TestBadArguments:
             _native.resize_nchw([np.ones((8, 16, 3), np.uint8)[:, ::2]], placement, 8, 8, **ok)
         tensor = _native.resize_nchw([frame], placement, 8, 8, **ok)  # linear by default: a copy here
         np.testing.assert_array_equal(tensor[0], frame[..., ::-1].transpose(2, 0, 1))
+        with pytest.raises(ValueError, match=r"lut: expected shape \[3, 256\]"):
+            _native.resize_nchw([frame], placement, 8, 8, **ok, lut=np.zeros((3, 255), np.float32))
+        with pytest.raises(TypeError):
+            _native.resize_nchw([frame], placement, 8, 8, **ok, lut=np.zeros((3, 256), np.float64))
+        # the table decides every value; lut_scale is only a hint, checked against it (a wrong one changes nothing)
+        lut = np.random.default_rng(3).normal(size=(3, 256)).astype(np.float32)
+        expected = np.stack([lut[c][frame[..., 2 - c]] for c in range(3)])
+        for lut_scale in [(0.0,) * 3, (1 / 255,) * 3, (1.0, 2.0, 3.0)]:
+            for dtype in ("float32", "float16"):
+                tensor = _native.resize_nchw([frame], placement, 8, 8, **ok, dtype=dtype, lut=lut, lut_scale=lut_scale)
+                np.testing.assert_array_equal(tensor[0], expected.astype(dtype))
+
+
+def test_a_dimension_of_length_one_may_have_any_stride(tier: str) -> None:
+    """NumPy calls a [1, 1, 3] view of an RGBA pixel C-contiguous (strides [4, 4, 1]): a length-1 dimension's
+    stride is never used, and the kernels take such frames as they are (found by fuzzing raw RGBA frames)."""
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(1, 255, (1, 1, 4), np.uint8)[:, :, :3],  # strides [4, 4, 1]
+              rng.integers(1, 255, (5, 1, 4), np.uint8)[:, :, :3].copy()]
+    assert frames[0].strides == (4, 4, 1) and frames[0].flags.c_contiguous
+    out = poisoned((2, 3, 32, 32))
+    K.letterbox_into(out, frames, swap_rb=False, scale=1.0)
+    for got, frame in zip(out, frames, strict=True):
+        np.testing.assert_array_equal(got, opencv_letterbox(frame, 32, 32, swap_rb=False).astype(np.float32))

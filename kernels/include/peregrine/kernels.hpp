@@ -33,12 +33,22 @@ struct Placement {
   std::int32_t top;
 };
 
-// out[c] = src[src_channel[c]] * mul[c] + add[c]; pad[c] is the already transformed pad value.
+// out[c] = src[src_channel[c]] * mul[c] + add[c] (ResizeMode::kFloat); pad[c] is the already transformed pad
+// value. The exact modes (kLinear, kArea) resize to uint8 values v and write out[c] = lut[256 * c + v] of
+// v = src[src_channel[c]] (FP16: that float rounded to half): the caller's table, so that each value is what
+// the caller defines (Python: float32((v * scale - mean[c]) / std[c]) computed in double, which for
+// scale = 1/255 is ultralytics' float32(v) / 255). lut is host memory for the CPU kernels, device memory for
+// the CUDA ones; nullptr means v * mul[c] + add[c] in float.
 struct PixelTransform {
   std::int32_t src_channel[3];
   float mul[3];
   float add[3];
   float pad[3];
+  const float* lut;  // nullptr or [3][256]
+  // Optional, CPU float32 output only: when the table is a pure scaling, lut[256 * c + v] == float(v *
+  // lut_scale[c]) correctly rounded for all 256 v (checked per call), the value is computed, vectorized,
+  // instead of looked up. Any value is safe (0: the table is used).
+  double lut_scale[3];
 };
 
 enum class TensorType : std::int32_t { kFloat32 = 0, kFloat16 = 1 };
@@ -63,6 +73,9 @@ enum class HeadLayout : std::int32_t {
   kYoloV5 = 1,     // [batch, anchors, 5 + classes]: cx, cy, w, h, objectness, class scores
   kEndToEnd = 2,   // [batch, anchors, 6]: x1, y1, x2, y2, score, class (NMS already done by the model)
 };
+// End-to-end heads follow ultralytics' non_max_suppression for them: the rows with score > conf in the
+// head's own order (never re-sorted), the first max_det of them (decode: max_candidates), and only then the
+// class filter, which keeps rows whose class column equals an allowed id. No NMS, no other cap.
 
 struct HeadShape {
   HeadLayout layout;
@@ -73,12 +86,13 @@ struct HeadShape {
 
 struct DecodeOptions {
   float conf;                    // keep score > conf
-  std::int32_t max_candidates;   // top-k by (score desc, anchor asc) before NMS
+  std::int32_t max_candidates;   // top-k by (score desc, anchor asc) before NMS (end-to-end: see above)
   const std::uint8_t* allowed;   // nullptr, or a mask of allowed_size entries: allowed[class] != 0
   std::int32_t allowed_size;
 };
 
-// Candidates of one batch, sorted by score desc then anchor asc; rows >= counts[i] are zero / -1.
+// Candidates of one batch, sorted by score desc then anchor asc (end-to-end heads: in the head's order, see
+// kEndToEnd); rows >= counts[i] are zero / -1.
 struct Candidates {
   float* boxes;              // [batch, capacity, 4] x1, y1, x2, y2
   float* scores;             // [batch, capacity]
@@ -113,8 +127,8 @@ struct PostprocessOptions {
   const std::int32_t* orig_sizes;  // with params
 };
 
-// Fused decode -> NMS -> map back. dets: [batch, max_det, 6] x1, y1, x2, y2, score, class (zeros after
-// counts[i]); counts: [batch].
+// Fused decode -> NMS -> map back (end-to-end heads: their rows as kEndToEnd says, max_candidates and iou
+// unused). dets: [batch, max_det, 6] x1, y1, x2, y2, score, class (zeros after counts[i]); counts: [batch].
 void detect_postprocess_cpu(const float* head, const HeadShape& shape, const PostprocessOptions& options,
                             float* dets, std::int32_t* counts, int num_threads);
 

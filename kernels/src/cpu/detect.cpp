@@ -1,4 +1,6 @@
-// Detection post-processing on the CPU: decode a YOLO head, top-k, greedy NMS, map boxes back.
+// Detection post-processing on the CPU: decode a YOLO head, top-k, greedy NMS, map boxes back. End-to-end
+// heads (NMS done by the model) follow ultralytics' non_max_suppression for them instead: rows above the
+// threshold in the head's order, the first max_det, then the class filter.
 //
 // Compiled with -ffp-contract=off: IoUs must round exactly like the NumPy reference (no fused
 // multiply-adds), so that kept indices compare equal, not merely close.
@@ -35,6 +37,19 @@ void keep_best(std::vector<Candidate>& c, std::int32_t k) {
 
 inline bool allowed(const DecodeOptions& o, std::int32_t cls) {
   return o.allowed == nullptr || (cls >= 0 && cls < o.allowed_size && o.allowed[cls] != 0);
+}
+
+// The class id an end-to-end row reports: its class column rounded (half to even), -1 when not finite.
+inline std::int32_t end_to_end_class(float c) {
+  return (c >= -1e9f && c <= 1e9f) ? static_cast<std::int32_t>(std::nearbyint(c)) : -1;
+}
+
+// ultralytics' class filter on end-to-end rows, isin(row[5], classes): the class column equal to an
+// allowed id (2.4 is not class 2).
+inline bool end_to_end_allowed(const DecodeOptions& o, float c) {
+  if (o.allowed == nullptr) return true;
+  const std::int32_t cls = end_to_end_class(c);
+  return static_cast<float>(cls) == c && allowed(o, cls);
 }
 
 constexpr std::int32_t kAnchorBlock = 256;
@@ -79,8 +94,32 @@ struct Scratch {
   std::vector<std::int32_t> kcls, kept;
 };
 
-// Candidates of one image above the threshold, top max_candidates of them, sorted.
-void collect(const float* head, const HeadShape& s, const DecodeOptions& o, Scratch& w) {
+// End-to-end heads [K, 6] (the model did the NMS), in ultralytics' order: the rows scoring above the
+// threshold in the head's own order (not re-sorted), the first `limit` of them, then the class filter (so
+// a filter can leave fewer than `limit`).
+void collect_end_to_end(const float* head, const HeadShape& s, const DecodeOptions& o, std::int32_t limit,
+                        Scratch& w) {
+  w.candidates.clear();
+  for (std::int32_t a = 0; a < s.anchors && static_cast<std::int32_t>(w.candidates.size()) < limit; ++a) {
+    const float* row = head + static_cast<std::int64_t>(a) * 6;
+    if (row[4] > o.conf) w.candidates.push_back({row[4], a, end_to_end_class(row[5])});
+  }
+  if (o.allowed != nullptr) {
+    const auto rejected = [&](const Candidate& c) {
+      return !end_to_end_allowed(o, head[static_cast<std::int64_t>(c.index) * 6 + 5]);
+    };
+    w.candidates.erase(std::remove_if(w.candidates.begin(), w.candidates.end(), rejected), w.candidates.end());
+  }
+}
+
+// Candidates of one image: for the YOLOv8/v5 layouts those above the threshold whose best class is
+// allowed, the top `limit` of them by score (desc, then anchor asc), sorted; end-to-end heads see
+// collect_end_to_end.
+void collect(const float* head, const HeadShape& s, const DecodeOptions& o, std::int32_t limit, Scratch& w) {
+  if (s.layout == HeadLayout::kEndToEnd) {
+    collect_end_to_end(head, s, o, limit, w);
+    return;
+  }
   w.candidates.clear();
   const std::int32_t A = s.anchors;
   if (s.layout == HeadLayout::kYoloV8) {
@@ -111,16 +150,8 @@ void collect(const float* head, const HeadShape& s, const DecodeOptions& o, Scra
       const float score = obj * best;
       if (score > o.conf && allowed(o, cls)) w.candidates.push_back({score, a, cls});
     }
-  } else {
-    for (std::int32_t a = 0; a < A; ++a) {
-      const float* row = head + static_cast<std::int64_t>(a) * 6;
-      if (!(row[4] > o.conf)) continue;
-      const float c = row[5];
-      const std::int32_t cls = (c >= -1e9f && c <= 1e9f) ? static_cast<std::int32_t>(std::nearbyint(c)) : -1;
-      if (allowed(o, cls)) w.candidates.push_back({row[4], a, cls});
-    }
   }
-  keep_best(w.candidates, o.max_candidates);
+  keep_best(w.candidates, limit);
 }
 
 // x1, y1, x2, y2 of one anchor.
@@ -240,7 +271,7 @@ void decode_cpu(const float* head, const HeadShape& shape, const DecodeOptions& 
   auto body = [&](std::int64_t b, int worker) {
     Scratch& w = scratch[worker];
     const float* img = head + b * head_image_size(shape);
-    collect(img, shape, opts, w);
+    collect(img, shape, opts, opts.max_candidates, w);
     const auto n = static_cast<std::int32_t>(w.candidates.size());
     float* boxes = out.boxes + b * cap * 4;
     for (std::int32_t i = 0; i < n; ++i) {
@@ -303,23 +334,26 @@ void map_boxes_cpu(const float* in, float* out, std::int32_t batch, std::int32_t
 void detect_postprocess_cpu(const float* head, const HeadShape& shape, const PostprocessOptions& options,
                             float* dets, std::int32_t* counts, int num_threads) {
   const int threads = detail::resolve_threads(num_threads, shape.batch);
-  const std::int32_t capacity = std::min(options.decode.max_candidates, shape.anchors);
+  const bool end_to_end = shape.layout == HeadLayout::kEndToEnd;
   const std::int32_t max_det = options.max_det;
+  // end-to-end heads: no candidate cap but max_det (taken before the class filter, as ultralytics does)
+  const std::int32_t limit = end_to_end ? max_det : options.decode.max_candidates;
+  const std::int32_t capacity = std::min(limit, shape.anchors);
   std::vector<Scratch> scratch(static_cast<std::size_t>(threads));
   for (Scratch& w : scratch) reserve(w, shape.anchors, capacity, max_det);
   auto body = [&](std::int64_t b, int worker) {
     Scratch& w = scratch[worker];
     const float* img = head + b * head_image_size(shape);
-    collect(img, shape, options.decode, w);
+    collect(img, shape, options.decode, limit, w);
     const auto n = static_cast<std::int32_t>(w.candidates.size());
     for (std::int32_t i = 0; i < n; ++i) {
       float box[4];
       anchor_box(img, shape, w.candidates[i].index, box);
       set_box(w, i, box, w.candidates[i].cls);
     }
-    if (shape.layout == HeadLayout::kEndToEnd) {
+    if (end_to_end) {  // the rows as collect_end_to_end left them (at most max_det)
       w.kept.clear();
-      for (std::int32_t i = 0; i < std::min(n, max_det); ++i) w.kept.push_back(i);
+      for (std::int32_t i = 0; i < n; ++i) w.kept.push_back(i);
     } else {
       greedy(w, n, options.iou, max_det, options.agnostic);
     }

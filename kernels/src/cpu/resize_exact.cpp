@@ -4,13 +4,16 @@
 // Nothing is resized into a uint8 image first: each output row is made from per-thread rows that stay in
 // L1/L2. Bilinear: the horizontal pass runs once per source row (two rows cached per thread) into three
 // planar int32 rows, and the vertical pass rounds and converts straight into the three output planes.
-// Box and area modes make one planar uint8 row per output row and convert it. Exact arithmetic needs no
-// fused multiply-adds in the float parts (area weights, v * mul + add): this file is compiled with
-// -ffp-contract=off.
+// Box and area modes make one planar uint8 row per output row and convert it. Each uint8 value becomes the
+// caller's float for it (PixelTransform::lut; see Channel). Exact arithmetic needs no implicit fused
+// multiply-adds in the float parts (area weights, the v * mul + add fallback): this file is compiled with
+// -ffp-contract=off; the one fma it uses is written out.
 #include "resize_exact.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../shared/opencv_resize.hpp"
@@ -128,6 +131,67 @@ Plan make_plan(const Frame& frame, const Placement& p, std::int32_t out_h, std::
 PEREGRINE_INLINE float to_out(float v, float*) { return v; }
 PEREGRINE_INLINE std::uint16_t to_out(float v, std::uint16_t*) { return float_to_half(v); }
 
+// One output plane's recipe: its source channel, the output value of each of the 256 uint8 values (the
+// caller's table, PixelTransform::lut; FP16 rounded from it) and the pad value.
+//
+// Looking values up does not vectorize (x86 gathers are slow): the values of a run of pixels are computed
+// vectorized, then looked up one by one. Where the table is a pure scaling of float32 output (the default:
+// scale 1/255, no mean/std), `scaled` is set and the loops compute instead: fma(v, hi, v * lo) with
+// hi + lo = PixelTransform::lut_scale, the correctly rounded product for every v here (checked against the
+// table, once per call), as fast as v * mul + add. Only where FMA is in hardware (the x86-64-v3 clones).
+template <class T>
+struct Channel {
+  std::int32_t src;
+  bool scaled;
+  float hi, lo;
+  T lut[256];
+  T pad;
+};
+
+template <class T>
+struct Output {
+  Channel<T> channel[3];
+};
+
+PEREGRINE_INLINE float scaled_value(std::int32_t v, float hi, float lo) {
+  const float x = static_cast<float>(v);
+  return __builtin_fmaf(x, hi, x * lo);
+}
+
+bool has_fma_clones() {
+#if defined(PEREGRINE_CLONES_ACTIVE)
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("x86-64-v3") != 0;  // what the clones' resolver picks
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+template <class T>
+Output<T> make_output(const PixelTransform& t) {
+  Output<T> o{};
+  for (int c = 0; c < 3; ++c) {
+    Channel<T>& ch = o.channel[c];
+    ch.src = t.src_channel[c];
+    const double scale = t.lut_scale[c];
+    const bool usable = std::fabs(scale) <= 1e30;  // finite, and hi, lo finite floats
+    ch.hi = usable ? static_cast<float>(scale) : 0.0f;
+    ch.lo = usable ? static_cast<float>(scale - static_cast<double>(ch.hi)) : 0.0f;
+    // FP16: the table (a half per value looked up beats float_to_half per value)
+    ch.scaled = usable && std::is_same_v<T, float> && has_fma_clones();
+    for (int v = 0; v < 256; ++v) {
+      const float value = t.lut != nullptr ? t.lut[256 * c + v] : static_cast<float>(v) * t.mul[c] + t.add[c];
+      ch.lut[v] = to_out(value, static_cast<T*>(nullptr));
+      ch.scaled = ch.scaled && float_bits(scaled_value(v, ch.hi, ch.lo)) == float_bits(value);
+    }
+    ch.pad = to_out(t.pad[c], static_cast<T*>(nullptr));
+  }
+  return o;
+}
+
 // The horizontal pass of one source row into three planar int32 rows (source channel order), columns
 // [begin, n).
 void horizontal_linear_scalar(const std::uint8_t* __restrict row, const std::int32_t* __restrict o0,
@@ -202,51 +266,65 @@ void horizontal_linear(const std::uint8_t* row, const Plan& plan, std::int32_t* 
                            plan.cols(), h0, h1, h2);
 }
 
-template <class T>
+// The vertical step of `n` columns into one output plane.
+template <bool Scaled, class T>
 PEREGRINE_INLINE void vertical_linear_impl(const std::int32_t* __restrict h0, const std::int32_t* __restrict h1,
-                                           std::int32_t b0, std::int32_t b1, float mul, float add, std::int32_t n,
+                                           std::int32_t b0, std::int32_t b1, const Channel<T>& ch, std::int32_t n,
                                            T* __restrict dst) {
+  if (Scaled) {
+    const float hi = ch.hi, lo = ch.lo;
+    for (std::int32_t k = 0; k < n; ++k) {
+      dst[k] = to_out(scaled_value(opencv::linear_vertical(h0[k], h1[k], b0, b1), hi, lo), dst);
+    }
+    return;
+  }
+  const T* __restrict lut = ch.lut;
+  constexpr std::int32_t kChunk = 256;
+  std::int32_t values[kChunk];
+  for (std::int32_t k0 = 0; k0 < n; k0 += kChunk) {
+    const std::int32_t m = std::min(kChunk, n - k0);
+    for (std::int32_t j = 0; j < m; ++j) values[j] = opencv::linear_vertical(h0[k0 + j], h1[k0 + j], b0, b1);
+    for (std::int32_t j = 0; j < m; ++j) dst[k0 + j] = lut[values[j]];
+  }
+}
+
+PEREGRINE_CLONES
+void vertical_linear(const std::int32_t* h0, const std::int32_t* h1, std::int32_t b0, std::int32_t b1,
+                     const Channel<float>& ch, std::int32_t n, float* dst) {
+  ch.scaled ? vertical_linear_impl<true>(h0, h1, b0, b1, ch, n, dst)
+            : vertical_linear_impl<false>(h0, h1, b0, b1, ch, n, dst);
+}
+
+PEREGRINE_CLONES
+void vertical_linear(const std::int32_t* h0, const std::int32_t* h1, std::int32_t b0, std::int32_t b1,
+                     const Channel<std::uint16_t>& ch, std::int32_t n, std::uint16_t* dst) {
+  vertical_linear_impl<false>(h0, h1, b0, b1, ch, n, dst);
+}
+
+// uint8 values (Stride apart) into one output plane.
+template <bool Scaled, int Stride, class T>
+PEREGRINE_INLINE void convert_impl(const std::uint8_t* __restrict v, const Channel<T>& ch, std::int32_t n,
+                                   T* __restrict dst) {
+  const T* __restrict lut = ch.lut;
+  const float hi = ch.hi, lo = ch.lo;
   for (std::int32_t k = 0; k < n; ++k) {
-    const std::int32_t v = opencv::linear_vertical(h0[k], h1[k], b0, b1);
-    dst[k] = to_out(static_cast<float>(v) * mul + add, dst);
+    dst[k] = Scaled ? to_out(scaled_value(v[k * Stride], hi, lo), dst) : lut[v[k * Stride]];
   }
 }
 
 PEREGRINE_CLONES
-void vertical_linear(const std::int32_t* h0, const std::int32_t* h1, std::int32_t b0, std::int32_t b1, float mul,
-                     float add, std::int32_t n, float* dst) {
-  vertical_linear_impl(h0, h1, b0, b1, mul, add, n, dst);
-}
-
-PEREGRINE_CLONES
-void vertical_linear(const std::int32_t* h0, const std::int32_t* h1, std::int32_t b0, std::int32_t b1, float mul,
-                     float add, std::int32_t n, std::uint16_t* dst) {
-  vertical_linear_impl(h0, h1, b0, b1, mul, add, n, dst);
-}
-
-// uint8 values (stride apart) into one output plane: dst[k] = v * mul + add.
-template <class T>
-PEREGRINE_INLINE void convert_impl(const std::uint8_t* __restrict v, std::int32_t stride, float mul, float add,
-                                   std::int32_t n, T* __restrict dst) {
-  for (std::int32_t k = 0; k < n; ++k) dst[k] = to_out(static_cast<float>(v[k * stride]) * mul + add, dst);
-}
-
-PEREGRINE_CLONES
-void convert(const std::uint8_t* v, std::int32_t stride, float mul, float add, std::int32_t n, float* dst) {
-  if (stride == 1) {
-    convert_impl(v, 1, mul, add, n, dst);
+void convert(const std::uint8_t* v, std::int32_t stride, const Channel<float>& ch, std::int32_t n, float* dst) {
+  if (ch.scaled) {
+    stride == 1 ? convert_impl<true, 1>(v, ch, n, dst) : convert_impl<true, 3>(v, ch, n, dst);
   } else {
-    convert_impl(v, 3, mul, add, n, dst);
+    stride == 1 ? convert_impl<false, 1>(v, ch, n, dst) : convert_impl<false, 3>(v, ch, n, dst);
   }
 }
 
 PEREGRINE_CLONES
-void convert(const std::uint8_t* v, std::int32_t stride, float mul, float add, std::int32_t n, std::uint16_t* dst) {
-  if (stride == 1) {
-    convert_impl(v, 1, mul, add, n, dst);
-  } else {
-    convert_impl(v, 3, mul, add, n, dst);
-  }
+void convert(const std::uint8_t* v, std::int32_t stride, const Channel<std::uint16_t>& ch, std::int32_t n,
+             std::uint16_t* dst) {
+  stride == 1 ? convert_impl<false, 1>(v, ch, n, dst) : convert_impl<false, 3>(v, ch, n, dst);
 }
 
 // Box values of `cols` output columns from the interleaved column sums of their BX source pixels each
@@ -323,7 +401,7 @@ void fill(T* dst, std::int32_t count, T value) {
 
 // Bilinear output row k (of the covered rows) into dst[c] + x_begin.
 template <class T>
-void linear_row(const Plan& plan, std::int32_t k, const PixelTransform& t, Scratch& s, std::int32_t stride,
+void linear_row(const Plan& plan, std::int32_t k, const Output<T>& o, Scratch& s, std::int32_t stride,
                 T* const dst[3]) {
   const std::int32_t cols = plan.cols();
   const std::int32_t r0 = plan.y_row0[k], r1 = plan.y_row1[k];
@@ -346,8 +424,8 @@ void linear_row(const Plan& plan, std::int32_t k, const PixelTransform& t, Scrat
   const std::int32_t* h0 = s.hrows.data() + static_cast<std::size_t>(i0) * 3 * stride;
   const std::int32_t* h1 = s.hrows.data() + static_cast<std::size_t>(i1) * 3 * stride;
   for (int c = 0; c < 3; ++c) {
-    const std::int32_t src = t.src_channel[c];
-    vertical_linear(h0 + src * stride, h1 + src * stride, plan.y_w0[k], plan.y_w1[k], t.mul[c], t.add[c], cols,
+    const Channel<T>& ch = o.channel[c];
+    vertical_linear(h0 + ch.src * stride, h1 + ch.src * stride, plan.y_w0[k], plan.y_w1[k], ch, cols,
                     dst[c] + plan.x_begin);
   }
 }
@@ -410,10 +488,9 @@ void area_row(const Plan& plan, std::int32_t k, Scratch& s, std::int32_t stride)
 
 template <class T>
 void make_rows(const Plan& plan, std::int32_t row_begin, std::int32_t row_end, std::int32_t out_h,
-               std::int32_t out_w, const PixelTransform& t, T* out_frame, Scratch& s, std::int32_t stride) {
+               std::int32_t out_w, const Output<T>& o, T* out_frame, Scratch& s, std::int32_t stride) {
   const std::int64_t plane = static_cast<std::int64_t>(out_h) * out_w;
-  const T pad[3] = {to_out(t.pad[0], static_cast<T*>(nullptr)), to_out(t.pad[1], static_cast<T*>(nullptr)),
-                    to_out(t.pad[2], static_cast<T*>(nullptr))};
+  const T pad[3] = {o.channel[0].pad, o.channel[1].pad, o.channel[2].pad};
   s.cached[0] = s.cached[1] = -1;  // cached rows belong to one frame
   const std::int32_t cols = plan.cols();
   for (std::int32_t oy = row_begin; oy < row_end; ++oy) {
@@ -432,13 +509,13 @@ void make_rows(const Plan& plan, std::int32_t row_begin, std::int32_t row_end, s
     switch (plan.kind) {
       case ResizeKind::kLinear:
       case ResizeKind::kLinearArea:
-        linear_row(plan, k, t, s, stride, dst);
+        linear_row(plan, k, o, s, stride, dst);
         continue;
       case ResizeKind::kCopy: {
         const std::uint8_t* row =
             plan.frame.data + plan.frame.row_stride * dy + 3 * static_cast<std::int64_t>(plan.x_begin - plan.left);
         for (int c = 0; c < 3; ++c) {
-          convert(row + t.src_channel[c], 3, t.mul[c], t.add[c], cols, dst[c] + plan.x_begin);
+          convert(row + o.channel[c].src, 3, o.channel[c], cols, dst[c] + plan.x_begin);
         }
         continue;
       }
@@ -451,7 +528,7 @@ void make_rows(const Plan& plan, std::int32_t row_begin, std::int32_t row_end, s
         break;
     }
     for (int c = 0; c < 3; ++c) {
-      convert(s.values.data() + t.src_channel[c] * stride, 1, t.mul[c], t.add[c], cols, dst[c] + plan.x_begin);
+      convert(s.values.data() + o.channel[c].src * stride, 1, o.channel[c], cols, dst[c] + plan.x_begin);
     }
   }
 }
@@ -461,6 +538,7 @@ constexpr std::int32_t kRowsPerTask = 16;
 template <class T>
 void run(const std::vector<Plan>& plans, std::int32_t out_h, std::int32_t out_w, const PixelTransform& t, T* out,
          int num_threads) {
+  const Output<T> o = make_output<T>(t);
   const std::int64_t tasks_per_frame = (out_h + kRowsPerTask - 1) / kRowsPerTask;
   const std::int64_t n_tasks = tasks_per_frame * static_cast<std::int64_t>(plans.size());
   const int threads = resolve_threads(num_threads, n_tasks);
@@ -492,7 +570,7 @@ void run(const std::vector<Plan>& plans, std::int32_t out_h, std::int32_t out_w,
     const std::int64_t f = task / tasks_per_frame;
     const std::int32_t row_begin = static_cast<std::int32_t>(task % tasks_per_frame) * kRowsPerTask;
     const std::int32_t row_end = std::min(out_h, row_begin + kRowsPerTask);
-    make_rows(plans[f], row_begin, row_end, out_h, out_w, t, out + f * frame_elems, scratch[worker], stride);
+    make_rows(plans[f], row_begin, row_end, out_h, out_w, o, out + f * frame_elems, scratch[worker], stride);
   };
   parallel_for(n_tasks, threads, body);
 }

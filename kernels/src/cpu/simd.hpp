@@ -8,6 +8,7 @@
 // time, so one wheel runs everywhere and still vectorizes 8 floats wide where it can.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(PEREGRINE_NO_CLONES)
 #define PEREGRINE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define PEREGRINE_CLONES_ACTIVE 1
 #else
 #define PEREGRINE_CLONES
 #endif

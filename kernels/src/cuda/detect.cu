@@ -1,7 +1,9 @@
 // Detection post-processing on the GPU, in two kernels on the caller's stream:
 //
 //  1. candidates_kernel (one thread per anchor or input candidate): threshold, best class, and a 64-bit
-//     rank key (score desc, index asc) appended to the image's key list in the caller's scratch.
+//     rank key (score desc, index asc) appended to the image's key list in the caller's scratch. End-to-end
+//     rows are keyed by their position alone (ultralytics keeps the head's order), their class filter is
+//     applied in select_kernel after the first max_det (decode: capacity) rows are taken.
 //  2. select_kernel (one block per image): radix-select the top `capacity` keys when there are more,
 //     bitonic-sort them in shared memory, then either write the candidates (decode), or run greedy NMS
 //     (chunks of candidates checked in parallel against the boxes kept so far, then one warp settles the
@@ -62,6 +64,18 @@ __device__ __forceinline__ bool allowed(const DecodeOptions& o, std::int32_t cls
   return o.allowed == nullptr || (cls >= 0 && cls < o.allowed_size && o.allowed[cls] != 0);
 }
 
+// End-to-end rows (as the CPU kernels): the class id is the class column rounded (half to even), -1 when
+// not finite; the class filter keeps rows whose class column equals an allowed id (ultralytics' isin).
+__device__ __forceinline__ std::int32_t end_to_end_class(float c) {
+  return (c >= -1e9f && c <= 1e9f) ? __float2int_rn(c) : -1;
+}
+
+__device__ __forceinline__ bool end_to_end_allowed(const DecodeOptions& o, float c) {
+  if (o.allowed == nullptr) return true;
+  const std::int32_t cls = end_to_end_class(c);
+  return static_cast<float>(cls) == c && allowed(o, cls);
+}
+
 __device__ __forceinline__ std::int64_t head_image_size(const HeadShape& s) {
   const std::int64_t A = s.anchors;
   return s.layout == HeadLayout::kYoloV8   ? (4 + s.classes) * A
@@ -112,11 +126,13 @@ __global__ void __launch_bounds__(kCandidateThreads) candidates_kernel(Args args
     }
     score = __fmul_rn(obj, best);
   } else {
+    // end-to-end: every row above the threshold, ranked by its position alone (the head's order); the
+    // class filter comes after the first max_det / max_candidates are taken (select_kernel)
     const float* row = img + a * 6;
-    score = __ldg(row + 4);
-    if (!(score > conf)) return;
-    const float c = __ldg(row + 5);
-    cls = (c >= -1e9f && c <= 1e9f) ? __float2int_rn(c) : -1;
+    if (!(__ldg(row + 4) > conf)) return;
+    keys[atomicAdd(args.scratch.counts + b, 1)] = rank_key(0.0f, a);
+    args.scratch.classes[b * A + a] = end_to_end_class(__ldg(row + 5));
+    return;
   }
   if (!(score > conf) || !allowed(args.decode, cls)) return;
   keys[atomicAdd(args.scratch.counts + b, 1)] = rank_key(score, a);
@@ -154,6 +170,20 @@ __device__ __forceinline__ void anchor_box(const Args& args, std::int32_t b, std
   box[1] = __fsub_rn(cy, hh);
   box[2] = __fadd_rn(cx, hw);
   box[3] = __fadd_rn(cy, hh);
+}
+
+// The score of a candidate: from its key, or for end-to-end rows (keyed by position) from the head.
+__device__ __forceinline__ float candidate_score(const Args& args, std::int32_t b, std::uint64_t key) {
+  if (args.mode != Mode::kNms && args.shape.layout == HeadLayout::kEndToEnd) {
+    return args.head[b * head_image_size(args.shape) + key_index(key) * 6 + 4];
+  }
+  return key_score(key);
+}
+
+// Whether an end-to-end candidate passes the class filter (always true for other layouts: filtered earlier).
+__device__ __forceinline__ bool passes_filter(const Args& args, std::int32_t b, std::uint32_t a) {
+  if (args.mode == Mode::kNms || args.shape.layout != HeadLayout::kEndToEnd) return true;
+  return end_to_end_allowed(args.decode, args.head[b * head_image_size(args.shape) + a * 6 + 5]);
 }
 
 __device__ __forceinline__ float box_area(float x1, float y1, float x2, float y2) {
@@ -290,12 +320,31 @@ __global__ void __launch_bounds__(kThreads) select_kernel(Args args) {
   if (args.mode == Mode::kDecode) {
     const Candidates& c = args.cand;
     const std::int64_t base = b * static_cast<std::int64_t>(c.capacity);
+    std::int32_t n = m;
+    if (args.shape.layout == HeadLayout::kEndToEnd && args.decode.allowed != nullptr) {
+      // the class filter after the cap: one warp compacts the allowed keys in order
+      if (tid < 32) {
+        std::int32_t kept = 0;
+        for (std::int32_t start = 0; start < m; start += 32) {
+          const std::int32_t i = start + tid;
+          const std::uint64_t key = i < m ? s.keys[i] : 0;
+          const bool ok = i < m && passes_filter(args, b, key_index(key));
+          const unsigned mask = __ballot_sync(0xFFFFFFFFu, ok);  // every lane has read its key
+          if (ok) s.keys[kept + __popc(mask & ((1u << tid) - 1u))] = key;  // never past position i
+          kept += __popc(mask);
+          __syncwarp();
+        }
+        if (tid == 0) kept_count = kept;
+      }
+      __syncthreads();
+      n = kept_count;
+    }
     for (std::int32_t i = tid; i < c.capacity; i += blockDim.x) {
       float* box = c.boxes + (base + i) * 4;
-      if (i < m) {
+      if (i < n) {
         const std::uint32_t a = key_index(s.keys[i]);
         anchor_box(args, b, a, box);
-        c.scores[base + i] = key_score(s.keys[i]);
+        c.scores[base + i] = candidate_score(args, b, s.keys[i]);
         c.class_ids[base + i] = args.scratch.classes[b * A + a];
         c.anchor_ids[base + i] = static_cast<std::int32_t>(a);
       } else {
@@ -305,11 +354,12 @@ __global__ void __launch_bounds__(kThreads) select_kernel(Args args) {
         c.anchor_ids[base + i] = -1;
       }
     }
-    if (tid == 0) c.counts[b] = m;
+    if (tid == 0) c.counts[b] = n;
     return;
   }
 
-  // 2b. greedy NMS (end-to-end heads: the first max_det candidates)
+  // 2b. greedy NMS (end-to-end heads: no NMS; the first max_det rows were selected, the class filter drops
+  // some of them here)
   const bool skip_nms = args.mode == Mode::kDetect && args.shape.layout == HeadLayout::kEndToEnd;
   if (tid == 0) kept_count = 0;
   __syncthreads();
@@ -323,7 +373,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(Args args) {
       anchor_box(args, b, a, box);
       const std::int32_t cls = args.mode == Mode::kNms ? args.class_ids[b * A + a] : args.scratch.classes[b * A + a];
       const float area = box_area(box[0], box[1], box[2], box[3]);
-      bool hit = false;
+      bool hit = skip_nms && !passes_filter(args, b, a);
       if (!skip_nms) {
         for (std::int32_t k = 0; k < nk_before && !hit; ++k) {
           hit = (args.agnostic || s.kcls[k] == cls) &&
@@ -399,7 +449,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(Args args) {
       box[3] = clip(__fdiv_rn(__fsub_rn(box[3], p[3]), p[1]), h);
     }
     for (int j = 0; j < 4; ++j) row[j] = box[j];
-    row[4] = key_score(s.keys[s.kpos[i]]);
+    row[4] = candidate_score(args, b, s.keys[s.kpos[i]]);
     row[5] = static_cast<float>(s.kcls[i]);
   }
   if (tid == 0) args.det_counts[b] = nk;
@@ -498,7 +548,10 @@ void detect_postprocess(const float* head, const HeadShape& shape, const Postpro
   args.head = head;
   args.decode = options.decode;
   args.scratch = scratch;
-  args.capacity = std::max(1, std::min(options.decode.max_candidates, shape.anchors));
+  // end-to-end heads: the first max_det rows (then the class filter); no other candidate cap
+  const std::int32_t limit =
+      shape.layout == HeadLayout::kEndToEnd ? options.max_det : options.decode.max_candidates;
+  args.capacity = std::max(1, std::min(limit, shape.anchors));
   args.iou = options.iou;
   args.max_det = options.max_det;
   args.agnostic = options.agnostic;

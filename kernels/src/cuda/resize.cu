@@ -4,7 +4,9 @@
 //
 // ResizeMode::kLinear / kArea: the uint8 bytes of cv2.resize, with the same integer and float arithmetic as
 // the CPU kernels (shared/opencv_resize.hpp; every float step is an explicit round-to-nearest intrinsic,
-// so nvcc fuses nothing). Each thread recomputes its own taps: no tables, deterministic.
+// so nvcc fuses nothing). Each thread recomputes its own taps: no tables, deterministic. Each byte then
+// becomes the caller's float for it (PixelTransform::lut, 3 x 256 floats in device memory, read through
+// the read-only cache), the same table the CPU tiers use.
 // ResizeMode::kFloat: INTER_LINEAR coordinates, blended in float.
 #include <cuda_fp16.h>
 
@@ -103,8 +105,11 @@ __global__ void __launch_bounds__(256) resize_exact_kernel(FrameChunk chunk, Pix
   opencv::exact_pixel(f, rx, ry, v);
   for (int c = 0; c < 3; ++c) {
     const int s = t.src_channel[c];
-    const float value = static_cast<float>(s == 0 ? v[0] : s == 1 ? v[1] : v[2]);
-    store(dst + c * plane, opencv::fadd(opencv::fmul(value, t.mul[c]), t.add[c]));
+    const std::int32_t value = s == 0 ? v[0] : s == 1 ? v[1] : v[2];
+    // the caller's value of this byte (the same table as the CPU tiers), FP16 rounded from it
+    const float out = t.lut != nullptr ? __ldg(t.lut + 256 * c + value)
+                                       : opencv::fadd(opencv::fmul(static_cast<float>(value), t.mul[c]), t.add[c]);
+    store(dst + c * plane, out);
   }
 }
 
