@@ -12,10 +12,15 @@ from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
 from .observability.metrics import Metrics, ModelSample
 from .observability.tracing import Tracer
+from .pipeline import images
 from .scheduling.loop import EventLoopThread
 from .transport.grpc.server import GrpcTransport
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The server could not start as configured (a model failed to load under --exit-on-error)."""
 
 
 def peregrine_version() -> str:
@@ -40,35 +45,51 @@ class PeregrineServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # One budget per process for decoded frames held by requests (docs/DETECTION.md, Limits).
+        images.set_max_decoded_bytes_in_flight(config.max_decoded_bytes_in_flight)
         self.loop = EventLoopThread()
         self.repository = ModelRepository(config.model_repository, self.loop, on_change=self._model_changed)
         self.metrics = Metrics(lambda: [ModelSample(m.name, m.version, m.stats, m.queue_depth)
-                                        for m in self.repository.ready_models()])
-        self.shared_memory = SharedMemoryRegistry(config.shm_key_prefixes, enabled=config.shared_memory)
+                                        for m in self.repository.ready_models()],
+                               known=self.repository.knows, ready=lambda: self.dataplane.ready)
+        self.shared_memory = SharedMemoryRegistry(config.shm_key_prefixes, enabled=config.shared_memory,
+                                                  max_regions=config.max_shm_regions)
         self.tracer = Tracer(config.trace_file, config.trace_level, config.trace_rate, config.trace_count,
                              config.trace_log_frequency)
         self.dataplane = DataPlane(self.repository, self.loop, self.shared_memory, self.tracer, self.metrics,
-                                   name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier())
+                                   name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier(),
+                                   strict_readiness=config.strict_readiness)
         self.grpc = GrpcTransport(config, self.dataplane)
         self.port: int | None = None
         self.http_port: int | None = None
 
     def _model_changed(self, name: str, ready: bool) -> None:
         self.grpc.model_changed(name, ready)
+        if self.dataplane.started:
+            self.grpc.set_serving(self.dataplane.ready)  # the server's own health follows its readiness
 
     def start(self) -> int:
         cfg = self.config
         self.loop.start()
-        self.port = self.grpc.bind()
-        if cfg.http_port is not None:
-            self.http_port = self.metrics.serve(cfg.host, cfg.http_port)
+        try:
+            self.port = self.grpc.bind()
+            if cfg.http_port is not None:
+                try:
+                    self.http_port = self.metrics.serve(cfg.host, cfg.http_port)
+                except OSError as e:
+                    raise OSError(f"cannot listen for HTTP on {cfg.host}:{cfg.http_port}: {e.strerror or e} "
+                                  "(--http-port; -1 turns the HTTP port off)") from None
+        except OSError:
+            self.stop(grace=0)
+            raise
         self.grpc.start()
-        if cfg.model_control_mode == "all":
-            self.repository.load_all()
-        else:
+        failed = self.repository.load_all() if cfg.model_control_mode == "all" else \
             self.repository.load_all(cfg.load_models)
-        self.dataplane.ready = True
-        self.grpc.set_serving(True)
+        if failed and cfg.exit_on_error:
+            self.stop(grace=0)
+            raise StartupError(f"model(s) {', '.join(failed)} failed to load (--exit-on-error); see the log")
+        self.dataplane.started = True
+        self.grpc.set_serving(self.dataplane.ready)
         log.info("Peregrine %s serving gRPC%s on %s:%d%s%s", peregrine_version(),
                  " (mutual TLS)" if cfg.tls_client_ca else " (TLS)" if cfg.tls_cert else "", cfg.host, self.port,
                  ", bearer tokens required" if cfg.auth_token_file else "",
@@ -78,7 +99,7 @@ class PeregrineServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, let running ones finish within ``grace`` seconds, unload models, unmap the
         clients' shared-memory regions."""
-        self.dataplane.ready = False
+        self.dataplane.started = False
         self.grpc.drain()
         self.grpc.stop(grace)
         self.repository.unload_all()

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .app import PeregrineServer
+from .app import PeregrineServer, StartupError
 from .config.server import ServerConfig
 
 
@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                    help="Prometheus metrics port; -1 disables (default %(default)s)")
     p.add_argument("--max-message-mb", type=int, default=d.max_message_bytes // (1024 * 1024),
                    help="largest gRPC message in MiB, both directions (default %(default)s)")
+    p.add_argument("--max-decoded-mb-in-flight", type=int, default=d.max_decoded_bytes_in_flight // (1024 * 1024),
+                   help="MiB of decoded frames that detection requests hold at once; more answer "
+                        "RESOURCE_EXHAUSTED (default %(default)s)")
     p.add_argument("--grpc-workers", type=int, default=d.grpc_workers,
                    help="threads serving gRPC calls; bounds concurrent calls (default %(default)s)")
     p.add_argument("--model-control-mode", choices=["all", "explicit"], default=d.model_control_mode,
@@ -33,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--shm-key-prefix", action="append", default=[], metavar="PREFIX",
                    help="accept only system shared-memory keys starting with PREFIX (repeatable; "
                         "default: any key; see docs/SHARED_MEMORY.md)")
+    p.add_argument("--max-shm-regions", type=int, default=d.max_shm_regions, metavar="N",
+                   help="most shared-memory regions registered at once; more answer RESOURCE_EXHAUSTED "
+                        "(default %(default)s, and at most half the open-file limit)")
     sec = p.add_argument_group("security (docs/SECURITY.md)")
     sec.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
     sec.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -53,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                     help="stop after N traces; -1: no limit (default %(default)s)")
     tr.add_argument("--trace-log-frequency", type=int, default=d.trace_log_frequency,
                     help="write every N traces to FILE.<k>; 0: all to FILE at shutdown (default %(default)s)")
+    p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=d.strict_readiness,
+                   help="ready only while every model asked for is ready, as Triton (default: on)")
+    p.add_argument("--exit-on-error", action=argparse.BooleanOptionalAction, default=d.exit_on_error,
+                   help="stop (exit 1) when a model fails to load at start-up (default: off: it is served "
+                        "UNAVAILABLE with its reason)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -62,11 +73,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         grpc_port=a.grpc_port,
         http_port=None if a.http_port < 0 else a.http_port,
         max_message_bytes=a.max_message_mb * 1024 * 1024,
+        max_decoded_bytes_in_flight=a.max_decoded_mb_in_flight * 1024 * 1024,
         grpc_workers=a.grpc_workers,
         model_control_mode=a.model_control_mode,
+        strict_readiness=a.strict_readiness,
+        exit_on_error=a.exit_on_error,
         load_models=a.load_model,
         shared_memory=a.shared_memory,
         shm_key_prefixes=tuple(a.shm_key_prefix),
+        max_shm_regions=a.max_shm_regions,
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         tls_client_ca=a.tls_client_ca,
@@ -94,7 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"peregrine-server: {e}", file=sys.stderr)
         return 2
-    server.start()
+    try:
+        server.start()
+    except OSError as e:  # a port in use, an address not this machine's
+        print(f"peregrine-server: {e}", file=sys.stderr)
+        return 2
+    except StartupError as e:
+        print(f"peregrine-server: {e}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

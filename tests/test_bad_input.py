@@ -188,3 +188,54 @@ def test_random_mutations_of_valid_request_bytes(url: str) -> None:
         resp = stub.ModelInfer(_simple(batch=2), timeout=30)
         out = np.frombuffer(resp.raw_output_contents[1], np.int32)
         assert not out.any()  # INPUT0 - INPUT1 with equal inputs
+
+
+# -- sizes against the bytes present, and shapes (issue 14) ---------------------------------------------------
+def _one(model: str, datatype: str, shape: list[int], raw: bytes | None = None) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model)
+    req.inputs.add(name="INPUT0", datatype=datatype, shape=shape)
+    if raw is not None:
+        req.raw_input_contents.append(raw)
+    return req
+
+
+@pytest.mark.parametrize(("datatype", "shape", "raw"), [
+    ("BYTES", [1 << 29], b""),  # 34 bytes that made the server allocate 4 GiB
+    ("BYTES", [1, 3], b"\x00\x00\x00\x00" * 2),  # one length prefix short
+    ("BYTES", [1 << 40], b""),
+    ("INT32", [0, (1 << 63) - 1], b""),  # zero elements, but NumPy cannot hold the shape
+    ("INT32", [0, (1 << 63) - 1], None),  # the same in typed contents
+    ("INT32", [1 << 32, 1 << 32], b""),  # a product past int64
+    ("INT32", [1] * 33, b"\x00" * 4),  # more dimensions than MAX_RANK
+])
+def test_declared_sizes_are_checked_before_allocating(stub, datatype: str, shape: list[int], raw: bytes | None) -> None:
+    model = "identity_bytes" if datatype == "BYTES" else "identity_int32"
+    code, details = _code(stub, _one(model, datatype, shape, raw))
+    assert code == INVALID, details
+    assert "INPUT0" in details
+
+
+def test_typed_bytes_count_must_match_the_shape(stub) -> None:
+    req = _one("identity_bytes", "BYTES", [1 << 29])
+    req.inputs[0].contents.bytes_contents.append(b"a")
+    assert _code(stub, req)[0] == INVALID
+
+
+def test_empty_tensors_are_answered(stub) -> None:
+    resp = stub.ModelInfer(_one("identity_int32", "INT32", [1, 0], b""), timeout=30)
+    assert list(resp.outputs[0].shape) == [1, 0]
+
+
+def test_an_output_requested_twice_is_invalid_argument(stub) -> None:
+    req = _simple()
+    req.outputs.add(name="OUTPUT0")
+    req.outputs.add(name="OUTPUT0")
+    code, details = _code(stub, req)
+    assert code == INVALID and "OUTPUT0" in details
+
+
+def test_long_names_are_clipped_in_messages(stub) -> None:
+    req = _simple()
+    req.inputs[0].name = req.inputs[1].name = "i" * 100_000  # a duplicate: refused while decoding
+    code, details = _code(stub, req)
+    assert code == INVALID and len(details) < 1024 and "100000 characters" in details

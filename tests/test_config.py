@@ -132,7 +132,8 @@ def test_bad_models_fail_to_load_and_the_server_keeps_serving(tmp_path: Path, st
         with pytest.raises(InferenceServerException) as e:
             c.load_model(name)
         assert e.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT), (name, e.value)
-    assert c.is_server_ready() and c.is_model_ready("good")
+    # The server keeps serving the good model; strictly it is not ready while models failed to load.
+    assert c.is_server_live() and not c.is_server_ready() and c.is_model_ready("good")
 
 
 def test_overrides_narrow_dynamic_dims(tmp_path: Path, start_server) -> None:
@@ -158,3 +159,79 @@ def test_allow_spinning_reaches_the_session(tmp_path: Path) -> None:
     except Exception:  # not set: ORT's default, spinning on
         spinning = "1"
     assert spinning != "0"
+
+
+# -- bounds (issue 14): every number has an upper bound, documented in docs/MODEL_CONFIG.md ----------------
+@pytest.mark.parametrize(("text", "key"), [
+    ("max_batch_size = 1000000000000", "max_batch_size"),
+    ("[instance_group]\ncount = 65", "instance_group.count"),
+    ("[instance_group]\ngpus = [256]", "instance_group.gpus"),
+    ("[onnxruntime]\nintra_op_num_threads = 100000", "onnxruntime.intra_op_num_threads"),
+    ("[dynamic_batching]\nmax_queue_delay_us = 60000001", "dynamic_batching.max_queue_delay_us"),
+    ("[dynamic_batching]\nmax_queue_size = 1000001", "dynamic_batching.max_queue_size"),
+    ("[dynamic_batching]\npriority_levels = 1001", "dynamic_batching.priority_levels"),
+    ("[dynamic_batching]\npreferred_batch_sizes = [2000000]", "dynamic_batching.preferred_batch_sizes"),
+    ("[dynamic_batching.default_queue_policy]\ndefault_timeout_us = 3600000001", "default_timeout_us"),
+    ("[dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 1\n"
+     "[dynamic_batching.priority_queue_policy.3]\nmax_queue_size = 1", "priority_queue_policy"),
+    ("version_policy = { latest = 0 }", "version_policy"),
+    ("version_policy = { latest = [1] }", "version_policy"),
+    ("version_policy = { specific = [-1] }", "version_policy"),
+    ("default_model_filename = '../../model.onnx'", "default_model_filename"),
+    ("default_model_filename = ''", "default_model_filename"),
+    ("[[input]]\nname = 'x'\ndims = [3000000000]", "input.0.dims"),
+    ("platform = 'peregrine_detection'\n[detection]\nmax_pixels = 2000000000", "detection.max_pixels"),
+    ("platform = 'peregrine_detection'\n[detection]\nscale = nan", "detection.scale"),
+])
+def test_numbers_past_their_bounds_are_errors_naming_the_key(text: str, key: str) -> None:
+    with pytest.raises(ModelLoadError) as e:
+        parse_model_config(text, "m/config.toml")
+    assert key in e.value.message, e.value.message
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    cfg = parse_model_config("max_batch_size = 1048576\n[instance_group]\ncount = 64\n[dynamic_batching]\n"
+                             "max_queue_delay_us = 60000000\nmax_queue_size = 1000000\npriority_levels = 1000\n"
+                             "default_priority_level = 1000\n")
+    assert cfg.max_batch_size == 1 << 20 and cfg.instance_group.count == 64
+
+
+@pytest.mark.parametrize("text", [
+    "a = " + "[" * 100_000,  # recursion in the parser
+    "a = " + "[" * 40 + "]" * 40,  # parsed, but deeper than any configuration
+    "a = " + "9" * 5000,  # more digits than int() takes
+    "x = 1\n" * 200_000,  # over MAX_CONFIG_BYTES
+])
+def test_hostile_toml_is_a_load_error(text: str) -> None:
+    with pytest.raises(ModelLoadError):
+        parse_model_config(text, "m/config.toml")
+
+
+def test_messages_clip_what_came(tmp_path: Path) -> None:
+    long_key = "k" * 5000
+    with pytest.raises(ModelLoadError) as e:
+        parse_model_config(f"{long_key} = 1\n" + "".join(f"x{i} = 1\n" for i in range(50)), "m/config.toml")
+    assert len(e.value.message) < 4096 and "(5000 characters)" in e.value.message and "more" in e.value.message
+
+
+def test_config_that_is_not_utf8_is_a_load_error(tmp_path: Path) -> None:
+    from peregrine.server.config.model import load_model_config
+
+    (tmp_path / "config.toml").write_bytes(b"max_batch_size = 4 # \xff\xfe\n")
+    with pytest.raises(ModelLoadError) as e:
+        load_model_config(tmp_path)
+    assert "UTF-8" in e.value.message
+
+
+def test_only_plain_ascii_version_directories_are_versions(tmp_path: Path, start_server) -> None:
+    """Version directories "01", "²", Arabic-Indic "1", "1_0" and " 2" are not versions (int() or
+    str.isdigit() took them, and "²" failed the whole load)."""
+    model = onnx_models.identity("FP32", ["N", 2])
+    onnx_models.write(tmp_path, "m", model, "version_policy = 'all'\n")
+    for odd in ("01", "²", "\u0661", "1_0", " 2"):
+        (tmp_path / "m" / odd).mkdir()
+        (tmp_path / "m" / odd / "model.onnx").write_bytes(model.SerializeToString())
+    server = start_server(tmp_path)
+    c = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert c.is_model_ready("m")
+    assert list(c.get_model_metadata("m").versions) == ["1"]

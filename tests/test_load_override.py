@@ -93,3 +93,47 @@ def test_translation_of_triton_keys() -> None:
     assert parse_triton_override(json.dumps({"version_policy": {"all": {}}}), "m") == {"version_policy": "all"}
     with pytest.raises(InvalidArgument):
         apply_override(base, {"dynamic_batching": {"priority_levels": 2, "default_priority_level": 5}}, "m")
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ("[" * 100_000 + "]" * 100_000, ["parameters.config", "nested"]),
+    (json.dumps({"max_batch_size": 10**12}), ["max_batch_size", "1048576"]),
+    (json.dumps({"max_batch_size": " 4 "}), ["max_batch_size", "integer"]),
+    (json.dumps({"max_batch_size": "\u0664"}), ["max_batch_size", "integer"]),  # an Arabic-Indic 4
+    ('{"max_batch_size": Infinity}', ["max_batch_size", "integer"]),
+    (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": str(10**30)}}), ["max_queue_delay", "digits"]),
+    (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": 10**9}}), ["max_queue_delay_us", "60000000"]),
+    (json.dumps({"instance_group": [{"count": 65}]}), ["instance_group.count"]),
+    (json.dumps({"version_policy": {"specific": {"versions": 3}}}), ["version_policy.specific.versions"]),
+    (json.dumps({"parameters": {"k": {"string_value": "\ud800"}}}), ["parameters.config", "surrogate"]),
+    (" " * (1 << 20) + "{}", ["parameters.config", "bytes"]),
+])
+def test_hostile_overrides_are_invalid_argument(client: tc.InferenceServerClient, config: str,
+                                                words: list[str]) -> None:
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model("simple", config=config)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value.message()
+    for word in words:
+        assert word in e.value.message(), e.value.message()
+    assert client.is_model_ready("simple")
+    assert client.get_model_config("simple").config.max_batch_size == 8  # still answers: nothing out of range
+
+
+def test_integers_as_protobuf_json_writes_them() -> None:
+    got = parse_triton_override(json.dumps({"max_batch_size": "4", "dynamic_batching": {
+        "max_queue_delay_microseconds": 100.0, "priority_levels": "-1"}}), "m")
+    assert got == {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_us": 100, "priority_levels": -1}}
+    for bad in ("0_1", " 1", "1.5", "0x10", "", "1e3"):
+        with pytest.raises(InvalidArgument):
+            parse_triton_override(json.dumps({"max_batch_size": bad}), "m")
+    with pytest.raises(InvalidArgument):
+        parse_triton_override(json.dumps({"max_batch_size": 1.5}), "m")
+
+
+def test_load_names_that_are_not_one_directory(client: tc.InferenceServerClient) -> None:
+    for name in ("", "..", "../simple", "a/b", "a\\b", "a\x00b", "x" * 256):
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model(name)
+        assert e.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"), (name, e.value)
+        assert len(e.value.message()) < 1024
+    assert "" not in {m.name for m in client.get_model_repository_index().models}

@@ -26,7 +26,8 @@ def client(url: str) -> tc.InferenceServerClient:
 
 def test_server_health_and_metadata(client: tc.InferenceServerClient) -> None:
     assert client.is_server_live()
-    assert client.is_server_ready()
+    # Strict readiness (Triton's default): the repository's 'broken' model failed to load.
+    assert not client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta.name == "peregrine"
     assert "model_repository" in meta.extensions
@@ -266,8 +267,11 @@ def test_health_service_per_model(url: str) -> None:
     with grpc.insecure_channel(url) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         serving = health_pb2.HealthCheckResponse.SERVING
-        assert stub.Check(health_pb2.HealthCheckRequest(service="")).status == serving
-        assert stub.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")).status == serving
+        # The server's own services follow its (strict) readiness: the repository's 'broken' model failed.
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert stub.Check(health_pb2.HealthCheckRequest(service="")).status == not_serving
+        assert stub.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")).status == \
+            not_serving
         assert stub.Check(health_pb2.HealthCheckRequest(service="simple")).status == serving
         with pytest.raises(grpc.RpcError) as e:
             stub.Check(health_pb2.HealthCheckRequest(service="broken"))

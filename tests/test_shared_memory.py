@@ -23,7 +23,15 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.utils.shared_memory as shm
 from peregrine.server.app import PeregrineServer
-from peregrine.server.dataplane.shm import SharedMemoryRegistry, cuda_available
+from peregrine.server.cli import parse_args
+from peregrine.server.config import ServerConfig
+from peregrine.server.core.errors import InvalidArgument, PeregrineError, ResourceExhausted
+from peregrine.server.dataplane.shm import (
+    DEFAULT_MAX_REGIONS,
+    MAX_NAME_CHARS,
+    SharedMemoryRegistry,
+    cuda_available,
+)
 from support import onnx_models
 from support.onnx_models import ALL_TYPES
 from support.tensors import random_tensor
@@ -282,6 +290,107 @@ def test_unregistering_a_region_in_use_waits_for_its_requests(tmp_path: Path) ->
         registry.close()
     finally:
         os.unlink(f"/dev/shm{key}")
+
+
+@contextlib.contextmanager
+def _object(size: int) -> Iterator[tuple[str, int]]:
+    """A shared-memory object of ``size`` bytes as a client makes it: its key and the client's descriptor."""
+    key = _key()
+    fd = os.open(f"/dev/shm{key}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        yield key, fd
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm{key}")
+
+
+def _descriptors_of(key: str, but: int) -> int:
+    """This process's file descriptors open on the object ``key`` (unlinked or not), other than ``but``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if int(fd) != but and os.readlink(f"/proc/self/fd/{fd}").startswith(f"/dev/shm{key}"):
+                count += 1
+    return count
+
+
+def test_a_shrunk_object_fails_its_uses_and_nothing_touches_it(tmp_path: Path) -> None:
+    """The registry directly: once the object no longer covers the region, leases (inputs, outputs) and
+    output writes already reserved answer INVALID_ARGUMENT; restored, it serves again. Outputs are written
+    through the descriptor, so they land in the client's object."""
+    with _object(8192) as (key, fd):
+        registry = SharedMemoryRegistry()
+        registry.register_system("r", key, 4096, 4096)
+        out = registry.use()
+        target = out.output("OUTPUT0", "r", 64, 64)
+        os.ftruncate(fd, 4096 + 100)  # the region's first page is still there, its end is not
+        with pytest.raises(InvalidArgument, match="4196 bytes"):
+            registry.use().input("r", 0, 64, "input 'x'")
+        with pytest.raises(InvalidArgument):
+            registry.use().output("OUTPUT0", "r", 0, 64)
+        with pytest.raises(InvalidArgument):
+            target.write(np.ones(16, np.float32))
+        assert os.fstat(fd).st_size == 4096 + 100  # not written, not grown
+        assert [s.name for s in registry.status("system")] == ["r"]  # still registered: status needs no bytes
+        os.ftruncate(fd, 8192)
+        assert target.write(np.arange(16, dtype=np.float32)) == 64
+        assert os.pread(fd, 64, 4096 + 64) == np.arange(16, dtype=np.float32).tobytes()
+        out.release()
+        registry.close()
+
+
+def test_region_descriptors_are_bounded_and_closed_on_every_path(tmp_path: Path) -> None:
+    with _object(64) as (key, fd):
+        registry = SharedMemoryRegistry(max_regions=3)
+        for bad in ({"byte_size": 65}, {"offset": 64}):  # failed registrations keep nothing
+            with pytest.raises(InvalidArgument):
+                registry.register_system("e", key, **{"offset": 0, "byte_size": 64, **bad})
+        assert _descriptors_of(key, fd) == 0
+        for name in "abc":
+            registry.register_system(name, key, 0, 64)
+        assert _descriptors_of(key, fd) == 3  # one per region, none more (Python's mmap would keep two)
+        with pytest.raises(ResourceExhausted, match="max-shm-regions 3"):
+            registry.register_system("d", key, 0, 64)
+        registry.unregister("system", "a")
+        assert _descriptors_of(key, fd) == 2
+        use = registry.use()
+        view = use.input("b", 0, 64, "input 'x'")
+        registry.unregister("system", "b")  # in use: it keeps its descriptor and its place until released
+        registry.register_system("a", key, 0, 64)
+        with pytest.raises(ResourceExhausted):
+            registry.register_system("d", key, 0, 64)
+        use.release()  # a view still alive: the range goes to placeholder pages, the descriptor is closed
+        assert _descriptors_of(key, fd) == 2
+        registry.register_system("d", key, 0, 64)
+        del view
+        registry.close()
+        assert _descriptors_of(key, fd) == 0
+        assert registry.mapped() == [] and _server_maps(key) == []
+
+
+def test_region_names_are_bounded_and_echoed_clipped() -> None:
+    with _object(64) as (key, _):
+        registry = SharedMemoryRegistry()
+        with pytest.raises(InvalidArgument) as e:
+            registry.register_system("n" * 10_000, key, 0, 64)
+        assert len(str(e.value)) < 600
+        registry.register_system("n" * MAX_NAME_CHARS, key, 0, 64)
+        for call in (lambda: registry.register_system("k", "/" + "k" * 10_000, 0, 64),
+                     lambda: registry.status("system", "x" * 10_000),
+                     lambda: registry.use().input("x" * 10_000, 0, 4, "input 'x'")):
+            with pytest.raises(PeregrineError) as e:
+                call()
+            assert len(str(e.value)) < 600
+        registry.close()
+    with pytest.raises(ValueError):
+        SharedMemoryRegistry(max_regions=0)
+
+
+def test_max_shm_regions_flag() -> None:
+    assert parse_args(["--max-shm-regions", "7"]).max_shm_regions == 7
+    assert parse_args([]).max_shm_regions == ServerConfig().max_shm_regions == DEFAULT_MAX_REGIONS
 
 
 # -- bad requests: the right status, and the server keeps serving ------------------------------------

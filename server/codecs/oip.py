@@ -6,19 +6,24 @@ decoded without copying: ``np.frombuffer`` views of the request's bytes. Tensors
 resolved through the request's :class:`~peregrine.server.dataplane.shm.RequestRegions`; outputs requested into a
 region are written there and answered without bytes. Errors name the tensor, what was expected and what
 came, and map to INVALID_ARGUMENT (NOT_FOUND for a region that is not registered).
+
+A request is hostile until proven otherwise: every size it states (shape, element count, shared-memory
+slice) is checked against the bytes it actually carries, and against :data:`MAX_RANK` and
+:data:`MAX_ELEMENTS`, before anything is allocated; counts are Python integers, so they never overflow.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from peregrine.proto import grpc_service_pb2 as pb
 
 from ..core import datatypes
-from ..core.errors import InvalidArgument, Unimplemented
+from ..core.errors import InvalidArgument, Unimplemented, clipped
 from ..core.types import InferRequest, InferResponse
 
 if TYPE_CHECKING:
@@ -27,6 +32,13 @@ if TYPE_CHECKING:
 SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
 
 _LEN = struct.Struct("<I")
+
+# Bounds on what a tensor may declare, whatever it carries (docs/SECURITY.md, limits). NumPy takes at most
+# 64 dimensions; no model has more than a handful. A tensor of zero elements may not declare absurd
+# dimensions either: where its other dimensions multiply past what NumPy can index, NumPy (and any code that
+# sizes a buffer from a shape) overflows.
+MAX_RANK = 32
+MAX_ELEMENTS = 1 << 40
 
 
 def parameter_value(p: pb.InferParameter) -> Any:
@@ -47,28 +59,36 @@ def set_parameter(p: pb.InferParameter, value: Any) -> None:
 
 def decode_bytes_tensor(raw: bytes | memoryview | np.ndarray, count: int, name: str) -> np.ndarray:
     """Decode OIP's BYTES serialization (each element a 4-byte little-endian length, then the bytes) from
-    ``raw`` (bytes, or a uint8 array of a shared-memory region)."""
+    ``raw`` (bytes, or a uint8 array of a shared-memory region) into a 1-D object array of ``count`` bytes.
+
+    Every element takes at least its 4-byte length, so a ``count`` the bytes cannot hold is refused before
+    anything is allocated: the decoded array never holds more than about 7x the bytes present (an object
+    pointer and a small bytes object per element; worst for 2-byte elements). Raises InvalidArgument
+    naming ``name``."""
+    data = raw if isinstance(raw, bytes) else memoryview(raw).cast("B")  # type: ignore[arg-type]
+    size = len(data)
+    what = f"input '{clipped(name)}'"
+    if count > size // 4:
+        raise InvalidArgument(
+            f"{what}: BYTES of {count} elements needs at least {4 * count} bytes (a 4-byte length each), "
+            f"got {size}"
+        )
     out = np.empty(count, dtype=object)
-    view = memoryview(raw)  # type: ignore[arg-type]  # ndarray exports the buffer protocol
+    unpack = _LEN.unpack_from
     pos = 0
     for i in range(count):
-        if pos + 4 > len(view):
+        if pos + 4 > size:
             raise InvalidArgument(
-                f"input '{name}': BYTES element {i} of {count} has no length prefix "
-                f"({len(view) - pos} bytes left at offset {pos})"
+                f"{what}: BYTES element {i} of {count} has no length prefix ({size - pos} bytes left at offset {pos})"
             )
-        (n,) = _LEN.unpack_from(view, pos)
+        (n,) = unpack(data, pos)
         pos += 4
-        if pos + n > len(view):
-            raise InvalidArgument(
-                f"input '{name}': BYTES element {i} claims {n} bytes but only {len(view) - pos} remain"
-            )
-        out[i] = bytes(view[pos : pos + n])
+        if pos + n > size:
+            raise InvalidArgument(f"{what}: BYTES element {i} claims {n} bytes but only {size - pos} remain")
+        out[i] = bytes(data[pos : pos + n])  # a slice of bytes is bytes already: bytes() returns it as it is
         pos += n
-    if pos != len(view):
-        raise InvalidArgument(
-            f"input '{name}': {len(view) - pos} bytes left over after {count} BYTES elements"
-        )
+    if pos != size:
+        raise InvalidArgument(f"{what}: {size - pos} bytes left over after {count} BYTES elements")
     return out
 
 
@@ -81,20 +101,31 @@ def encode_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _shape(tensor: Any, kind: str) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in tensor.shape)
+def tensor_shape(dims: Sequence[int], what: str) -> tuple[int, ...]:
+    """A tensor's shape as a client sent it, checked: at most :data:`MAX_RANK` dimensions, none negative,
+    and the dimensions other than 0 multiplying to at most :data:`MAX_ELEMENTS` (Python integers: no
+    overflow). ``what`` names the tensor in the InvalidArgument raised otherwise."""
+    if len(dims) > MAX_RANK:
+        raise InvalidArgument(f"{what}: shape has {len(dims)} dimensions, expected at most {MAX_RANK}")
+    shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{kind} '{tensor.name}': shape {list(shape)} has a negative dimension")
+        raise InvalidArgument(f"{what}: shape {list(shape)} has a negative dimension")
+    product = 1
+    for d in shape:
+        product *= d or 1
+        if product > MAX_ELEMENTS:
+            raise InvalidArgument(f"{what}: shape {list(shape)} is too large: its dimensions other than 0 "
+                                  f"multiply past {MAX_ELEMENTS} elements")
     return shape
 
 
-def _datatype(tensor: Any) -> datatypes.DataType:
+def _datatype(tensor: Any, what: str) -> datatypes.DataType:
     try:
         return datatypes.from_name(tensor.datatype)
     except KeyError:
         known = ", ".join(datatypes.BY_NAME)
         raise InvalidArgument(
-            f"input '{tensor.name}': unknown datatype '{tensor.datatype}', expected one of {known}"
+            f"{what}: unknown datatype '{clipped(tensor.datatype)}', expected one of {known}"
         ) from None
 
 
@@ -105,31 +136,29 @@ def _decode_raw(raw: bytes, dt: datatypes.DataType, shape: tuple[int, ...], name
     expected = count * dt.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"input '{name}': {dt.name} {list(shape)} needs {expected} bytes, got {len(raw)} in raw_input_contents"
+            f"input '{clipped(name)}': {dt.name} {list(shape)} needs {expected} bytes, got {len(raw)} "
+            "in raw_input_contents"
         )
     return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
 
 
-def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...]) -> np.ndarray:
+def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
     if dt.contents_field is None:
         raise InvalidArgument(
-            f"input '{tensor.name}': {dt.name} has no typed contents field in the protocol; "
-            "send it in raw_input_contents"
+            f"{what}: {dt.name} has no typed contents field in the protocol; send it in raw_input_contents"
         )
     contents = tensor.contents
     present = [f.name for f, _ in contents.ListFields()]
     stray = [f for f in present if f != dt.contents_field]
     if stray:
         raise InvalidArgument(
-            f"input '{tensor.name}': datatype {dt.name} expects contents.{dt.contents_field}, "
-            f"got contents.{stray[0]}"
+            f"{what}: datatype {dt.name} expects contents.{dt.contents_field}, got contents.{stray[0]}"
         )
     values = getattr(contents, dt.contents_field)
     count = math.prod(shape)
-    if len(values) != count:
+    if len(values) != count:  # before anything is allocated: the count is what the message carries
         raise InvalidArgument(
-            f"input '{tensor.name}': shape {list(shape)} needs {count} elements, "
-            f"got {len(values)} in contents.{dt.contents_field}"
+            f"{what}: shape {list(shape)} needs {count} elements, got {len(values)} in contents.{dt.contents_field}"
         )
     if dt.name == "BYTES":
         arr = np.empty(count, dtype=object)
@@ -140,7 +169,7 @@ def _decode_typed(tensor: Any, dt: datatypes.DataType, shape: tuple[int, ...]) -
         info = np.iinfo(dt.numpy)
         if wide.min() < info.min or wide.max() > info.max:
             raise InvalidArgument(
-                f"input '{tensor.name}': contents.{dt.contents_field} holds values outside {dt.name}'s range "
+                f"{what}: contents.{dt.contents_field} holds values outside {dt.name}'s range "
                 f"[{info.min}, {info.max}]"
             )
     return wide.astype(dt.numpy).reshape(shape)
@@ -157,7 +186,7 @@ def _shm_params(tensor: Any, what: str) -> tuple[str, int, int] | None:
     region = params[SHM_REGION]
     if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
         raise InvalidArgument(f"{what}: parameters.{SHM_REGION}: expected a string_param naming a registered "
-                              f"region, got {region.WhichOneof('parameter_choice') or 'nothing'}")
+                              f"region, got {region.WhichOneof('parameter_choice') or 'an empty string'}")
 
     def integer(key: str, default: int | None) -> int:
         if key not in params:
@@ -169,7 +198,7 @@ def _shm_params(tensor: Any, what: str) -> tuple[str, int, int] | None:
         value = getattr(params[key], which) if which else None
         if which not in ("int64_param", "uint64_param") or value < 0:  # type: ignore[operator]
             raise InvalidArgument(f"{what}: parameters.{key}: expected a non-negative int64_param, "
-                                  f"got {which or 'nothing'} {value!r}")
+                                  f"got {which or 'nothing'} {clipped(repr(value))}")
         return int(value)  # type: ignore[arg-type]
 
     return region.string_param, integer(SHM_OFFSET, 0), integer(SHM_BYTE_SIZE, None)
@@ -179,7 +208,7 @@ def _decode_shm(regions: RequestRegions | None, where: tuple[str, int, int], dt:
                 shape: tuple[int, ...], name: str) -> Any:
     """An input read from shared memory: a read-only NumPy view of a system region (a copy only when the
     offset leaves the data misaligned for its type), or a CuPy array over a CUDA region."""
-    what = f"input '{name}'"
+    what = f"input '{clipped(name)}'"
     if regions is None:
         raise Unimplemented(f"{what}: parameters.{SHM_REGION}: this endpoint does not take shared memory")
     region, offset, byte_size = where
@@ -187,6 +216,9 @@ def _decode_shm(regions: RequestRegions | None, where: tuple[str, int, int], dt:
     if dt.name != "BYTES" and byte_size != count * dt.itemsize:
         raise InvalidArgument(f"{what}: {dt.name} {list(shape)} needs {count * dt.itemsize} bytes, "
                               f"got {SHM_BYTE_SIZE} {byte_size}")
+    if dt.name == "BYTES" and count > byte_size // 4:  # checked again on the bytes; refused here before the lease
+        raise InvalidArgument(f"{what}: BYTES of {count} elements needs at least {4 * count} bytes (a 4-byte "
+                              f"length each), got {SHM_BYTE_SIZE} {byte_size}")
     memory = regions.input(region, offset, byte_size, what)
     on_device = hasattr(memory, "__cuda_array_interface__")
     if dt.name == "BYTES":
@@ -218,7 +250,7 @@ def decode_infer_request(
         raise InvalidArgument("model_name: expected a model name, got an empty string")
     in_shm = {}
     for i, tensor in enumerate(msg.inputs):
-        where = _shm_params(tensor, f"input '{tensor.name or i}'")
+        where = _shm_params(tensor, f"input '{clipped(tensor.name or i)}'")
         if where is not None:
             in_shm[i] = where
     n_raw = len(msg.raw_input_contents)
@@ -233,49 +265,51 @@ def decode_infer_request(
     for i, tensor in enumerate(msg.inputs):
         if not tensor.name:
             raise InvalidArgument(f"inputs[{i}].name: expected a tensor name, got an empty string")
+        what = f"input '{clipped(tensor.name)}'"
         if tensor.name in inputs:
-            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
-        dt = _datatype(tensor)
-        shape = _shape(tensor, "input")
+            raise InvalidArgument(f"{what} appears more than once")
+        dt = _datatype(tensor, what)
+        shape = tensor_shape(tensor.shape, what)
         has_typed = tensor.HasField("contents") and bool(tensor.contents.ListFields())
         if i in in_shm:
             if has_typed:
-                raise InvalidArgument(
-                    f"input '{tensor.name}': has both typed contents and parameters.{SHM_REGION}; send one"
-                )
+                raise InvalidArgument(f"{what}: has both typed contents and parameters.{SHM_REGION}; send one")
             inputs[tensor.name] = _decode_shm(regions, in_shm[i], dt, shape, tensor.name)
         elif n_raw:
             if has_typed:
-                raise InvalidArgument(
-                    f"input '{tensor.name}': has both typed contents and raw_input_contents; send one"
-                )
+                raise InvalidArgument(f"{what}: has both typed contents and raw_input_contents; send one")
             inputs[tensor.name] = _decode_raw(msg.raw_input_contents[raw_index], dt, shape, tensor.name)
             raw_index += 1
         elif has_typed or math.prod(shape) == 0:
             typed = True
-            inputs[tensor.name] = _decode_typed(tensor, dt, shape)
+            inputs[tensor.name] = _decode_typed(tensor, dt, shape, what)
         else:
             raise InvalidArgument(
-                f"input '{tensor.name}': no data; expected raw_input_contents, typed contents or "
-                f"parameters.{SHM_REGION}"
+                f"{what}: no data; expected raw_input_contents, typed contents or parameters.{SHM_REGION}"
             )
     params = {k: parameter_value(v) for k, v in msg.parameters.items()}
     priority = params.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
-        raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {priority!r}")
+        raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {clipped(repr(priority))}")
     timeout_us = params.get("timeout")
     if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0):
-        raise InvalidArgument(f"parameters.timeout: expected a non-negative integer (microseconds), got {timeout_us!r}")
-    requested = []
-    for o in msg.outputs:
+        raise InvalidArgument(
+            f"parameters.timeout: expected a non-negative integer (microseconds), got {clipped(repr(timeout_us))}"
+        )
+    requested: list[str] = []
+    seen: set[str] = set()
+    for i, o in enumerate(msg.outputs):
         if not o.name:
-            raise InvalidArgument("outputs[].name: expected an output name, got an empty string")
+            raise InvalidArgument(f"outputs[{i}].name: expected an output name, got an empty string")
+        what = f"output '{clipped(o.name)}'"
+        if o.name in seen:
+            raise InvalidArgument(f"{what} is requested more than once")
+        seen.add(o.name)
         requested.append(o.name)
-        where = _shm_params(o, f"output '{o.name}'")
+        where = _shm_params(o, what)
         if where is not None:
             if regions is None:
-                raise Unimplemented(f"output '{o.name}': parameters.{SHM_REGION}: this endpoint does not take "
-                                    "shared memory")
+                raise Unimplemented(f"{what}: parameters.{SHM_REGION}: this endpoint does not take shared memory")
             regions.output(o.name, *where)
     return InferRequest(
         model_name=msg.model_name,

@@ -8,20 +8,63 @@ A model directory looks like::
 Every key of ``config.toml`` is optional; inputs and outputs are read from the ONNX graph when the file
 omits them. ``docs/MODEL_CONFIG.md`` documents every key and its mapping to Triton's config.pbtxt.
 Errors name the file and the key, say what was expected and what came.
+
+Every number has an upper bound (the ``MAX_*`` constants, documented in docs/MODEL_CONFIG.md): a load
+override arrives from a client, and a value past what the server can hold, or past what Triton's
+ModelConfig message can carry, is refused at parse time rather than failing later.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core import datatypes
-from ..core.errors import ModelLoadError
+from ..core.errors import ModelLoadError, clipped
 
 CONFIG_FILENAME = "config.toml"
+
+# Upper bounds (docs/MODEL_CONFIG.md, "Bounds").
+MAX_CONFIG_BYTES = 1 << 20  # config.toml, or a load override's JSON
+MAX_CONFIG_DEPTH = 32  # nesting of tables/arrays (objects/lists in JSON); a real configuration needs about 5
+MAX_BATCH_SIZE = 1 << 20  # max_batch_size, preferred_batch_sizes, batch_buckets
+MAX_BATCH_SIZES = 64  # entries in preferred_batch_sizes and in batch_buckets (each bucket can be a session)
+MAX_INSTANCES = 64  # instance_group.count
+MAX_GPUS = 64  # entries in instance_group.gpus
+MAX_DEVICE_ID = 255  # a CUDA device ordinal in instance_group.gpus
+MAX_THREADS = 1024  # onnxruntime intra/inter_op_num_threads
+MAX_QUEUE_DELAY_US = 60_000_000  # dynamic_batching.max_queue_delay_us: one minute
+MAX_QUEUE_SIZE = 1_000_000  # max_queue_size, here and in queue policies
+MAX_TIMEOUT_US = 3_600_000_000  # default_timeout_us of a queue policy: one hour
+MAX_PRIORITY_LEVELS = 1_000  # priority_levels (and so default_priority_level and priority_queue_policy keys)
+MAX_VERSIONS = 1_000_000  # version_policy {latest = N}, and entries in {specific = [...]}
+MAX_VERSION = (1 << 63) - 1  # a version number (int64, as in Triton)
+MAX_RANK = 32  # entries in an [[input]]/[[output]] dims
+MAX_DIM = (1 << 31) - 1  # one entry of dims
+MAX_NAME_BYTES = 255  # default_model_filename: one file name
+MAX_PIXELS = 1 << 30  # detection.max_pixels (32768 x 32768)
+MAX_CANDIDATES = 1_000_000  # detection.max_candidates
+MAX_INPUT_SIDE = 1 << 15  # detection.input_size, each side
+MAX_CLASS_ID = 1_000_000  # detection.classes, each id
+
+
+def nesting_depth(value: Any, limit: int = MAX_CONFIG_DEPTH) -> int:
+    """How deep dicts and lists nest in a parsed configuration (a scalar is 0), counted without recursion,
+    and at most ``limit + 1``: the walk stops once past ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class _Strict(BaseModel):
@@ -50,22 +93,23 @@ class TensorConfig(_Strict):
     @field_validator("dims")
     @classmethod
     def _dims(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and any(d < -1 or d == 0 for d in v):
-            raise ValueError(f"expected positive sizes or -1 (dynamic), got {v}")
+        if v is not None and (len(v) > MAX_RANK or any(d < -1 or d == 0 or d > MAX_DIM for d in v)):
+            raise ValueError(f"expected at most {MAX_RANK} sizes in 1..{MAX_DIM} or -1 (dynamic)")
         return v
 
 
 class InstanceGroupConfig(_Strict):
-    count: int = Field(1, ge=1, le=64)
+    count: int = Field(1, ge=1, le=MAX_INSTANCES)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    gpus: list[int] = Field(default_factory=lambda: [0])
+    gpus: list[Annotated[int, Field(ge=0, le=MAX_DEVICE_ID)]] = Field(default_factory=lambda: [0],
+                                                                      max_length=MAX_GPUS)
 
 
 class OnnxRuntimeConfig(_Strict):
     """ONNX Runtime session options. 0 threads means ONNX Runtime's default (all cores)."""
 
-    intra_op_num_threads: int = Field(0, ge=0)
-    inter_op_num_threads: int = Field(0, ge=0)
+    intra_op_num_threads: int = Field(0, ge=0, le=MAX_THREADS)
+    inter_op_num_threads: int = Field(0, ge=0, le=MAX_THREADS)
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     # In order of preference; default: CUDA (and TensorRT when listed) then CPU on device=cuda/auto.
@@ -83,19 +127,20 @@ class QueuePolicyConfig(_Strict):
     """Triton's ModelQueuePolicy: what happens to a request that waits longer than its timeout."""
 
     timeout_action: Literal["reject", "delay"] = "reject"
-    default_timeout_us: int = Field(0, ge=0)
+    default_timeout_us: int = Field(0, ge=0, le=MAX_TIMEOUT_US)
     allow_timeout_override: bool = True
-    max_queue_size: int = Field(0, ge=0)
+    max_queue_size: int = Field(0, ge=0, le=MAX_QUEUE_SIZE)
 
 
 class DynamicBatchingConfig(_Strict):
     """Triton's dynamic_batching block, plus Peregrine's adaptive window."""
 
-    preferred_batch_sizes: list[int] = Field(default_factory=list)
-    max_queue_delay_us: int = Field(0, ge=0)
-    max_queue_size: int = Field(0, ge=0)  # 0: unbounded
-    priority_levels: int = Field(0, ge=0)
-    default_priority_level: int = Field(0, ge=0)
+    preferred_batch_sizes: list[Annotated[int, Field(le=MAX_BATCH_SIZE)]] = Field(default_factory=list,
+                                                                                  max_length=MAX_BATCH_SIZES)
+    max_queue_delay_us: int = Field(0, ge=0, le=MAX_QUEUE_DELAY_US)
+    max_queue_size: int = Field(0, ge=0, le=MAX_QUEUE_SIZE)  # 0: unbounded
+    priority_levels: int = Field(0, ge=0, le=MAX_PRIORITY_LEVELS)
+    default_priority_level: int = Field(0, ge=0, le=MAX_PRIORITY_LEVELS)
     preserve_ordering: bool = False
     default_queue_policy: QueuePolicyConfig = Field(default_factory=QueuePolicyConfig)
     priority_queue_policy: dict[int, QueuePolicyConfig] = Field(default_factory=dict)
@@ -118,6 +163,8 @@ class DynamicBatchingConfig(_Strict):
             raise ValueError("expected a list of batch sizes or 'auto'")  # the formatter adds what came
         if any(b <= 0 for b in v):
             raise ValueError("expected positive batch sizes")
+        if len(v) > MAX_BATCH_SIZES or any(b > MAX_BATCH_SIZE for b in v):
+            raise ValueError(f"expected at most {MAX_BATCH_SIZES} sizes, each at most {MAX_BATCH_SIZE}")
         return sorted(set(v))
 
     @model_validator(mode="after")
@@ -129,6 +176,10 @@ class DynamicBatchingConfig(_Strict):
             )
         if any(b <= 0 for b in self.preferred_batch_sizes):
             raise ValueError(f"preferred_batch_sizes must be positive, got {self.preferred_batch_sizes}")
+        bad = [level for level in self.priority_queue_policy if not 1 <= level <= self.priority_levels]
+        if bad:
+            raise ValueError(f"priority_queue_policy: expected levels in 1..priority_levels "
+                             f"({self.priority_levels}), got {clipped(bad)}")
         return self
 
 
@@ -148,23 +199,26 @@ class DetectionConfig(_Strict):
     iou_threshold: float = Field(0.7, ge=0.0, le=1.0)
     max_detections: int = Field(300, ge=1, le=100_000)
     # Keep only these class ids (empty: all); class-agnostic NMS when agnostic_nms is set.
-    classes: list[int] = Field(default_factory=list)
+    classes: list[Annotated[int, Field(le=MAX_CLASS_ID)]] = Field(default_factory=list)
     agnostic_nms: bool = False
     # Class names by id; empty: the model's `names` metadata (ultralytics exports it), else "class<i>".
     labels: list[str] = Field(default_factory=list)
     # Images over this many pixels are rejected before decoding.
-    max_pixels: int = Field(8192 * 8192, ge=1)
+    max_pixels: int = Field(8192 * 8192, ge=1, le=MAX_PIXELS)
+    # A request whose images decode to more bytes than this (height x width x 3 each, read from their
+    # headers) is rejected before decoding; at most 1 TiB.
+    max_decoded_bytes_per_request: int = Field(256 * 1024 * 1024, ge=1, le=1 << 40)
     # Channel order of raw frames sent by clients and of the model's input tensor.
     frame_channel_order: Literal["rgb", "bgr"] = "rgb"
     model_channel_order: Literal["rgb", "bgr"] = "rgb"
     pad_value: int = Field(114, ge=0, le=255)
-    scale: float = 1 / 255
+    scale: float = Field(1 / 255, allow_inf_nan=False)
     # How the letterbox resizes: "linear" is cv2.resize(INTER_LINEAR) on the uint8 frame, byte for byte
     # (what ultralytics does, so the default); "area" is cv2's INTER_AREA, byte for byte; "float" blends
     # in floating point without rounding to uint8 (for models validated that way).
     resize: Literal["linear", "area", "float"] = "linear"
     # Decoded candidates kept per image before NMS, by score (ultralytics' max_nms).
-    max_candidates: int = Field(30000, ge=1)
+    max_candidates: int = Field(30000, ge=1, le=MAX_CANDIDATES)
     # DetectStream: frames one stream runs at once, and frames kept waiting behind them (the oldest
     # waiting frame is dropped when a new one arrives: latest frame wins).
     stream_max_in_flight: int = Field(2, ge=1, le=64)
@@ -173,8 +227,8 @@ class DetectionConfig(_Strict):
     @field_validator("input_size")
     @classmethod
     def _input_size(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (len(v) != 2 or any(d < 1 for d in v)):
-            raise ValueError(f"expected [height, width] in pixels, got {v}")
+        if v is not None and (len(v) != 2 or any(not 1 <= d <= MAX_INPUT_SIDE for d in v)):
+            raise ValueError(f"expected [height, width] in pixels, each in 1..{MAX_INPUT_SIDE}")
         return v
 
     @field_validator("classes")
@@ -193,7 +247,7 @@ class ModelConfig(_Strict):
     # the [detection] block.
     platform: Literal["onnxruntime_onnx", "peregrine_detection"] = "onnxruntime_onnx"
     # None: 8 when every input and output has a dynamic first dimension, else 0 (no batching).
-    max_batch_size: int | None = Field(None, ge=0)
+    max_batch_size: int | None = Field(None, ge=0, le=MAX_BATCH_SIZE)
     default_model_filename: str = "model.onnx"
     # "latest" (1 version), "all", {latest = N}, or {specific = [1, 3]}.
     version_policy: str | dict[str, int | list[int]] = "latest"
@@ -228,9 +282,28 @@ class ModelConfig(_Strict):
     def _policy(cls, v: str | dict[str, int | list[int]]) -> str | dict[str, int | list[int]]:
         if isinstance(v, str):
             if v not in ("latest", "all"):
-                raise ValueError(f"expected 'latest', 'all', {{latest = N}} or {{specific = [...]}}, got '{v}'")
+                raise ValueError("expected 'latest', 'all', {latest = N} or {specific = [...]}")
         elif set(v) not in ({"latest"}, {"specific"}):
-            raise ValueError(f"expected {{latest = N}} or {{specific = [...]}}, got {v}")
+            raise ValueError("expected {latest = N} or {specific = [...]}")
+        elif "latest" in v:
+            n = v["latest"]
+            if not isinstance(n, int) or not 1 <= n <= MAX_VERSIONS:
+                raise ValueError(f"expected {{latest = N}} with N in 1..{MAX_VERSIONS}")
+        else:
+            wanted = v["specific"]
+            if (not isinstance(wanted, list) or len(wanted) > MAX_VERSIONS
+                    or not all(0 <= x <= MAX_VERSION for x in wanted)):
+                raise ValueError(f"expected {{specific = [...]}} with at most {MAX_VERSIONS} versions, each in "
+                                 f"0..{MAX_VERSION}")
+        return v
+
+    @field_validator("default_model_filename")
+    @classmethod
+    def _filename(cls, v: str) -> str:
+        if (not v or len(v.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or "/" in v or "\\" in v
+                or v in (".", "..") or "\0" in v):
+            raise ValueError(f"expected a file name inside the version directory (no '/', '\\' or '..', at "
+                             f"most {MAX_NAME_BYTES} bytes)")
         return v
 
     def select_versions(self, available: list[int]) -> list[int]:
@@ -266,27 +339,40 @@ def check_batch_buckets(buckets: list[int], max_batch_size: int) -> None:
         )
 
 
-def _format_validation(err: ValidationError) -> str:
+def _format_validation(err: ValidationError, limit: int = 8) -> str:
+    """One line per problem (the first ``limit``), each naming the key; keys and values that came from the
+    configuration are clipped (:func:`~peregrine.server.core.errors.clipped`)."""
     parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    errors = err.errors()
+    for e in errors[:limit]:
+        loc = clipped(".".join(str(p) for p in e["loc"])) or "(top level)"
         got = e.get("input")
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = clipped(e["msg"].removeprefix("Value error, "), 1024)
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         if not e["loc"] and e["type"] == "value_error":
             parts.append(msg)  # a check across keys: its message names them and says what came
             continue
-        parts.append(f"{loc}: {msg} (got {got!r})" if got is not None and e["type"] != "missing" else f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg} (got {clipped(repr(got))})" if got is not None and e["type"] != "missing"
+                     else f"{loc}: {msg}")
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
     return "; ".join(parts)
 
 
 def parse_model_config(text: str, source: str = CONFIG_FILENAME) -> ModelConfig:
-    """Parse and validate a model's TOML configuration. Raises :class:`ModelLoadError`."""
+    """Parse and validate a model's TOML configuration. Raises :class:`ModelLoadError`, and only that,
+    whatever ``text`` holds (too long, nested too deep, numbers past the bounds above)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"{source}: expected at most {MAX_CONFIG_BYTES} bytes, got {len(text)} characters")
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ModelLoadError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ModelLoadError(f"{source}: not valid TOML: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+    except ValueError as e:  # TOMLDecodeError, and integers of more digits than int() takes
+        raise ModelLoadError(f"{source}: not valid TOML: {clipped(str(e), 1024)}") from None
+    if nesting_depth(raw) > MAX_CONFIG_DEPTH:
+        raise ModelLoadError(f"{source}: tables and arrays nested deeper than {MAX_CONFIG_DEPTH} levels")
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as e:
@@ -298,4 +384,13 @@ def load_model_config(model_dir: Path) -> ModelConfig:
     path = model_dir / CONFIG_FILENAME
     if not path.exists():
         return ModelConfig()
-    return parse_model_config(path.read_text(), f"{model_dir.name}/{CONFIG_FILENAME}")
+    source = f"{model_dir.name}/{CONFIG_FILENAME}"
+    with path.open("rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"{source}: expected at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return parse_model_config(text, source)

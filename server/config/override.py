@@ -6,45 +6,60 @@ The keys a Triton user tunes at load time are read and mapped to Peregrine's (do
 ``max_batch_size``, ``dynamic_batching`` (queue delay, preferred sizes, priorities, queue policies,
 ordering), one ``instance_group`` (count, kind, gpus), ``version_policy`` and ``parameters``. Anything
 else is refused with INVALID_ARGUMENT naming the key, rather than silently ignored.
+
+The text comes from a client: it is refused (INVALID_ARGUMENT, never another error) when longer than
+``MAX_CONFIG_BYTES``, nested deeper than ``MAX_CONFIG_DEPTH``, or holding a number that is not a plain
+integer; values past the bounds of :mod:`.model` are refused when the result is validated.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..core.errors import InvalidArgument
-from .model import ModelConfig, _format_validation
+from ..core.errors import InvalidArgument, clipped
+from .model import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, ModelConfig, _format_validation, nesting_depth
 
 _KINDS = {"KIND_AUTO": "auto", "KIND_GPU": "cuda", "KIND_CPU": "cpu"}
+# Protobuf's JSON writes 64-bit integers as strings: ASCII digits only (int() would also take " 1 ", "0_1"
+# and other scripts' digits), and no more than a 64-bit integer has.
+_INTEGER = re.compile(r"-?[0-9]+")
+_INTEGER_DIGITS = 20  # int64's and uint64's range; a longer number is out of every bound
 
 
 def _int(value: Any, key: str) -> int:
-    # Protobuf's JSON writes 64-bit integers as strings.
-    try:
-        if isinstance(value, bool):
-            raise ValueError
+    """An integer as protobuf's JSON writes one: a number without a fraction, or a string of digits. Its
+    range is checked when the configuration is validated (config.model's bounds)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"parameters.config.{key}: expected an integer, got {value!r}") from None
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        if len(value.lstrip("-")) > _INTEGER_DIGITS:
+            raise InvalidArgument(f"parameters.config.{clipped(key)}: expected an integer of at most "
+                                  f"{_INTEGER_DIGITS} digits, got {len(value.lstrip('-'))} digits")
+        return int(value)
+    raise InvalidArgument(f"parameters.config.{clipped(key)}: expected an integer, got {clipped(repr(value))}")
 
 
 def _bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidArgument(f"parameters.config.{key}: expected true or false, got {value!r}")
+        raise InvalidArgument(f"parameters.config.{clipped(key)}: expected true or false, got {clipped(repr(value))}")
     return value
 
 
 def _object(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidArgument(f"parameters.config.{key}: expected an object, got {value!r}")
+        raise InvalidArgument(f"parameters.config.{clipped(key)}: expected an object, got {clipped(repr(value))}")
     return value
 
 
 def _unknown(key: str, known: dict[str, Any] | set[str]) -> InvalidArgument:
-    return InvalidArgument(f"parameters.config.{key}: not supported in a load override; supported: "
+    return InvalidArgument(f"parameters.config.{clipped(key)}: not supported in a load override; supported: "
                            f"{', '.join(sorted(known))}")
 
 
@@ -53,7 +68,8 @@ def _queue_policy(raw: Any, key: str) -> dict[str, Any]:
     for k, v in _object(raw, key).items():
         if k == "timeout_action":
             if v not in ("REJECT", "DELAY"):
-                raise InvalidArgument(f"parameters.config.{key}.timeout_action: expected REJECT or DELAY, got {v!r}")
+                raise InvalidArgument(f"parameters.config.{key}.timeout_action: expected REJECT or DELAY, "
+                                      f"got {clipped(repr(v))}")
             out["timeout_action"] = v.lower()
         elif k == "default_timeout_microseconds":
             out["default_timeout_us"] = _int(v, f"{key}.{k}")
@@ -75,7 +91,7 @@ def _dynamic_batching(raw: Any) -> dict[str, Any]:
             out["max_queue_delay_us"] = _int(v, f"{key}.{k}")
         elif k == "preferred_batch_size":
             if not isinstance(v, list):
-                raise InvalidArgument(f"parameters.config.{key}.{k}: expected a list of sizes, got {v!r}")
+                raise InvalidArgument(f"parameters.config.{key}.{k}: expected a list of sizes, got {clipped(repr(v))}")
             out["preferred_batch_sizes"] = [_int(x, f"{key}.{k}") for x in v]
         elif k in ("priority_levels", "default_priority_level"):
             out[k] = _int(v, f"{key}.{k}")
@@ -84,7 +100,7 @@ def _dynamic_batching(raw: Any) -> dict[str, Any]:
         elif k == "default_queue_policy":
             out[k] = _queue_policy(v, f"{key}.{k}")
         elif k == "priority_queue_policy":
-            out[k] = {_int(level, f"{key}.{k}"): _queue_policy(p, f"{key}.{k}.{level}")
+            out[k] = {_int(level, f"{key}.{k}"): _queue_policy(p, f"{key}.{k}.{clipped(level)}")
                       for level, p in _object(v, f"{key}.{k}").items()}
         else:
             raise _unknown(f"{key}.{k}", {"max_queue_delay_microseconds", "preferred_batch_size", "priority_levels",
@@ -96,7 +112,7 @@ def _dynamic_batching(raw: Any) -> dict[str, Any]:
 def _instance_group(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, list) or len(raw) != 1:
         raise InvalidArgument(f"parameters.config.instance_group: expected one group (Peregrine runs one per "
-                              f"model), got {raw!r}")
+                              f"model), got {clipped(repr(raw))}")
     out: dict[str, Any] = {}
     for k, v in _object(raw[0], "instance_group[0]").items():
         if k == "count":
@@ -104,11 +120,12 @@ def _instance_group(raw: Any) -> dict[str, Any]:
         elif k == "kind":
             if v not in _KINDS:
                 raise InvalidArgument(f"parameters.config.instance_group[0].kind: expected one of "
-                                      f"{', '.join(_KINDS)}, got {v!r}")
+                                      f"{', '.join(_KINDS)}, got {clipped(repr(v))}")
             out["device"] = _KINDS[v]
         elif k == "gpus":
             if not isinstance(v, list):
-                raise InvalidArgument(f"parameters.config.instance_group[0].gpus: expected a list, got {v!r}")
+                raise InvalidArgument(f"parameters.config.instance_group[0].gpus: expected a list, "
+                                      f"got {clipped(repr(v))}")
             out["gpus"] = [_int(g, f"instance_group[0].{k}") for g in v]
         elif k != "name":
             raise _unknown(f"instance_group[0].{k}", {"count", "kind", "gpus", "name"})
@@ -124,26 +141,45 @@ def _version_policy(raw: Any) -> Any:
                                "version_policy.latest.num_versions")}
     if set(policy) == {"specific"}:
         versions = _object(policy["specific"], "version_policy.specific").get("versions", [])
+        if not isinstance(versions, list):
+            raise InvalidArgument(f"parameters.config.version_policy.specific.versions: expected a list, "
+                                  f"got {clipped(repr(versions))}")
         return {"specific": [_int(v, "version_policy.specific.versions") for v in versions]}
-    raise InvalidArgument(f"parameters.config.version_policy: expected one of latest, all, specific, got {policy!r}")
+    raise InvalidArgument(f"parameters.config.version_policy: expected one of latest, all, specific, "
+                          f"got {clipped(repr(policy))}")
 
 
 def parse_triton_override(text: str, model: str) -> dict[str, Any]:
-    """Peregrine config keys from a Triton model configuration in JSON. Raises InvalidArgument."""
+    """Peregrine config keys from a Triton model configuration in JSON. Raises InvalidArgument, and only
+    that, whatever ``text`` holds."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise InvalidArgument(f"parameters.config: expected at most {MAX_CONFIG_BYTES} bytes of JSON, "
+                              f"got {len(text)} characters")
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidArgument(f"parameters.config: expected a model configuration in JSON, got invalid JSON ({e})") \
-            from None
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit, cleanly
+        raise InvalidArgument(f"parameters.config: objects and lists nested deeper than {MAX_CONFIG_DEPTH} "
+                              "levels") from None
+    except ValueError as e:  # JSONDecodeError, and integers of more digits than int() takes
+        raise InvalidArgument(f"parameters.config: expected a model configuration in JSON, got invalid JSON "
+                              f"({clipped(str(e))})") from None
+    if nesting_depth(raw) > MAX_CONFIG_DEPTH:
+        raise InvalidArgument(f"parameters.config: objects and lists nested deeper than {MAX_CONFIG_DEPTH} levels")
+    try:  # JSON may escape a lone surrogate ("\\ud800"), which no protobuf string (ModelConfig's) can carry
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("parameters.config: a string holds an escaped lone surrogate, which is not "
+                              "Unicode text") from None
     out: dict[str, Any] = {}
     for k, v in _object(raw, "(top level)").items():
         if k == "name":
             if v != model:
-                raise InvalidArgument(f"parameters.config.name: expected '{model}' (the model loaded), got {v!r}")
+                raise InvalidArgument(f"parameters.config.name: expected '{clipped(model)}' (the model loaded), "
+                                      f"got {clipped(repr(v))}")
         elif k in ("platform", "backend"):
             if v not in ("onnxruntime_onnx", "onnxruntime"):
                 raise InvalidArgument(f"parameters.config.{k}: Peregrine serves ONNX models with ONNX Runtime, "
-                                      f"got {v!r}")
+                                      f"got {clipped(repr(v))}")
         elif k == "max_batch_size":
             out[k] = _int(v, k)
         elif k == "dynamic_batching":
@@ -156,8 +192,8 @@ def parse_triton_override(text: str, model: str) -> dict[str, Any]:
             params = {}
             for name, value in _object(v, k).items():
                 if not isinstance(value, dict) or not isinstance(value.get("string_value"), str):
-                    raise InvalidArgument(f"parameters.config.parameters.{name}: expected "
-                                          f'{{"string_value": "..."}}, got {value!r}')
+                    raise InvalidArgument(f"parameters.config.parameters.{clipped(name)}: expected "
+                                          f'{{"string_value": "..."}}, got {clipped(repr(value))}')
                 params[name] = value["string_value"]
             out[k] = params
         else:

@@ -18,16 +18,27 @@ class ServerConfig:
     grpc_port: int = 8001  # 0 picks a free port; the server reports the one it bound
     http_port: int | None = 8002  # Prometheus metrics; None disables
     max_message_bytes: int = 512 * 1024 * 1024
+    # Bytes of decoded frames that detection requests hold at once, from decoding until answered (with the
+    # working memory of the images being decoded): a request that does not fit is RESOURCE_EXHAUSTED at once.
+    max_decoded_bytes_in_flight: int = 2 * 1024 * 1024 * 1024
     grpc_workers: int = 64
     # "all": load every model at start-up; "explicit": load only `load_models` (and on request).
     model_control_mode: Literal["all", "explicit"] = "all"
     load_models: list[str] = field(default_factory=list)
     server_name: str = "peregrine"
     strict_model_config: bool = False
+    # Triton's --strict-readiness: the server is ready only while every model it was asked to load is ready.
+    strict_readiness: bool = True
+    # Triton's --exit-on-error: a model that fails to load at start-up stops the server (else it is UNAVAILABLE
+    # with its reason and the others are served).
+    exit_on_error: bool = False
     # Triton's shared-memory extension (docs/SHARED_MEMORY.md). Off: its calls answer UNIMPLEMENTED.
     shared_memory: bool = True
     # When not empty, clients may register only POSIX shared-memory keys whose name starts with one of these.
     shm_key_prefixes: tuple[str, ...] = ()
+    # The most shared-memory regions (system and CUDA) held at once; RESOURCE_EXHAUSTED beyond. Each system
+    # region holds a file descriptor, so the server also keeps it under half the open-file limit.
+    max_shm_regions: int = 1024
     # TLS for the gRPC port (docs/SECURITY.md): PEM certificate chain and key; with `tls_client_ca`,
     # clients must present a certificate signed by that CA (mutual TLS). None: plain text.
     tls_cert: Path | None = None

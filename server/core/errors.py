@@ -96,6 +96,23 @@ class ModelExecutionError(PeregrineError):
         self.detail = message
 
 
+CLIP_LIMIT = 256  # characters of a client-provided string that a message or log line shows
+
+
+def clipped(value: object, limit: int = CLIP_LIMIT) -> str:
+    """A client-provided string (a model, tensor or parameter name, a version, a key; or any value, as its
+    ``repr``) as an error message or log line may show it: at most ``limit`` characters, then an ellipsis
+    and the original length; control and other unprintable characters escaped, so that a message stays one
+    printable line whatever the client sent."""
+    text = value if isinstance(value, str) else repr(value)
+    shown = text[:limit]
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    if len(text) <= limit and len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}… ({len(text)} characters)"
+
+
 def status_name(error: BaseException) -> str:
     """The name of the gRPC status an exception maps to (``"INVALID_ARGUMENT"``, ...): a PeregrineError's
     own code, CANCELLED for a cancelled future, INTERNAL for anything else."""

@@ -159,7 +159,8 @@ class DataPlane:
     Thread-safe; its blocking calls run in the transport's threads, the models' schedulers on ``loop``."""
 
     def __init__(self, repository: ModelRepository, loop: EventLoopThread, shared_memory: SharedMemoryRegistry,
-                 tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "") -> None:
+                 tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "",
+                 strict_readiness: bool = True) -> None:
         self.repository = repository
         self.loop = loop
         self.shared_memory = shared_memory
@@ -169,7 +170,8 @@ class DataPlane:
         self.name = name
         self.version = version
         self.kernel_tier = kernel_tier
-        self.ready = False
+        self.started = False  # serving: set once start-up is over, cleared when shutdown begins
+        self.strict_readiness = strict_readiness
 
     def scope(self, call: Call, model_name: str, started_ns: int | None = None) -> RequestScope:
         """Open the scope of one request for ``model_name`` (as the client named it) arriving on ``call``
@@ -183,6 +185,12 @@ class DataPlane:
         return StreamDriver(self, call, adapter, policy).run(messages)
 
     # -- health and metadata --------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Serving and, with strict readiness (the default, as in Triton), every model the server was asked
+        to load is ready."""
+        return self.started and not (self.strict_readiness and self.repository.unready())
+
     def server_metadata(self) -> ServerMetadata:
         extensions = list(EXTENSIONS)
         if self.shared_memory.enabled:

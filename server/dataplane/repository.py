@@ -3,12 +3,15 @@
 Loading and unloading are blocking (ONNX Runtime sessions open in the calling thread) and serialised
 per model. A model that fails to load is recorded as UNAVAILABLE with its reason; it never takes the
 server down. A reload swaps the new versions in before the old ones drain and stop.
+
+Names and versions come from clients: a model name is one directory name (see :func:`model_name_problem`)
+and a version is ASCII decimal digits (:func:`parse_version`), checked before the file system is touched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +20,41 @@ from typing import Any
 
 from ..config.model import CONFIG_FILENAME, ModelConfig, load_model_config
 from ..config.override import apply_override
-from ..core.errors import ModelLoadError, NotFound, PeregrineError, Unavailable
+from ..core.errors import InvalidArgument, ModelLoadError, NotFound, PeregrineError, Unavailable, clipped
 from ..models.base import ModelVersion
 from ..models.registry import load_version
 from ..scheduling.loop import EventLoopThread
 
 log = logging.getLogger(__name__)
+
+MAX_NAME_BYTES = 255  # a model name is one directory name: NAME_MAX on Linux
+_VERSION = re.compile(r"[0-9]{1,19}")  # ASCII digits only (int() takes "0_1", " 1 " and other scripts' digits)
+_INT64_MAX = (1 << 63) - 1
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model directory, or None when it can: not empty, at most
+    :data:`MAX_NAME_BYTES` bytes of UTF-8, no '/', '\\', '..', NUL or other control characters, not
+    starting with '.' (hidden directories are not models)."""
+    if not name:
+        return "expected a model name, got an empty string"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return f"expected at most {MAX_NAME_BYTES} bytes of UTF-8, got {size}"
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        return "a model name is one directory name: no '/', '\\' or '..', and not starting with '.'"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        return "a model name holds no NUL or other control characters"
+    return None
+
+
+def parse_version(text: str) -> int | None:
+    """A model version from its text (a request's ``model_version``, a version directory's name): ASCII
+    decimal digits of an int64, else None."""
+    if not _VERSION.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= _INT64_MAX else None
 
 
 @dataclass
@@ -32,6 +64,7 @@ class ModelState:
     reason: str = ""
     config: ModelConfig | None = None
     versions: dict[int, ModelVersion] | None = None
+    wanted: bool = True  # asked to load (at start-up or by a load call) and not unloaded since: counts for readiness
 
 
 class ModelRepository:
@@ -51,7 +84,7 @@ class ModelRepository:
             return []
         return sorted(
             p.name for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".")
+            if model_name_problem(p.name) is None and p.is_dir()
             and ((p / CONFIG_FILENAME).exists() or any(_versions(p)))
         )
 
@@ -73,17 +106,17 @@ class ModelRepository:
         """The ready model version (the newest when ``version`` is empty)."""
         st = self._states.get(name)
         if st is None or (st.state != "READY" and not st.versions):
-            if st is None and name not in self.available():
-                raise NotFound(f"unknown model '{name}'")
+            if st is None and (model_name_problem(name) is not None or name not in self.available()):
+                raise NotFound(f"unknown model '{clipped(name)}'")
             raise Unavailable(f"model '{name}' is not ready ({st.state.lower() if st else 'not loaded'}"
                               f"{': ' + st.reason if st and st.reason else ''})")
         versions = st.versions or {}
         if not version:
             return versions[max(versions)]
-        try:
-            v = int(version)
-        except ValueError:
-            raise NotFound(f"model '{name}' has no version '{version}' (versions are integers)") from None
+        v = parse_version(version)
+        if v is None:
+            raise NotFound(f"model '{name}' has no version '{clipped(version)}' (a version is decimal digits, "
+                           "such as '1')")
         if v not in versions:
             raise NotFound(f"model '{name}' has no ready version {v}; ready: {sorted(versions)}")
         return versions[v]
@@ -100,11 +133,15 @@ class ModelRepository:
         """(Re)load a model from disk, with ``override`` (Peregrine config keys, see config.override)
         laid over its config.toml for this load. Raises NotFound, InvalidArgument or ModelLoadError; the
         server keeps serving."""
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise InvalidArgument(f"model_name '{clipped(name)}': {problem}")
         model_dir = self.root / name
-        if "/" in name or name.startswith(".") or not model_dir.is_dir():
+        if not model_dir.is_dir():
             raise NotFound(f"no model directory '{name}' in the repository")
         with self._lock(name):
             st = self._states.setdefault(name, ModelState(name))
+            st.wanted = True
             previous = dict(st.versions or {})
             st.state = "LOADING" if not previous else st.state
             try:
@@ -156,32 +193,54 @@ class ModelRepository:
         detector = config.detection.detector if config.detection else None
         if not detector:
             return model_dir
+        if model_name_problem(detector) is not None or not (self.root / detector).is_dir():
+            raise ModelLoadError(f"{name}/{CONFIG_FILENAME}: detection.detector '{clipped(detector)}' is not a "
+                                 "model directory in the repository")
         files_dir = self.root / detector
-        if "/" in detector or detector.startswith(".") or not files_dir.is_dir():
-            raise ModelLoadError(f"{name}/{CONFIG_FILENAME}: detection.detector '{detector}' is not a model "
-                                 "directory in the repository")
         return files_dir
 
     def unload(self, name: str) -> None:
         """Stop serving a model; queued and running requests finish first."""
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise InvalidArgument(f"model_name '{clipped(name)}': {problem}")
+        if name not in self._states and name not in self.available():
+            # Before taking the model's lock: a lock is kept per name, so only for names that exist.
+            raise NotFound(f"unknown model '{name}'")
         with self._lock(name):
             st = self._states.get(name)
             if st is None or not st.versions:
-                if name not in self.available() and st is None:
-                    raise NotFound(f"unknown model '{name}'")
+                if st is not None:
+                    st.wanted = False  # nothing to stop, but no longer asked for: readiness stops waiting for it
                 return
             versions = st.versions
             st.state = "UNLOADING"
             self._on_change(name, False)
             for m in versions.values():
                 self.loop.run(m.stop())
-            st.versions, st.state, st.reason = None, "UNAVAILABLE", "unloaded"
+            st.versions, st.state, st.reason, st.wanted = None, "UNAVAILABLE", "unloaded", False
 
-    def load_all(self, names: list[str] | None = None) -> None:
+    def load_all(self, names: list[str] | None = None) -> list[str]:
+        """Load every model (or ``names``); returns the names that failed. A failure is recorded as
+        UNAVAILABLE with its reason (also for a name with no directory) and the others still load."""
+        failed = []
         for name in names if names is not None else self.available():
-            # A failure is recorded as UNAVAILABLE with its reason; the others still load.
-            with contextlib.suppress(PeregrineError):
+            try:
                 self.load(name)
+            except PeregrineError as e:
+                failed.append(name)
+                if name not in self._states and model_name_problem(name) is None:
+                    self._states[name] = ModelState(name, reason=e.message)
+        return failed
+
+    # -- what the server says of itself ---------------------------------------------------------
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model the server has loaded or tried to (a name fit for a metrics label)."""
+        return name in self._states
+
+    def unready(self) -> list[str]:
+        """Models asked to load (and not unloaded since) that are not ready: what strict readiness waits for."""
+        return sorted(st.name for st in list(self._states.values()) if st.wanted and st.state != "READY")
 
     def unload_all(self) -> None:
         for name in list(self._states):
@@ -189,4 +248,11 @@ class ModelRepository:
 
 
 def _versions(model_dir: Path) -> list[int]:
-    return [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    """The versions present: subdirectories named by a version in its plain form ("1", not "01": the
+    directory is found again as ``str(version)``)."""
+    found = []
+    for p in model_dir.iterdir():
+        v = parse_version(p.name)
+        if v is not None and str(v) == p.name and p.is_dir():
+            found.append(v)
+    return found

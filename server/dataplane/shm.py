@@ -4,7 +4,8 @@ A client puts tensors in memory it shares with the server and registers that mem
 requests then name the region (with an offset and a byte size) instead of carrying the bytes.
 
 - **System regions** are POSIX shared-memory objects, ``/dev/shm/<key>``, mapped once at registration.
-  Inputs are NumPy views of the mapping (no copy); outputs are written into it.
+  Inputs are NumPy views of the mapping (no copy); outputs are written through the object's file
+  descriptor (``pwrite``), never through the mapping.
 - **CUDA regions** are ``cudaIpcMemHandle_t`` handles, opened once with CuPy's runtime IPC API; inputs are
   CuPy arrays over the device pointer (fed to ONNX Runtime's IO binding), outputs are copied into it.
 
@@ -15,6 +16,33 @@ registered again) and unmaps the memory when the last lease is returned. Arrays 
 freed memory: a system region whose views are still alive has its range replaced by private zero pages,
 released when the last view is gone; a CUDA region stays open until then. ``close()`` at shutdown unmaps
 everything.
+
+Truncated objects (SIGBUS). The client owns the object and may shrink it at any time (``ftruncate``); a
+read or write of a mapped page past the object's end is a SIGBUS, which kills the process. So every use
+checks first that the object still covers the region: ``fstat`` on the region's own file descriptor when a
+request takes its lease (while decoding, before any byte is read) and again right before an output is
+written, and answers INVALID_ARGUMENT naming the region, its registered size and the object's size now.
+The descriptor is the mapped object itself, so an object unlinked and re-created under the same key does
+not fool the check (the region stays the object that was registered, as in Triton: re-register to follow
+the new one). What remains:
+
+- outputs: none. They are written with ``pwrite`` after the check; a file write past the end never
+  faults (if the client truncates in between, the write extends the object again, the client's doing).
+- inputs: between the lease (decode) and the moment the model has read the view (validation, queueing,
+  the run), a process that shrinks the object while a request reading from it is in flight still kills
+  the server (only a local process that may write the object can). Closing that window needs a copy at
+  decode (losing zero copy) or a native SIGBUS guard around the reads; neither is here. BYTES inputs and
+  misaligned inputs are read (copied) at decode, microseconds after the check.
+
+Bounds: at most ``max_regions`` regions (both kinds, counting unregistered ones still in use), and never
+more than half the process's open-file limit, RESOURCE_EXHAUSTED beyond; region names of at most
+:data:`MAX_NAME_CHARS` characters; client strings in messages clipped to 256 characters.
+
+File descriptors: a system region keeps exactly one, the one it was opened with (the mapping is made with
+libc's ``mmap``, not Python's, which would keep a second, duplicated one). It is kept because the checks
+above need it: ``fstat`` on a descriptor of the mapped object is the only way to learn its size now (the
+key may name another object by then), and outputs are written through it. It is closed when the region is
+released (unregistered and no request using it, or shutdown) and on every failed registration.
 
 Region names share one namespace across system and CUDA regions (as in Triton). This module knows
 nothing of gRPC or protobuf: errors are :mod:`peregrine.server.core.errors` classes.
@@ -28,6 +56,7 @@ import gc
 import logging
 import mmap
 import os
+import resource
 import stat
 import threading
 import weakref
@@ -38,13 +67,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..core.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unavailable, Unimplemented
+from ..core.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+    clipped,
+)
 
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 CUDA_IPC_HANDLE_BYTES = 64
 _NAME_MAX = 255
+MAX_NAME_CHARS = 256  # a region name's length; the registry holds at most max_regions of them
+DEFAULT_MAX_REGIONS = 1024  # ServerConfig.max_shm_regions, --max-shm-regions
 NO_CUDA_MESSAGE = "CUDA shared memory needs a GPU and CuPy; this server has none"
 
 Kind = Literal["system", "cuda"]
@@ -72,7 +112,7 @@ def shm_path(key: str) -> Path:
     if not name or "/" in name or ".." in name or "\0" in name or len(name.encode()) > _NAME_MAX:
         raise InvalidArgument(
             f"key: expected a POSIX shared-memory key, '/' and a name without '/' or '..' "
-            f"(at most {_NAME_MAX} bytes), got {key!r}"
+            f"(at most {_NAME_MAX} bytes), got {clipped(repr(key))}"
         )
     return SHM_DIR / name
 
@@ -97,6 +137,9 @@ class _Region:
     def view(self, offset: int, byte_size: int, writable: bool) -> Any:
         """Bytes ``[offset, offset + byte_size)`` as a uint8 array (bounds already checked)."""
         raise NotImplementedError
+
+    def check(self, what: str) -> None:
+        """Raise when the memory behind the region can no longer be used (see :meth:`SystemRegion.check`)."""
 
     def close(self) -> bool:
         """Called once retired with no leases: release the memory. True when nothing is left to do."""
@@ -141,27 +184,69 @@ class _Owner:
 # Linux mmap flags that Python's mmap module does not name.
 _MAP_FIXED = 0x10
 _MAP_NORESERVE = 0x4000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 _libc: Any = None
+
+
+def _c() -> Any:
+    """libc's mmap and munmap (Python's mmap module keeps a duplicate of the file descriptor per mapping)."""
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_long]
+        lib.munmap.restype = ctypes.c_int
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _libc = lib
+    return _libc
+
+
+def _map_shared(fd: int, length: int, offset: int) -> int:
+    """Map ``length`` bytes of ``fd`` from ``offset`` (page-aligned) shared and read-write; the address."""
+    got = _c().mmap(None, length, _PROT_RW, mmap.MAP_SHARED, fd, offset)
+    if got is None or got == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(got)
 
 
 def _placeholder(address: int, length: int) -> None:
     """Replace ``[address, address + length)`` with private, zero-filled pages in one step (MAP_FIXED): the
     shared object is released, an array still pointing there reads zeros instead of faulting."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mmap.restype = ctypes.c_void_p
-        _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                               ctypes.c_long]
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
-    got = _libc.mmap(address, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    got = _c().mmap(address, length, _PROT_RW, flags, -1, 0)
     if got != address:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap(MAP_FIXED) over a shared-memory region: {os.strerror(err)}")
 
 
+def _open_object(path: Path, key: str) -> int:
+    """A read-write descriptor of the shared-memory object at ``path`` (``key`` as the client gave it)."""
+    shown = clipped(repr(key))
+    try:
+        # O_NOFOLLOW as glibc's shm_open: /dev/shm is world-writable, a planted symlink must not be followed.
+        return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"key: no shared-memory object {shown} ({path} does not exist); "
+                       "create it before registering the region") from None
+    except PermissionError:
+        raise PermissionDenied(f"key: the server may not open {shown} ({path}) for reading and writing") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InvalidArgument(f"key: {path} is a symbolic link, expected a shared-memory object") from None
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise ResourceExhausted(f"key: the server has no file descriptor left to open {shown} "
+                                    f"({e.strerror}); unregister regions that are no longer used") from None
+        raise InvalidArgument(f"key: cannot open {shown}: {e.strerror}") from None
+
+
 class SystemRegion(_Region):
-    """``byte_size`` bytes at ``offset`` of the POSIX shared-memory object ``key``, mapped read-write."""
+    """``byte_size`` bytes at ``offset`` of the POSIX shared-memory object ``key``, mapped read-write.
+
+    Holds the object's file descriptor until released: every use checks the object's size on it first
+    (:meth:`check`), and outputs are written through it (:meth:`write`)."""
 
     kind: Kind = "system"
 
@@ -170,40 +255,34 @@ class SystemRegion(_Region):
         self.key = key
         self.offset = offset
         path = shm_path(key)
-        try:
-            # O_NOFOLLOW as glibc's shm_open: /dev/shm is world-writable, a planted symlink must not be followed.
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"key: no shared-memory object {key!r} ({path} does not exist); "
-                           "create it before registering the region") from None
-        except PermissionError:
-            raise PermissionDenied(f"key: the server may not open {key!r} ({path}) for reading and writing") from None
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise InvalidArgument(f"key: {path} is a symbolic link, expected a shared-memory object") from None
-            raise InvalidArgument(f"key: cannot open {key!r}: {e.strerror}") from None
+        fd = _open_object(path, key)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidArgument(f"key: {path} is not a shared-memory object")
             if offset + byte_size > st.st_size:
                 raise InvalidArgument(
-                    f"offset, byte_size: region '{name}' asks for bytes [{offset}, {offset + byte_size}) of {key!r}, "
-                    f"which holds {st.st_size} bytes"
+                    f"offset, byte_size: region '{clipped(name)}' asks for bytes [{offset}, {offset + byte_size}) "
+                    f"of {clipped(repr(key))}, which holds {st.st_size} bytes"
                 )
             # mmap offsets must be page-aligned: map from the page that holds `offset`.
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
-            self._mmap = mmap.mmap(fd, byte_size + (offset - start), flags=mmap.MAP_SHARED,
-                                   prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-        finally:
+            self._length = byte_size + (offset - start)
+            try:
+                self._base = _map_shared(fd, self._length, start)
+            except OSError as e:
+                if e.errno == errno.ENOMEM:  # the process's map count or address space
+                    raise ResourceExhausted(f"region '{clipped(name)}': the server cannot map {byte_size} more "
+                                            f"bytes ({e.strerror})") from None
+                raise InvalidArgument(f"key: cannot map {clipped(repr(key))}: {e.strerror}") from None
+        except BaseException:
             os.close(fd)
-        # Views are made from the address, not from the mmap's buffer: Python refuses to close an mmap with
-        # buffer exports, and the views' lifetime is tracked here instead (see _HostBytes).
-        probe = ctypes.c_char.from_buffer(self._mmap)
-        self._base = ctypes.addressof(probe)
-        del probe
+            raise
+        self._fd = fd  # -1 once closed
+        self._io = 0  # writes through the descriptor in progress (see write)
         self._address = self._base + (offset - start)
         self._shared = True  # False once the placeholder replaced the client's pages
+        self._unmapped = False
 
     def status(self) -> RegionStatus:
         return RegionStatus(self.name, "system", self.byte_size, key=self.key, offset=self.offset)
@@ -213,23 +292,77 @@ class SystemRegion(_Region):
         self._track(owner)
         return np.asarray(owner)
 
+    def check(self, what: str) -> None:
+        """Raise InvalidArgument when the object no longer covers the region: a page past its end would be a
+        SIGBUS. ``fstat`` on the region's own descriptor, so a replaced object cannot fool it. Call it with
+        the descriptor open (a lease held, or the registry's lock)."""
+        size = os.fstat(self._fd).st_size
+        if self.offset + self.byte_size > size:
+            raise InvalidArgument(
+                f"{what}: region '{clipped(self.name)}' is registered as {self.byte_size} bytes at offset "
+                f"{self.offset} of {clipped(repr(self.key))}, which now holds {size} bytes (shrunk since it was "
+                "registered); restore the object's size, or unregister the region and register it again"
+            )
+
+    def write(self, offset: int, data: Any, what: str) -> None:
+        """Write the bytes of ``data`` (a contiguous uint8 array or bytes) at ``offset`` of the region,
+        through the descriptor (``pwrite``): a write never faults, whatever the client did to the object.
+        Raises InvalidArgument when the object no longer covers the region, ResourceExhausted when
+        /dev/shm is full, Unavailable when the region was released meanwhile (shutdown)."""
+        with self._lock:
+            if self._fd < 0:
+                raise Unavailable(f"{what}: region '{clipped(self.name)}' was released (the server is stopping)")
+            self._io += 1
+        try:
+            self.check(what)
+            buffer = memoryview(data).cast("B")
+            position = self.offset + offset
+            while buffer:
+                n = os.pwrite(self._fd, buffer, position)
+                buffer, position = buffer[n:], position + n
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise ResourceExhausted(f"{what}: cannot write into region '{clipped(self.name)}' "
+                                        f"({e.strerror})") from None
+            raise
+        finally:
+            with self._lock:
+                self._io -= 1
+                if self._io == 0 and self._unmapped_or_replaced():
+                    self._close_fd()
+
     def close(self) -> bool:
         if self.views == 0:
-            self._mmap.close()
+            self._unmap()
         elif self._shared:
-            _placeholder(self._base, len(self._mmap))
+            _placeholder(self._base, self._length)
         self._shared = False
-        if self.views == 0 and not self._mmap.closed:  # the last view went while the placeholder went in
-            self._mmap.close()
+        if self.views == 0:  # the last view went while the placeholder went in
+            self._unmap()
+        if self._io == 0:  # else the last write in progress closes it
+            self._close_fd()
         return True
 
     def _views_gone(self) -> None:
-        if not self._shared and not self._mmap.closed:
-            self._mmap.close()
+        if not self._shared:
+            self._unmap()
+
+    def _unmapped_or_replaced(self) -> bool:
+        return not self._shared or self._unmapped
+
+    def _unmap(self) -> None:
+        if not self._unmapped:
+            self._unmapped = True
+            _c().munmap(self._base, self._length)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
     @property
     def mapped(self) -> bool:
-        return self._shared and not self._mmap.closed
+        return self._shared and not self._unmapped
 
 
 class CudaRegion(_Region):
@@ -350,14 +483,21 @@ class SharedMemoryRegistry:
 
     ``allowed_key_prefixes``: when not empty, only keys whose name (without the leading '/') starts with
     one of these may be registered (PERMISSION_DENIED otherwise). ``enabled`` False turns the extension
-    off: every call answers UNIMPLEMENTED."""
+    off: every call answers UNIMPLEMENTED. ``max_regions``: the most regions (system and CUDA together)
+    held at once, RESOURCE_EXHAUSTED beyond; lowered to half the open-file limit where that is smaller,
+    since each system region holds a file descriptor. Raises ValueError for a bad prefix or bound."""
 
-    def __init__(self, allowed_key_prefixes: Sequence[str] = (), enabled: bool = True) -> None:
+    def __init__(self, allowed_key_prefixes: Sequence[str] = (), enabled: bool = True,
+                 max_regions: int = DEFAULT_MAX_REGIONS) -> None:
         self.allowed_key_prefixes = tuple(p.lstrip("/") for p in allowed_key_prefixes)
         for p in self.allowed_key_prefixes:
             if not p or "/" in p or ".." in p:
                 raise ValueError(f"shared-memory key prefix {p!r}: expected a non-empty name without '/' or '..'")
+        if max_regions < 1:
+            raise ValueError(f"max_shm_regions: expected at least 1 region, got {max_regions} "
+                             "(turn shared memory off with --no-shared-memory instead)")
         self.enabled = enabled
+        self.max_regions = max_regions
         self._regions: dict[str, _Region] = {}
         self._retiring: list[_Region] = []  # unregistered, still leased by requests in flight
         # Reentrant: a view's finalizer (which takes the lock) may run inside a locked section, whenever an
@@ -373,11 +513,31 @@ class SharedMemoryRegistry:
             raise Unavailable("the server is shutting down")
 
     def _check_new_name(self, name: str) -> None:
+        """Checks before a registration, with the lock held: the name, then the bound on regions."""
         if not name:
             raise InvalidArgument("name: expected a region name, got an empty string")
+        if len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"name: expected at most {MAX_NAME_CHARS} characters, got {len(name)}: "
+                                  f"'{clipped(name)}'")
         if name in self._regions:
             raise AlreadyExists(f"name: a {self._regions[name].kind} shared-memory region '{name}' is already "
                                 "registered; unregister it first or choose another name")
+        held = len(self._regions) + len(self._retiring)
+        limit, why = self.region_limit()
+        if held >= limit:
+            raise ResourceExhausted(
+                f"name: cannot register region '{name}': this server holds {held} shared-memory regions, the "
+                f"most it allows ({why}); unregister regions that are no longer used"
+            )
+
+    def region_limit(self) -> tuple[int, str]:
+        """The most regions held at once, and where that bound comes from (for messages): ``max_regions``,
+        or half the process's open-file limit (read now: it may change) where that is smaller."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft // 2 < self.max_regions:
+            return max(1, soft // 2), (f"--max-shm-regions {self.max_regions}, lowered to half of the open-file "
+                                       f"limit {soft}")
+        return self.max_regions, f"--max-shm-regions {self.max_regions}"
 
     def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Map ``byte_size`` bytes at ``offset`` of the POSIX shared-memory object ``key`` as region ``name``.
@@ -389,7 +549,7 @@ class SharedMemoryRegistry:
         if self.allowed_key_prefixes and not path.name.startswith(self.allowed_key_prefixes):
             raise PermissionDenied(
                 f"key: this server accepts only keys starting with "
-                f"{', '.join(repr('/' + p) for p in self.allowed_key_prefixes)}, got {key!r}"
+                f"{', '.join(repr('/' + p) for p in self.allowed_key_prefixes)}, got {clipped(repr(key))}"
             )
         if byte_size <= 0:
             raise InvalidArgument(f"byte_size: expected a positive number of bytes, got {byte_size}")
@@ -439,7 +599,7 @@ class SharedMemoryRegistry:
                 return [r.status() for r in self._regions.values() if r.kind == kind]
             region = self._regions.get(name)
             if region is None:
-                raise NotFound(f"name: no {kind} shared-memory region '{name}' is registered")
+                raise NotFound(f"name: no {kind} shared-memory region '{clipped(name)}' is registered")
             if region.kind != kind:
                 raise NotFound(f"name: region '{name}' is registered as {region.kind} shared memory, not {kind}")
             return [region.status()]
@@ -447,20 +607,24 @@ class SharedMemoryRegistry:
     # -- use by requests -------------------------------------------------------------------------
     def lease(self, name: str, offset: int, byte_size: int, what: str, writable: bool = False) -> tuple[_Region, Any]:
         """Take a lease on region ``name`` and return it with a uint8 view of ``[offset, offset + byte_size)``
-        (read-only unless ``writable``). ``what`` names the tensor for messages. Raises NotFound for an
-        unknown region, InvalidArgument for a slice outside it. Give the lease back with :meth:`release`."""
+        (read-only unless ``writable``; None for a writable system slice: outputs go through
+        :meth:`SystemRegion.write`, never through the mapping). ``what`` names the tensor for messages.
+        Raises NotFound for an unknown region, InvalidArgument for a slice outside it or a region whose
+        object no longer covers it. Give the lease back with :meth:`release`."""
         if not self.enabled:
-            raise NotFound(f"{what}: shared_memory_region '{name}' is not registered (shared memory is turned off)")
+            raise NotFound(f"{what}: shared_memory_region '{clipped(name)}' is not registered "
+                           "(shared memory is turned off)")
         with self._lock:
             region = self._regions.get(name)
             if region is None:
-                raise NotFound(f"{what}: shared_memory_region '{name}' is not registered")
+                raise NotFound(f"{what}: shared_memory_region '{clipped(name)}' is not registered")
             if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
                 raise InvalidArgument(
                     f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {byte_size} is outside "
                     f"region '{name}' ({region.byte_size} bytes)"
                 )
-            view = region.view(offset, byte_size, writable)
+            region.check(what)  # before any byte of the mapping is touched
+            view = None if writable and region.kind == "system" else region.view(offset, byte_size, writable)
             region.leases += 1
         return region, view
 
@@ -536,9 +700,9 @@ class RequestRegions:
 
     def output(self, tensor: str, region: str, offset: int, byte_size: int) -> OutputTarget:
         """Reserve ``[offset, offset + byte_size)`` of ``region`` for output ``tensor``."""
-        r, view = self.registry.lease(region, offset, byte_size, f"output '{tensor}'", writable=True)
+        r, view = self.registry.lease(region, offset, byte_size, f"output '{clipped(tensor)}'", writable=True)
         self._hold(r)
-        target = OutputTarget(tensor, region, offset, byte_size, view, r.kind)
+        target = OutputTarget(tensor, region, offset, byte_size, view, r.kind, r)
         self.outputs[tensor] = target
         return target
 
@@ -556,27 +720,32 @@ class OutputTarget:
     region: str
     offset: int
     byte_size: int
-    view: Any  # uint8 NumPy (system) or CuPy (CUDA) array of exactly byte_size bytes
+    view: Any  # uint8 CuPy array of exactly byte_size bytes (CUDA); None for a system region (see write)
     kind: Kind
+    leased: _Region | None = None  # the region itself, leased by the request
 
     def check_fits(self, nbytes: int, described: str) -> None:
         """Raise InvalidArgument when ``nbytes`` do not fit; ``described`` says what the output is."""
         if nbytes > self.byte_size:
             raise InvalidArgument(
-                f"output '{self.tensor}': {described} needs {nbytes} bytes, shared_memory_byte_size of region "
-                f"'{self.region}' is {self.byte_size}"
+                f"output '{clipped(self.tensor)}': {described} needs {nbytes} bytes, shared_memory_byte_size of "
+                f"region '{clipped(self.region)}' is {self.byte_size}"
             )
 
     def write(self, data: np.ndarray | bytes | Any) -> int:
         """Copy ``data`` (a contiguous array, host or device, or serialized bytes) to the start of the slice;
-        returns the number of bytes written. The caller has checked that it fits."""
+        returns the number of bytes written. The caller has checked that it fits. Raises InvalidArgument
+        when a system region's object no longer covers the region (see :meth:`SystemRegion.write`)."""
         if isinstance(data, bytes | bytearray):
             src: Any = np.frombuffer(data, np.uint8)
         else:
             src = data.reshape(-1).view(np.uint8)
         n = int(src.size)
         if self.kind == "system":
-            self.view[:n] = src
+            if hasattr(src, "__cuda_array_interface__"):
+                src = to_host(src)
+            assert isinstance(self.leased, SystemRegion)
+            self.leased.write(self.offset, np.ascontiguousarray(src), f"output '{clipped(self.tensor)}'")
             return n
         cp = _cupy()
         with cp.cuda.Device(self.view.device.id):

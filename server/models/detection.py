@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ class DetectionModel:
     labels: list[str] = field(default_factory=list)
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Scheduler = field(init=False)
+    # What each validated request holds of the in-flight budget, by id() of its FrameRequest.
+    _holds: dict[int, images.Hold] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.detector.instances.buckets,
@@ -203,40 +206,62 @@ class DetectionModel:
         if not 1 <= n <= self.max_batch_size:
             raise InvalidArgument(f"{field}: expected 1..{self.max_batch_size} images (max_batch_size), got {n}")
 
-    def decode_image(self, image: Any) -> np.ndarray:
-        """A client's image (:class:`EncodedImage` or :class:`RawImage`) as a uint8 [H, W, 3] frame in the
-        pipeline's channel order. Raises InvalidArgument naming the image's field."""
+    def open_image(self, image: Any) -> images.PendingFrame:
+        """A client's image (:class:`EncodedImage` or :class:`RawImage`), its size read and checked, not yet
+        decoded. Raises InvalidArgument naming the image's field."""
         cfg = self.settings
         if isinstance(image, EncodedImage):
-            return images.decode_image(image.data, f"{image.field}.encoded", cfg.frame_channel_order, cfg.max_pixels)
-        return images.raw_bytes_frame(image.data, image.height, image.width, image.channels, f"{image.field}.raw",
-                                      cfg.max_pixels)
+            return images.open_encoded(image.data, f"{image.field}.encoded", cfg.frame_channel_order, cfg.max_pixels)
+        return images.open_raw(image.data, image.height, image.width, image.channels, f"{image.field}.raw",
+                               cfg.max_pixels)
+
+    def decode_image(self, image: Any) -> np.ndarray:
+        """A client's image as a uint8 [H, W, 3] frame in the pipeline's channel order (one image, outside
+        any request's budget). Raises InvalidArgument naming the image's field."""
+        return self.open_image(image).decode()
 
     def validate(self, request: InferRequest) -> FrameRequest:
         """The request as decoded frames with checked options: a :class:`DetectRequest` (its images
         decoded), or an OIP request (``IMAGE`` or ``ENCODED``, with optional parameters ``score_threshold``,
-        ``iou_threshold``, ``max_detections``). Runs in the caller's thread: decoding never blocks the loop."""
+        ``iou_threshold``, ``max_detections``). Runs in the caller's thread: decoding never blocks the loop.
+
+        Every image's size is read (from its header) and checked before any is decoded: against
+        ``max_pixels`` and the letterbox kernel's side limit per image, ``max_decoded_bytes_per_request``
+        for them all (InvalidArgument), then held from the server's in-flight budget until the request is
+        answered (ResourceExhausted when it does not fit). So whatever passes here, the kernels take."""
         if isinstance(request, FrameRequest):
             return request
         t0 = time.perf_counter_ns()
         if isinstance(request, DetectRequest):
             self.check_count(len(request.images), "images")
-            frames = [self.decode_image(img) for img in request.images]
+            pending = [self.open_image(img) for img in request.images]
             options = self.options(request.overrides)
+            field_name = "images"
         else:
-            frames = self._oip_frames(request)
+            pending, field_name = self._oip_images(request)
             p = {k: _number(k, v) for k, v in request.parameters.items() if k in _OIP_OPTIONS}
             options = self.options(OptionOverrides(p.get("score_threshold"), p.get("iou_threshold"),
                                                    p.get("max_detections"), field_prefix="parameters."))
-        return FrameRequest(
+        frames, hold = images.decode_frames(pending, field_name, self.settings.max_decoded_bytes_per_request)
+        prepared = FrameRequest(
             model_name=request.model_name, model_version=request.model_version, id=request.id,
             requested_outputs=list(request.requested_outputs), parameters=request.parameters,
             deadline=request.deadline, priority=request.priority, ordering_key=request.ordering_key,
             arrival=request.arrival, typed_contents=request.typed_contents, trace=request.trace,
             frames=frames, options=options, decode_ns=time.perf_counter_ns() - t0,
         )
+        # The frames' bytes are given back when the request is answered (detect), or, for a request that
+        # never runs (a stream frame past its deadline, a call that ended first), when it is freed.
+        self._holds[id(prepared)] = hold
+        weakref.finalize(prepared, self._release, id(prepared))
+        return prepared
 
-    def _oip_frames(self, request: InferRequest) -> list[np.ndarray]:
+    def _release(self, key: int) -> None:
+        hold = self._holds.pop(key, None)
+        if hold is not None:
+            hold.release()
+
+    def _oip_images(self, request: InferRequest) -> tuple[list[images.PendingFrame], str]:
         given = sorted(request.inputs)
         if given not in ([IMAGE], [ENCODED]):
             raise InvalidArgument(
@@ -250,21 +275,28 @@ class DetectionModel:
         cfg = self.settings
         if IMAGE in request.inputs:
             array = request.inputs[IMAGE]
-            if hasattr(array, "__cuda_array_interface__"):  # frames in a CUDA shared-memory region
-                import cupy
-
-                array = cupy.asnumpy(array)
             if array.dtype != np.uint8 or array.ndim != 4:
                 raise InvalidArgument(f"input '{IMAGE}': expected UINT8 [N,H,W,3], got {array.dtype} "
                                       f"{list(array.shape)}")
             self.check_count(array.shape[0], f"input '{IMAGE}'")
-            return [images.raw_frame(array[i], f"input '{IMAGE}'[{i}]", cfg.max_pixels) for i in range(len(array))]
+            if hasattr(array, "__cuda_array_interface__"):  # frames in a CUDA shared-memory region
+                # Checked on the shape first: the copy to the host is what the limits bound.
+                for i in range(len(array)):
+                    images.check_size(f"input '{IMAGE}'[{i}]", int(array.shape[1]), int(array.shape[2]),
+                                      cfg.max_pixels)
+                images.check_request_bytes(len(array) * int(array.shape[1]) * int(array.shape[2]) * 3,
+                                           f"input '{IMAGE}'", cfg.max_decoded_bytes_per_request)
+                import cupy
+
+                array = cupy.asnumpy(array)
+            return [images.open_array(array[i], f"input '{IMAGE}'[{i}]", cfg.max_pixels)
+                    for i in range(len(array))], f"input '{IMAGE}'"
         array = request.inputs[ENCODED]
         if array.dtype != object or array.ndim != 2 or array.shape[1] != 1:
             raise InvalidArgument(f"input '{ENCODED}': expected BYTES [N,1], got {array.dtype} {list(array.shape)}")
         self.check_count(array.shape[0], f"input '{ENCODED}'")
-        return [images.decode_image(array[i, 0], f"input '{ENCODED}'[{i}]", cfg.frame_channel_order, cfg.max_pixels)
-                for i in range(len(array))]
+        return [images.open_encoded(array[i, 0], f"input '{ENCODED}'[{i}]", cfg.frame_channel_order, cfg.max_pixels)
+                for i in range(len(array))], f"input '{ENCODED}'"
 
     async def detect(self, request: FrameRequest) -> FrameResult:
         """Queue, run and answer a request of decoded frames."""
@@ -273,6 +305,7 @@ class DetectionModel:
             result: FrameResult = await self.scheduler.submit(request)
             ok = True
         finally:
+            self._release(id(request))  # answered: its frames leave the in-flight budget
             self.stats.record_request(ok, _since(request.arrival), request.queue_ns)
         result.model_name, result.model_version = self.name, str(self.version)
         result.decode_ns = request.decode_ns

@@ -1,21 +1,30 @@
-"""Prometheus metrics on the HTTP port (``/metrics``).
+"""Prometheus metrics, and the HTTP port that serves them (``/metrics``) with health probes.
 
 Request latency is a histogram observed by the data plane; per-model counters and durations are read
 from each model's statistics at scrape time, so the two views never disagree. ``peregrine_queue_depth``
 is the signal an autoscaler (KEDA, Knative) scales replicas on.
+
+Labels are bounded: a request for a model the server does not know is counted under the model label
+``(unknown)``, never under the name the client sent, so clients cannot grow the label set.
+
+The HTTP port answers ``GET /metrics``, ``GET /v2/health/live`` and ``GET /v2/health/ready`` (200 when
+ready, 400 when not, as Triton does); every other path is 404 and every other method 405.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.stats import ModelStats
+
+UNKNOWN_MODEL = "(unknown)"  # the model label of requests for models the server does not know
 
 
 class ModelSample(NamedTuple):
@@ -72,8 +81,14 @@ class _ModelCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, models: Callable[[], Iterable[ModelSample]]) -> None:
+    """The server's metrics. ``known(name)`` says whether a model name may be a label (the repository
+    knows it); ``ready()`` answers the HTTP readiness probe."""
+
+    def __init__(self, models: Callable[[], Iterable[ModelSample]], known: Callable[[str], bool] = lambda _: True,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.registry = CollectorRegistry()
+        self._known = known
+        self._ready = ready
         self.latency = Histogram(
             "peregrine_request_duration_seconds", "Server-side request latency, from decode to reply",
             ["model", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -84,22 +99,64 @@ class Metrics:
             ["model", "stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.registry.register(_ModelCollector(models))
-        self._http: Any = None
+        self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
+    def _label(self, model: str) -> str:
+        return model if model and self._known(model) else UNKNOWN_MODEL
+
     def observe_request(self, model: str, status: str, seconds: float) -> None:
-        self.latency.labels(model, status).observe(seconds)
+        self.latency.labels(self._label(model), status).observe(seconds)
 
     def observe_stages(self, model: str, stages: dict[str, int]) -> None:
         """Per-stage durations of one detection request, in nanoseconds."""
+        label = self._label(model)
         for stage, ns in stages.items():
-            self.stages.labels(model, stage).observe(ns / 1e9)
+            self.stages.labels(label, stage).observe(ns / 1e9)
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the bound port (``port`` 0 picks one)."""
-        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        self.port = self._http.server_port
+        """Start the HTTP endpoint; returns the bound port (``port`` 0 picks one). Raises OSError when the
+        port cannot be bound."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/v2/health/live":
+                    self._reply(200)
+                elif path == "/v2/health/ready":
+                    self._reply(200 if metrics._ready() else 400)
+                else:
+                    self._reply(404, b"not found: this port serves /metrics, /v2/health/live, /v2/health/ready\n")
+
+            def _not_allowed(self) -> None:
+                self._reply(405, b"method not allowed\n")
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+            def do_HEAD(self) -> None:
+                self._reply(200 if self.path.split("?", 1)[0] in ("/metrics", "/v2/health/live") else 404)
+
+            def _reply(self, code: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if body and self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes and probes are not worth a log line each
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        self._http = server
+        self._thread = threading.Thread(target=server.serve_forever, name="peregrine-http", daemon=True)
+        self._thread.start()
+        self.port = server.server_address[1]
         return self.port
 
     def close(self) -> None:

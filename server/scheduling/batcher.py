@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..core.errors import Cancelled, DeadlineExceeded, InvalidArgument, PeregrineError, Unavailable
+from ..core.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelExecutionError, PeregrineError, Unavailable
 from ..core.types import InferRequest
 from .policy import INF, BatchPolicy, QueuedRequest
 
@@ -203,7 +203,7 @@ class DynamicBatcher:
                 failed, self._queue = self._queue, []
                 for entry in failed:
                     if not entry.payload[1].done():
-                        entry.payload[1].set_exception(e)
+                        entry.payload[1].set_exception(_logged(entry.payload[0], e))
                 continue
             for entry in decision.expired:
                 self._queue.remove(entry)
@@ -225,32 +225,69 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _run_batch(self, instance: int, entries: list[QueuedRequest], dispatched: float) -> None:
+        for e in entries:
+            e.payload[0].queue_ns = int((dispatched - e.arrival) * 1e9)
+        try:
+            error = await self._execute(instance, entries)
+            if error is None:
+                return
+            if len(entries) == 1:
+                self._fail(entries, error)
+                return
+            # A batch of several requests failed: one bad request must not fail the others, who may be other
+            # clients. Each runs again alone, on this instance, and gets its own result or error.
+            log.warning("batch of %d requests failed (%s); running each request alone", len(entries), error)
+            traceback = True  # an unexpected error's traceback is logged once for the batch
+            for entry in entries:
+                request, future = entry.payload
+                if request.deadline is not None and self._clock() >= request.deadline:
+                    if not future.done():
+                        future.set_exception(DeadlineExceeded(
+                            "deadline exceeded before the request could run again after its batch failed"))
+                    continue
+                error = await self._execute(instance, [entry])
+                if error is not None and self._fail([entry], error, traceback):
+                    traceback = False
+        finally:
+            self._idle.append(instance)
+            self._wake.set()
+
+    async def _execute(self, instance: int, entries: list[QueuedRequest]) -> Exception | None:
+        """Run ``entries`` as one batch; answer their futures with its results, or return its error."""
         requests = [e.payload[0] for e in entries]
-        futures = [e.payload[1] for e in entries]
-        for req, e in zip(requests, entries, strict=True):
-            req.queue_ns = int((dispatched - e.arrival) * 1e9)
         start = time.perf_counter()
         try:
             results = await self._run_in_thread(instance, lambda: self.executor.execute(instance, requests))
             if len(results) != len(requests):
                 raise RuntimeError(f"executor returned {len(results)} results for a batch of {len(requests)}")
         except Exception as e:
-            # A failed batch fails every request in it with the same error.
-            if not isinstance(e, PeregrineError):
-                log.error("batch of %d requests failed", len(requests), exc_info=e)
-            for f in futures:
-                if not f.done():
-                    f.set_exception(e)
-        else:
-            # The cost model learns the size that ran: with batch buckets, the padded one.
-            elements = sum(e.size for e in entries)
-            self.policy.cost.observe_batch(self.policy.executed_size(elements), time.perf_counter() - start)
-            for f, r in zip(futures, results, strict=True):
-                if not f.done():
-                    f.set_result(r)
-        finally:
-            self._idle.append(instance)
-            self._wake.set()
+            return e
+        # The cost model learns the size that ran: with batch buckets, the padded one.
+        elements = sum(e.size for e in entries)
+        self.policy.cost.observe_batch(self.policy.executed_size(elements), time.perf_counter() - start)
+        for entry, result in zip(entries, results, strict=True):
+            if not entry.payload[1].done():
+                entry.payload[1].set_result(result)
+        return None
+
+    def _fail(self, entries: list[QueuedRequest], error: Exception, traceback: bool = True) -> bool:
+        """Fail every request of a failed batch with its error; True when a traceback was logged."""
+        logged = False
+        if not isinstance(error, PeregrineError):
+            log.error("batch of %d requests failed", len(entries), exc_info=error if traceback else None)
+            logged = traceback
+            error = _logged(entries[0].payload[0], error)
+        for e in entries:
+            if not e.payload[1].done():
+                e.payload[1].set_exception(error)
+        return logged
+
+
+def _logged(request: InferRequest, error: Exception) -> ModelExecutionError:
+    """What the requests of a failed batch get when ``error``, an unexpected exception, was logged here with
+    its traceback: still INTERNAL with a generic message, but a PeregrineError, which the transport does not
+    log again (the traceback once per batch, not once here and again per request)."""
+    return ModelExecutionError(request.model_name, str(error))
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

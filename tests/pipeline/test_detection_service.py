@@ -349,3 +349,117 @@ def test_inverted_boxes_are_answered_as_given_and_counted(tmp_path, start_server
     assert boxes == [(40.0, 10.0, 20.0, 30.0), (10.0, 10.0, 30.0, 30.0)]
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).read().decode()
     assert 'peregrine_detection_inverted_boxes_total{model="p",version="1"} 1.0' in text
+
+
+# -- limits: what the kernels refuse, decoded bytes (issue 14, findings 3 and 5) ---------------------------
+def test_a_batch_failing_on_one_request_answers_the_others_and_counts_what_ran(
+        detection_server: PeregrineServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Defence in depth behind validation: requests handed to the pipeline as frames (no validation), one of
+    them a frame the letterbox kernel refuses (a side over 2^20), share a batch (det_slow waits 400 ms for
+    company). The batch fails, each request runs again alone: the good ones are answered, the bad one fails
+    (INTERNAL), and the statistics count the three batches of one that ran, not the batch that failed."""
+    from peregrine.server.core.errors import ModelExecutionError
+    from peregrine.server.core.types import FrameRequest
+
+    model = detection_server.repository.get("det_slow", "")
+    stats = model.stats
+    before = (stats.execution_count, stats.inference_count, stats.success.count, stats.fail.count)
+    poison = np.zeros((1, (1 << 20) + 1, 3), np.uint8)
+    frames = [ROCKET, ROCKET, poison, PHOTOS["coffee_tiny"]]
+    with caplog.at_level("WARNING", logger="peregrine"):
+        calls = [detection_server.loop.submit(model.detect(FrameRequest("det_slow", frames=[f],
+                                                                        options=model.default_options())))
+                 for f in frames]
+        results = [c.exception(timeout=60) or c.result() for c in calls]
+    assert isinstance(results[2], ModelExecutionError)
+    for i in (0, 1, 3):
+        assert results[i].sizes == [frames[i].shape[:2]] and results[i].times.batch_size == 1  # type: ignore[union-attr]
+    assert any("batch of 4 requests failed" in r.getMessage() for r in caplog.records)
+    after = (stats.execution_count, stats.inference_count, stats.success.count, stats.fail.count)
+    assert [b - a for a, b in zip(before, after, strict=True)] == [3, 3, 3, 1]
+
+
+def test_the_in_flight_budget_refuses_at_once_and_frees_what_answered_requests_held(
+        detection_server: PeregrineServer, stub: det_grpc.DetectionServiceStub) -> None:
+    """With the server's budget of decoded bytes nearly full, a Detect (raw or encoded) and an OIP IMAGE
+    request are RESOURCE_EXHAUSTED at once (admission, not queueing); once the bytes are given back they
+    run. Every request gives back what it held once it is answered: run, refused, past its deadline in the
+    queue, or a stream frame that never ran."""
+    import gc
+    import time
+
+    from peregrine.server.pipeline import images
+
+    budget = images.IN_FLIGHT
+    assert budget.held == 0
+    hold = budget.hold(budget.limit - ROCKET.nbytes // 2, "test")
+    try:
+        for image in (raw(ROCKET), det.Image(encoded=JPEG)):
+            assert code_of(stub, det.DetectRequest(model_name="det_v5", images=[image])) == \
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+        client = triton.InferenceServerClient(f"127.0.0.1:{detection_server.port}")
+        image = triton.InferInput("IMAGE", [1, *ROCKET.shape], "UINT8")
+        image.set_data_from_numpy(ROCKET[None])
+        with pytest.raises(triton.InferenceServerException) as info:
+            client.infer("det_v5", [image])
+        assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    finally:
+        hold.release()
+    assert stub.Detect(det.DetectRequest(model_name="det_v5", images=[raw(ROCKET)]), timeout=30).results
+    assert code_of(stub, BAD_REQUESTS["truncated png"]) == grpc.StatusCode.INVALID_ARGUMENT  # fails decoding
+    with pytest.raises(grpc.RpcError):  # queued in det_slow's 400 ms window past its 100 ms deadline
+        stub.Detect(det.DetectRequest(model_name="det_slow", images=[raw(ROCKET)]), timeout=0.1)
+    list(stub.DetectStream(frames("det_slow", 1, deadline_us=50_000), timeout=60))  # validated, never run
+    deadline = time.monotonic() + 10
+    while budget.held and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert budget.held == 0
+    # A request validated and then dropped unrun (a stream frame superseded, a call gone before it was
+    # queued) gives its bytes back when it is freed.
+    from peregrine.server.core.types import DetectRequest, RawImage
+
+    model = detection_server.repository.get("det_v5", "")
+    prepared = model.validate(DetectRequest("det_v5", images=[RawImage(ROCKET.tobytes(), *ROCKET.shape, "images[0]")]))
+    assert budget.held == ROCKET.nbytes
+    del prepared
+    gc.collect()
+    assert budget.held == 0
+
+
+def test_decoded_bytes_per_request_are_bounded_from_the_headers(tmp_path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """detection.max_decoded_bytes_per_request bounds the sum of height x width x 3 over a request's images,
+    read from their headers (Detect raw and encoded, OIP IMAGE and ENCODED): one photograph fits, two do
+    not."""
+    from peregrine.modelgen import yolov5_detector
+    from pipeline_support import pipeline_config, write_pipeline
+    from support import onnx_models
+
+    onnx_models.write(tmp_path, "v5", yolov5_detector(0, imgsz=320))
+    write_pipeline(tmp_path, "bounded", pipeline_config("v5", f"max_decoded_bytes_per_request = {ROCKET.nbytes}\n"))
+    server = start_server(tmp_path)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=OPTIONS) as ch:
+        one = det_grpc.DetectionServiceStub(ch)
+        for image in (raw(ROCKET), det.Image(encoded=JPEG), det.Image(encoded=png(ROCKET))):
+            assert one.Detect(det.DetectRequest(model_name="bounded", images=[image]), timeout=30).results
+            with pytest.raises(grpc.RpcError) as info:
+                one.Detect(det.DetectRequest(model_name="bounded", images=[image, image]), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "max_decoded_bytes_per_request" in info.value.details()
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    image = triton.InferInput("IMAGE", [2, *ROCKET.shape], "UINT8")
+    image.set_data_from_numpy(np.stack([ROCKET, ROCKET]))
+    encoded = triton.InferInput("ENCODED", [2, 1], "BYTES")
+    encoded.set_data_from_numpy(np.array([[JPEG], [JPEG]], dtype=object))
+    for tensor in (image, encoded):
+        with pytest.raises(triton.InferenceServerException) as err:
+            client.infer("bounded", [tensor])
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_the_in_flight_budget_is_a_server_option() -> None:
+    from peregrine.server.cli import parse_args
+    from peregrine.server.config import ServerConfig
+
+    assert ServerConfig().max_decoded_bytes_in_flight == 2 << 30
+    assert parse_args(["--max-decoded-mb-in-flight", "64"]).max_decoded_bytes_in_flight == 64 << 20

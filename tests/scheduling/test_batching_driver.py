@@ -78,6 +78,18 @@ class FakeExecutor:
         return results[:-1] if self.drop_one_result else results
 
 
+class Recording(CostModel):
+    """A cost model that keeps the sizes of the batches it is told of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        self.sizes.append(n)
+        super().observe_batch(n, seconds)
+
+
 async def until(condition: Callable[[], bool], max_yields: int = 10_000) -> None:
     """Yield to the event loop until ``condition`` holds (a bounded number of turns, no timers)."""
     for _ in range(max_yields):
@@ -332,26 +344,90 @@ def test_delay_on_timeout_sends_the_request_behind_the_others_instead_of_failing
 
 
 # -- failures ----------------------------------------------------------------------------------
-def test_a_failed_batch_fails_every_request_in_it_with_the_same_error() -> None:
+def test_a_failed_batch_is_run_again_per_request_so_only_the_bad_one_fails() -> None:
     async def body() -> None:
-        h = harness(PolicyConfig(max_batch_size=4))
+        cost = Recording()
+        h = harness(PolicyConfig(max_batch_size=4), cost=cost)
         h.executor.poisoned = {"bad"}
         a = h.submit("a")
         await until(lambda: len(h.gates.batches) == 1)
         batch = [h.submit("b"), h.submit("bad"), h.submit("c")]
         await h.queued(3)
-        await h.gates.release(0)
-        await h.gates.release(1)
-        errors = await asyncio.gather(*batch, return_exceptions=True)
-        assert all(isinstance(e, ModelExecutionError) for e in errors)
-        assert errors[0] is errors[1] is errors[2]
-        assert h.executor.executed == [["a"], ["b", "bad", "c"]]
+        for i in range(5):  # a, the batch of three, then b, bad and c alone
+            await h.gates.release(i)
+        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        assert outcomes[0] == "out-b" and outcomes[2] == "out-c"
+        assert isinstance(outcomes[1], ModelExecutionError)
+        assert h.executor.executed == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
+        assert {b.instance for b in h.gates.batches} == {0}  # the retries hold the batch's instance
+        # Statistics see what ran: the batch that failed taught nothing; the two that succeeded alone are
+        # batches of one.
+        assert cost.sizes == [1, 1, 1]
         after = h.submit("d")
-        await h.gates.release(2)
+        await h.gates.release(5)
         assert await after == "out-d"  # the next batch is served
         assert await a == "out-a"
 
     run(body)
+
+
+def test_a_failed_batch_of_one_request_fails_it_without_running_it_again() -> None:
+    async def body() -> None:
+        h = harness(PolicyConfig(max_batch_size=4))
+        h.executor.poisoned = {"bad"}
+        bad = h.submit("bad")
+        await h.gates.release(0)
+        with pytest.raises(ModelExecutionError):
+            await bad
+        assert h.executor.executed == [["bad"]]
+
+    run(body)
+
+
+def test_requests_whose_deadline_passed_are_not_run_again_after_their_batch_failed() -> None:
+    async def body() -> None:
+        h = harness(PolicyConfig(max_batch_size=4))
+        h.executor.poisoned = {"bad"}
+        busy = h.submit("busy")
+        await until(lambda: len(h.gates.batches) == 1)
+        batch = [h.submit("late", deadline_in=5.0), h.submit("bad"), h.submit("ok")]
+        await h.queued(3)
+        await h.gates.release(0)
+        await until(lambda: len(h.gates.batches) == 2)  # the batch of three is dispatched
+        h.clock.advance(10.0)  # while it runs, late's deadline passes
+        for i in range(1, 4):
+            await h.gates.release(i)
+        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        assert isinstance(outcomes[0], DeadlineExceeded)
+        assert isinstance(outcomes[1], ModelExecutionError)
+        assert outcomes[2] == "out-ok"
+        assert h.executor.executed == [["busy"], ["late", "bad", "ok"], ["bad"], ["ok"]]
+        await busy
+
+    run(body)
+
+
+def test_an_unexpected_error_of_a_batch_run_again_logs_one_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(FakeExecutor):
+        def execute(self, instance: int, requests: Sequence[InferRequest]) -> list[Any]:
+            self.executed.append([r.id for r in requests])
+            raise ZeroDivisionError("a bug")
+
+    async def body() -> list[BaseException]:
+        h = harness(PolicyConfig(max_batch_size=4))
+        h.batcher.executor = Broken()
+        busy = h.submit("busy")
+        await until(lambda: len(h.gates.batches) == 1)
+        batch = [h.submit("x"), h.submit("y"), h.submit("z")]
+        await h.queued(3)
+        for i in range(5):
+            await h.gates.release(i)
+        return list(await asyncio.gather(busy, *batch, return_exceptions=True))
+
+    with caplog.at_level("WARNING", logger="peregrine"):
+        errors = asyncio.run(asyncio.wait_for(body(), 30))
+    assert all(isinstance(e, ModelExecutionError) for e in errors)  # INTERNAL, with a generic message
+    assert len([r for r in caplog.records if r.exc_info]) == 2  # busy's batch, then the batch of three's
 
 
 def test_an_executor_returning_the_wrong_number_of_results_fails_the_whole_batch() -> None:
@@ -362,14 +438,14 @@ def test_an_executor_returning_the_wrong_number_of_results_fails_the_whole_batch
         await until(lambda: len(h.gates.batches) == 1)
         batch = [h.submit("b"), h.submit("c"), h.submit("d")]
         await h.queued(3)
-        await h.gates.release(0)
-        await h.gates.release(1)
+        for i in range(5):  # busy, the batch, then b, c and d alone (each miscounted again)
+            await h.gates.release(i)
         errors = await asyncio.gather(busy, *batch, return_exceptions=True)
         assert all(isinstance(e, Exception) for e in errors)  # no request got someone else's result
-        assert errors[1] is errors[2] is errors[3]
+        assert h.executor.executed == [["busy"], ["b", "c", "d"], ["b"], ["c"], ["d"]]
         h.executor.drop_one_result = False
         again = h.submit("e")
-        await h.gates.release(2)
+        await h.gates.release(5)
         assert await again == "out-e"
 
     run(body)
@@ -513,7 +589,7 @@ def test_a_failing_policy_fails_the_queued_requests_instead_of_hanging_them() ->
                                  shape_key=lambda r: (), size=lambda r: 1, run_in_thread=gates.run, clock=clock)
         batcher.start()
         h = Harness(batcher, gates, executor, clock)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(ModelExecutionError):  # INTERNAL, its traceback logged once, by the batcher
             await batcher.submit(h.request("bad"))
         assert batcher.queue_depth == 0
         ok = h.submit("ok")  # the driver goes on serving
@@ -574,15 +650,6 @@ def test_with_one_instance_other_shapes_still_wait_for_the_head() -> None:
 
 
 def test_the_cost_model_learns_the_padded_batch_size() -> None:
-    class Recording(CostModel):
-        def __init__(self) -> None:
-            super().__init__()
-            self.sizes: list[int] = []
-
-        def observe_batch(self, n: int, seconds: float) -> None:
-            self.sizes.append(n)
-            super().observe_batch(n, seconds)
-
     async def body() -> None:
         cost = Recording()
         h = harness(PolicyConfig(max_batch_size=8, batch_buckets=(4, 8)), cost=cost)

@@ -248,7 +248,9 @@ def test_a_full_queue_answers_unavailable_at_once(served: Served) -> None:
     assert after.inference_count - before.inference_count == 2 * served.slow_rows + 3
 
 
-def test_a_poisoned_request_fails_its_batch_and_the_next_batch_is_served(served: Served) -> None:
+def test_a_poisoned_request_fails_alone_and_the_rest_of_its_batch_is_served(served: Served) -> None:
+    """A request whose content breaks the model (an index out of range) fails its batch of four; each request
+    of that batch then runs alone, so only the poisoned one fails (issue 14, finding 3)."""
     client = served.client()
     data = np.arange(16, dtype=np.float32).reshape(4, 4)
 
@@ -257,15 +259,17 @@ def test_a_poisoned_request_fails_its_batch_and_the_next_batch_is_served(served:
                                        tensor("INDEX", np.array([[index]], np.int64))])
 
     before = stats(client, "gather")
-    poisoned = [gather(0, 1), gather(1, 99), gather(2, 2), gather(3, 3)]  # one batch of 4
-    assert [c.status() for c in poisoned] == ["INTERNAL"] * 4
+    poisoned = [gather(0, 1), gather(1, 99), gather(2, 2), gather(3, 3)]  # one batch of 4, then each alone
+    assert [c.status() for c in poisoned] == ["OK", "INTERNAL", "OK", "OK"]
+    assert [poisoned[i].future.result().as_numpy("OUTPUT0")[0, 0] for i in (0, 2, 3)] == [1.0, 10.0, 15.0]
     good = [gather(r, r) for r in range(4)]
     assert [c.status() for c in good] == ["OK"] * 4
     assert [c.future.result().as_numpy("OUTPUT0")[0, 0] for c in good] == [0.0, 5.0, 10.0, 15.0]
     after = stats(client, "gather")
-    assert after.execution_count - before.execution_count == 1  # the failed batch produced nothing
-    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 4
-    assert after.inference_stats.success.count - before.inference_stats.success.count == 4
+    assert after.execution_count - before.execution_count == 3 + 1  # three alone, then a batch; the failed one: none
+    assert after.inference_count - before.inference_count == 3 + 4
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 7
 
 
 def test_preserve_ordering_answers_each_stream_in_request_order(served: Served) -> None:

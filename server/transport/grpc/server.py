@@ -82,16 +82,20 @@ class GrpcTransport:
         """Bind the port (0 picks one) and return it; calls are taken once :meth:`start` runs."""
         cfg = self.config
         address = f"{cfg.host}:{cfg.grpc_port}"
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-            self.port = self.server.add_secure_port(address, tls.credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+                self.port = self.server.add_secure_port(address, tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": in use, or no such address
+            self.port = 0
             if cfg.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("gRPC on %s is plain text%s: use --tls-cert/--tls-key off a trusted network",
                             address, "" if cfg.auth_token_file else " and needs no token")
         if self.port == 0:
-            raise OSError(f"could not bind gRPC to {cfg.host}:{cfg.grpc_port}")
+            raise OSError(f"cannot listen for gRPC on {cfg.host}:{cfg.grpc_port}: the port is in use or the address "
+                          "is not this machine's (--host, --grpc-port)")
         return self.port
 
     def start(self) -> None:
