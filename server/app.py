@@ -7,6 +7,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from .config.server import ServerConfig
+from .dataplane.admission import Limits
 from .dataplane.dataplane import DataPlane
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
@@ -40,6 +41,14 @@ def kernel_tier() -> str:
         return f"unavailable ({e})"
 
 
+def limits_of(config: ServerConfig) -> Limits:
+    return Limits(max_inflight_bytes=config.max_inflight_bytes,
+                  max_inflight_bytes_per_connection=config.max_inflight_bytes_per_connection,
+                  max_stream_bytes=config.max_stream_bytes, max_streams=config.max_streams,
+                  max_streams_per_connection=config.max_streams_per_connection, rate=config.rate_limit,
+                  burst=config.rate_burst)
+
+
 class PeregrineServer:
     """A running server. ``start()`` binds and returns the gRPC port; ``stop()`` drains and closes."""
 
@@ -58,8 +67,10 @@ class PeregrineServer:
                              config.trace_log_frequency)
         self.dataplane = DataPlane(self.repository, self.loop, self.shared_memory, self.tracer, self.metrics,
                                    name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier(),
-                                   strict_readiness=config.strict_readiness)
-        self.grpc = GrpcTransport(config, self.dataplane)
+                                   strict_readiness=config.strict_readiness, limits=limits_of(config),
+                                   decode_threads=config.decode_threads)
+        self.metrics.admission = self.dataplane.admission
+        self.grpc = GrpcTransport(config, self.dataplane, self.loop)
         self.port: int | None = None
         self.http_port: int | None = None
 
@@ -97,11 +108,14 @@ class PeregrineServer:
         return self.port
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, let running ones finish within ``grace`` seconds, unload models, unmap the
-        clients' shared-memory regions."""
+        """Drain and close: stop taking calls; let running calls, and the frames streams have read, finish
+        within ``grace`` seconds (streams stop reading and end once answered), then cancel what is left;
+        unload models, unmap the clients' shared-memory regions."""
         self.dataplane.started = False
-        self.grpc.drain()
-        self.grpc.stop(grace)
+        if self.loop.running:
+            self.grpc.drain()
+            self.grpc.stop(grace)
+        self.dataplane.close()  # decoding still running finishes while the loop can take its answer
         self.repository.unload_all()
         self.metrics.close()
         self.loop.stop()
@@ -110,4 +124,5 @@ class PeregrineServer:
         self.grpc.close()
 
     def wait(self) -> None:
-        self.grpc.wait()
+        """Block until :meth:`stop` is called from another thread."""
+        self.loop.join()

@@ -12,6 +12,8 @@ from pathlib import Path
 from .app import PeregrineServer, StartupError
 from .config.server import ServerConfig
 
+MIB = 1024 * 1024
+
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     d = ServerConfig()
@@ -26,8 +28,6 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--max-decoded-mb-in-flight", type=int, default=d.max_decoded_bytes_in_flight // (1024 * 1024),
                    help="MiB of decoded frames that detection requests hold at once; more answer "
                         "RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--grpc-workers", type=int, default=d.grpc_workers,
-                   help="threads serving gRPC calls; bounds concurrent calls (default %(default)s)")
     p.add_argument("--model-control-mode", choices=["all", "explicit"], default=d.model_control_mode,
                    help="'all' loads every model at start-up; 'explicit' only those given by --load-model")
     p.add_argument("--load-model", action="append", default=[], help="model to load at start-up (explicit mode)")
@@ -39,6 +39,26 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--max-shm-regions", type=int, default=d.max_shm_regions, metavar="N",
                    help="most shared-memory regions registered at once; more answer RESOURCE_EXHAUSTED "
                         "(default %(default)s, and at most half the open-file limit)")
+    lim = p.add_argument_group("limits (docs/SECURITY.md)")
+    lim.add_argument("--max-inflight-mb", type=int, default=d.max_inflight_bytes // MIB,
+                     help="bytes of requests read and not yet answered, all clients (default %(default)s)")
+    lim.add_argument("--max-inflight-mb-per-connection", type=int, default=d.max_inflight_bytes_per_connection // MIB,
+                     help="the same, per connection (default %(default)s)")
+    lim.add_argument("--max-stream-mb", type=int, default=d.max_stream_bytes // MIB,
+                     help="bytes one stream holds read and not yet answered (default %(default)s)")
+    lim.add_argument("--max-streams", type=int, default=d.max_streams, help="streams open (default %(default)s)")
+    lim.add_argument("--max-streams-per-connection", type=int, default=d.max_streams_per_connection,
+                     help="streams open per connection (default %(default)s)")
+    lim.add_argument("--max-calls-per-connection", type=int, default=d.max_calls_per_connection,
+                     help="calls at once per connection, HTTP/2 MAX_CONCURRENT_STREAMS (default %(default)s)")
+    lim.add_argument("--rate-limit", type=float, default=d.rate_limit, metavar="RPS",
+                     help="requests a second per client (bearer token, else address); 0: none (default)")
+    lim.add_argument("--rate-burst", type=int, default=d.rate_burst,
+                     help="requests at once above the rate (default: one second's worth)")
+    lim.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                     help="threads decoding images (default: one per core, at least 2)")
+    p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace_s, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, let running calls and streams finish this long (default %(default)s)")
     sec = p.add_argument_group("security (docs/SECURITY.md)")
     sec.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS")
     sec.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -74,7 +94,16 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         http_port=None if a.http_port < 0 else a.http_port,
         max_message_bytes=a.max_message_mb * 1024 * 1024,
         max_decoded_bytes_in_flight=a.max_decoded_mb_in_flight * 1024 * 1024,
-        grpc_workers=a.grpc_workers,
+        max_inflight_bytes=a.max_inflight_mb * MIB,
+        max_inflight_bytes_per_connection=a.max_inflight_mb_per_connection * MIB,
+        max_stream_bytes=a.max_stream_mb * MIB,
+        max_streams=a.max_streams,
+        max_streams_per_connection=a.max_streams_per_connection,
+        max_calls_per_connection=a.max_calls_per_connection,
+        rate_limit=a.rate_limit,
+        rate_burst=a.rate_burst,
+        decode_threads=a.decode_threads,
+        shutdown_grace_s=a.shutdown_grace,
         model_control_mode=a.model_control_mode,
         strict_readiness=a.strict_readiness,
         exit_on_error=a.exit_on_error,
@@ -121,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop()
+    server.stop(grace=config.shutdown_grace_s)
     return 0
 
 

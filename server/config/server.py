@@ -21,7 +21,25 @@ class ServerConfig:
     # Bytes of decoded frames that detection requests hold at once, from decoding until answered (with the
     # working memory of the images being decoded): a request that does not fit is RESOURCE_EXHAUSTED at once.
     max_decoded_bytes_in_flight: int = 2 * 1024 * 1024 * 1024
-    grpc_workers: int = 64
+    # Admission (docs/SECURITY.md, "Limits"): bytes of requests read and not yet answered, all together and
+    # per connection (a unary request over them is RESOURCE_EXHAUSTED at once; a stream stops reading), per
+    # stream; streams open, in total and per connection; calls at once per connection (HTTP/2).
+    max_inflight_bytes: int = 2048 * 1024 * 1024
+    max_inflight_bytes_per_connection: int = 1024 * 1024 * 1024
+    max_stream_bytes: int = 64 * 1024 * 1024
+    max_streams: int = 8192
+    max_streams_per_connection: int = 1024
+    max_calls_per_connection: int = 4096
+    # Requests a second per client (its bearer token, else its address), token bucket; 0: no limit.
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    # Connections with no call for this long are closed (seconds).
+    max_connection_idle_s: int = 3600
+    # Threads that decode images (0: one per core, at least 2).
+    decode_threads: int = 0
+    # On shutdown (SIGTERM): stop taking calls, let running ones and streams' read frames finish within this
+    # many seconds, then cancel what is left.
+    shutdown_grace_s: float = 30.0
     # "all": load every model at start-up; "explicit": load only `load_models` (and on request).
     model_control_mode: Literal["all", "explicit"] = "all"
     load_models: list[str] = field(default_factory=list)
@@ -60,3 +78,9 @@ class ServerConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         self.auth_open = check_categories(self.auth_open)
+        for name in ("max_inflight_bytes", "max_inflight_bytes_per_connection", "max_stream_bytes", "max_streams",
+                     "max_streams_per_connection", "max_calls_per_connection", "max_connection_idle_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if self.rate_limit < 0 or self.rate_burst < 0 or self.decode_threads < 0 or self.shutdown_grace_s < 0:
+            raise ValueError("rate_limit, rate_burst, decode_threads and shutdown_grace_s must not be negative")

@@ -2,25 +2,30 @@
 
 A transport opens a :class:`RequestScope` when a call arrives, decodes the wire message with its codec,
 hands the plain request to the scope and encodes what comes back; the scope does the rest, once, in one
-place: look-up, tracing, validation (in the caller's thread, so that image decoding never blocks the event
-loop), submission to the model's scheduler, waiting (cancelled when the call ends), statistics and
-metrics. Streams are a policy over the same scopes (:mod:`.streams`).
+place: admission (bytes in flight, rate), look-up, tracing, validation, submission to the model's
+scheduler, waiting, statistics and metrics. Streams are a policy over the same scopes (:mod:`.streams`).
+
+Everything runs on the server's event loop: a call costs no thread while it waits. Validation that
+decodes images (a detection model's) runs in a small pool of decode threads, and a model's batches run in
+its instances' threads; nothing else leaves the loop.
 
 The data plane imports no transport: the transport describes its call with :class:`Call`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from ..config.override import parse_triton_override
-from ..core.errors import InvalidArgument, NotFound, PeregrineError, status_name
+from ..core.errors import InvalidArgument, NotFound, PeregrineError, clipped, status_name
 from ..core.stats import ModelStats
 from ..core.types import DetectRequest, FrameResult, InferRequest, InferResponse, ModelDescription
 from ..models.base import ModelVersion
@@ -29,6 +34,7 @@ from ..observability.logsettings import LogSettings
 from ..observability.metrics import Metrics
 from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
+from .admission import Admission, Limits
 from .repository import ModelRepository
 from .shm import RequestRegions, SharedMemoryRegistry, cuda_available
 from .streams import StreamAdapter, StreamDriver, StreamPolicy
@@ -37,6 +43,7 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M")
 R = TypeVar("R")
+T = TypeVar("T")
 
 EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters", "logging",
               "trace"]
@@ -47,13 +54,8 @@ class Call(Protocol):
 
     started_ns: int  # time.monotonic_ns() when the call arrived
     deadline: float | None  # on the time.monotonic() clock; None: none
-
-    def on_end(self, callback: Callable[[], object]) -> bool:
-        """Run ``callback`` when the call ends (answered, cancelled or past its deadline); False when it
-        has ended already (the callback is not registered)."""
-        ...
-
-    def is_active(self) -> bool: ...
+    connection: str  # the client's connection (its address and port): bounds per connection
+    identity: str  # who the client is (its bearer token, else its address): the rate limit's key
 
 
 @dataclass(frozen=True)
@@ -66,16 +68,21 @@ class ServerMetadata:
 class RequestScope:
     """One request's passage through the data plane, from its arrival to its answer. Closing the scope
     (leaving its ``with`` block, or :meth:`close`) records the outcome in the metrics, ends the request's
-    trace and returns its shared-memory leases."""
+    trace, returns its shared-memory leases and its bytes in flight."""
 
-    def __init__(self, plane: DataPlane, call: Call, model_name: str, started_ns: int | None = None) -> None:
+    def __init__(self, plane: DataPlane, call: Call, model_name: str, started_ns: int | None = None,
+                 nbytes: int = 0) -> None:
         self.plane = plane
         self.call = call
         self.model_name = model_name
         self.started_ns = call.started_ns if started_ns is None else started_ns
         self.request: InferRequest | None = None  # as validated, once it is
         self._regions: RequestRegions | None = None
+        self._held = 0
         self._closed = False
+        if nbytes:
+            plane.admission.hold(call.connection, nbytes, "request")
+            self._held = nbytes
 
     @property
     def deadline(self) -> float | None:
@@ -89,43 +96,39 @@ class RequestScope:
         return self._regions
 
     # -- one call, start to end -------------------------------------------------------------------
-    def infer(self, request: InferRequest) -> InferResponse:
-        """Run an OIP request on the model it names and wait for the answer (in the caller's thread)."""
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run an OIP request on the model it names and wait for the answer."""
         model = self.plane.repository.get(request.model_name, request.model_version)
-        return self.result(self.launch(model, self.prepare(model, request), "infer"))
+        prepared = await self.prepare(model, request)
+        return await self.run(model, prepared, "infer")
 
-    def detect(self, request: DetectRequest) -> FrameResult:
+    async def detect(self, request: DetectRequest) -> FrameResult:
         """Run a typed detection request on the detection pipeline it names (or the only one) and wait for
         the boxes."""
         model = self.plane.detection_model(request.model_name, request.model_version)
         self.model_name = model.name
-        return self.result(self.launch(model, self.prepare(model, request), "detect"))
+        prepared = await self.prepare(model, request)
+        return await self.run(model, prepared, "detect")  # type: ignore[no-any-return]
 
     # -- the steps, for drivers that interleave them (streams) --------------------------------------
-    def prepare(self, model: ModelVersion, request: InferRequest) -> InferRequest:
-        """Begin the request's trace (when sampled) and validate it against ``model`` (which may decode
-        its images): what :meth:`launch` runs."""
+    async def prepare(self, model: ModelVersion, request: InferRequest) -> InferRequest:
+        """Begin the request's trace (when sampled) and validate it against ``model``: in a decode thread
+        when validating decodes images, else on the loop. What :meth:`run` runs."""
         request.trace = self.plane.tracer.begin(model.name, str(model.version), request.id, self.started_ns)
-        prepared = model.validate(request)
+        if model.validate_decodes:
+            prepared = await self.plane.off_loop(model.validate, request)
+        else:
+            prepared = model.validate(request)
         if prepared.trace is not None:
             prepared.trace.stamp("QUEUE_START")
         self.request = prepared
         return prepared
 
-    def launch(self, model: ModelVersion, request: InferRequest, answer: str,
-               cancel_on_end: bool = True) -> concurrent.futures.Future[Any]:
-        """Queue a prepared request on the model's scheduler; ``answer`` is "infer" (an InferResponse) or
-        "detect" (a FrameResult, from a detection model). With ``cancel_on_end`` the request is dropped (or
-        its run's answer ignored) when the call ends; a stream cancels what it has in flight itself."""
-        run = model.detect(request) if answer == "detect" else model.infer(request)  # type: ignore[attr-defined]
-        future = self.plane.loop.submit(run)
-        if cancel_on_end and not self.call.on_end(future.cancel):
-            future.cancel()
-        return future
-
-    def result(self, future: concurrent.futures.Future[Any]) -> Any:
-        """The answer of a launched request (raises its error); a detection's stage times go to the metrics."""
-        result = future.result()
+    async def run(self, model: ModelVersion, request: InferRequest, answer: str) -> Any:
+        """Queue a prepared request on the model's scheduler and wait for it: "infer" answers an
+        InferResponse, "detect" a FrameResult (a detection model's), whose stage times go to the metrics.
+        Cancelling the caller drops the request from the queue (or ignores its batch's answer)."""
+        result = await (model.detect(request) if answer == "detect" else model.infer(request))  # type: ignore[attr-defined]
         if isinstance(result, FrameResult):
             self.plane.metrics.observe_stages(self.model_name, result.stages())
         return result
@@ -138,12 +141,16 @@ class RequestScope:
         self._closed = True
         try:
             seconds = (time.monotonic_ns() - self.started_ns) / 1e9
-            self.plane.metrics.observe_request(self.model_name, "OK" if error is None else status_name(error), seconds)
+            status = "OK" if error is None else "CANCELLED" if isinstance(error, asyncio.CancelledError) \
+                else status_name(error)
+            self.plane.metrics.observe_request(self.model_name, status, seconds)
             if error is None and self.request is not None:
                 self.plane.tracer.finish(self.request.trace, self.request.compute)
         finally:
             if self._regions is not None:
                 self._regions.release()
+            if self._held:
+                self.plane.admission.release(self.call.connection, self._held)
 
     def __enter__(self) -> RequestScope:
         return self
@@ -156,33 +163,51 @@ class RequestScope:
 class DataPlane:
     """Look-up, admission, tracing, statistics and metrics for every transport (see the module docstring).
 
-    Thread-safe; its blocking calls run in the transport's threads, the models' schedulers on ``loop``."""
+    Runs on ``loop``'s event loop; what may block (loading models, registering CUDA memory) the transport
+    runs with :meth:`off_loop`."""
 
     def __init__(self, repository: ModelRepository, loop: EventLoopThread, shared_memory: SharedMemoryRegistry,
                  tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "",
-                 strict_readiness: bool = True) -> None:
+                 strict_readiness: bool = True, limits: Limits | None = None, decode_threads: int = 0) -> None:
         self.repository = repository
         self.loop = loop
         self.shared_memory = shared_memory
         self.tracer = tracer
         self.metrics = metrics
+        self.admission = Admission(limits or Limits())
         self.log_settings = LogSettings()
         self.name = name
         self.version = version
         self.kernel_tier = kernel_tier
         self.started = False  # serving: set once start-up is over, cleared when shutdown begins
         self.strict_readiness = strict_readiness
+        self.draining = asyncio.Event()  # set when shutdown begins: streams stop reading and end
+        self._decode = ThreadPoolExecutor(decode_threads or max(2, os.cpu_count() or 2),
+                                          thread_name_prefix="peregrine-decode")
 
-    def scope(self, call: Call, model_name: str, started_ns: int | None = None) -> RequestScope:
+    def scope(self, call: Call, model_name: str, started_ns: int | None = None, nbytes: int = 0) -> RequestScope:
         """Open the scope of one request for ``model_name`` (as the client named it) arriving on ``call``
-        (at ``started_ns``, time.monotonic_ns(); default: when the call arrived)."""
-        return RequestScope(self, call, model_name, started_ns)
+        (at ``started_ns``, time.monotonic_ns(); default: when the call arrived). ``nbytes``, the request's
+        size, is held in flight until the scope closes: RESOURCE_EXHAUSTED at once when it does not fit, as
+        when the client is over its rate."""
+        self.admission.check_rate(call.identity)
+        return RequestScope(self, call, model_name, started_ns, nbytes)
 
-    def stream(self, call: Call, messages: Iterator[M], adapter: StreamAdapter[M, R],
-               policy: StreamPolicy) -> Iterator[R]:
+    def stream(self, call: Call, messages: AsyncIterator[M], adapter: StreamAdapter[M, R],
+               policy: StreamPolicy) -> AsyncIterator[R]:
         """Serve one bidirectional stream: ``adapter`` is the transport's codec for its messages, ``policy``
-        its flow control and window (:data:`~.streams.OIP_STREAM`, :data:`~.streams.DETECT_STREAM`)."""
+        its flow control and window (:data:`~.streams.OIP_STREAM`, :data:`~.streams.DETECT_STREAM`).
+        RESOURCE_EXHAUSTED when the server or the connection has as many streams open as it may."""
+        self.admission.open_stream(call.connection)
         return StreamDriver(self, call, adapter, policy).run(messages)
+
+    def off_loop(self, fn: Any, *args: Any) -> Awaitable[Any]:
+        """Run a blocking ``fn(*args)`` in a decode thread (image decoding, model loads) and await it."""
+        return asyncio.get_running_loop().run_in_executor(self._decode, fn, *args)
+
+    def close(self) -> None:
+        """Let decoding that is still running finish (before the loop closes under it)."""
+        self._decode.shutdown(wait=True, cancel_futures=True)
 
     # -- health and metadata --------------------------------------------------------------------
     @property
@@ -245,7 +270,7 @@ class DataPlane:
     def repository_index(self, repository: str = "", ready_only: bool = False) -> list[tuple[str, str, str, str]]:
         """(name, version, state, reason) of every model on disk or loaded."""
         if repository and repository != "models":
-            raise NotFound(f"unknown repository '{repository}'; this server has one, 'models'")
+            raise NotFound(f"unknown repository '{clipped(repository)}'; this server has one, 'models'")
         return [row for row in self.repository.index() if not ready_only or row[2] == "READY"]
 
     def load_model(self, name: str, config_json: str | None = None) -> None:
@@ -260,7 +285,7 @@ class DataPlane:
     def trace_settings(self, model: str = "", changes: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """The trace settings in force globally or for ``model``, after applying ``changes`` (if any)."""
         if model and model not in {name for name, *_ in self.repository.index()}:
-            raise NotFound(f"unknown model '{model}'")
+            raise NotFound(f"unknown model '{clipped(model)}'")
         return self.tracer.update(changes, model) if changes else self.tracer.settings(model)
 
     def update_log_settings(self, changes: dict[str, Any]) -> dict[str, Any]:

@@ -1,30 +1,33 @@
-"""One driver for every bidirectional stream (``ModelStreamInfer``, ``DetectStream``).
+"""One driver for every bidirectional stream (``ModelStreamInfer``, ``DetectStream``), on the event loop.
 
-A reader thread takes messages off the wire, decodes them with the transport's adapter (its codec) and
-admits them into the stream's window; a launcher thread validates and queues them as the window allows
-(or the reader does, for streams whose flow control always leaves a slot); the call's own thread answers
-them, each exactly once, in arrival order. What differs between streams is
-a :class:`StreamPolicy`:
+A reader task takes messages off the wire, decodes them with the transport's adapter (its codec) and admits
+them into the stream's window; a launcher task validates and queues them as the window allows (or the reader
+does, for streams whose flow control always leaves a slot); the call's own task answers them, each exactly
+once, in arrival order. A stream costs no thread, however long it stays open or idle. What differs between
+streams is a :class:`StreamPolicy`:
 
-- **Flow control** (``max_unanswered``): at most that many messages read and not yet answered; beyond it
-  the reader stops reading, so gRPC's flow control holds a client that sends faster than the model runs
-  instead of the server buffering its backlog.
+- **Flow control**: at most ``max_unanswered`` messages, and at most ``Limits.max_stream_bytes`` of them,
+  read and not yet answered (at least one message), and no reading while the server's bytes in flight are
+  over their bound; beyond that the reader stops reading, so gRPC's flow control holds a client that sends
+  faster than the model runs (or does not read its answers) instead of the server buffering its backlog.
 - **The window** (:class:`~peregrine.server.scheduling.frames.FrameWindow`): how many run at once and how
   many wait; a message arriving when the waiting room is full pushes out the oldest waiting one, answered
-  as dropped (latest frame wins). With room for everything read ahead, nothing is ever dropped.
+  as dropped (latest frame wins), its bytes let go at once. With room for everything read ahead, nothing is
+  ever dropped.
+- **Draining**: when the server shuts down, the reader stops reading, what was read is answered and the
+  stream ends (OK).
 
 Every message goes through the data plane as any unary request does (:class:`~.dataplane.RequestScope`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
+import contextlib
 import functools
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -46,8 +49,7 @@ R_co = TypeVar("R_co", covariant=True)
 
 # Most frames a DetectStream may ask to run at once (its first frame's max_in_flight).
 MAX_IN_FLIGHT = 64
-# Requests of one ModelStreamInfer stream read off the wire and not yet answered. A 640x640 FP32 request
-# is about 5 MB decoded.
+# Requests of one ModelStreamInfer stream read off the wire and not yet answered.
 STREAM_MAX_IN_FLIGHT = 32
 
 
@@ -78,8 +80,13 @@ class StreamAdapter(Protocol[M_contra, R_co]):
         """The wire answer to a message. An exception while encoding a result is answered as an error."""
         ...
 
-    def shed(self, message: M_contra) -> None:
-        """Drop what a dropped message carries that its answer does not need (its pixels)."""
+    def size(self, message: M_contra) -> int:
+        """The bytes a message holds while it is read and not yet answered."""
+        ...
+
+    def shed(self, message: M_contra) -> Any:
+        """What a dropped message's answer needs of it, without its payload (its pixels): the driver keeps
+        this instead of the message, so the message's bytes are freed at once."""
         ...
 
 
@@ -88,9 +95,9 @@ class StreamPolicy:
     """``answer``: "infer" (OIP responses) or "detect" (boxes, from detection pipelines only).
     ``max_unanswered``: flow control (None: none). ``window(model, first_request)``: the stream's window,
     made when its first message is admitted. ``launch_inline``: the reader validates and queues each
-    message itself, with no launcher thread (no hand-off); only for streams whose flow control keeps a
-    slot free for every message read (``max_unanswered`` <= the window's ``max_in_flight``), and whose
-    validation is cheap enough not to hold up reading."""
+    message itself, with no launcher task; only for streams whose flow control keeps a slot free for every
+    message read (``max_unanswered`` <= the window's ``max_in_flight``), and whose validation is cheap
+    enough not to hold up reading."""
 
     answer: str
     max_unanswered: int | None
@@ -111,8 +118,11 @@ def _detection_window(model: ModelVersion, request: InferRequest) -> FrameWindow
 OIP_STREAM = StreamPolicy("infer", STREAM_MAX_IN_FLIGHT,
                           lambda model, request: FrameWindow(STREAM_MAX_IN_FLIGHT, STREAM_MAX_IN_FLIGHT),
                           launch_inline=True)
+# Frames of one DetectStream read and not yet answered: beyond them a client that does not read its answers
+# is held back by flow control (dropped frames keep no pixels, but every frame is answered).
+DETECT_MAX_UNANSWERED = 128
 # DetectStream: a camera; latest frame wins, with the window the pipeline's settings (or the stream) ask for.
-DETECT_STREAM = StreamPolicy("detect", None, _detection_window)
+DETECT_STREAM = StreamPolicy("detect", DETECT_MAX_UNANSWERED, _detection_window)
 
 
 @dataclass(eq=False)
@@ -121,13 +131,12 @@ class _Item:
 
     message: Any
     scope: RequestScope
+    nbytes: int
     model: ModelVersion | None = None
     request: InferRequest | None = None
-    future: concurrent.futures.Future[Any] | None = None
+    task: asyncio.Task[Any] | None = None
     failure: StreamAnswer | None = None  # answered without a result
-    # Set once the item has its failure or its future is done; None where the reader launches inline
-    # (the item reaches the answering thread already failed or launched: its future is what to wait on).
-    answered: threading.Event | None = None
+    answered: asyncio.Event | None = None  # set once it has its failure or its task is done
 
 
 class StreamDriver(Generic[M, R]):
@@ -138,15 +147,17 @@ class StreamDriver(Generic[M, R]):
         self.call = call
         self.adapter = adapter
         self.policy = policy
-        self.cond = threading.Condition()
+        self.limits = plane.admission.limits
         self.window: FrameWindow[_Item] | None = None
-        self.order: queue.Queue[_Item | None] = queue.Queue()
+        self.order: asyncio.Queue[_Item | None] = asyncio.Queue()
         self.input_done = False
-        self.cancelled = False
         self.unanswered = 0
-        # Items queued on their model and not finished (by id): what a cancel must cancel. Finished items
+        self.held = 0  # bytes of the messages read and not yet answered (or dropped)
+        self.holding: set[_Item] = set()  # the items those bytes belong to
+        self.changed = asyncio.Event()  # a slot freed, an answer made, bytes let go, input ended
+        # Items queued on their model and not finished: what ending the stream must cancel. Finished items
         # leave at once, so a long stream holds only what is in flight, never its history.
-        self.launched: dict[int, _Item] = {}
+        self.launched: set[_Item] = set()
 
     def _dropped(self) -> int:
         return self.window.dropped if self.window else 0
@@ -156,48 +167,86 @@ class StreamDriver(Generic[M, R]):
         if item.answered is not None:
             item.answered.set()
 
+    def _let_go(self, item: _Item) -> None:
+        """Its bytes are no longer held (answered, or dropped and shed)."""
+        if item in self.holding:
+            self.holding.discard(item)
+            self.held -= item.nbytes
+            self.plane.admission.release(self.call.connection, item.nbytes)
+            self.changed.set()
+
     # -- reading ---------------------------------------------------------------------------------
-    def _read(self, messages: Iterator[M]) -> None:
+    async def _read(self, messages: AsyncIterator[M]) -> None:
+        iterator = messages.__aiter__()
+        draining = asyncio.ensure_future(self.plane.draining.wait())
+        receive: asyncio.Future[M] | None = None
         try:
-            for message in messages:
-                item = _Item(message, self.plane.scope(self.call, self.adapter.model_of(message), time.monotonic_ns()))
-                with self.cond:
-                    self.unanswered += 1
-                if self.policy.launch_inline:
-                    try:
-                        self._admit(item)
-                        self._start(self._take_admitted(item))
-                    except Exception as e:
-                        self._fail(item, "error", e)
-                    self.order.put(item)
-                else:
-                    item.answered = threading.Event()
-                    self.order.put(item)
-                    try:
-                        self._admit(item)
-                    except Exception as e:
-                        self._fail(item, "error", e)
-                if not self._has_room():
+            while True:
+                receive = asyncio.ensure_future(iterator.__anext__())
+                await asyncio.wait({receive, draining}, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():  # the server is shutting down: read no more
+                    receive.cancel()
                     break
+                try:
+                    message = receive.result()
+                except StopAsyncIteration:
+                    break
+                self._take(message)
+                if not await self._room():
+                    break
+        except asyncio.CancelledError:
+            raise
         except Exception as e:  # the stream itself broke (the client went away)
             log.debug("stream ended: %s", e)
         finally:
-            with self.cond:
-                self.input_done = True
-                self.cond.notify_all()
-            self.order.put(None)
+            draining.cancel()
+            if receive is not None:  # a read cut short by the stream's end: nobody waits for its outcome
+                if receive.done():
+                    if not receive.cancelled():
+                        receive.exception()
+                else:
+                    receive.cancel()
+            self.input_done = True
+            self.order.put_nowait(None)
+            self.changed.set()
 
-    def _has_room(self) -> bool:
-        """Wait until fewer than ``max_unanswered`` messages are unanswered; False when the call ended."""
+    def _take(self, message: M) -> None:
+        nbytes = self.adapter.size(message)
+        item = _Item(message, self._scope(message), nbytes)
+        self.unanswered += 1
+        self.held += nbytes
+        self.holding.add(item)
+        self.plane.admission.take(self.call.connection, nbytes)
+        if not self.policy.launch_inline:
+            item.answered = asyncio.Event()
+        self.order.put_nowait(item)
+        try:
+            self.plane.admission.check_rate(self.call.identity)  # each message counts as a request
+            self._admit(item)
+            if self.policy.launch_inline:
+                self._start_inline(self._take_admitted(item))
+        except Exception as e:
+            self._fail(item, "error", e)
+
+    def _scope(self, message: M) -> RequestScope:
+        """A message's own scope (its bytes are the stream's to hold: none held by the scope itself)."""
+        from .dataplane import RequestScope
+
+        return RequestScope(self.plane, self.call, self.adapter.model_of(message), time.monotonic_ns())
+
+    async def _room(self) -> bool:
+        """Wait until the stream may read another message; False when the call is over or the server drains."""
         limit = self.policy.max_unanswered
-        if limit is None:
-            return True
-        with self.cond:
-            while self.unanswered >= limit:
-                if self.cancelled or not self.call.is_active():
-                    return False
-                self.cond.wait(0.5)
-        return True
+        admission = self.plane.admission
+        while True:
+            if self.plane.draining.is_set():
+                return False
+            if ((limit is None or self.unanswered < limit) and (self.held < self.limits.max_stream_bytes)
+                    and admission.fits(self.call.connection, 0)):
+                return True
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):  # other streams' and calls' bytes free room too
+                await asyncio.wait_for(self.changed.wait(), 0.25)
 
     def _admit(self, item: _Item) -> None:
         request = self.adapter.decode(item.message, item.scope)
@@ -207,100 +256,100 @@ class StreamDriver(Generic[M, R]):
         else:
             model = self.plane.repository.get(request.model_name, request.model_version)
         item.model, item.request = model, request
-        with self.cond:
-            if self.window is None:
-                self.window = self.policy.window(model, request)
-            for old in self.window.offer(item):
-                assert old.request is not None
-                old.failure = StreamAnswer("dropped", error=Aborted(
-                    f"frame {_sequence(old.request)} dropped: frame {_sequence(request)} superseded it while it "
-                    "waited (latest frame wins)"), dropped_total=self.window.dropped)
-                old.request = None
-                self.adapter.shed(old.message)  # its answer is made; the pixels need not wait in the queue
-                if old.answered is not None:
-                    old.answered.set()
-            self.cond.notify_all()
+        if self.window is None:
+            self.window = self.policy.window(model, request)
+        for old in self.window.offer(item):
+            assert old.request is not None
+            old.failure = StreamAnswer("dropped", error=Aborted(
+                f"frame {_sequence(old.request)} dropped: frame {_sequence(request)} superseded it while it "
+                "waited (latest frame wins)"), dropped_total=self.window.dropped)
+            old.request = None
+            old.message = self.adapter.shed(old.message)  # its answer is made; its bytes need not wait
+            self._let_go(old)
+            if old.answered is not None:
+                old.answered.set()
+        self.changed.set()
 
     # -- launching -------------------------------------------------------------------------------
     def _take_admitted(self, item: _Item) -> _Item:
         """With inline launching, the item just admitted: flow control leaves it a free slot."""
-        with self.cond:
-            assert self.window is not None
-            taken = self.window.take()
-        if taken is not item:
+        assert self.window is not None
+        if self.window.take() is not item:
             raise RuntimeError("inline launch needs max_unanswered <= the window's max_in_flight")
         return item
 
-    def _next(self) -> _Item | None:
-        with self.cond:
-            while True:
-                if self.cancelled:
-                    return None
-                item = self.window.take() if self.window else None
-                if item is not None:
-                    return item
-                if self.input_done and not (self.window and self.window.waiting):
-                    return None
-                self.cond.wait()
+    def _start_inline(self, item: _Item) -> None:
+        """Validate on the loop and queue (cheap validation only: see StreamPolicy.launch_inline)."""
+        assert item.model is not None and item.request is not None
+        scope = item.scope
+        request = item.request
+        request.trace = self.plane.tracer.begin(item.model.name, str(item.model.version), request.id,
+                                                scope.started_ns)
+        try:
+            prepared = item.model.validate(request)
+        except Exception as e:
+            self._fail(item, "error", e)
+            self._slot_freed()
+            return
+        if prepared.trace is not None:
+            prepared.trace.stamp("QUEUE_START")
+        scope.request = prepared
+        self._launch_task(item, prepared)
 
-    def _finished(self, key: int, _future: concurrent.futures.Future[Any]) -> None:
-        with self.cond:
-            assert self.window is not None
-            self.window.finish()
-            item = self.launched.pop(key)
-            self.cond.notify_all()
+    async def _start(self, item: _Item) -> None:
+        """Validate an item taken from the window (off the loop where it decodes images) and queue it."""
+        assert item.model is not None and item.request is not None
+        try:
+            request = await item.scope.prepare(item.model, item.request)
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                raise DeadlineExceeded(f"frame {_sequence(request)}: its deadline passed before it could run")
+        except Exception as e:
+            self._fail(item, "deadline" if isinstance(e, DeadlineExceeded) else "error", e)
+            self._slot_freed()
+            return
+        self._launch_task(item, request)
+
+    def _launch_task(self, item: _Item, request: InferRequest) -> None:
+        assert item.model is not None
+        item.task = asyncio.ensure_future(item.scope.run(item.model, request, self.policy.answer))
+        self.launched.add(item)
+        item.task.add_done_callback(functools.partial(self._finished, item))
+
+    def _slot_freed(self) -> None:
+        assert self.window is not None
+        self.window.finish()
+        self.changed.set()
+
+    def _finished(self, item: _Item, _task: asyncio.Task[Any]) -> None:
+        self.launched.discard(item)
+        self._slot_freed()
         if item.answered is not None:
             item.answered.set()
 
-    def _launch(self) -> None:
-        """The launcher thread: start each item as the window gives it a slot."""
-        while (item := self._next()) is not None:
-            self._start(item)
-
-    def _start(self, item: _Item) -> None:
-        """Validate an item taken from the window and queue it on its model (or answer it with the error)."""
-        assert item.model is not None and item.request is not None
-        try:
-            request = item.scope.prepare(item.model, item.request)
-            if request.deadline is not None and time.monotonic() >= request.deadline:
-                raise DeadlineExceeded(f"frame {_sequence(request)}: its deadline passed before it could run")
-            # The stream's own cancel (below) cancels what is in flight: one callback per stream, not
-            # one per message kept for the stream's whole life.
-            item.future = item.scope.launch(item.model, request, self.policy.answer, cancel_on_end=False)
-        except Exception as e:
-            self._fail(item, "deadline" if isinstance(e, DeadlineExceeded) else "error", e)
-            with self.cond:
-                assert self.window is not None
-                self.window.finish()
-            return
-        with self.cond:
-            self.launched[id(item)] = item
-        # The callback names the item by key, not by reference: a future that refers back to its item
-        # would make a cycle that only the garbage collector frees, holding the item's tensors.
-        item.future.add_done_callback(functools.partial(self._finished, id(item)))
-
-    def _cancel(self) -> None:
-        with self.cond:
-            self.cancelled = True
-            waiting = self.window.drain() if self.window else []
-            launched = list(self.launched.values())
-            self.cond.notify_all()
-        for item in waiting:
-            self._fail(item, "error", Cancelled("stream cancelled by the client"))
-        for item in launched:
-            if item.future is not None:
-                item.future.cancel()
+    async def _launch(self) -> None:
+        """The launcher task: start each item as the window gives it a slot."""
+        while True:
+            item = self.window.take() if self.window else None
+            if item is not None:
+                await self._start(item)
+                continue
+            if self.input_done and not (self.window and self.window.waiting):
+                return
+            self.changed.clear()
+            await self.changed.wait()
 
     # -- answering -------------------------------------------------------------------------------
-    def _answer(self, item: _Item) -> R:
+    async def _answer(self, item: _Item) -> R:
         if item.answered is not None:
-            item.answered.wait()
+            await item.answered.wait()
         answer = item.failure
         if answer is None:
-            assert item.future is not None
+            assert item.task is not None
             try:
-                answer = StreamAnswer("ok", result=item.scope.result(item.future), dropped_total=self._dropped())
-            except BaseException as e:
+                answer = StreamAnswer("ok", result=await item.task, dropped_total=self._dropped())
+            except asyncio.CancelledError:
+                answer = StreamAnswer("error", error=Cancelled("cancelled"), dropped_total=self._dropped())
+            except Exception as e:
                 outcome = "deadline" if isinstance(e, DeadlineExceeded) else "error"
                 answer = StreamAnswer(outcome, error=e, dropped_total=self._dropped())
         try:
@@ -313,18 +362,34 @@ class StreamDriver(Generic[M, R]):
             item.scope.close(answer.error)
         return out
 
-    def run(self, messages: Iterator[M]) -> Iterator[R]:
-        self.call.on_end(self._cancel)
-        threading.Thread(target=self._read, args=(messages,), name="stream-read", daemon=True).start()
-        if not self.policy.launch_inline:
-            threading.Thread(target=self._launch, name="stream-launch", daemon=True).start()
-        while (item := self.order.get()) is not None:
-            try:
-                yield self._answer(item)
-            finally:
-                with self.cond:
-                    self.unanswered -= 1
-                    self.cond.notify_all()
+    async def run(self, messages: AsyncIterator[M]) -> AsyncIterator[R]:
+        reader = asyncio.ensure_future(self._read(messages))
+        launcher = None if self.policy.launch_inline else asyncio.ensure_future(self._launch())
+        item: _Item | None = None
+        try:
+            while (item := await self.order.get()) is not None:
+                answer = await self._answer(item)
+                self.unanswered -= 1
+                self._let_go(item)
+                item = None
+                yield answer
+        finally:
+            # The call is over (answered, cancelled or broken): nothing read is kept, nothing queued runs.
+            reader.cancel()
+            if launcher is not None:
+                launcher.cancel()
+            for it in list(self.launched):
+                if it.task is not None:
+                    it.task.cancel()
+            pending = list(self.holding)
+            while not self.order.empty():
+                it = self.order.get_nowait()
+                if it is not None and it not in pending:
+                    pending.append(it)
+            for it in pending:
+                it.scope.close(Cancelled("the stream ended before this message was answered"))
+                self._let_go(it)
+            self.plane.admission.close_stream(self.call.connection)
 
 
 def _sequence(request: InferRequest) -> Any:

@@ -27,6 +27,7 @@ class ModelVersion(Protocol):
     version: int
     config: ModelConfig
     stats: ModelStats
+    validate_decodes: bool  # validate() decodes (images): the data plane runs it off the event loop
 
     @classmethod
     def load(cls, name: str, version: int, version_dir: Path, config: ModelConfig) -> ModelVersion:

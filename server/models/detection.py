@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -59,6 +59,8 @@ _OIP_OPTIONS = ("score_threshold", "iou_threshold", "max_detections")
 @dataclass
 class DetectionModel:
     """One loaded version of a detection pipeline (see the module docstring)."""
+
+    validate_decodes: ClassVar[bool] = True  # validate() decodes images: the data plane runs it off the loop
 
     name: str
     version: int

@@ -80,6 +80,26 @@ class _ModelCollector(Collector):
         yield depth
 
 
+class _AdmissionCollector(Collector):
+    """What requests and streams hold right now, and what admission refused (docs/SECURITY.md, Limits)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        admission = self._metrics.admission
+        if admission is None:
+            return
+        yield GaugeMetricFamily("peregrine_inflight_bytes", "Bytes of requests read and not yet answered",
+                                value=admission.inflight_bytes)
+        yield GaugeMetricFamily("peregrine_streams_open", "Bidirectional streams open", value=admission.streams)
+        refused = CounterMetricFamily("peregrine_admission_refused", "Requests and streams refused "
+                                      "(RESOURCE_EXHAUSTED) by admission control, by bound", labels=["bound"])
+        for bound, count in sorted(admission.rejected.items()):
+            refused.add_metric([bound], count)
+        yield refused
+
+
 class Metrics:
     """The server's metrics. ``known(name)`` says whether a model name may be a label (the repository
     knows it); ``ready()`` answers the HTTP readiness probe."""
@@ -99,6 +119,8 @@ class Metrics:
             ["model", "stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.registry.register(_ModelCollector(models))
+        self.admission: Any = None  # the data plane's Admission, once it exists
+        self.registry.register(_AdmissionCollector(self))
         self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None

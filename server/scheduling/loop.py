@@ -1,8 +1,7 @@
 """One asyncio event loop, in a thread of its own, that runs every model's scheduler.
 
-The gRPC transport runs in a thread pool (measured faster than grpc.aio for large tensors); the data
-plane hands requests from those threads to this loop with :meth:`EventLoopThread.submit` and waits on
-the returned future.
+The gRPC server (grpc.aio), the data plane and every model's scheduler run on it; other threads (the
+server's owner, model loads) reach it with :meth:`EventLoopThread.run` and :meth:`EventLoopThread.submit`.
 """
 
 from __future__ import annotations
@@ -38,6 +37,14 @@ class EventLoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and wait for its result (from another thread)."""
         return self.submit(coro).result(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self) -> None:
+        """Wait until the loop stops."""
+        self._thread.join()
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -11,9 +11,10 @@ from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 
 from ...codecs import detection as codecs
+from ...core.errors import PeregrineError
 from ...dataplane.dataplane import DataPlane, RequestScope
 from ...dataplane.streams import DETECT_STREAM, StreamAnswer
-from .status import GrpcCall, status_of, unary
+from .status import GrpcCall, check, status_of, unary
 
 
 class DetectionServicer(det_grpc.DetectionServiceServicer):
@@ -21,16 +22,25 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
         self.dataplane = dataplane
 
     @unary
-    def Detect(self, request: det.DetectRequest, context: grpc.ServicerContext) -> det.DetectResponse:
+    async def Detect(self, request: det.DetectRequest, context: grpc.aio.ServicerContext) -> det.DetectResponse:
         call = GrpcCall(context)
-        with self.dataplane.scope(call, request.model_name) as scope:
-            result = scope.detect(codecs.decode_detect_request(request, scope.deadline))
+        with self.dataplane.scope(call, request.model_name, nbytes=request.ByteSize()) as scope:
+            result = await scope.detect(codecs.decode_detect_request(request, scope.deadline))
             return codecs.encode_detect_response(request, result)
 
-    def DetectStream(self, request_iterator: Iterator[det.StreamFrame],
-                     context: grpc.ServicerContext) -> Iterator[det.StreamResult]:
+    async def DetectStream(self, request_iterator: AsyncIterator[det.StreamFrame],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[det.StreamResult]:
         call = GrpcCall(context)
-        return self.dataplane.stream(call, request_iterator, _FrameStream(call), DETECT_STREAM)
+        try:
+            answers = self.dataplane.stream(call, request_iterator, _FrameStream(call), DETECT_STREAM)
+        except PeregrineError as e:  # no room for another stream
+            code, message = status_of(e)
+            await context.abort(code, message)
+        try:
+            async for answer in answers:
+                yield answer
+        finally:
+            await answers.aclose()  # type: ignore[attr-defined]  # the driver's own clean-up, now
 
 
 class _FrameStream:
@@ -44,6 +54,7 @@ class _FrameStream:
         return self.frames.model_of(message)
 
     def decode(self, message: det.StreamFrame, scope: RequestScope) -> Any:
+        check(message)
         return self.frames.decode(message, scope.started_ns / 1e9, self.call.deadline)
 
     def answer(self, message: det.StreamFrame, scope: RequestScope, answer: StreamAnswer) -> det.StreamResult:
@@ -53,5 +64,9 @@ class _FrameStream:
         return codecs.stream_failure(message, codecs.stream_status(answer.outcome), code.value[0], text,
                                      answer.dropped_total)
 
-    def shed(self, message: det.StreamFrame) -> None:
-        message.ClearField("image")
+    def size(self, message: det.StreamFrame) -> int:
+        return int(message.ByteSize())
+
+    def shed(self, message: det.StreamFrame) -> det.StreamFrame:
+        """A dropped frame's answer needs its sequence and capture time, not its pixels."""
+        return det.StreamFrame(sequence=message.sequence, capture_time_us=message.capture_time_us)

@@ -6,8 +6,9 @@ answer back; errors leave as statuses through :func:`.status.unary`.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -15,10 +16,10 @@ from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
 from ...codecs import metadata, oip
-from ...core.errors import InvalidArgument
+from ...core.errors import InvalidArgument, PeregrineError
 from ...dataplane.dataplane import DataPlane, RequestScope
 from ...dataplane.streams import OIP_STREAM, StreamAnswer
-from .status import GrpcCall, status_of, unary
+from .status import GrpcCall, check, status_of, unary
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -28,60 +29,70 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- health and metadata -------------------------------------------------------------------
     @unary
-    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @unary
-    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.ready)
 
     @unary
-    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
 
     @unary
-    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         m = self.dataplane.server_metadata()
         return pb.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
 
     @unary
-    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         model = self.dataplane.model(request.name, request.version)
         return metadata.model_metadata(model, self.dataplane.ready_versions(model.name))
 
     @unary
-    def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         model = self.dataplane.model(request.name, request.version)
         return pb.ModelConfigResponse(config=metadata.model_config(model, self.dataplane.kernel_tier))
 
     @unary
-    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         stats = self.dataplane.model_statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[metadata.model_statistics(m, s) for m, s in stats])
 
     # -- inference -----------------------------------------------------------------------------
     @unary
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         call = GrpcCall(context)
-        with self.dataplane.scope(call, request.model_name) as scope:
+        with self.dataplane.scope(call, request.model_name, nbytes=request.ByteSize()) as scope:
             req = oip.decode_infer_request(request, scope.deadline, regions=scope.regions)
-            return oip.encode_infer_response(scope.infer(req), scope.regions)
+            return oip.encode_infer_response(await scope.infer(req), scope.regions)
 
-    def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
-                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they can share batches), at most
         ``STREAM_MAX_IN_FLIGHT`` read ahead of their answers; responses come back in request order. An
         error answers that request in ``error_message`` and the stream goes on."""
         adapter = _OipStream(f"stream-{next(self._stream_ids)}")
-        return self.dataplane.stream(GrpcCall(context), request_iterator, adapter, OIP_STREAM)
+        try:
+            answers = self.dataplane.stream(GrpcCall(context), request_iterator, adapter, OIP_STREAM)
+        except PeregrineError as e:  # no room for another stream
+            code, message = status_of(e)
+            await context.abort(code, message)
+        try:
+            async for answer in answers:
+                yield answer
+        finally:
+            await answers.aclose()  # type: ignore[attr-defined]  # the driver's own clean-up, now
 
     # -- repository ----------------------------------------------------------------------------
     @unary
-    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         return metadata.repository_index(self.dataplane.repository_index(request.repository_name, request.ready))
 
     @unary
-    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                             context: Any) -> pb.RepositoryModelLoadResponse:
         config_json = None
         for key, value in request.parameters.items():
@@ -92,54 +103,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if value.WhichOneof("parameter_choice") != "string_param":
                 raise InvalidArgument("parameters.config: expected a string holding JSON")
             config_json = value.string_param
-        self.dataplane.load_model(request.model_name, config_json)
+        await asyncio.to_thread(self.dataplane.load_model, request.model_name, config_json)
         return pb.RepositoryModelLoadResponse()
 
     @unary
-    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
                               context: Any) -> pb.RepositoryModelUnloadResponse:
-        self.dataplane.unload_model(request.model_name)
+        await asyncio.to_thread(self.dataplane.unload_model, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # -- shared memory (Triton's extension) ------------------------------------------------------------
     @unary
-    def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
                                  context: Any) -> pb.SystemSharedMemoryStatusResponse:
         return metadata.shared_memory_status("system", self.dataplane.shared_memory.status("system", request.name))
 
     @unary
-    def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
                                    context: Any) -> pb.SystemSharedMemoryRegisterResponse:
-        self.dataplane.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
+        await asyncio.to_thread(self.dataplane.shared_memory.register_system, request.name, request.key,
+                                request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @unary
-    def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
                                      context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
-        self.dataplane.shared_memory.unregister("system", request.name)
+        await asyncio.to_thread(self.dataplane.shared_memory.unregister, "system", request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @unary
-    def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
                                context: Any) -> pb.CudaSharedMemoryStatusResponse:
         return metadata.shared_memory_status("cuda", self.dataplane.shared_memory.status("cuda", request.name))
 
     @unary
-    def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
                                  context: Any) -> pb.CudaSharedMemoryRegisterResponse:
-        self.dataplane.shared_memory.register_cuda(request.name, request.raw_handle, request.device_id,
-                                                   request.byte_size)
+        await asyncio.to_thread(self.dataplane.shared_memory.register_cuda, request.name, request.raw_handle,
+                                request.device_id, request.byte_size)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @unary
-    def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
                                    context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
-        self.dataplane.shared_memory.unregister("cuda", request.name)
+        await asyncio.to_thread(self.dataplane.shared_memory.unregister, "cuda", request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
     # -- trace and log settings ----------------------------------------------------------------------
     @unary
-    def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
         changes = {key: list(value.value) for key, value in request.settings.items()}
         settings = self.dataplane.trace_settings(request.model_name, changes)
         response = pb.TraceSettingResponse()
@@ -148,7 +160,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     @unary
-    def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
         changes = {}
         for key, value in request.settings.items():
             kind = value.WhichOneof("parameter_choice")
@@ -173,6 +185,7 @@ class _OipStream:
         return message.model_name
 
     def decode(self, message: pb.ModelInferRequest, scope: RequestScope) -> Any:
+        check(message)
         return oip.decode_infer_request(message, scope.deadline, ordering_key=self.key, regions=scope.regions)
 
     def answer(self, message: pb.ModelInferRequest, scope: RequestScope,
@@ -186,5 +199,10 @@ class _OipStream:
                                                  id=message.id),
         )
 
-    def shed(self, message: pb.ModelInferRequest) -> None:
-        """Nothing to shed: a ModelStreamInfer request is never dropped."""
+    def size(self, message: pb.ModelInferRequest) -> int:
+        return int(message.ByteSize())
+
+    def shed(self, message: pb.ModelInferRequest) -> pb.ModelInferRequest:
+        """What an answer needs of a request: a ModelStreamInfer request is never dropped, but in case."""
+        return pb.ModelInferRequest(model_name=message.model_name, model_version=message.model_version,
+                                    id=message.id)

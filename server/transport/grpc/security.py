@@ -29,8 +29,8 @@ def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
 
 
 def _denied(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    def deny(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+    async def deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
 
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
@@ -43,7 +43,7 @@ def _denied(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str)
     return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Answers UNAUTHENTICATED, before the servicer runs, to calls of a guarded category that carry no
     ``authorization: Bearer <token>`` metadata or a token the store does not hold."""
 
@@ -51,9 +51,9 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self.tokens = tokens
         self.open = frozenset(check_categories(open_categories))
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None:
             return None
         category = category_of(details.method)

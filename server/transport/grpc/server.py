@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -17,6 +17,10 @@ from ...security.tokens import TokenStore
 from .detection import DetectionServicer
 from .inference import InferenceServicer
 from .security import TlsFiles, TokenAuthInterceptor
+from .status import tolerant
+
+if TYPE_CHECKING:
+    from ...scheduling.loop import EventLoopThread
 
 log = logging.getLogger(__name__)
 
@@ -40,78 +44,133 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
     return _pool.POOL
 
 
-class GrpcTransport:
-    """A threaded ``grpc.server`` serving the data plane. ``start()`` binds and returns the port."""
+class _Capture:
+    """Stands in for a server to the generated ``add_..._to_server`` functions: keeps their handlers."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane) -> None:
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.service = ""
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _add_tolerant(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
+    """Add a service whose request deserializers never raise: malformed bytes reach the handler as
+    :class:`~.status.Malformed` and are answered INVALID_ARGUMENT (grpc itself would answer UNKNOWN)."""
+    capture = _Capture()
+    add(servicer, capture)
+    handlers = {name: h._replace(request_deserializer=tolerant(h.request_deserializer, f"{capture.service}.{name}"))
+                for name, h in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
+
+
+class GrpcTransport:
+    """A ``grpc.aio`` server serving the data plane on the server's event loop: a call, unary or stream,
+    holds no thread while it waits. :meth:`bind`, :meth:`start`, :meth:`stop` are called from any thread
+    but the loop's; they run on ``loop``."""
+
+    def __init__(self, config: ServerConfig, dataplane: DataPlane, loop: EventLoopThread) -> None:
         self.config = config
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        options = [
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+        self.dataplane = dataplane
+        self.loop = loop
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    def _options(self) -> list[tuple[str, Any]]:
+        cfg = self.config
+        return [
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # HTTP/2 streams (calls of any kind) at once per connection: a backstop behind the data plane's
+            # own bounds on streams and bytes per connection.
+            ("grpc.max_concurrent_streams", cfg.max_calls_per_connection),
+            # Connections: keepalive pings find dead peers; clients may ping no more than every 10 s without
+            # calls (more is a flood, answered with GOAWAY); idle connections close after max_connection_idle.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_connection_idle_ms", cfg.max_connection_idle_s * 1000),
         ]
-        self._pool = ThreadPoolExecutor(config.grpc_workers, thread_name_prefix="grpc")
+
+    async def _bind(self) -> int:
+        cfg = self.config
         interceptors = []
-        if config.auth_token_file is not None:
-            interceptors.append(TokenAuthInterceptor(TokenStore(config.auth_token_file), config.auth_open))
-        self.server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=None,
-                                  interceptors=interceptors)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self.server)
-        detection_pb2_grpc.add_DetectionServiceServicer_to_server(DetectionServicer(dataplane), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if cfg.auth_token_file is not None:
+            interceptors.append(TokenAuthInterceptor(TokenStore(cfg.auth_token_file), cfg.auth_open))
+        server = grpc.aio.server(options=self._options(), interceptors=interceptors, maximum_concurrent_rpcs=None)
+        _add_tolerant(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                      InferenceServicer(self.dataplane), server)
+        _add_tolerant(detection_pb2_grpc.add_DetectionServiceServicer_to_server,
+                      DetectionServicer(self.dataplane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [OIP_SERVICE, DETECTION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME],
-            self.server,
+            server,
             pool=_reflection_pool(),
         )
-        self.port: int | None = None
-
-    def model_changed(self, name: str, ready: bool) -> None:
-        """A model became ready or stopped being: its health service name follows."""
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        self.health.set(name, status)
-
-    def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for svc in SERVICES:
-            self.health.set(svc, status)
-
-    def bind(self) -> int:
-        """Bind the port (0 picks one) and return it; calls are taken once :meth:`start` runs."""
-        cfg = self.config
         address = f"{cfg.host}:{cfg.grpc_port}"
         try:
             if cfg.tls_cert is not None and cfg.tls_key is not None:
                 tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-                self.port = self.server.add_secure_port(address, tls.credentials())
+                port = server.add_secure_port(address, tls.credentials())
             else:
-                self.port = self.server.add_insecure_port(address)
+                port = server.add_insecure_port(address)
+                if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+                    log.warning("gRPC on %s is plain text%s: use --tls-cert/--tls-key off a trusted network",
+                                address, "" if cfg.auth_token_file else " and needs no token")
         except RuntimeError:  # grpc's "Failed to bind": in use, or no such address
-            self.port = 0
-            if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-                log.warning("gRPC on %s is plain text%s: use --tls-cert/--tls-key off a trusted network",
-                            address, "" if cfg.auth_token_file else " and needs no token")
-        if self.port == 0:
+            port = 0
+        if port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.host}:{cfg.grpc_port}: the port is in use or the address "
                           "is not this machine's (--host, --grpc-port)")
+        self.server = server
+        return int(port)
+
+    def bind(self) -> int:
+        """Bind the port (0 picks one) and return it; calls are taken once :meth:`start` runs."""
+        self.port = self.loop.run(self._bind())
         return self.port
+
+    def model_changed(self, name: str, ready: bool) -> None:
+        """A model became ready or stopped being: its health service name follows."""
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.loop.submit(self.health.set(name, status))
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for svc in SERVICES:
+            self.loop.submit(self.health.set(svc, status))
 
     def start(self) -> None:
         """Start taking calls; health says NOT_SERVING until :meth:`set_serving`."""
+        assert self.server is not None
         self.set_serving(False)
-        self.server.start()
+        self.loop.run(self.server.start())
 
     def drain(self) -> None:
-        self.health.enter_graceful_shutdown()
+        """Shutdown begins: health says NOT_SERVING, streams stop reading and end once answered."""
+        if self.server is None:
+            return
+
+        async def begin() -> None:
+            await self.health.enter_graceful_shutdown()
+            self.dataplane.draining.set()
+
+        self.loop.run(begin())
 
     def stop(self, grace: float) -> None:
-        """Stop taking calls and let running ones finish within ``grace`` seconds."""
-        self.server.stop(grace).wait()
+        """Stop taking calls and let running ones finish within ``grace`` seconds, then cancel them."""
+        if self.server is not None:
+            self.loop.run(self.server.stop(grace))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def wait(self) -> None:
-        self.server.wait_for_termination()
+        self.server = None

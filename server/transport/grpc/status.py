@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from ...core.errors import PeregrineError, status_name
+from ...core.errors import InvalidArgument, PeregrineError, status_name
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -22,42 +23,90 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     name = status_name(error)
     if isinstance(error, PeregrineError):
         return grpc.StatusCode[name], error.message
-    if name == "CANCELLED":
+    if name == "CANCELLED" or isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED, "request cancelled"
     log.error("internal error", exc_info=error)
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
 def unary(method: F) -> F:
-    """Wrap a unary servicer method so every exception leaves as the right gRPC status."""
+    """Wrap a unary servicer coroutine so every exception leaves as the right gRPC status."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            check(request)
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise  # context.abort() already set the status
         except Exception as e:
-            if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError":
-                raise  # context.abort() already set the status
             code, message = status_of(e)
-            context.abort(code, message)
+            await context.abort(code, message)
 
     return wrapper  # type: ignore[return-value]
 
 
 class GrpcCall:
     """A gRPC call as the data plane's :class:`~peregrine.server.dataplane.dataplane.Call`: when it
-    arrived, its deadline on the monotonic clock, and its end."""
+    arrived, its deadline on the monotonic clock, its connection and the identity of its client."""
 
-    __slots__ = ("context", "deadline", "started_ns")
+    __slots__ = ("_identity", "connection", "context", "deadline", "started_ns")
 
-    def __init__(self, context: grpc.ServicerContext) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self.started_ns = time.monotonic_ns()
         self.context = context
         remaining = context.time_remaining()
         self.deadline = None if remaining is None else time.monotonic() + remaining
+        self.connection: str = context.peer() or ""
+        self._identity: str | None = None
 
-    def on_end(self, callback: Callable[[], object]) -> bool:
-        return bool(self.context.add_callback(callback))
+    @property
+    def identity(self) -> str:
+        """The client: its bearer token (``authorization`` metadata) when it sends one, else its address
+        without the port (all connections from one host are one client)."""
+        if self._identity is None:
+            token = ""
+            for key, value in self.context.invocation_metadata() or ():
+                if key == "authorization":
+                    token = value.decode() if isinstance(value, bytes) else str(value)
+                    break
+            self._identity = f"token:{token}" if token else f"host:{self.connection.rsplit(':', 1)[0]}"
+        return self._identity
 
-    def is_active(self) -> bool:
-        return bool(self.context.is_active())
+
+class Malformed:
+    """What arrives in place of a request whose bytes are not a valid message of its type: the handlers
+    answer it INVALID_ARGUMENT (a stream answers that message and goes on) instead of grpc's UNKNOWN."""
+
+    model_name = model_version = id = ""
+    sequence = capture_time_us = 0
+
+    def __init__(self, kind: str, data: bytes, error: Exception) -> None:
+        self.kind = kind
+        self.nbytes = len(data)
+        self.reason = str(error)
+
+    def ByteSize(self) -> int:  # protobuf's name: handlers size it like a message
+        return self.nbytes
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"request: {self.nbytes} bytes that are not a valid {self.kind} message "
+                               f"({self.reason})")
+
+
+def tolerant(deserializer: Callable[[bytes], Any], kind: str) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: bytes that do not parse become :class:`Malformed`."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # protobuf's DecodeError, and anything a corrupt message makes it raise
+            return Malformed(kind, data, e)
+
+    return deserialize
+
+
+def check(request: Any) -> None:
+    """Raise INVALID_ARGUMENT for a request that did not parse."""
+    if isinstance(request, Malformed):
+        raise request.error()
