@@ -8,6 +8,7 @@ module is missing or ``PEREGRINE_KERNELS=numba``), CuPy arrays on the native CUD
 from __future__ import annotations
 
 from ._classify import classify_postprocess, softmax, softmax_into, topk
+from ._memory import guard_mapping, mapping_faulted, unguard_mapping
 from ._postprocess import (
     LAYOUTS,
     Candidates,
@@ -54,11 +55,13 @@ __all__ = [
     "decode",
     "detect_postprocess",
     "detect_postprocess_into",
+    "guard_mapping",
     "has_native",
     "letterbox",
     "letterbox_into",
     "map_boxes",
     "map_boxes_into",
+    "mapping_faulted",
     "nms",
     "resize",
     "resize_into",
@@ -66,4 +69,5 @@ __all__ = [
     "softmax",
     "softmax_into",
     "topk",
+    "unguard_mapping",
 ]

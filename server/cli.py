@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -124,6 +126,16 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft open-file limit to the hard one, as nginx and Envoy deployments do: every connection,
+    stream and shared-memory region holds a descriptor, and the bounds on them (docs/SECURITY.md) are meant
+    to be reached before the limit is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
@@ -133,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.model_repository.is_dir():
         print(f"peregrine-server: model repository {config.model_repository} is not a directory", file=sys.stderr)
         return 2
+    raise_open_file_limit()
     try:
         server = PeregrineServer(config)
     except (ValueError, OSError) as e:

@@ -10,6 +10,7 @@ void bind_preprocess(py::module_& m);
 void bind_postprocess(py::module_& m);
 void bind_classify(py::module_& m);
 void bind_cuda(py::module_& m);
+void bind_memory(py::module_& m);
 }  // namespace peregrine::bindings
 
 PYBIND11_MODULE(_native, m) {
@@ -26,4 +27,5 @@ PYBIND11_MODULE(_native, m) {
   peregrine::bindings::bind_postprocess(m);
   peregrine::bindings::bind_classify(m);
   peregrine::bindings::bind_cuda(m);
+  peregrine::bindings::bind_memory(m);
 }

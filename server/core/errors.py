@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 
+MESSAGE_LIMIT = 4096  # characters of any error message a client is sent or the log is given
+
 
 class PeregrineError(Exception):
     """Base class: an error with a gRPC status code and a message fit for the client."""
@@ -17,6 +19,8 @@ class PeregrineError(Exception):
     code: str = "INTERNAL"  # the name of a grpc.StatusCode; the transport maps it
 
     def __init__(self, message: str) -> None:
+        if len(message) > MESSAGE_LIMIT:  # a backstop: names in messages are clipped where they are written
+            message = f"{message[:MESSAGE_LIMIT]}… ({len(message)} characters)"
         super().__init__(message)
         self.message = message
 

@@ -129,6 +129,8 @@ class RequestScope:
         InferResponse, "detect" a FrameResult (a detection model's), whose stage times go to the metrics.
         Cancelling the caller drops the request from the queue (or ignores its batch's answer)."""
         result = await (model.detect(request) if answer == "detect" else model.infer(request))  # type: ignore[attr-defined]
+        if self._regions is not None:
+            self._regions.verify_inputs()  # a region that shrank while the model read it fails the request
         if isinstance(result, FrameResult):
             self.plane.metrics.observe_stages(self.model_name, result.stages())
         return result

@@ -29,10 +29,14 @@ the new one). What remains:
 - outputs: none. They are written with ``pwrite`` after the check; a file write past the end never
   faults (if the client truncates in between, the write extends the object again, the client's doing).
 - inputs: between the lease (decode) and the moment the model has read the view (validation, queueing,
-  the run), a process that shrinks the object while a request reading from it is in flight still kills
-  the server (only a local process that may write the object can). Closing that window needs a copy at
-  decode (losing zero copy) or a native SIGBUS guard around the reads; neither is here. BYTES inputs and
-  misaligned inputs are read (copied) at decode, microseconds after the check.
+  the run) the client may still shrink the object. Every system mapping is guarded by the native kernels'
+  SIGBUS guard (``kernels/src/cpu/mapping_guard.cpp``): a fault inside it replaces the whole mapping with
+  private zero pages and flags it, the read resumes on zeros, and the request (every request that read
+  the region) answers INVALID_ARGUMENT once the model has run (:meth:`RequestRegions.verify_inputs`); the
+  region refuses further use until it is registered again. Without the native module there is no guard,
+  and inputs are copied out of the region with ``pread`` instead (no zero copy, no fault). The guard
+  chains to the SIGBUS handler installed before it; a handler installed after it (``faulthandler.enable()``
+  called later) takes its place.
 
 Bounds: at most ``max_regions`` regions (both kinds, counting unregistered ones still in use), and never
 more than half the process's open-file limit, RESOURCE_EXHAUSTED beyond; region names of at most
@@ -67,6 +71,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ... import kernels
 from ..core.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -222,6 +227,15 @@ def _placeholder(address: int, length: int) -> None:
         raise OSError(err, f"mmap(MAP_FIXED) over a shared-memory region: {os.strerror(err)}")
 
 
+def _guard_mapping(address: int, length: int) -> int | None:
+    """Guard a new mapping against SIGBUS (the native kernels' guard), or None without the native module."""
+    try:
+        return kernels.guard_mapping(address, length)
+    except Exception as e:  # the guard is a defence, not a requirement: reads become copies
+        log.warning("shared memory: no SIGBUS guard (%s); inputs are copied out of regions", e)
+        return None
+
+
 def _open_object(path: Path, key: str) -> int:
     """A read-write descriptor of the shared-memory object at ``path`` (``key`` as the client gave it)."""
     shown = clipped(repr(key))
@@ -283,19 +297,46 @@ class SystemRegion(_Region):
         self._address = self._base + (offset - start)
         self._shared = True  # False once the placeholder replaced the client's pages
         self._unmapped = False
+        self._guard = _guard_mapping(self._base, self._length)  # None: reads are copies (see view)
 
     def status(self) -> RegionStatus:
         return RegionStatus(self.name, "system", self.byte_size, key=self.key, offset=self.offset)
 
     def view(self, offset: int, byte_size: int, writable: bool) -> np.ndarray:
+        if self._guard is None:  # unguarded, a read past a shrunk object's end would kill the process
+            return self._read(offset, byte_size)
         owner = _HostBytes(self._address + offset, byte_size, readonly=not writable)
         self._track(owner)
         return np.asarray(owner)
+
+    def _read(self, offset: int, byte_size: int) -> np.ndarray:
+        """A private copy of ``[offset, offset + byte_size)``, read through the descriptor (``pread`` never
+        faults; a short read means the object shrank)."""
+        out = np.empty(byte_size, np.uint8)
+        buffer, position = memoryview(out), self.offset + offset
+        while buffer:
+            n = os.preadv(self._fd, [buffer], position)
+            if n == 0:
+                self.check("input")
+                raise InvalidArgument(f"region '{clipped(self.name)}': its object shrank while it was read")
+            buffer, position = buffer[n:], position + n
+        out.flags.writeable = False
+        return out
+
+    @property
+    def faulted(self) -> bool:
+        """A read of the mapping faulted (the object shrank under it): the mapping is zero pages now."""
+        return self._guard is not None and kernels.mapping_faulted(self._guard)
 
     def check(self, what: str) -> None:
         """Raise InvalidArgument when the object no longer covers the region: a page past its end would be a
         SIGBUS. ``fstat`` on the region's own descriptor, so a replaced object cannot fool it. Call it with
         the descriptor open (a lease held, or the registry's lock)."""
+        if self.faulted:
+            raise InvalidArgument(
+                f"{what}: region '{clipped(self.name)}' ({clipped(repr(self.key))}) shrank while a request was "
+                "reading it; the server no longer sees the object through it: unregister the region and "
+                "register it again")
         size = os.fstat(self._fd).st_size
         if self.offset + self.byte_size > size:
             raise InvalidArgument(
@@ -332,6 +373,7 @@ class SystemRegion(_Region):
                     self._close_fd()
 
     def close(self) -> bool:
+        self._unguard()
         if self.views == 0:
             self._unmap()
         elif self._shared:
@@ -350,8 +392,14 @@ class SystemRegion(_Region):
     def _unmapped_or_replaced(self) -> bool:
         return not self._shared or self._unmapped
 
+    def _unguard(self) -> None:
+        if self._guard is not None:
+            kernels.unguard_mapping(self._guard)
+            self._guard = None
+
     def _unmap(self) -> None:
         if not self._unmapped:
+            self._unguard()
             self._unmapped = True
             _c().munmap(self._base, self._length)
 
@@ -684,6 +732,7 @@ class RequestRegions:
         self.registry = registry
         self.outputs: dict[str, OutputTarget] = {}
         self._leased: list[_Region] = []
+        self._inputs: list[tuple[_Region, str]] = []  # regions inputs were read from, with the tensor's name
         self._finalizer: weakref.finalize | None = None  # made with the first lease: most requests take none
 
     def _hold(self, region: _Region) -> None:
@@ -696,7 +745,16 @@ class RequestRegions:
         CUDA region. Raises NotFound/InvalidArgument (see :meth:`SharedMemoryRegistry.lease`)."""
         r, view = self.registry.lease(region, offset, byte_size, what)
         self._hold(r)
+        self._inputs.append((r, what))
         return view
+
+    def verify_inputs(self) -> None:
+        """Raise InvalidArgument when a region an input was read from (without a copy) faulted while the
+        request used it: the model read zeros there (the object shrank under the mapping; see the module's
+        docstring). Call it once the model has run, before answering."""
+        for r, what in self._inputs:
+            if isinstance(r, SystemRegion) and r.faulted:
+                r.check(what)
 
     def output(self, tensor: str, region: str, offset: int, byte_size: int) -> OutputTarget:
         """Reserve ``[offset, offset + byte_size)`` of ``region`` for output ``tensor``."""

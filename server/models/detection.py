@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config.model import DetectionConfig, ModelConfig
-from ..core.errors import InvalidArgument, ModelLoadError
+from ..core.errors import InvalidArgument, ModelLoadError, clipped
 from ..core.stats import ModelStats
 from ..core.types import (
     DetectOptions,
@@ -179,7 +179,7 @@ class DetectionModel:
             if value is None:
                 return default
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise InvalidArgument(f"{prefix}{name}: expected a number in [0, 1], got {value!r}")
+                raise InvalidArgument(f"{prefix}{name}: expected a number in [0, 1], got {clipped(repr(value))}")
             return float(value)
 
         max_detections = overrides.max_detections
@@ -338,7 +338,7 @@ def _number(name: str, value: Any) -> Any:
     try:
         return int(value) if name == "max_detections" else float(value)
     except ValueError:
-        raise InvalidArgument(f"parameters.{name}: expected a number, got {value!r}") from None
+        raise InvalidArgument(f"parameters.{clipped(name)}: expected a number, got {clipped(repr(value))}") from None
 
 
 def _since(monotonic: float) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config.model import ModelConfig
 from ..core import datatypes
-from ..core.errors import InvalidArgument
+from ..core.errors import InvalidArgument, clipped
 from ..core.stats import ModelStats
 from ..core.types import InferRequest, InferResponse, ModelDescription, TensorSpec
 from ..runtime.executor import TensorExecutor
@@ -124,7 +124,8 @@ class TensorModel:
         extra = [n for n in request.inputs if n not in expected]
         if extra:
             raise InvalidArgument(
-                f"model '{self.name}': unexpected input(s) {', '.join(extra)}; expected {', '.join(expected)}"
+                f"model '{self.name}': unexpected input(s) {', '.join(clipped(n) for n in extra[:8])}"
+                f"{f' and {len(extra) - 8} more' if len(extra) > 8 else ''}; expected {', '.join(expected)}"
             )
         batch = None
         for name, array in request.inputs.items():
@@ -152,7 +153,7 @@ class TensorModel:
         for name in request.requested_outputs:
             if name not in known:
                 raise InvalidArgument(
-                    f"model '{self.name}': unknown output '{name}'; the model has {', '.join(known)}"
+                    f"model '{self.name}': unknown output '{clipped(name)}'; the model has {', '.join(known)}"
                 )
         return request
 

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any
 
-from ..core.errors import InvalidArgument
+from ..core.errors import InvalidArgument, clipped
 
 LOGGER = "peregrine"
 _TYPES: dict[str, type] = {"log_file": str, "log_info": bool, "log_warning": bool, "log_error": bool,
@@ -44,10 +44,12 @@ class LogSettings:
         naming the key for an unknown key, a wrong type or a value that cannot be applied."""
         for key, value in changes.items():
             if key not in _TYPES:
-                raise InvalidArgument(f"settings.{key}: unknown log setting; expected one of {', '.join(_TYPES)}")
+                raise InvalidArgument(
+                    f"settings.{clipped(key)}: unknown log setting; expected one of {', '.join(_TYPES)}")
             want = _TYPES[key]
             if type(value) is not want:
-                raise InvalidArgument(f"settings.{key}: expected a {want.__name__} value, got {value!r}")
+                raise InvalidArgument(
+                    f"settings.{key}: expected a {want.__name__} value, got {clipped(repr(value))}")
         if changes.get("log_format", "default") not in _FORMATS:
             raise InvalidArgument(
                 f"settings.log_format: expected 'default' or 'ISO8601', got {changes['log_format']!r}")

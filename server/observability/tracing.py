@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import InvalidArgument
+from ..core.errors import InvalidArgument, clipped
 from ..core.types import ComputeTimes
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,13 @@ LEVELS = ("OFF", "TIMESTAMPS")
 
 def _integer(key: str, values: list[str], minimum: int) -> int:
     if len(values) != 1:
-        raise InvalidArgument(f"settings.{key}: expected one value, got {len(values)}")
+        raise InvalidArgument(f"settings.{clipped(key)}: expected one value, got {len(values)}")
     try:
         n = int(values[0])
     except ValueError:
-        raise InvalidArgument(f"settings.{key}: expected an integer, got {values[0]!r}") from None
+        raise InvalidArgument(f"settings.{clipped(key)}: expected an integer, got {clipped(repr(values[0]))}") from None
     if n < minimum:
-        raise InvalidArgument(f"settings.{key}: expected an integer >= {minimum}, got {n}")
+        raise InvalidArgument(f"settings.{clipped(key)}: expected an integer >= {minimum}, got {n}")
     return n
 
 
@@ -55,7 +55,8 @@ def _check(key: str, values: list[str], trace_file: str) -> None:
         bad = [v for v in values if v not in LEVELS]
         if bad or not values or ("OFF" in values and len(values) > 1):
             extra = " (TENSORS is not supported)" if "TENSORS" in bad else ""
-            raise InvalidArgument(f"settings.trace_level: expected OFF or TIMESTAMPS, got {values}{extra}")
+            raise InvalidArgument(
+                f"settings.trace_level: expected OFF or TIMESTAMPS, got {clipped(repr(values))}{extra}")
     elif key == "trace_rate":
         _integer(key, values, 1)
     elif key == "trace_count":
@@ -67,7 +68,7 @@ def _check(key: str, values: list[str], trace_file: str) -> None:
             raise InvalidArgument(f"settings.trace_file: set with --trace-file when the server starts; it is "
                                   f"{trace_file or 'unset'!r} and cannot be changed over the API")
     else:
-        raise InvalidArgument(f"settings.{key}: unknown trace setting; expected one of {', '.join(DEFAULTS)}")
+        raise InvalidArgument(f"settings.{clipped(key)}: unknown trace setting; expected one of {', '.join(DEFAULTS)}")
 
 
 @dataclass

@@ -414,6 +414,19 @@ def test_client_strings_echoed_in_errors_are_capped(stub: Any) -> None:
         "override parameter": lambda: _load(stub, "simple", json.dumps({"parameters": {long: 1}})),
         "override value": lambda: _load(stub, "simple", json.dumps({"max_batch_size": long})),
         "priority": lambda: _infer(stub, _with_priority(long)),
+        "unexpected input": lambda: _infer(stub, _with_extra_input(long)),
+        "requested output": lambda: _infer(stub, _with_output(long)),
+        "load parameter": lambda: _status(lambda: stub.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name="simple", parameters={long: pb.ModelRepositoryParameter(
+                string_param="x")}), timeout=10)),
+        "log setting": lambda: _status(lambda: stub.LogSettings(pb.LogSettingsRequest(
+            settings={long: pb.LogSettingsRequest.SettingValue(bool_param=True)}), timeout=10)),
+        "log setting value": lambda: _status(lambda: stub.LogSettings(pb.LogSettingsRequest(
+            settings={"log_info": pb.LogSettingsRequest.SettingValue(string_param=long)}), timeout=10)),
+        "trace setting": lambda: _status(lambda: stub.TraceSetting(pb.TraceSettingRequest(
+            settings={long: pb.TraceSettingRequest.SettingValue(value=["1"])}), timeout=10)),
+        "trace setting value": lambda: _status(lambda: stub.TraceSetting(pb.TraceSettingRequest(
+            settings={"trace_rate": pb.TraceSettingRequest.SettingValue(value=[long])}), timeout=10)),
     }
     for what, call in calls.items():
         code, details = call()
@@ -428,6 +441,19 @@ def _tensor_named(name: str) -> pb.ModelInferRequest:
     req.inputs[0].name = name
     req.inputs.add(name=name, datatype="INT32", shape=[1, 1])  # a duplicate: refused while decoding
     req.raw_input_contents.append(bytes(4))
+    return req
+
+
+def _with_extra_input(name: str) -> pb.ModelInferRequest:
+    req = _request("identity_int32", "INT32", [1, 1], bytes(4))
+    req.inputs.add(name=name, datatype="INT32", shape=[1, 1])
+    req.raw_input_contents.append(bytes(4))
+    return req
+
+
+def _with_output(name: str) -> pb.ModelInferRequest:
+    req = _request("identity_int32", "INT32", [1, 1], bytes(4))
+    req.outputs.add(name=name)
     return req
 
 

@@ -258,6 +258,15 @@ def _infer_output(c: tc.InferenceServerClient, region: str, byte_size: int, offs
     return c.infer("identity_fp32", [inp], outputs=[out], client_timeout=CALL_S)
 
 
+def _infer_between(c: tc.InferenceServerClient, source: str, target: str, elements: int) -> Any:
+    """identity_fp32 from region ``source`` into region ``target`` (FP32 [1, elements] each)."""
+    inp = tc.InferInput("INPUT0", [1, elements], "FP32")
+    inp.set_shared_memory(source, 4 * elements)
+    out = tc.InferRequestedOutput("OUTPUT0")
+    out.set_shared_memory(target, 4 * elements)
+    return c.infer("identity_fp32", [inp], outputs=[out], client_timeout=CALL_S)
+
+
 # -- finding 1: a truncated object is an error for that request, never a crash -----------------------------
 @pytest.mark.parametrize("shrink_to", [0, 4096 + 32], ids=["to_zero", "below_the_region_end"])
 def test_input_from_a_truncated_object_is_an_error_not_a_crash(
@@ -366,6 +375,100 @@ def test_a_truncation_fails_only_the_requests_that_use_that_region(
     for _ in range(20):
         assert _code(lambda: _infer_input(client, "bad", 64)) == INVALID, served.describe()
         np.testing.assert_array_equal(_infer_input(client, "good", 64).as_numpy("OUTPUT0")[0], x)
+
+
+# The data plane's own steps, in a process of its own: lease an input (a view of the mapping, no copy),
+# let the client shrink the object, read the view as a model would. A SIGBUS shows as exit -7.
+READ_AFTER_SHRINK = """
+import os, sys
+from peregrine.server.core.errors import InvalidArgument
+from peregrine.server.dataplane.shm import SharedMemoryRegistry
+key, fd = sys.argv[1], int(sys.argv[2])
+registry = SharedMemoryRegistry()
+registry.register_system("r", key, 0, 8192)
+regions = registry.use()
+view = regions.input("r", 0, 8192, "input 'INPUT0'")
+os.ftruncate(fd, 0)  # the client shrinks the object after the lease's check
+print(int(view.astype("int64").sum()), flush=True)  # the model reads the input
+try:
+    regions.verify_inputs()
+    print("verified")
+except InvalidArgument as e:
+    print("refused:", e.message)
+try:
+    registry.use().input("r", 0, 8192, "input 'INPUT0'")
+    print("leased again")
+except InvalidArgument as e:
+    print("refused again:", e.message)
+"""
+
+
+def test_a_shrink_while_the_model_reads_fails_the_request_not_the_process(
+        objects: Callable[..., ShmObject]) -> None:
+    """Finding 1's remaining window: the object shrinks after the lease's check, while the input is read
+    straight from the mapping. The read finishes (on zeros), the request is refused, the region refuses
+    further use until registered again, and the process lives."""
+    obj = objects(8192)
+    obj.write(np.full(8192, 7, np.uint8).tobytes())
+    done = subprocess.run([sys.executable, "-c", READ_AFTER_SHRINK, obj.key, str(obj.fd)], pass_fds=(obj.fd,),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    total, verdict, again = done.stdout.splitlines()
+    assert int(total) in (0, 7 * 4096)  # the first page may have been read before the fault: zeros after
+    assert verdict.startswith("refused:") and "shrank while a request was reading it" in verdict, verdict
+    assert again.startswith("refused again:"), again
+
+
+def test_shrinking_an_object_under_running_requests_never_kills_the_server(
+        served: ServerProcess, client: tc.InferenceServerClient, objects: Callable[..., ShmObject]) -> None:
+    """The same race over the wire: 8 MB inputs read from a region while the client truncates and restores
+    its object as fast as it can. Every request answers OK (with its bytes) or INVALID_ARGUMENT; a region
+    that faulted is registered again; the server lives."""
+    size = 8 << 20
+    elements = size // 4
+    x = np.arange(elements, dtype=np.float32)
+    obj, out = objects(size), objects(size)
+    obj.write(x.tobytes())
+    client.register_system_shared_memory("out", out.key, size, client_timeout=CALL_S)
+
+    def register() -> None:  # again, until the object is whole at the moment the server checks it
+        with contextlib.suppress(InferenceServerException):
+            client.unregister_system_shared_memory("in", client_timeout=CALL_S)
+        for _ in range(200):
+            with contextlib.suppress(InferenceServerException):
+                client.register_system_shared_memory("in", obj.key, size, client_timeout=CALL_S)
+                return
+
+    register()
+    stop = time.monotonic() + 6.0
+    codes: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        import threading
+
+        def shrink() -> None:
+            while time.monotonic() < stop:
+                obj.truncate(0)
+                time.sleep(0.0005)
+                obj.truncate(size)
+                obj.write(x.tobytes())
+                time.sleep(0.005)
+
+        t = threading.Thread(target=shrink, daemon=True)
+        t.start()
+        stack.callback(t.join)
+        while time.monotonic() < stop and served.alive():
+            code = _code(lambda: _infer_between(client, "in", "out", elements))
+            codes[code] = codes.get(code, 0) + 1
+            if code == INVALID:
+                register()
+    assert served.alive(), served.describe()
+    assert set(codes) <= {"OK", INVALID} and codes.get("OK") and codes.get(INVALID), codes
+    obj.truncate(size)
+    obj.write(x.tobytes())
+    register()
+    _infer_between(client, "in", "out", elements)
+    assert out.read(size) == x.tobytes()
+    served.assert_serving()
 
 
 # -- finding 7: regions and their file descriptors are bounded ---------------------------------------------

@@ -141,6 +141,14 @@ void topk_cpu(const float* in, std::int32_t n, std::int32_t c, std::int32_t k, f
 
 int hardware_threads();
 
+// SIGBUS guard for shared mappings of files other processes may shrink (src/cpu/mapping_guard.cpp). A
+// fault inside a guarded mapping replaces the whole mapping with private zero pages and sets its flag
+// instead of killing the process. guard_mapping returns the slot, or -1 (table full, no handler).
+constexpr int kMappingGuardSlots = 16384;
+int guard_mapping(void* address, std::size_t length);
+bool mapping_faulted(int slot);
+void unguard_mapping(int slot);
+
 // ------------------------------------------------------------------------------------------------
 // CUDA: the same operations on device memory, launched on the caller's stream (a cudaStream_t as an
 // integer; 0 is the legacy default stream). Defined only when built with PEREGRINE_WITH_CUDA; errors are

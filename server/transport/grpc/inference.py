@@ -16,7 +16,7 @@ from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 
 from ...codecs import metadata, oip
-from ...core.errors import InvalidArgument, PeregrineError
+from ...core.errors import InvalidArgument, PeregrineError, clipped
 from ...dataplane.dataplane import DataPlane, RequestScope
 from ...dataplane.streams import OIP_STREAM, StreamAnswer
 from .status import GrpcCall, check, status_of, unary
@@ -97,8 +97,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config_json = None
         for key, value in request.parameters.items():
             if key != "config":
-                what = "model files over the API are" if key.startswith("file:") else f"parameter '{key}' is"
-                raise InvalidArgument(f"parameters.{key}: {what} not supported; a load takes 'config' (a model "
+                shown = clipped(key)
+                what = "model files over the API are" if key.startswith("file:") else f"parameter '{shown}' is"
+                raise InvalidArgument(f"parameters.{shown}: {what} not supported; a load takes 'config' (a model "
                                       "configuration in JSON, applied over config.toml for this load)")
             if value.WhichOneof("parameter_choice") != "string_param":
                 raise InvalidArgument("parameters.config: expected a string holding JSON")
@@ -165,7 +166,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for key, value in request.settings.items():
             kind = value.WhichOneof("parameter_choice")
             if kind is None:
-                raise InvalidArgument(f"settings.{key}: expected a bool, uint32 or string value, got none")
+                raise InvalidArgument(f"settings.{clipped(key)}: expected a bool, uint32 or string value, got none")
             changes[key] = getattr(value, kind)
         settings = self.dataplane.update_log_settings(changes)
         response = pb.LogSettingsResponse()
