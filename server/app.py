@@ -16,6 +16,7 @@ from .observability.tracing import Tracer
 from .pipeline import images
 from .scheduling.loop import EventLoopThread
 from .transport.grpc.server import GrpcTransport
+from .transport.http.server import HttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class PeregrineServer:
         self.repository = ModelRepository(config.model_repository, self.loop, on_change=self._model_changed)
         self.metrics = Metrics(lambda: [ModelSample(m.name, m.version, m.stats, m.queue_depth)
                                         for m in self.repository.ready_models()],
-                               known=self.repository.knows, ready=lambda: self.dataplane.ready)
+                               known=self.repository.knows)
         self.shared_memory = SharedMemoryRegistry(config.shm_key_prefixes, enabled=config.shared_memory,
                                                   max_regions=config.max_shm_regions)
         self.tracer = Tracer(config.trace_file, config.trace_level, config.trace_rate, config.trace_count,
@@ -71,6 +72,7 @@ class PeregrineServer:
                                    decode_threads=config.decode_threads)
         self.metrics.admission = self.dataplane.admission
         self.grpc = GrpcTransport(config, self.dataplane, self.loop)
+        self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
         self.port: int | None = None
         self.http_port: int | None = None
 
@@ -84,9 +86,9 @@ class PeregrineServer:
         self.loop.start()
         try:
             self.port = self.grpc.bind()
-            if cfg.http_port is not None:
+            if self.http is not None:
                 try:
-                    self.http_port = self.metrics.serve(cfg.host, cfg.http_port)
+                    self.http_port = self.http.bind()
                 except OSError as e:
                     raise OSError(f"cannot listen for HTTP on {cfg.host}:{cfg.http_port}: {e.strerror or e} "
                                   "(--http-port; -1 turns the HTTP port off)") from None
@@ -94,6 +96,8 @@ class PeregrineServer:
             self.stop(grace=0)
             raise
         self.grpc.start()
+        if self.http is not None:
+            self.http.start()
         failed = self.repository.load_all() if cfg.model_control_mode == "all" else \
             self.repository.load_all(cfg.load_models)
         if failed and cfg.exit_on_error:
@@ -104,7 +108,7 @@ class PeregrineServer:
         log.info("Peregrine %s serving gRPC%s on %s:%d%s%s", peregrine_version(),
                  " (mutual TLS)" if cfg.tls_client_ca else " (TLS)" if cfg.tls_cert else "", cfg.host, self.port,
                  ", bearer tokens required" if cfg.auth_token_file else "",
-                 f", metrics on :{self.http_port}" if self.http_port else "")
+                 f", HTTP (OIP REST, /metrics) on :{self.http_port}" if self.http_port else "")
         return self.port
 
     def stop(self, grace: float = 5.0) -> None:
@@ -114,14 +118,19 @@ class PeregrineServer:
         self.dataplane.started = False
         if self.loop.running:
             self.grpc.drain()
+            if self.http is not None:  # both transports stop taking calls, then both finish theirs
+                self.http.drain(grace)
             self.grpc.stop(grace)
+            if self.http is not None:
+                self.http.stop(grace)
         self.dataplane.close()  # decoding still running finishes while the loop can take its answer
         self.repository.unload_all()
-        self.metrics.close()
         self.loop.stop()
         self.shared_memory.close()
         self.tracer.close()
         self.grpc.close()
+        if self.http is not None:
+            self.http.close()
 
     def wait(self) -> None:
         """Block until :meth:`stop` is called from another thread."""

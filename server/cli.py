@@ -24,9 +24,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 picks one (default %(default)s)")
     p.add_argument("--http-port", type=int, default=d.http_port,
-                   help="Prometheus metrics port; -1 disables (default %(default)s)")
+                   help="HTTP port: OIP REST (KServe v2, Triton's HTTP API), /v1/detect and Prometheus "
+                        "/metrics; 0 picks one, -1 disables (default %(default)s)")
     p.add_argument("--max-message-mb", type=int, default=d.max_message_bytes // (1024 * 1024),
-                   help="largest gRPC message in MiB, both directions (default %(default)s)")
+                   help="largest gRPC message in MiB, both directions, and largest HTTP request body "
+                        "(default %(default)s)")
     p.add_argument("--max-decoded-mb-in-flight", type=int, default=d.max_decoded_bytes_in_flight // (1024 * 1024),
                    help="MiB of decoded frames that detection requests hold at once; more answer "
                         "RESOURCE_EXHAUSTED (default %(default)s)")

@@ -37,6 +37,9 @@ def test_the_layer_contracts_hold() -> None:
 @pytest.mark.parametrize(("module", "line", "contract"), [
     ("transport/grpc/inference.py", "import onnxruntime", "thin-transport"),
     ("transport/grpc/detection.py", "from ...models import detection", "thin-transport"),
+    ("transport/http/routes.py", "import onnxruntime", "thin-transport"),
+    ("transport/http/routes.py", "from ..grpc import status", "independent-transports"),
+    ("codecs/oip_json.py", "import starlette", "http-at-the-edge"),
     ("codecs/detection.py", "from ..models import detection", "plain-codecs"),
     ("scheduling/batcher.py", "import grpc", "pure-scheduling"),
     ("models/tensor.py", "from ..transport.grpc import status", "layers"),

@@ -511,13 +511,14 @@ def test_bad_registrations(client: tc.InferenceServerClient, regions: Regions) -
 def test_cuda_shared_memory_is_unavailable_without_a_gpu(client: tc.InferenceServerClient) -> None:
     calls: list[Callable[[], object]] = [
         lambda: client.register_cuda_shared_memory("g", b"AAAA", 0, 64),
-        lambda: client.get_cuda_shared_memory_status(),
+        lambda: client.get_cuda_shared_memory_status("g"),
         lambda: client.unregister_cuda_shared_memory(),
     ]
     for call in calls:
         with pytest.raises(InferenceServerException) as e:
             call()
         assert _code(e) == "StatusCode.UNAVAILABLE"
+    assert len(client.get_cuda_shared_memory_status().regions) == 0  # listing all is empty, as in Triton
 
 
 # -- the server's trust options -----------------------------------------------------------------------

@@ -204,7 +204,7 @@ def _shm_params(tensor: Any, what: str) -> tuple[str, int, int] | None:
     return region.string_param, integer(SHM_OFFSET, 0), integer(SHM_BYTE_SIZE, None)
 
 
-def _decode_shm(regions: RequestRegions | None, where: tuple[str, int, int], dt: datatypes.DataType,
+def decode_shm_input(regions: RequestRegions | None, where: tuple[str, int, int], dt: datatypes.DataType,
                 shape: tuple[int, ...], name: str) -> Any:
     """An input read from shared memory: a read-only NumPy view of a system region (a copy only when the
     offset leaves the data misaligned for its type), or a CuPy array over a CUDA region."""
@@ -235,6 +235,20 @@ def _decode_shm(regions: RequestRegions | None, where: tuple[str, int, int], dt:
         array = array.copy()
     array.flags.writeable = False
     return array
+
+
+def request_priority(params: dict[str, Any]) -> int:
+    """The request's ``priority`` parameter (0: the model's default), after checking it and ``timeout``
+    (microseconds); the same rules whatever the wire format."""
+    priority = params.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {clipped(repr(priority))}")
+    timeout_us = params.get("timeout")
+    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0):
+        raise InvalidArgument(
+            f"parameters.timeout: expected a non-negative integer (microseconds), got {clipped(repr(timeout_us))}"
+        )
+    return priority
 
 
 def decode_infer_request(
@@ -274,7 +288,7 @@ def decode_infer_request(
         if i in in_shm:
             if has_typed:
                 raise InvalidArgument(f"{what}: has both typed contents and parameters.{SHM_REGION}; send one")
-            inputs[tensor.name] = _decode_shm(regions, in_shm[i], dt, shape, tensor.name)
+            inputs[tensor.name] = decode_shm_input(regions, in_shm[i], dt, shape, tensor.name)
         elif n_raw:
             if has_typed:
                 raise InvalidArgument(f"{what}: has both typed contents and raw_input_contents; send one")
@@ -288,14 +302,7 @@ def decode_infer_request(
                 f"{what}: no data; expected raw_input_contents, typed contents or parameters.{SHM_REGION}"
             )
     params = {k: parameter_value(v) for k, v in msg.parameters.items()}
-    priority = params.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
-        raise InvalidArgument(f"parameters.priority: expected a non-negative integer, got {clipped(repr(priority))}")
-    timeout_us = params.get("timeout")
-    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0):
-        raise InvalidArgument(
-            f"parameters.timeout: expected a non-negative integer (microseconds), got {clipped(repr(timeout_us))}"
-        )
+    priority = request_priority(params)
     requested: list[str] = []
     seen: set[str] = set()
     for i, o in enumerate(msg.outputs):

@@ -16,8 +16,8 @@ class ServerConfig:
     model_repository: Path = Path("models")
     host: str = "127.0.0.1"
     grpc_port: int = 8001  # 0 picks a free port; the server reports the one it bound
-    http_port: int | None = 8002  # Prometheus metrics; None disables
-    max_message_bytes: int = 512 * 1024 * 1024
+    http_port: int | None = 8002  # OIP REST, /v1/detect and Prometheus /metrics (docs/HTTP.md); None disables
+    max_message_bytes: int = 512 * 1024 * 1024  # gRPC messages and HTTP request bodies
     # Bytes of decoded frames that detection requests hold at once, from decoding until answered (with the
     # working memory of the images being decoded): a request that does not fit is RESOURCE_EXHAUSTED at once.
     max_decoded_bytes_in_flight: int = 2 * 1024 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Prometheus metrics, and the HTTP port that serves them (``/metrics``) with health probes.
+"""Prometheus metrics (served at ``/metrics`` on the HTTP port by the HTTP transport).
 
 Request latency is a histogram observed by the data plane; per-model counters and durations are read
 from each model's statistics at scrape time, so the two views never disagree. ``peregrine_queue_depth``
@@ -6,16 +6,11 @@ is the signal an autoscaler (KEDA, Knative) scales replicas on.
 
 Labels are bounded: a request for a model the server does not know is counted under the model label
 ``(unknown)``, never under the name the client sent, so clients cannot grow the label set.
-
-The HTTP port answers ``GET /metrics``, ``GET /v2/health/live`` and ``GET /v2/health/ready`` (200 when
-ready, 400 when not, as Triton does); every other path is 404 and every other method 405.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -102,13 +97,12 @@ class _AdmissionCollector(Collector):
 
 class Metrics:
     """The server's metrics. ``known(name)`` says whether a model name may be a label (the repository
-    knows it); ``ready()`` answers the HTTP readiness probe."""
+    knows it)."""
 
-    def __init__(self, models: Callable[[], Iterable[ModelSample]], known: Callable[[str], bool] = lambda _: True,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, models: Callable[[], Iterable[ModelSample]],
+                 known: Callable[[str], bool] = lambda _: True) -> None:
         self.registry = CollectorRegistry()
         self._known = known
-        self._ready = ready
         self.latency = Histogram(
             "peregrine_request_duration_seconds", "Server-side request latency, from decode to reply",
             ["model", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -121,9 +115,6 @@ class Metrics:
         self.registry.register(_ModelCollector(models))
         self.admission: Any = None  # the data plane's Admission, once it exists
         self.registry.register(_AdmissionCollector(self))
-        self._http: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port: int | None = None
 
     def _label(self, model: str) -> str:
         return model if model and self._known(model) else UNKNOWN_MODEL
@@ -137,52 +128,6 @@ class Metrics:
         for stage, ns in stages.items():
             self.stages.labels(label, stage).observe(ns / 1e9)
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the bound port (``port`` 0 picks one). Raises OSError when the
-        port cannot be bound."""
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-                elif path == "/v2/health/live":
-                    self._reply(200)
-                elif path == "/v2/health/ready":
-                    self._reply(200 if metrics._ready() else 400)
-                else:
-                    self._reply(404, b"not found: this port serves /metrics, /v2/health/live, /v2/health/ready\n")
-
-            def _not_allowed(self) -> None:
-                self._reply(405, b"method not allowed\n")
-
-            do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
-
-            def do_HEAD(self) -> None:
-                self._reply(200 if self.path.split("?", 1)[0] in ("/metrics", "/v2/health/live") else 404)
-
-            def _reply(self, code: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if body and self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes and probes are not worth a log line each
-
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
-        self._http = server
-        self._thread = threading.Thread(target=server.serve_forever, name="peregrine-http", daemon=True)
-        self._thread.start()
-        self.port = server.server_address[1]
-        return self.port
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text of every metric now, and its content type (served at ``/metrics``)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

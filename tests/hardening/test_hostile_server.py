@@ -51,6 +51,7 @@ def test_unknown_model_names_do_not_grow_the_metrics(tmp_path: Path,
 
 def test_readiness_is_strict_and_the_http_port_serves_only_its_routes(
         tmp_path: Path, start_server: Callable[..., PeregrineServer]) -> None:
+    """Unknown routes are 404 and a known route with the wrong method 405, with JSON errors (tests/http)."""
     repo = _good_repository(tmp_path)
     onnx_models.write(repo, "broken", b"not an onnx model")
     server = start_server(repo, http_port=0)
@@ -60,9 +61,10 @@ def test_readiness_is_strict_and_the_http_port_serves_only_its_routes(
     assert _get(f"{base}/v2/health/live")[0] == 200
     assert _get(f"{base}/v2/health/ready")[0] == 400
     assert _get(f"{base}/metrics")[0] == 200
-    for path in ("/", "/v2/models/id/infer", "/anything", "/metrics/../x"):
+    for path in ("/", "/anything", "/metrics/../x"):
         status, body = _get(base + path)
         assert status == 404 and b"peregrine_" not in body, path
+    assert _get(f"{base}/v2/models/id/infer")[0] == 405  # a POST route
     client.unload_model("broken")  # asked not to serve it any more: no longer waited for
     assert client.is_server_ready() and _get(f"{base}/v2/health/ready")[0] == 200
     client.close()

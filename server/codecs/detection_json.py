@@ -1,0 +1,117 @@
+"""``POST /v1/detect`` for web clients <-> plain detection requests and results.
+
+Two request forms carry the same fields as the gRPC ``DetectRequest``:
+
+- ``multipart/form-data``: one or more ``image`` file parts (JPEG, PNG, ... as files are), and optional
+  text fields ``model_name``, ``model_version``, ``id``, ``score_threshold``, ``iou_threshold``,
+  ``max_detections``, ``classes`` (comma-separated class ids), ``priority``, ``timeout_us``;
+- ``application/json``: ``{"model_name": ..., "images": ["<base64>", ...] or [{"b64": "<base64>"}, ...],
+  "options": {"score_threshold": ..., ...}, "priority": ..., "timeout_us": ...}``.
+
+The answer is JSON: ``{"model_name", "model_version", "id", "results": [{"height", "width", "boxes": [{"x1",
+"y1", "x2", "y2", "score", "class_id", "label"}]}], "timings": {...}}``. Images are not decoded here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..core.errors import InvalidArgument, clipped
+from ..core.types import DetectRequest, EncodedImage, FrameResult, OptionOverrides
+
+_US = 1000
+FIELDS = ("model_name", "model_version", "id", "score_threshold", "iou_threshold", "max_detections", "classes",
+          "priority", "timeout_us")
+
+
+def _number(value: Any, what: str, integer: bool = False) -> Any:
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise InvalidArgument(f"{what}: expected a number, got {clipped(repr(value))}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        raise InvalidArgument(f"{what}: expected {'an integer' if integer else 'a number'}, got {clipped(repr(value))}")
+    return value
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _request(fields: Mapping[str, Any], images: list[EncodedImage], options: Mapping[str, Any], prefix: str,
+             deadline: float | None) -> DetectRequest:
+    if not images:
+        raise InvalidArgument("images: expected at least one image, got none")
+    classes = options.get("classes", [])
+    if isinstance(classes, str):
+        classes = [c for c in classes.replace(" ", "").split(",") if c]
+    if not isinstance(classes, list):
+        raise InvalidArgument(f"{prefix}classes: expected a list of class ids")
+    overrides = OptionOverrides(
+        _number(options["score_threshold"], f"{prefix}score_threshold") if "score_threshold" in options else None,
+        _number(options["iou_threshold"], f"{prefix}iou_threshold") if "iou_threshold" in options else None,
+        _number(options["max_detections"], f"{prefix}max_detections", True) if "max_detections" in options else None,
+        [_number(c, f"{prefix}classes", True) for c in classes],
+        field_prefix=prefix,
+    )
+    priority = _number(fields.get("priority", 0), "priority", True)
+    timeout_us = _number(fields.get("timeout_us", 0), "timeout_us", True)
+    if priority < 0 or timeout_us < 0:
+        raise InvalidArgument("priority, timeout_us: expected non-negative integers")
+    return DetectRequest(_string(fields.get("model_name", ""), "model_name"),
+                         _string(fields.get("model_version", ""), "model_version"),
+                         _string(fields.get("id", ""), "id"),
+                         parameters={"timeout": timeout_us} if timeout_us else {}, deadline=deadline,
+                         priority=priority, images=list(images), overrides=overrides)
+
+
+def decode_form(fields: Mapping[str, str], images: Sequence[bytes], deadline: float | None) -> DetectRequest:
+    """A multipart request: its text ``fields`` and the bytes of its ``image`` parts, in order."""
+    unknown = [k for k in fields if k not in FIELDS]
+    if unknown:
+        raise InvalidArgument(f"form field '{clipped(unknown[0])}': not known; expected image parts and some of "
+                              f"{', '.join(FIELDS)}")
+    encoded = [EncodedImage(bytes(data), f"image[{i}]") for i, data in enumerate(images)]
+    return _request(fields, encoded, fields, "", deadline)
+
+
+def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectRequest:
+    """A JSON request (images in base64)."""
+    images = body.get("images")
+    if not isinstance(images, list):
+        raise InvalidArgument("images: expected an array of base64 strings or {\"b64\": ...} objects")
+    encoded = []
+    for i, image in enumerate(images):
+        text = image.get("b64") if isinstance(image, dict) else image
+        if not isinstance(text, str):
+            raise InvalidArgument(f"images[{i}]: expected a base64 string or {{\"b64\": <base64>}}")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(f"images[{i}]: not valid base64") from None
+        encoded.append(EncodedImage(data, f"images[{i}]"))
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise InvalidArgument("options: expected an object")
+    return _request(body, encoded, options, "options.", deadline)
+
+
+def encode_result(request: DetectRequest, result: FrameResult) -> dict[str, Any]:
+    """The JSON answer to one request."""
+    results = []
+    for (height, width), dets in zip(result.sizes, result.detections, strict=True):
+        boxes = [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c),
+                  "label": result.label(int(c))} for x1, y1, x2, y2, score, c in dets.tolist()]
+        results.append({"height": height, "width": width, "boxes": boxes})
+    t = result.times
+    timings = {"decode_us": result.decode_ns // _US, "queue_us": result.queue_ns // _US, "pre_us": t.pre_ns // _US,
+               "infer_us": t.infer_ns // _US, "post_us": t.post_ns // _US, "total_us": result.total_ns // _US,
+               "batch_size": t.batch_size}
+    return {"model_name": result.model_name, "model_version": result.model_version, "id": request.id,
+            "results": results, "timings": timings}
