@@ -8,7 +8,6 @@ until the policy's wake time or the next arrival/completion, whichever comes fir
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -69,6 +68,7 @@ class DynamicBatcher:
         size: Callable[[InferRequest], int],
         run_in_thread: Callable[[int, Callable[[], Any]], Any],
         clock: Callable[[], float] = time.monotonic,
+        inline_s: float = 0.0,
     ) -> None:
         self.policy = policy
         self.executor = executor
@@ -77,6 +77,8 @@ class DynamicBatcher:
         self._size = size
         self._run_in_thread = run_in_thread
         self._clock = clock
+        # Batches the cost model expects to take at most this long run on the event loop itself (0: never).
+        self.inline_s = inline_s
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
         self._seq = itertools.count()
@@ -111,9 +113,22 @@ class DynamicBatcher:
             previous = self._last_in_order.get(key)
             delivered = loop.create_future()
             self._last_in_order[key] = delivered
-        self._queue.append(entry)
         self.policy.cost.observe_arrival(entry.arrival)
-        self._wake.set()
+        if not self._queue and self._idle and self._task is not None:
+            # Fast path: a lone request and an idle instance. When the policy runs it at once, it is
+            # dispatched from here, without waking the batcher's loop; otherwise it queues as any other.
+            try:
+                batch = self.policy.decide((entry,), entry.arrival, len(self._idle)).batch
+            except Exception:  # the loop decides again, and fails the request as it fails any
+                batch = []
+            if batch:
+                self._dispatch(batch, entry.arrival)
+            else:
+                self._queue.append(entry)
+                self._wake.set()
+        else:
+            self._queue.append(entry)
+            self._wake.set()
         error: Exception | None = None
         try:
             try:
@@ -215,14 +230,25 @@ class DynamicBatcher:
             if decision.batch:
                 for entry in decision.batch:
                     self._queue.remove(entry)
-                instance = self._idle.pop(0)
-                task = asyncio.get_running_loop().create_task(self._run_batch(instance, decision.batch, now))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._dispatch(decision.batch, now)
                 continue  # another instance may be idle too
-            timeout = None if decision.wake_at == INF else max(decision.wake_at - self._clock(), 0.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            if decision.wake_at == INF:
+                await self._wake.wait()
+                continue
+            timer = asyncio.get_running_loop().call_later(max(decision.wake_at - self._clock(), 0.0),
+                                                          self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+
+    def _dispatch(self, batch: list[QueuedRequest], now: float) -> None:
+        """Run ``batch`` on an idle instance, in a task of its own (a caller that goes away does not stop
+        a batch that may hold other callers' requests)."""
+        instance = self._idle.pop(0)
+        task = asyncio.get_running_loop().create_task(self._run_batch(instance, batch, now))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _run_batch(self, instance: int, entries: list[QueuedRequest], dispatched: float) -> None:
         for e in entries:
@@ -255,16 +281,22 @@ class DynamicBatcher:
     async def _execute(self, instance: int, entries: list[QueuedRequest]) -> Exception | None:
         """Run ``entries`` as one batch; answer their futures with its results, or return its error."""
         requests = [e.payload[0] for e in entries]
+        elements = sum(e.size for e in entries)
+        executed = self.policy.executed_size(elements)
+        cost = self.policy.cost
         start = time.perf_counter()
         try:
-            results = await self._run_in_thread(instance, lambda: self.executor.execute(instance, requests))
+            if self.inline_s > 0 and cost.ready and cost.upper(executed) <= self.inline_s:
+                # Cheaper than the hop to the instance's thread and back: run here, on the loop.
+                results = self.executor.execute(instance, requests)
+            else:
+                results = await self._run_in_thread(instance, lambda: self.executor.execute(instance, requests))
             if len(results) != len(requests):
                 raise RuntimeError(f"executor returned {len(results)} results for a batch of {len(requests)}")
         except Exception as e:
             return e
         # The cost model learns the size that ran: with batch buckets, the padded one.
-        elements = sum(e.size for e in entries)
-        self.policy.cost.observe_batch(self.policy.executed_size(elements), time.perf_counter() - start)
+        cost.observe_batch(executed, time.perf_counter() - start)
         for entry, result in zip(entries, results, strict=True):
             if not entry.payload[1].done():
                 entry.payload[1].set_result(result)

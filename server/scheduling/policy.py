@@ -76,34 +76,58 @@ class CostModel:
     about a deadline)."""
 
     def __init__(self, window: int = 64) -> None:
-        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._samples: deque[tuple[int, float]] = deque()
+        self._window = window
         self._gap: float | None = None
         self._last_arrival: float | None = None
         self.a = 0.0
         self.b = 0.0
         self._fitted_sizes = 0
         self._mean_per_item = 0.0
+        # Running sums over the window (every batch updates the fit: O(1), not O(window)).
+        self._sizes: dict[int, int] = {}  # batch size -> samples of it in the window
+        self._sn = self._st = self._snn = self._snt = self._per_item = 0.0
+        self._since_exact = 0
 
     @property
     def ready(self) -> bool:
         return bool(self._samples)
 
     def observe_batch(self, n: int, seconds: float) -> None:
+        self._add(n, seconds, 1)
         self._samples.append((n, seconds))
-        ns = [s[0] for s in self._samples]
-        ts = [s[1] for s in self._samples]
-        mean_n = sum(ns) / len(ns)
-        mean_t = sum(ts) / len(ts)
-        var_n = sum((x - mean_n) ** 2 for x in ns)
-        self._mean_per_item = sum(t / x for x, t in self._samples) / len(ts)
-        if var_n == 0:
-            self.a, self.b, self._fitted_sizes = mean_t, 0.0, 1
+        if len(self._samples) > self._window:
+            self._add(*self._samples.popleft(), -1)
+        self._since_exact += 1
+        if self._since_exact >= 4 * self._window:  # sums drift with float rounding: start them over
+            self._since_exact = 0
+            self._sizes.clear()
+            self._sn = self._st = self._snn = self._snt = self._per_item = 0.0
+            for x, t in self._samples:
+                self._add(x, t, 1)
+        count = len(self._samples)
+        mean_n, mean_t = self._sn / count, self._st / count
+        self._mean_per_item = self._per_item / count
+        var_n = self._snn - count * mean_n * mean_n
+        self._fitted_sizes = len(self._sizes)
+        if self._fitted_sizes == 1 or var_n <= 0:
+            self.a, self.b = mean_t, 0.0
             return
-        b = sum((x - mean_n) * (t - mean_t) for x, t in self._samples) / var_n
-        b = max(b, 0.0)
+        b = max((self._snt - count * mean_n * mean_t) / var_n, 0.0)
         self.a = max(mean_t - b * mean_n, 0.0)
         self.b = b
-        self._fitted_sizes = len(set(ns))
+
+    def _add(self, n: int, seconds: float, sign: int) -> None:
+        left = self._sizes.get(n, 0) + sign
+        if left:
+            self._sizes[n] = left
+        else:
+            del self._sizes[n]
+        self._sn += sign * n
+        self._st += sign * seconds
+        self._snn += sign * n * n
+        self._snt += sign * n * seconds
+        self._per_item += sign * seconds / n
 
     def observe_arrival(self, now: float) -> None:
         if self._last_arrival is not None:

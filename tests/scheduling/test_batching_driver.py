@@ -216,12 +216,17 @@ def test_a_request_cancelled_before_dispatch_is_removed_and_never_run() -> None:
 def test_a_request_cancelled_after_dispatch_still_completes_its_batch() -> None:
     async def body() -> None:
         h = harness(PolicyConfig(max_batch_size=4))
-        a, b = h.submit("a"), h.submit("b")
+        first = h.submit("first")  # a lone request runs at once; a and b queue behind it
         await until(lambda: len(h.gates.batches) == 1)
-        a.cancel()
+        a, b = h.submit("a"), h.submit("b")
+        await h.queued(2)
         await h.gates.release(0)
+        assert await first == "out-first"
+        await until(lambda: len(h.gates.batches) == 2)
+        a.cancel()
+        await h.gates.release(1)
         assert await b == "out-b"
-        assert h.executor.executed == [["a", "b"]]
+        assert h.executor.executed == [["first"], ["a", "b"]]
 
     run(body)
 
