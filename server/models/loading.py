@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 # max_batch_size when config.toml leaves it out and the model can batch (Triton's auto-complete does the same).
 DEFAULT_MAX_BATCH_SIZE = 8
+# A lone request on an idle instance whose batch computes in at most this long (as measured in the instance's
+# thread) runs on the event loop at once: the hop to the thread and back (two wake-ups, ~50-150 us here)
+# would cost more than the model. Longer batches always run in their instance's thread, so the loop is never
+# held for longer than this. Measured in docs/BENCHMARKS.md (issue 15).
+INLINE_RUN_S = 100e-6
 
 
 def model_file(name: str, version: int, version_dir: Path, config: ModelConfig) -> Path:
@@ -219,7 +224,8 @@ class Scheduler:
             return loop.run_in_executor(self._pools[instance], fn)
 
         self.batcher = DynamicBatcher(BatchPolicy(self._policy), self._executor, self._instances, self._queue,
-                                      shape_key=self._shape_key, size=self._size, run_in_thread=run_in_thread)
+                                      shape_key=self._shape_key, size=self._size, run_in_thread=run_in_thread,
+                                      inline_s=INLINE_RUN_S)
         self.batcher.start()
 
     async def submit(self, request: InferRequest) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ..core.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelExecutionError, PeregrineError, Unavailable
 from ..core.types import InferRequest
-from .policy import INF, BatchPolicy, QueuedRequest
+from .policy import INF, BatchPolicy, CostModel, QueuedRequest
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,11 @@ class DynamicBatcher:
         self._size = size
         self._run_in_thread = run_in_thread
         self._clock = clock
-        # Batches the cost model expects to take at most this long run on the event loop itself (0: never).
+        # A lone request whose batch is expected to compute in at most this long runs on the event loop
+        # itself, at once (0: never): for tiny models the hop to the instance's thread and back costs more
+        # than the model. The estimate is of the executor's own time, without that hop.
         self.inline_s = inline_s
+        self._compute = CostModel()
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
         self._seq = itertools.count()
@@ -121,7 +124,9 @@ class DynamicBatcher:
                 batch = self.policy.decide((entry,), entry.arrival, len(self._idle)).batch
             except Exception:  # the loop decides again, and fails the request as it fails any
                 batch = []
-            if batch:
+            if batch and self._inline(entry.size):
+                self._run_inline(entry)
+            elif batch:
                 self._dispatch(batch, entry.arrival)
             else:
                 self._queue.append(entry)
@@ -141,7 +146,7 @@ class DynamicBatcher:
                 raise
             except Exception as e:
                 result, error = None, e
-            if previous is not None:
+            if previous is not None and not previous.done():
                 # Answer in arrival order per client: wait for the previous request to be answered.
                 await asyncio.wait([previous])
             if error is not None:
@@ -279,24 +284,54 @@ class DynamicBatcher:
             self._wake.set()
 
     async def _execute(self, instance: int, entries: list[QueuedRequest]) -> Exception | None:
-        """Run ``entries`` as one batch; answer their futures with its results, or return its error."""
+        """Run ``entries`` as one batch in the instance's thread; answer their futures with its results, or
+        return its error."""
         requests = [e.payload[0] for e in entries]
-        elements = sum(e.size for e in entries)
-        executed = self.policy.executed_size(elements)
-        cost = self.policy.cost
+        executed = self.policy.executed_size(sum(e.size for e in entries))
         start = time.perf_counter()
+
+        def run() -> tuple[list[Any], float]:
+            began = time.perf_counter()
+            return self.executor.execute(instance, requests), time.perf_counter() - began
+
         try:
-            if self.inline_s > 0 and cost.ready and cost.upper(executed) <= self.inline_s:
-                # Cheaper than the hop to the instance's thread and back: run here, on the loop.
-                results = self.executor.execute(instance, requests)
-            else:
-                results = await self._run_in_thread(instance, lambda: self.executor.execute(instance, requests))
-            if len(results) != len(requests):
-                raise RuntimeError(f"executor returned {len(results)} results for a batch of {len(requests)}")
+            results, computed = await self._run_in_thread(instance, run)
         except Exception as e:
             return e
+        self._compute.observe_batch(executed, computed)
+        return self._answer(entries, results, executed, time.perf_counter() - start)
+
+    def _inline(self, size: int) -> bool:
+        return self.inline_s > 0 and self._compute.ready and \
+            self._compute.upper(self.policy.executed_size(size)) <= self.inline_s
+
+    def _run_inline(self, entry: QueuedRequest) -> None:
+        """Run a lone request now, on the loop, on an idle instance (see ``inline_s``)."""
+        instance = self._idle.pop(0)
+        entry.payload[0].queue_ns = 0
+        executed = self.policy.executed_size(entry.size)
+        start = time.perf_counter()
+        try:
+            try:
+                results = self.executor.execute(instance, [entry.payload[0]])
+            except Exception as e:
+                error: Exception | None = e
+            else:
+                seconds = time.perf_counter() - start
+                self._compute.observe_batch(executed, seconds)
+                error = self._answer([entry], results, executed, seconds)
+            if error is not None:
+                self._fail([entry], error)
+        finally:
+            self._idle.append(instance)
+
+    def _answer(self, entries: list[QueuedRequest], results: list[Any], executed: int,
+                seconds: float) -> Exception | None:
+        """Answer each entry's future with its result; the error when the executor answered wrongly."""
+        if len(results) != len(entries):
+            return RuntimeError(f"executor returned {len(results)} results for a batch of {len(entries)}")
         # The cost model learns the size that ran: with batch buckets, the padded one.
-        cost.observe_batch(executed, time.perf_counter() - start)
+        self.policy.cost.observe_batch(executed, seconds)
         for entry, result in zip(entries, results, strict=True):
             if not entry.payload[1].done():
                 entry.payload[1].set_result(result)

@@ -9,6 +9,8 @@ and completions, as in production.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -667,5 +669,74 @@ def test_the_cost_model_learns_the_padded_batch_size() -> None:
         await asyncio.gather(busy, *batch)
         assert h.executor.executed == [["busy"], ["x", "y"]]
         assert cost.sizes == [4, 8]  # 1 element ran at 4, 5 elements at 8
+
+    run(body)
+
+
+# -- inline execution of cheap lone requests -----------------------------------------------------------
+class ThreadNoting(FakeExecutor):
+    """Notes the thread each batch ran on; sleeps ``seconds`` per batch."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.seconds = seconds
+
+    def execute(self, instance: int, requests: Sequence[InferRequest]) -> list[Any]:
+        self.threads.append(threading.get_ident())
+        if self.seconds:
+            time.sleep(self.seconds)
+        return super().execute(instance, requests)
+
+
+def _threaded(executor: FakeExecutor, inline_s: float) -> DynamicBatcher:
+    async def in_thread(instance: int, fn: Callable[[], Any]) -> Any:
+        return await asyncio.to_thread(fn)
+
+    batcher = DynamicBatcher(BatchPolicy(PolicyConfig(max_batch_size=4)), executor, 1, QueueConfig(),
+                             shape_key=lambda r: r.parameters["shape"], size=lambda r: len(r.inputs["x"]),
+                             run_in_thread=in_thread, inline_s=inline_s)
+    batcher.start()
+    return batcher
+
+
+def _request(id: str) -> InferRequest:
+    return InferRequest(model_name="fake", id=id, inputs={"x": np.zeros((1, 2), np.float32)},
+                        parameters={"shape": "a"})
+
+
+def test_a_cheap_lone_request_runs_on_the_loop_once_its_cost_is_known() -> None:
+    async def body() -> None:
+        executor = ThreadNoting()
+        batcher = _threaded(executor, inline_s=0.05)
+        loop_thread = threading.get_ident()
+        assert await batcher.submit(_request("first")) == "out-first"  # no cost known yet: the thread
+        assert executor.threads[0] != loop_thread
+        assert await batcher.submit(_request("second")) == "out-second"
+        assert executor.threads[1] == loop_thread  # known to be cheap: run at once, without the hop
+        executor.poisoned.add("bad")
+        with pytest.raises(ModelExecutionError):  # an error inline fails that request only
+            await batcher.submit(_request("bad"))
+        assert await batcher.submit(_request("third")) == "out-third"  # the instance came back
+        assert batcher.queue_depth == 0 and not batcher._running
+        await batcher.close()
+
+    run(body)
+
+
+def test_an_expensive_batch_never_runs_on_the_loop() -> None:
+    async def body() -> None:
+        executor = ThreadNoting(seconds=0.02)
+        batcher = _threaded(executor, inline_s=0.005)  # 20 ms batches, 5 ms bound: always the thread
+        loop_thread = threading.get_ident()
+        for i in range(3):
+            assert await batcher.submit(_request(str(i))) == f"out-{i}"
+        assert loop_thread not in executor.threads
+        off = _threaded(ThreadNoting(), inline_s=0.0)  # 0 turns inline execution off
+        for i in range(3):
+            await off.submit(_request(str(i)))
+        assert loop_thread not in off.executor.threads  # type: ignore[attr-defined]
+        await batcher.close()
+        await off.close()
 
     run(body)
