@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .config.server import ServerConfig
 from .dataplane.admission import Limits
+from .dataplane.cache import ResponseCache
 from .dataplane.dataplane import DataPlane
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
@@ -58,7 +59,8 @@ class PeregrineServer:
         # One budget per process for decoded frames held by requests (docs/DETECTION.md, Limits).
         images.set_max_decoded_bytes_in_flight(config.max_decoded_bytes_in_flight)
         self.loop = EventLoopThread()
-        self.repository = ModelRepository(config.model_repository, self.loop, on_change=self._model_changed)
+        self.repository = ModelRepository(config.model_repository, self.loop, on_change=self._model_changed,
+                                          strict_model_config=config.strict_model_config)
         self.metrics = Metrics(lambda: [ModelSample(m.name, m.version, m.stats, m.queue_depth)
                                         for m in self.repository.ready_models()],
                                known=self.repository.knows)
@@ -69,7 +71,8 @@ class PeregrineServer:
         self.dataplane = DataPlane(self.repository, self.loop, self.shared_memory, self.tracer, self.metrics,
                                    name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier(),
                                    strict_readiness=config.strict_readiness, limits=limits_of(config),
-                                   decode_threads=config.decode_threads)
+                                   decode_threads=config.decode_threads,
+                                   cache=ResponseCache(config.response_cache_bytes))
         self.metrics.admission = self.dataplane.admission
         self.grpc = GrpcTransport(config, self.dataplane, self.loop)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
@@ -77,6 +80,7 @@ class PeregrineServer:
         self.http_port: int | None = None
 
     def _model_changed(self, name: str, ready: bool) -> None:
+        self.dataplane.cache.drop_model(name)  # answers of a version that is gone, or reloaded, are stale
         self.grpc.model_changed(name, ready)
         if self.dataplane.started:
             self.grpc.set_serving(self.dataplane.ready)  # the server's own health follows its readiness

@@ -17,7 +17,7 @@ from .config.server import ServerConfig
 MIB = 1024 * 1024
 
 
-def parse_args(argv: list[str] | None = None) -> ServerConfig:
+def _parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="peregrine-server", description=__doc__)
     p.add_argument("--model-repository", type=Path, default=d.model_repository, help="models directory")
@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--max-shm-regions", type=int, default=d.max_shm_regions, metavar="N",
                    help="most shared-memory regions registered at once; more answer RESOURCE_EXHAUSTED "
                         "(default %(default)s, and at most half the open-file limit)")
+    p.add_argument("--response-cache-mb", type=int, default=d.response_cache_bytes // MIB, metavar="MB",
+                   help="response cache for models with response_cache on (docs/CACHE.md); 0 turns it off "
+                        "(default %(default)s)")
     lim = p.add_argument_group("limits (docs/SECURITY.md)")
     lim.add_argument("--max-inflight-mb", type=int, default=d.max_inflight_bytes // MIB,
                      help="bytes of requests read and not yet answered, all clients (default %(default)s)")
@@ -88,8 +91,21 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--exit-on-error", action=argparse.BooleanOptionalAction, default=d.exit_on_error,
                    help="stop (exit 1) when a model fails to load at start-up (default: off: it is served "
                         "UNAVAILABLE with its reason)")
+    p.add_argument("--strict-model-config", action=argparse.BooleanOptionalAction, default=d.strict_model_config,
+                   help="a config.pbtxt field with no Peregrine equivalent is a load error naming it (default: "
+                        "off: such fields are listed in one WARNING line and the model loads)")
+    p.add_argument("--check-repository", type=Path, metavar="DIR",
+                   help="check every model directory of DIR (configuration, versions, model files, ONNX graphs) "
+                        "without serving; one line per directory; exit 0 when all pass, 1 otherwise")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    a = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    return _config(_parser().parse_args(argv))
+
+
+def _config(a: argparse.Namespace) -> ServerConfig:
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return ServerConfig(
         model_repository=a.model_repository,
@@ -111,10 +127,12 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         model_control_mode=a.model_control_mode,
         strict_readiness=a.strict_readiness,
         exit_on_error=a.exit_on_error,
+        strict_model_config=a.strict_model_config,
         load_models=a.load_model,
         shared_memory=a.shared_memory,
         shm_key_prefixes=tuple(a.shm_key_prefix),
         max_shm_regions=a.max_shm_regions,
+        response_cache_bytes=a.response_cache_mb * MIB,
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         tls_client_ca=a.tls_client_ca,
@@ -128,6 +146,21 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
 
 
+def check_repository(root: Path, strict: bool) -> int:
+    """Print one line per directory of the repository at ``root``; 0 when every one passes, else 1."""
+    from .dataplane.check import check_repository as check
+
+    if not root.is_dir():
+        print(f"peregrine-server: model repository {root} is not a directory", file=sys.stderr)
+        return 2
+    results = check(root, strict)
+    for r in results:
+        print(r.line())
+    failed = sum(r.status == "FAIL" for r in results)
+    print(f"{len(results)} director{'y' if len(results) == 1 else 'ies'} checked, {failed} failed")
+    return 1 if failed else 0
+
+
 def raise_open_file_limit() -> None:
     """Raise the soft open-file limit to the hard one, as nginx and Envoy deployments do: every connection,
     stream and shared-memory region holds a descriptor, and the bounds on them (docs/SECURITY.md) are meant
@@ -139,8 +172,12 @@ def raise_open_file_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.check_repository is not None:
+        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+        return check_repository(a.check_repository, a.strict_model_config)
     try:
-        config = parse_args(argv)
+        config = _config(a)
     except ValueError as e:
         print(f"peregrine-server: {e}", file=sys.stderr)
         return 2

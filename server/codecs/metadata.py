@@ -45,6 +45,9 @@ def _dims(model: ModelDescription, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[1:] if model.max_batch_size else shape
 
 
+_FORMATS = {"none": mc.ModelInput.FORMAT_NONE, "nhwc": mc.ModelInput.FORMAT_NHWC, "nchw": mc.ModelInput.FORMAT_NCHW}
+
+
 def model_config(model: ModelDescription, tier: str = "") -> mc.ModelConfig:
     cfg = model.config
     msg = mc.ModelConfig(
@@ -63,11 +66,21 @@ def model_config(model: ModelDescription, tier: str = "") -> mc.ModelConfig:
         msg.version_policy.latest.num_versions = int(policy["latest"])  # type: ignore[arg-type]
     elif isinstance(policy, dict):
         msg.version_policy.specific.versions.extend(policy["specific"])  # type: ignore[arg-type]
+    configured = {t.name: t for t in (*cfg.input, *cfg.output)}
     for t in model.inputs:
-        msg.input.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape),
-                      optional=t.optional)
+        entry = msg.input.add(name=t.name, data_type=datatypes.from_name(t.datatype).config,
+                              dims=_dims(model, t.shape), optional=t.optional)
+        c = configured.get(t.name)
+        if c is not None:
+            entry.format = _FORMATS[c.format]  # clients such as Triton's image_client read the layout here
+            if c.reshape is not None:
+                entry.reshape.shape.extend(c.reshape)
     for t in model.outputs:
-        msg.output.add(name=t.name, data_type=datatypes.from_name(t.datatype).config, dims=_dims(model, t.shape))
+        entry = msg.output.add(name=t.name, data_type=datatypes.from_name(t.datatype).config,
+                               dims=_dims(model, t.shape))
+        c = configured.get(t.name)
+        if c is not None and c.reshape is not None:
+            entry.reshape.shape.extend(c.reshape)
     on_gpu = model.device == "cuda"
     msg.instance_group.add(
         name=f"{model.name}_0",
@@ -75,7 +88,11 @@ def model_config(model: ModelDescription, tier: str = "") -> mc.ModelConfig:
         count=model.instances,
         gpus=list(model.gpus),
     )
-    level = {"disable": -1, "basic": 0, "extended": 1, "all": 1}[cfg.onnxruntime.graph_optimization_level]
+    if cfg.response_cache:
+        msg.response_cache.enable = True  # perf_analyzer reads it to report cache hits and misses
+    # Triton's ONNX Runtime backend reads optimization.graph.level as -1 basic, 1 extended, anything else
+    # all (it has no "disable": reported as basic, the least it names).
+    level = {"disable": -1, "basic": -1, "extended": 1, "all": 0}[cfg.onnxruntime.graph_optimization_level]
     msg.optimization.graph.level = level
     if "TensorrtExecutionProvider" in model.providers:
         msg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -122,7 +139,8 @@ def model_statistics(model: ModelDescription, s: ModelStats) -> pb.ModelStatisti
         execution_count=s.execution_count,
     )
     st = msg.inference_stats
-    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                 "cache_miss"):
         d = getattr(s, name)
         getattr(st, name).count = d.count
         getattr(st, name).ns = d.ns

@@ -16,6 +16,7 @@ ModelConfig message can carry, is refused at parse time rather than failing late
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -77,6 +78,11 @@ class TensorConfig(_Strict):
     name: str
     data_type: str | None = None
     dims: list[int] | None = None
+    # The shape the model itself takes or gives (Triton's `reshape`), without the batch dimension when
+    # max_batch_size > 0: clients send and receive `dims`, the session sees `reshape`, same elements.
+    reshape: list[int] | None = None
+    # Inputs only: Triton's `format` (image layout), reported by ModelConfig; "none" when not an image.
+    format: Literal["none", "nhwc", "nchw"] = "none"
     # Inputs only: answer INVALID_ARGUMENT when a float input holds NaN or infinity.
     reject_non_finite: bool = False
 
@@ -90,12 +96,23 @@ class TensorConfig(_Strict):
             raise ValueError(f"expected one of {', '.join(datatypes.BY_NAME)}, got '{v}'")
         return name
 
-    @field_validator("dims")
+    @field_validator("dims", "reshape")
     @classmethod
     def _dims(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and (len(v) > MAX_RANK or any(d < -1 or d == 0 or d > MAX_DIM for d in v)):
             raise ValueError(f"expected at most {MAX_RANK} sizes in 1..{MAX_DIM} or -1 (dynamic)")
         return v
+
+    @model_validator(mode="after")
+    def _reshape(self) -> TensorConfig:
+        if self.reshape is not None:
+            if self.dims is None:
+                raise ValueError(f"tensor '{self.name}': reshape needs dims (the shape clients use)")
+            if sum(d == -1 for d in self.dims) != sum(d == -1 for d in self.reshape) or (
+                    -1 not in self.dims and math.prod(self.dims) != math.prod(self.reshape)):
+                raise ValueError(f"tensor '{self.name}': reshape {self.reshape} must hold as many elements as "
+                                 f"dims {self.dims}")
+        return self
 
 
 class InstanceGroupConfig(_Strict):
@@ -258,6 +275,8 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatchingConfig | None = None
     warmup: bool = True
     parameters: dict[str, str] = Field(default_factory=dict)
+    # Triton's response_cache { enable }: answers of this model may be served from the response cache.
+    response_cache: bool = False
     detection: DetectionConfig | None = None
 
     @model_validator(mode="after")
@@ -380,17 +399,8 @@ def parse_model_config(text: str, source: str = CONFIG_FILENAME) -> ModelConfig:
 
 
 def load_model_config(model_dir: Path) -> ModelConfig:
-    """Read ``config.toml`` from a model directory; a missing file means all defaults."""
-    path = model_dir / CONFIG_FILENAME
-    if not path.exists():
-        return ModelConfig()
-    source = f"{model_dir.name}/{CONFIG_FILENAME}"
-    with path.open("rb") as f:
-        data = f.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ModelLoadError(f"{source}: expected at most {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ModelLoadError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return parse_model_config(text, source)
+    """Read a model directory's configuration: ``config.toml``, or Triton's ``config.pbtxt`` (mapped, see
+    :mod:`.triton`); no file means all defaults. Raises ModelLoadError (also when both files are present)."""
+    from .files import read_model_config  # the reader of both formats imports this module
+
+    return read_model_config(model_dir).config

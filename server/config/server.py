@@ -57,6 +57,9 @@ class ServerConfig:
     # The most shared-memory regions (system and CUDA) held at once; RESOURCE_EXHAUSTED beyond. Each system
     # region holds a file descriptor, so the server also keeps it under half the open-file limit.
     max_shm_regions: int = 1024
+    # The response cache (Triton's --cache-config local,size=N): bytes of answers kept for models that opt in
+    # (response_cache); 0 turns it off for every model.
+    response_cache_bytes: int = 64 * 1024 * 1024
     # TLS for the gRPC port (docs/SECURITY.md): PEM certificate chain and key; with `tls_client_ca`,
     # clients must present a certificate signed by that CA (mutual TLS). None: plain text.
     tls_cert: Path | None = None
@@ -82,5 +85,7 @@ class ServerConfig:
                      "max_streams_per_connection", "max_calls_per_connection", "max_connection_idle_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if self.response_cache_bytes < 0:
+            raise ValueError(f"response_cache_bytes: expected 0 (off) or more, got {self.response_cache_bytes}")
         if self.rate_limit < 0 or self.rate_burst < 0 or self.decode_threads < 0 or self.shutdown_grace_s < 0:
             raise ValueError("rate_limit, rate_burst, decode_threads and shutdown_grace_s must not be negative")

@@ -39,6 +39,8 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # answers from the response cache: look-up time
+    cache_miss: Duration = field(default_factory=Duration)  # look-ups that missed: look-up + insertion time
     batches: dict[int, BatchStats] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -80,3 +82,16 @@ class ModelStats:
             (self.success if ok else self.fail).add(total_ns)
             if queue_ns is not None and ok:
                 self.queue.add(queue_ns)
+
+    def record_cache_hit(self, total_ns: int, lookup_ns: int) -> None:
+        """A request answered from the response cache. As in Triton, it counts as a success and in the
+        queue statistics (with no wait), never in the inference or execution counts: nothing ran."""
+        with self._lock:
+            self.cache_hit.add(lookup_ns)
+            self.success.add(total_ns)
+            self.queue.add(0)
+
+    def record_cache_miss(self, ns: int) -> None:
+        """A response-cache look-up that missed and the insertion of the answer that followed."""
+        with self._lock:
+            self.cache_miss.add(ns)

@@ -64,7 +64,6 @@ class InferRequest:
     # Requests that share a key keep their order when the model preserves ordering (one stream, one client).
     ordering_key: str = ""
     arrival: float = field(default_factory=time.monotonic)
-    typed_contents: bool = False  # the client sent typed `contents`, so it is answered in kind
     queue_ns: int | None = None  # set by the scheduler when the request leaves the queue
     compute: ComputeTimes | None = None  # set by the executor that ran the request's batch
     trace: Any = None  # an observability.tracing.Trace when this request is traced (Triton's trace extension)
@@ -76,7 +75,6 @@ class InferResponse:
     model_version: str
     id: str
     outputs: dict[str, np.ndarray]
-    typed_contents: bool = False
 
 
 # -- detection -------------------------------------------------------------------------------------

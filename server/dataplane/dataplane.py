@@ -35,6 +35,7 @@ from ..observability.metrics import Metrics
 from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
 from .admission import Admission, Limits
+from .cache import ResponseCache, request_key
 from .repository import ModelRepository
 from .shm import RequestRegions, SharedMemoryRegistry, cuda_available
 from .streams import StreamAdapter, StreamDriver, StreamPolicy
@@ -99,8 +100,24 @@ class RequestScope:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run an OIP request on the model it names and wait for the answer."""
         model = self.plane.repository.get(request.model_name, request.model_version)
-        prepared = await self.prepare(model, request)
-        return await self.run(model, prepared, "infer")
+        cache = self.plane.cache
+        if not (model.config.response_cache and cache.enabled):
+            prepared = await self.prepare(model, request)
+            return await self.run(model, prepared, "infer")
+        start = time.perf_counter_ns()
+        key = request_key(model.name, model.version, request)
+        if self._regions is not None:
+            self._regions.verify_inputs()  # the key hashed what was in shared memory: it must have been there
+        hit = cache.get(key, request.id)
+        if hit is not None:  # answered at once: nothing is queued or run
+            model.stats.record_cache_hit(time.monotonic_ns() - self.started_ns, time.perf_counter_ns() - start)
+            return hit
+        lookup = time.perf_counter_ns() - start
+        result: InferResponse = await self.run(model, await self.prepare(model, request), "infer")
+        start = time.perf_counter_ns()
+        cache.put(key, result)  # only answers: an error raised above is never stored
+        model.stats.record_cache_miss(lookup + time.perf_counter_ns() - start)
+        return result
 
     async def detect(self, request: DetectRequest) -> FrameResult:
         """Run a typed detection request on the detection pipeline it names (or the only one) and wait for
@@ -170,8 +187,10 @@ class DataPlane:
 
     def __init__(self, repository: ModelRepository, loop: EventLoopThread, shared_memory: SharedMemoryRegistry,
                  tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "",
-                 strict_readiness: bool = True, limits: Limits | None = None, decode_threads: int = 0) -> None:
+                 strict_readiness: bool = True, limits: Limits | None = None, decode_threads: int = 0,
+                 cache: ResponseCache | None = None) -> None:
         self.repository = repository
+        self.cache = cache if cache is not None else ResponseCache(0)
         self.loop = loop
         self.shared_memory = shared_memory
         self.tracer = tracer
@@ -192,7 +211,8 @@ class DataPlane:
         (at ``started_ns``, time.monotonic_ns(); default: when the call arrived). ``nbytes``, the request's
         size, is held in flight until the scope closes: RESOURCE_EXHAUSTED at once when it does not fit, as
         when the client is over its rate."""
-        self.admission.check_rate(call.identity)
+        if self.admission.limits.rate:  # who the client is costs a look through its metadata: only when needed
+            self.admission.check_rate(call.identity)
         return RequestScope(self, call, model_name, started_ns, nbytes)
 
     def stream(self, call: Call, messages: AsyncIterator[M], adapter: StreamAdapter[M, R],

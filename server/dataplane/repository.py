@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.model import CONFIG_FILENAME, ModelConfig, load_model_config
+from ..config.files import CONFIG_FILES, read_model_config
+from ..config.model import ModelConfig
 from ..config.override import apply_override
 from ..core.errors import InvalidArgument, ModelLoadError, NotFound, PeregrineError, Unavailable, clipped
 from ..models.base import ModelVersion
@@ -69,9 +70,10 @@ class ModelState:
 
 class ModelRepository:
     def __init__(self, root: Path, loop: EventLoopThread,
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
+                 on_change: Callable[[str, bool], None] | None = None, strict_model_config: bool = False) -> None:
         self.root = root
         self.loop = loop
+        self.strict_model_config = strict_model_config
         self._on_change = on_change or (lambda name, ready: None)
         self._states: dict[str, ModelState] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -79,22 +81,33 @@ class ModelRepository:
 
     # -- discovery ------------------------------------------------------------------------------
     def available(self) -> list[str]:
-        """Names of the model directories under the root (those with a config or a version folder)."""
+        """Names of the model directories under the root (those with a config file or a version folder)."""
+        return sorted(name for name, problem in self.scan().items() if problem is None)
+
+    def scan(self) -> dict[str, str | None]:
+        """Every directory under the root that could be meant as a model (a valid name, not hidden), with
+        why it is not a model (:func:`directory_problem`), or None for a model."""
         if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir()
-            if model_name_problem(p.name) is None and p.is_dir()
-            and ((p / CONFIG_FILENAME).exists() or any(_versions(p)))
-        )
+            return {}
+        return {p.name: directory_problem(p) for p in sorted(self.root.iterdir())
+                if model_name_problem(p.name) is None and p.is_dir()}
+
+    def report_skipped(self) -> dict[str, str]:
+        """Log, once each, the directories that are not served and why (WARNING); returns them."""
+        skipped = {name: problem for name, problem in self.scan().items() if problem is not None}
+        for name, problem in skipped.items():
+            log.warning("directory '%s' in the model repository is not served: %s", name, problem)
+        return skipped
 
     def index(self) -> list[tuple[str, str, str, str]]:
-        """(name, version, state, reason) for every model on disk or loaded."""
+        """(name, version, state, reason) for every model on disk or loaded, and for every directory that is
+        not a model (UNAVAILABLE, with why)."""
         rows = []
-        for name in sorted(set(self.available()) | set(self._states)):
+        scanned = self.scan()
+        for name in sorted(set(scanned) | set(self._states)):
             st = self._states.get(name)
             if st is None:
-                rows.append((name, "", "UNAVAILABLE", "not loaded"))
+                rows.append((name, "", "UNAVAILABLE", scanned.get(name) or "not loaded"))
             elif st.versions:
                 rows.extend((name, str(v), st.state, st.reason) for v in sorted(st.versions))
             else:
@@ -145,18 +158,24 @@ class ModelRepository:
             previous = dict(st.versions or {})
             st.state = "LOADING" if not previous else st.state
             try:
-                config = load_model_config(model_dir)
+                file = read_model_config(model_dir, self.strict_model_config)
+                config = file.config
                 if config.name and config.name != name:
                     raise ModelLoadError(
-                        f"{name}/{CONFIG_FILENAME}: name is '{config.name}' but the directory is '{name}'"
+                        f"{name}/{file.filename}: name is '{config.name}' but the directory is '{name}'"
                     )
+                if file.unmapped:
+                    log.warning("model '%s': %s/%s sets field(s) Peregrine has no equivalent for, not applied "
+                                "(--strict-model-config makes this an error): %s", name, name, file.filename,
+                                ", ".join(file.unmapped))
                 if override:
                     config = apply_override(config, override, f"{name}: parameters.config")
                 files_dir = self._files_dir(name, model_dir, config)
-                available = list(_versions(files_dir))
+                available = list(version_numbers(files_dir))
                 if not available:
-                    raise ModelLoadError(f"{files_dir.name}: no version directories (expected e.g. "
-                                         f"{files_dir.name}/1/model.onnx)")
+                    raise ModelLoadError(f"{files_dir.name}: {_no_versions(files_dir)}")
+                for note in ignored_contents(model_dir):
+                    log.info("model '%s': %s", name, note)
                 wanted = config.select_versions(available)
                 if not wanted:
                     raise ModelLoadError(f"{name}: version_policy selects none of the versions {sorted(available)}")
@@ -181,8 +200,11 @@ class ModelRepository:
                     st.state, st.reason = "UNAVAILABLE", str(e)
                 raise ModelLoadError(f"model '{name}' failed to load: {e}") from None
             st.config, st.versions, st.state, st.reason = config, loaded, "READY", ""
-            log.info("model '%s' ready: versions %s on %s", name, sorted(loaded),
-                     ", ".join(next(iter(loaded.values())).describe().providers))
+            first = next(iter(loaded.values())).describe()
+            log.info("model '%s' ready%s: versions %s on %s, max_batch_size %d, %s", name,
+                     f" ({file.filename})" if file.filename else "", sorted(loaded), ", ".join(first.providers),
+                     first.max_batch_size, "dynamic batching" if config.dynamic_batching is not None
+                     and first.max_batch_size else "no dynamic batching")
             self._on_change(name, True)
         for m in previous.values():
             self.loop.run(m.stop())
@@ -194,7 +216,7 @@ class ModelRepository:
         if not detector:
             return model_dir
         if model_name_problem(detector) is not None or not (self.root / detector).is_dir():
-            raise ModelLoadError(f"{name}/{CONFIG_FILENAME}: detection.detector '{clipped(detector)}' is not a "
+            raise ModelLoadError(f"{name}: detection.detector '{clipped(detector)}' is not a "
                                  "model directory in the repository")
         files_dir = self.root / detector
         return files_dir
@@ -222,7 +244,9 @@ class ModelRepository:
 
     def load_all(self, names: list[str] | None = None) -> list[str]:
         """Load every model (or ``names``); returns the names that failed. A failure is recorded as
-        UNAVAILABLE with its reason (also for a name with no directory) and the others still load."""
+        UNAVAILABLE with its reason (also for a name with no directory) and the others still load.
+        Directories that are not models are reported, once, at start-up (:meth:`report_skipped`)."""
+        self.report_skipped()
         failed = []
         for name in names if names is not None else self.available():
             try:
@@ -247,12 +271,50 @@ class ModelRepository:
             self.unload(name)
 
 
-def _versions(model_dir: Path) -> list[int]:
-    """The versions present: subdirectories named by a version in its plain form ("1", not "01": the
-    directory is found again as ``str(version)``)."""
+def version_numbers(model_dir: Path) -> list[int]:
+    """The versions present: subdirectories named by a positive version in its plain form ("1", not "01":
+    the directory is found again as ``str(version)``). Version 0 is not a version, as in Triton."""
     found = []
     for p in model_dir.iterdir():
         v = parse_version(p.name)
-        if v is not None and str(v) == p.name and p.is_dir():
+        if v is not None and v > 0 and str(v) == p.name and p.is_dir():
             found.append(v)
     return found
+
+
+def _no_versions(model_dir: Path) -> str:
+    """Why a model directory has no versions, for a directory where :func:`_versions` finds none."""
+    if (model_dir / "0").is_dir():
+        return (f"only version directory 0, which is ignored (versions start at 1, as in Triton): rename it "
+                f"{model_dir.name}/1")
+    return f"no version directory (expected e.g. {model_dir.name}/1/model.onnx)"
+
+
+def directory_problem(model_dir: Path) -> str | None:
+    """Why a directory of the repository is not a model, or None when it is one: a model has a
+    configuration file (config.toml or config.pbtxt) or at least one version directory (1, 2, ...)."""
+    try:
+        if any((model_dir / name).is_file() for name in CONFIG_FILES) or version_numbers(model_dir):
+            return None
+        others = sorted(p.name for p in model_dir.iterdir()
+                        if p.is_file() and p.name.startswith("config.") and p.name not in CONFIG_FILES)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    problem = _no_versions(model_dir)
+    if others:
+        problem += (f"; {', '.join(others)} is not a model configuration Peregrine reads (expected "
+                    f"{' or '.join(CONFIG_FILES)})")
+    return problem
+
+
+def ignored_contents(model_dir: Path) -> list[str]:
+    """What a model directory holds that is not read: version 0, configuration files of other names.
+    (Model files missing from a version directory are load errors, said when the version loads.)"""
+    notes = []
+    if (model_dir / "0").is_dir():
+        notes.append("version directory 0 is ignored (versions start at 1, as in Triton)")
+    others = sorted(p.name for p in model_dir.iterdir()
+                    if p.is_file() and p.name.startswith("config.") and p.name not in CONFIG_FILES)
+    if others:
+        notes.append(f"{', '.join(others)} is not read (Peregrine reads {' or '.join(CONFIG_FILES)})")
+    return notes

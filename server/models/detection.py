@@ -103,7 +103,10 @@ class DetectionModel:
         instances = Instances.with_buckets(sessions, buckets, path, config)
         model = cls(name, version, config, Detector(instances, head), max_batch, labels)
         if config.warmup:
-            model.warm_up()
+            try:
+                model.warm_up()
+            except Exception as e:  # made-up frames: a failure here never makes the model unavailable
+                log.warning("%s: warm-up on synthetic frames failed, serving the model without it: %s", source, e)
         log.info("%s: detection pipeline on %s, input %dx%d, layout %s, %d classes, batches up to %d",
                  source, ", ".join(instances.providers), head.height, head.width, head.layout, head.num_classes,
                  max_batch)
@@ -249,7 +252,7 @@ class DetectionModel:
             model_name=request.model_name, model_version=request.model_version, id=request.id,
             requested_outputs=list(request.requested_outputs), parameters=request.parameters,
             deadline=request.deadline, priority=request.priority, ordering_key=request.ordering_key,
-            arrival=request.arrival, typed_contents=request.typed_contents, trace=request.trace,
+            arrival=request.arrival, trace=request.trace,
             frames=frames, options=options, decode_ns=time.perf_counter_ns() - t0,
         )
         # The frames' bytes are given back when the request is answered (detect), or, for a request that
@@ -328,7 +331,7 @@ class DetectionModel:
         outputs = {DETECTIONS: dets, COUNTS: counts}
         if request.requested_outputs:
             outputs = {k: outputs[k] for k in request.requested_outputs}
-        return InferResponse(self.name, str(self.version), request.id, outputs, request.typed_contents)
+        return InferResponse(self.name, str(self.version), request.id, outputs)
 
 
 def _number(name: str, value: Any) -> Any:

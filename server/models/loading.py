@@ -47,7 +47,8 @@ def model_file(name: str, version: int, version_dir: Path, config: ModelConfig) 
 
 def apply_overrides(graph: list[TensorSpec], overrides: list[TensorConfig], batching: bool, kind: str,
                     source: str) -> list[TensorSpec]:
-    """The graph's tensors with config.toml's ``[[input]]``/``[[output]]`` laid over them (checked)."""
+    """The graph's tensors with the config's ``[[input]]``/``[[output]]`` laid over them (checked), as
+    clients see them: with a ``reshape``, the graph must fit the reshape and clients use ``dims``."""
     by_name = {t.name: t for t in graph}
     for o in overrides:
         if o.name not in by_name:
@@ -63,12 +64,13 @@ def apply_overrides(graph: list[TensorSpec], overrides: list[TensorConfig], batc
         shape = spec.shape
         if o.dims is not None:
             graph_dims = shape[1:] if batching else shape
-            dims = tuple(o.dims)
-            if len(dims) != len(graph_dims) or any(g not in (-1, d) for g, d in zip(graph_dims, dims, strict=True)):
+            fit = tuple(o.reshape if o.reshape is not None else o.dims)
+            if len(fit) != len(graph_dims) or any(g not in (-1, d) for g, d in zip(graph_dims, fit, strict=True)):
                 raise ModelLoadError(
-                    f"{source}: {kind} '{o.name}' has dims {list(dims)} in the config, which do not fit "
-                    f"{list(graph_dims)} in the model"
+                    f"{source}: {kind} '{o.name}' has {'reshape' if o.reshape is not None else 'dims'} "
+                    f"{list(fit)} in the config, which do not fit {list(graph_dims)} in the model"
                 )
+            dims = tuple(o.dims)
             shape = (-1, *dims) if batching else dims
         by_name[o.name] = TensorSpec(spec.name, spec.datatype, shape, o.reject_non_finite)
     return [by_name[t.name] for t in graph]
@@ -121,8 +123,9 @@ def warm_up_tensors(source: str, instances: Instances, inputs: list[TensorSpec],
     On a GPU provider that is every batch bucket (without buckets: 1 and max_batch_size). On the CPU only
     the smallest size runs: measured with yolov8n at max_batch_size 16 on the CPU EP, a fresh session's
     first run of a size is as fast as its next ones, while warming batch 16 added about a second to every
-    load. Dynamic dimensions other than the batch are guessed as 1; a model that rejects the guess is
-    still served (warm-up skipped, logged)."""
+    load. Dynamic dimensions other than the batch are guessed as 1 and BYTES elements are b"0" (text that
+    is also a number). Warm-up runs on made-up data, so a model that rejects it is still served: the
+    failure is logged (WARNING) and warm-up stops; it never makes a valid model unavailable."""
     guessed = any(d == -1 for t in inputs for d in (t.shape[1:] if max_batch_size else t.shape))
     # Dynamic height and width of an image input [N, C, H, W]: the size the model was exported at
     # ('imgsz' metadata), else 64 (a multiple of common strides); other dynamic dims: 1.
@@ -147,7 +150,7 @@ def warm_up_tensors(source: str, instances: Instances, inputs: list[TensorSpec],
             shape = tuple(dims)
             dt = datatypes.from_name(t.datatype)
             if dt.name == "BYTES":
-                feed[t.name] = np.full(shape, b"warmup", dtype=object)
+                feed[t.name] = np.full(shape, b"0", dtype=object)
             elif dt.name == "BOOL":
                 feed[t.name] = rng.random(shape) > 0.5
             else:
@@ -156,9 +159,11 @@ def warm_up_tensors(source: str, instances: Instances, inputs: list[TensorSpec],
             try:
                 s.run(feed, [o.name for o in outputs])
             except Exception as e:
-                if not guessed:
-                    raise ModelLoadError(f"{source}: warm-up run failed: {e}") from None
-                log.info("%s: warm-up skipped, the model needs real sizes for its dynamic dims (%s)", source, e)
+                if guessed:
+                    log.info("%s: warm-up skipped, the model needs real sizes for its dynamic dims (%s)", source, e)
+                else:
+                    log.warning("%s: warm-up on synthetic inputs failed, serving the model without it (set "
+                                "warmup = false in config.toml to skip it): %s", source, e)
                 return
 
 

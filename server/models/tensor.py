@@ -53,8 +53,15 @@ class TensorModel:
     stats: ModelStats = field(default_factory=ModelStats)
     metadata: dict[str, str] = field(default_factory=dict)
     scheduler: Scheduler = field(init=False)
+    # Triton's `reshape`: per tensor, the shape the session takes or gives (without the batch dimension
+    # when batching) where clients use another (the tensor's `dims`).
+    reshape_inputs: dict[str, tuple[int, ...]] = field(init=False, default_factory=dict)
+    reshape_outputs: dict[str, tuple[int, ...]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.reshape_inputs = {t.name: tuple(t.reshape) for t in self.config.input if t.reshape is not None}
+        self.reshape_outputs = {t.name: tuple(t.dims) for t in self.config.output
+                                if t.reshape is not None and t.dims is not None}
         executor = TensorExecutor(self.name, self.instances, self.inputs, self.outputs, self.max_batch_size,
                                   self.stats)
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.instances.buckets, executor,
@@ -80,7 +87,10 @@ class TensorModel:
 
     def warm_up(self) -> None:
         """Run each instance at every batch size it will execute (see loading.warm_up_tensors)."""
-        warm_up_tensors(f"{self.name}/{self.version}", self.instances, self.inputs, self.outputs,
+        batch = (-1,) if self.max_batch_size else ()
+        inputs = [TensorSpec(t.name, t.datatype, (*batch, *self.reshape_inputs[t.name]))
+                  if t.name in self.reshape_inputs else t for t in self.inputs]
+        warm_up_tensors(f"{self.name}/{self.version}", self.instances, inputs, self.outputs,
                         self.max_batch_size, self.metadata)
 
     async def start(self) -> None:
@@ -155,7 +165,15 @@ class TensorModel:
                 raise InvalidArgument(
                     f"model '{self.name}': unknown output '{clipped(name)}'; the model has {', '.join(known)}"
                 )
+        if self.reshape_inputs:
+            request.inputs = {n: self._reshaped(a, self.reshape_inputs.get(n)) for n, a in request.inputs.items()}
         return request
+
+    def _reshaped(self, array: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+        """``array`` as ``shape`` (after its batch dimension when batching): a view, no copy."""
+        if shape is None:
+            return array
+        return array.reshape((array.shape[0], *shape) if self.max_batch_size else shape)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Queue, run, answer a request that :meth:`validate` accepted (the caller validates, off the
@@ -164,7 +182,9 @@ class TensorModel:
         ok = False
         try:
             outputs = await self.scheduler.submit(request)
+            if self.reshape_outputs:
+                outputs = {n: self._reshaped(a, self.reshape_outputs.get(n)) for n, a in outputs.items()}
             ok = True
-            return InferResponse(self.name, str(self.version), request.id, outputs, request.typed_contents)
+            return InferResponse(self.name, str(self.version), request.id, outputs)
         finally:
             self.stats.record_request(ok, time.perf_counter_ns() - start, request.queue_ns)

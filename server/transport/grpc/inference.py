@@ -63,7 +63,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -----------------------------------------------------------------------------
     @unary
     async def ModelInfer(self, request: pb.ModelInferRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+                         context: grpc.aio.ServicerContext) -> oip.EncodedInferResponse:
         call = GrpcCall(context)
         with self.dataplane.scope(call, request.model_name, nbytes=request.ByteSize()) as scope:
             req = oip.decode_infer_request(request, scope.deadline, regions=scope.regions)
@@ -190,9 +190,9 @@ class _OipStream:
         return oip.decode_infer_request(message, scope.deadline, ordering_key=self.key, regions=scope.regions)
 
     def answer(self, message: pb.ModelInferRequest, scope: RequestScope,
-               answer: StreamAnswer) -> pb.ModelStreamInferResponse:
+               answer: StreamAnswer) -> pb.ModelStreamInferResponse | oip.EncodedStreamResponse:
         if answer.error is None:
-            return pb.ModelStreamInferResponse(infer_response=oip.encode_infer_response(answer.result, scope.regions))
+            return oip.EncodedStreamResponse(oip.encode_infer_response(answer.result, scope.regions))
         _, text = status_of(answer.error)
         return pb.ModelStreamInferResponse(
             error_message=text,

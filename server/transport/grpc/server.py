@@ -58,12 +58,19 @@ class _Capture:
         self.service, self.handlers = service, handlers
 
 
+def _serialize(message: Any) -> bytes:
+    """Every response's serializer: a protobuf message, or what the codecs pre-encode with the same method
+    (:class:`~peregrine.server.codecs.oip.EncodedInferResponse`)."""
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
 def _add_tolerant(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
     """Add a service whose request deserializers never raise: malformed bytes reach the handler as
     :class:`~.status.Malformed` and are answered INVALID_ARGUMENT (grpc itself would answer UNKNOWN)."""
     capture = _Capture()
     add(servicer, capture)
-    handlers = {name: h._replace(request_deserializer=tolerant(h.request_deserializer, f"{capture.service}.{name}"))
+    handlers = {name: h._replace(request_deserializer=tolerant(h.request_deserializer, f"{capture.service}.{name}"),
+                                 response_serializer=_serialize)
                 for name, h in capture.handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
     server.add_registered_method_handlers(capture.service, handlers)
