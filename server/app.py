@@ -10,6 +10,7 @@ from .config.server import ServerConfig
 from .dataplane.admission import Limits
 from .dataplane.cache import ResponseCache
 from .dataplane.dataplane import DataPlane
+from .dataplane.lifecycle import Lifecycle
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
 from .observability.metrics import Metrics, ModelSample
@@ -61,6 +62,8 @@ class PeregrineServer:
         self.loop = EventLoopThread()
         self.repository = ModelRepository(config.model_repository, self.loop, on_change=self._model_changed,
                                           strict_model_config=config.strict_model_config)
+        self.lifecycle = Lifecycle(self.repository, budget_bytes=config.model_memory_budget_bytes,
+                                   poll_s=config.repository_poll_s if config.model_control_mode == "poll" else 0.0)
         self.metrics = Metrics(lambda: [ModelSample(m.name, m.version, m.stats, m.queue_depth)
                                         for m in self.repository.ready_models()],
                                known=self.repository.knows)
@@ -72,7 +75,7 @@ class PeregrineServer:
                                    name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier(),
                                    strict_readiness=config.strict_readiness, limits=limits_of(config),
                                    decode_threads=config.decode_threads,
-                                   cache=ResponseCache(config.response_cache_bytes))
+                                   cache=ResponseCache(config.response_cache_bytes), lifecycle=self.lifecycle)
         self.metrics.admission = self.dataplane.admission
         self.grpc = GrpcTransport(config, self.dataplane, self.loop)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
@@ -102,11 +105,11 @@ class PeregrineServer:
         self.grpc.start()
         if self.http is not None:
             self.http.start()
-        failed = self.repository.load_all() if cfg.model_control_mode == "all" else \
-            self.repository.load_all(cfg.load_models)
+        failed = self.repository.load_all(cfg.load_models if cfg.model_control_mode == "explicit" else None)
         if failed and cfg.exit_on_error:
             self.stop(grace=0)
             raise StartupError(f"model(s) {', '.join(failed)} failed to load (--exit-on-error); see the log")
+        self.loop.run(_started(self.lifecycle))
         self.dataplane.started = True
         self.grpc.set_serving(self.dataplane.ready)
         log.info("Peregrine %s serving gRPC%s on %s:%d%s%s", peregrine_version(),
@@ -128,6 +131,8 @@ class PeregrineServer:
             if self.http is not None:
                 self.http.stop(grace)
         self.dataplane.close()  # decoding still running finishes while the loop can take its answer
+        if self.loop.running:
+            self.loop.run(self.lifecycle.stop())
         self.repository.unload_all()
         self.loop.stop()
         self.shared_memory.close()
@@ -139,3 +144,7 @@ class PeregrineServer:
     def wait(self) -> None:
         """Block until :meth:`stop` is called from another thread."""
         self.loop.join()
+
+
+async def _started(lifecycle: Lifecycle) -> None:
+    lifecycle.start()  # on the loop: its background task lives there

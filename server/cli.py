@@ -32,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-decoded-mb-in-flight", type=int, default=d.max_decoded_bytes_in_flight // (1024 * 1024),
                    help="MiB of decoded frames that detection requests hold at once; more answer "
                         "RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--model-control-mode", choices=["all", "explicit"], default=d.model_control_mode,
+    p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_s, metavar="SECONDS",
+                   help="poll mode: how often the repository is rescanned (default %(default)s)")
+    p.add_argument("--model-memory-budget-mb", type=int, default=d.model_memory_budget_bytes // MIB, metavar="MB",
+                   help="model weights held at once; loading past it unloads the least recently used idle "
+                        "models first (docs/LIFECYCLE.md); 0: no budget (default %(default)s)")
+    p.add_argument("--model-control-mode", choices=["all", "explicit", "poll"], default=d.model_control_mode,
                    help="'all' loads every model at start-up; 'explicit' only those given by --load-model")
     p.add_argument("--load-model", action="append", default=[], help="model to load at start-up (explicit mode)")
     p.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
@@ -125,6 +130,8 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         decode_threads=a.decode_threads,
         shutdown_grace_s=a.shutdown_grace,
         model_control_mode=a.model_control_mode,
+        repository_poll_s=a.repository_poll_secs,
+        model_memory_budget_bytes=a.model_memory_budget_mb * MIB,
         strict_readiness=a.strict_readiness,
         exit_on_error=a.exit_on_error,
         strict_model_config=a.strict_model_config,

@@ -277,6 +277,12 @@ class ModelConfig(_Strict):
     parameters: dict[str, str] = Field(default_factory=dict)
     # Triton's response_cache { enable }: answers of this model may be served from the response cache.
     response_cache: bool = False
+    # Model lifecycle (docs/LIFECYCLE.md): "startup" loads with the server; "on_demand" on its first request
+    # (which waits for the load, within its deadline).
+    load: Literal["startup", "on_demand"] = "startup"
+    # Unload after this many seconds without a request (0: never): sessions and their memory are released,
+    # and the next request loads the model again.
+    idle_unload_s: float = Field(0.0, ge=0.0, le=30 * 24 * 3600)
     detection: DetectionConfig | None = None
 
     @model_validator(mode="after")

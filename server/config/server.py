@@ -41,7 +41,13 @@ class ServerConfig:
     # many seconds, then cancel what is left.
     shutdown_grace_s: float = 30.0
     # "all": load every model at start-up; "explicit": load only `load_models` (and on request).
-    model_control_mode: Literal["all", "explicit"] = "all"
+    # "all": load every model at start-up; "explicit": only `load_models`; "poll": as "all", then rescan the
+    # repository every `repository_poll_s` seconds (new models load, changed ones reload, removed ones unload).
+    model_control_mode: Literal["all", "explicit", "poll"] = "all"
+    repository_poll_s: float = 15.0
+    # Bytes of model weights held at once (estimated: model file times instances); 0: no budget. Loading past it
+    # first unloads the least recently used idle models (docs/LIFECYCLE.md).
+    model_memory_budget_bytes: int = 0
     load_models: list[str] = field(default_factory=list)
     server_name: str = "peregrine"
     strict_model_config: bool = False
@@ -85,6 +91,8 @@ class ServerConfig:
                      "max_streams_per_connection", "max_calls_per_connection", "max_connection_idle_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if self.repository_poll_s <= 0 or self.model_memory_budget_bytes < 0:
+            raise ValueError("repository_poll_s must be positive and model_memory_budget_bytes not negative")
         if self.response_cache_bytes < 0:
             raise ValueError(f"response_cache_bytes: expected 0 (off) or more, got {self.response_cache_bytes}")
         if self.rate_limit < 0 or self.rate_burst < 0 or self.decode_threads < 0 or self.shutdown_grace_s < 0:

@@ -36,6 +36,7 @@ from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
 from .admission import Admission, Limits
 from .cache import ResponseCache, request_key
+from .lifecycle import Lifecycle
 from .repository import ModelRepository
 from .shm import RequestRegions, SharedMemoryRegistry, cuda_available
 from .streams import StreamAdapter, StreamDriver, StreamPolicy
@@ -78,6 +79,7 @@ class RequestScope:
         self.model_name = model_name
         self.started_ns = call.started_ns if started_ns is None else started_ns
         self.request: InferRequest | None = None  # as validated, once it is
+        self._acquired: str | None = None  # the model this request holds in use (see Lifecycle.acquire)
         self._regions: RequestRegions | None = None
         self._held = 0
         self._closed = False
@@ -99,7 +101,7 @@ class RequestScope:
     # -- one call, start to end -------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run an OIP request on the model it names and wait for the answer."""
-        model = self.plane.repository.get(request.model_name, request.model_version)
+        model = await self.acquire(request.model_name, request.model_version)
         cache = self.plane.cache
         if not (model.config.response_cache and cache.enabled):
             prepared = await self.prepare(model, request)
@@ -122,10 +124,21 @@ class RequestScope:
     async def detect(self, request: DetectRequest) -> FrameResult:
         """Run a typed detection request on the detection pipeline it names (or the only one) and wait for
         the boxes."""
-        model = self.plane.detection_model(request.model_name, request.model_version)
+        if request.model_name:
+            model = self.plane.require_detection(await self.acquire(request.model_name, request.model_version))
+        else:
+            model = self.plane.detection_model("", request.model_version)
         self.model_name = model.name
         prepared = await self.prepare(model, request)
         return await self.run(model, prepared, "detect")  # type: ignore[no-any-return]
+
+    async def acquire(self, name: str, version: str) -> ModelVersion:
+        """The model version the request names, loaded first if it comes on demand (a cold start, within the
+        request's deadline); held in use until the scope closes (an idle model is unloaded only when none
+        is in use)."""
+        model = await self.plane.lifecycle.acquire(name, version, self.deadline)
+        self._acquired = model.name
+        return model
 
     # -- the steps, for drivers that interleave them (streams) --------------------------------------
     async def prepare(self, model: ModelVersion, request: InferRequest) -> InferRequest:
@@ -166,6 +179,8 @@ class RequestScope:
             if error is None and self.request is not None:
                 self.plane.tracer.finish(self.request.trace, self.request.compute)
         finally:
+            if self._acquired is not None:
+                self.plane.lifecycle.release(self._acquired)
             if self._regions is not None:
                 self._regions.release()
             if self._held:
@@ -188,9 +203,10 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, loop: EventLoopThread, shared_memory: SharedMemoryRegistry,
                  tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "",
                  strict_readiness: bool = True, limits: Limits | None = None, decode_threads: int = 0,
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, lifecycle: Lifecycle | None = None) -> None:
         self.repository = repository
         self.cache = cache if cache is not None else ResponseCache(0)
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(repository)
         self.loop = loop
         self.shared_memory = shared_memory
         self.tracer = tracer
@@ -279,11 +295,14 @@ class DataPlane:
                 raise InvalidArgument(f"model_name: expected the name of a detection pipeline, got '' (the server "
                                       f"chooses only when it serves exactly one; ready: {', '.join(ready) or 'none'})")
             name = ready[0]
-        model = self.repository.get(name, version)
+        return self.require_detection(self.repository.get(name, version))
+
+    def require_detection(self, model: ModelVersion) -> DetectionModel:
+        """``model`` when it is a detection pipeline, else InvalidArgument naming what it is."""
         if not isinstance(model, DetectionModel):
             pipelines = sorted({m.name for m in self.repository.ready_models() if isinstance(m, DetectionModel)})
             raise InvalidArgument(
-                f"model_name: '{name}' is a {model.config.platform} model, not a detection pipeline "
+                f"model_name: '{model.name}' is a {model.config.platform} model, not a detection pipeline "
                 f"(platform peregrine_detection); detection pipelines here: {', '.join(pipelines) or 'none'}"
             )
         return model

@@ -61,7 +61,7 @@ def parse_version(text: str) -> int | None:
 @dataclass
 class ModelState:
     name: str
-    state: str = "UNAVAILABLE"  # UNAVAILABLE, LOADING, READY, UNLOADING
+    state: str = "UNAVAILABLE"  # UNAVAILABLE, LOADING, READY, UNLOADING, UNLOADED (comes back on demand)
     reason: str = ""
     config: ModelConfig | None = None
     versions: dict[int, ModelVersion] | None = None
@@ -142,10 +142,11 @@ class ModelRepository:
         with self._guard:
             return self._locks.setdefault(name, threading.Lock())
 
-    def load(self, name: str, override: dict[str, Any] | None = None) -> None:
+    def load(self, name: str, override: dict[str, Any] | None = None, wanted: bool = True) -> None:
         """(Re)load a model from disk, with ``override`` (Peregrine config keys, see config.override)
         laid over its config.toml for this load. Raises NotFound, InvalidArgument or ModelLoadError; the
-        server keeps serving."""
+        server keeps serving. ``wanted`` False: a load the server chose (on demand), which readiness does not
+        wait for."""
         problem = model_name_problem(name)
         if problem is not None:
             raise InvalidArgument(f"model_name '{clipped(name)}': {problem}")
@@ -154,7 +155,7 @@ class ModelRepository:
             raise NotFound(f"no model directory '{name}' in the repository")
         with self._lock(name):
             st = self._states.setdefault(name, ModelState(name))
-            st.wanted = True
+            st.wanted = wanted or st.wanted
             previous = dict(st.versions or {})
             st.state = "LOADING" if not previous else st.state
             try:
@@ -242,13 +243,58 @@ class ModelRepository:
                 self.loop.run(m.stop())
             st.versions, st.state, st.reason, st.wanted = None, "UNAVAILABLE", "unloaded", False
 
+    def release(self, name: str, reason: str) -> bool:
+        """Unload a model the server chose to let go (idle, or evicted for memory): it is listed as UNLOADED
+        with ``reason`` and loads again on its next request. False when it was not loaded."""
+        with self._lock(name):
+            st = self._states.get(name)
+            if st is None or not st.versions:
+                return False
+            versions = st.versions
+            st.state = "UNLOADING"
+            self._on_change(name, False)
+            for m in versions.values():
+                self.loop.run(m.stop())
+            st.versions, st.state, st.reason, st.wanted = None, "UNLOADED", reason, False
+            log.info("model '%s' unloaded: %s", name, reason)
+            return True
+
+    def comes_on_demand(self, name: str) -> bool:
+        """Whether a request for ``name`` may load it: it was released (UNLOADED), or it is configured
+        ``load = "on_demand"`` and not loaded yet."""
+        st = self._states.get(name)
+        if st is not None:
+            return st.state == "UNLOADED"
+        return False
+
+    def config_of(self, name: str) -> ModelConfig | None:
+        """The configuration of a loaded model (None when it is not loaded)."""
+        st = self._states.get(name)
+        return st.config if st is not None and st.versions else None
+
+    def mark_on_demand(self, name: str) -> bool:
+        """At start-up: a model configured ``load = "on_demand"`` is listed as UNLOADED instead of loaded.
+        True when ``name`` is such a model."""
+        try:
+            config = read_model_config(self.root / name, self.strict_model_config).config
+        except PeregrineError:
+            return False  # its load reports the problem
+        if config.load != "on_demand":
+            return False
+        self._states[name] = ModelState(name, state="UNLOADED", reason='loads on its first request '
+                                        '(load = "on_demand")', wanted=False)
+        return True
+
     def load_all(self, names: list[str] | None = None) -> list[str]:
         """Load every model (or ``names``); returns the names that failed. A failure is recorded as
         UNAVAILABLE with its reason (also for a name with no directory) and the others still load.
         Directories that are not models are reported, once, at start-up (:meth:`report_skipped`)."""
         self.report_skipped()
         failed = []
+        on_demand = {n for n in self.available() if (names is None or n not in names) and self.mark_on_demand(n)}
         for name in names if names is not None else self.available():
+            if name in on_demand:
+                continue  # listed as UNLOADED, loaded by its first request
             try:
                 self.load(name)
             except PeregrineError as e:

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..core.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument
+from ..core.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
 from ..core.types import DetectRequest, InferRequest
 from ..models.base import ModelVersion
 from ..models.detection import DetectionModel
@@ -250,11 +250,20 @@ class StreamDriver(Generic[M, R]):
 
     def _admit(self, item: _Item) -> None:
         request = self.adapter.decode(item.message, item.scope)
-        if self.policy.answer == "detect":
-            model: ModelVersion = self.plane.detection_model(request.model_name, request.model_version)
-            item.scope.model_name = model.name  # the one the server chose when the stream named none
-        else:
-            model = self.plane.repository.get(request.model_name, request.model_version)
+        try:
+            if self.policy.answer == "detect":
+                model: ModelVersion = self.plane.detection_model(request.model_name, request.model_version)
+                item.scope.model_name = model.name  # the one the server chose when the stream named none
+            else:
+                model = self.plane.repository.get(request.model_name, request.model_version)
+        except Unavailable:
+            # A stream does not wait for a cold start (its frames would queue behind it): the load starts,
+            # this frame is answered UNAVAILABLE, and frames sent once the model is ready are served.
+            if request.model_name and self.plane.lifecycle.request_load(request.model_name):
+                raise Unavailable(f"model '{request.model_name}' is loading on demand (cold start); frames sent "
+                                  "once it is ready are served") from None
+            raise
+        self.plane.lifecycle.touch(model.name)  # a stream's frames keep its model from idling out
         item.model, item.request = model, request
         if self.window is None:
             self.window = self.policy.window(model, request)
