@@ -115,11 +115,42 @@ class TensorConfig(_Strict):
         return self
 
 
+class AutoscaleConfig(_Strict):
+    """Instance autoscaling (docs/LIFECYCLE.md): instances move between `min` and `max` with queue depth and
+    latency; `count` is where a model starts."""
+
+    min: int = Field(1, ge=1, le=MAX_INSTANCES)
+    max: int = Field(..., ge=1, le=MAX_INSTANCES)
+    slo_ms: float | None = Field(None, gt=0)  # mean latency to keep under; none: queue depth alone
+    queue_up: float = Field(2.0, gt=0)  # queued requests per instance that ask for one more instance
+    queue_down: float = Field(0.25, ge=0)  # at most this many per instance: one fewer will do
+    up_after_s: float = Field(2.0, ge=0)  # how long the need must last
+    down_after_s: float = Field(30.0, ge=0)
+    cooldown_s: float = Field(10.0, ge=0)  # no change for this long after a change
+    interval_s: float = Field(1.0, ge=0.05, le=60)  # how often the model is sampled
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        if self.queue_down >= self.queue_up:
+            raise ValueError(f"queue_down ({self.queue_down}) must be below queue_up ({self.queue_up})")
+        return self
+
+
 class InstanceGroupConfig(_Strict):
     count: int = Field(1, ge=1, le=MAX_INSTANCES)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: list[Annotated[int, Field(ge=0, le=MAX_DEVICE_ID)]] = Field(default_factory=lambda: [0],
                                                                       max_length=MAX_GPUS)
+    autoscale: AutoscaleConfig | None = None
+
+    @model_validator(mode="after")
+    def _within(self) -> InstanceGroupConfig:
+        a = self.autoscale
+        if a is not None and not a.min <= self.count <= a.max:
+            raise ValueError(f"count ({self.count}) must be within autoscale min..max ({a.min}..{a.max})")
+        return self
 
 
 class OnnxRuntimeConfig(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..core.errors import ModelLoadError
 from ..core.types import InferRequest, TensorSpec
 from ..runtime.instances import Instances
 from ..runtime.metadata import export_size
+from ..scheduling.autoscale import AutoscaleSettings, AutoscaleState, Observation, decide
 from ..scheduling.batcher import BatchExecutor, DynamicBatcher, QueueConfig, QueuePolicy
 from ..scheduling.buckets import auto_buckets
 from ..scheduling.policy import BatchPolicy, PolicyConfig
@@ -219,6 +221,12 @@ class Scheduler:
         self._size = size
         self._pools: list[ThreadPoolExecutor] = []
         self.batcher: DynamicBatcher | None = None
+        self.scaler: InstanceScaler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def instances(self) -> int:
+        return len(self._pools)
 
     async def start(self) -> None:
         """Start the batcher on the running event loop."""
@@ -232,6 +240,22 @@ class Scheduler:
                                       shape_key=self._shape_key, size=self._size, run_in_thread=run_in_thread,
                                       inline_s=INLINE_RUN_S)
         self.batcher.start()
+        if self.scaler is not None:
+            self._tasks.append(loop.create_task(self.scaler.run(self), name=f"{self.name}-autoscale"))
+
+    def add_instance(self) -> None:
+        """Put instance number ``instances`` (its session opened) in service, with a thread of its own."""
+        assert self.batcher is not None
+        self._pools.append(ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-{len(self._pools)}"))
+        self.batcher.add_instance(len(self._pools) - 1)
+
+    async def remove_instance(self) -> int:
+        """Take the last instance out of service (once its running batch is done); returns its number."""
+        assert self.batcher is not None
+        instance = len(self._pools) - 1
+        await self.batcher.retire_instance(instance)
+        self._pools.pop().shutdown(wait=False)
+        return instance
 
     async def submit(self, request: InferRequest) -> Any:
         assert self.batcher is not None, "model not started"
@@ -239,6 +263,9 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Let queued and running requests finish, then stop the batcher and its threads."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.batcher:
             await self.batcher.close()
         for p in self._pools:
@@ -247,3 +274,55 @@ class Scheduler:
     @property
     def queue_depth(self) -> int:
         return self.batcher.queue_depth if self.batcher else 0
+
+
+class InstanceScaler:
+    """The autoscaling driver of one model version (the policy: :mod:`~..scheduling.autoscale`): samples its
+    queue depth four times an interval and its mean latency over the interval, asks the policy, and opens
+    or closes one instance (the last opened is the first closed). ``grow(i)`` opens instance ``i``'s
+    session (blocking: it runs in a thread), ``shrink(i)`` drops it once it is out of service;
+    ``latency()`` is the model's cumulative (successful requests, their total nanoseconds)."""
+
+    def __init__(self, name: str, settings: AutoscaleSettings, interval_s: float, grow: Callable[[int], None],
+                 shrink: Callable[[int], None], latency: Callable[[], tuple[int, int]]) -> None:
+        self.name = name
+        self.settings = settings
+        self.interval_s = interval_s
+        self._grow, self._shrink, self._latency = grow, shrink, latency
+        self.decisions: list[tuple[float, int, int, str]] = []  # (time.time(), from, to, why), the last 100
+
+    async def run(self, scheduler: Scheduler) -> None:
+        loop = asyncio.get_running_loop()
+        state = AutoscaleState()
+        count0, ns0 = self._latency()
+        while True:
+            depths = []
+            for _ in range(4):
+                await asyncio.sleep(self.interval_s / 4)
+                depths.append(scheduler.queue_depth)
+            count, ns = self._latency()
+            latency = (ns - ns0) / (count - count0) / 1e9 if count > count0 else None
+            count0, ns0 = count, ns
+            running = scheduler.instances
+            decision, state = decide(self.settings, state,
+                                     Observation(loop.time(), running, sum(depths) / len(depths), latency))
+            if not decision.changes(running):
+                continue
+            log.info("model '%s': %d -> %d instances: %s", self.name, running, decision.instances, decision.reason)
+            self.decisions = [*self.decisions[-99:], (time.time(), running, decision.instances, decision.reason)]
+            try:
+                if decision.instances > running:
+                    await loop.run_in_executor(None, self._grow, running)
+                    scheduler.add_instance()
+                else:
+                    self._shrink(await scheduler.remove_instance())
+            except Exception:  # a session that fails to open leaves the model as it was
+                log.exception("model '%s': autoscaling to %d instances failed", self.name, decision.instances)
+
+
+def autoscale_settings(config: ModelConfig) -> AutoscaleSettings | None:
+    a = config.instance_group.autoscale
+    if a is None:
+        return None
+    return AutoscaleSettings(a.min, a.max, None if a.slo_ms is None else a.slo_ms / 1e3, a.queue_up, a.queue_down,
+                             a.up_after_s, a.down_after_s, a.cooldown_s)

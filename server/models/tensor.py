@@ -26,8 +26,10 @@ from ..runtime.executor import TensorExecutor
 from ..runtime.instances import Instances, open_sessions
 from .base import describe
 from .loading import (
+    InstanceScaler,
     Scheduler,
     apply_overrides,
+    autoscale_settings,
     model_file,
     resolve_batch_buckets,
     resolve_batching,
@@ -52,6 +54,7 @@ class TensorModel:
     max_batch_size: int
     stats: ModelStats = field(default_factory=ModelStats)
     metadata: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None  # the model file: where autoscaling opens more instances from
     scheduler: Scheduler = field(init=False)
     # Triton's `reshape`: per tensor, the shape the session takes or gives (without the batch dimension
     # when batching) where clients use another (the tensor's `dims`).
@@ -66,6 +69,21 @@ class TensorModel:
                                   self.stats)
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.instances.buckets, executor,
                                    len(self.instances), self._shape_key, self._size)
+        settings = autoscale_settings(self.config)
+        if settings is not None and self.path is not None:
+            path = self.path
+
+            def grow(instance: int) -> None:
+                self.instances.open_instance(path, self.config)
+                executor.instance_added()
+
+            def shrink(instance: int) -> None:
+                executor.instance_removed()
+                self.instances.close_last()
+
+            self.scheduler.scaler = InstanceScaler(
+                self.name, settings, self.config.instance_group.autoscale.interval_s,  # type: ignore[union-attr]
+                grow, shrink, lambda: (self.stats.success.count, self.stats.success.ns))
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -80,7 +98,8 @@ class TensorModel:
         outputs = apply_overrides(graph_out, config.output, max_batch > 0, "output", source)
         buckets = resolve_batch_buckets(config, max_batch, sessions[0].device, source)
         instances = Instances.with_buckets(sessions, buckets, path, config)
-        model = cls(name, version, config, instances, inputs, outputs, max_batch, metadata=sessions[0].metadata())
+        model = cls(name, version, config, instances, inputs, outputs, max_batch, metadata=sessions[0].metadata(),
+                    path=path)
         if config.warmup:
             model.warm_up()
         return model

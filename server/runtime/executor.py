@@ -61,6 +61,12 @@ class TensorExecutor:
             raise ValueError(f"batch bucket {self.batch_buckets[-1]} exceeds max_batch_size {self.max_batch_size}")
         self._buffers: list[dict[str, np.ndarray]] = [{} for _ in range(len(instances))]
 
+    def instance_added(self) -> None:
+        self._buffers.append({})
+
+    def instance_removed(self) -> None:
+        self._buffers.pop()
+
     def session_for(self, instance: int, executed: int) -> OnnxSession:
         """The session that runs a batch of ``executed`` rows on ``instance``: its bucket's session,
         or the instance's own session (no buckets, or an unpadded device batch of another size)."""

@@ -68,6 +68,21 @@ class Instances:
     def __len__(self) -> int:
         return len(self.sessions)
 
+    def open_instance(self, path: Path, config: ModelConfig) -> None:
+        """Open one more instance (its session, and on GPU providers its bucket sessions); blocking."""
+        i = len(self.sessions)
+        session = OnnxSession(path, config, device_id=instance_gpu(config, i))
+        per_bucket = open_bucket_sessions([session], self.buckets, lambda _: OnnxSession(
+            path, config, device_id=instance_gpu(config, i))) if self.bucket_sessions else []
+        self.bucket_sessions.extend(per_bucket)  # before the session: an instance is in use once it is listed
+        self.sessions.append(session)
+
+    def close_last(self) -> None:
+        """Drop the last instance's sessions (it is out of service); their memory goes with them."""
+        self.sessions.pop()
+        if self.bucket_sessions:
+            self.bucket_sessions.pop()
+
     @property
     def first(self) -> OnnxSession:
         return self.sessions[0]

@@ -84,6 +84,8 @@ class DynamicBatcher:
         self._compute = CostModel()
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
+        self._retiring: set[int] = set()  # instances to take out of service once their batch is done
+        self._retired = asyncio.Event()
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
@@ -157,6 +159,28 @@ class DynamicBatcher:
                 delivered.set_result(None)
                 if self._last_in_order.get(key) is delivered:
                     del self._last_in_order[key]
+
+    def add_instance(self, instance: int) -> None:
+        """Put a new instance (its session opened by the caller) in service."""
+        self._idle.append(instance)
+        self._wake.set()
+
+    async def retire_instance(self, instance: int) -> None:
+        """Take ``instance`` out of service: at once when idle, else when its running batch is done."""
+        if instance in self._idle:
+            self._idle.remove(instance)
+            return
+        self._retiring.add(instance)
+        while instance in self._retiring:
+            self._retired.clear()
+            await self._retired.wait()
+
+    def _give_back(self, instance: int) -> None:
+        if instance in self._retiring:
+            self._retiring.discard(instance)
+            self._retired.set()
+            return
+        self._idle.append(instance)
 
     async def close(self) -> None:
         """Stop taking requests, let queued and running ones finish, then stop the loop."""
@@ -280,7 +304,7 @@ class DynamicBatcher:
                 if error is not None and self._fail([entry], error, traceback):
                     traceback = False
         finally:
-            self._idle.append(instance)
+            self._give_back(instance)
             self._wake.set()
 
     async def _execute(self, instance: int, entries: list[QueuedRequest]) -> Exception | None:
@@ -323,7 +347,7 @@ class DynamicBatcher:
             if error is not None:
                 self._fail([entry], error)
         finally:
-            self._idle.append(instance)
+            self._give_back(instance)
 
     def _answer(self, entries: list[QueuedRequest], results: list[Any], executed: int,
                 seconds: float) -> Exception | None:

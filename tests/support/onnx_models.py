@@ -66,3 +66,16 @@ def write(repo: Path, name: str, model: onnx.ModelProto | bytes, config: str | N
     if config is not None:
         (repo / name / "config.toml").write_text(config)
     return repo / name
+
+
+def matmul_chain(width: int = 384, depth: int = 8) -> onnx.ModelProto:
+    """OUTPUT0 = INPUT0 @ W @ W ... (``depth`` times), FP32 [N, width]: a model that takes real time per
+    request (about a millisecond on one core at the defaults), for tests that need a queue to build."""
+    import numpy as np
+
+    w = helper.make_tensor("W", TensorProto.FLOAT, [width, width],
+                           (np.eye(width, dtype=np.float32) * 0.5).reshape(-1).tolist())
+    names = ["INPUT0", *[f"h{i}" for i in range(depth - 1)], "OUTPUT0"]
+    nodes = [helper.make_node("MatMul", [names[i], "W"], [names[i + 1]]) for i in range(depth)]
+    return _model(nodes, [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["N", width])],
+                  [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["N", width])], [w])

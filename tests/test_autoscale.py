@@ -1,0 +1,93 @@
+"""Instance autoscaling over a real server: a load step adds an instance, quiet takes it away."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from support import onnx_models
+
+CONFIG = """max_batch_size = 0
+[instance_group]
+count = 1
+device = "cpu"
+[instance_group.autoscale]
+min = 1
+max = 2
+queue_up = 1.0
+queue_down = 0.1
+up_after_s = 0.3
+down_after_s = 1.0
+cooldown_s = 0.3
+interval_s = 0.2
+[onnxruntime]
+intra_op_num_threads = 1
+"""
+
+
+def test_a_load_step_adds_an_instance_and_quiet_removes_it(tmp_path: Path, start_server: Any) -> None:
+    onnx_models.write(tmp_path, "slow", onnx_models.matmul_chain(), CONFIG)
+    server = start_server(tmp_path)
+    (model,) = server.repository.ready_models()
+    scheduler = model.scheduler
+    assert scheduler.instances == 1
+    stop = threading.Event()
+    failures: list[Exception] = []
+    answered = 0
+    x = np.ones((1, 384), np.float32)
+
+    def client() -> None:
+        nonlocal answered
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        tensor = grpcclient.InferInput("INPUT0", [1, 384], "FP32")
+        tensor.set_data_from_numpy(x)
+        while not stop.is_set():
+            try:
+                out = c.infer("slow", [tensor]).as_numpy("OUTPUT0")
+                assert np.allclose(out, 0.5 ** 8)
+                answered += 1
+            except Exception as e:
+                failures.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while scheduler.instances < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler.instances == 2, "the queue built up but no instance was added"
+        assert len(model.instances) == 2 and model.describe().instances == 2
+        served_before = model.stats.execution_count
+        time.sleep(1.0)
+        assert model.stats.execution_count > served_before  # both serve
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    deadline = time.monotonic() + 20
+    while scheduler.instances > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler.instances == 1 and len(model.instances) == 1
+    assert not failures, failures[:3]
+    assert answered > 0
+    reasons = [d[3] for d in scheduler.scaler.decisions]
+    assert [(d[1], d[2]) for d in scheduler.scaler.decisions] == [(1, 2), (2, 1)], reasons
+    assert "queued per instance" in reasons[0]
+
+
+def test_autoscale_settings_are_checked_at_load(tmp_path: Path) -> None:
+    import pytest
+    from peregrine.server.config import load_model_config
+    from peregrine.server.core.errors import ModelLoadError
+
+    for bad, expected in (("count = 3\n[instance_group.autoscale]\nmin = 1\nmax = 2\n", "within autoscale"),
+                          ("[instance_group.autoscale]\nmin = 3\nmax = 2\n", "must not exceed max"),
+                          ("[instance_group.autoscale]\nmax = 2\nqueue_up = 1\nqueue_down = 2\n", "below queue_up")):
+        (tmp_path / "config.toml").write_text("[instance_group]\n" + bad)
+        with pytest.raises(ModelLoadError, match=expected):
+            load_model_config(tmp_path)
