@@ -14,6 +14,7 @@ from .dataplane.lifecycle import Lifecycle
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
 from .observability.metrics import Metrics, ModelSample
+from .observability.otel import OtelTracing
 from .observability.tracing import Tracer
 from .pipeline import images
 from .scheduling.loop import EventLoopThread
@@ -75,7 +76,8 @@ class PeregrineServer:
                                    name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier(),
                                    strict_readiness=config.strict_readiness, limits=limits_of(config),
                                    decode_threads=config.decode_threads,
-                                   cache=ResponseCache(config.response_cache_bytes), lifecycle=self.lifecycle)
+                                   cache=ResponseCache(config.response_cache_bytes), lifecycle=self.lifecycle,
+                                   otel=otel_tracing(config))
         self.metrics.admission = self.dataplane.admission
         self.grpc = GrpcTransport(config, self.dataplane, self.loop)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
@@ -137,6 +139,8 @@ class PeregrineServer:
         self.loop.stop()
         self.shared_memory.close()
         self.tracer.close()
+        if self.dataplane.otel is not None:
+            self.dataplane.otel.shutdown()
         self.grpc.close()
         if self.http is not None:
             self.http.close()
@@ -148,3 +152,9 @@ class PeregrineServer:
 
 async def _started(lifecycle: Lifecycle) -> None:
     lifecycle.start()  # on the loop: its background task lives there
+
+
+def otel_tracing(config: ServerConfig) -> OtelTracing | None:
+    if config.otel_exporter == "off":
+        return None
+    return OtelTracing(config.otel_exporter, config.otel_endpoint, config.otel_service_name, config.otel_sample_ratio)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .app import PeregrineServer, StartupError
 from .config.server import ServerConfig
+from .observability import logs
 
 MIB = 1024 * 1024
 
@@ -91,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="stop after N traces; -1: no limit (default %(default)s)")
     tr.add_argument("--trace-log-frequency", type=int, default=d.trace_log_frequency,
                     help="write every N traces to FILE.<k>; 0: all to FILE at shutdown (default %(default)s)")
+    ot = p.add_argument_group("OpenTelemetry (docs/OBSERVABILITY.md)")
+    ot.add_argument("--otel-exporter", choices=["off", "otlp-http", "otlp-grpc", "console"], default=d.otel_exporter,
+                    help="export a span per request and per stage (default %(default)s)")
+    ot.add_argument("--otel-endpoint", default=d.otel_endpoint, metavar="URL",
+                    help="the collector (default: the exporter's own, e.g. http://localhost:4318/v1/traces)")
+    ot.add_argument("--otel-sample-ratio", type=float, default=d.otel_sample_ratio, metavar="R",
+                    help="share of requests traced when the client sends no trace context (default %(default)s)")
+    ot.add_argument("--otel-service-name", default=d.otel_service_name, help="service.name (default %(default)s)")
     p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=d.strict_readiness,
                    help="ready only while every model asked for is ready, as Triton (default: on)")
     p.add_argument("--exit-on-error", action=argparse.BooleanOptionalAction, default=d.exit_on_error,
@@ -103,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="check every model directory of DIR (configuration, versions, model files, ONNX graphs) "
                         "without serving; one line per directory; exit 0 when all pass, 1 otherwise")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text lines, or one JSON object per line (docs/OBSERVABILITY.md) (default %(default)s)")
     return p
 
 
@@ -111,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
 
 
 def _config(a: argparse.Namespace) -> ServerConfig:
-    logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(a.log_level, a.log_format)
     return ServerConfig(
         model_repository=a.model_repository,
         host=a.host,
@@ -140,6 +151,10 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         shm_key_prefixes=tuple(a.shm_key_prefix),
         max_shm_regions=a.max_shm_regions,
         response_cache_bytes=a.response_cache_mb * MIB,
+        otel_exporter=a.otel_exporter,
+        otel_endpoint=a.otel_endpoint,
+        otel_sample_ratio=a.otel_sample_ratio,
+        otel_service_name=a.otel_service_name,
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         tls_client_ca=a.tls_client_ca,

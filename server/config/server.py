@@ -80,6 +80,13 @@ class ServerConfig:
     trace_rate: int = 1000
     trace_count: int = -1
     trace_log_frequency: int = 0
+    # OpenTelemetry (observability/otel.py): "off", "otlp-http", "otlp-grpc" or "console"; the collector's
+    # endpoint (default: the exporter's, e.g. http://localhost:4318/v1/traces); the share of traces sampled
+    # when the client's call carries none (a client's sampled trace is always continued).
+    otel_exporter: str = "off"
+    otel_endpoint: str | None = None
+    otel_sample_ratio: float = 1.0
+    otel_service_name: str = "peregrine"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

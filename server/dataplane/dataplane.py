@@ -30,8 +30,10 @@ from ..core.stats import ModelStats
 from ..core.types import DetectRequest, FrameResult, InferRequest, InferResponse, ModelDescription
 from ..models.base import ModelVersion
 from ..models.detection import DetectionModel
+from ..observability import logs
 from ..observability.logsettings import LogSettings
 from ..observability.metrics import Metrics
+from ..observability.otel import OtelTracing, frame_stages, infer_stages
 from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
 from .admission import Admission, Limits
@@ -59,6 +61,10 @@ class Call(Protocol):
     connection: str  # the client's connection (its address and port): bounds per connection
     identity: str  # who the client is (its bearer token, else its address): the rate limit's key
 
+    def header(self, name: str) -> str | None:
+        """A request header (gRPC metadata, HTTP header) by its lower-case name: W3C trace context."""
+        ...
+
 
 @dataclass(frozen=True)
 class ServerMetadata:
@@ -80,6 +86,8 @@ class RequestScope:
         self.started_ns = call.started_ns if started_ns is None else started_ns
         self.request: InferRequest | None = None  # as validated, once it is
         self._acquired: str | None = None  # the model this request holds in use (see Lifecycle.acquire)
+        self.kind = "ModelInfer"  # what the request is, for its OpenTelemetry span
+        self._stages: dict[str, int] | None = None  # a detection's measured stage durations
         self._regions: RequestRegions | None = None
         self._held = 0
         self._closed = False
@@ -124,6 +132,7 @@ class RequestScope:
     async def detect(self, request: DetectRequest) -> FrameResult:
         """Run a typed detection request on the detection pipeline it names (or the only one) and wait for
         the boxes."""
+        self.kind = "Detect"
         if request.model_name:
             model = self.plane.require_detection(await self.acquire(request.model_name, request.model_version))
         else:
@@ -145,6 +154,10 @@ class RequestScope:
         """Begin the request's trace (when sampled) and validate it against ``model``: in a decode thread
         when validating decodes images, else on the loop. What :meth:`run` runs."""
         request.trace = self.plane.tracer.begin(model.name, str(model.version), request.id, self.started_ns)
+        if request.id or self.plane.trace_ids:
+            # Lines logged while this request's task runs name it (observability/logs.py).
+            header = getattr(self.call, "header", None) if self.plane.trace_ids else None
+            logs.request_context.set((request.id, logs.trace_id_of(header("traceparent")) if header else ""))
         if model.validate_decodes:
             prepared = await self.plane.off_loop(model.validate, request)
         else:
@@ -162,7 +175,8 @@ class RequestScope:
         if self._regions is not None:
             self._regions.verify_inputs()  # a region that shrank while the model read it fails the request
         if isinstance(result, FrameResult):
-            self.plane.metrics.observe_stages(self.model_name, result.stages())
+            self._stages = result.stages()
+            self.plane.metrics.observe_stages(self.model_name, self._stages)
         return result
 
     # -- the end ------------------------------------------------------------------------------
@@ -178,6 +192,11 @@ class RequestScope:
             self.plane.metrics.observe_request(self.model_name, status, seconds)
             if error is None and self.request is not None:
                 self.plane.tracer.finish(self.request.trace, self.request.compute)
+            if self.plane.otel is not None:
+                self._span(status)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s: model %s, %s in %.2f ms", self.request.id if self.request else "",
+                          self.model_name, status, seconds * 1e3)
         finally:
             if self._acquired is not None:
                 self.plane.lifecycle.release(self._acquired)
@@ -185,6 +204,25 @@ class RequestScope:
                 self._regions.release()
             if self._held:
                 self.plane.admission.release(self.call.connection, self._held)
+
+    def _span(self, status: str) -> None:
+        """Hand the answered request to OpenTelemetry (on only when configured)."""
+        ended = time.monotonic_ns()
+        request = self.request
+        if self._stages is not None:
+            stages = frame_stages(self._stages, self.started_ns, ended)
+        else:
+            stages = infer_stages(request.queue_ns, request.compute) if request is not None else []
+        attributes = {"peregrine.model": self.model_name}
+        if request is not None:
+            attributes["peregrine.request_id"] = request.id
+            attributes["peregrine.model_version"] = request.model_version
+        header = getattr(self.call, "header", None) or (lambda name: None)
+        try:
+            self.plane.otel.record(self.kind, header, self.started_ns, ended, attributes, stages,  # type: ignore[union-attr]
+                                   status)
+        except Exception:  # tracing must never fail a request
+            log.exception("OpenTelemetry span not recorded")
 
     def __enter__(self) -> RequestScope:
         return self
@@ -203,10 +241,12 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, loop: EventLoopThread, shared_memory: SharedMemoryRegistry,
                  tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "",
                  strict_readiness: bool = True, limits: Limits | None = None, decode_threads: int = 0,
-                 cache: ResponseCache | None = None, lifecycle: Lifecycle | None = None) -> None:
+                 cache: ResponseCache | None = None, lifecycle: Lifecycle | None = None,
+                 otel: OtelTracing | None = None) -> None:
         self.repository = repository
         self.cache = cache if cache is not None else ResponseCache(0)
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(repository)
+        self.otel = otel  # OpenTelemetry tracing; None: off
         self.loop = loop
         self.shared_memory = shared_memory
         self.tracer = tracer
@@ -221,6 +261,12 @@ class DataPlane:
         self.draining = asyncio.Event()  # set when shutdown begins: streams stop reading and end
         self._decode = ThreadPoolExecutor(decode_threads or max(2, os.cpu_count() or 2),
                                           thread_name_prefix="peregrine-decode")
+
+    @property
+    def trace_ids(self) -> bool:
+        """Whether log lines about a request carry its W3C trace id (looked up in the call's headers):
+        with OpenTelemetry on, JSON logs or DEBUG."""
+        return self.otel is not None or logs.json_active() or log.isEnabledFor(logging.DEBUG)
 
     def scope(self, call: Call, model_name: str, started_ns: int | None = None, nbytes: int = 0) -> RequestScope:
         """Open the scope of one request for ``model_name`` (as the client named it) arriving on ``call``

@@ -232,7 +232,9 @@ class StreamDriver(Generic[M, R]):
         """A message's own scope (its bytes are the stream's to hold: none held by the scope itself)."""
         from .dataplane import RequestScope
 
-        return RequestScope(self.plane, self.call, self.adapter.model_of(message), time.monotonic_ns())
+        scope = RequestScope(self.plane, self.call, self.adapter.model_of(message), time.monotonic_ns())
+        scope.kind = "DetectStream" if self.policy.answer == "detect" else "ModelStreamInfer"
+        return scope
 
     async def _room(self) -> bool:
         """Wait until the stream may read another message; False when the call is over or the server drains."""

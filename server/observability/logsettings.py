@@ -12,13 +12,14 @@ import threading
 from typing import Any
 
 from ..core.errors import InvalidArgument, clipped
+from .logs import TEXT_FORMAT, RequestFormatter, json_active
 
 LOGGER = "peregrine"
 _TYPES: dict[str, type] = {"log_file": str, "log_info": bool, "log_warning": bool, "log_error": bool,
                            "log_verbose_level": int, "log_format": str}
 _FORMATS = {
-    "default": logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"),
-    "ISO8601": logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"),
+    "default": RequestFormatter(TEXT_FORMAT),
+    "ISO8601": RequestFormatter(TEXT_FORMAT, "%Y-%m-%dT%H:%M:%S%z"),
 }
 
 
@@ -74,6 +75,8 @@ class LogSettings:
         else:
             level = logging.CRITICAL + 10  # off
         self.logger.setLevel(level)
+        if json_active():
+            return  # JSON lines keep their own time format
         formatter = _FORMATS[s["log_format"]]
         for handler in logging.getLogger().handlers:
             handler.setFormatter(formatter)

@@ -52,6 +52,13 @@ class GrpcCall:
 
     __slots__ = ("_identity", "connection", "context", "deadline", "started_ns")
 
+    def header(self, name: str) -> str | None:
+        """The call's metadata entry ``name`` (lower case), e.g. W3C ``traceparent``."""
+        for key, value in self.context.invocation_metadata() or ():
+            if key == name:
+                return value.decode() if isinstance(value, bytes) else str(value)
+        return None
+
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self.started_ns = time.monotonic_ns()
         self.context = context

@@ -41,13 +41,22 @@ class HttpCall:
     """An HTTP request as the data plane's :class:`~peregrine.server.dataplane.dataplane.Call`. HTTP has
     no deadline of its own (a request's ``timeout`` parameter bounds its time in the queue)."""
 
-    __slots__ = ("connection", "deadline", "identity", "started_ns")
+    __slots__ = ("connection", "deadline", "identity", "scope", "started_ns")
 
     def __init__(self, scope: dict[str, Any], authorization: str | None) -> None:
         self.started_ns = time.monotonic_ns()
+        self.scope = scope
         self.deadline: float | None = None
         host, port = scope.get("client") or ("", 0)
         # Named as gRPC names its peers, so that one client is one client (its rate) on either transport.
         address = f"ipv6:[{host}]" if ":" in host else f"ipv4:{host}"
         self.connection = f"{address}:{port}"
         self.identity = f"token:{authorization}" if authorization else f"host:{address}"
+
+    def header(self, name: str) -> str | None:
+        """The request header ``name`` (lower case), e.g. W3C ``traceparent``."""
+        wanted = name.encode("latin-1")
+        for key, value in self.scope.get("headers") or ():
+            if key.lower() == wanted:
+                return value.decode("latin-1")  # type: ignore[no-any-return]
+        return None

@@ -1,0 +1,71 @@
+"""OpenTelemetry tracing over a real server: spans per request and stage, continuing the client's trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from support import onnx_models
+from tritonclient.utils import InferenceServerException
+
+otel = pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra (opentelemetry-sdk) is not installed")
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from peregrine.server.observability.otel import OtelTracing  # noqa: E402
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+@pytest.fixture
+def traced(tmp_path: Path, start_server: Any) -> tuple[Any, InMemorySpanExporter]:
+    onnx_models.write(tmp_path, "ident", onnx_models.identity("FP32", ["N", None]), "max_batch_size = 8\n")
+    server = start_server(tmp_path, http_port=0)
+    assert server.dataplane.otel is None  # off unless configured
+    exporter = InMemorySpanExporter()
+    server.dataplane.otel = OtelTracing(processor=SimpleSpanProcessor(exporter))
+    return server, exporter
+
+
+def _tensor(module: Any) -> Any:
+    t = module.InferInput("INPUT0", [1, 4], "FP32")
+    t.set_data_from_numpy(np.ones((1, 4), np.float32))
+    return t
+
+
+def test_a_grpc_request_continues_the_clients_trace_with_a_span_per_stage(traced: Any) -> None:
+    server, exporter = traced
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    client.infer("ident", [_tensor(grpcclient)], request_id="r-1", headers={"traceparent": TRACEPARENT})
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "ModelInfer"]
+    assert format(root.context.trace_id, "032x") == TRACE_ID
+    assert format(root.parent.span_id, "016x") == PARENT_ID  # the client's span is the parent
+    assert root.attributes["peregrine.model"] == "ident" and root.attributes["peregrine.request_id"] == "r-1"
+    assert root.attributes["rpc.grpc.status_code"] == "OK"
+    children = {s.name: s for s in spans if s.parent is not None and s.parent.span_id == root.context.span_id}
+    assert set(children) == {"queue", "compute_input", "compute_infer", "compute_output"}
+    for child in children.values():
+        assert root.start_time <= child.start_time <= child.end_time <= root.end_time + 1_000_000
+
+
+def test_an_http_request_continues_the_trace_and_errors_are_marked(traced: Any) -> None:
+    server, exporter = traced
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    client.infer("ident", [_tensor(httpclient)], headers={"traceparent": TRACEPARENT})
+    bad = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    wrong = grpcclient.InferInput("INPUT0", [1, 4], "INT32")
+    wrong.set_data_from_numpy(np.ones((1, 4), np.int32))
+    with pytest.raises(InferenceServerException):
+        bad.infer("ident", [wrong])
+    roots = [s for s in exporter.get_finished_spans() if s.name == "ModelInfer"]
+    assert len(roots) == 2
+    assert format(roots[0].context.trace_id, "032x") == TRACE_ID
+    assert roots[1].parent is None and format(roots[1].context.trace_id, "032x") != TRACE_ID  # a trace of its own
+    assert roots[1].attributes["rpc.grpc.status_code"] == "INVALID_ARGUMENT"
+    assert not roots[1].status.is_ok
