@@ -69,6 +69,7 @@ class DynamicBatcher:
         run_in_thread: Callable[[int, Callable[[], Any]], Any],
         clock: Callable[[], float] = time.monotonic,
         inline_s: float = 0.0,
+        inline_max_bytes: int = 64 * 1024,
     ) -> None:
         self.policy = policy
         self.executor = executor
@@ -81,6 +82,9 @@ class DynamicBatcher:
         # itself, at once (0: never): for tiny models the hop to the instance's thread and back costs more
         # than the model. The estimate is of the executor's own time, without that hop.
         self.inline_s = inline_s
+        # ... and carries at most this many bytes of inputs: the cost model learns per batch row, and a row
+        # of a model with other dynamic dimensions may be far larger than the rows it learned from.
+        self.inline_max_bytes = inline_max_bytes
         self._compute = CostModel()
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
@@ -126,7 +130,7 @@ class DynamicBatcher:
                 batch = self.policy.decide((entry,), entry.arrival, len(self._idle)).batch
             except Exception:  # the loop decides again, and fails the request as it fails any
                 batch = []
-            if batch and self._inline(entry.size):
+            if batch and self._inline(entry.size) and _input_bytes(request) <= self.inline_max_bytes:
                 self._run_inline(entry)
             elif batch:
                 self._dispatch(batch, entry.arrival)
@@ -379,6 +383,17 @@ def _logged(request: InferRequest, error: Exception) -> ModelExecutionError:
     its traceback: still INTERNAL with a generic message, but a PeregrineError, which the transport does not
     log again (the traceback once per batch, not once here and again per request)."""
     return ModelExecutionError(request.model_name, str(error))
+
+
+def _input_bytes(request: InferRequest) -> float:
+    """The bytes a request's inputs hold (BYTES elements by their length; many of them: too many to count)."""
+    total: float = 0
+    for a in request.inputs.values():
+        if getattr(getattr(a, "dtype", None), "kind", "") == "O":
+            total += sum(len(x) for x in a.flat) if a.size <= 64 else float("inf")
+        else:
+            total += getattr(a, "nbytes", 0)
+    return total
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

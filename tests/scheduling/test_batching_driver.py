@@ -740,3 +740,20 @@ def test_an_expensive_batch_never_runs_on_the_loop() -> None:
         await off.close()
 
     run(body)
+
+
+def test_a_request_with_large_inputs_never_runs_on_the_loop_whatever_the_cost_model_learned() -> None:
+    async def body() -> None:
+        executor = ThreadNoting()
+        batcher = _threaded(executor, inline_s=0.05)
+        loop_thread = threading.get_ident()
+        for i in range(3):  # small rows: learned to be cheap, then run on the loop
+            await batcher.submit(_request(str(i)))
+        assert executor.threads[-1] == loop_thread
+        big = InferRequest(model_name="fake", id="big", inputs={"x": np.zeros((1, 200_000), np.float32)},
+                           parameters={"shape": "a"})  # one row, as the cheap ones, but 800 KB
+        assert await batcher.submit(big) == "out-big"
+        assert executor.threads[-1] != loop_thread
+        await batcher.close()
+
+    run(body)
