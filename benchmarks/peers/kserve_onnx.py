@@ -5,6 +5,11 @@ Inference Protocol request, runs an ``InferenceSession`` and answers binary (raw
 virtual environment (``bench_overhead.py`` makes one with ``kserve`` and ``onnxruntime``); nothing of
 Peregrine is imported.
 
+KServe has no ``ModelConfig`` (a Triton extension), which Triton's perf_analyzer reads before it sends
+anything. ``--model-config FILE`` answers the gRPC call with the serialized ``ModelConfigResponse`` in FILE
+and ``--model-config-json FILE`` answers Triton's REST route ``GET /v2/models/{name}/config`` with FILE's
+JSON, verbatim (the benchmarks write both); every other call is KServe's own.
+
     python benchmarks/peers/kserve_onnx.py --model-name identity_fp32 --onnx models/identity_fp32/1/model.onnx \\
         --grpc_port 8501 --http_port 8500
 """
@@ -92,14 +97,27 @@ def answer_model_config(response: bytes) -> None:
     stubs.add_GRPCInferenceServiceServicer_to_server = add
 
 
+def answer_model_config_json(text: str) -> None:
+    """Add Triton's ``GET /v2/models/{name}/config`` to KServe's REST app, answering ``text``."""
+    from fastapi import Response
+    from kserve.model_server import app
+
+    @app.get("/v2/models/{name}/config")
+    async def model_config(name: str) -> Response:
+        return Response(content=text, media_type="application/json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     parser.add_argument("--onnx", required=True, help="the ONNX file to serve")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--model-config", type=Path, help="serialized ModelConfigResponse for perf_analyzer")
+    parser.add_argument("--model-config-json", type=Path, help="the model configuration as Triton's JSON")
     args, _ = parser.parse_known_args()
     if args.model_config:
         answer_model_config(args.model_config.read_bytes())
+    if args.model_config_json:
+        answer_model_config_json(args.model_config_json.read_text())
     model = OnnxModel(args.model_name, args.onnx, args.threads)
     model.load()
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port).start([model])
