@@ -18,7 +18,7 @@ comma := ,
 SOURCES := $(shell find server modelgen kernels proto clients -type f \( -name '*.py' -o -name '*.proto' -o -name '*.cpp' \
              -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: setup models serve test lint bench-oip clean
+.PHONY: setup models serve test lint bench-oip clean ros1
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,17 @@ $(STAMP): $(PY) pyproject.toml CMakeLists.txt $(SOURCES)
 setup: $(STAMP)
 
 models: setup
-	$(VENV)/bin/peregrine-build-models --repository $(MODELS)
+	$(VENV)/bin/peregrine-build-models --repository $(MODELS) --images images
 
 serve: models
 	$(VENV)/bin/peregrine-server --model-repository $(MODELS) --host $(HOST) \
 		--grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
-test: models
+# ROS 1 from Debian for the live ROS bridge test (tests/ros skips, saying why, where it cannot be installed).
+ros1:
+	sh clients/ros/install_ros1.sh
+
+test: models ros1
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

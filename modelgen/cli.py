@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from .photos import photos_available, write_photos
 from .repository import BUNDLED_MODELS, write_repository
 
 
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[spec.name for spec in BUNDLED_MODELS],
         help="build only this model (repeatable; default: all)",
     )
+    parser.add_argument("--images", type=Path, default=None, metavar="DIR",
+                        help="also write the sample photographs the README and docs use into DIR (from scikit-image)")
     return parser
 
 
@@ -35,4 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote   {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)")
         else:
             print(f"skipped {result.path} (exists; --force rebuilds)")
+    if args.images is not None:
+        missing = photos_available()
+        if missing is not None:
+            print(f"skipped {args.images}/ (sample photographs: {missing})")
+            return 0
+        for path, written in write_photos(args.images, force=args.force):
+            print(f"{'wrote  ' if written else 'skipped'} {path}{'' if written else ' (exists)'}")
     return 0

@@ -10,7 +10,7 @@ Needs only grpcio, protobuf, NumPy and ``peregrine.proto``::
     from peregrine.client import DetectionClient
 
     with DetectionClient("127.0.0.1:8001") as client:
-        boxes = client.detect("street.jpg", deadline_s=0.1)   # [Detection(x1, y1, x2, y2, score, class_id, label)]
+        boxes = client.detect("images/astronaut.jpg", deadline_s=0.1)  # [Detection(x1, y1, x2, y2, score, ...)]
 
 The load-testing harness is :mod:`peregrine.client.load` (``python -m peregrine.client.load``).
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from peregrine.proto import model_config_pb2 as mc
 from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .errors import PeregrineClientError
 from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, SharedMemoryStatus
-from .shm import SystemSharedMemory
+from .shm import CLEANUP_DEADLINE_S, SystemSharedMemory
 from .tensors import (
     InferRequest,
     SharedMemoryInput,
@@ -49,6 +50,8 @@ class AsyncInferenceClient:
         self._channel = self.settings.aio_channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = self.settings.metadata()
+        # Regions registered with register_shared_memory and not unregistered yet: close() unregisters them.
+        self._registered: dict[str, SystemSharedMemory] = {}
 
     async def _call(self, method: str, request: Any, deadline_s: float | None) -> Any:
         try:
@@ -58,7 +61,13 @@ class AsyncInferenceClient:
             raise PeregrineClientError.from_rpc_error(e, method) from None
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Unregister the regions this client registered with ``register_shared_memory`` (best effort), then
+        close the channel; calls in flight are cancelled."""
+        names, self._registered = list(self._registered), {}
+        for name in names:
+            with contextlib.suppress(PeregrineClientError, ValueError):
+                await self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name),
+                                 CLEANUP_DEADLINE_S)
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncInferenceClient:
@@ -161,14 +170,20 @@ class AsyncInferenceClient:
             name=name, key=key, offset=offset, byte_size=byte_size), deadline_s)
 
     async def register_shared_memory(self, region: SystemSharedMemory, *, deadline_s: float | None = None) -> None:
-        """Register a whole :class:`SystemSharedMemory` under its name."""
+        """Register a whole :class:`SystemSharedMemory` under its name; this client's ``close()`` unregisters
+        it unless ``unregister_system_shared_memory`` did."""
         await self.register_system_shared_memory(region.name, region.key, region.byte_size, deadline_s=deadline_s)
+        self._registered[region.name] = region
 
     async def unregister_system_shared_memory(self, name: str = "", *, deadline_s: float | None = None) -> None:
         """Unregister region ``name``, or every system region when ``name`` is empty (any client's: see
         docs/SHARED_MEMORY.md). An unknown name is not an error."""
         await self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name),
                          deadline_s)
+        if name:
+            self._registered.pop(name, None)
+        else:
+            self._registered.clear()
 
     async def system_shared_memory_status(self, name: str = "", *,
                                           deadline_s: float | None = None) -> list[SharedMemoryStatus]:

@@ -6,7 +6,7 @@ pixels, so the client sends an image and gets :class:`Detection` objects back::
     from peregrine.client import DetectionClient
 
     with DetectionClient("127.0.0.1:8001") as client:
-        boxes = client.detect("street.jpg", deadline_s=0.1)            # a file, sent as it is
+        boxes = client.detect("images/astronaut.jpg", deadline_s=0.1)            # a file, sent as it is
         boxes = client.detect(frame, score_threshold=0.5)             # a uint8 [H, W, 3] RGB array
         for result in client.stream(camera_frames, deadline_s=0.05):  # one camera, one stream
             ...
@@ -97,6 +97,13 @@ class FrameStatus(enum.IntEnum):
     DROPPED = 1  # a newer frame superseded it while it waited (latest frame wins); never run
     DEADLINE_EXCEEDED = 2  # its deadline passed before it could run; never run
     ERROR = 3  # a bad frame or a failed batch: see ``error``
+
+    # Python 3.11 made an IntEnum print as its number; a log line or a print should say what happened.
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
 
 
 @dataclass(frozen=True)

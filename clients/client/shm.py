@@ -25,12 +25,16 @@ import mmap
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .tensors import NUMPY_OF, SharedMemoryInput, SharedMemoryOutput, datatype_of, decode_bytes, encode_bytes
+
+# How long a client's or a region's close() waits for each unregistration it makes on the way out.
+CLEANUP_DEADLINE_S = 2.0
 
 SHM_DIR = Path("/dev/shm")
 
@@ -59,6 +63,9 @@ class SystemSharedMemory:
         self.byte_size = len(mapping)
         self.owner = owner
         self._mmap = mapping
+        # Clients that registered this region (by their id): close() unregisters it from each, so a region
+        # left behind by a program that failed half-way does not make its next run fail with ALREADY_EXISTS.
+        self._close_hooks: dict[int, Callable[[], None]] = {}
 
     @classmethod
     def create(cls, name: str, byte_size: int, *, key: str | None = None, mode: int = 0o600) -> SystemSharedMemory:
@@ -159,9 +166,20 @@ class SystemSharedMemory:
         return self.view(NUMPY_OF[datatype], shape, offset)
 
     # -- lifetime --------------------------------------------------------------------------------
+    def _add_close_hook(self, owner: object, hook: Callable[[], None]) -> None:
+        self._close_hooks[id(owner)] = hook
+
+    def _remove_close_hook(self, owner: object) -> None:
+        self._close_hooks.pop(id(owner), None)
+
     def close(self) -> None:
-        """Unmap (views still alive keep the mapping until they are gone) and, when this process created the
-        object, unlink it. Unregister the region from the server first. Idempotent."""
+        """Unregister the region from every client that registered it with ``register_shared_memory`` and is
+        still open (best effort: a server that cannot be reached is not an error), unmap it (views still alive
+        keep the mapping until they are gone) and, when this process created the object, unlink it.
+        Idempotent."""
+        hooks, self._close_hooks = list(self._close_hooks.values()), {}
+        for hook in hooks:
+            hook()
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_path(self.key))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -15,7 +17,7 @@ from peregrine.proto import model_config_pb2 as mc
 from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .errors import PeregrineClientError
 from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, SharedMemoryStatus
-from .shm import SystemSharedMemory
+from .shm import CLEANUP_DEADLINE_S, SystemSharedMemory
 from .tensors import (
     InferRequest,
     SharedMemoryInput,
@@ -56,6 +58,10 @@ class InferenceClient:
         self._channel = self.settings.channel()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = self.settings.metadata()
+        # Regions registered with register_shared_memory and not unregistered yet: close() (and each region's
+        # own close()) unregisters them, so a program that stops half-way leaves no name taken on the server.
+        self._registered: dict[str, SystemSharedMemory] = {}
+        self._registered_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, method: str, request: Any, deadline_s: float | None) -> Any:
@@ -66,8 +72,27 @@ class InferenceClient:
             raise PeregrineClientError.from_rpc_error(e, method) from None
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Unregister the regions this client registered with ``register_shared_memory`` (best effort), then
+        close the channel; calls in flight are cancelled."""
+        with self._registered_lock:
+            regions, self._registered = list(self._registered.values()), {}
+        for region in regions:
+            region._remove_close_hook(self)
+            self._unregister_quietly(region.name)
         self._channel.close()
+
+    def _unregister_quietly(self, name: str) -> None:
+        with contextlib.suppress(PeregrineClientError, ValueError):
+            self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name),
+                       CLEANUP_DEADLINE_S)
+
+    def _forget_region(self, region: SystemSharedMemory) -> None:
+        """The region is closing: unregister it here if this client still holds its registration."""
+        with self._registered_lock:
+            if self._registered.get(region.name) is not region:
+                return
+            del self._registered[region.name]
+        self._unregister_quietly(region.name)
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -189,13 +214,24 @@ class InferenceClient:
             name=name, key=key, offset=offset, byte_size=byte_size), deadline_s)
 
     def register_shared_memory(self, region: SystemSharedMemory, *, deadline_s: float | None = None) -> None:
-        """Register a whole :class:`SystemSharedMemory` under its name."""
+        """Register a whole :class:`SystemSharedMemory` under its name. The registration ends with whichever
+        comes first: ``unregister_system_shared_memory``, the region's ``close()`` or this client's ``close()``
+        (so leaving a ``with`` block on an exception unregisters it)."""
         self.register_system_shared_memory(region.name, region.key, region.byte_size, deadline_s=deadline_s)
+        with self._registered_lock:
+            self._registered[region.name] = region
+        region._add_close_hook(self, lambda: self._forget_region(region))
 
     def unregister_system_shared_memory(self, name: str = "", *, deadline_s: float | None = None) -> None:
         """Unregister region ``name``, or every system region when ``name`` is empty (any client's: see
         docs/SHARED_MEMORY.md). An unknown name is not an error."""
         self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name), deadline_s)
+        with self._registered_lock:
+            gone = [r for n, r in self._registered.items() if not name or n == name]
+            for region in gone:
+                del self._registered[region.name]
+        for region in gone:
+            region._remove_close_hook(self)
 
     def system_shared_memory_status(self, name: str = "", *,
                                     deadline_s: float | None = None) -> list[SharedMemoryStatus]:

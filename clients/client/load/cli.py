@@ -25,7 +25,7 @@ from ..sync import InferenceClient
 from .camera import run_camera
 from .frames import FramePayload, frame_payload, parse_frame_size
 from .payload import make_inputs
-from .report import LoadResult, slo_met
+from .report import MAX_SEND_LAG_MS, LoadResult, slo_met
 from .runner import LoadConfig, Recorder, Workload, detect_workload, run_load
 
 EXIT_OK, EXIT_SLO, EXIT_USAGE = 0, 1, 2
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-shm-size", type=int, metavar="BYTES",
                    help="with --shared-memory: bytes reserved per output (default: learned from one request)")
     p.add_argument("--slo-p99-ms", type=float, help="exit 1 when p99 latency exceeds this (ms)")
+    p.add_argument("--max-send-lag-ms", type=float, default=MAX_SEND_LAG_MS, metavar="MS",
+                   help="-r/--cameras: mark the run invalid (with a warning, and \"valid\": false in --json) when "
+                   "the generator's p99 send lag exceeds this (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write the summary and HDR histogram as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one row per measured request")
     p.add_argument("--plot", metavar="FILE.png", help="plot latency over time and its CDF (needs matplotlib)")
@@ -206,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "not --detect/--cameras")
         config = LoadConfig(a.model, settings, a.model_version, mode, a.concurrency or 1, a.rate or 0.0, a.arrival,
                             a.warmup, a.duration, a.deadline_ms, a.drain, a.seed, a.cameras or 1, a.fps,
-                            a.max_in_flight, a.shared_memory)
+                            a.max_in_flight, a.shared_memory, max_send_lag_ms=a.max_send_lag_ms)
         if detection:
             payload = _detect_payload(a)
             # One call first: the model must be a reachable detection pipeline that takes these images.
@@ -255,13 +258,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(result: LoadResult, a: argparse.Namespace) -> int:
     print(result.format(a.slo_p99_ms))
+    if not result.valid:
+        print(f"peregrine-load: WARNING: this run is invalid: {result.invalid_reason}", file=sys.stderr)
     if a.json:
         result.write_json(a.json)
     if a.csv:
         result.write_csv(a.csv)
     if a.plot:
         try:
-            result.plot(a.plot)
+            result.plot(a.plot, a.slo_p99_ms)
         except ImportError:
             print("peregrine-load: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
     if a.slo_p99_ms is not None and not slo_met(result, a.slo_p99_ms):

@@ -19,6 +19,10 @@ STAGES = ("decode", "queue", "pre", "infer", "post", "total")
 _LOWEST_US = 1
 _HIGHEST_US = 3_600_000_000  # one hour
 _SIGNIFICANT_FIGURES = 3  # values are exact to 0.1 %
+# A scheduled run (open loop, camera mode) whose generator sent its p99 request later than this after its
+# intended time fell behind its own schedule: its latencies include the generator's delay and it offered less
+# load than asked, so it is marked invalid (``--max-send-lag-ms``).
+MAX_SEND_LAG_MS = 50.0
 
 
 class LatencyHistogram:
@@ -134,6 +138,21 @@ class LoadResult:
     server_dropped_total: int | None = None  # camera mode: the server's own count over all streams, warm-up included
     stages_ms: dict[str, dict[str, float]] | None = None  # detection modes: the server's StageTimings
     payload: str = ""  # what each request or frame carried
+    valid: bool = True  # False when the generator fell behind its schedule (see check_schedule)
+    invalid_reason: str = ""
+
+    def check_schedule(self, max_send_lag_ms: float = MAX_SEND_LAG_MS) -> bool:
+        """Mark the run invalid when it follows a schedule (open loop, camera mode) and its p99 send lag
+        (actual minus intended send time) is above ``max_send_lag_ms``; returns ``valid``."""
+        lag = self.send_lag_ms.get("p99", math.nan)
+        if self.mode in ("open", "camera") and not math.isnan(lag) and lag > max_send_lag_ms:
+            self.valid = False
+            self.invalid_reason = (
+                f"the load generator fell behind its schedule (send lag p99 {lag:.1f} ms, max "
+                f"{self.send_lag_ms['max']:.1f} ms; allowed {max_send_lag_ms:g} ms): latencies include its own "
+                f"delay and it offered less than asked. Ask for less ({self.describe_load()}) or run it "
+                f"on another machine")
+        return self.valid
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-request records, JSON-ready (NaN becomes null)."""
@@ -158,41 +177,13 @@ class LoadResult:
                     row += [int(r.camera[i]), int(r.sequence[i])]
                 w.writerow(row)
 
-    def plot(self, path: str | Path) -> None:
-        """A PNG: latency over time (every request) and the latency CDF. Raises ImportError without
+    def plot(self, path: str | Path, slo_p99_ms: float | None = None) -> None:
+        """A PNG: latency over time (every request, coloured by status) and the tail percentiles on a log
+        scale, with the deadline and ``slo_p99_ms`` drawn (see :mod:`.plot`). Raises ImportError without
         matplotlib."""
-        import matplotlib
+        from .plot import save_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        r = self.records
-        ok = r.status == "OK"
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        ax1.scatter(r.intended_s[ok], r.latency_s[ok] * 1e3, s=2, label="OK")
-        if (~ok).any():
-            ax1.scatter(r.intended_s[~ok], r.latency_s[~ok] * 1e3, s=4, c="red", label="error")
-        if self.deadline_ms:
-            ax1.axhline(self.deadline_ms, color="grey", linestyle="--", label="deadline")
-        ax1.set_xlabel("intended send time (s)")
-        ax1.set_ylabel("latency (ms)")
-        ax1.set_title("latency over time")
-        ax1.legend(loc="upper left")
-        lat = np.sort(r.latency_s[ok]) * 1e3
-        if lat.size:
-            ax2.plot(lat, np.arange(1, lat.size + 1) / lat.size * 100)
-        for p in PERCENTILES:
-            v = self.latency_ms.get(f"p{p:g}", math.nan)
-            if not math.isnan(v):
-                ax2.axvline(v, color="grey", linewidth=0.5)
-                ax2.text(v, 2, f" p{p:g}", rotation=90, fontsize=7, va="bottom")
-        ax2.set_xlabel("latency (ms)")
-        ax2.set_ylabel("percent of requests")
-        ax2.set_title("latency CDF (successful requests)")
-        fig.suptitle(f"{self.model} @ {self.target}: {self.describe_load()}, {self.throughput_rps:.1f} {self.unit}/s")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_plot(self, str(path), slo_p99_ms)
 
     @property
     def unit(self) -> str:
@@ -237,6 +228,8 @@ class LoadResult:
         if slo_p99_ms is not None:
             verdict = "met" if slo_met(self, slo_p99_ms) else "MISSED"
             lines.append(f"SLO         p99 <= {slo_p99_ms:g} ms: {verdict}")
+        if not self.valid:
+            lines.append(f"INVALID RUN {self.invalid_reason}")
         return "\n".join(lines)
 
 

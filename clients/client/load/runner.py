@@ -39,7 +39,7 @@ from peregrine.proto import grpc_service_pb2 as pb
 from ..channel import DETECTION_SERVICE, OIP_SERVICE, ChannelSettings
 from ..shm import SystemSharedMemory
 from ..tensors import NUMPY_OF, InferRequest, build_request, raw_bytes
-from .report import LatencyHistogram, LoadResult, Records, StageSamples, lag_summary_ms
+from .report import MAX_SEND_LAG_MS, LatencyHistogram, LoadResult, Records, StageSamples, lag_summary_ms
 
 SPIN_S = 0.0015  # the open loop's last stretch before a send is spent polling the event loop, not sleeping
 SHM_ALIGN = 64  # each tensor of a shared-memory set starts on a cache line
@@ -73,6 +73,7 @@ class LoadConfig:
     max_in_flight: int | None = None
     shared_memory: Literal["none", "system"] = "none"
     output_shm_bytes: Mapping[str, int] | None = None
+    max_send_lag_ms: float = MAX_SEND_LAG_MS  # scheduled runs: above this p99 send lag the run is invalid
 
     def __post_init__(self) -> None:
         if self.mode not in ("closed", "open", "camera"):
@@ -215,7 +216,7 @@ class Recorder:
             camera, sequence = (np.asarray(self.camera), np.asarray(self.sequence)) if frames else (None, None)
             records = Records(intended, sent, np.asarray(self.latency), np.asarray(self.status, dtype=str),
                               camera, sequence)
-        return LoadResult(
+        result = LoadResult(
             target=cfg.settings.target,
             model=cfg.model,
             mode=cfg.mode,
@@ -242,6 +243,8 @@ class Recorder:
             stages_ms=self.stages.summary_ms(),
             payload=payload,
         )
+        result.check_schedule(cfg.max_send_lag_ms)
+        return result
 
 
 Progress = Callable[[float, Recorder], None]

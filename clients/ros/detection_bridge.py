@@ -1,0 +1,393 @@
+"""A live ROS bridge: camera topic in, ``DetectStream`` to Peregrine, ``vision_msgs/Detection2DArray`` out.
+
+The node subscribes to an image topic (``sensor_msgs/Image`` or, for a topic ending in ``/compressed``,
+``sensor_msgs/CompressedImage``), streams the frames to a Peregrine detection pipeline over one
+``DetectStream`` with a deadline per frame counted from the frame's arrival, and publishes each frame's boxes
+as ``vision_msgs/Detection2DArray`` on ``<image topic>/detections`` with the image's header stamp and frame
+id. Frames that arrive while the previous one is still waiting to be sent replace it (latest frame wins, as
+on the server).
+
+The watchdog of the robot example (``clients/examples/robot_loop.py``) holds every frame's deadline: when no
+valid result has come by then, or a result says the frame was dropped, expired or failed, it takes the safe
+action at once: a line on ``--safety-topic`` (``std_msgs/String``, ``"BRAKE <stamp> <frame id>: <why>"``),
+logged and counted. A stream that breaks is reopened; the frames in flight brake by their deadlines.
+
+ROS 1 (``rospy``, Debian's ``python3-rospy``) is the adapter built here. The bridge talks to ROS only through
+:class:`RosAdapter` (subscribe, publish detections, publish a safety line, shutdown), so a ROS 2 ``rclpy``
+adapter is a class of the same four methods. ``vision_msgs`` need not be installed: its message classes are
+generated at run time from the definitions below (the md5 sums are those of the released package).
+
+Run (with ``roscore`` up and Peregrine serving ``yolov8n_detect``)::
+
+    python clients/ros/detection_bridge.py --image-topic /camera/image_raw --deadline-ms 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from peregrine.client import Detection, DetectionClient, FrameResult, FrameStatus, PeregrineClientError
+
+log = logging.getLogger("peregrine_ros_bridge")
+
+# Debian installs ROS 1's Python packages for its system interpreter; a virtual environment of the same Python
+# version reads them from there (appended, so the environment's own NumPy, gRPC, ... stay first).
+DEBIAN_ROS_PYTHON = "/usr/lib/python3/dist-packages"
+
+
+@dataclass
+class CameraFrame:
+    """One image as the bridge sends it: ``image`` for Detect (RGB/grey uint8 array, or encoded bytes),
+    the header's ``stamp_ns`` and ``frame_id``, and ``received`` (time.monotonic()) when it arrived."""
+
+    image: np.ndarray | bytes
+    stamp_ns: int
+    frame_id: str
+    received: float
+
+
+class RosAdapter(Protocol):
+    """What the bridge needs of a ROS client library."""
+
+    def subscribe(self, topic: str, on_frame: Callable[[CameraFrame], None]) -> None: ...
+
+    def publish_detections(self, frame: CameraFrame, detections: list[Detection]) -> None: ...
+
+    def publish_safety(self, line: str) -> None: ...
+
+    def is_shutdown(self) -> bool: ...
+
+
+# -- the watchdog (as the robot example's) ------------------------------------------------------------
+class Watchdog:
+    """Holds an absolute deadline (time.monotonic()) per frame key; for every key not disarmed by its
+    deadline, its thread calls ``on_miss(key)`` then. ``disarm`` returns False when it already fired."""
+
+    def __init__(self, on_miss: Callable[[int], None]) -> None:
+        self._on_miss = on_miss
+        self._cond = threading.Condition()
+        self._deadlines: list[tuple[float, int]] = []
+        self._armed: set[int] = set()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, key: int, deadline: float) -> None:
+        with self._cond:
+            heapq.heappush(self._deadlines, (deadline, key))
+            self._armed.add(key)
+            self._cond.notify()
+
+    def disarm(self, key: int) -> bool:
+        with self._cond:
+            if key in self._armed:
+                self._armed.discard(key)
+                return True
+            return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stop:
+                while self._deadlines and self._deadlines[0][1] not in self._armed:
+                    heapq.heappop(self._deadlines)
+                if not self._deadlines:
+                    self._cond.wait()
+                    continue
+                deadline, key = self._deadlines[0]
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                heapq.heappop(self._deadlines)
+                self._armed.discard(key)
+                self._on_miss(key)
+
+
+# -- the bridge ------------------------------------------------------------------------------------------
+@dataclass
+class BridgeSummary:
+    received: int = 0  # frames that arrived on the topic
+    skipped: int = 0  # replaced by a newer frame before they could be sent
+    sent: int = 0
+    published: int = 0  # valid results on time, published
+    brakes: int = 0
+    why: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def format(self) -> str:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(self.why.items())) or "none"
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        return (f"frames {self.received} received, {self.skipped} skipped (a newer one came), {self.sent} sent, "
+                f"{self.published} published on time; brakes {self.brakes} ({why}); errors {errors}")
+
+
+class DetectionBridge:
+    """Frames offered by a subscriber go to Peregrine over ``DetectStream``; results go back to ROS."""
+
+    def __init__(self, ros: RosAdapter, client: DetectionClient, *, model: str = "", deadline_s: float = 0.15,
+                 max_in_flight: int | None = None, score_threshold: float | None = None) -> None:
+        self.ros = ros
+        self.client = client
+        self.model = model
+        self.deadline_s = deadline_s
+        self.max_in_flight = max_in_flight
+        self.score_threshold = score_threshold
+        self.summary = BridgeSummary()
+        self._lock = threading.Condition()
+        self._waiting: CameraFrame | None = None
+        self._in_flight: dict[int, CameraFrame] = {}  # bridge frame number -> frame
+        self._next = 0
+        self._stop = False
+        self.watchdog = Watchdog(lambda key: self._brake(key, "deadline passed"))
+
+    # called from the ROS subscriber's thread
+    def offer(self, frame: CameraFrame) -> None:
+        with self._lock:
+            self.summary.received += 1
+            if self._waiting is not None:
+                self.summary.skipped += 1
+            self._waiting = frame
+            self._lock.notify()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+
+    def _frames(self, first: list[int]) -> Iterator[tuple[np.ndarray | bytes, int]]:
+        """Frames for one stream as (image, capture time µs); ``first`` gets the number of its first frame."""
+        while True:
+            with self._lock:
+                while self._waiting is None and not self._stop:
+                    self._lock.wait(0.1)
+                    if self.ros.is_shutdown():
+                        self._stop = True
+                if self._stop:
+                    return
+                frame, self._waiting = self._waiting, None
+                assert frame is not None
+                key = self._next
+                self._next += 1
+                self._in_flight[key] = frame
+                self.summary.sent += 1
+                if not first:
+                    first.append(key)
+            self.watchdog.arm(key, frame.received + self.deadline_s)
+            yield frame.image, frame.stamp_ns // 1000
+
+    def _brake(self, key: int, why: str) -> None:
+        with self._lock:
+            frame = self._in_flight.pop(key, None)
+            self.summary.brakes += 1
+            self.summary.why[why] += 1
+        stamp, frame_id = (frame.stamp_ns, frame.frame_id) if frame else (0, "")
+        log.warning("frame %d.%09d %s: no valid result within %.0f ms (%s) -> BRAKE", stamp // 10**9,
+                    stamp % 10**9, frame_id, self.deadline_s * 1e3, why)
+        self.ros.publish_safety(f"BRAKE {stamp} {frame_id}: {why}")
+
+    def _act(self, key: int, result: FrameResult) -> None:
+        if result.status is not FrameStatus.OK:
+            why = {FrameStatus.DROPPED: "dropped", FrameStatus.DEADLINE_EXCEEDED: "expired on the server"}.get(
+                result.status, "failed")
+            if result.status is FrameStatus.ERROR and result.error is not None:
+                self.summary.errors[result.error.code.name] += 1
+            if self.watchdog.disarm(key):
+                self._brake(key, why)
+            return
+        if not self.watchdog.disarm(key):
+            with self._lock:
+                self.summary.why["late result"] += 1
+            return
+        with self._lock:
+            frame = self._in_flight.pop(key)
+            self.summary.published += 1
+        self.ros.publish_detections(frame, result.detections)
+
+    def run(self) -> BridgeSummary:
+        """Stream until :meth:`stop` or ROS shuts down; a failed stream is reopened after a short pause."""
+        try:
+            while not self._stop and not self.ros.is_shutdown():
+                first: list[int] = []
+                try:
+                    for result in self.client.stream(self._frames(first), model=self.model,
+                                                     deadline_s=self.deadline_s, max_in_flight=self.max_in_flight,
+                                                     score_threshold=self.score_threshold):
+                        self._act(first[0] + result.sequence, result)
+                except PeregrineClientError as e:  # frames in flight brake by their deadlines
+                    self.summary.errors[e.code.name] += 1
+                    log.error("stream failed: %s; opening a new one", e)
+                    time.sleep(0.5)
+        finally:
+            self.watchdog.close()
+        return self.summary
+
+
+# -- ROS 1 (rospy) ---------------------------------------------------------------------------------------
+_SEP = "=" * 80 + "\n"
+# vision_msgs as released for ROS 1 Noetic; Header, geometry_msgs and sensor_msgs/Image as in ROS 1.
+VISION_MSGS_ROS1 = "".join([
+    "Header header\nDetection2D[] detections\n",
+    _SEP, "MSG: std_msgs/Header\nuint32 seq\ntime stamp\nstring frame_id\n",
+    _SEP, "MSG: vision_msgs/Detection2D\nHeader header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\n"
+          "sensor_msgs/Image source_img\n",
+    _SEP, "MSG: vision_msgs/ObjectHypothesisWithPose\nint64 id\nfloat64 score\ngeometry_msgs/PoseWithCovariance pose\n",
+    _SEP, "MSG: geometry_msgs/PoseWithCovariance\ngeometry_msgs/Pose pose\nfloat64[36] covariance\n",
+    _SEP, "MSG: geometry_msgs/Pose\ngeometry_msgs/Point position\ngeometry_msgs/Quaternion orientation\n",
+    _SEP, "MSG: geometry_msgs/Point\nfloat64 x\nfloat64 y\nfloat64 z\n",
+    _SEP, "MSG: geometry_msgs/Quaternion\nfloat64 x\nfloat64 y\nfloat64 z\nfloat64 w\n",
+    _SEP, "MSG: vision_msgs/BoundingBox2D\ngeometry_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
+    _SEP, "MSG: geometry_msgs/Pose2D\nfloat64 x\nfloat64 y\nfloat64 theta\n",
+    _SEP, "MSG: sensor_msgs/Image\nHeader header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\n"
+          "uint32 step\nuint8[] data\n",
+])
+
+
+def ros1_vision_msgs() -> dict[str, Any]:
+    """The ROS 1 message classes of vision_msgs/Detection2DArray and its parts, generated with genpy."""
+    import genpy.dynamic
+
+    return genpy.dynamic.generate_dynamic("vision_msgs/Detection2DArray", VISION_MSGS_ROS1)
+
+
+def image_for_detect(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                     data: bytes) -> np.ndarray:
+    """A ``sensor_msgs/Image`` as what Detect takes: rgb8 and mono8 as they are (no copy), other encodings
+    converted to RGB (bgr8 flipped; Bayer, YUV, 16-bit through the recordings codec)."""
+    buf = np.frombuffer(data, np.uint8)
+    if encoding == "rgb8" and step == width * 3:
+        return buf[: height * step].reshape(height, width, 3)
+    if encoding in ("mono8", "8UC1") and step == width:
+        return buf[: height * step].reshape(height, width)
+    from peregrine.server.codecs.recordings import decode_image
+
+    return np.ascontiguousarray(decode_image(encoding, height, width, step, is_bigendian, data)[:, :, ::-1])
+
+
+class Ros1Adapter:
+    """The bridge's ROS side on ROS 1: one rospy node, a subscriber, two publishers."""
+
+    def __init__(self, name: str, image_topic: str, detections_topic: str, safety_topic: str) -> None:
+        import rospy
+        from std_msgs.msg import String
+
+        self.rospy = rospy
+        rospy.init_node(name, anonymous=True, disable_signals=True)
+        self.types = ros1_vision_msgs()
+        self.array_type = self.types["vision_msgs/Detection2DArray"]
+        self.detections = rospy.Publisher(detections_topic, self.array_type, queue_size=10)
+        self.safety = rospy.Publisher(safety_topic, String, queue_size=10)
+        self.string_type = String
+        self.image_topic = image_topic
+
+    def subscribe(self, topic: str, on_frame: Callable[[CameraFrame], None]) -> None:
+        from sensor_msgs.msg import CompressedImage, Image
+
+        def on_image(msg: Any) -> None:
+            received = time.monotonic()
+            if topic.endswith("/compressed"):
+                image: np.ndarray | bytes = bytes(msg.data)  # JPEG/PNG: the server decodes it
+            else:
+                image = image_for_detect(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian),
+                                         msg.data)
+            on_frame(CameraFrame(image, msg.header.stamp.to_nsec(), msg.header.frame_id, received))
+
+        msg_type = CompressedImage if topic.endswith("/compressed") else Image
+        self.rospy.Subscriber(topic, msg_type, on_image, queue_size=1, buff_size=1 << 26)
+
+    def publish_detections(self, frame: CameraFrame, detections: list[Detection]) -> None:
+        t = self.types
+        rospy = self.rospy
+        stamp = rospy.Time(secs=frame.stamp_ns // 10**9, nsecs=frame.stamp_ns % 10**9)
+        header = t["std_msgs/Header"](frame_id=frame.frame_id, stamp=stamp)
+        out = []
+        for d in detections:
+            pose = t["geometry_msgs/PoseWithCovariance"](
+                pose=t["geometry_msgs/Pose"](orientation=t["geometry_msgs/Quaternion"](w=1.0)))
+            out.append(t["vision_msgs/Detection2D"](
+                header=header,
+                results=[t["vision_msgs/ObjectHypothesisWithPose"](id=int(d.class_id), score=float(d.score),
+                                                                    pose=pose)],
+                bbox=t["vision_msgs/BoundingBox2D"](
+                    center=t["geometry_msgs/Pose2D"](x=(d.x1 + d.x2) / 2, y=(d.y1 + d.y2) / 2, theta=0.0),
+                    size_x=float(d.x2 - d.x1), size_y=float(d.y2 - d.y1))))
+        self.detections.publish(self.array_type(header=header, detections=out))
+
+    def publish_safety(self, line: str) -> None:
+        self.safety.publish(self.string_type(data=line))
+
+    def is_shutdown(self) -> bool:
+        return bool(self.rospy.is_shutdown())
+
+
+def import_rospy() -> None:
+    """Make Debian's ROS 1 Python packages importable when this interpreter does not see them."""
+    if importlib.util.find_spec("rospy") is None and os.path.isdir(DEBIAN_ROS_PYTHON):
+        sys.path.append(DEBIAN_ROS_PYTHON)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="detection_bridge", description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-topic", required=True, help="sensor_msgs/Image topic (…/compressed: CompressedImage)")
+    p.add_argument("--detections-topic", help="vision_msgs/Detection2DArray out (default: <image topic>/detections)")
+    p.add_argument("--safety-topic", default="/peregrine/safety", help="std_msgs/String BRAKE lines (default: "
+                   "%(default)s)")
+    p.add_argument("-u", "--url", default="127.0.0.1:8001", help="Peregrine gRPC address (default %(default)s)")
+    p.add_argument("--model", default="", help="detection pipeline (default: the server's only one)")
+    p.add_argument("--deadline-ms", type=float, default=150.0, help="per-frame budget from arrival (default 150)")
+    p.add_argument("--max-in-flight", type=int, help="frames the server runs at once on the stream")
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--node-name", default="peregrine_detection_bridge")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the node until SIGINT/SIGTERM or ROS shutdown; prints a summary. Exit 2 when ROS is missing."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    import_rospy()
+    try:
+        ros = Ros1Adapter(args.node_name, args.image_topic, args.detections_topic or args.image_topic + "/detections",
+                          args.safety_topic)
+    except ImportError as e:
+        print(f"detection_bridge: ROS 1 is not installed ({e}); on Debian: apt install python3-rospy "
+              "python3-sensor-msgs", file=sys.stderr)
+        return 2
+    client = DetectionClient(args.url, deadline_s=30.0)
+    bridge = DetectionBridge(ros, client, model=args.model, deadline_s=args.deadline_ms / 1e3,
+                             max_in_flight=args.max_in_flight, score_threshold=args.score_threshold)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: bridge.stop())
+    ros.subscribe(args.image_topic, bridge.offer)
+    print("detection_bridge: ready", flush=True)
+    try:
+        summary = bridge.run()
+    finally:
+        client.close()
+        ros.rospy.signal_shutdown("done")
+    print(summary.format(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``peregrine-annotate``: boxes, labels and scores drawn on images, compared pixel by pixel with a reference
+drawing made here with OpenCV's own primitives; from a live server's Detect answer and from JSON Lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import client_support
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from peregrine.client import Detection, DetectionClient
+from peregrine.client.annotate import annotate_image, draw_detections, main
+from peregrine.server.app import PeregrineServer
+
+detection_server = client_support.detection_server
+
+# ultralytics' palette, classes 0, 1 and 2: FF3838, FF9D97 and FF701F as BGR.
+RED, PINK, ORANGE = (0x38, 0x38, 0xFF), (0x97, 0x9D, 0xFF), (0x1F, 0x70, 0xFF)
+
+
+def coffee_bgr() -> np.ndarray:
+    return np.ascontiguousarray(skimage.data.coffee()[:, :, ::-1])  # 400 x 600
+
+
+def reference(image: np.ndarray, boxes: list[tuple[tuple[int, int, int, int], tuple[int, int, int], str, bool]],
+              thickness: int, font_scale: float) -> np.ndarray:
+    """The drawing the module promises, step by step: box, then a filled tab above it (inside when at the top
+    edge) with the label in black on light colours, white on dark ones."""
+    out = image.copy()
+    for (x1, y1, x2, y2), colour, text, dark_text in boxes:
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness - 1)
+        top = y1 - (th + base + 2) if y1 >= th + base + 2 else y1
+        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+        cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (0, 0, 0) if dark_text else (255, 255, 255), thickness - 1, cv2.LINE_AA)
+    return out
+
+
+def test_drawing_matches_the_reference_pixel_for_pixel() -> None:
+    image = coffee_bgr()
+    dets = [
+        Detection(100.4, 80.6, 300.2, 250.5, 0.91, 0, "person"),   # corners round to whole pixels
+        Detection(-20.0, 0.0, 120.0, 90.0, 0.42, 2, "car"),        # clipped; at the top edge: tab inside
+        Detection(350.0, 200.0, 700.0, 450.0, 0.30, 1, ""),        # clipped right and bottom; no name
+    ]
+    out = draw_detections(image, dets)
+    # 400x600: thickness round(500 * 0.003) = 2, font scale 0.5; drawn lowest score first.
+    expected = reference(image, [
+        ((350, 200, 599, 399), PINK, "class1 0.30", True),        # a light tab: black text
+        ((0, 0, 120, 90), ORANGE, "car 0.42", False),
+        ((100, 81, 300, 250), RED, "person 0.91", False),
+    ], thickness=2, font_scale=0.5)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+    # What the reference means, checked on its own: edges in the class colour, untouched pixels elsewhere,
+    # and the input left as it was.
+    assert tuple(out[250, 200]) == RED and tuple(out[160, 100]) == RED and tuple(out[300, 599]) == PINK
+    np.testing.assert_array_equal(out[300:380, 10:90], image[300:380, 10:90])
+    np.testing.assert_array_equal(image, coffee_bgr())
+
+
+def test_grey_images_are_drawn_in_colour_and_bad_ones_refused() -> None:
+    grey = skimage.data.camera()
+    out = draw_detections(grey, [Detection(10, 50, 200, 220, 0.5, 0, "person")])
+    assert out.shape == (*grey.shape, 3) and tuple(out[220, 100]) == RED
+    with pytest.raises(ValueError, match="uint8"):
+        draw_detections(grey.astype(np.float32), [])
+
+
+def test_cli_draws_a_servers_answer(detection_server: PeregrineServer, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    photo = tmp_path / "coffee.png"
+    cv2.imwrite(str(photo), coffee_bgr())
+    url = f"127.0.0.1:{detection_server.port}"
+    assert main([str(photo), "-o", str(tmp_path / "out.png"), "-u", url, "--model", "det"]) == 0
+    with DetectionClient(url, deadline_s=30.0) as client:
+        boxes = client.detect(photo, model="det")
+    assert len(boxes) > 3  # the seeded detector finds tens of boxes in photographs
+    assert f"{len(boxes)} boxes" in capsys.readouterr().out
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out.png")), draw_detections(coffee_bgr(), boxes))
+    # An unknown model is the server's NOT_FOUND, reported with exit status 1.
+    assert main([str(photo), "-o", str(tmp_path / "x.png"), "-u", url, "--model", "nope"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_cli_draws_json_lines_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), coffee_bgr())
+    cv2.imwrite(str(tmp_path / "b.png"), coffee_bgr()[::-1].copy())
+    box = {"x1": 10, "y1": 40, "x2": 110, "y2": 140, "score": 0.8, "class_id": 2, "label": "car"}
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"image": "a.png", "detections": [box, {**box, "score": 0.2}]}) + "\n\n"
+                       + json.dumps({"path": str(tmp_path / "b.png"), "detections": []}) + "\n")
+    out = tmp_path / "drawn"
+    assert main(["--results", str(results), "-o", str(out), "--score-threshold", "0.5"]) == 0
+    np.testing.assert_array_equal(cv2.imread(str(out / "a.png")),
+                                  draw_detections(coffee_bgr(), [Detection(10, 40, 110, 140, 0.8, 2, "car")]))
+    np.testing.assert_array_equal(cv2.imread(str(out / "b.png")), coffee_bgr()[::-1])
+    annotate_image(tmp_path / "a.png", [], tmp_path / "same.png")
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "same.png")), coffee_bgr())
+
+    results.write_text('{"image": "a.png", "detections": [{"x1": 1}]}\n')
+    assert main(["--results", str(results), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "results.jsonl:1" in err and "missing field 'y1'" in err
