@@ -41,7 +41,7 @@ DEFAULT_MODEL = ""
 # What detect() and stream() take as one image.
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
 # What stream() takes as one frame: an image, or an image and its capture time (microseconds, any clock).
-FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int]
+FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int] | tuple[ImageInput, int, str]
 
 
 # -- results -------------------------------------------------------------------------------------------
@@ -126,6 +126,7 @@ class FrameResult:
     error: PeregrineClientError | None = None
     dropped_total: int = 0
     latency_s: float = math.nan
+    frame_id: str = ""  # the camera frame the client named (a ROS header's frame_id), echoed
 
     @property
     def ok(self) -> bool:
@@ -227,16 +228,20 @@ class FrameSender:
         """The message of the next frame; stamps its send time. Raises as :func:`image_message`, and
         TypeError for a tuple that is not (image, capture time in µs)."""
         image: ImageInput
+        frame_id = ""
         if isinstance(item, tuple):
-            if len(item) != 2 or isinstance(item[1], bool) or not isinstance(item[1], int | np.integer):
-                raise TypeError("frame: expected an image or (image, capture_time_us: int), got a tuple of "
+            if len(item) not in (2, 3) or isinstance(item[1], bool) or not isinstance(item[1], int | np.integer) \
+                    or (len(item) == 3 and not isinstance(item[2], str)):
+                raise TypeError("frame: expected an image, (image, capture_time_us: int) or (image, "
+                                "capture_time_us: int, frame_id: str), got a tuple of "
                                 + ", ".join(type(x).__name__ for x in item))
             image, capture_us = item[0], int(item[1])
+            frame_id = item[2] if len(item) == 3 else ""
         else:
             image, capture_us = item, time.monotonic_ns() // 1000
         msg = det.StreamFrame(model_name=self.model, model_version=self.version, sequence=self.next_sequence,
                               capture_time_us=int(capture_us), image=image_message(image), options=self.options,
-                              deadline_us=self.deadline_us, priority=self.priority)
+                              deadline_us=self.deadline_us, priority=self.priority, frame_id=frame_id)
         if self.next_sequence == 0:
             msg.max_in_flight = self.max_in_flight
         self.sent_at[self.next_sequence] = time.monotonic()
@@ -258,10 +263,10 @@ class FrameSender:
         if status is FrameStatus.OK:
             d = msg.detections
             return FrameResult(msg.sequence, msg.capture_time_us, status, detections_of(d), (d.height, d.width),
-                               StageTimings.from_proto(msg.timings), None, msg.dropped_total, latency)
+                               StageTimings.from_proto(msg.timings), None, msg.dropped_total, latency, msg.frame_id)
         error = PeregrineClientError(status_code(msg.error_code), msg.error_message, "DetectStream")
         return FrameResult(msg.sequence, msg.capture_time_us, status, error=error, dropped_total=msg.dropped_total,
-                           latency_s=latency)
+                           latency_s=latency, frame_id=msg.frame_id)
 
 
 # -- the client ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ..core.errors import InvalidArgument
 from ..core.types import DetectRequest, EncodedImage, FrameResult, OptionOverrides, RawImage
 
 _US = 1000
+MAX_FRAME_ID_BYTES = 256  # a StreamFrame's frame_id (ROS frame ids are short names)
 
 
 def _overrides(msg: det.DetectOptions) -> OptionOverrides:
@@ -67,6 +68,9 @@ class StreamFrameDecoder:
     def decode(self, msg: det.StreamFrame, arrival: float, call_deadline: float | None) -> DetectRequest:
         """A ``StreamFrame`` as a one-image :class:`DetectRequest`; its deadline is the earlier of the
         frame's ``deadline_us`` (from ``arrival``, a monotonic time) and the call's."""
+        if len(msg.frame_id.encode("utf-8", "surrogatepass")) > MAX_FRAME_ID_BYTES:
+            raise InvalidArgument(f"frame_id: expected at most {MAX_FRAME_ID_BYTES} bytes (a camera frame's name), "
+                                  f"got {len(msg.frame_id.encode('utf-8', 'surrogatepass'))}")
         if self.last_sequence is not None and msg.sequence <= self.last_sequence:
             raise InvalidArgument(f"sequence: expected more than the previous frame's {self.last_sequence}, "
                                   f"got {msg.sequence}")
@@ -115,12 +119,19 @@ def encode_stream_result(msg: det.StreamFrame, result: FrameResult, dropped_tota
     height, width = result.sizes[0]
     return det.StreamResult(sequence=msg.sequence, capture_time_us=msg.capture_time_us, status=det.StreamResult.OK,
                             detections=_boxes(result, result.detections[0], height, width),
-                            timings=timings(result), dropped_total=dropped_total)
+                            timings=timings(result), dropped_total=dropped_total, frame_id=echoed_frame_id(msg))
 
 
 def stream_failure(msg: det.StreamFrame, status: int, code: int, message: str, dropped_total: int) -> det.StreamResult:
     return det.StreamResult(sequence=msg.sequence, capture_time_us=msg.capture_time_us, status=status,  # type: ignore[arg-type]
-                            error_code=code, error_message=message, dropped_total=dropped_total)
+                            error_code=code, error_message=message, dropped_total=dropped_total,
+                            frame_id=echoed_frame_id(msg))
+
+
+def echoed_frame_id(msg: det.StreamFrame) -> str:
+    """A frame's ``frame_id`` to echo: itself, or "" when it is over the bound (that frame is refused)."""
+    frame_id = getattr(msg, "frame_id", "")
+    return frame_id if len(frame_id.encode("utf-8", "surrogatepass")) <= MAX_FRAME_ID_BYTES else ""
 
 
 def stream_status(outcome: str) -> int:

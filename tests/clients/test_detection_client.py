@@ -172,6 +172,8 @@ def test_a_stream_answers_every_frame_in_order(client: DetectionClient) -> None:
     assert all(r.status is FrameStatus.OK and r.ok and r.error is None for r in results)
     assert results[1].capture_time_us == 1_000 and results[3].capture_time_us == 2_000
     assert results[0].capture_time_us > 0  # stamped by the client
+    named = lockstep(client, [(CHELSEA, 5, "camera_left"), CHELSEA], model="det")
+    assert (named[0].capture_time_us, named[0].frame_id) == (5, "camera_left") and named[1].frame_id == ""
     assert [r.image_size for r in results] == [(512, 512), (400, 600), (300, 451), (512, 512), (300, 451)]
     assert all(r.timings is not None and r.timings.infer_us > 0 for r in results)
     assert all(r.latency_s > 0 and r.dropped_total == 0 for r in results)

@@ -205,6 +205,22 @@ def test_stream_bad_frames_are_answered_and_the_stream_goes_on(stub: det_grpc.De
     assert results[3].detections.boxes
 
 
+def test_stream_frame_ids_are_echoed_dropped_frames_included_and_bounded(
+        channel: grpc.Channel, stub: det_grpc.DetectionServiceStub) -> None:
+    def named() -> Iterator[det.StreamFrame]:
+        for i in range(4):  # det_slow: the middle frames are dropped (latest frame wins)
+            yield det.StreamFrame(model_name="det_slow" if i == 0 else "", sequence=i, frame_id=f"cam_{i}",
+                                  image=det.Image(encoded=JPEG))
+        yield det.StreamFrame(sequence=9, frame_id="x" * 257, image=det.Image(encoded=JPEG))  # over the bound
+
+    results = list(stub.DetectStream(named(), timeout=60))
+    assert [r.frame_id for r in results[:4]] == ["cam_0", "cam_1", "cam_2", "cam_3"]
+    assert Status.DROPPED in {r.status for r in results[:4]}  # a dropped frame still says which it was
+    assert results[4].status == Status.ERROR and results[4].frame_id == ""
+    assert results[4].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "frame_id: expected at most 256 bytes" in results[4].error_message
+
+
 def test_stream_to_unknown_model_answers_each_frame(stub: det_grpc.DetectionServiceStub) -> None:
     results = list(stub.DetectStream(frames("no_such_model", 3), timeout=30))
     assert [r.status for r in results] == [Status.ERROR] * 3

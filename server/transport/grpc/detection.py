@@ -69,4 +69,5 @@ class _FrameStream:
 
     def shed(self, message: det.StreamFrame) -> det.StreamFrame:
         """A dropped frame's answer needs its sequence and capture time, not its pixels."""
-        return det.StreamFrame(sequence=message.sequence, capture_time_us=message.capture_time_us)
+        return det.StreamFrame(sequence=message.sequence, capture_time_us=message.capture_time_us,
+                               frame_id=codecs.echoed_frame_id(message))

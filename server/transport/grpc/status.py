@@ -87,6 +87,7 @@ class Malformed:
 
     model_name = model_version = id = ""
     sequence = capture_time_us = 0
+    frame_id = ""
 
     def __init__(self, kind: str, data: bytes, error: Exception) -> None:
         self.kind = kind
