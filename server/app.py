@@ -13,6 +13,7 @@ from .dataplane.dataplane import DataPlane
 from .dataplane.lifecycle import Lifecycle
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
+from .observability.lifecycle_metrics import LifecycleCollector
 from .observability.metrics import Metrics, ModelSample
 from .observability.otel import OtelTracing
 from .observability.tracing import Tracer
@@ -79,6 +80,8 @@ class PeregrineServer:
                                    cache=ResponseCache(config.response_cache_bytes), lifecycle=self.lifecycle,
                                    otel=otel_tracing(config))
         self.metrics.admission = self.dataplane.admission
+        self.metrics.registry.register(LifecycleCollector(self.lifecycle, self.repository.ready_models,
+                                                          self.dataplane.cache))
         self.grpc = GrpcTransport(config, self.dataplane, self.loop)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
         self.port: int | None = None

@@ -177,3 +177,26 @@ def test_poll_mode_adds_changes_and_removes_models_without_failing_requests(
     assert served > 0
     assert (_infer(client, "new", 4.0) == 4.0).all()
     assert "gone" not in {m.name for m in server.repository.ready_models()}
+
+
+def test_cold_starts_instances_and_the_cache_are_on_the_metrics_page(tmp_path: Path, start_server: Any) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    onnx_models.write(tmp_path, "lazy", onnx_models.identity("FP32", ["N", None]),
+                      ON_DEMAND + "response_cache = true\n")
+    server = start_server(tmp_path, http_port=0)
+    client = _client(server)
+    for _ in range(3):
+        _infer(client, "lazy", 2.0)  # a cold start, then two answers from the cache
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("peregrine_model_on_demand_loads_total", (("model", "lazy"),))] == 1
+    assert samples[("peregrine_model_cold_start_requests_total", (("model", "lazy"),))] == 1
+    assert samples[("peregrine_model_last_load_seconds", (("model", "lazy"),))] > 0
+    assert samples[("peregrine_model_instances", (("model", "lazy"), ("version", "1")))] == 1
+    assert samples[("peregrine_response_cache_hits_total", ())] == 2
+    assert samples[("peregrine_response_cache_inserts_total", ())] == 1
+    assert samples[("peregrine_response_cache_entries", ())] == 1
