@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build-models": ("peregrine.modelgen.cli", "write the bundled models and photographs", "cpu"),
     "load": ("peregrine.client.load.cli", "drive a server and measure it (peregrine-load)", "load"),
     "annotate": ("peregrine.client.annotate", "draw detections on images", "annotate"),
+    "log-run": ("peregrine.server.observability.mlflow_runs", "log benchmark and drift reports as MLflow runs",
+                "mlflow"),
 }
 
 

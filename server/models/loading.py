@@ -40,10 +40,35 @@ INLINE_RUN_S = 100e-6
 
 
 def model_file(name: str, version: int, version_dir: Path, config: ModelConfig) -> Path:
-    """The version's model file; ModelLoadError when it is missing."""
+    """The version's model file; ModelLoadError when it is missing. A version directory that is an MLflow
+    model (an ``MLmodel`` file with the ``onnx`` flavor, as ``mlflow.onnx.save_model`` or a downloaded
+    run artifact lays it out) names its file there."""
+    mlmodel = version_dir / "MLmodel"
+    if mlmodel.is_file() and config.default_model_filename == "model.onnx":  # a configured name wins
+        return mlflow_onnx_file(name, version, version_dir, mlmodel)
     path = version_dir / config.default_model_filename
     if not path.is_file():
         raise ModelLoadError(f"{name}/{version}: no {config.default_model_filename} in {version_dir.name}/")
+    return path
+
+
+def mlflow_onnx_file(name: str, version: int, version_dir: Path, mlmodel: Path) -> Path:
+    """The ONNX file of an MLflow model directory: its ``MLmodel`` file's ``flavors.onnx.data``."""
+    import yaml
+
+    source = f"{name}/{version}/MLmodel"
+    try:
+        spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ModelLoadError(f"{source}: not a readable MLflow model file ({e})") from None
+    flavor = (spec or {}).get("flavors", {}).get("onnx") if isinstance(spec, dict) else None
+    if not isinstance(flavor, dict) or not isinstance(flavor.get("data"), str):
+        flavors = sorted((spec or {}).get("flavors", {})) if isinstance(spec, dict) else []
+        raise ModelLoadError(f"{source}: expected an MLflow model with the onnx flavor (flavors.onnx.data), got "
+                             f"flavors {flavors or 'none'}")
+    path = (version_dir / flavor["data"]).resolve()
+    if not path.is_relative_to(version_dir.resolve()) or not path.is_file():
+        raise ModelLoadError(f"{source}: flavors.onnx.data '{flavor['data']}' is not a file in {version_dir.name}/")
     return path
 
 
