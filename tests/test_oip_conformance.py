@@ -302,3 +302,13 @@ def test_metrics_endpoint(server, client: tc.InferenceServerClient) -> None:
     assert 'peregrine_inference_request_success_total{model="identity_fp64",version="1"}' in text
     assert "peregrine_queue_depth" in text
     assert 'peregrine_request_duration_seconds_count{model="identity_fp64",status="OK"}' in text
+
+
+def test_unknown_model_errors_start_with_tritons_words(client: tc.InferenceServerClient) -> None:
+    """Clients written for Triton match on its text: 'Request for unknown model'."""
+    inp = tc.InferInput("INPUT0", [1, 1], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 1), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("no_such_model", [inp])
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    assert e.value.message().startswith("Request for unknown model: 'no_such_model' is not found")

@@ -120,7 +120,8 @@ class ModelRepository:
         st = self._states.get(name)
         if st is None or (st.state != "READY" and not st.versions):
             if st is None and (model_name_problem(name) is not None or name not in self.available()):
-                raise NotFound(f"unknown model '{clipped(name)}'")
+                # Triton's words first (its clients match on them), then Peregrine's detail.
+                raise NotFound(f"Request for unknown model: '{clipped(name)}' is not found")
             raise Unavailable(f"model '{name}' is not ready ({st.state.lower() if st else 'not loaded'}"
                               f"{': ' + st.reason if st and st.reason else ''})")
         versions = st.versions or {}
