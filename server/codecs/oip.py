@@ -329,6 +329,21 @@ def decode_infer_request(
     )
 
 
+def shm_payloads(resp: InferResponse, targets: dict[str, Any]) -> dict[str, Any]:
+    """The bytes of each output reserved in shared memory (``regions.outputs``), every one checked against
+    its region before any is written; InvalidArgument when one does not fit."""
+    payloads: dict[str, Any] = {}
+    for name, target in targets.items():
+        array = resp.outputs.get(name)
+        if array is None:
+            continue
+        dt = datatypes.from_numpy(array.dtype)
+        payload: Any = encode_bytes_tensor(array) if dt.name == "BYTES" else _contiguous(array)
+        target.check_fits(len(payload) if dt.name == "BYTES" else payload.nbytes, f"{dt.name} {list(array.shape)}")
+        payloads[name] = payload
+    return payloads
+
+
 class EncodedInferResponse:
     """A ModelInferResponse whose ``raw_output_contents`` stay the outputs' own buffers until the message is
     serialized, where each is written once, straight into the wire bytes. Through protobuf each would be
@@ -401,15 +416,7 @@ def encode_infer_response(resp: InferResponse, regions: RequestRegions | None = 
     InvalidArgument, before anything is written, when an output does not fit its region."""
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     targets = regions.outputs if regions is not None else {}
-    payloads: dict[str, Any] = {}
-    for name, target in targets.items():
-        array = resp.outputs.get(name)
-        if array is None:
-            continue
-        dt = datatypes.from_numpy(array.dtype)
-        payload: Any = encode_bytes_tensor(array) if dt.name == "BYTES" else _contiguous(array)
-        target.check_fits(len(payload) if dt.name == "BYTES" else payload.nbytes, f"{dt.name} {list(array.shape)}")
-        payloads[name] = payload
+    payloads = shm_payloads(resp, targets)
     raw: list[Any] = []
     for name, array in resp.outputs.items():
         dt = datatypes.from_numpy(array.dtype)

@@ -39,6 +39,7 @@ from .oip import (
     decode_shm_input,
     encode_bytes_tensor,
     request_priority,
+    shm_payloads,
     tensor_shape,
 )
 
@@ -301,15 +302,7 @@ def encode_infer_response(resp: InferResponse, header: dict[str, Any],
     their shared-memory region and listed without data, as in Triton."""
     default, per = binary_outputs(header)
     targets = regions.outputs if regions is not None else {}
-    payloads: dict[str, Any] = {}
-    for name, target in targets.items():  # every region checked before any is written
-        array = resp.outputs.get(name)
-        if array is None:
-            continue
-        dt = datatypes.from_numpy(array.dtype)
-        payload: Any = encode_bytes_tensor(array) if dt.name == "BYTES" else _contiguous(array)
-        target.check_fits(len(payload) if dt.name == "BYTES" else payload.nbytes, f"{dt.name} {list(array.shape)}")
-        payloads[name] = payload
+    payloads = shm_payloads(resp, targets)
     outputs = []
     blobs: list[Any] = []
     for name, array in resp.outputs.items():
@@ -338,12 +331,6 @@ def encode_infer_response(resp: InferResponse, header: dict[str, Any],
     if not blobs:
         return text, None
     return b"".join([text, *blobs]), len(text)
-
-
-def _contiguous(array: Any) -> Any:
-    if hasattr(array, "__cuda_array_interface__"):
-        return array if array.flags.c_contiguous else array.copy()
-    return np.ascontiguousarray(array)
 
 
 # -- small admin bodies ----------------------------------------------------------------------------
