@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-inflight-mb-per-connection", type=int, default=d.max_inflight_bytes_per_connection // MIB,
                      help="the same, per connection (default %(default)s)")
     lim.add_argument("--max-stream-mb", type=int, default=d.max_stream_bytes // MIB,
-                     help="bytes one stream holds read and not yet answered (default %(default)s)")
+                     help="bytes one stream holds: messages read and their results until answered "
+                          "(default %(default)s)")
     lim.add_argument("--max-streams", type=int, default=d.max_streams, help="streams open (default %(default)s)")
     lim.add_argument("--max-streams-per-connection", type=int, default=d.max_streams_per_connection,
                      help="streams open per connection (default %(default)s)")

@@ -6,8 +6,9 @@ does, for streams whose flow control always leaves a slot); the call's own task 
 once, in arrival order. A stream costs no thread, however long it stays open or idle. What differs between
 streams is a :class:`StreamPolicy`:
 
-- **Flow control**: at most ``max_unanswered`` messages, and at most ``Limits.max_stream_bytes`` of them,
-  read and not yet answered (at least one message), and no reading while the server's bytes in flight are
+- **Flow control**: at most ``max_unanswered`` messages, and at most ``Limits.max_stream_bytes`` of them
+  and of their results (made, or expected at the rate this stream's results have come), read and not yet
+  written back (at least one message), and no reading while the server's bytes in flight are
   over their bound; beyond that the reader stops reading, so gRPC's flow control holds a client that sends
   faster than the model runs (or does not read its answers) instead of the server buffering its backlog.
 - **The window** (:class:`~peregrine.server.scheduling.frames.FrameWindow`): how many run at once and how
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..core.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
-from ..core.types import DetectRequest, InferRequest
+from ..core.types import DetectRequest, InferRequest, InferResponse
 from ..models.base import ModelVersion
 from ..models.detection import DetectionModel
 from ..scheduling.frames import FrameWindow
@@ -85,8 +86,8 @@ class StreamAdapter(Protocol[M_contra, R_co]):
         ...
 
     def shed(self, message: M_contra) -> Any:
-        """What a dropped message's answer needs of it, without its payload (its pixels): the driver keeps
-        this instead of the message, so the message's bytes are freed at once."""
+        """What a message's answer needs of it, without its payload (tensors, pixels): the driver keeps this
+        instead of the message once it is decoded (or dropped), so the message's bytes are freed at once."""
         ...
 
 
@@ -136,6 +137,8 @@ class _Item:
     request: InferRequest | None = None
     task: asyncio.Task[Any] | None = None
     failure: StreamAnswer | None = None  # answered without a result
+    result_nbytes: int = 0  # its result's bytes, held from when it is made until its answer is written
+    awaiting_result: bool = True  # read, and its result (or failure) not yet made
     answered: asyncio.Event | None = None  # set once it has its failure or its task is done
 
 
@@ -152,7 +155,11 @@ class StreamDriver(Generic[M, R]):
         self.order: asyncio.Queue[_Item | None] = asyncio.Queue()
         self.input_done = False
         self.unanswered = 0
-        self.held = 0  # bytes of the messages read and not yet answered (or dropped)
+        self.held = 0  # bytes of the messages read and of their results, not yet written back (or dropped)
+        # Results to come: the bytes of the messages read whose result is not made yet, and how many result
+        # bytes this stream's messages have made per message byte so far (1 until one has a result).
+        self.awaiting = 0
+        self.made_bytes = [0, 0]  # message bytes, result bytes of the messages with a result
         self.holding: set[_Item] = set()  # the items those bytes belong to
         self.changed = asyncio.Event()  # a slot freed, an answer made, bytes let go, input ended
         # Items queued on their model and not finished: what ending the stream must cancel. Finished items
@@ -167,12 +174,31 @@ class StreamDriver(Generic[M, R]):
         if item.answered is not None:
             item.answered.set()
 
+    def _resulted(self, item: _Item, result_nbytes: int | None) -> None:
+        """Its result is made (``result_nbytes``; None: it has none, it failed or was dropped)."""
+        if item.awaiting_result:
+            item.awaiting_result = False
+            self.awaiting -= item.nbytes
+            if result_nbytes is not None:
+                item.result_nbytes = result_nbytes
+                self.held += result_nbytes
+                self.plane.admission.take(self.call.connection, result_nbytes)
+                self.made_bytes[0] += item.nbytes
+                self.made_bytes[1] += result_nbytes
+
+    def _expected(self) -> float:
+        """The result bytes still to come for the messages read, as this stream's results have gone so far."""
+        sent, made = self.made_bytes
+        return self.awaiting * (made / sent if sent else 1.0)
+
     def _let_go(self, item: _Item) -> None:
-        """Its bytes are no longer held (answered, or dropped and shed)."""
+        """Its bytes are no longer held (its answer written, or it was dropped and shed)."""
+        self._resulted(item, None)
         if item in self.holding:
             self.holding.discard(item)
-            self.held -= item.nbytes
-            self.plane.admission.release(self.call.connection, item.nbytes)
+            nbytes = item.nbytes + item.result_nbytes
+            self.held -= nbytes
+            self.plane.admission.release(self.call.connection, nbytes)
             self.changed.set()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -215,6 +241,7 @@ class StreamDriver(Generic[M, R]):
         item = _Item(message, self._scope(message), nbytes)
         self.unanswered += 1
         self.held += nbytes
+        self.awaiting += nbytes
         self.holding.add(item)
         self.plane.admission.take(self.call.connection, nbytes)
         if not self.policy.launch_inline:
@@ -243,7 +270,8 @@ class StreamDriver(Generic[M, R]):
         while True:
             if self.plane.draining.is_set():
                 return False
-            if ((limit is None or self.unanswered < limit) and (self.held < self.limits.max_stream_bytes)
+            if ((limit is None or self.unanswered < limit)
+                    and self.held + self._expected() < self.limits.max_stream_bytes
                     and admission.fits(self.call.connection, 0)):
                 return True
             self.changed.clear()
@@ -252,6 +280,9 @@ class StreamDriver(Generic[M, R]):
 
     def _admit(self, item: _Item) -> None:
         request = self.adapter.decode(item.message, item.scope)
+        # Decoding copied its payload out of the message (protobuf hands out copies): the answer needs only
+        # the message's names, so the message's own copy of the payload is freed now rather than held with it.
+        item.message = self.adapter.shed(item.message)
         try:
             if self.policy.answer == "detect":
                 model: ModelVersion = self.plane.detection_model(request.model_name, request.model_version)
@@ -331,8 +362,13 @@ class StreamDriver(Generic[M, R]):
         self.window.finish()
         self.changed.set()
 
-    def _finished(self, item: _Item, _task: asyncio.Task[Any]) -> None:
+    def _finished(self, item: _Item, task: asyncio.Task[Any]) -> None:
         self.launched.discard(item)
+        # A result waits for the answers before it and for the client to read them: its bytes count against
+        # the stream's and the server's bounds like the request's, so a client that does not read holds back
+        # its own stream rather than growing the server.
+        ok = item in self.holding and not task.cancelled() and task.exception() is None
+        self._resulted(item, _result_nbytes(task.result()) if ok else None)
         self._slot_freed()
         if item.answered is not None:
             item.answered.set()
@@ -381,9 +417,11 @@ class StreamDriver(Generic[M, R]):
             while (item := await self.order.get()) is not None:
                 answer = await self._answer(item)
                 self.unanswered -= 1
+                yield answer
+                # gRPC asks for the next answer once this one is written to the transport (within the
+                # client's flow-control window): only now are its request's and result's bytes let go.
                 self._let_go(item)
                 item = None
-                yield answer
         finally:
             # The call is over (answered, cancelled or broken): nothing read is kept, nothing queued runs.
             reader.cancel()
@@ -401,6 +439,13 @@ class StreamDriver(Generic[M, R]):
                 it.scope.close(Cancelled("the stream ended before this message was answered"))
                 self._let_go(it)
             self.plane.admission.close_stream(self.call.connection)
+
+
+def _result_nbytes(result: Any) -> int:
+    """The bytes a result holds: its output tensors' (a detection result's boxes are small)."""
+    if isinstance(result, InferResponse):
+        return sum(int(getattr(array, "nbytes", 0)) for array in result.outputs.values())
+    return 0
 
 
 def _sequence(request: InferRequest) -> Any:

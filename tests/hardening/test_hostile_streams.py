@@ -152,8 +152,10 @@ def test_a_stream_that_does_not_read_is_held_back(tmp_path: Path,
             held = max(held, server.dataplane.admission.inflight_bytes)
         grown = _rss() - before
         assert max(pulled) < 120, pulled  # flow control holds the clients back too (gRPC buffers a few MiB)
-        # Each stream stops reading at its 16 MiB bound (one 4 MiB request may take it over).
-        assert held <= 4 * (20 << 20), f"the server held {held >> 20} MiB of stream requests"
+        # Each stream stops reading at its 16 MiB bound, counting the requests read and the results made for
+        # them and not yet written back (one 4 MiB request may take it over, and the results of the requests
+        # already running are made after it stopped): at most twice 20 MiB a stream.
+        assert held <= 4 * 2 * (20 << 20), f"the server held {held >> 20} MiB of stream requests and results"
         # The process is client and server: the clients keep every request they pulled twice (the serialized
         # bytes and gRPC core's copy, waiting for the server to read them); the server, beyond its bound, only
         # gRPC's own receive buffers.
@@ -164,6 +166,34 @@ def test_a_stream_that_does_not_read_is_held_back(tmp_path: Path,
             c.cancel()
         for ch in channels:
             ch.close()
+
+
+def test_answers_not_yet_written_count_against_the_stream(tmp_path: Path,
+                                                        start_server: Callable[..., PeregrineServer]) -> None:
+    """A stream's results waiting for a client that does not read count against its bytes bound like its
+    requests: with 16 MiB a stream and 4 MiB requests whose answers are 4 MiB, the server reads and runs two
+    or three of them (was five: it counted the requests only, so it held twice its bound)."""
+    server = start_server(_repository(tmp_path), max_stream_bytes=16 << 20)
+    x = np.ones((1, 1 << 20), np.float32)  # 4 MiB in, 4 MiB out
+    request = _request("id", x)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=OPTIONS) as ch:
+        call = pb_grpc.GRPCInferenceServiceStub(ch).ModelStreamInfer(iter([request] * 40), timeout=60)
+        model = server.dataplane.repository.get("id", "")
+        try:
+            time.sleep(2.0)  # the stream reads what its bound allows, runs it, and waits for the client
+            ran, held = model.stats.inference_count, server.dataplane.admission.inflight_bytes
+            assert 1 <= ran <= 3, f"the server ran {ran} requests of a stream whose client reads nothing"
+            # It counts each request it ran and its result until the answer is written into the client's
+            # flow-control window (the first may have been): whole pairs, plus a few bytes of headers.
+            pairs = held // (2 * x.nbytes)
+            assert 1 <= pairs <= ran and held - pairs * 2 * x.nbytes < (4 << 10), (ran, held)
+            for n, answer in enumerate(call, 1):  # the client reads at last: every request is answered
+                assert not answer.error_message, answer.error_message
+                if n == 40:
+                    break
+        finally:
+            call.cancel()
+    assert model.stats.inference_count == 40
 
 
 def test_bytes_in_flight_are_bounded_per_connection(tmp_path: Path,

@@ -68,6 +68,7 @@ class _FrameStream:
         return int(message.ByteSize())
 
     def shed(self, message: det.StreamFrame) -> det.StreamFrame:
-        """A dropped frame's answer needs its sequence and capture time, not its pixels."""
+        """What a frame's answer needs once it is decoded (or dropped): its sequence, capture time and frame
+        id, not its pixels."""
         return det.StreamFrame(sequence=message.sequence, capture_time_us=message.capture_time_us,
                                frame_id=codecs.echoed_frame_id(message))

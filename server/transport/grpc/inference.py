@@ -204,6 +204,6 @@ class _OipStream:
         return int(message.ByteSize())
 
     def shed(self, message: pb.ModelInferRequest) -> pb.ModelInferRequest:
-        """What an answer needs of a request: a ModelStreamInfer request is never dropped, but in case."""
+        """What an answer needs of a request once it is decoded: its names, not its tensors."""
         return pb.ModelInferRequest(model_name=message.model_name, model_version=message.model_version,
                                     id=message.id)
