@@ -13,6 +13,8 @@ from .dataplane.dataplane import DataPlane
 from .dataplane.lifecycle import Lifecycle
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
+from .jobs.service import JobService, JobSettings
+from .jobs.store import SqliteJobStore
 from .observability.lifecycle_metrics import LifecycleCollector
 from .observability.metrics import Metrics, ModelSample
 from .observability.otel import OtelTracing
@@ -82,7 +84,8 @@ class PeregrineServer:
         self.metrics.admission = self.dataplane.admission
         self.metrics.registry.register(LifecycleCollector(self.lifecycle, self.repository.ready_models,
                                                           self.dataplane.cache))
-        self.grpc = GrpcTransport(config, self.dataplane, self.loop)
+        self.jobs = job_service(config, self.dataplane)
+        self.grpc = GrpcTransport(config, self.dataplane, self.loop, self.jobs)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
         self.port: int | None = None
         self.http_port: int | None = None
@@ -115,6 +118,8 @@ class PeregrineServer:
             self.stop(grace=0)
             raise StartupError(f"model(s) {', '.join(failed)} failed to load (--exit-on-error); see the log")
         self.loop.run(_started(self.lifecycle))
+        if self.jobs is not None:
+            self.loop.run(self.jobs.start())  # jobs a previous process left queued or running go on
         self.dataplane.started = True
         self.grpc.set_serving(self.dataplane.ready)
         log.info("Peregrine %s serving gRPC%s on %s:%d%s%s", peregrine_version(),
@@ -137,6 +142,8 @@ class PeregrineServer:
                 self.http.stop(grace)
         self.dataplane.close()  # decoding still running finishes while the loop can take its answer
         if self.loop.running:
+            if self.jobs is not None:
+                self.loop.run(self.jobs.stop())  # running jobs stop at their checkpoint; the next start resumes
             self.loop.run(self.lifecycle.stop())
         self.repository.unload_all()
         self.loop.stop()
@@ -155,6 +162,17 @@ class PeregrineServer:
 
 async def _started(lifecycle: Lifecycle) -> None:
     lifecycle.start()  # on the loop: its background task lives there
+
+
+def job_service(config: ServerConfig, dataplane: DataPlane) -> JobService | None:
+    """The asynchronous job service, when the configuration names a spool directory."""
+    if config.job_spool is None:
+        return None
+    settings = JobSettings(spool=config.job_spool, max_payload_bytes=config.job_max_payload_bytes,
+                           quota_bytes=config.job_quota_bytes, result_ttl_s=config.job_result_ttl_s,
+                           default_time_limit_s=config.job_time_limit_s, workers=config.job_workers,
+                           items_in_flight=config.job_items_in_flight, input_roots=config.job_input_roots)
+    return JobService(dataplane, SqliteJobStore(config.job_spool), settings)
 
 
 def otel_tracing(config: ServerConfig) -> OtelTracing | None:

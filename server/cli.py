@@ -101,6 +101,23 @@ def _parser() -> argparse.ArgumentParser:
     ot.add_argument("--otel-sample-ratio", type=float, default=d.otel_sample_ratio, metavar="R",
                     help="share of requests traced when the client sends no trace context (default %(default)s)")
     ot.add_argument("--otel-service-name", default=d.otel_service_name, help="service.name (default %(default)s)")
+    jb = p.add_argument_group("asynchronous jobs (docs/JOBS.md)")
+    jb.add_argument("--job-spool", type=Path, default=d.job_spool, metavar="DIR",
+                    help="serve peregrine.v1.JobService, keeping job records, payloads and results in DIR "
+                         "(default: off)")
+    jb.add_argument("--job-input-root", type=Path, action="append", default=[], metavar="DIR",
+                    help="a directory whose files jobs may name as input_location or in an image list (repeat)")
+    jb.add_argument("--job-max-payload-mb", type=int, default=d.job_max_payload_bytes // MIB,
+                    help="largest payload (default %(default)s)")
+    jb.add_argument("--job-quota-mb", type=int, default=d.job_quota_bytes // MIB,
+                    help="payloads and results in the spool, all jobs (default %(default)s)")
+    jb.add_argument("--job-result-ttl", type=float, default=d.job_result_ttl_s, metavar="SECONDS",
+                    help="how long an ended job and its result are kept (default %(default)s)")
+    jb.add_argument("--job-time-limit", type=int, default=d.job_time_limit_s, metavar="SECONDS",
+                    help="a job's default time limit (default %(default)s)")
+    jb.add_argument("--job-workers", type=int, default=d.job_workers, help="jobs run at once (default %(default)s)")
+    jb.add_argument("--job-items-in-flight", type=int, default=d.job_items_in_flight,
+                    help="items of one job queued at once (default %(default)s)")
     p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=d.strict_readiness,
                    help="ready only while every model asked for is ready, as Triton (default: on)")
     p.add_argument("--exit-on-error", action=argparse.BooleanOptionalAction, default=d.exit_on_error,
@@ -166,6 +183,14 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         trace_rate=a.trace_rate,
         trace_count=a.trace_count,
         trace_log_frequency=a.trace_log_frequency,
+        job_spool=a.job_spool,
+        job_input_roots=tuple(a.job_input_root),
+        job_max_payload_bytes=a.job_max_payload_mb * MIB,
+        job_quota_bytes=a.job_quota_mb * MIB,
+        job_result_ttl_s=a.job_result_ttl,
+        job_time_limit_s=a.job_time_limit,
+        job_workers=a.job_workers,
+        job_items_in_flight=a.job_items_in_flight,
     )
 
 

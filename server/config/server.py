@@ -87,6 +87,15 @@ class ServerConfig:
     otel_endpoint: str | None = None
     otel_sample_ratio: float = 1.0
     otel_service_name: str = "peregrine"
+    # Asynchronous jobs (docs/JOBS.md): on when `job_spool` names a directory (records, payloads, results).
+    job_spool: Path | None = None
+    job_input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point
+    job_max_payload_bytes: int = 1024 ** 3
+    job_quota_bytes: int = 16 * 1024 ** 3
+    job_result_ttl_s: float = 24 * 3600
+    job_time_limit_s: int = 3600  # a job's default time limit (a job may ask for up to 6 h)
+    job_workers: int = 1
+    job_items_in_flight: int = 8
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

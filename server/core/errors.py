@@ -80,6 +80,12 @@ class FailedPrecondition(PeregrineError):
     code = "FAILED_PRECONDITION"
 
 
+class OutOfRange(PeregrineError):
+    """A position past the end of what exists (a result read from beyond its length)."""
+
+    code = "OUT_OF_RANGE"
+
+
 class Unimplemented(PeregrineError):
     code = "UNIMPLEMENTED"
 

@@ -61,6 +61,7 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     priority: int = 0
+    background: bool = False  # an asynchronous job's item: scheduled behind real-time requests
     # Requests that share a key keep their order when the model preserves ordering (one stream, one client).
     ordering_key: str = ""
     arrival: float = field(default_factory=time.monotonic)

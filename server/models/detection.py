@@ -251,7 +251,8 @@ class DetectionModel:
         prepared = FrameRequest(
             model_name=request.model_name, model_version=request.model_version, id=request.id,
             requested_outputs=list(request.requested_outputs), parameters=request.parameters,
-            deadline=request.deadline, priority=request.priority, ordering_key=request.ordering_key,
+            deadline=request.deadline, priority=request.priority, background=request.background,
+            ordering_key=request.ordering_key,
             arrival=request.arrival, trace=request.trace,
             frames=frames, options=options, decode_ns=time.perf_counter_ns() - t0,
         )

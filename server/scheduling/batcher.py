@@ -235,6 +235,7 @@ class DynamicBatcher:
             size=self._size(request),
             shape_key=self._shape_key(request),
             priority=level,
+            background=request.background,
             deadline=deadline,
             delay_at=delay_at,
         )

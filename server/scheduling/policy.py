@@ -3,8 +3,10 @@
 Pure and synchronous: plain data in, a :class:`Decision` out, no clock of its own, no I/O, so it is
 tested with literal numbers. Times are seconds on the monotonic clock.
 
-Order: priority level first (1 is the most urgent; 0 means "no levels"), then earliest deadline first,
-then arrival order. Requests whose queue timeout passed under the DELAY action go behind all others.
+Order: real-time requests before background ones (asynchronous jobs' items), then priority level (1 is
+the most urgent; 0 means "no levels"), then earliest deadline first, then arrival order. A batch led by a
+real-time request takes background items only up to ``background_share`` of its elements. Requests
+whose queue timeout passed under the DELAY action go behind all others.
 A batch is the most urgent request plus the next ones of the same shape, up to ``max_batch_size``
 elements. It is dispatched when it is full (or reaches the largest preferred size), when its window
 closes, or, in the adaptive window, as soon as waiting would cost a deadline or no longer pays. The
@@ -45,10 +47,11 @@ class QueuedRequest:
     deadline: float = INF  # past it, the request is answered DEADLINE_EXCEEDED and never run
     delay_at: float = INF  # past it (queue timeout, action DELAY), the request goes behind the others
     delayed: bool = False
+    background: bool = False  # an asynchronous job's item: behind every real-time request
     payload: Any = None  # the driver's own data (request and future)
 
-    def order(self) -> tuple[bool, int, float, int]:
-        return (self.delayed, self.priority, self.deadline, self.seq)
+    def order(self) -> tuple[bool, bool, int, float, int]:
+        return (self.delayed, self.background, self.priority, self.deadline, self.seq)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class PolicyConfig:
     # Sizes batches are executed at, ascending (a batch of n runs padded to the smallest one >= n);
     # empty: every batch runs at its own size.
     batch_buckets: tuple[int, ...] = ()
+    # The most of a batch led by a real-time request that background (job) items may fill.
+    background_share: float = 0.5
 
 
 @dataclass
@@ -251,10 +256,16 @@ class BatchPolicy:
         head = ordered[0]
         batch = [head]
         n = head.size
+        # Background items ride in a real-time batch only up to their share of it (they make it longer).
+        room = limit if head.background else int(self.config.background_share * limit)
         for r in ordered[1:]:
             if n >= limit:
                 break
             if r.shape_key == head.shape_key and n + r.size <= limit:
+                if r.background:
+                    if r.size > room:
+                        continue
+                    room -= r.size
                 batch.append(r)
                 n += r.size
         return batch

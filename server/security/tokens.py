@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 OIP = "/inference.GRPCInferenceService/"
 DETECTION = "/peregrine.v1.DetectionService/"
+JOBS = "/peregrine.v1.JobService/"
 
 # Method → category, after Triton's restricted-protocol categories.
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -35,6 +36,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "statistics": (f"{OIP}ModelStatistics",),
     "trace": (f"{OIP}TraceSetting",),
     "logging": (f"{OIP}LogSettings",),
+    "jobs": (JOBS,),  # Peregrine's own: asynchronous jobs (docs/JOBS.md)
 }
 UNKNOWN = "other"  # a method of no category (none today) always needs a token when tokens are on
 

@@ -50,6 +50,24 @@ def test_order_is_priority_then_earliest_deadline_then_arrival() -> None:
     assert d.expired == []
 
 
+def test_background_items_go_behind_real_time_and_fill_at_most_their_share() -> None:
+    """A job's items (background) run after every real-time request, whatever their priority or deadline;
+    in a batch led by a real-time request they take at most ``background_share`` of its elements; with no
+    real-time request waiting they fill a batch alone."""
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, background_share=0.25))
+    queue = [req(i, background=True, deadline=2.0) for i in range(10)] + [req(10, priority=0), req(11, deadline=9.0)]
+    d = policy.decide(queue, now=1.0, idle_instances=1)
+    assert seqs(d.batch) == [11, 10, 0, 1]  # two real-time, then 8 * 0.25 = 2 background
+    d = policy.decide([r for r in queue if r.background], now=1.0, idle_instances=1)
+    assert seqs(d.batch) == list(range(8))
+    # A background request of several elements that does not fit the share waits for a batch of its own.
+    d = policy.decide([req(0, size=3, background=True), req(1), req(2, size=2, background=True)], now=1.0,
+                      idle_instances=1)
+    assert seqs(d.batch) == [1, 2]
+    assert seqs(BatchPolicy(PolicyConfig(max_batch_size=8, background_share=0.0)).decide(
+        [req(0, background=True), req(1)], now=1.0, idle_instances=1).batch) == [1]
+
+
 def test_one_request_at_a_time_follows_the_same_order() -> None:
     policy = BatchPolicy(PolicyConfig(max_batch_size=1))
     queue = [req(0, priority=2), req(1, priority=1, deadline=9.0), req(2, priority=1, deadline=5.0), req(3, priority=1)]

@@ -9,13 +9,23 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from peregrine.proto import _pool, detection_pb2, detection_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from peregrine.proto import (
+    _pool,
+    detection_pb2,
+    detection_pb2_grpc,
+    grpc_service_pb2,
+    grpc_service_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
 
 from ...config.server import ServerConfig
 from ...dataplane.dataplane import DataPlane
+from ...jobs.service import JobService
 from ...security.tokens import TokenStore
 from .detection import DetectionServicer
 from .inference import InferenceServicer
+from .jobs import JobServicer
 from .security import TlsFiles, TokenAuthInterceptor
 from .status import tolerant
 
@@ -26,6 +36,7 @@ log = logging.getLogger(__name__)
 
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 DETECTION_SERVICE = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name
+JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 SERVICES = ("", OIP_SERVICE, DETECTION_SERVICE)
 
 
@@ -81,10 +92,12 @@ class GrpcTransport:
     holds no thread while it waits. :meth:`bind`, :meth:`start`, :meth:`stop` are called from any thread
     but the loop's; they run on ``loop``."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane, loop: EventLoopThread) -> None:
+    def __init__(self, config: ServerConfig, dataplane: DataPlane, loop: EventLoopThread,
+                 jobs: JobService | None = None) -> None:
         self.config = config
         self.dataplane = dataplane
         self.loop = loop
+        self.jobs = jobs  # peregrine.v1.JobService, when the server keeps jobs
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -117,10 +130,12 @@ class GrpcTransport:
                       InferenceServicer(self.dataplane), server)
         _add_tolerant(detection_pb2_grpc.add_DetectionServiceServicer_to_server,
                       DetectionServicer(self.dataplane), server)
+        if self.jobs is not None:
+            _add_tolerant(jobs_pb2_grpc.add_JobServiceServicer_to_server, JobServicer(self.jobs), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [OIP_SERVICE, DETECTION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [OIP_SERVICE, DETECTION_SERVICE, *([JOB_SERVICE] if self.jobs is not None else []),
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
             pool=_reflection_pool(),
         )

@@ -1,0 +1,1 @@
+"""Asynchronous inference: durable jobs (records, payloads, results) run beside real-time traffic."""

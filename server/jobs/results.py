@@ -1,0 +1,125 @@
+"""A job's result on disk, written item by item in item order and committed at checkpoints.
+
+- **JSON Lines** (``result.jsonl``; detection jobs, and failed items of any job): one line per item, with
+  its index, source name, a recording's stamp and frame id, and its boxes or its error.
+- **Tensors** (``result.npz``; tensor jobs): each output becomes one array whose row i is item i's output.
+  While the job runs, each output is an ``.npy`` file of its final shape written in place (a memory map);
+  when the job ends they are stored, uncompressed, into the ``.npz``.
+
+:meth:`checkpoint` makes what was written durable (flush, fsync) and returns the JSON result's length; a
+job resumed after a restart opens its writer at its last checkpoint (the JSON result truncated there,
+tensor rows past it overwritten as they are redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InvalidArgument
+from ..core.types import FrameResult
+from .sources import Item
+
+
+def detection_line(item: Item, result: FrameResult) -> dict[str, Any]:
+    """An image's (or frame's) detections as one JSON object."""
+    (height, width), dets = result.sizes[0], result.detections[0]
+    boxes = [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c), "label": result.label(int(c))}
+             for x1, y1, x2, y2, score, c in dets.tolist()]
+    line: dict[str, Any] = {"index": item.index, "source": item.name, "height": height, "width": width,
+                            "boxes": boxes}
+    if item.stamp_ns:
+        line["stamp_ns"] = item.stamp_ns
+    if item.frame_id:
+        line["frame_id"] = item.frame_id
+    return line
+
+
+def error_line(item: Item, error: str) -> dict[str, Any]:
+    return {"index": item.index, "source": item.name, "error": error}
+
+
+class ResultWriter:
+    """The JSON Lines result (always: failed items are listed there for tensor jobs too) and, for tensor
+    jobs, the outputs' arrays (see the module docstring)."""
+
+    def __init__(self, directory: Path, total: int, committed_bytes: int, tensors: bool) -> None:
+        self.directory = directory
+        self.total = total
+        self.tensors = tensors
+        self.path = directory / "result.jsonl"
+        mode = "r+b" if self.path.exists() else "w+b"
+        self._jsonl = open(self.path, mode)  # noqa: SIM115  # closed by close()
+        self._jsonl.truncate(committed_bytes)
+        self._jsonl.seek(committed_bytes)
+        self._arrays: dict[str, np.memmap[Any, Any]] = {}
+        if tensors:
+            for part in sorted(directory.glob("output.*.npy")):
+                name = part.name[len("output."):-len(".npy")]
+                self._arrays[name] = np.load(part, mmap_mode="r+")
+
+    def write_line(self, line: dict[str, Any]) -> None:
+        self._jsonl.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+
+    def write_outputs(self, index: int, outputs: dict[str, np.ndarray]) -> None:
+        """Item ``index``'s outputs (each with a leading batch dimension of 1) into row ``index``."""
+        for name, value in outputs.items():
+            row = np.asarray(value)
+            row = row[0] if row.ndim and row.shape[0] == 1 else row
+            array = self._arrays.get(name)
+            if array is None:
+                if row.dtype.hasobject:
+                    raise InvalidArgument(f"output '{name}': BYTES outputs cannot be stored as a tensor result")
+                array = np.lib.format.open_memmap(self.directory / f"output.{name}.npy", mode="w+",
+                                                  dtype=row.dtype, shape=(self.total, *row.shape))
+                self._arrays[name] = array
+            if array.shape[1:] != row.shape or array.dtype != row.dtype:
+                raise InvalidArgument(
+                    f"output '{name}': item {index} is {row.dtype} {list(row.shape)}, earlier items "
+                    f"{array.dtype} {list(array.shape[1:])}: a tensor result needs every item's output alike")
+            array[index] = row
+
+    def checkpoint(self) -> int:
+        """Make everything written so far durable; the JSON result's committed length."""
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
+        for array in self._arrays.values():
+            array.flush()
+        return self._jsonl.tell()
+
+    def finish(self) -> tuple[str, int]:
+        """The result's final form: ("jsonl", bytes), or ("npz", bytes) for tensor jobs (with the failed
+        items' lines kept as ``errors.jsonl`` inside when there are any)."""
+        length = self.checkpoint()
+        if not self.tensors:
+            return "jsonl", length
+        npz = self.directory / "result.npz"
+        with zipfile.ZipFile(npz.with_suffix(".tmp"), "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name in self._arrays:
+                z.write(self.directory / f"output.{name}.npy", arcname=f"{name}.npy")
+            if length:
+                z.write(self.path, arcname="errors.jsonl")
+        self.close()
+        for name in list(self._arrays):
+            (self.directory / f"output.{name}.npy").unlink()
+        self._arrays.clear()
+        os.replace(npz.with_suffix(".tmp"), npz)
+        return "npz", npz.stat().st_size
+
+    def close(self) -> None:
+        if not self._jsonl.closed:
+            self._jsonl.close()
+        for array in self._arrays.values():
+            array.flush()
+            mm = getattr(array, "_mmap", None)
+            if mm is not None:
+                mm.close()
+
+
+def result_path(directory: Path, fmt: str) -> Path:
+    return directory / ("result.npz" if fmt == "npz" else "result.jsonl")

@@ -1,0 +1,704 @@
+"""Asynchronous inference: jobs uploaded now, run beside real-time traffic, fetched later.
+
+:class:`JobService` is the transport-free core behind ``peregrine.v1.JobService``: it takes uploads into
+the spool (checking their declared size and SHA-256), keeps every job's record in a :class:`~.store.JobStore`,
+runs queued jobs and serves their results. It runs on the server's event loop; disk and database work goes
+to one I/O thread, so a job never holds up a real-time request on the loop.
+
+Running a job: its payload is opened as its kind (:mod:`.sources`) and its items go through the data plane
+like any request (admission aside: a job is the server's own work), as *background* requests: the
+batchers run them behind every real-time request and give them at most a share of a real-time batch, and
+each job keeps at most ``items_in_flight`` items queued. Results are written in item order and committed
+at checkpoints (every ``checkpoint_s``): a restart resumes each running job from its last checkpoint.
+
+Lifecycle: UPLOADING → QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED. An upload cut short stays
+UPLOADING, resumable with the job id and the bytes received, until ``upload_timeout_s`` passes without a
+byte; an ended job's result is kept ``result_ttl_s``; then both are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..core.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PeregrineError,
+    ResourceExhausted,
+    clipped,
+)
+from ..core.types import DetectRequest, EncodedImage, FrameResult, InferRequest, InferResponse, RawImage
+from ..dataplane.dataplane import DataPlane, RequestScope
+from . import sources
+from .results import ResultWriter, detection_line, error_line, result_path
+from .store import (
+    CANCELLED,
+    ENDED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STATES,
+    SUCCEEDED,
+    UPLOADING,
+    JobRecord,
+    JobStore,
+    now_ms,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+GIB = 1024 ** 3
+RESULT_CHUNK = 1 << 20  # bytes per GetResult message
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The job service's bounds and timings (docs/JOBS.md; flags ``--job-*``)."""
+
+    spool: Path
+    max_payload_bytes: int = GIB
+    quota_bytes: int = 16 * GIB  # payloads and results in the spool, all jobs together
+    result_ttl_s: float = 24 * 3600
+    upload_timeout_s: float = 3600  # an unfinished upload with no byte for this long is removed
+    default_time_limit_s: int = 3600
+    max_time_limit_s: int = 6 * 3600
+    workers: int = 1  # jobs running at once
+    items_in_flight: int = 8  # items of one job queued or running at once
+    checkpoint_s: float = 0.5
+    sweep_s: float = 5.0
+    input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point
+
+    def __post_init__(self) -> None:
+        for name in ("max_payload_bytes", "quota_bytes", "workers", "items_in_flight", "default_time_limit_s",
+                     "max_time_limit_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"job settings: {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class JobSpec:
+    """What a client asks for when it submits (jobs.proto's JobSpec, as plain data)."""
+
+    model_name: str = ""
+    model_version: str = ""
+    kind: str = ""
+    total_bytes: int = 0
+    sha256: str = ""
+    input_location: str = ""
+    job_id: str = ""
+    resume_offset: int = 0
+    parameters: dict[str, str] = field(default_factory=dict)
+    time_limit_s: int = 0
+    client_tag: str = ""
+
+
+@dataclass
+class JobCall:
+    """The data plane's view of a job's requests: the server's own work, on no client connection."""
+
+    job_id: str
+    deadline: float | None
+    started_ns: int = field(default_factory=time.monotonic_ns)
+
+    @property
+    def connection(self) -> str:
+        return f"job:{self.job_id}"
+
+    @property
+    def identity(self) -> str:
+        return f"job:{self.job_id}"
+
+    def header(self, name: str) -> str | None:
+        return None
+
+
+class JobService:
+    """See the module docstring."""
+
+    def __init__(self, plane: DataPlane, store: JobStore, settings: JobSettings) -> None:
+        self.plane = plane
+        self.store = store
+        self.settings = settings
+        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="peregrine-jobs")
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._uploading: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start and stop ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Recover what a previous process left (running jobs queue again, to resume from their checkpoint)
+        and start the workers and the sweeper."""
+        for record in await self._io(self.store.with_state, UPLOADING):  # what reached the disk counts
+            part = self.directory(record.job_id) / "payload.part"
+            size = part.stat().st_size if part.exists() else 0
+            await self._io(self.store.transition, record.job_id, {UPLOADING}, received_bytes=size)
+        for record in await self._io(self.store.with_state, RUNNING):
+            await self._io(self.store.transition, record.job_id, {RUNNING}, state=QUEUED)
+            log.info("job %s: resumes from item %d of %d", record.job_id, record.items_done, record.items_total)
+        self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.settings.workers)]
+        self._tasks.append(asyncio.ensure_future(self._sweeper()))
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop running jobs where they are (their records stay RUNNING: the next start resumes them)."""
+        for task in [*self._tasks, *self._running.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._running.values(), return_exceptions=True)
+        self._io_pool.shutdown(wait=True)
+        self.store.close()
+
+    def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self._io_pool, lambda: fn(*args, **kwargs))
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def directory(self, job_id: str) -> Path:
+        return self.store.spool / job_id
+
+    # -- submit -----------------------------------------------------------------------------------
+    async def submit(self, chunks: AsyncIterator[tuple[JobSpec | None, bytes]],
+                     created: Callable[[str], Awaitable[None]] | None = None) -> JobRecord:
+        """Take an upload (the first chunk carries the spec) and queue its job; see jobs.proto's Submit.
+        ``created`` is told the job's id as soon as it has one (before the payload arrives), so that a
+        client whose upload breaks off knows which job to resume."""
+        iterator = chunks.__aiter__()
+        try:
+            spec, data = await iterator.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("spec: expected a JobSpec in the first message, got no message") from None
+        if spec is None:
+            raise InvalidArgument("spec: expected a JobSpec in the first message, got data only")
+        if spec.input_location:
+            if data:
+                raise InvalidArgument("input_location: the payload is read from there; send no data with it")
+            return await self._submit_location(spec)
+        record, part = await self._begin_upload(spec)
+        if created is not None:
+            await created(record.job_id)
+        self._uploading.add(record.job_id)
+        try:
+            record = await self._receive(record, part, data, iterator)
+        finally:
+            self._uploading.discard(record.job_id)
+        await self._notify()
+        self._wake.set()
+        return record
+
+    def _check_spec(self, spec: JobSpec) -> None:
+        s = self.settings
+        if not spec.model_name:
+            raise InvalidArgument("spec.model_name: expected the model to run, got an empty string")
+        names = {row[0] for row in self.plane.repository_index()}
+        if spec.model_name not in names:
+            raise NotFound(f"spec.model_name: no model '{clipped(spec.model_name)}' in the repository")
+        if spec.kind and spec.kind not in sources.KINDS:
+            raise InvalidArgument(f"spec.kind: expected one of {', '.join(sources.KINDS)} or empty, got "
+                                  f"'{clipped(spec.kind)}'")
+        if spec.time_limit_s and not 1 <= spec.time_limit_s <= s.max_time_limit_s:
+            raise InvalidArgument(f"spec.time_limit_s: expected 1..{s.max_time_limit_s} (0: {s.default_time_limit_s}),"
+                                  f" got {spec.time_limit_s}")
+        if spec.sha256 and not _SHA256.fullmatch(spec.sha256.lower()):
+            raise InvalidArgument(f"spec.sha256: expected 64 hexadecimal digits, got '{clipped(spec.sha256)}'")
+        if len(spec.parameters) > 32 or any(len(k) > 64 or len(v) > 4096 for k, v in spec.parameters.items()):
+            raise InvalidArgument("spec.parameters: at most 32, names up to 64 characters, values up to 4096")
+        if len(spec.client_tag) > 256:
+            raise InvalidArgument(f"spec.client_tag: at most 256 characters, got {len(spec.client_tag)}")
+
+    async def _begin_upload(self, spec: JobSpec) -> tuple[JobRecord, Path]:
+        s = self.settings
+        if spec.job_id:  # a resumed upload
+            record = await self.get(spec.job_id)
+            if record.state != UPLOADING:
+                raise FailedPrecondition(f"job {record.job_id}: its upload is over ({record.state}); nothing to resume")
+            if record.job_id in self._uploading:
+                raise FailedPrecondition(f"job {record.job_id}: another stream is uploading it now")
+            part = self.directory(record.job_id) / "payload.part"
+            received = part.stat().st_size if part.exists() else 0
+            if spec.resume_offset > received:
+                raise InvalidArgument(f"spec.resume_offset: job {record.job_id} has {received} bytes; resume from "
+                                      f"there or before, got {spec.resume_offset}")
+            await self._io(_truncate, part, spec.resume_offset)  # what the client sends again replaces the rest
+            if (spec.total_bytes and spec.total_bytes != record.total_bytes) or \
+                    (spec.sha256 and spec.sha256.lower() != record.sha256):
+                raise InvalidArgument(f"spec: a resumed upload must declare what job {record.job_id} declared "
+                                      f"({record.total_bytes} bytes, sha256 {record.sha256})")
+            return record, part
+        self._check_spec(spec)
+        if spec.resume_offset:
+            raise InvalidArgument("spec.resume_offset: only with the job_id of an upload to resume")
+        if not spec.total_bytes:
+            raise InvalidArgument("spec.total_bytes: expected the payload's size in bytes, got 0")
+        if spec.total_bytes > s.max_payload_bytes:
+            raise InvalidArgument(f"spec.total_bytes: at most {s.max_payload_bytes} bytes, got {spec.total_bytes}")
+        if not spec.sha256:
+            raise InvalidArgument("spec.sha256: expected the payload's SHA-256 (hex), got an empty string")
+        used = await self._io(self._spool_usage)
+        if used + spec.total_bytes > s.quota_bytes:
+            raise ResourceExhausted(f"job spool: {spec.total_bytes} more bytes do not fit the quota ({used} of "
+                                    f"{s.quota_bytes} used); fetch and delete finished jobs, or retry later")
+        record = self._new_record(spec, UPLOADING)
+        part = self.directory(record.job_id) / "payload.part"
+        await self._io(part.parent.mkdir, parents=True, exist_ok=True)
+        await self._io(self.store.create, record)
+        return record, part
+
+    def _new_record(self, spec: JobSpec, state: str) -> JobRecord:
+        return JobRecord(job_id=uuid.uuid4().hex, model_name=spec.model_name, model_version=spec.model_version,
+                         kind=spec.kind, state=state, total_bytes=spec.total_bytes, sha256=spec.sha256.lower(),
+                         input_location=spec.input_location, parameters=dict(spec.parameters),
+                         time_limit_s=spec.time_limit_s or self.settings.default_time_limit_s,
+                         client_tag=spec.client_tag)
+
+    async def _receive(self, record: JobRecord, part: Path, first: bytes,
+                       iterator: AsyncIterator[tuple[JobSpec | None, bytes]]) -> JobRecord:
+        job_id, total = record.job_id, record.total_bytes
+        f = await self._io(open, part, "ab")
+        received = await self._io(part.stat)
+        received_bytes = received.st_size
+        last_commit = time.monotonic()
+        try:
+            data = first
+            while True:
+                if data:
+                    if received_bytes + len(data) > total:
+                        await self._io(self._remove, job_id)
+                        raise InvalidArgument(f"data: the payload is longer than spec.total_bytes ({total}); "
+                                              "the job is removed")
+                    await self._io(f.write, data)
+                    received_bytes += len(data)
+                    if time.monotonic() - last_commit > 1.0:  # progress a resuming client can read
+                        last_commit = time.monotonic()
+                        await self._io(self.store.update, job_id, received_bytes=received_bytes)
+                try:
+                    spec, data = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                if spec is not None:
+                    raise InvalidArgument("spec: only the first message carries a JobSpec")
+        finally:
+            await self._io(f.close)
+            await self._io(self.store.transition, job_id, {UPLOADING}, received_bytes=received_bytes)
+        if received_bytes < total:
+            raise FailedPrecondition(f"job {job_id}: the upload ended at {received_bytes} of {total} bytes; resume it "
+                                     f"with spec.job_id = '{job_id}' and spec.resume_offset = {received_bytes}")
+        digest = await self._io(_sha256_of, part)
+        if digest != record.sha256:
+            await self._io(self._remove, job_id)
+            raise InvalidArgument(f"spec.sha256: the payload's SHA-256 is {digest}, the spec declared "
+                                  f"{record.sha256}; the job is removed and nothing was run")
+        await self._io(os.replace, part, part.with_name("payload"))
+        queued = await self._io(self.store.transition, job_id, {UPLOADING}, state=QUEUED)
+        if queued is None:  # cancelled while it uploaded
+            raise Cancelled(f"job {job_id}: cancelled during its upload")
+        return queued
+
+    async def _submit_location(self, spec: JobSpec) -> JobRecord:
+        self._check_spec(spec)
+        path = self._allowed(spec.input_location, "spec.input_location")
+        size = (await self._io(path.stat)).st_size
+        if size > self.settings.max_payload_bytes:
+            raise InvalidArgument(f"spec.input_location: {size} bytes, at most {self.settings.max_payload_bytes}")
+        if spec.sha256:
+            digest = await self._io(_sha256_of, path)
+            if digest != spec.sha256.lower():
+                raise InvalidArgument(f"spec.sha256: {spec.input_location} has SHA-256 {digest}, the spec declared "
+                                      f"{spec.sha256.lower()}")
+        spec.total_bytes = size
+        spec.input_location = str(path)
+        record = self._new_record(spec, QUEUED)
+        record.received_bytes = size
+        await self._io(self.directory(record.job_id).mkdir, parents=True, exist_ok=True)
+        await self._io(self.store.create, record)
+        await self._notify()
+        self._wake.set()
+        return record
+
+    def _allowed(self, location: str, what: str) -> Path:
+        if location.startswith("file://"):
+            location = location[len("file://"):]
+        if "://" in location:
+            raise InvalidArgument(f"{what}: only local paths and file:// URLs are read here, got "
+                                  f"'{clipped(location)}'")
+        roots = tuple(r.resolve() for r in self.settings.input_roots)
+        if not roots:
+            raise InvalidArgument(f"{what}: this server reads no input locations (start it with --job-input-root)")
+        path = Path(location).resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            raise InvalidArgument(f"{what}: '{clipped(location)}' is not under an allowed input root")
+        if not path.is_file():
+            raise NotFound(f"{what}: no file '{clipped(location)}'")
+        return path
+
+    def _spool_usage(self) -> int:
+        records = [r for state in STATES for r in self.store.list(state=state, limit=1_000_000)]
+        return sum((r.total_bytes if not r.input_location and not r.ended else 0) + r.result_bytes for r in records)
+
+    # -- queries ----------------------------------------------------------------------------------
+    async def get(self, job_id: str) -> JobRecord:
+        if not _JOB_ID.fullmatch(job_id):
+            raise InvalidArgument(f"job_id: expected 32 hexadecimal digits, got '{clipped(job_id)}'")
+        record = await self._io(self.store.get, job_id)
+        if record is None:
+            raise NotFound(f"job_id: no job '{job_id}' (never submitted, deleted, or its result expired)")
+        return record
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """The job now, then each change, until it ends."""
+        record = await self.get(job_id)
+        seen = None
+        while True:
+            key = (record.state, record.items_done, record.items_failed, record.received_bytes, record.items_total)
+            if key != seen:
+                seen = key
+                yield record
+            if record.ended:
+                return
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 1.0)
+            record = await self.get(job_id)
+
+    async def list(self, state: str, model_name: str, page_size: int, page_token: str
+                   ) -> tuple[list[JobRecord], str]:
+        if state and state not in STATES:
+            raise InvalidArgument(f"state: expected one of {', '.join(STATES)}, got '{clipped(state)}'")
+        if not 0 <= page_size <= 1000:
+            raise InvalidArgument(f"page_size: expected 0..1000 (0: 100), got {page_size}")
+        size = page_size or 100
+        before = _decode_token(page_token) if page_token else None
+        records = await self._io(self.store.list, state, model_name, size + 1, before)
+        more = len(records) > size
+        records = records[:size]
+        token = _encode_token(records[-1]) if more and records else ""
+        return records, token
+
+    @staticmethod
+    def eta_s(record: JobRecord) -> float:
+        """Seconds left for a running job, at the rate its items have gone since it first started."""
+        if record.state != RUNNING or not record.items_done or not record.started_ms:
+            return 0.0
+        rate = record.items_done / max(now_ms() - record.started_ms, 1)  # items per millisecond
+        return (record.items_total - record.items_done) / rate / 1000
+
+    # -- results ----------------------------------------------------------------------------------
+    async def result(self, job_id: str, offset: int) -> AsyncIterator[tuple[int, bytes, str]]:
+        """(offset, bytes, summary JSON) chunks of the result from ``offset``; the summary on the last."""
+        record = await self.get(job_id)
+        if record.state != SUCCEEDED:
+            raise FailedPrecondition(f"job {job_id}: is {record.state}; its result is ready once it has SUCCEEDED"
+                                     + (f" (it failed: {record.error})" if record.state == FAILED else ""))
+        path = result_path(self.directory(job_id), record.result_format)
+        size = record.result_bytes
+        if not 0 <= offset <= size:
+            raise OutOfRange(f"offset: expected 0..{size} (the result's length), got {offset}")
+        summary = json.dumps(record.summary, separators=(",", ":"))
+        f = await self._io(open, path, "rb")
+        try:
+            await self._io(f.seek, offset)
+            while True:
+                data = await self._io(f.read, RESULT_CHUNK)
+                last = offset + len(data) >= size
+                yield offset, data, summary if last else ""
+                offset += len(data)
+                if last:
+                    return
+        finally:
+            await self._io(f.close)
+
+    # -- cancel and delete ------------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> JobRecord:
+        record = await self.get(job_id)
+        if record.ended:
+            raise FailedPrecondition(f"job {job_id}: already ended ({record.state}); nothing to cancel")
+        stamp = now_ms()
+        cancelled = await self._io(self.store.transition, job_id, {UPLOADING, QUEUED, RUNNING}, state=CANCELLED,
+                                   ended_ms=stamp, expires_ms=stamp + int(self.settings.result_ttl_s * 1000),
+                                   error="cancelled by the client")
+        if cancelled is None:  # it ended meanwhile
+            raise FailedPrecondition(f"job {job_id}: already ended; nothing to cancel")
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+        if not cancelled.input_location:
+            await self._io(self._remove_payload, job_id)
+        await self._notify()
+        return cancelled
+
+    async def delete(self, job_id: str) -> None:
+        record = await self.get(job_id)
+        if record.state in (QUEUED, RUNNING):
+            raise FailedPrecondition(f"job {job_id}: is {record.state}; cancel it before deleting it")
+        if job_id in self._uploading:
+            raise FailedPrecondition(f"job {job_id}: a stream is uploading it now; cancel it first")
+        await self._io(self._remove, job_id)
+        await self._notify()
+
+    def _remove(self, job_id: str) -> None:
+        """The job's record and files, gone (record first: a crash between leaves only files to sweep)."""
+        self.store.delete(job_id)
+        shutil.rmtree(self.directory(job_id), ignore_errors=True)
+
+    def _remove_payload(self, job_id: str) -> None:
+        for name in ("payload", "payload.part"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory(job_id) / name).unlink()
+
+    # -- the sweeper ------------------------------------------------------------------------------
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                await self._io(self.sweep)
+            except Exception:
+                log.exception("job sweeper")
+            await asyncio.sleep(self.settings.sweep_s)
+
+    def sweep(self, now: int | None = None) -> list[str]:
+        """Remove expired jobs, abandoned uploads and files no record owns; the ids removed."""
+        now = now_ms() if now is None else now
+        removed = []
+        for state in ENDED:
+            for record in self.store.list(state=state, limit=1_000_000):
+                if record.expires_ms and record.expires_ms <= now:
+                    self._remove(record.job_id)
+                    removed.append(record.job_id)
+        stale = now - int(self.settings.upload_timeout_s * 1000)
+        for record in self.store.with_state(UPLOADING):
+            if record.updated_ms <= stale and record.job_id not in self._uploading:
+                self._remove(record.job_id)
+                removed.append(record.job_id)
+        for entry in self.store.spool.iterdir():
+            if entry.is_dir() and _JOB_ID.fullmatch(entry.name) and self.store.get(entry.name) is None:
+                shutil.rmtree(entry, ignore_errors=True)
+        if removed:
+            log.info("jobs removed (expired or abandoned): %s", ", ".join(removed))
+        return removed
+
+    # -- running ----------------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            record = await self._io(self.store.claim)
+            if record is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 2.0)
+                continue
+            task = asyncio.ensure_future(self._run(record))
+            self._running[record.job_id] = task
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():  # the service stops: the job stays RUNNING, resumed at the next start
+                    task.cancel()
+                    raise
+            finally:
+                self._running.pop(record.job_id, None)
+            await self._notify()
+
+    async def _run(self, record: JobRecord) -> None:
+        job_id = record.job_id
+        started = time.monotonic()
+        limit_left = record.time_limit_s - record.run_ms / 1000
+        try:
+            await asyncio.wait_for(self._execute(record, started), max(limit_left, 0.001))
+        except TimeoutError:
+            await self._end(job_id, FAILED, f"time limit: the job ran {record.time_limit_s} s without finishing "
+                                            f"({record.items_done} of {record.items_total} items at its last "
+                                            "checkpoint)", started)
+        except asyncio.CancelledError:
+            raise
+        except PeregrineError as e:
+            await self._end(job_id, FAILED, e.message, started)
+        except Exception as e:
+            log.exception("job %s failed", job_id)
+            await self._end(job_id, FAILED, f"internal error: {type(e).__name__}; see the server log", started)
+
+    async def _end(self, job_id: str, state: str, error: str, started: float, **changes: Any) -> None:
+        stamp = now_ms()
+        record = await self._io(self.store.get, job_id)
+        run_ms = (record.run_ms if record else 0) + int((time.monotonic() - started) * 1000)
+        ended = await self._io(self.store.transition, job_id, {RUNNING}, state=state, error=error, ended_ms=stamp,
+                               expires_ms=stamp + int(self.settings.result_ttl_s * 1000), run_ms=run_ms, **changes)
+        if ended is not None:
+            if not ended.input_location:
+                await self._io(self._remove_payload, job_id)
+            log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
+        await self._notify()
+
+    async def _execute(self, record: JobRecord, started: float) -> None:
+        job_id = record.job_id
+        payload = Path(record.input_location) if record.input_location else self.directory(job_id) / "payload"
+        source = await self._io(sources.open_source, payload, record.kind, record.parameters,
+                                self.settings.input_roots)
+        tensors = source.kind == "tensor"
+        try:
+            if not tensors:  # boxes come only from a detection pipeline: say so before running anything
+                model = await self.plane.lifecycle.acquire(record.model_name, record.model_version, None)
+                try:
+                    self.plane.require_detection(model)
+                finally:
+                    self.plane.lifecycle.release(model.name)
+            await self._io(self.store.transition, job_id, {RUNNING}, kind=source.kind, items_total=source.total)
+            writer = await self._io(ResultWriter, self.directory(job_id), source.total, record.result_bytes, tensors)
+            try:
+                await self._items(record, source, writer, started)
+                fmt, size = await self._io(writer.finish)
+            finally:
+                await self._io(writer.close)
+        finally:
+            await self._io(source.close)
+        current = await self._io(self.store.get, job_id)
+        summary = dict(current.summary if current else {})
+        if summary.get("items") and summary.get("failed") == summary["items"]:
+            raise InvalidArgument(f"every item failed; the first: {summary.get('first_error', '')}")
+        summary["seconds"] = round(((current.run_ms if current else 0) + (time.monotonic() - started) * 1000) / 1000,
+                                   3)
+        summary["items_per_s"] = round(summary.get("items", 0) / summary["seconds"], 2) if summary["seconds"] else 0
+        await self._end(job_id, SUCCEEDED, "", started, result_format=fmt, result_bytes=size, summary=summary)
+
+    async def _items(self, record: JobRecord, source: sources.Source, writer: ResultWriter, started: float) -> None:
+        job_id = record.job_id
+        done, failed = record.items_done, record.items_failed
+        summary: dict[str, Any] = dict(record.summary) or {"items": 0, "failed": 0, "detections": 0, "per_class": {}}
+        deadline = time.monotonic() + record.time_limit_s - record.run_ms / 1000
+        call = JobCall(job_id, deadline)
+        iterator = source.items(done)
+        pending: collections.deque[tuple[sources.Item, asyncio.Task[Any]]] = collections.deque()
+        exhausted = False
+        last_checkpoint = time.monotonic()
+        try:
+            while pending or not exhausted:
+                while not exhausted and len(pending) < self.settings.items_in_flight:
+                    item = await self._io(next, iterator, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    pending.append((item, asyncio.ensure_future(self._run_item(call, record, item))))
+                if not pending:
+                    break
+                item, task = pending.popleft()
+                try:
+                    result = await task
+                    error = ""
+                except InvalidArgument as e:  # this item is bad; the job goes on
+                    result, error = None, e.message
+                if error or item.error:
+                    await self._io(writer.write_line, error_line(item, item.error or error))
+                    failed += 1
+                    summary.setdefault("first_error", f"item {item.index} ({item.name}): {item.error or error}")
+                elif isinstance(result, FrameResult):
+                    line = detection_line(item, result)
+                    await self._io(writer.write_line, line)
+                    summary["detections"] += len(line["boxes"])
+                    for box in line["boxes"]:
+                        summary["per_class"][box["label"]] = summary["per_class"].get(box["label"], 0) + 1
+                else:
+                    assert isinstance(result, InferResponse)
+                    await self._io(writer.write_outputs, item.index, result.outputs)
+                done += 1
+                summary["items"], summary["failed"] = done, failed
+                if time.monotonic() - last_checkpoint >= self.settings.checkpoint_s or (exhausted and not pending):
+                    last_checkpoint = time.monotonic()
+                    committed = await self._io(writer.checkpoint)
+                    if await self._io(self.store.transition, job_id, {RUNNING}, items_done=done, items_failed=failed,
+                                      result_bytes=committed, summary=summary) is None:
+                        raise asyncio.CancelledError  # cancelled (or deleted) meanwhile
+                    await self._notify()
+        finally:
+            for _, task in pending:
+                task.cancel()
+
+    async def _run_item(self, call: JobCall, record: JobRecord, item: sources.Item) -> Any:
+        if item.error:
+            return None
+        scope = RequestScope(self.plane, call, record.model_name)
+        scope.kind = "Job"
+        error: BaseException | None = None
+        request_id = f"{record.job_id}/{item.index}"
+        try:
+            if item.tensors:
+                inputs = await self._inputs(record, item)
+                return await scope.infer(InferRequest(record.model_name, record.model_version, request_id,
+                                                      inputs=inputs, deadline=call.deadline, background=True))
+            image: EncodedImage | RawImage
+            if item.pixels is not None:
+                rgb = np.ascontiguousarray(item.pixels[..., ::-1])
+                image = RawImage(rgb.tobytes(), rgb.shape[0], rgb.shape[1], 3, f"item {item.index}")
+            else:
+                image = EncodedImage(item.encoded or b"", f"item {item.index} ({item.name})")
+            return await scope.detect(DetectRequest(record.model_name, record.model_version, request_id,
+                                                    images=[image], deadline=call.deadline, background=True))
+        except DeadlineExceeded:
+            raise TimeoutError from None  # the job's time limit
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            scope.close(error)
+
+    async def _inputs(self, record: JobRecord, item: sources.Item) -> dict[str, np.ndarray]:
+        """A tensor item's arrays by input name (an unnamed .npy goes to the model's only input)."""
+        if "" not in item.tensors:
+            return item.tensors
+        described = self.plane.model(record.model_name, record.model_version)
+        names = [t.name for t in described.inputs]
+        if len(names) != 1:
+            raise InvalidArgument(f"parameters.input: model '{record.model_name}' has inputs {names}; name the "
+                                  "one the .npy is for (or send an .npz keyed by input name)")
+        return {names[0]: item.tensors[""]}
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "ab") as f:
+        f.truncate(size)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _encode_token(record: JobRecord) -> str:
+    return base64.urlsafe_b64encode(f"{record.created_ms}:{record.job_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if not _JOB_ID.fullmatch(job_id):
+            raise ValueError(job_id)
+        return int(created), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(f"page_token: not a token this server gave, got '{clipped(token)}'") from None

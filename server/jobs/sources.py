@@ -1,0 +1,323 @@
+"""What a job's payload holds, item by item: images from an archive, a list of paths or a robot recording,
+or rows of a tensor file.
+
+Each kind opens the payload, counts its items (:attr:`Source.total`) and yields them in a fixed order from
+any index (a resumed job starts past what it has done). Reading is streaming: a 1 GB payload is never
+held in memory, only the item being read. Every bound is explicit: an item larger than
+``MAX_ITEM_BYTES`` fails that item, not the job; a payload that cannot be read as its kind fails the job
+with a message naming the kind and what was wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..core.errors import InvalidArgument
+
+MAX_ITEM_BYTES = 64 * 1024 * 1024  # one image file, or one row of a tensor
+MAX_ITEMS = 10_000_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+KINDS = ("archive", "tensor", "images", "recording")
+
+
+@dataclass
+class Item:
+    """One unit of a job: an image file's bytes (``encoded``), decoded BGR pixels (``pixels``, a
+    recording's frames) or one row of each input tensor (``tensors``); where it came from (``name``), and
+    a recording's header stamp and frame id. ``error``: the item could not be read (it fails alone)."""
+
+    index: int
+    name: str
+    encoded: bytes | None = None
+    pixels: np.ndarray | None = None
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    stamp_ns: int = 0
+    frame_id: str = ""
+    error: str = ""
+
+
+class Source:
+    """A payload opened as its kind."""
+
+    kind = ""
+    total = 0
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the source holds open."""
+
+
+def sniff(path: Path) -> str:
+    """The kind of a payload told from its first bytes ("" when none fits)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"\x93NUMPY"):
+        return "tensor"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return "tensor" if z.namelist() and all(n.endswith(".npy") for n in z.namelist()) else "archive"
+        except zipfile.BadZipFile:
+            return ""
+    if head.startswith((b"\x89MCAP", b"#ROSBAG")):
+        return "recording"
+    if tarfile.is_tarfile(path):
+        return "archive"
+    return ""
+
+
+def open_source(path: Path, kind: str, parameters: dict[str, str], input_roots: tuple[Path, ...] = ()) -> Source:
+    """Open a payload; InvalidArgument naming the kind when it cannot be read as one."""
+    kind = kind or sniff(path)
+    if kind == "archive":
+        return ArchiveSource(path)
+    if kind == "tensor":
+        return TensorSource(path, parameters.get("input", ""))
+    if kind == "images":
+        return PathListSource(path, input_roots)
+    if kind == "recording":
+        topics = [t for t in parameters.get("topic", "").split(",") if t]
+        return RecordingSource(path, topics, int(parameters.get("stride", "1") or 1))
+    raise InvalidArgument(f"kind: expected one of {', '.join(KINDS)} (or empty to tell it from the payload), "
+                          f"got {kind!r}" if kind else "kind: the payload is none of "
+                          f"{', '.join(KINDS)} (not a tar or zip archive, .npy/.npz, bag or MCAP)")
+
+
+def _is_image_name(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
+
+
+class ArchiveSource(Source):
+    """A tar (any compression tarfile reads) or zip archive: its image files, sorted by name."""
+
+    kind = "archive"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            if zipfile.is_zipfile(path):
+                self._zip: zipfile.ZipFile | None = zipfile.ZipFile(path)
+                self._tar: tarfile.TarFile | None = None
+                infos: list[Any] = [i for i in self._zip.infolist() if not i.is_dir() and _is_image_name(i.filename)]
+                self._members = sorted(infos, key=lambda i: i.filename)
+            else:
+                self._zip = None
+                self._tar = tarfile.open(path)  # noqa: SIM115  # closed by close()
+                members = [m for m in self._tar.getmembers() if m.isfile() and _is_image_name(m.name)]
+                self._members = sorted(members, key=lambda m: m.name)
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+            raise InvalidArgument(f"kind 'archive': the payload is not a readable tar or zip archive: {e}") from None
+        if len(self._members) > MAX_ITEMS:
+            raise InvalidArgument(f"kind 'archive': {len(self._members)} images, at most {MAX_ITEMS}")
+        self.total = len(self._members)
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        for index in range(start, self.total):
+            member = self._members[index]
+            name = member.filename if self._zip is not None else member.name
+            size = member.file_size if self._zip is not None else member.size
+            if size > MAX_ITEM_BYTES:
+                yield Item(index, name, error=f"{name}: {size} bytes, more than an image may have ({MAX_ITEM_BYTES})")
+                continue
+            try:
+                if self._zip is not None:
+                    with self._zip.open(member) as f:
+                        data = f.read(MAX_ITEM_BYTES + 1)
+                else:
+                    assert self._tar is not None
+                    handle = self._tar.extractfile(member)
+                    data = handle.read(MAX_ITEM_BYTES + 1) if handle is not None else b""
+            except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                yield Item(index, name, error=f"{name}: cannot be read from the archive: {e}")
+                continue
+            yield Item(index, name, encoded=data)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+        if self._tar is not None:
+            self._tar.close()
+
+
+class PathListSource(Source):
+    """A text file of image paths, one per line, each under one of the server's allowed input roots."""
+
+    kind = "images"
+
+    def __init__(self, path: Path, roots: tuple[Path, ...]) -> None:
+        if not roots:
+            raise InvalidArgument("kind 'images': this server reads no image paths (start it with --job-input-root)")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"kind 'images': the payload is not a UTF-8 list of paths: {e}") from None
+        self.paths = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if len(self.paths) > MAX_ITEMS:
+            raise InvalidArgument(f"kind 'images': {len(self.paths)} paths, at most {MAX_ITEMS}")
+        self.roots = tuple(r.resolve() for r in roots)
+        self.total = len(self.paths)
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        for index in range(start, self.total):
+            name = self.paths[index]
+            resolved = Path(name).resolve()
+            if not any(resolved.is_relative_to(root) for root in self.roots):
+                yield Item(index, name, error=f"{name}: not under an allowed input root")
+                continue
+            try:
+                with open(resolved, "rb") as f:
+                    data = f.read(MAX_ITEM_BYTES + 1)
+            except OSError as e:
+                yield Item(index, name, error=f"{name}: {e.strerror or e}")
+                continue
+            if len(data) > MAX_ITEM_BYTES:
+                yield Item(index, name, error=f"{name}: more than an image may have ({MAX_ITEM_BYTES} bytes)")
+                continue
+            yield Item(index, name, encoded=data)
+
+
+class RecordingSource(Source):
+    """Camera frames of a ROS 1/2 bag or MCAP file (``topic``: comma-separated; every image topic by
+    default), every ``stride``-th frame."""
+
+    kind = "recording"
+
+    def __init__(self, path: Path, topics: list[str], stride: int) -> None:
+        from ..codecs import recordings
+
+        if stride < 1:
+            raise InvalidArgument(f"parameters.stride: expected a positive integer, got {stride}")
+        self._recordings = recordings
+        self.path, self.topics, self.stride = path, topics or None, stride
+        try:
+            count = sum(1 for _ in self._frames())
+        except (recordings.RecordingError, ValueError, OSError) as e:
+            raise InvalidArgument(f"kind 'recording': {e}") from None
+        self.total = count
+
+    def _frames(self) -> Iterator[Any]:
+        for n, frame in enumerate(self._recordings.iter_frames(self.path, self.topics)):
+            if n % self.stride == 0:
+                yield frame
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        index = 0
+        try:
+            for frame in self._frames():
+                if index >= start:
+                    yield Item(index, frame.topic, pixels=frame.image, stamp_ns=frame.stamp_ns,
+                               frame_id=frame.frame_id)
+                index += 1
+        except (self._recordings.RecordingError, ValueError) as e:
+            yield Item(index, str(self.path), error=f"recording: {e}")
+
+
+class TensorSource(Source):
+    """An ``.npy`` array, or the arrays of an ``.npz`` (one per model input, by name), split on axis 0:
+    item i is row i of each. Rows are read one at a time from the file (a stored or compressed ``.npz``
+    member is streamed), so the payload is never loaded whole."""
+
+    kind = "tensor"
+
+    def __init__(self, path: Path, input_name: str) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        try:
+            if zipfile.is_zipfile(path):
+                self._zip = zipfile.ZipFile(path)
+                names = [n for n in self._zip.namelist() if n.endswith(".npy")]
+                if not names:
+                    raise InvalidArgument("kind 'tensor': the .npz holds no arrays")
+                self.headers = {n[:-4]: _header(self._zip.open(n), f".npz member {n}") for n in names}
+            else:
+                with open(path, "rb") as f:
+                    self.headers = {input_name: _header(f, ".npy")}
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InvalidArgument(f"kind 'tensor': the payload is not a readable .npy or .npz: {e}") from None
+        rows = {shape[0] for shape, _, _ in self.headers.values()}
+        if len(rows) != 1:
+            lengths = {name: shape[0] for name, (shape, _, _) in self.headers.items()}
+            raise InvalidArgument(f"kind 'tensor': the arrays differ in length on axis 0: {lengths}")
+        self.total = rows.pop()
+        if self.total > MAX_ITEMS:
+            raise InvalidArgument(f"kind 'tensor': {self.total} rows, at most {MAX_ITEMS}")
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        streams: dict[str, BinaryIO] = {}
+        try:
+            for name in self.headers:
+                if self._zip is not None:
+                    stream: BinaryIO = self._zip.open(name + ".npy")  # type: ignore[assignment]
+                else:
+                    stream = open(self.path, "rb")  # noqa: SIM115  # closed below
+                _header(stream, name)
+                row_bytes = self._row_bytes(name)
+                if start:
+                    if self._zip is None:
+                        stream.seek(start * row_bytes, io.SEEK_CUR)
+                    else:
+                        _skip(stream, start * row_bytes)
+                streams[name] = stream
+            for index in range(start, self.total):
+                tensors = {}
+                for name, stream in streams.items():
+                    shape, dtype, _ = self.headers[name]
+                    data = stream.read(self._row_bytes(name))
+                    if len(data) != self._row_bytes(name):
+                        raise InvalidArgument(f"kind 'tensor': {name or 'the array'} ends at row {index} of "
+                                              f"{self.total} (the file is truncated)")
+                    tensors[name] = np.frombuffer(data, dtype).reshape((1, *shape[1:]))
+                yield Item(index, f"row {index}", tensors=tensors)
+        finally:
+            for stream in streams.values():
+                stream.close()
+
+    def _row_bytes(self, name: str) -> int:
+        shape, dtype, _ = self.headers[name]
+        return math.prod(shape[1:]) * dtype.itemsize
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _header(f: Any, what: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """The shape and dtype of an .npy stream, left positioned at its data."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except ValueError as e:
+        raise InvalidArgument(f"kind 'tensor': {what} is not an .npy array: {e}") from None
+    if fortran and len(shape) > 1:
+        raise InvalidArgument(f"kind 'tensor': {what} is in Fortran order; save it C-ordered (np.ascontiguousarray)")
+    if dtype.hasobject:
+        raise InvalidArgument(f"kind 'tensor': {what} holds Python objects; only numeric arrays are read")
+    if not shape:
+        raise InvalidArgument(f"kind 'tensor': {what} is a scalar; expected an array split on axis 0")
+    row = math.prod(shape[1:]) * dtype.itemsize
+    if row > MAX_ITEM_BYTES:
+        raise InvalidArgument(f"kind 'tensor': {what} has rows of {row} bytes, at most {MAX_ITEM_BYTES}")
+    return tuple(shape), dtype, row
+
+
+def _skip(stream: BinaryIO, nbytes: int) -> None:
+    while nbytes > 0:
+        chunk = stream.read(min(nbytes, 1 << 20))
+        if not chunk:
+            return
+        nbytes -= len(chunk)

@@ -1,0 +1,111 @@
+"""What the job tests share: a repository with a small detection pipeline and tensor models, payloads made
+of photographs, and a server run as a real process that the tests may kill."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+from peregrine.proto import jobs_pb2 as pb
+from peregrine.proto import jobs_pb2_grpc as pb_grpc
+from skimage import data
+
+from support import onnx_models
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field")
+
+
+def repository(root: Path) -> Path:
+    """``cam``: a detection pipeline over a small YOLOv5-class detector (320 x 320); ``id``: identity FP32 [N,4];
+    ``two``: a model with two inputs."""
+    from peregrine.modelgen import yolov5_detector
+
+    onnx_models.write(root, "v5", yolov5_detector(0, imgsz=320), "max_batch_size = 8\n")
+    (root / "cam").mkdir(exist_ok=True)
+    (root / "cam" / "config.toml").write_text('platform = "peregrine_detection"\nmax_batch_size = 8\n'
+                                              '[detection]\ndetector = "v5"\n')
+    onnx_models.write(root, "id", onnx_models.identity("FP32", ["N", 4]), "max_batch_size = 8\n")
+    onnx_models.write(root, "two", onnx_models.add_sub(["N", 16]), "max_batch_size = 8\n")
+    return root
+
+
+def photo(name: str) -> bytes:
+    image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[..., :3][..., ::-1]))
+    assert ok
+    return encoded.tobytes()
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            t.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def photo_archive(copies: int = 1) -> bytes:
+    return tar_of({f"{i:04d}-{name}.jpg": photo(name) for i in range(copies) for name in PHOTOS})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m peregrine.server`` with a job spool, as a child process the test may kill -9."""
+
+    def __init__(self, repo: Path, spool: Path, log: Path, *extra: str) -> None:
+        self.repo, self.spool, self.log_path, self.extra = repo, spool, log, extra
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        with self.log_path.open("a") as log:  # the child keeps its own descriptor of it
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "peregrine.server", "--model-repository", str(self.repo), "--grpc-port",
+                 str(self.port), "--http-port", "-1", "--job-spool", str(self.spool), "--log-level", "INFO",
+                 *self.extra], stderr=log)
+        deadline = time.monotonic() + 120
+        with grpc.insecure_channel(self.address) as ch:
+            stub = pb_grpc.JobServiceStub(ch)
+            while True:
+                assert self.proc.poll() is None, self.log_path.read_text()
+                try:
+                    stub.ListJobs(pb.ListJobsRequest(page_size=1), timeout=2)
+                    return self
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, self.log_path.read_text()
+                    time.sleep(0.2)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # SIGKILL: no clean-up of any kind
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
