@@ -3,7 +3,8 @@
 - **JSON Lines** (``result.jsonl``; detection jobs, and failed items of any job): one line per item, with
   its index, source name, a recording's stamp and frame id, and its boxes or its error.
 - **Tensors** (``result.npz``; tensor jobs): each output becomes one array whose row i is item i's output.
-  While the job runs, each output is an ``.npy`` file of its final shape written in place (a memory map);
+  While the job runs, each output is an ``.npy`` file of its final shape, each row written at its place
+  (plain writes, not a memory map: a 1 GB result must not count against the server's resident memory);
   when the job ends they are stored, uncompressed, into the ``.npz``.
 
 :meth:`checkpoint` makes what was written durable (flush, fsync) and returns the JSON result's length; a
@@ -57,11 +58,10 @@ class ResultWriter:
         self._jsonl = open(self.path, mode)  # noqa: SIM115  # closed by close()
         self._jsonl.truncate(committed_bytes)
         self._jsonl.seek(committed_bytes)
-        self._arrays: dict[str, np.memmap[Any, Any]] = {}
+        self._arrays: dict[str, _RowFile] = {}
         if tensors:
             for part in sorted(directory.glob("output.*.npy")):
-                name = part.name[len("output."):-len(".npy")]
-                self._arrays[name] = np.load(part, mmap_mode="r+")
+                self._arrays[part.name[len("output."):-len(".npy")]] = _RowFile.open(part)
 
     def write_line(self, line: dict[str, Any]) -> None:
         self._jsonl.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
@@ -75,21 +75,20 @@ class ResultWriter:
             if array is None:
                 if row.dtype.hasobject:
                     raise InvalidArgument(f"output '{name}': BYTES outputs cannot be stored as a tensor result")
-                array = np.lib.format.open_memmap(self.directory / f"output.{name}.npy", mode="w+",
-                                                  dtype=row.dtype, shape=(self.total, *row.shape))
+                array = _RowFile.create(self.directory / f"output.{name}.npy", row.dtype, (self.total, *row.shape))
                 self._arrays[name] = array
             if array.shape[1:] != row.shape or array.dtype != row.dtype:
                 raise InvalidArgument(
                     f"output '{name}': item {index} is {row.dtype} {list(row.shape)}, earlier items "
                     f"{array.dtype} {list(array.shape[1:])}: a tensor result needs every item's output alike")
-            array[index] = row
+            array.write(index, row)
 
     def checkpoint(self) -> int:
         """Make everything written so far durable; the JSON result's committed length."""
         self._jsonl.flush()
         os.fsync(self._jsonl.fileno())
         for array in self._arrays.values():
-            array.flush()
+            array.sync()
         return self._jsonl.tell()
 
     def finish(self) -> tuple[str, int]:
@@ -115,10 +114,45 @@ class ResultWriter:
         if not self._jsonl.closed:
             self._jsonl.close()
         for array in self._arrays.values():
-            array.flush()
-            mm = getattr(array, "_mmap", None)
-            if mm is not None:
-                mm.close()
+            array.close()
+
+
+class _RowFile:
+    """An ``.npy`` file of a fixed shape whose rows are written one at a time, at their offsets."""
+
+    def __init__(self, path: Path, fd: int, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int) -> None:
+        self.path, self.fd, self.dtype, self.shape, self.offset = path, fd, dtype, shape, offset
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    @classmethod
+    def create(cls, path: Path, dtype: np.dtype[Any], shape: tuple[int, ...]) -> _RowFile:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(os.dup(fd), "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": shape})
+            offset = f.tell()
+        row_file = cls(path, fd, dtype, shape, offset)
+        os.ftruncate(fd, offset + shape[0] * row_file.row_bytes)  # sparse until written
+        return row_file
+
+    @classmethod
+    def open(cls, path: Path) -> _RowFile:
+        with open(path, "rb") as f:
+            np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+        return cls(path, os.open(path, os.O_RDWR), dtype, tuple(shape), offset)
+
+    def write(self, index: int, row: np.ndarray) -> None:
+        os.pwrite(self.fd, np.ascontiguousarray(row).data, self.offset + index * self.row_bytes)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def result_path(directory: Path, fmt: str) -> Path:

@@ -25,7 +25,7 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep
 
 def repository(root: Path) -> Path:
     """``cam``: a detection pipeline over a small YOLOv5-class detector (320 x 320); ``id``: identity FP32 [N,4];
-    ``two``: a model with two inputs."""
+    ``two``: a model with two inputs; ``wide``: identity FP32 [N, any]."""
     from peregrine.modelgen import yolov5_detector
 
     onnx_models.write(root, "v5", yolov5_detector(0, imgsz=320), "max_batch_size = 8\n")
@@ -34,6 +34,7 @@ def repository(root: Path) -> Path:
                                               '[detection]\ndetector = "v5"\n')
     onnx_models.write(root, "id", onnx_models.identity("FP32", ["N", 4]), "max_batch_size = 8\n")
     onnx_models.write(root, "two", onnx_models.add_sub(["N", 16]), "max_batch_size = 8\n")
+    onnx_models.write(root, "wide", onnx_models.identity("FP32", ["N", None]), "max_batch_size = 8\n")
     return root
 
 
