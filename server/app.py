@@ -128,6 +128,18 @@ class PeregrineServer:
                  f", HTTP (OIP REST, /metrics) on :{self.http_port}" if self.http_port else "")
         return self.port
 
+    def start_offline(self) -> None:
+        """Load the models and run the data plane without listening on any port: for tools that run models
+        in-process (``peregrine batch``). Stopped with :meth:`stop`."""
+        self.loop.start()
+        failed = self.repository.load_all(self.config.load_models if self.config.model_control_mode == "explicit"
+                                          else None)
+        if failed:
+            self.stop(grace=0)
+            raise StartupError(f"model(s) {', '.join(failed)} failed to load; see the log")
+        self.loop.run(_started(self.lifecycle))
+        self.dataplane.started = True
+
     def stop(self, grace: float = 5.0) -> None:
         """Drain and close: stop taking calls; let running calls, and the frames streams have read, finish
         within ``grace`` seconds (streams stop reading and end once answered), then cancel what is left;

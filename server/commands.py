@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("peregrine.server.cli", "serve a model repository over gRPC and HTTP (peregrine-server)", "cpu"),
     "build-models": ("peregrine.modelgen.cli", "write the bundled models and photographs", "cpu"),
+    "batch": ("peregrine.server.batch", "run a model over files offline, or submit them as a job", "cpu"),
     "load": ("peregrine.client.load.cli", "drive a server and measure it (peregrine-load)", "load"),
     "annotate": ("peregrine.client.annotate", "draw detections on images", "annotate"),
     "log-run": ("peregrine.server.observability.mlflow_runs", "log benchmark and drift reports as MLflow runs",

@@ -638,43 +638,51 @@ class JobService:
                 task.cancel()
 
     async def _run_item(self, call: JobCall, record: JobRecord, item: sources.Item) -> Any:
-        if item.error:
-            return None
-        scope = RequestScope(self.plane, call, record.model_name)
-        scope.kind = "Job"
-        error: BaseException | None = None
-        request_id = f"{record.job_id}/{item.index}"
-        try:
-            if item.tensors:
-                inputs = await self._inputs(record, item)
-                return await scope.infer(InferRequest(record.model_name, record.model_version, request_id,
-                                                      inputs=inputs, deadline=call.deadline, background=True))
-            image: EncodedImage | RawImage
-            if item.pixels is not None:
-                rgb = np.ascontiguousarray(item.pixels[..., ::-1])
-                image = RawImage(rgb.tobytes(), rgb.shape[0], rgb.shape[1], 3, f"item {item.index}")
-            else:
-                image = EncodedImage(item.encoded or b"", f"item {item.index} ({item.name})")
-            return await scope.detect(DetectRequest(record.model_name, record.model_version, request_id,
-                                                    images=[image], deadline=call.deadline, background=True))
-        except DeadlineExceeded:
-            raise TimeoutError from None  # the job's time limit
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            scope.close(error)
+        return await run_item(self.plane, call, record.model_name, record.model_version, item,
+                              f"{record.job_id}/{item.index}", background=True)
 
-    async def _inputs(self, record: JobRecord, item: sources.Item) -> dict[str, np.ndarray]:
-        """A tensor item's arrays by input name (an unnamed .npy goes to the model's only input)."""
-        if "" not in item.tensors:
-            return item.tensors
-        described = self.plane.model(record.model_name, record.model_version)
-        names = [t.name for t in described.inputs]
-        if len(names) != 1:
-            raise InvalidArgument(f"parameters.input: model '{record.model_name}' has inputs {names}; name the "
-                                  "one the .npy is for (or send an .npz keyed by input name)")
-        return {names[0]: item.tensors[""]}
+
+async def run_item(plane: DataPlane, call: Any, model_name: str, model_version: str, item: sources.Item,
+                   request_id: str, background: bool) -> FrameResult | InferResponse | None:
+    """Run one item through the data plane as a request of ``call``: its boxes (a FrameResult) or its
+    outputs (an InferResponse); None for an item that could not be read. Raises InvalidArgument for an
+    item the model refuses; a passed deadline (the job's time limit) raises TimeoutError."""
+    if item.error:
+        return None
+    scope = RequestScope(plane, call, model_name)
+    scope.kind = "Job"
+    error: BaseException | None = None
+    try:
+        if item.tensors:
+            inputs = _inputs(plane, model_name, model_version, item)
+            return await scope.infer(InferRequest(model_name, model_version, request_id, inputs=inputs,
+                                                  deadline=call.deadline, background=background))
+        image: EncodedImage | RawImage
+        if item.pixels is not None:
+            rgb = np.ascontiguousarray(item.pixels[..., ::-1])
+            image = RawImage(rgb.tobytes(), rgb.shape[0], rgb.shape[1], 3, f"item {item.index}")
+        else:
+            image = EncodedImage(item.encoded or b"", f"item {item.index} ({item.name})")
+        return await scope.detect(DetectRequest(model_name, model_version, request_id, images=[image],
+                                                deadline=call.deadline, background=background))
+    except DeadlineExceeded:
+        raise TimeoutError from None  # the job's time limit
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        scope.close(error)
+
+
+def _inputs(plane: DataPlane, model_name: str, model_version: str, item: sources.Item) -> dict[str, np.ndarray]:
+    """A tensor item's arrays by input name (an unnamed .npy goes to the model's only input)."""
+    if "" not in item.tensors:
+        return item.tensors
+    names = [t.name for t in plane.model(model_name, model_version).inputs]
+    if len(names) != 1:
+        raise InvalidArgument(f"parameters.input: model '{model_name}' has inputs {names}; name the one the .npy "
+                              "is for (or send an .npz keyed by input name)")
+    return {names[0]: item.tensors[""]}
 
 
 def _truncate(path: Path, size: int) -> None:

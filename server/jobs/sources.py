@@ -151,6 +151,33 @@ class ArchiveSource(Source):
             self._tar.close()
 
 
+class FilesSource(Source):
+    """Image files named by the caller (a directory's or a glob's, in ``peregrine batch``)."""
+
+    kind = "images"
+
+    def __init__(self, paths: list[Path]) -> None:
+        if len(paths) > MAX_ITEMS:
+            raise InvalidArgument(f"images: {len(paths)} files, at most {MAX_ITEMS}")
+        self.paths = paths
+        self.total = len(paths)
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        for index in range(start, self.total):
+            yield _read_file(index, str(self.paths[index]), self.paths[index])
+
+
+def _read_file(index: int, name: str, path: Path) -> Item:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_ITEM_BYTES + 1)
+    except OSError as e:
+        return Item(index, name, error=f"{name}: {e.strerror or e}")
+    if len(data) > MAX_ITEM_BYTES:
+        return Item(index, name, error=f"{name}: more than an image may have ({MAX_ITEM_BYTES} bytes)")
+    return Item(index, name, encoded=data)
+
+
 class PathListSource(Source):
     """A text file of image paths, one per line, each under one of the server's allowed input roots."""
 
@@ -176,16 +203,7 @@ class PathListSource(Source):
             if not any(resolved.is_relative_to(root) for root in self.roots):
                 yield Item(index, name, error=f"{name}: not under an allowed input root")
                 continue
-            try:
-                with open(resolved, "rb") as f:
-                    data = f.read(MAX_ITEM_BYTES + 1)
-            except OSError as e:
-                yield Item(index, name, error=f"{name}: {e.strerror or e}")
-                continue
-            if len(data) > MAX_ITEM_BYTES:
-                yield Item(index, name, error=f"{name}: more than an image may have ({MAX_ITEM_BYTES} bytes)")
-                continue
-            yield Item(index, name, encoded=data)
+            yield _read_file(index, name, resolved)
 
 
 class RecordingSource(Source):

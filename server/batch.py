@@ -1,0 +1,304 @@
+"""``peregrine batch``: run a model over files, offline, at full throughput; or submit them as a job.
+
+    peregrine batch --model yolov8n_detect --input photos/ --output detections.jsonl
+    peregrine batch --model yolov8n_detect --input 'drives/*.jpg' --output detections.jsonl
+    peregrine batch --model yolov8n_detect --input drive.mcap --topic /camera/image_raw --output d.jsonl
+    peregrine batch --model my_model --input rows.npy --output outputs.npz
+    peregrine batch --model yolov8n_detect --input photos.tar --output d.jsonl --server 10.0.0.5:8001
+
+Locally the models load in this process and items go through the same data plane, batchers and pipelines
+a server runs (no port is opened), with enough items in flight to fill the model's largest batch while
+the next ones are read and decoded. Inputs: a directory (its image files, recursively, sorted), a glob, an
+archive (tar, zip), a tensor file (.npy, .npz), a robot recording (ROS bag, MCAP) or a text file of image
+paths. Detection models write JSON Lines (one line per image or frame, failed items with their error);
+tensor models write an .npz of their outputs, row i for item i.
+
+Interrupted (Ctrl-C, a crash), the same command resumes: what was committed (``<output>.progress.json``,
+every half second) is kept and the rest is done. ``--server`` sends the input as an asynchronous job to a
+server instead (a directory or glob packed into a tar first) and follows it to the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import glob
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .app import PeregrineServer
+from .config.server import ServerConfig
+from .core.errors import InvalidArgument, PeregrineError
+from .core.types import FrameResult, InferResponse
+from .jobs import sources
+from .jobs.results import ResultWriter, detection_line, error_line
+from .jobs.service import run_item
+from .observability import logs
+
+CHECKPOINT_S = 0.5
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peregrine batch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="the model (a detection pipeline, or any model for tensors)")
+    p.add_argument("--version", default="", dest="model_version", help="its version (default: the latest)")
+    p.add_argument("--input", required=True, nargs="+", help="DIR, FILE or GLOB (several: their images)")
+    p.add_argument("--output", required=True, type=Path, help="results: .jsonl (detections) or .npz (tensors)")
+    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository (default models)")
+    p.add_argument("--kind", default="", choices=["", *sources.KINDS],
+                   help="what a single input file is (default: told from its first bytes)")
+    p.add_argument("--topic", default="", help="recordings: the image topics, comma-separated (default: all)")
+    p.add_argument("--stride", type=int, default=1, help="recordings: every N-th frame (default 1)")
+    p.add_argument("--input-name", default="", help="tensors: the model input an .npy is for")
+    p.add_argument("--in-flight", type=int, default=0,
+                   help="items queued at once (default: twice the model's largest batch)")
+    p.add_argument("--server", default="", metavar="ADDR", help="submit as a job to this server instead")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true", help="start over, ignoring what an earlier run committed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure("WARNING", "text")
+    try:
+        if args.server:
+            return _remote(args)
+        return _local(args)
+    except (PeregrineError, FileNotFoundError, ValueError) as e:
+        print(f"peregrine batch: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nperegrine batch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, str]:
+    found = {"topic": args.topic, "stride": str(args.stride) if args.stride != 1 else "", "input": args.input_name}
+    return {k: v for k, v in found.items() if v}
+
+
+def _image_files(inputs: list[str]) -> list[Path] | None:
+    """The image files of directories and globs, sorted; None when the input is one file to open as a kind."""
+    if len(inputs) == 1 and Path(inputs[0]).is_file():
+        return None
+    found: list[Path] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found += [p for p in path.rglob("*") if p.is_file() and sources._is_image_name(p.name)]
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = [Path(m) for m in glob.glob(entry, recursive=True)]
+            if not matches:
+                raise FileNotFoundError(f"--input: nothing matches '{entry}'")
+            found += [p for p in matches if p.is_file() and sources._is_image_name(p.name)]
+    if not found:
+        raise FileNotFoundError(f"--input: no image files ({', '.join(sources.IMAGE_SUFFIXES)}) in "
+                                f"{', '.join(inputs)}")
+    return sorted(found)
+
+
+# -- in this process ---------------------------------------------------------------------------------
+def _local(args: argparse.Namespace) -> int:
+    files = _image_files(args.input)
+    if files is not None:
+        source: sources.Source = sources.FilesSource(files)
+    else:
+        source = sources.open_source(Path(args.input[0]), args.kind, _parameters(args))
+    tensors = source.kind == "tensor"
+    output: Path = args.output
+    if tensors != (output.suffix == ".npz"):
+        raise ValueError(f"--output: a {source.kind} input gives {'an .npz' if tensors else 'JSON Lines'}; "
+                         f"name the output accordingly, got {output.name}")
+    work = output.with_name(output.name + ".parts")
+    progress_file = output.with_name(output.name + ".progress.json")
+    state = _resume_state(progress_file, args, source.total)
+    if args.restart or state is None:
+        shutil.rmtree(work, ignore_errors=True)
+        state = {"items_done": 0, "result_bytes": 0, "summary": {}}
+    work.mkdir(parents=True, exist_ok=True)
+    config = ServerConfig(model_repository=args.repository, grpc_port=0, http_port=None,
+                          model_control_mode="explicit", load_models=[args.model])
+    server = PeregrineServer(config)
+    server.start_offline()
+    try:
+        writer = ResultWriter(work, source.total, state["result_bytes"], tensors)
+        try:
+            summary = server.loop.run(_run(server, args, source, writer, state, progress_file))
+            fmt, _ = writer.finish()
+        finally:
+            writer.close()
+    finally:
+        server.stop(grace=0)
+        source.close()
+    os.replace(work / ("result.npz" if fmt == "npz" else "result.jsonl"), output)
+    shutil.rmtree(work, ignore_errors=True)
+    progress_file.unlink(missing_ok=True)
+    _print_summary(summary, output)
+    return 0 if summary["failed"] < summary["items"] or not summary["items"] else 1
+
+
+def _resume_state(progress_file: Path, args: argparse.Namespace, total: int) -> dict[str, Any] | None:
+    if not progress_file.exists():
+        return None
+    state = json.loads(progress_file.read_text())
+    if state.get("model") != args.model or state.get("inputs") != args.input or state.get("total") != total:
+        raise ValueError(f"{progress_file}: an earlier run of other inputs or another model; pass --restart "
+                         "to start over")
+    print(f"peregrine batch: resuming after item {state['items_done']} of {total}", file=sys.stderr)
+    return state
+
+
+async def _run(server: PeregrineServer, args: argparse.Namespace, source: sources.Source, writer: ResultWriter,
+               state: dict[str, Any], progress_file: Path) -> dict[str, Any]:
+    plane = server.dataplane
+    loop = asyncio.get_running_loop()
+    model = plane.model(args.model, args.model_version)
+    in_flight = args.in_flight or 2 * max(1, model.max_batch_size)
+    done = state["items_done"]
+    summary: dict[str, Any] = state["summary"] or {"items": 0, "failed": 0, "detections": 0, "per_class": {}}
+    started = time.monotonic()
+    bar = _progress(source.total, done, args.no_progress)
+    call = _Offline()
+    iterator = source.items(done)
+    pending: collections.deque[tuple[sources.Item, asyncio.Task[Any]]] = collections.deque()
+    exhausted, last = False, time.monotonic()
+    try:
+        while pending or not exhausted:
+            while not exhausted and len(pending) < in_flight:
+                item = await loop.run_in_executor(None, next, iterator, None)
+                if item is None:
+                    exhausted = True
+                    break
+                pending.append((item, asyncio.ensure_future(
+                    run_item(plane, call, args.model, args.model_version, item, item.name, background=False))))
+            if not pending:
+                break
+            item, task = pending.popleft()
+            try:
+                result, error = await task, ""
+            except InvalidArgument as e:
+                result, error = None, e.message
+            if error or item.error:
+                writer.write_line(error_line(item, item.error or error))
+                summary["failed"] += 1
+            elif isinstance(result, FrameResult):
+                line = detection_line(item, result)
+                writer.write_line(line)
+                summary["detections"] += len(line["boxes"])
+                for box in line["boxes"]:
+                    summary["per_class"][box["label"]] = summary["per_class"].get(box["label"], 0) + 1
+            else:
+                assert isinstance(result, InferResponse)
+                writer.write_outputs(item.index, result.outputs)
+            done += 1
+            summary["items"] = done
+            bar.update(1)
+            if time.monotonic() - last >= CHECKPOINT_S or (exhausted and not pending):
+                last = time.monotonic()
+                _commit(progress_file, args, source.total, done, writer.checkpoint(), summary)
+    finally:
+        for _, task in pending:
+            task.cancel()
+        bar.close()
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    summary["items_per_s"] = round((done - state["items_done"]) / summary["seconds"], 2) if summary["seconds"] else 0
+    return summary
+
+
+def _commit(progress_file: Path, args: argparse.Namespace, total: int, done: int, result_bytes: int,
+            summary: dict[str, Any]) -> None:
+    """Record what is durable (written after the result's own fsync), atomically."""
+    tmp = progress_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"model": args.model, "inputs": args.input, "total": total, "items_done": done,
+                               "result_bytes": result_bytes, "summary": summary}))
+    os.replace(tmp, progress_file)
+
+
+class _Offline:
+    """The data plane's view of the batch's requests: this process's own, with no deadline."""
+
+    deadline = None
+    connection = identity = "batch"
+
+    def __init__(self) -> None:
+        self.started_ns = time.monotonic_ns()
+
+    def header(self, name: str) -> str | None:
+        return None
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, done: int, off: bool) -> Any:
+    if off or not sys.stderr.isatty():
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, initial=done, unit="item", dynamic_ncols=True)
+
+
+def _print_summary(summary: dict[str, Any], output: Path) -> None:
+    rows = [("items", f"{summary['items']}"), ("failed", f"{summary['failed']}"),
+            ("detections", f"{summary.get('detections', 0)}"), ("seconds", f"{summary.get('seconds', 0):.2f}"),
+            ("items/s", f"{summary.get('items_per_s', 0):.1f}"), ("output", str(output))]
+    top = sorted(summary.get("per_class", {}).items(), key=lambda kv: -kv[1])[:10]
+    rows += [(f"  {label}", str(count)) for label, count in top]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+# -- as a job on a server --------------------------------------------------------------------------
+def _remote(args: argparse.Namespace) -> int:
+    from peregrine.client.jobs import JobClient, state_name
+
+    files = _image_files(args.input)
+    with tempfile.TemporaryDirectory(prefix="peregrine-batch-") as tmp:
+        if files is not None:
+            payload = Path(tmp) / "images.tar"
+            with tarfile.open(payload, "w") as tar:
+                for i, path in enumerate(files):
+                    tar.add(path, arcname=f"{i:08d}-{path.name}")  # sorted as given, names kept
+        else:
+            payload = Path(args.input[0])
+        with JobClient(args.server) as client:
+            job = client.submit(payload, args.model, kind=args.kind if files is None else "archive",
+                                version=args.model_version, parameters=_parameters(args))
+            print(f"peregrine batch: job {job.job_id} submitted to {args.server}", file=sys.stderr)
+            bar = _progress(0, 0, args.no_progress)
+            seen = [0]
+
+            def progress(j: Any) -> None:
+                if getattr(bar, "total", None) != j.items_total and hasattr(bar, "total"):
+                    bar.total = j.items_total
+                bar.update(j.items_done - seen[0])
+                seen[0] = j.items_done
+
+            job = client.wait(job.job_id, progress=progress)
+            bar.close()
+            if state_name(job) != "SUCCEEDED":
+                print(f"peregrine batch: job {job.job_id} {state_name(job)}: {job.error}", file=sys.stderr)
+                return 1
+            args.output.unlink(missing_ok=True)
+            summary = client.download(job.job_id, args.output)
+    _print_summary(summary, args.output)
+    return 0
