@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(argv: list[str]) -> dict[str, Any]:
+    """Run ``peregrine batch`` with ``argv`` in this process, without printing: its summary (items, failed,
+    detections, and the seconds and items/s of the processing itself, model loading not counted)."""
+    return _run_local(_parser().parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure("WARNING", "text")
@@ -111,6 +117,12 @@ def _image_files(inputs: list[str]) -> list[Path] | None:
 
 # -- in this process ---------------------------------------------------------------------------------
 def _local(args: argparse.Namespace) -> int:
+    summary = _run_local(args)
+    _print_summary(summary, args.output)
+    return 0 if summary["failed"] < summary["items"] or not summary["items"] else 1
+
+
+def _run_local(args: argparse.Namespace) -> dict[str, Any]:
     files = _image_files(args.input)
     if files is not None:
         source: sources.Source = sources.FilesSource(files)
@@ -145,8 +157,7 @@ def _local(args: argparse.Namespace) -> int:
     os.replace(work / ("result.npz" if fmt == "npz" else "result.jsonl"), output)
     shutil.rmtree(work, ignore_errors=True)
     progress_file.unlink(missing_ok=True)
-    _print_summary(summary, output)
-    return 0 if summary["failed"] < summary["items"] or not summary["items"] else 1
+    return summary
 
 
 def _resume_state(progress_file: Path, args: argparse.Namespace, total: int) -> dict[str, Any] | None:

@@ -5,7 +5,8 @@ tested with literal numbers. Times are seconds on the monotonic clock.
 
 Order: real-time requests before background ones (asynchronous jobs' items), then priority level (1 is
 the most urgent; 0 means "no levels"), then earliest deadline first, then arrival order. A batch led by a
-real-time request takes background items only up to ``background_share`` of its elements. Requests
+real-time request takes background items only up to ``background_share`` of its elements, and while
+real-time requests keep arriving a batch of background items alone stays small. Requests
 whose queue timeout passed under the DELAY action go behind all others.
 A batch is the most urgent request plus the next ones of the same shape, up to ``max_batch_size``
 elements. It is dispatched when it is full (or reaches the largest preferred size), when its window
@@ -63,8 +64,15 @@ class PolicyConfig:
     # Sizes batches are executed at, ascending (a batch of n runs padded to the smallest one >= n);
     # empty: every batch runs at its own size.
     batch_buckets: tuple[int, ...] = ()
-    # The most of a batch led by a real-time request that background (job) items may fill.
-    background_share: float = 0.5
+    # The most of a batch led by a real-time request that background (job) items may fill. 0: none; on a
+    # CPU a batch costs about the sum of its elements, so riding along would make the real-time request wait
+    # for them (measured: a camera's p99 100 ms -> 975 ms with a share of 0.5, benchmarks/bench_jobs.py).
+    background_share: float = 0.0
+    # While real-time requests keep coming (one arrived within `realtime_quiet_s`), a batch of background
+    # items alone has at most this many elements: a real-time request that arrives while it runs waits for
+    # no more than that. Once real-time traffic stops, background batches fill up to max_batch_size.
+    background_batch_while_busy: int = 1
+    realtime_quiet_s: float = 1.0
 
 
 @dataclass
@@ -177,6 +185,8 @@ class BatchPolicy:
             raise ValueError(f"max_batch_size must be >= 1, got {config.max_batch_size}")
         self.config = config
         self.cost = cost or CostModel()
+        self.last_realtime = -INF  # when the latest real-time (not background) request arrived
+        self._now = 0.0
 
     def executed_size(self, n: int) -> int:
         """The size a batch of ``n`` elements runs at (its batch bucket, or ``n``)."""
@@ -194,6 +204,10 @@ class BatchPolicy:
             live.append(r)
         if not live:
             return d
+        self._now = now
+        for r in live:
+            if not r.background and r.arrival > self.last_realtime:
+                self.last_realtime = r.arrival
         # Wake in time to answer the next request that expires, even while every instance is busy.
         d.wake_at = min(min(r.deadline for r in live), min((r.delay_at for r in live if not r.delayed), default=INF))
         if idle_instances <= 0:
@@ -256,7 +270,10 @@ class BatchPolicy:
         head = ordered[0]
         batch = [head]
         n = head.size
-        # Background items ride in a real-time batch only up to their share of it (they make it longer).
+        # Background items ride in a real-time batch only up to their share of it (they make it longer), and
+        # run in small batches of their own while real-time traffic goes on (a batch cannot be interrupted).
+        if head.background and self._now - self.last_realtime < self.config.realtime_quiet_s:
+            limit = min(limit, max(head.size, self.config.background_batch_while_busy))
         room = limit if head.background else int(self.config.background_share * limit)
         for r in ordered[1:]:
             if n >= limit:

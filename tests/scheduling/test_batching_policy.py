@@ -54,7 +54,7 @@ def test_background_items_go_behind_real_time_and_fill_at_most_their_share() -> 
     """A job's items (background) run after every real-time request, whatever their priority or deadline;
     in a batch led by a real-time request they take at most ``background_share`` of its elements; with no
     real-time request waiting they fill a batch alone."""
-    policy = BatchPolicy(PolicyConfig(max_batch_size=8, background_share=0.25))
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, background_share=0.25, realtime_quiet_s=0.0))
     queue = [req(i, background=True, deadline=2.0) for i in range(10)] + [req(10, priority=0), req(11, deadline=9.0)]
     d = policy.decide(queue, now=1.0, idle_instances=1)
     assert seqs(d.batch) == [11, 10, 0, 1]  # two real-time, then 8 * 0.25 = 2 background
@@ -66,6 +66,12 @@ def test_background_items_go_behind_real_time_and_fill_at_most_their_share() -> 
     assert seqs(d.batch) == [1, 2]
     assert seqs(BatchPolicy(PolicyConfig(max_batch_size=8, background_share=0.0)).decide(
         [req(0, background=True), req(1)], now=1.0, idle_instances=1).batch) == [1]
+    # While real-time requests keep arriving, background batches stay small; once they stop, they fill.
+    policy = BatchPolicy(PolicyConfig(max_batch_size=8, background_batch_while_busy=2, realtime_quiet_s=1.0))
+    policy.decide([req(100, arrival=10.0)], now=10.0, idle_instances=1)
+    background = [req(i, background=True) for i in range(8)]
+    assert seqs(policy.decide(background, now=10.5, idle_instances=1).batch) == [0, 1]
+    assert seqs(policy.decide(background, now=11.5, idle_instances=1).batch) == list(range(8))
 
 
 def test_one_request_at_a_time_follows_the_same_order() -> None:
