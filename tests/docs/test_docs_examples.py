@@ -63,8 +63,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live(repository: Path) -> Iterator[PeregrineServer]:
-    server = PeregrineServer(ServerConfig(model_repository=repository, grpc_port=0, http_port=0))
+def live(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeregrineServer]:
+    server = PeregrineServer(ServerConfig(model_repository=repository, grpc_port=0, http_port=0,
+                                          job_spool=tmp_path_factory.mktemp("jobs")))
     server.start()
     yield server
     server.stop(grace=1.0)
