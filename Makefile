@@ -24,8 +24,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(SOURCES)
-	$(PY) -m pip install --quiet ".[$(EXTRAS)]"
+# Two distributions: peregrine-client (clients/: peregrine.client, peregrine.proto) and the server, which
+# depends on it. The server is uninstalled first: a server installed before the split still lists the client's
+# files as its own, and replacing it after the client went in would delete them.
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt clients/pyproject.toml $(SOURCES)
+	$(PY) -m pip uninstall --quiet --yes peregrine
+	$(PY) -m pip install --quiet ./clients ".[$(EXTRAS)]"
 	rm -f $(VENV)/.peregrine-*
 	touch $@
 

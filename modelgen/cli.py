@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .photos import photos_available, write_photos
 from .repository import BUNDLED_MODELS, write_repository
+
+
+def _version() -> str:
+    try:
+        return version("peregrine")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate Peregrine's bundled ONNX models (seeded, calibrated, untrained) into a model "
         "repository as <repository>/<name>/1/model.onnx. Config files are never written or changed.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="repository root (default: models)")
     parser.add_argument("--force", action="store_true", help="rebuild models whose model.onnx already exists")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")

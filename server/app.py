@@ -15,10 +15,12 @@ from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
 from .jobs.service import JobService, JobSettings
 from .jobs.store import SqliteJobStore
+from .observability.gpu_metrics import open_gpus
 from .observability.lifecycle_metrics import LifecycleCollector
 from .observability.metrics import Metrics, ModelSample
 from .observability.otel import OtelTracing
 from .observability.tracing import Tracer
+from .observability.triton_metrics import MetricsSettings
 from .pipeline import images
 from .scheduling.loop import EventLoopThread
 from .transport.grpc.server import GrpcTransport
@@ -61,6 +63,7 @@ class PeregrineServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        metrics_settings = MetricsSettings.parse(config.metrics_config)  # ValueError before anything starts
         # One budget per process for decoded frames held by requests (docs/DETECTION.md, Limits).
         images.set_max_decoded_bytes_in_flight(config.max_decoded_bytes_in_flight)
         self.loop = EventLoopThread()
@@ -68,9 +71,12 @@ class PeregrineServer:
                                           strict_model_config=config.strict_model_config)
         self.lifecycle = Lifecycle(self.repository, budget_bytes=config.model_memory_budget_bytes,
                                    poll_s=config.repository_poll_s if config.model_control_mode == "poll" else 0.0)
-        self.metrics = Metrics(lambda: [ModelSample(m.name, m.version, m.stats, m.queue_depth)
+        self.metrics = Metrics(lambda: [ModelSample(m.name, m.version, m.stats, m.queue_depth,
+                                                    m.config.response_cache and self.dataplane.cache.enabled)
                                         for m in self.repository.ready_models()],
-                               known=self.repository.knows)
+                               known=self.repository.knows, settings=metrics_settings,
+                               gpus=open_gpus() if config.allow_metrics and config.allow_gpu_metrics else None,
+                               enabled=config.allow_metrics)
         self.shared_memory = SharedMemoryRegistry(config.shm_key_prefixes, enabled=config.shared_memory,
                                                   max_regions=config.max_shm_regions)
         self.tracer = Tracer(config.trace_file, config.trace_level, config.trace_rate, config.trace_count,
@@ -92,6 +98,10 @@ class PeregrineServer:
 
     def _model_changed(self, name: str, ready: bool) -> None:
         self.dataplane.cache.drop_model(name)  # answers of a version that is gone, or reloaded, are stale
+        if ready:  # its latency summaries start now, not at the next scrape (when they are on)
+            for m in self.repository.ready_models():
+                if m.name == name:
+                    self.metrics.track(m.stats)
         self.grpc.model_changed(name, ready)
         if self.dataplane.started:
             self.grpc.set_serving(self.dataplane.ready)  # the server's own health follows its readiness
@@ -161,6 +171,7 @@ class PeregrineServer:
         self.loop.stop()
         self.shared_memory.close()
         self.tracer.close()
+        self.metrics.close()
         if self.dataplane.otel is not None:
             self.dataplane.otel.shutdown()
         self.grpc.close()

@@ -9,18 +9,55 @@ import resource
 import signal
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .app import PeregrineServer, StartupError
 from .config.server import ServerConfig
 from .observability import logs
 
 MIB = 1024 * 1024
+EXIT_USAGE = 2
+
+
+def _version() -> str:
+    try:
+        return version("peregrine")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def missing_runtime() -> str | None:
+    """What to print when ONNX Runtime cannot be imported: it comes with an extra, ``[cpu]`` or ``[gpu]``,
+    which a plain ``pip install peregrine`` leaves out. None when it imports."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return (f"peregrine-server: ONNX Runtime is not installed ({e}); install the server with its runtime: "
+                "pip install 'peregrine[cpu]', or 'peregrine[gpu]' on an NVIDIA GPU")
+    return None
+
+
+def _boolean(text: str) -> bool:
+    """A Triton-style boolean option value: ``--allow-metrics=false``."""
+    value = {"true": True, "1": True, "on": True, "yes": True,
+             "false": False, "0": False, "off": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """``--metrics-config key=value``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
+    return key.strip(), value.strip().strip('"')
 
 
 def _parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="peregrine-server", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--model-repository", type=Path, default=d.model_repository, help="models directory")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 picks one (default %(default)s)")
@@ -101,6 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     ot.add_argument("--otel-sample-ratio", type=float, default=d.otel_sample_ratio, metavar="R",
                     help="share of requests traced when the client sends no trace context (default %(default)s)")
     ot.add_argument("--otel-service-name", default=d.otel_service_name, help="service.name (default %(default)s)")
+    me = p.add_argument_group("metrics (Prometheus /metrics on the HTTP port; docs/METRICS.md)")
+    me.add_argument("--allow-metrics", type=_boolean, nargs="?", const=True, default=d.allow_metrics,
+                    metavar="BOOL", help="serve /metrics; false: it answers 404 (default true)")
+    me.add_argument("--allow-gpu-metrics", type=_boolean, nargs="?", const=True, default=d.allow_gpu_metrics,
+                    metavar="BOOL", help="Triton's GPU families, read through NVML (nvidia-ml-py) when a GPU is "
+                                         "present (default true)")
+    me.add_argument("--metrics-config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="Triton's metric settings (repeatable): summary_latencies=true (latency summaries), "
+                         "histogram_latencies=true (first-response histogram), counter_latencies=false, "
+                         "summary_quantiles=0.5:0.05,0.99:0.001")
     jb = p.add_argument_group("asynchronous jobs (docs/JOBS.md)")
     jb.add_argument("--job-spool", type=Path, default=d.job_spool, metavar="DIR",
                     help="serve peregrine.v1.JobService, keeping job records, payloads and results in DIR "
@@ -173,6 +220,9 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         otel_endpoint=a.otel_endpoint,
         otel_sample_ratio=a.otel_sample_ratio,
         otel_service_name=a.otel_service_name,
+        allow_metrics=a.allow_metrics,
+        allow_gpu_metrics=a.allow_gpu_metrics,
+        metrics_config=dict(a.metrics_config),
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         tls_client_ca=a.tls_client_ca,
@@ -221,6 +271,13 @@ def raise_open_file_limit() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    missing = missing_runtime()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return EXIT_USAGE
+    # Imported here, after the check: the server's modules import ONNX Runtime as they load.
+    from .app import PeregrineServer, StartupError
+
     if a.check_repository is not None:
         logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
         return check_repository(a.check_repository, a.strict_model_config)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .detection import Detection, DetectionClient
 from .errors import PeregrineClientError
+from .version import client_version
 
 # ultralytics' 20-colour palette (utils/plotting.py Colors), as hex RGB.
 PALETTE_HEX = ("FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334", "00D4BB",
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="peregrine-annotate",
         description="Draw detections (boxes, labels, scores) on images: asked of a Peregrine server's Detect, or "
         "read from a JSON Lines results file.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {client_version()}")
     parser.add_argument("images", nargs="*", type=Path,
                         help="image files (with --results: only these of the file's images; default all)")
     parser.add_argument("-o", "--output", type=Path, default=Path("annotated"),

@@ -87,6 +87,12 @@ class ServerConfig:
     otel_endpoint: str | None = None
     otel_sample_ratio: float = 1.0
     otel_service_name: str = "peregrine"
+    # Prometheus /metrics (docs/METRICS.md), with Triton's options: --allow-metrics (off: /metrics answers 404),
+    # --allow-gpu-metrics (Triton's GPU families, through NVML), --metrics-config key=value (counter_latencies,
+    # summary_latencies, histogram_latencies, summary_quantiles; checked when the server is built).
+    allow_metrics: bool = True
+    allow_gpu_metrics: bool = True
+    metrics_config: dict[str, str] = field(default_factory=dict)
     # Asynchronous jobs (docs/JOBS.md): on when `job_spool` names a directory (records, payloads, results).
     job_spool: Path | None = None
     job_input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config.model import DetectionConfig, ModelConfig
 from ..core.errors import InvalidArgument, ModelLoadError, clipped
-from ..core.stats import ModelStats
+from ..core.stats import ModelStats, failure_reason
 from ..core.types import (
     DetectOptions,
     DetectRequest,
@@ -307,12 +307,16 @@ class DetectionModel:
     async def detect(self, request: FrameRequest) -> FrameResult:
         """Queue, run and answer a request of decoded frames."""
         ok = False
+        reason = "OTHER"  # why it failed, in Triton's words (failure_reason)
         try:
             result: FrameResult = await self.scheduler.submit(request)
             ok = True
+        except BaseException as e:
+            reason = failure_reason(e)
+            raise
         finally:
             self._release(id(request))  # answered: its frames leave the in-flight budget
-            self.stats.record_request(ok, _since(request.arrival), request.queue_ns)
+            self.stats.record_request(ok, _since(request.arrival), request.queue_ns, reason)
         result.model_name, result.model_version = self.name, str(self.version)
         result.decode_ns = request.decode_ns
         result.queue_ns = request.queue_ns or 0

@@ -20,7 +20,7 @@ import numpy as np
 from ..config.model import ModelConfig
 from ..core import datatypes
 from ..core.errors import InvalidArgument, clipped
-from ..core.stats import ModelStats
+from ..core.stats import ModelStats, failure_reason
 from ..core.types import InferRequest, InferResponse, ModelDescription, TensorSpec
 from ..runtime.executor import TensorExecutor
 from ..runtime.instances import Instances, open_sessions
@@ -199,11 +199,15 @@ class TensorModel:
         event loop). Statistics count every request that got this far, failed or not."""
         start = time.perf_counter_ns()
         ok = False
+        reason = "OTHER"  # why it failed, in Triton's words (failure_reason)
         try:
             outputs = await self.scheduler.submit(request)
             if self.reshape_outputs:
                 outputs = {n: self._reshaped(a, self.reshape_outputs.get(n)) for n, a in outputs.items()}
             ok = True
             return InferResponse(self.name, str(self.version), request.id, outputs)
+        except BaseException as e:
+            reason = failure_reason(e)
+            raise
         finally:
-            self.stats.record_request(ok, time.perf_counter_ns() - start, request.queue_ns)
+            self.stats.record_request(ok, time.perf_counter_ns() - start, request.queue_ns, reason)

@@ -1,8 +1,9 @@
-"""Prometheus metrics (served at ``/metrics`` on the HTTP port by the HTTP transport).
+"""Prometheus metrics (served at ``/metrics`` on the HTTP port by the HTTP transport; docs/METRICS.md).
 
 Request latency is a histogram observed by the data plane; per-model counters and durations are read
 from each model's statistics at scrape time, so the two views never disagree. ``peregrine_queue_depth``
-is the signal an autoscaler (KEDA, Knative) scales replicas on.
+is the signal an autoscaler (KEDA, Knative) scales replicas on. Triton's ``nv_*`` families, read from the
+same statistics, follow Peregrine's own (:mod:`.triton_metrics`, :mod:`.gpu_metrics`).
 
 Labels are bounded: a request for a model the server does not know is counted under the model label
 ``(unknown)``, never under the name the client sent, so clients cannot grow the label set.
@@ -10,6 +11,7 @@ Labels are bounded: a request for a model the server does not know is counted un
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -18,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.stats import ModelStats
+from .gpu_metrics import NvmlGpus
+from .triton_metrics import LatencySummaries, MetricsSettings, model_families, render
 
 UNKNOWN_MODEL = "(unknown)"  # the model label of requests for models the server does not know
 
@@ -29,6 +33,7 @@ class ModelSample(NamedTuple):
     version: int
     stats: ModelStats
     queue_depth: int
+    response_cache: bool = False  # its answers go through the response cache (Triton's cache families)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -97,12 +102,19 @@ class _AdmissionCollector(Collector):
 
 class Metrics:
     """The server's metrics. ``known(name)`` says whether a model name may be a label (the repository
-    knows it)."""
+    knows it); ``settings``: Triton's ``--metrics-config``; ``gpus``: the GPUs whose Triton families are
+    shown (None: none); ``enabled`` false (``--allow-metrics=false``): ``/metrics`` is not served."""
 
     def __init__(self, models: Callable[[], Iterable[ModelSample]],
-                 known: Callable[[str], bool] = lambda _: True) -> None:
+                 known: Callable[[str], bool] = lambda _: True, settings: MetricsSettings | None = None,
+                 gpus: NvmlGpus | None = None, enabled: bool = True) -> None:
         self.registry = CollectorRegistry()
+        self._models = models
         self._known = known
+        self.settings = settings if settings is not None else MetricsSettings()
+        self.gpus = gpus
+        self.enabled = enabled
+        self._tracking = threading.Lock()  # a model's load and a scrape may both attach its summaries
         self.latency = Histogram(
             "peregrine_request_duration_seconds", "Server-side request latency, from decode to reply",
             ["model", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -128,6 +140,28 @@ class Metrics:
         for stage, ns in stages.items():
             self.stages.labels(label, stage).observe(ns / 1e9)
 
+    def track(self, stats: ModelStats) -> None:
+        """Keep the latency summaries of a model version from now on, when ``--metrics-config`` asks for
+        them (called when a model becomes ready, and again at each scrape: once is enough)."""
+        if not self.settings.observes_requests:
+            return
+        with self._tracking:
+            if stats.observer is None:
+                stats.observer = LatencySummaries(self.settings)
+
+    def _summaries(self, sample: ModelSample) -> LatencySummaries | None:
+        self.track(sample.stats)
+        observer = sample.stats.observer
+        return observer if isinstance(observer, LatencySummaries) else None
+
     def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text of every metric now, and its content type (served at ``/metrics``)."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus text of every metric now, and its content type (served at ``/metrics``):
+        Peregrine's families, then Triton's."""
+        families = model_families(self._models(), self.settings, self._summaries)
+        if self.gpus is not None:
+            families += self.gpus.families()
+        return generate_latest(self.registry) + render(families).encode(), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        if self.gpus is not None:
+            self.gpus.close()

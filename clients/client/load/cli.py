@@ -22,6 +22,7 @@ from ..detection import DetectionClient, detect_request, options_message
 from ..errors import PeregrineClientError
 from ..images import load_image
 from ..sync import InferenceClient
+from ..version import client_version
 from .camera import run_camera
 from .frames import FramePayload, frame_payload, parse_frame_size
 from .payload import make_inputs
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Peregrine's DetectionService/Detect; --cameras K --fps F runs K camera streams over DetectStream.",
         epilog="Exit status: 0 ok, 1 SLO missed, 2 bad arguments or server/model unreachable.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {client_version()}")
     p.add_argument("model", help="model name (a detection pipeline, e.g. yolov8n_detect, for --detect/--cameras)")
     p.add_argument("-u", "--url", default="127.0.0.1:8001", help="server host:port (default %(default)s)")
     p.add_argument("--model-version", default="", help="model version (default: the server's choice)")

@@ -136,6 +136,8 @@ class HttpApi:
         return reply({"model_stats": [oip_json.message_json(metadata.model_statistics(m, s)) for m, s in stats]})
 
     async def metrics(self, request: Request) -> Response:
+        if not self.dataplane.metrics.enabled:  # as Triton with --allow-metrics=false: nothing is served there
+            return error(404, "metrics are off on this server (--allow-metrics=false)")
         text, content_type = self.dataplane.metrics.exposition()
         return Response(text, media_type=content_type)
 
