@@ -18,7 +18,7 @@ comma := ,
 SOURCES := $(shell find server modelgen kernels proto clients -type f \( -name '*.py' -o -name '*.proto' -o -name '*.cpp' \
              -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: setup models serve test lint bench-oip clean ros1
+.PHONY: setup models serve test lint bench-oip clean ros1 postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,11 @@ serve: models
 ros1:
 	sh clients/ros/install_ros1.sh
 
-test: models ros1
+# PostgreSQL from Debian for the shared job store's tests (they start a private server; skip where it cannot be).
+postgres:
+	sh tests/support/install_postgres.sh
+
+test: models ros1 postgres
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

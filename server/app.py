@@ -14,7 +14,8 @@ from .dataplane.lifecycle import Lifecycle
 from .dataplane.repository import ModelRepository
 from .dataplane.shm import SharedMemoryRegistry
 from .jobs.service import JobService, JobSettings
-from .jobs.store import SqliteJobStore
+from .jobs.store import JobStore, PostgresJobStore, SqliteJobStore
+from .jobs.webhooks import Webhooks
 from .observability.gpu_metrics import open_gpus
 from .observability.lifecycle_metrics import LifecycleCollector
 from .observability.metrics import Metrics, ModelSample
@@ -64,6 +65,7 @@ class PeregrineServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         metrics_settings = MetricsSettings.parse(config.metrics_config)  # ValueError before anything starts
+        hooks = webhooks(config)  # likewise
         # One budget per process for decoded frames held by requests (docs/DETECTION.md, Limits).
         images.set_max_decoded_bytes_in_flight(config.max_decoded_bytes_in_flight)
         self.loop = EventLoopThread()
@@ -90,7 +92,7 @@ class PeregrineServer:
         self.metrics.admission = self.dataplane.admission
         self.metrics.registry.register(LifecycleCollector(self.lifecycle, self.repository.ready_models,
                                                           self.dataplane.cache))
-        self.jobs = job_service(config, self.dataplane)
+        self.jobs = job_service(config, self.dataplane, hooks)
         self.grpc = GrpcTransport(config, self.dataplane, self.loop, self.jobs)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
         self.port: int | None = None
@@ -187,15 +189,37 @@ async def _started(lifecycle: Lifecycle) -> None:
     lifecycle.start()  # on the loop: its background task lives there
 
 
-def job_service(config: ServerConfig, dataplane: DataPlane) -> JobService | None:
+def webhooks(config: ServerConfig) -> Webhooks | None:
+    """Job webhooks, when a secret and at least one allowed prefix are configured."""
+    if config.job_webhook_secret_file is None:
+        if config.job_webhook_allow:
+            raise ValueError("--job-webhook-allow needs --job-webhook-secret-file (webhooks are always signed)")
+        return None
+    secret = config.job_webhook_secret_file.read_bytes().strip()
+    if len(secret) < 16:
+        raise ValueError(f"--job-webhook-secret-file: expected a secret of at least 16 bytes, got {len(secret)}")
+    if not config.job_webhook_allow:
+        raise ValueError("--job-webhook-secret-file: name where webhooks may go with --job-webhook-allow URL_PREFIX")
+    return Webhooks(secret, config.job_webhook_allow)
+
+
+def job_service(config: ServerConfig, dataplane: DataPlane, hooks: Webhooks | None) -> JobService | None:
     """The asynchronous job service, when the configuration names a spool directory."""
     if config.job_spool is None:
         return None
     settings = JobSettings(spool=config.job_spool, max_payload_bytes=config.job_max_payload_bytes,
                            quota_bytes=config.job_quota_bytes, result_ttl_s=config.job_result_ttl_s,
                            default_time_limit_s=config.job_time_limit_s, workers=config.job_workers,
-                           items_in_flight=config.job_items_in_flight, input_roots=config.job_input_roots)
-    return JobService(dataplane, SqliteJobStore(config.job_spool), settings)
+                           items_in_flight=config.job_items_in_flight, input_roots=config.job_input_roots,
+                           lease_s=config.job_lease_s, webhooks=hooks)
+    if config.job_store.startswith(("postgresql://", "postgres://")):
+        store: JobStore = PostgresJobStore(config.job_store, config.job_spool)
+    elif config.job_store:
+        raise ValueError(f"--job-store: expected a postgresql:// URL (or nothing, for SQLite in the spool), got "
+                         f"'{config.job_store}'")
+    else:
+        store = SqliteJobStore(config.job_spool)
+    return JobService(dataplane, store, settings)
 
 
 def otel_tracing(config: ServerConfig) -> OtelTracing | None:

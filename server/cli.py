@@ -165,6 +165,16 @@ def _parser() -> argparse.ArgumentParser:
     jb.add_argument("--job-workers", type=int, default=d.job_workers, help="jobs run at once (default %(default)s)")
     jb.add_argument("--job-items-in-flight", type=int, default=d.job_items_in_flight,
                     help="items of one job queued at once (default %(default)s)")
+    jb.add_argument("--job-store", default=d.job_store, metavar="URL",
+                    help="job records in PostgreSQL (postgresql://...), shared by several servers with one spool "
+                         "(default: SQLite in the spool, one server)")
+    jb.add_argument("--job-webhook-secret-file", type=Path, default=d.job_webhook_secret_file, metavar="FILE",
+                    help="sign job webhooks (HMAC-SHA256) with the secret in FILE; needed for notify_url")
+    jb.add_argument("--job-webhook-allow", action="append", default=[], metavar="URL_PREFIX",
+                    help="a URL prefix jobs may send their webhook to, e.g. https://hooks.example.com/ (repeat)")
+    jb.add_argument("--job-lease", type=float, default=d.job_lease_s, metavar="SECONDS",
+                    help="a running job's lease: another server takes over a job whose lease ran out "
+                         "(default %(default)s)")
     p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=d.strict_readiness,
                    help="ready only while every model asked for is ready, as Triton (default: on)")
     p.add_argument("--exit-on-error", action=argparse.BooleanOptionalAction, default=d.exit_on_error,
@@ -241,6 +251,10 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         job_time_limit_s=a.job_time_limit,
         job_workers=a.job_workers,
         job_items_in_flight=a.job_items_in_flight,
+        job_store=a.job_store,
+        job_lease_s=a.job_lease,
+        job_webhook_secret_file=a.job_webhook_secret_file,
+        job_webhook_allow=tuple(a.job_webhook_allow),
     )
 
 

@@ -72,11 +72,13 @@ class JobClient:
     # -- submit -----------------------------------------------------------------------------------
     def submit(self, payload: str | Path | bytes, model: str, *, kind: str = "", version: str = "",
                parameters: dict[str, str] | None = None, time_limit_s: int = 0, client_tag: str = "",
-               chunk_bytes: int = CHUNK_BYTES) -> pb.Job:
-        """Upload ``payload`` (a file, or bytes) and queue a job of ``model`` over it; the queued job."""
+               notify_url: str = "", chunk_bytes: int = CHUNK_BYTES) -> pb.Job:
+        """Upload ``payload`` (a file, or bytes) and queue a job of ``model`` over it; the queued job.
+        ``notify_url``: where the server POSTs the outcome when the job ends (a webhook)."""
         size, digest = _measure(payload)
         spec = pb.JobSpec(model_name=model, model_version=version, kind=kind, total_bytes=size, sha256=digest,
-                          parameters=parameters or {}, time_limit_s=time_limit_s, client_tag=client_tag)
+                          parameters=parameters or {}, time_limit_s=time_limit_s, client_tag=client_tag,
+                          notify_url=notify_url)
         return self._upload(payload, spec, "", chunk_bytes)
 
     def resume(self, job_id: str, payload: str | Path | bytes, chunk_bytes: int = CHUNK_BYTES) -> pb.Job:

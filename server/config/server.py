@@ -102,6 +102,13 @@ class ServerConfig:
     job_time_limit_s: int = 3600  # a job's default time limit (a job may ask for up to 6 h)
     job_workers: int = 1
     job_items_in_flight: int = 8
+    # Where job records live: "" for SQLite in the spool (one process), or a PostgreSQL URL
+    # (postgresql://user@host/db) for several processes sharing one queue and a spool they all mount.
+    job_store: str = ""
+    job_lease_s: float = 10.0
+    # Webhooks when jobs end: signed with the secret in this file, sent only to URLs under these prefixes.
+    job_webhook_secret_file: Path | None = None
+    job_webhook_allow: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

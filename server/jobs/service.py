@@ -67,6 +67,7 @@ from .store import (
     JobStore,
     now_ms,
 )
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +93,9 @@ class JobSettings:
     items_in_flight: int = 8  # items of one job queued or running at once
     checkpoint_s: float = 0.5
     sweep_s: float = 5.0
+    lease_s: float = 10.0  # a running job's lease (renewed every third of it); shared stores only matter
     input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point
+    webhooks: Webhooks | None = None  # where jobs may send their outcome, and the secret that signs it
 
     def __post_init__(self) -> None:
         for name in ("max_payload_bytes", "quota_bytes", "workers", "items_in_flight", "default_time_limit_s",
@@ -116,6 +119,7 @@ class JobSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     time_limit_s: int = 0
     client_tag: str = ""
+    notify_url: str = ""
 
 
 @dataclass
@@ -146,11 +150,13 @@ class JobService:
         self.store = store
         self.settings = settings
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="peregrine-jobs")
+        self._webhook_pool = ThreadPoolExecutor(2, thread_name_prefix="peregrine-webhooks")
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._uploading: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this worker, in leases
 
     # -- start and stop ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,9 +166,12 @@ class JobService:
             part = self.directory(record.job_id) / "payload.part"
             size = part.stat().st_size if part.exists() else 0
             await self._io(self.store.transition, record.job_id, {UPLOADING}, received_bytes=size)
-        for record in await self._io(self.store.with_state, RUNNING):
-            await self._io(self.store.transition, record.job_id, {RUNNING}, state=QUEUED)
-            log.info("job %s: resumes from item %d of %d", record.job_id, record.items_done, record.items_total)
+        if not self.store.shared:  # this process was the only worker: what ran was its own, and is resumed
+            for record in await self._io(self.store.with_state, RUNNING):  # (a shared store's leases run out)
+                await self._io(self.store.transition, record.job_id, {RUNNING}, state=QUEUED)
+        for record in [r for state in ENDED for r in await self._io(self.store.list, state, "", 1_000_000)]:
+            if record.notify_url and not record.notified:  # ended before its webhook went out
+                self._send_webhook(record)
         self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.settings.workers)]
         self._tasks.append(asyncio.ensure_future(self._sweeper()))
         self._wake.set()
@@ -173,10 +182,21 @@ class JobService:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._running.values(), return_exceptions=True)
         self._io_pool.shutdown(wait=True)
+        self._webhook_pool.shutdown(wait=False, cancel_futures=True)  # undelivered ones go at the next start
         self.store.close()
 
     def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._io_pool, lambda: fn(*args, **kwargs))
+
+    async def _io_open(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the I/O thread, for what opens files (its result has ``close``): if the caller is
+        cancelled meanwhile, what it opened is closed once it is open."""
+        future = asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: None if f.exception() else f.result().close())  # type: ignore[attr-defined]
+            raise
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -233,6 +253,14 @@ class JobService:
             raise InvalidArgument("spec.parameters: at most 32, names up to 64 characters, values up to 4096")
         if len(spec.client_tag) > 256:
             raise InvalidArgument(f"spec.client_tag: at most 256 characters, got {len(spec.client_tag)}")
+        if spec.notify_url:
+            hooks = self.settings.webhooks
+            if hooks is None:
+                raise InvalidArgument("spec.notify_url: this server sends no webhooks (start it with "
+                                      "--job-webhook-secret-file and --job-webhook-allow)")
+            if len(spec.notify_url) > 2048 or not hooks.allows(spec.notify_url):
+                raise InvalidArgument(f"spec.notify_url: '{clipped(spec.notify_url)}' is not under an allowed "
+                                      f"webhook prefix ({', '.join(hooks.allowed_prefixes)})")
 
     async def _begin_upload(self, spec: JobSpec) -> tuple[JobRecord, Path]:
         s = self.settings
@@ -268,8 +296,9 @@ class JobService:
                                     f"{s.quota_bytes} used); fetch and delete finished jobs, or retry later")
         record = self._new_record(spec, UPLOADING)
         part = self.directory(record.job_id) / "payload.part"
-        await self._io(part.parent.mkdir, parents=True, exist_ok=True)
+        # The record first: the sweeper removes a job directory that no record owns.
         await self._io(self.store.create, record)
+        await self._io(part.parent.mkdir, parents=True, exist_ok=True)
         return record, part
 
     def _new_record(self, spec: JobSpec, state: str) -> JobRecord:
@@ -277,7 +306,7 @@ class JobService:
                          kind=spec.kind, state=state, total_bytes=spec.total_bytes, sha256=spec.sha256.lower(),
                          input_location=spec.input_location, parameters=dict(spec.parameters),
                          time_limit_s=spec.time_limit_s or self.settings.default_time_limit_s,
-                         client_tag=spec.client_tag)
+                         client_tag=spec.client_tag, notify_url=spec.notify_url)
 
     async def _receive(self, record: JobRecord, part: Path, first: bytes,
                        iterator: AsyncIterator[tuple[JobSpec | None, bytes]]) -> JobRecord:
@@ -337,8 +366,8 @@ class JobService:
         spec.input_location = str(path)
         record = self._new_record(spec, QUEUED)
         record.received_bytes = size
+        await self._io(self.store.create, record)  # before its directory (see _begin_upload)
         await self._io(self.directory(record.job_id).mkdir, parents=True, exist_ok=True)
-        await self._io(self.store.create, record)
         await self._notify()
         self._wake.set()
         return record
@@ -422,18 +451,13 @@ class JobService:
         if not 0 <= offset <= size:
             raise OutOfRange(f"offset: expected 0..{size} (the result's length), got {offset}")
         summary = json.dumps(record.summary, separators=(",", ":"))
-        f = await self._io(open, path, "rb")
-        try:
-            await self._io(f.seek, offset)
-            while True:
-                data = await self._io(f.read, RESULT_CHUNK)
-                last = offset + len(data) >= size
-                yield offset, data, summary if last else ""
-                offset += len(data)
-                if last:
-                    return
-        finally:
-            await self._io(f.close)
+        while True:  # each chunk read on its own (no file held open while a slow client reads)
+            data = await self._io(_read_at, path, offset, RESULT_CHUNK)
+            last = offset + len(data) >= size or not data
+            yield offset, data, summary if last else ""
+            offset += len(data)
+            if last:
+                return
 
     # -- cancel and delete ------------------------------------------------------------------------
     async def cancel(self, job_id: str) -> JobRecord:
@@ -451,6 +475,7 @@ class JobService:
             task.cancel()
         if not cancelled.input_location:
             await self._io(self._remove_payload, job_id)
+        self._send_webhook(cancelled)
         await self._notify()
         return cancelled
 
@@ -506,14 +531,18 @@ class JobService:
     # -- running ----------------------------------------------------------------------------------
     async def _worker(self) -> None:
         while True:
-            record = await self._io(self.store.claim)
+            record = await self._io(self.store.claim, self.owner, self.settings.lease_s)
             if record is None:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 2.0)
+                with contextlib.suppress(TimeoutError):  # a shared queue also fills from other servers
+                    await asyncio.wait_for(self._wake.wait(), 0.5 if self.store.shared else 2.0)
                 continue
+            log.info("job %s: claimed by %s", record.job_id, self.owner)
+            if record.started_ms != record.updated_ms:  # it ran before (this claim stamped both, for a new job)
+                log.info("job %s: resumes from item %d of %d", record.job_id, record.items_done, record.items_total)
             task = asyncio.ensure_future(self._run(record))
             self._running[record.job_id] = task
+            lease = asyncio.ensure_future(self._hold_lease(record.job_id, task))
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -521,8 +550,17 @@ class JobService:
                     task.cancel()
                     raise
             finally:
+                lease.cancel()
                 self._running.pop(record.job_id, None)
             await self._notify()
+
+    async def _hold_lease(self, job_id: str, task: asyncio.Task[None]) -> None:
+        """Renew the running job's lease; stop the job if the lease is lost (cancelled, or taken over)."""
+        while not task.done():
+            await asyncio.sleep(self.settings.lease_s / 3)
+            if not await self._io(self.store.heartbeat, job_id, self.owner, self.settings.lease_s):
+                task.cancel()
+                return
 
     async def _run(self, record: JobRecord) -> None:
         job_id = record.job_id
@@ -546,19 +584,42 @@ class JobService:
         stamp = now_ms()
         record = await self._io(self.store.get, job_id)
         run_ms = (record.run_ms if record else 0) + int((time.monotonic() - started) * 1000)
-        ended = await self._io(self.store.transition, job_id, {RUNNING}, state=state, error=error, ended_ms=stamp,
-                               expires_ms=stamp + int(self.settings.result_ttl_s * 1000), run_ms=run_ms, **changes)
+        ended = await self._io(self.store.transition, job_id, {RUNNING}, self.owner, state=state, error=error,
+                               ended_ms=stamp, expires_ms=stamp + int(self.settings.result_ttl_s * 1000),
+                               run_ms=run_ms, lease_owner="", **changes)
         if ended is not None:
             if not ended.input_location:
                 await self._io(self._remove_payload, job_id)
             log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
+            self._send_webhook(ended)
         await self._notify()
+
+    def _send_webhook(self, record: JobRecord) -> None:
+        """POST an ended job's outcome to its notify_url, in the background; recorded once delivered (or
+        given up), so that one cut off by a restart goes out at the next start."""
+        hooks = self.settings.webhooks
+        if not record.notify_url or hooks is None:
+            return
+        outcome = {"job_id": record.job_id, "state": record.state, "error": record.error,
+                   "model_name": record.model_name, "items_total": record.items_total,
+                   "items_done": record.items_done, "items_failed": record.items_failed,
+                   "result_bytes": record.result_bytes, "result_format": record.result_format,
+                   "summary": record.summary, "ended_unix_ms": record.ended_ms, "client_tag": record.client_tag}
+
+        async def send() -> None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._webhook_pool, hooks.deliver, record.notify_url, record.job_id, outcome)
+            await self._io(self.store.transition, record.job_id, ENDED, notified=1)
+
+        task = asyncio.ensure_future(send())
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _execute(self, record: JobRecord, started: float) -> None:
         job_id = record.job_id
         payload = Path(record.input_location) if record.input_location else self.directory(job_id) / "payload"
-        source = await self._io(sources.open_source, payload, record.kind, record.parameters,
-                                self.settings.input_roots)
+        source = await self._io_open(sources.open_source, payload, record.kind, record.parameters,
+                                     self.settings.input_roots)
         tensors = source.kind == "tensor"
         try:
             if not tensors:  # boxes come only from a detection pipeline: say so before running anything
@@ -567,15 +628,17 @@ class JobService:
                     self.plane.require_detection(model)
                 finally:
                     self.plane.lifecycle.release(model.name)
-            await self._io(self.store.transition, job_id, {RUNNING}, kind=source.kind, items_total=source.total)
-            writer = await self._io(ResultWriter, self.directory(job_id), source.total, record.result_bytes, tensors)
+            await self._io(self.store.transition, job_id, {RUNNING}, self.owner, kind=source.kind,
+                           items_total=source.total)
+            writer = await self._io_open(ResultWriter, self.directory(job_id), source.total, record.result_bytes,
+                                         tensors)
             try:
                 await self._items(record, source, writer, started)
                 fmt, size = await self._io(writer.finish)
             finally:
-                await self._io(writer.close)
+                writer.close()  # here, not in a thread: a second cancellation must not leave it open
         finally:
-            await self._io(source.close)
+            source.close()
         current = await self._io(self.store.get, job_id)
         summary = dict(current.summary if current else {})
         if summary.get("items") and summary.get("failed") == summary["items"]:
@@ -629,8 +692,8 @@ class JobService:
                 if time.monotonic() - last_checkpoint >= self.settings.checkpoint_s or (exhausted and not pending):
                     last_checkpoint = time.monotonic()
                     committed = await self._io(writer.checkpoint)
-                    if await self._io(self.store.transition, job_id, {RUNNING}, items_done=done, items_failed=failed,
-                                      result_bytes=committed, summary=summary) is None:
+                    if await self._io(self.store.transition, job_id, {RUNNING}, self.owner, items_done=done,
+                                      items_failed=failed, result_bytes=committed, summary=summary) is None:
                         raise asyncio.CancelledError  # cancelled (or deleted) meanwhile
                     await self._notify()
         finally:
@@ -683,6 +746,12 @@ def _inputs(plane: DataPlane, model_name: str, model_version: str, item: sources
         raise InvalidArgument(f"parameters.input: model '{model_name}' has inputs {names}; name the one the .npy "
                               "is for (or send an .npz keyed by input name)")
     return {names[0]: item.tensors[""]}
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 def _truncate(path: Path, size: int) -> None:

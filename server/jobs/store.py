@@ -6,6 +6,12 @@ of state is committed, with ``synchronous=FULL``, before the service acts on it:
 moment the records say what was uploaded, queued, running (and how far: ``items_done`` and the result's
 committed length) and ended.
 
+Several server processes may share one queue through :class:`PostgresJobStore` (PostgreSQL, with the spool
+on storage they all mount): a worker claims a job with ``SELECT ... FOR UPDATE SKIP LOCKED`` and holds it by
+a lease it renews while it runs; a job whose lease ran out (its process died) is claimed again by another,
+which resumes it from its checkpoint. Every update a worker makes to its running job names its lease, so a
+worker that lost its lease can no longer write over the new owner's progress.
+
 A record's progress is a checkpoint: ``items_done`` items have their results in the first
 ``result_bytes`` bytes of the result file (and, for tensor results, in the first ``items_done`` rows of
 each output), so a job resumed after a restart truncates its result to that length and carries on from
@@ -65,6 +71,10 @@ class JobRecord:
     ended_ms: int = 0
     expires_ms: int = 0
     run_ms: int = 0  # time spent running before the current run (a resumed job counts its earlier runs)
+    notify_url: str = ""  # POST the outcome here when the job ends (webhook)
+    notified: int = 0  # the webhook was delivered (or gave up): 1
+    lease_owner: str = ""  # the worker running it (RUNNING only)
+    lease_expires_ms: int = 0  # past it, another worker may claim it
 
     @property
     def ended(self) -> bool:
@@ -79,6 +89,7 @@ class JobStore(Protocol):
     """What the job service needs of a store (records; the spool is a directory beside it)."""
 
     spool: Path
+    shared: bool  # several processes use it at once (leases matter; a start-up requeues nothing)
 
     def create(self, record: JobRecord) -> None: ...
 
@@ -88,12 +99,19 @@ class JobStore(Protocol):
         """Change fields of a record and commit; the record as it is now. KeyError when there is none."""
         ...
 
-    def transition(self, job_id: str, from_states: frozenset[str] | set[str], **changes: Any) -> JobRecord | None:
-        """Apply ``changes`` only if the job is in one of ``from_states`` (atomically); None if it is not."""
+    def transition(self, job_id: str, from_states: frozenset[str] | set[str], owner: str | None = None,
+                   **changes: Any) -> JobRecord | None:
+        """Apply ``changes`` only if the job is in one of ``from_states`` (and, with ``owner``, still leased
+        by it), atomically; None if it is not."""
         ...
 
-    def claim(self) -> JobRecord | None:
-        """Take the oldest QUEUED job and mark it RUNNING (atomically); None when there is none."""
+    def claim(self, owner: str, lease_s: float) -> JobRecord | None:
+        """Take the oldest QUEUED job, or a RUNNING one whose lease ran out, and mark it RUNNING under
+        ``owner``'s lease (atomically); None when there is none."""
+        ...
+
+    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Renew ``owner``'s lease on a running job; False when it lost it (cancelled, or taken over)."""
         ...
 
     def list(self, state: str = "", model_name: str = "", limit: int = 100,
@@ -108,10 +126,99 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteJobStore:
-    """The default store: SQLite (WAL, synchronous=FULL) at ``spool/jobs.sqlite3`` (see the module docstring).
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 
-    One connection, guarded by a lock: the service calls it from the event loop and from worker threads."""
+
+class _SqlJobStore:
+    """What the SQLite and PostgreSQL stores share: the table and every statement but the claim. ``_P`` is
+    the driver's placeholder."""
+
+    _P = "?"
+    spool: Path
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError
+
+    def _query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self._P)
+
+    def _columns_sql(self, text: str, integer: str) -> str:
+        return ", ".join(f"{c} {text if _is_text(c) else integer}" for c in _COLUMNS if c != "job_id")
+
+    def create(self, record: JobRecord) -> None:
+        values = [_to_sql(c, getattr(record, c)) for c in _COLUMNS]
+        with self._transaction() as db:
+            db.execute(self._sql(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"),
+                       values)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self._query(self._sql(f"{_SELECT} WHERE job_id = ?"), (job_id,))
+        return _record(rows[0]) if rows else None
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        record = self.transition(job_id, set(STATES), **changes)
+        if record is None:
+            raise KeyError(job_id)
+        return record
+
+    def transition(self, job_id: str, from_states: frozenset[str] | set[str], owner: str | None = None,
+                   **changes: Any) -> JobRecord | None:
+        changes.setdefault("updated_ms", now_ms())
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"not a job field: {sorted(unknown)}")
+        states = sorted(from_states)
+        where = f"job_id = ? AND state IN ({', '.join('?' * len(states))})"
+        args = [*(_to_sql(c, v) for c, v in changes.items()), job_id, *states]
+        if owner is not None:
+            where += " AND lease_owner = ?"
+            args.append(owner)
+        with self._transaction() as db:
+            cursor = db.execute(self._sql(f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in changes)} WHERE {where}"),
+                                args)
+            if cursor.rowcount == 0:
+                return None
+            row = db.execute(self._sql(f"{_SELECT} WHERE job_id = ?"), (job_id,)).fetchone()
+        return _record(row)
+
+    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> bool:
+        return self.transition(job_id, {RUNNING}, owner, lease_expires_ms=now_ms() + int(lease_s * 1000)) is not None
+
+    def list(self, state: str = "", model_name: str = "", limit: int = 100,
+             before: tuple[int, str] | None = None) -> list[JobRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if model_name:
+            where.append("model_name = ?")
+            args.append(model_name)
+        if before is not None:
+            where.append("(created_ms < ? OR (created_ms = ? AND job_id < ?))")
+            args += [before[0], before[0], before[1]]
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_ms DESC, job_id DESC LIMIT ?"
+        return [_record(r) for r in self._query(self._sql(sql), [*args, limit])]
+
+    def with_state(self, *states: str) -> list[JobRecord]:
+        sql = f"{_SELECT} WHERE state IN ({', '.join('?' * len(states))}) ORDER BY created_ms, job_id"
+        return [_record(r) for r in self._query(self._sql(sql), states)]
+
+    def delete(self, job_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(self._sql("DELETE FROM jobs WHERE job_id = ?"), (job_id,))
+
+
+class SqliteJobStore(_SqlJobStore):
+    """The default store: SQLite (WAL, synchronous=FULL) at ``spool/jobs.sqlite3``, for one server process
+    (see the module docstring). One connection, guarded by a lock: the service calls it from the event loop
+    and from worker threads."""
+
+    shared = False
 
     def __init__(self, spool: Path) -> None:
         self.spool = Path(spool)
@@ -121,8 +228,14 @@ class SqliteJobStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            columns = ", ".join(f"{c} {'TEXT' if _is_text(c) else 'INTEGER'}" for c in _COLUMNS if c != "job_id")
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, {columns})")
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, "
+                             f"{self._columns_sql('TEXT', 'INTEGER')})")
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column in _COLUMNS:  # a spool made by an earlier version: its table gains the new fields
+                if column not in present:
+                    kind = "TEXT" if _is_text(column) else "INTEGER"
+                    default = "''" if kind == "TEXT" else "0"
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind} NOT NULL DEFAULT {default}")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_ms)")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_ms, job_id)")
 
@@ -137,84 +250,93 @@ class SqliteJobStore:
                 raise
             self._db.execute("COMMIT")
 
-    def create(self, record: JobRecord) -> None:
-        values = [_to_sql(c, getattr(record, c)) for c in _COLUMNS]
-        with self._transaction() as db:
-            db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values)
-
-    def get(self, job_id: str) -> JobRecord | None:
+    def _query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return _record(row) if row else None
+            return self._db.execute(sql, tuple(args)).fetchall()
 
-    def update(self, job_id: str, **changes: Any) -> JobRecord:
-        record = self.transition(job_id, set(STATES), **changes)
-        if record is None:
-            raise KeyError(job_id)
-        return record
-
-    def transition(self, job_id: str, from_states: frozenset[str] | set[str], **changes: Any) -> JobRecord | None:
-        changes.setdefault("updated_ms", now_ms())
-        unknown = set(changes) - set(_COLUMNS)
-        if unknown:
-            raise ValueError(f"not a job field: {sorted(unknown)}")
-        states = sorted(from_states)
+    def claim(self, owner: str, lease_s: float) -> JobRecord | None:
+        stamp = now_ms()
         with self._transaction() as db:
-            cursor = db.execute(
-                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in changes)} WHERE job_id = ? "
-                f"AND state IN ({', '.join('?' * len(states))})",
-                [*(_to_sql(c, v) for c, v in changes.items()), job_id, *states])
-            if cursor.rowcount == 0:
-                return None
-            row = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return _record(row)
-
-    def claim(self) -> JobRecord | None:
-        with self._transaction() as db:
-            row = db.execute("SELECT job_id FROM jobs WHERE state = ? ORDER BY created_ms, job_id LIMIT 1",
-                             (QUEUED,)).fetchone()
+            row = db.execute("SELECT job_id FROM jobs WHERE state = ? OR (state = ? AND lease_expires_ms < ?) "
+                             "ORDER BY created_ms, job_id LIMIT 1", (QUEUED, RUNNING, stamp)).fetchone()
             if row is None:
                 return None
-            stamp = now_ms()
-            db.execute("UPDATE jobs SET state = ?, started_ms = CASE WHEN started_ms = 0 THEN ? ELSE started_ms END, "
-                       "updated_ms = ? WHERE job_id = ?", (RUNNING, stamp, stamp, row[0]))
-            full = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (row[0],)).fetchone()
+            db.execute("UPDATE jobs SET state = ?, lease_owner = ?, lease_expires_ms = ?, updated_ms = ?, "
+                       "started_ms = CASE WHEN started_ms = 0 THEN ? ELSE started_ms END WHERE job_id = ?",
+                       (RUNNING, owner, stamp + int(lease_s * 1000), stamp, stamp, row[0]))
+            full = db.execute(f"{_SELECT} WHERE job_id = ?", (row[0],)).fetchone()
         return _record(full)
-
-    def list(self, state: str = "", model_name: str = "", limit: int = 100,
-             before: tuple[int, str] | None = None) -> list[JobRecord]:
-        where, args = [], []
-        if state:
-            where.append("state = ?")
-            args.append(state)
-        if model_name:
-            where.append("model_name = ?")
-            args.append(model_name)
-        if before is not None:
-            where.append("(created_ms < ? OR (created_ms = ? AND job_id < ?))")
-            args += [before[0], before[0], before[1]]
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_ms DESC, job_id DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(sql, [*args, limit]).fetchall()
-        return [_record(r) for r in rows]
-
-    def with_state(self, *states: str) -> list[JobRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({', '.join('?' * len(states))}) "
-                "ORDER BY created_ms, job_id", states).fetchall()
-        return [_record(r) for r in rows]
-
-    def delete(self, job_id: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class PostgresJobStore(_SqlJobStore):
+    """Records in PostgreSQL (``dsn``, a libpq connection string or URL), for several server processes sharing
+    one queue; payloads and results in ``spool``, a directory they all mount. Needs ``psycopg`` (the
+    ``[postgres]`` extra). A pool of one connection per thread that asks, each statement its own transaction."""
+
+    _P = "%s"
+    shared = True
+
+    def __init__(self, dsn: str, spool: Path) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise RuntimeError("the PostgreSQL job store needs psycopg: pip install 'peregrine[postgres]'") from None
+        self._psycopg = psycopg
+        self.dsn = dsn
+        self.spool = Path(spool)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        with self._transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(472819)")  # one process creates the table at a time
+            db.execute(f"CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, "
+                       f"{self._columns_sql('TEXT', 'BIGINT')})")
+            for column in _COLUMNS:  # a table made by an earlier version gains the new fields
+                kind, default = ("TEXT", "''") if _is_text(column) else ("BIGINT", "0")
+                db.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {column} {kind} NOT NULL DEFAULT {default}")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_ms)")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_ms, job_id)")
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._psycopg.connect(self.dsn, autocommit=True)  # transactions are explicit blocks
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._connection()
+        with conn.transaction():
+            yield conn
+
+    def _query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
+        with self._transaction() as db:
+            return list(db.execute(sql, tuple(args)).fetchall())
+
+    def claim(self, owner: str, lease_s: float) -> JobRecord | None:
+        stamp = now_ms()
+        with self._transaction() as db:
+            row = db.execute(
+                f"UPDATE jobs SET state = %s, lease_owner = %s, lease_expires_ms = %s, updated_ms = %s, "
+                f"started_ms = CASE WHEN started_ms = 0 THEN %s ELSE started_ms END "
+                f"WHERE job_id = (SELECT job_id FROM jobs WHERE state = %s OR (state = %s AND lease_expires_ms < %s) "
+                f"ORDER BY created_ms, job_id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {', '.join(_COLUMNS)}",
+                (RUNNING, owner, stamp + int(lease_s * 1000), stamp, stamp, QUEUED, RUNNING, stamp)).fetchone()
+        return _record(row) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
 
 
 def _is_text(column: str) -> bool:

@@ -373,7 +373,8 @@ def test_a_failed_batch_logs_its_traceback_once() -> None:
                                  QueueConfig(), shape_key=lambda r: (), size=lambda r: 1, run_in_thread=run)
         batcher.start()
         requests = [types.SimpleNamespace(model_name="m", id=str(i), priority=0, parameters={}, deadline=None,
-                                          ordering_key="", queue_ns=0) for i in range(3)]
+                                          ordering_key="", queue_ns=0,
+                                              background=False) for i in range(3)]
         errors = await asyncio.gather(*(batcher.submit(r) for r in requests), return_exceptions=True)
         await batcher.close()
         return list(errors)

@@ -110,3 +110,48 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class PostgresServer:
+    """A private PostgreSQL server in a temporary directory of its own, on a free port, with trust
+    authentication on loopback (as the user ``postgres`` when this runs as root: PostgreSQL refuses to run as
+    root, and the directory is then that user's)."""
+
+    def __init__(self) -> None:
+        import glob
+        import os
+        import shutil
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        initdb = found[-1] if found else shutil.which("initdb")
+        if initdb is None:
+            raise FileNotFoundError("no PostgreSQL here (initdb): `make test` installs it with "
+                                    "tests/support/install_postgres.sh where it can")
+        self.bin = Path(initdb).parent
+        self.root = Path(tempfile.mkdtemp(prefix="peregrine-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        self.data.mkdir()
+        if os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            for path in (self.root, self.data):
+                shutil.chown(path, "postgres", "postgres")
+        subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+                        str(self.data / "server.log"), "-o",
+                        f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                       check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        import shutil
+
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)

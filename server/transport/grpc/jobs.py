@@ -32,7 +32,7 @@ def _spec(message: pb.JobSpec) -> JobSpec:
     return JobSpec(model_name=message.model_name, model_version=message.model_version, kind=message.kind,
                    total_bytes=message.total_bytes, sha256=message.sha256, input_location=message.input_location,
                    job_id=message.job_id, resume_offset=message.resume_offset, parameters=dict(message.parameters),
-                   time_limit_s=message.time_limit_s, client_tag=message.client_tag)
+                   time_limit_s=message.time_limit_s, client_tag=message.client_tag, notify_url=message.notify_url)
 
 
 async def _chunks(messages: AsyncIterator[pb.SubmitChunk]) -> AsyncIterator[tuple[JobSpec | None, bytes]]:
