@@ -411,3 +411,26 @@ def test_warmup_failure_on_synthetic_data_leaves_the_model_served(tmp_path: Path
     index = tc.InferInput("INDEX", [1, 1], "INT64")
     index.set_data_from_numpy(np.array([[-8]], np.int64))
     np.testing.assert_array_equal(g.infer("offset_gather", [data, index]).as_numpy("OUTPUT0"), [[3.0]])
+
+
+def test_load_errors_start_with_tritons_words(tmp_path: Path, start_server) -> None:
+    """Clients written for Triton match on "failed to load '<model>'"; Peregrine's detail follows, over gRPC
+    and HTTP alike, with the status it had."""
+    onnx_models.write(tmp_path, "broken", b"this is not an onnx model")
+    onnx_models.write(tmp_path, "good", onnx_models.identity("FP32", ["N", 4]))
+    server = start_server(tmp_path, http_port=0, model_control_mode="explicit", load_models=["good"])
+    grpc_client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+    http_client = th.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    try:
+        for client in (grpc_client, http_client):
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model("broken")
+            assert e.value.message().startswith("failed to load 'broken': "), e.value.message()
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model("absent")
+            assert e.value.message().startswith("failed to load 'absent': no model directory 'absent'")
+            assert str(e.value.status()) in ("StatusCode.NOT_FOUND", "404")  # the status it had
+        grpc_client.load_model("good")  # a good one still loads
+    finally:
+        grpc_client.close()
+        http_client.close()

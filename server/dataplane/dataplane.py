@@ -362,8 +362,13 @@ class DataPlane:
 
     def load_model(self, name: str, config_json: str | None = None) -> None:
         """(Re)load a model, with a configuration override in Triton's JSON laid over its config.toml."""
-        override = parse_triton_override(config_json, name) if config_json is not None else None
-        self.repository.load(name, override)
+        try:
+            override = parse_triton_override(config_json, name) if config_json is not None else None
+            self.repository.load(name, override)
+        except PeregrineError as e:  # Triton's words first ("failed to load 'm', ..."): its clients match on them
+            if e.message.startswith("failed to load") or type(e).__init__ is not PeregrineError.__init__:
+                raise
+            raise type(e)(f"failed to load '{clipped(name)}': {e.message}") from None
 
     def unload_model(self, name: str) -> None:
         self.repository.unload(name)
