@@ -6,6 +6,14 @@ unload are never retried: an OIP model may keep state (sequence batching) so a r
 twice, and a load/unload changes the repository. ``peregrine.v1.DetectionService/Detect`` is retried: a
 detection pipeline is stateless and changes nothing, so a second attempt can only cost compute, and every
 attempt stays within the call's deadline. ``DetectStream`` is never retried (a stream cannot be replayed).
+``RetryPolicy(retry_inference=True)`` retries ``ModelInfer`` too, for models that keep no state (most): with
+several replicas, a call cut off by a replica's death goes to another.
+
+**Several replicas.** A client may name several servers: a list of addresses (``["10.0.0.5:8001",
+"10.0.0.6:8001"]``, or the same comma-separated) or a ``dns:///name:port`` target whose name resolves to
+several addresses (a Kubernetes headless Service). Calls are then spread over them round-robin (gRPC's
+``round_robin`` policy, on the client: no proxy in the path), a replica that goes away is skipped, and one
+that comes back is used again.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class RetryPolicy:
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     backoff_multiplier: float = 2.0
+    retry_inference: bool = False  # ModelInfer too: only for models that keep no state between requests
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 5:
@@ -110,12 +119,12 @@ class ChannelSettings:
     channel_options: Sequence[tuple[str, Any]] = ()
 
     @classmethod
-    def of(cls, url: str, tls: TlsOptions | None, token: str | None, headers: Mapping[str, str] | None,
+    def of(cls, url: str | Sequence[str], tls: TlsOptions | None, token: str | None, headers: Mapping[str, str] | None,
            deadline_s: float | None, retry: RetryPolicy | None, max_message_bytes: int,
            channel_options: Sequence[tuple[str, Any]]) -> ChannelSettings:
         """Settings from the clients' constructor arguments (None headers and retry: the defaults)."""
-        return cls(url, tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(), max_message_bytes,
-                   tuple(channel_options))
+        return cls(grpc_target(url), tls, token, dict(headers or {}), deadline_s, retry or RetryPolicy(),
+                   max_message_bytes, tuple(channel_options))
 
     def __post_init__(self) -> None:
         if self.deadline_s is not None and not self.deadline_s > 0:
@@ -127,7 +136,7 @@ class ChannelSettings:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.enable_retries", 1),
             ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
-            ("grpc.service_config", service_config(self.retry)),
+            ("grpc.service_config", service_config(self.retry, balanced=balanced(self.target))),
         ]
         if self.tls is not None and self.tls.server_name_override:
             opts.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
@@ -162,13 +171,40 @@ class ChannelSettings:
         return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.options())
 
 
-def service_config(retry: RetryPolicy) -> str:
-    """The channel's service config (JSON): the retry policy on the methods of :data:`RETRIED_METHODS`."""
+def grpc_target(url: str | Sequence[str]) -> str:
+    """The gRPC target of one address, a list of them (or a comma-separated string), or a ``scheme:`` target
+    as it is. Several addresses must be IP literals (``ipv4:``/``ipv6:`` lists); names go in ``dns:///``."""
+    addresses = [a.strip() for a in (url.split(",") if isinstance(url, str) else url) if a.strip()]
+    if not addresses:
+        raise ValueError("url: expected a server address, got none")
+    if len(addresses) == 1:
+        return addresses[0]
+    if any(a.startswith("[") for a in addresses):
+        return "ipv6:" + ",".join(addresses)
+    for a in addresses:
+        host = a.rsplit(":", 1)[0]
+        if not host.replace(".", "").isdigit():
+            raise ValueError(f"url: several addresses must be IP:port ({a!r} is not); for a name that resolves to "
+                             "several servers use dns:///name:port")
+    return "ipv4:" + ",".join(addresses)
+
+
+def balanced(target: str) -> bool:
+    """Whether a target may resolve to several servers (calls are then spread round-robin)."""
+    return target.startswith(("ipv4:", "ipv6:", "dns:"))
+
+
+def service_config(retry: RetryPolicy, balanced: bool = False) -> str:
+    """The channel's service config (JSON): the retry policy on the methods of :data:`RETRIED_METHODS` (and
+    ModelInfer when ``retry.retry_inference``); round-robin over the addresses when ``balanced``."""
     config: dict[str, Any] = {"methodConfig": []}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
     if retry.max_attempts > 1:
+        retried = {service: methods + (("ModelInfer",) if service == OIP_SERVICE and retry.retry_inference else ())
+                   for service, methods in RETRIED_METHODS.items()}
         config["methodConfig"].append({
-            "name": [{"service": service, "method": m} for service, methods in RETRIED_METHODS.items()
-                     for m in methods],
+            "name": [{"service": service, "method": m} for service, methods in retried.items() for m in methods],
             "retryPolicy": {
                 "maxAttempts": retry.max_attempts,
                 "initialBackoff": f"{retry.initial_backoff_s:.6f}s",

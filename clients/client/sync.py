@@ -43,7 +43,7 @@ class InferenceClient:
 
     def __init__(
         self,
-        url: str = "127.0.0.1:8001",
+        url: str | Sequence[str] = "127.0.0.1:8001",
         *,
         tls: TlsOptions | None = None,
         token: str | None = None,

@@ -14,8 +14,7 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
-from peregrine.proto import jobs_pb2 as pb
-from peregrine.proto import jobs_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from skimage import data
 
 from support import onnx_models
@@ -70,7 +69,7 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m peregrine.server`` with a job spool, as a child process the test may kill -9."""
 
-    def __init__(self, repo: Path, spool: Path, log: Path, *extra: str) -> None:
+    def __init__(self, repo: Path, spool: Path | None, log: Path, *extra: str) -> None:
         self.repo, self.spool, self.log_path, self.extra = repo, spool, log, extra
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -79,16 +78,19 @@ class ServerProcess:
         with self.log_path.open("a") as log:  # the child keeps its own descriptor of it
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "peregrine.server", "--model-repository", str(self.repo), "--grpc-port",
-                 str(self.port), "--http-port", "-1", "--job-spool", str(self.spool), "--log-level", "INFO",
-                 *self.extra], stderr=log)
+                 str(self.port), "--http-port", "-1", *(["--job-spool", str(self.spool)] if self.spool else []),
+                 "--log-level", "INFO", *self.extra], stderr=log)
         deadline = time.monotonic() + 120
         with grpc.insecure_channel(self.address) as ch:
-            stub = pb_grpc.JobServiceStub(ch)
+            health = health_pb2_grpc.HealthStub(ch)
             while True:
                 assert self.proc.poll() is None, self.log_path.read_text()
-                try:
-                    stub.ListJobs(pb.ListJobsRequest(page_size=1), timeout=2)
-                    return self
+                try:  # serving, every model it was asked for ready
+                    answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                    assert time.monotonic() < deadline, self.log_path.read_text()
+                    time.sleep(0.2)
                 except grpc.RpcError:
                     assert time.monotonic() < deadline, self.log_path.read_text()
                     time.sleep(0.2)
