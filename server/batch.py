@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
+import contextlib
 import glob
 import json
 import os
@@ -36,11 +36,10 @@ from typing import Any
 
 from .app import PeregrineServer
 from .config.server import ServerConfig
-from .core.errors import InvalidArgument, PeregrineError
-from .core.types import FrameResult, InferResponse
+from .core.errors import PeregrineError
 from .jobs import sources
-from .jobs.results import ResultWriter, detection_line, error_line
-from .jobs.service import run_item
+from .jobs.results import ResultWriter, Tally
+from .jobs.service import LocalCall, run_in_order
 from .observability import logs
 
 CHECKPOINT_S = 0.5
@@ -176,55 +175,28 @@ async def _run(server: PeregrineServer, args: argparse.Namespace, source: source
     plane = server.dataplane
     loop = asyncio.get_running_loop()
     model = plane.model(args.model, args.model_version)
-    in_flight = args.in_flight or 2 * max(1, model.max_batch_size)
-    done = state["items_done"]
-    summary: dict[str, Any] = state["summary"] or {"items": 0, "failed": 0, "detections": 0, "per_class": {}}
-    started = time.monotonic()
-    bar = _progress(source.total, done, args.no_progress)
-    call = _Offline()
-    iterator = source.items(done)
-    pending: collections.deque[tuple[sources.Item, asyncio.Task[Any]]] = collections.deque()
-    exhausted, last = False, time.monotonic()
+    tally = Tally(writer, state["summary"])
+    started, last = time.monotonic(), time.monotonic()
+    bar = _progress(source.total, state["items_done"], args.no_progress)
+    iterator = source.items(state["items_done"])
+    outcomes = run_in_order(plane, LocalCall("batch"), args.model, args.model_version,
+                            lambda: loop.run_in_executor(None, next, iterator, None),
+                            args.in_flight or 2 * max(1, model.max_batch_size), background=False)
     try:
-        while pending or not exhausted:
-            while not exhausted and len(pending) < in_flight:
-                item = await loop.run_in_executor(None, next, iterator, None)
-                if item is None:
-                    exhausted = True
-                    break
-                pending.append((item, asyncio.ensure_future(
-                    run_item(plane, call, args.model, args.model_version, item, item.name, background=False))))
-            if not pending:
-                break
-            item, task = pending.popleft()
-            try:
-                result, error = await task, ""
-            except InvalidArgument as e:
-                result, error = None, e.message
-            if error or item.error:
-                writer.write_line(error_line(item, item.error or error))
-                summary["failed"] += 1
-            elif isinstance(result, FrameResult):
-                line = detection_line(item, result)
-                writer.write_line(line)
-                summary["detections"] += len(line["boxes"])
-                for box in line["boxes"]:
-                    summary["per_class"][box["label"]] = summary["per_class"].get(box["label"], 0) + 1
-            else:
-                assert isinstance(result, InferResponse)
-                writer.write_outputs(item.index, result.outputs)
-            done += 1
-            summary["items"] = done
-            bar.update(1)
-            if time.monotonic() - last >= CHECKPOINT_S or (exhausted and not pending):
-                last = time.monotonic()
-                _commit(progress_file, args, source.total, done, writer.checkpoint(), summary)
+        async with contextlib.aclosing(outcomes):
+            async for item, result, error, final in outcomes:
+                tally.add(item, result, error)
+                bar.update(1)
+                if time.monotonic() - last >= CHECKPOINT_S or final:
+                    last = time.monotonic()
+                    _commit(progress_file, args, source.total, tally.summary["items"], writer.checkpoint(),
+                            tally.summary)
     finally:
-        for _, task in pending:
-            task.cancel()
         bar.close()
+    summary = tally.summary
     summary["seconds"] = round(time.monotonic() - started, 3)
-    summary["items_per_s"] = round((done - state["items_done"]) / summary["seconds"], 2) if summary["seconds"] else 0
+    done_now = summary["items"] - state["items_done"]
+    summary["items_per_s"] = round(done_now / summary["seconds"], 2) if summary["seconds"] else 0
     return summary
 
 
@@ -235,19 +207,6 @@ def _commit(progress_file: Path, args: argparse.Namespace, total: int, done: int
     tmp.write_text(json.dumps({"model": args.model, "inputs": args.input, "total": total, "items_done": done,
                                "result_bytes": result_bytes, "summary": summary}))
     os.replace(tmp, progress_file)
-
-
-class _Offline:
-    """The data plane's view of the batch's requests: this process's own, with no deadline."""
-
-    deadline = None
-    connection = identity = "batch"
-
-    def __init__(self) -> None:
-        self.started_ns = time.monotonic_ns()
-
-    def header(self, name: str) -> str | None:
-        return None
 
 
 class _NoBar:

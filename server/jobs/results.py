@@ -155,5 +155,31 @@ class _RowFile:
             self.fd = -1
 
 
+class Tally:
+    """Writes each item's outcome to a result (in item order) and keeps the summary: items, failed (with the
+    first failure), detections and their count per class. ``summary``: where an earlier run stopped."""
+
+    def __init__(self, writer: ResultWriter, summary: dict[str, Any] | None = None) -> None:
+        self.writer = writer
+        self.summary: dict[str, Any] = dict(summary or {}) or {"items": 0, "failed": 0, "detections": 0,
+                                                              "per_class": {}}
+
+    def add(self, item: Item, result: Any, error: str) -> None:
+        s = self.summary
+        if error or item.error:
+            self.writer.write_line(error_line(item, item.error or error))
+            s["failed"] += 1
+            s.setdefault("first_error", f"item {item.index} ({item.name}): {item.error or error}")
+        elif isinstance(result, FrameResult):
+            line = detection_line(item, result)
+            self.writer.write_line(line)
+            s["detections"] += len(line["boxes"])
+            for box in line["boxes"]:
+                s["per_class"][box["label"]] = s["per_class"].get(box["label"], 0) + 1
+        else:
+            self.writer.write_outputs(item.index, result.outputs)
+        s["items"] += 1
+
+
 def result_path(directory: Path, fmt: str) -> Path:
     return directory / ("result.npz" if fmt == "npz" else "result.jsonl")

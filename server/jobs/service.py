@@ -53,7 +53,7 @@ from ..core.errors import (
 from ..core.types import DetectRequest, EncodedImage, FrameResult, InferRequest, InferResponse, RawImage
 from ..dataplane.dataplane import DataPlane, RequestScope
 from . import sources
-from .results import ResultWriter, detection_line, error_line, result_path
+from .results import ResultWriter, Tally, result_path
 from .store import (
     CANCELLED,
     ENDED,
@@ -137,6 +137,20 @@ class JobCall:
     @property
     def identity(self) -> str:
         return f"job:{self.job_id}"
+
+    def header(self, name: str) -> str | None:
+        return None
+
+
+class LocalCall:
+    """The data plane's view of requests this process makes of itself (``peregrine batch``, a Spark worker):
+    no deadline, no client connection; ``who`` names them in the data plane's bounds."""
+
+    deadline = None
+
+    def __init__(self, who: str) -> None:
+        self.connection = self.identity = who
+        self.started_ns = time.monotonic_ns()
 
     def header(self, name: str) -> str | None:
         return None
@@ -650,59 +664,58 @@ class JobService:
 
     async def _items(self, record: JobRecord, source: sources.Source, writer: ResultWriter, started: float) -> None:
         job_id = record.job_id
-        done, failed = record.items_done, record.items_failed
-        summary: dict[str, Any] = dict(record.summary) or {"items": 0, "failed": 0, "detections": 0, "per_class": {}}
-        deadline = time.monotonic() + record.time_limit_s - record.run_ms / 1000
-        call = JobCall(job_id, deadline)
-        iterator = source.items(done)
-        pending: collections.deque[tuple[sources.Item, asyncio.Task[Any]]] = collections.deque()
-        exhausted = False
+        tally = Tally(writer, record.summary)
+        call = JobCall(job_id, time.monotonic() + record.time_limit_s - record.run_ms / 1000)
+        iterator = source.items(record.items_done)
         last_checkpoint = time.monotonic()
-        try:
-            while pending or not exhausted:
-                while not exhausted and len(pending) < self.settings.items_in_flight:
-                    item = await self._io(next, iterator, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    pending.append((item, asyncio.ensure_future(self._run_item(call, record, item))))
-                if not pending:
-                    break
-                item, task = pending.popleft()
-                try:
-                    result = await task
-                    error = ""
-                except InvalidArgument as e:  # this item is bad; the job goes on
-                    result, error = None, e.message
-                if error or item.error:
-                    await self._io(writer.write_line, error_line(item, item.error or error))
-                    failed += 1
-                    summary.setdefault("first_error", f"item {item.index} ({item.name}): {item.error or error}")
-                elif isinstance(result, FrameResult):
-                    line = detection_line(item, result)
-                    await self._io(writer.write_line, line)
-                    summary["detections"] += len(line["boxes"])
-                    for box in line["boxes"]:
-                        summary["per_class"][box["label"]] = summary["per_class"].get(box["label"], 0) + 1
-                else:
-                    assert isinstance(result, InferResponse)
-                    await self._io(writer.write_outputs, item.index, result.outputs)
-                done += 1
-                summary["items"], summary["failed"] = done, failed
-                if time.monotonic() - last_checkpoint >= self.settings.checkpoint_s or (exhausted and not pending):
+        outcomes = run_in_order(self.plane, call, record.model_name, record.model_version,
+                                lambda: self._io(next, iterator, None), self.settings.items_in_flight,
+                                background=True, request_prefix=f"{job_id}/")
+        async with contextlib.aclosing(outcomes):
+            async for item, result, error, last in outcomes:
+                await self._io(tally.add, item, result, error)
+                if time.monotonic() - last_checkpoint >= self.settings.checkpoint_s or last:
                     last_checkpoint = time.monotonic()
                     committed = await self._io(writer.checkpoint)
-                    if await self._io(self.store.transition, job_id, {RUNNING}, self.owner, items_done=done,
-                                      items_failed=failed, result_bytes=committed, summary=summary) is None:
+                    summary = tally.summary
+                    if await self._io(self.store.transition, job_id, {RUNNING}, self.owner,
+                                      items_done=summary["items"], items_failed=summary["failed"],
+                                      result_bytes=committed, summary=summary) is None:
                         raise asyncio.CancelledError  # cancelled (or deleted) meanwhile
                     await self._notify()
-        finally:
-            for _, task in pending:
-                task.cancel()
 
-    async def _run_item(self, call: JobCall, record: JobRecord, item: sources.Item) -> Any:
-        return await run_item(self.plane, call, record.model_name, record.model_version, item,
-                              f"{record.job_id}/{item.index}", background=True)
+
+async def run_in_order(plane: DataPlane, call: Any, model_name: str, model_version: str,
+                       next_item: Callable[[], Awaitable[sources.Item | None]], in_flight: int, *,
+                       background: bool, request_prefix: str = ""
+                       ) -> AsyncIterator[tuple[sources.Item, FrameResult | InferResponse | None, str, bool]]:
+    """Run items through the data plane with up to ``in_flight`` of them queued at once (while the next
+    ones are read: ``next_item`` gives None when there are no more), and yield each as it ends, in item
+    order: (item, result, the model's refusal of it or "", whether it is the last). What is still queued
+    when the caller stops is cancelled."""
+    pending: collections.deque[tuple[sources.Item, asyncio.Task[Any]]] = collections.deque()
+    exhausted = False
+    try:
+        while pending or not exhausted:
+            while not exhausted and len(pending) < in_flight:
+                item = await next_item()
+                if item is None:
+                    exhausted = True
+                    break
+                task = asyncio.ensure_future(run_item(plane, call, model_name, model_version, item,
+                                                      f"{request_prefix}{item.index}", background))
+                pending.append((item, task))
+            if not pending:
+                return
+            item, task = pending.popleft()
+            try:
+                result, error = await task, ""
+            except InvalidArgument as e:  # this item is bad; the others go on
+                result, error = None, e.message
+            yield item, result, error, exhausted and not pending
+    finally:
+        for _, task in pending:
+            task.cancel()
 
 
 async def run_item(plane: DataPlane, call: Any, model_name: str, model_version: str, item: sources.Item,
