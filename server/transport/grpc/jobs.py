@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 from peregrine.proto import jobs_pb2 as pb
@@ -14,6 +14,7 @@ from ...jobs.service import JobService, JobSpec
 from ...jobs.store import JobRecord
 from .status import check, status_of, unary
 
+T = TypeVar("T")
 JOB_ID_HEADER = "peregrine-job-id"  # Submit's initial metadata: the job's id, sent before the payload is read
 
 
@@ -41,6 +42,18 @@ async def _chunks(messages: AsyncIterator[pb.SubmitChunk]) -> AsyncIterator[tupl
         yield (_spec(message.spec) if message.HasField("spec") else None), message.data
 
 
+async def _streamed(request: Any, context: grpc.aio.ServicerContext,
+                    answers: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    """A server stream's answers; an error (before or during) ends the call with its status."""
+    try:
+        check(request)
+        async for answer in answers():
+            yield answer
+    except PeregrineError as e:
+        code, message = status_of(e)
+        await context.abort(code, message)
+
+
 class JobServicer(pb_grpc.JobServiceServicer):
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
@@ -63,22 +76,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return job_message(await self.jobs.get(request.job_id))
 
     async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Job]:
-        try:
-            check(request)
-            async for record in self.jobs.watch(request.job_id):
-                yield job_message(record)
-        except PeregrineError as e:
-            code, message = status_of(e)
-            await context.abort(code, message)
+        async for record in _streamed(request, context, lambda: self.jobs.watch(request.job_id)):
+            yield job_message(record)
 
     async def GetResult(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResultChunk]:
-        try:
-            check(request)
-            async for offset, data, summary in self.jobs.result(request.job_id, request.offset):
-                yield pb.ResultChunk(offset=offset, data=data, summary_json=summary)
-        except PeregrineError as e:
-            code, message = status_of(e)
-            await context.abort(code, message)
+        async for offset, data, summary in _streamed(request, context,
+                                                      lambda: self.jobs.result(request.job_id, request.offset)):
+            yield pb.ResultChunk(offset=offset, data=data, summary_json=summary)
 
     @unary
     async def CancelJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.Job:
