@@ -34,7 +34,7 @@ def detection_line(item: Item, result: FrameResult) -> dict[str, Any]:
              for x1, y1, x2, y2, score, c in dets.tolist()]
     line: dict[str, Any] = {"index": item.index, "source": item.name, "height": height, "width": width,
                             "boxes": boxes}
-    if item.stamp_ns:
+    if item.stamp_ns is not None:
         line["stamp_ns"] = item.stamp_ns
     if item.frame_id:
         line["frame_id"] = item.frame_id

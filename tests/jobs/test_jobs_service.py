@@ -319,3 +319,26 @@ def test_input_locations_are_read_only_under_allowed_roots(tmp_path: Path,
                 client.submit_location(location, "cam")
             assert e.value.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
             assert e.value.details.startswith("spec.input_location")
+
+
+def test_a_video_gives_every_strideth_frame_with_its_time(tmp_path: Path,
+                                                          served: Callable[..., PeregrineServer]) -> None:
+    import cv2
+
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (320, 240))
+    for i in range(10):
+        frame = cv2.imdecode(np.frombuffer(jobs.photo(jobs.PHOTOS[i % 3]), np.uint8), cv2.IMREAD_COLOR)
+        writer.write(cv2.resize(frame, (320, 240)))
+    writer.release()
+    server = served()
+    with JobClient(f"127.0.0.1:{server.port}") as client:
+        job = client.wait(client.submit(video, "cam", parameters={"stride": "2"}).job_id)
+        assert jobs_state(job) == "SUCCEEDED", job.error
+        assert job.kind == "video" and job.items_total == 5
+        lines = [json.loads(x) for x in b"".join(c.data for c in client.result(job.job_id)).splitlines()]
+        assert [x["source"] for x in lines] == [f"frame {i}" for i in range(0, 10, 2)]
+        assert [x["stamp_ns"] for x in lines] == [i * 200_000_000 for i in range(0, 10, 2)]  # 5 fps
+        assert all((x["height"], x["width"]) == (240, 320) for x in lines)
+        bad = client.wait(client.submit(b"RIFF\x00\x00\x00\x00AVI not really", "cam").job_id)
+        assert jobs_state(bad) == "FAILED" and "kind 'video'" in bad.error
