@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from .config.server import ServerConfig
 from .dataplane.admission import Limits
@@ -16,6 +17,8 @@ from .dataplane.shm import SharedMemoryRegistry
 from .jobs.service import JobService, JobSettings
 from .jobs.store import JobStore, PostgresJobStore, SqliteJobStore
 from .jobs.webhooks import Webhooks
+from .observability import drift
+from .observability.drift import DriftCollector, DriftMonitor, DriftSettings
 from .observability.gpu_metrics import open_gpus
 from .observability.lifecycle_metrics import LifecycleCollector
 from .observability.metrics import Metrics, ModelSample
@@ -66,6 +69,7 @@ class PeregrineServer:
         self.config = config
         metrics_settings = MetricsSettings.parse(config.metrics_config)  # ValueError before anything starts
         hooks = webhooks(config)  # likewise
+        drift_settings = drift_settings_of(config)  # likewise
         # One budget per process for decoded frames held by requests (docs/DETECTION.md, Limits).
         images.set_max_decoded_bytes_in_flight(config.max_decoded_bytes_in_flight)
         self.loop = EventLoopThread()
@@ -90,6 +94,10 @@ class PeregrineServer:
                                    cache=ResponseCache(config.response_cache_bytes), lifecycle=self.lifecycle,
                                    otel=otel_tracing(config))
         self.metrics.admission = self.dataplane.admission
+        self.drift = DriftMonitor(drift_settings) if drift_settings.sample_rate > 0 else None
+        if self.drift is not None:
+            self.metrics.registry.register(DriftCollector(self.drift))
+            drift.install(self.drift)
         self.metrics.registry.register(LifecycleCollector(self.lifecycle, self.repository.ready_models,
                                                           self.dataplane.cache))
         self.jobs = job_service(config, self.dataplane, hooks)
@@ -174,6 +182,9 @@ class PeregrineServer:
         self.shared_memory.close()
         self.tracer.close()
         self.metrics.close()
+        if self.drift is not None:
+            drift.uninstall(self.drift)
+            self.drift.close()
         if self.dataplane.otel is not None:
             self.dataplane.otel.shutdown()
         self.grpc.close()
@@ -187,6 +198,17 @@ class PeregrineServer:
 
 async def _started(lifecycle: Lifecycle) -> None:
     lifecycle.start()  # on the loop: its background task lives there
+
+
+def drift_settings_of(config: ServerConfig) -> DriftSettings:
+    baselines = {}
+    for entry in config.drift_baselines:
+        model, sep, path = entry.partition("=")
+        if not sep or not model or not Path(path).is_file():
+            raise ValueError(f"--drift-baseline: expected MODEL=FILE naming an existing file, got '{entry}'")
+        baselines[model] = Path(path)
+    return DriftSettings(config.drift_sample_rate, config.drift_window, config.drift_threshold, baselines,
+                         config.drift_dir)
 
 
 def webhooks(config: ServerConfig) -> Webhooks | None:

@@ -148,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="Triton's metric settings (repeatable): summary_latencies=true (latency summaries), "
                          "histogram_latencies=true (first-response histogram), counter_latencies=false, "
                          "summary_quantiles=0.5:0.05,0.99:0.001")
+    dr = p.add_argument_group("drift of inputs and outputs (docs/OBSERVABILITY.md)")
+    dr.add_argument("--drift-sample-rate", type=float, default=d.drift_sample_rate, metavar="SHARE",
+                    help="share of detection frames sketched for drift, 0..1 (default %(default)s: off)")
+    dr.add_argument("--drift-window", type=int, default=d.drift_window, metavar="FRAMES",
+                    help="sampled frames per window compared with the reference (default %(default)s)")
+    dr.add_argument("--drift-threshold", type=float, default=d.drift_threshold, metavar="PSI",
+                    help="a feature's PSI over this logs a warning (default %(default)s)")
+    dr.add_argument("--drift-baseline", action="append", default=[], metavar="MODEL=FILE",
+                    help="a model's reference sketch (peregrine drift baseline); default: its first window")
+    dr.add_argument("--drift-dir", type=Path, default=d.drift_dir, metavar="DIR",
+                    help="write each window's sketch there, for peregrine drift report")
     jb = p.add_argument_group("asynchronous jobs (docs/JOBS.md)")
     jb.add_argument("--job-spool", type=Path, default=d.job_spool, metavar="DIR",
                     help="serve peregrine.v1.JobService, keeping job records, payloads and results in DIR "
@@ -243,6 +254,11 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         trace_rate=a.trace_rate,
         trace_count=a.trace_count,
         trace_log_frequency=a.trace_log_frequency,
+        drift_sample_rate=a.drift_sample_rate,
+        drift_window=a.drift_window,
+        drift_threshold=a.drift_threshold,
+        drift_baselines=tuple(a.drift_baseline),
+        drift_dir=a.drift_dir,
         job_spool=a.job_spool,
         job_input_roots=tuple(a.job_input_root),
         job_max_payload_bytes=a.job_max_payload_mb * MIB,

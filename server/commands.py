@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("peregrine.server.cli", "serve a model repository over gRPC and HTTP (peregrine-server)", "cpu"),
     "build-models": ("peregrine.modelgen.cli", "write the bundled models and photographs", "cpu"),
     "batch": ("peregrine.server.batch", "run a model over files offline, or submit them as a job", "cpu"),
+    "drift": ("peregrine.server.drift_cli", "sketch a model's reference inputs and outputs, compare two sketches",
+              "cpu"),
     "load": ("peregrine.client.load.cli", "drive a server and measure it (peregrine-load)", "load"),
     "annotate": ("peregrine.client.annotate", "draw detections on images", "annotate"),
     "log-run": ("peregrine.server.observability.mlflow_runs", "log benchmark and drift reports as MLflow runs",

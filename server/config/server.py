@@ -93,6 +93,13 @@ class ServerConfig:
     allow_metrics: bool = True
     allow_gpu_metrics: bool = True
     metrics_config: dict[str, str] = field(default_factory=dict)
+    # Drift (docs/OBSERVABILITY.md, "Drift"): the share of detection frames sampled (0: off), frames per window,
+    # the PSI that logs a warning, baseline sketches per model ("model=path"), where window sketches are written.
+    drift_sample_rate: float = 0.0
+    drift_window: int = 500
+    drift_threshold: float = 0.25
+    drift_baselines: tuple[str, ...] = ()
+    drift_dir: Path | None = None
     # Asynchronous jobs (docs/JOBS.md): on when `job_spool` names a directory (records, payloads, results).
     job_spool: Path | None = None
     job_input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point

@@ -37,6 +37,7 @@ from ..core.types import (
     OptionOverrides,
     TensorSpec,
 )
+from ..observability import drift
 from ..pipeline import images
 from ..pipeline.executor import DetectionExecutor, Detector
 from ..pipeline.head import HeadInfo, inspect_head
@@ -317,6 +318,7 @@ class DetectionModel:
         finally:
             self._release(id(request))  # answered: its frames leave the in-flight budget
             self.stats.record_request(ok, _since(request.arrival), request.queue_ns, reason)
+        drift.observe(self.name, request.frames, result.detections)  # sampled, off the path when on
         result.model_name, result.model_version = self.name, str(self.version)
         result.decode_ns = request.decode_ns
         result.queue_ns = request.queue_ns or 0

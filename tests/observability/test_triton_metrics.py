@@ -74,6 +74,8 @@ class Documented:
         """Whether a server with these settings (and a model with the response cache on) shows the family."""
         if "GPU" in self.shown:
             return gpu
+        if "drift" in self.shown:  # these servers sample no drift (tests/observability/test_drift.py does)
+            return False
         if "summary_latencies" in self.shown and not summaries:
             return False
         return not ("histogram_latencies" in self.shown and not histograms)
