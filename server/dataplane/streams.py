@@ -399,6 +399,7 @@ class StreamDriver(Generic[M, R]):
             except Exception as e:
                 outcome = "deadline" if isinstance(e, DeadlineExceeded) else "error"
                 answer = StreamAnswer(outcome, error=e, dropped_total=self._dropped())
+        self.plane.metrics.observe_stream_answer(item.scope.model_name, answer.outcome)
         try:
             try:
                 out = self.adapter.answer(item.message, item.scope, answer)

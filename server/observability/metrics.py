@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.stats import ModelStats
@@ -64,6 +64,8 @@ class _ModelCollector(Collector):
                                                   "Output split time", labels=labels),
         }
         depth = GaugeMetricFamily("peregrine_queue_depth", "Requests waiting in the model's queue", labels=labels)
+        batch_sizes = HistogramMetricFamily("peregrine_batch_size", "Batches executed, by the size they ran at "
+                                            "(their batch bucket when padded)", labels=labels)
         for m in self._models():
             lv = [m.name, str(m.version)]
             s = m.stats
@@ -76,8 +78,22 @@ class _ModelCollector(Collector):
             for k in ("queue", "compute_input", "compute_infer", "compute_output"):
                 fams[k].add_metric(lv, getattr(s, k).ns / 1000)
             depth.add_metric(lv, m.queue_depth)
+            batch_sizes.add_metric(lv, *_batch_histogram(s))
         yield from fams.values()
         yield depth
+        yield batch_sizes
+
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _batch_histogram(stats: ModelStats) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative bucket counts of the executed batch sizes, and their sum (from the per-size statistics
+    the statistics call reports: nothing is observed on the request path)."""
+    sizes = {size: b.compute_infer.count for size, b in list(stats.batches.items())}
+    buckets = [(str(edge), float(sum(c for size, c in sizes.items() if size <= edge))) for edge in BATCH_BUCKETS]
+    buckets.append(("+Inf", float(sum(sizes.values()))))
+    return buckets, float(sum(size * c for size, c in sizes.items()))
 
 
 class _AdmissionCollector(Collector):
@@ -124,6 +140,11 @@ class Metrics:
             "(decode, queue, pre, infer, post; pre/infer/post are the batch's)",
             ["model", "stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.stream_frames = Counter(
+            "peregrine_stream_frames", "Messages of streams (ModelStreamInfer, DetectStream) by how they were "
+            "answered: ok, dropped (a newer frame superseded it), deadline (late), error",
+            ["model", "outcome"], registry=self.registry,
+        )
         self.registry.register(_ModelCollector(models))
         self.admission: Any = None  # the data plane's Admission, once it exists
         self.registry.register(_AdmissionCollector(self))
@@ -133,6 +154,9 @@ class Metrics:
 
     def observe_request(self, model: str, status: str, seconds: float) -> None:
         self.latency.labels(self._label(model), status).observe(seconds)
+
+    def observe_stream_answer(self, model: str, outcome: str) -> None:
+        self.stream_frames.labels(self._label(model), outcome).inc()
 
     def observe_stages(self, model: str, stages: dict[str, int]) -> None:
         """Per-stage durations of one detection request, in nanoseconds."""
