@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "batch": ("peregrine.server.batch", "run a model over files offline, or submit them as a job", "cpu"),
     "drift": ("peregrine.server.drift_cli", "sketch a model's reference inputs and outputs, compare two sketches",
               "cpu"),
+    "quantize": ("peregrine.server.quantize", "write FP16 and INT8 variants of a model and measure them", "cpu"),
     "load": ("peregrine.client.load.cli", "drive a server and measure it (peregrine-load)", "load"),
     "annotate": ("peregrine.client.annotate", "draw detections on images", "annotate"),
     "log-run": ("peregrine.server.observability.mlflow_runs", "log benchmark and drift reports as MLflow runs",

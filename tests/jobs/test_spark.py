@@ -4,6 +4,7 @@ a struct column, the same boxes ``peregrine batch`` gives, written as Parquet (i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ def spark() -> Iterator[object]:
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
                .config("spark.python.worker.reuse", "true").getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines at exit go to a closed stream
     yield session
     session.stop()
     if before is None:

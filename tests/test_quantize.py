@@ -1,0 +1,87 @@
+"""``peregrine quantize``: FP16 and INT8 variants written beside the model and its pipeline, served as they
+are, and measured against FP32 in a report; what cannot be done is refused with the reason (issue 20)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from peregrine.proto import detection_pb2 as det
+from peregrine.proto import detection_pb2_grpc as det_grpc
+from peregrine.server.app import PeregrineServer
+from peregrine.server.quantize import Row, agreement, main, pareto
+from support import jobs
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def repo_and_photos(tmp_path: Path) -> tuple[Path, Path]:
+    repo = jobs.repository(tmp_path / "models")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in jobs.PHOTOS:
+        (photos / f"{name}.jpg").write_bytes(jobs.photo(name))
+    return repo, photos
+
+
+def test_variants_are_written_served_and_measured(repo_and_photos: tuple[Path, Path], tmp_path: Path,
+                                                  start_server: Callable[..., PeregrineServer]) -> None:
+    repo, photos = repo_and_photos
+    report = tmp_path / "report.md"
+    assert main(["--model", "v5", "--repository", str(repo), "--calibration", str(photos), "--report",
+                 str(report)]) == 0
+    for name in ("v5_fp16", "v5_int8", "cam_fp16", "cam_int8"):
+        assert (repo / name / "config.toml").is_file()
+    assert 'detector = "v5_int8"' in (repo / "cam_int8" / "config.toml").read_text()
+    import onnx
+
+    int8 = onnx.load(str(repo / "v5_int8" / "1" / "model.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    fp16 = onnx.load(str(repo / "v5_fp16" / "1" / "model.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept FP32
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+    # Served as they are.
+    server = start_server(repo)
+    stub = det_grpc.DetectionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    for name in ("cam_fp16", "cam_int8"):
+        answer = stub.Detect(det.DetectRequest(model_name=name, images=[det.Image(encoded=jobs.photo("coffee"))]))
+        assert answer.results[0].height == 400
+    # The report: one row per pipeline, numbers in range, the FP32 one agreeing with itself.
+    text = report.read_text()
+    rows = re.findall(r"^\| (cam\w*) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", text, re.M)
+    assert [r[0] for r in rows] == ["cam", "cam_fp16", "cam_int8"]
+    assert rows[0][1:3] == ("1.000", "1.000")
+    assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[2]) <= 1 and float(r[4]) > 0 for r in rows)
+    assert report.with_suffix(".png").exists()
+    # Again: the variants exist.
+    assert main(["--model", "v5", "--repository", str(repo), "--calibration", str(photos)]) == 2
+
+
+def test_what_cannot_be_done_is_refused(repo_and_photos: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    repo, photos = repo_and_photos
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv, why in [(["--model", "nope", "--calibration", str(photos)], "no model directory 'nope'"),
+                      (["--model", "cam", "--calibration", str(photos)], "has no ONNX file"),
+                      (["--model", "v5", "--variants", "int4", "--calibration", str(photos)], "--variants"),
+                      (["--model", "id", "--variants", "int8", "--calibration", str(photos)], "one FP32 NCHW input"),
+                      (["--model", "v5", "--variants", "int8", "--calibration", str(empty)], "no images")]:
+        assert main([*argv, "--repository", str(repo)]) == 2
+        assert why in capsys.readouterr().err
+
+
+def test_agreement_and_pareto_with_literal_boxes() -> None:
+    box = {"x1": 0, "y1": 0, "x2": 10, "y2": 10, "score": 0.9, "class_id": 1, "label": "a"}
+    moved = {**box, "x1": 1, "score": 0.8}  # IoU 0.9
+    far = {**box, "x1": 50, "x2": 60}
+    other = {**box, "class_id": 2, "label": "b"}
+    reference = {"i": [box, other]}
+    precision, recall, shift, per_class = agreement(reference, {"i": [moved, far]})
+    assert (precision, recall) == (0.5, 0.5) and shift == pytest.approx(0.1) and per_class == {"a": 1.0, "b": 0.0}
+    rows = [Row("fp32", 1, 1, 0, {}, 10, 1), Row("fp16", 1, 0.99, 0, {}, 12, 1), Row("int8", 1, 0.9, 0, {}, 6, 1)]
+    assert pareto(rows) == {"fp32", "int8"}
