@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import sys
@@ -246,18 +247,45 @@ def measure(repository: Path, model: str, variants: list[str], images: Path) -> 
 
 
 def _run(repository: Path, pipeline: str, images: Path) -> tuple[dict[str, list[dict[str, Any]]], float, float]:
-    """The pipeline's boxes per image, its latency one image at a time (ms) and its throughput (images/s)."""
+    """The pipeline's boxes per image, its median latency one image at a time once warm (ms), and its
+    throughput (images/s, ``peregrine batch``)."""
     from .batch import run
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jsonl"
-        base = ["--model", pipeline, "--repository", str(repository), "--input", str(images), "--output", str(out),
-                "--no-progress"]
-        single = run([*base, "--in-flight", "1"])
+        full = run(["--model", pipeline, "--repository", str(repository), "--input", str(images), "--output",
+                    str(out), "--no-progress"])
         boxes = {line["source"]: line.get("boxes", []) for line in map(json.loads, out.read_text().splitlines())}
-        out.unlink()
-        full = run(base)
-    return boxes, 1000 * single["seconds"] / max(single["items"], 1), float(full["items_per_s"])
+    return boxes, _latency_ms(repository, pipeline, images), float(full["items_per_s"])
+
+
+def _latency_ms(repository: Path, pipeline: str, images: Path) -> float:
+    """The median time of one image through the pipeline, alone, in this process, after two warm-up runs."""
+    import time
+
+    from .app import PeregrineServer
+    from .config.server import ServerConfig
+    from .jobs import sources
+    from .jobs.service import LocalCall, run_item
+
+    files = [p for p in sorted(images.rglob("*")) if sources._is_image_name(p.name)]
+    items = [sources.Item(i, p.name, encoded=p.read_bytes()) for i, p in enumerate(files)]
+    server = PeregrineServer(ServerConfig(model_repository=repository, grpc_port=0, http_port=None,
+                                          model_control_mode="explicit", load_models=[pipeline]))
+    server.start_offline()
+
+    async def timed() -> list[float]:
+        times = []
+        for item in [*items[:2], *items]:
+            start = time.perf_counter()
+            await run_item(server.dataplane, LocalCall("quantize"), pipeline, "", item, item.name, background=False)
+            times.append((time.perf_counter() - start) * 1000)
+        return times[2:]
+
+    try:
+        return float(np.median(server.loop.run(timed())))
+    finally:
+        server.stop(grace=0)
 
 
 def _iou(a: dict[str, float], b: dict[str, float]) -> float:
@@ -271,7 +299,8 @@ def _iou(a: dict[str, float], b: dict[str, float]) -> float:
 def agreement(reference: dict[str, list[dict[str, Any]]], candidate: dict[str, list[dict[str, Any]]],
               threshold: float = 0.5) -> tuple[float, float, float, dict[str, float]]:
     """Box-level precision and recall of ``candidate`` against ``reference`` (same image, same class, IoU at
-    least ``threshold``; greedy by score), the mean absolute score shift of matched boxes, recall per class."""
+    least ``threshold``; greedy by score), the mean absolute score shift of matched boxes, recall per class.
+    Precision is NaN when the candidate has no box at all."""
     matched = ref_total = cand_total = 0
     shifts: list[float] = []
     per_class: dict[str, list[int]] = {}
@@ -292,7 +321,7 @@ def agreement(reference: dict[str, list[dict[str, Any]]], candidate: dict[str, l
                 matched += 1
                 hit[0] += 1
                 shifts.append(abs(cand_boxes[best]["score"] - ref["score"]))
-    precision = matched / cand_total if cand_total else 1.0
+    precision = matched / cand_total if cand_total else math.nan  # no boxes at all: no precision to speak of
     recall = matched / ref_total if ref_total else 1.0
     return precision, recall, float(np.mean(shifts)) if shifts else 0.0, {c: h / n for c, (h, n) in per_class.items()}
 
@@ -307,12 +336,13 @@ def write_report(rows: list[Row], path: Path) -> None:
     front = pareto(rows)
     lines = ["# Quantized variants: agreement with FP32 and latency", "",
              "Agreement: the variant's boxes against the FP32 pipeline's on the same images (same class, IoU ≥ 0.5). "
-             "Latency: one image at a time, through the pipeline in this process; throughput: as many in flight "
-             "as the model batches.", "",
+             "Latency: the median of one image at a time, warm, through the pipeline in this process; throughput: "
+             "peregrine batch over the images, as many in flight as the model batches (loading not counted).", "",
              "| pipeline | precision | recall | mean score shift | latency ms | images/s | Pareto front |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.name} | {r.precision:.3f} | {r.recall:.3f} | {r.score_shift:.4f} | {r.latency_ms:.1f} "
+        precision = "—" if math.isnan(r.precision) else f"{r.precision:.3f}"
+        lines.append(f"| {r.name} | {precision} | {r.recall:.3f} | {r.score_shift:.4f} | {r.latency_ms:.1f} "
                      f"| {r.images_per_s:.1f} | {'yes' if r.name in front else ''} |")
     classes = sorted({c for r in rows for c in r.per_class_recall})
     if classes:

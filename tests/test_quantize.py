@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
@@ -52,10 +53,11 @@ def test_variants_are_written_served_and_measured(repo_and_photos: tuple[Path, P
         assert answer.results[0].height == 400
     # The report: one row per pipeline, numbers in range, the FP32 one agreeing with itself.
     text = report.read_text()
-    rows = re.findall(r"^\| (cam\w*) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", text, re.M)
+    rows = re.findall(r"^\| (cam\w*) \| ([\d.]+|—) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", text,
+                      re.M)
     assert [r[0] for r in rows] == ["cam", "cam_fp16", "cam_int8"]
     assert rows[0][1:3] == ("1.000", "1.000")
-    assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[2]) <= 1 and float(r[4]) > 0 for r in rows)
+    assert all((r[1] == "—" or 0 <= float(r[1]) <= 1) and 0 <= float(r[2]) <= 1 and float(r[4]) > 0 for r in rows)
     assert report.with_suffix(".png").exists()
     # Again: the variants exist.
     assert main(["--model", "v5", "--repository", str(repo), "--calibration", str(photos)]) == 2
@@ -85,3 +87,4 @@ def test_agreement_and_pareto_with_literal_boxes() -> None:
     assert (precision, recall) == (0.5, 0.5) and shift == pytest.approx(0.1) and per_class == {"a": 1.0, "b": 0.0}
     rows = [Row("fp32", 1, 1, 0, {}, 10, 1), Row("fp16", 1, 0.99, 0, {}, 12, 1), Row("int8", 1, 0.9, 0, {}, 6, 1)]
     assert pareto(rows) == {"fp32", "int8"}
+    assert np.isnan(agreement(reference, {"i": []})[0])  # no boxes: no precision
