@@ -122,34 +122,14 @@ class JobSpec:
     notify_url: str = ""
 
 
-@dataclass
-class JobCall:
-    """The data plane's view of a job's requests: the server's own work, on no client connection."""
-
-    job_id: str
-    deadline: float | None
-    started_ns: int = field(default_factory=time.monotonic_ns)
-
-    @property
-    def connection(self) -> str:
-        return f"job:{self.job_id}"
-
-    @property
-    def identity(self) -> str:
-        return f"job:{self.job_id}"
-
-    def header(self, name: str) -> str | None:
-        return None
-
-
 class LocalCall:
-    """The data plane's view of requests this process makes of itself (``peregrine batch``, a Spark worker):
-    no deadline, no client connection; ``who`` names them in the data plane's bounds."""
+    """The data plane's view of requests the server makes of itself (a job's items, ``peregrine batch``, a
+    Spark worker): no client connection; ``who`` names them in the data plane's bounds; ``deadline`` on the
+    time.monotonic() clock (a job's time limit), or None."""
 
-    deadline = None
-
-    def __init__(self, who: str) -> None:
+    def __init__(self, who: str, deadline: float | None = None) -> None:
         self.connection = self.identity = who
+        self.deadline = deadline
         self.started_ns = time.monotonic_ns()
 
     def header(self, name: str) -> str | None:
@@ -665,7 +645,7 @@ class JobService:
     async def _items(self, record: JobRecord, source: sources.Source, writer: ResultWriter, started: float) -> None:
         job_id = record.job_id
         tally = Tally(writer, record.summary)
-        call = JobCall(job_id, time.monotonic() + record.time_limit_s - record.run_ms / 1000)
+        call = LocalCall(f"job:{job_id}", time.monotonic() + record.time_limit_s - record.run_ms / 1000)
         iterator = source.items(record.items_done)
         last_checkpoint = time.monotonic()
         outcomes = run_in_order(self.plane, call, record.model_name, record.model_version,
