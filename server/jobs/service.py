@@ -7,9 +7,12 @@ to one I/O thread, so a job never holds up a real-time request on the loop.
 
 Running a job: its payload is opened as its kind (:mod:`.sources`) and its items go through the data plane
 like any request (admission aside: a job is the server's own work), as *background* requests: the
-batchers run them behind every real-time request and give them at most a share of a real-time batch, and
-each job keeps at most ``items_in_flight`` items queued. Results are written in item order and committed
-at checkpoints (every ``checkpoint_s``): a restart resumes each running job from its last checkpoint.
+batchers run them behind every real-time request, never inside a real-time batch, and one at a time while
+real-time requests keep coming (scheduling/policy.py); each job keeps at most ``items_in_flight`` items
+queued. Results are written in item order and committed at checkpoints (every ``checkpoint_s``): a restart
+resumes each running job from its last checkpoint. With a shared store (PostgreSQL) several servers work one
+queue, each running job held by a lease its server renews; an ended job's outcome may be POSTed to a webhook
+(:mod:`.webhooks`).
 
 Lifecycle: UPLOADING → QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED. An upload cut short stays
 UPLOADING, resumable with the job id and the bytes received, until ``upload_timeout_s`` passes without a
