@@ -84,6 +84,14 @@ def test_a_camera_that_goes_dark_is_reported(tmp_path: Path, start_server: Calla
         assert psi["brightness"] > 1.0 and psi["mean_r"] > 0.25, psi
         warnings = [r.message for r in caplog.records if "moved" in r.message]
         assert len(warnings) == 1 and "brightness" in warnings[0] and "window 2" in warnings[0]
+        # Noise and a smaller camera move other features.
+        decoded = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in normal]
+        rng = np.random.default_rng(0)
+        noised = [np.clip(d + rng.normal(0, 60, d.shape), 0, 255).astype(np.uint8) for d in decoded]
+        send([cv2.imencode(".png", n)[1].tobytes() for n in noised])
+        assert _psi(server)["contrast"] > 0.25
+        send([cv2.imencode(".jpg", cv2.resize(d, (d.shape[1] // 4, d.shape[0] // 4)))[1].tobytes() for d in decoded])
+        assert _psi(server)["pixels"] > 0.25
     # The windows were written; the report says the same, and exits 1 for a moved feature.
     report = tmp_path / "report.md"
     assert drift_main(["report", "--reference", str(baseline), "--current",
