@@ -21,7 +21,6 @@ Run against ``make serve`` (gRPC on 127.0.0.1:8001, detection pipeline ``yolov8n
 from __future__ import annotations
 
 import argparse
-import heapq
 import logging
 import sys
 import threading
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from peregrine.client import Detection, DetectionClient, FrameResult, FrameStatus, PeregrineClientError
 from peregrine.client.load import LatencyHistogram
+from peregrine.client.watchdog import Watchdog
 
 log = logging.getLogger("robot_loop")
 
@@ -88,60 +88,6 @@ def video_frames(path: str) -> Iterator[np.ndarray]:
             yield np.ascontiguousarray(bgr[:, :, ::-1])
     finally:
         cap.release()
-
-
-# -- the watchdog --------------------------------------------------------------------------------------
-class Watchdog:
-    """Holds an absolute deadline (time.monotonic()) per frame; for every frame not disarmed by its
-    deadline, its thread calls ``on_miss(frame_id)`` at that deadline. ``disarm`` returns False when the
-    watchdog already fired for the frame (the result is too late to act on)."""
-
-    def __init__(self, on_miss: Callable[[int], None]) -> None:
-        self._on_miss = on_miss
-        self._cond = threading.Condition()
-        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, frame id)
-        self._armed: set[int] = set()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-        self._thread.start()
-
-    def arm(self, frame_id: int, deadline: float) -> None:
-        with self._cond:
-            heapq.heappush(self._deadlines, (deadline, frame_id))
-            self._armed.add(frame_id)
-            self._cond.notify()
-
-    def disarm(self, frame_id: int) -> bool:
-        """Stand the watchdog down for a frame; True when it had not fired yet."""
-        with self._cond:
-            if frame_id in self._armed:
-                self._armed.discard(frame_id)
-                return True
-            return False
-
-    def close(self) -> None:
-        """Stop the thread; frames still armed are left unjudged."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stop:
-                while self._deadlines and self._deadlines[0][1] not in self._armed:
-                    heapq.heappop(self._deadlines)  # answered in time
-                if not self._deadlines:
-                    self._cond.wait()
-                    continue
-                deadline, frame_id = self._deadlines[0]
-                remaining = deadline - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                    continue
-                heapq.heappop(self._deadlines)
-                self._armed.discard(frame_id)
-                self._on_miss(frame_id)
 
 
 # -- the loop ------------------------------------------------------------------------------------------

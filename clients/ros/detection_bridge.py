@@ -25,7 +25,6 @@ Run (with ``roscore`` up and Peregrine serving ``yolov8n_detect``)::
 from __future__ import annotations
 
 import argparse
-import heapq
 import importlib.util
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from peregrine.client import Detection, DetectionClient, FrameResult, FrameStatus, PeregrineClientError
+from peregrine.client.watchdog import Watchdog
 
 log = logging.getLogger("peregrine_ros_bridge")
 
@@ -69,57 +69,6 @@ class RosAdapter(Protocol):
     def publish_safety(self, line: str) -> None: ...
 
     def is_shutdown(self) -> bool: ...
-
-
-# -- the watchdog (as the robot example's) ------------------------------------------------------------
-class Watchdog:
-    """Holds an absolute deadline (time.monotonic()) per frame key; for every key not disarmed by its
-    deadline, its thread calls ``on_miss(key)`` then. ``disarm`` returns False when it already fired."""
-
-    def __init__(self, on_miss: Callable[[int], None]) -> None:
-        self._on_miss = on_miss
-        self._cond = threading.Condition()
-        self._deadlines: list[tuple[float, int]] = []
-        self._armed: set[int] = set()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-        self._thread.start()
-
-    def arm(self, key: int, deadline: float) -> None:
-        with self._cond:
-            heapq.heappush(self._deadlines, (deadline, key))
-            self._armed.add(key)
-            self._cond.notify()
-
-    def disarm(self, key: int) -> bool:
-        with self._cond:
-            if key in self._armed:
-                self._armed.discard(key)
-                return True
-            return False
-
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stop:
-                while self._deadlines and self._deadlines[0][1] not in self._armed:
-                    heapq.heappop(self._deadlines)
-                if not self._deadlines:
-                    self._cond.wait()
-                    continue
-                deadline, key = self._deadlines[0]
-                remaining = deadline - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                    continue
-                heapq.heappop(self._deadlines)
-                self._armed.discard(key)
-                self._on_miss(key)
 
 
 # -- the bridge ------------------------------------------------------------------------------------------
