@@ -20,6 +20,7 @@ pytest.importorskip("mcap_ros2", reason="the [ros] extra (rosbags, mcap, mcap-ro
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from mcap_ros2.writer import Writer as McapRos2Writer
+from peregrine.client import Detection
 from peregrine.server.codecs.recordings import (
     ANNOTATIONS_TYPE,
     DETECTIONS_TYPE,
@@ -175,33 +176,28 @@ def msgtype(shot: Shot) -> str:
     return "sensor_msgs/msg/CompressedImage" if shot.compressed else "sensor_msgs/msg/Image"
 
 
+def _fill(w: Any, ts: Any, ros1: bool) -> None:
+    """SHOTS, and a non-image topic before them, into an open bag writer."""
+    serialize = ts.serialize_ros1 if ros1 else ts.serialize_cdr
+    conns = {}
+    for shot in SHOTS:
+        if shot.topic not in conns:
+            conns[shot.topic] = w.add_connection(shot.topic, msgtype(shot), typestore=ts)
+    chatter = w.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
+    w.write(chatter, SHOTS[0].log_ns - 1, serialize(ts.types["std_msgs/msg/String"](data="hi"), "std_msgs/msg/String"))
+    for shot in SHOTS:
+        w.write(conns[shot.topic], shot.log_ns, serialize(image_msg(ts, shot, ros1), msgtype(shot)))
+
+
 def write_ros1(path: Path) -> Path:
-    ts = get_typestore(Stores.ROS1_NOETIC)
     with Bag1Writer(path) as w:
-        conns = {}
-        for shot in SHOTS:
-            if shot.topic not in conns:
-                conns[shot.topic] = w.add_connection(shot.topic, msgtype(shot), typestore=ts)
-        chatter = w.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
-        w.write(chatter, SHOTS[0].log_ns - 1, ts.serialize_ros1(ts.types["std_msgs/msg/String"](data="hi"),
-                                                                 "std_msgs/msg/String"))
-        for shot in SHOTS:
-            w.write(conns[shot.topic], shot.log_ns, ts.serialize_ros1(image_msg(ts, shot, True), msgtype(shot)))
+        _fill(w, get_typestore(Stores.ROS1_NOETIC), ros1=True)
     return path
 
 
 def write_ros2(path: Path, storage: StoragePlugin) -> Path:
-    ts = get_typestore(Stores.ROS2_HUMBLE)
     with Bag2Writer(path, version=9, storage_plugin=storage) as w:
-        conns = {}
-        for shot in SHOTS:
-            if shot.topic not in conns:
-                conns[shot.topic] = w.add_connection(shot.topic, msgtype(shot), typestore=ts)
-        chatter = w.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
-        w.write(chatter, SHOTS[0].log_ns - 1, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data="hi"),
-                                                                "std_msgs/msg/String"))
-        for shot in SHOTS:
-            w.write(conns[shot.topic], shot.log_ns, ts.serialize_cdr(image_msg(ts, shot, False), msgtype(shot)))
+        _fill(w, get_typestore(Stores.ROS2_HUMBLE), ros1=False)
     return path
 
 
@@ -265,21 +261,10 @@ def test_not_a_recording(tmp_path: Path) -> None:
 
 
 # -- detections out ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Box:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int
-    label: str = ""
-
-
 def test_detections_mcap_reads_back_message_by_message(tmp_path: Path) -> None:
     frames = list(iter_frames(write_ros1(tmp_path / "drive.bag")))
-    boxes = [[Box(10.0, 20.0, 30.5, 44.0, 0.9, 0, "person"), Box(1.0, 2.0, 5.0, 9.0, 0.31, 7)], [],
-             [Box(0.0, 0.0, 64.0, 48.0, 0.5, 2, "car")]]
+    boxes = [[Detection(10.0, 20.0, 30.5, 44.0, 0.9, 0, "person"), Detection(1.0, 2.0, 5.0, 9.0, 0.31, 7)], [],
+             [Detection(0.0, 0.0, 64.0, 48.0, 0.5, 2, "car")]]
     out = tmp_path / "detections.mcap"
     with DetectionMcapWriter(out) as writer:
         for frame, found in zip(frames, boxes, strict=True):
@@ -321,7 +306,7 @@ def test_foxglove_annotations_beside_the_detections(tmp_path: Path) -> None:
     frame = Frame(PHOTO, 1_700_000_000_123_456_789, "cam_front", "/cam_front/image_raw", 1_700_000_000_200_000_000)
     out = tmp_path / "annotated.mcap"
     with DetectionMcapWriter(out, annotations=True) as writer:
-        writer.write(frame, [Box(10.0, 20.0, 30.0, 44.0, 0.87, 2, "car")])
+        writer.write(frame, [Detection(10.0, 20.0, 30.0, 44.0, 0.87, 2, "car")])
         writer.write(frame, [])
     with open(out, "rb") as f:
         decoded = list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
@@ -340,4 +325,4 @@ def test_foxglove_annotations_beside_the_detections(tmp_path: Path) -> None:
 def test_detections_refuse_non_finite_boxes(tmp_path: Path) -> None:
     frame = Frame(PHOTO, 5, "cam", "/cam/image")
     with DetectionMcapWriter(tmp_path / "d.mcap") as writer, pytest.raises(ValueError, match="finite"):
-        writer.write(frame, [Box(float("nan"), 0, 1, 1, 0.5, 0)])
+        writer.write(frame, [Detection(float("nan"), 0, 1, 1, 0.5, 0)])
