@@ -102,13 +102,16 @@ def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectReques
     return _request(body, encoded, options, "options.", deadline)
 
 
+def boxes(result: FrameResult, detections: Any) -> list[dict[str, Any]]:
+    """One image's boxes (a [k, 6] array of the result) as JSON objects."""
+    return [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c), "label": result.label(int(c))}
+            for x1, y1, x2, y2, score, c in detections.tolist()]
+
+
 def encode_result(request: DetectRequest, result: FrameResult) -> dict[str, Any]:
     """The JSON answer to one request."""
-    results = []
-    for (height, width), dets in zip(result.sizes, result.detections, strict=True):
-        boxes = [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c),
-                  "label": result.label(int(c))} for x1, y1, x2, y2, score, c in dets.tolist()]
-        results.append({"height": height, "width": width, "boxes": boxes})
+    results = [{"height": height, "width": width, "boxes": boxes(result, dets)}
+               for (height, width), dets in zip(result.sizes, result.detections, strict=True)]
     t = result.times
     timings = {"decode_us": result.decode_ns // _US, "queue_us": result.queue_ns // _US, "pre_us": t.pre_ns // _US,
                "infer_us": t.infer_ns // _US, "post_us": t.post_ns // _US, "total_us": result.total_ns // _US,

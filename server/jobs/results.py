@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codecs import detection_json
 from ..core.errors import InvalidArgument
 from ..core.types import FrameResult
 from .sources import Item
@@ -29,11 +30,9 @@ from .sources import Item
 
 def detection_line(item: Item, result: FrameResult) -> dict[str, Any]:
     """An image's (or frame's) detections as one JSON object."""
-    (height, width), dets = result.sizes[0], result.detections[0]
-    boxes = [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c), "label": result.label(int(c))}
-             for x1, y1, x2, y2, score, c in dets.tolist()]
+    height, width = result.sizes[0]
     line: dict[str, Any] = {"index": item.index, "source": item.name, "height": height, "width": width,
-                            "boxes": boxes}
+                            "boxes": detection_json.boxes(result, result.detections[0])}
     if item.stamp_ns is not None:
         line["stamp_ns"] = item.stamp_ns
     if item.frame_id:

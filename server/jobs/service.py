@@ -386,8 +386,7 @@ class JobService:
         return path
 
     def _spool_usage(self) -> int:
-        records = [r for state in STATES for r in self.store.list(state=state, limit=1_000_000)]
-        return sum((r.total_bytes if not r.input_location and not r.ended else 0) + r.result_bytes for r in records)
+        return self.store.spool_bytes()
 
     # -- queries ----------------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord:

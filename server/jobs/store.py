@@ -121,6 +121,11 @@ class JobStore(Protocol):
 
     def with_state(self, *states: str) -> list[JobRecord]: ...
 
+    def spool_bytes(self) -> int:
+        """What the jobs keep in the spool: payloads of jobs that have not ended (uploaded ones, not those
+        read from an input location) and every result."""
+        ...
+
     def delete(self, job_id: str) -> None: ...
 
     def close(self) -> None: ...
@@ -207,6 +212,13 @@ class _SqlJobStore:
     def with_state(self, *states: str) -> list[JobRecord]:
         sql = f"{_SELECT} WHERE state IN ({', '.join('?' * len(states))}) ORDER BY created_ms, job_id"
         return [_record(r) for r in self._query(self._sql(sql), states)]
+
+    def spool_bytes(self) -> int:
+        ended = sorted(ENDED)
+        rows = self._query(self._sql(
+            f"SELECT COALESCE(SUM(CASE WHEN input_location = '' AND state NOT IN ({', '.join('?' * len(ended))}) "
+            "THEN total_bytes ELSE 0 END + result_bytes), 0) FROM jobs"), ended)
+        return int(rows[0][0])
 
     def delete(self, job_id: str) -> None:
         with self._transaction() as db:
