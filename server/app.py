@@ -99,7 +99,7 @@ class PeregrineServer:
             self.metrics.registry.register(DriftCollector(self.drift))
             drift.install(self.drift)
         self.metrics.registry.register(LifecycleCollector(self.lifecycle, self.repository.ready_models,
-                                                          self.dataplane.cache))
+                                                          self.dataplane.cache, self.dataplane.ladders))
         self.jobs = job_service(config, self.dataplane, hooks)
         self.grpc = GrpcTransport(config, self.dataplane, self.loop, self.jobs)
         self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None

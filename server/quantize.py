@@ -161,6 +161,7 @@ def _pipelines_using(repository: Path, model: str) -> list[Path]:
 
 
 def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -188,7 +189,29 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=sorted(head_nodes(onnx.load(str(prepared)))))
+
+
+def head_nodes(model: Any) -> set[str]:
+    """The detection head: the nodes between the last learned convolutions and the outputs, those
+    convolutions included (walking back from each output, through everything but a convolution with more
+    than one output channel: a box decoder's fixed DFL convolution has one). Kept in FP32 by INT8
+    quantization: the head's logits decide which boxes pass the score threshold."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    weights = {init.name: init for init in model.graph.initializer}
+    head: set[str] = set()
+    stack = [output.name for output in model.graph.output]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in head:
+            continue
+        head.add(node.name)
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights \
+                and weights[node.input[1]].dims[0] > 1:
+            continue
+        stack.extend(node.input)
+    return head
 
 
 def _letterboxed(path: Path, height: int, width: int) -> np.ndarray:

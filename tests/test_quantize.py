@@ -42,6 +42,13 @@ def test_variants_are_written_served_and_measured(repo_and_photos: tuple[Path, P
 
     int8 = onnx.load(str(repo / "v5_int8" / "1" / "model.onnx"))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    from peregrine.server.quantize import head_nodes
+
+    float_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    head_convs = [n for n in int8.graph.node if n.op_type == "Conv" and n.name in head_nodes(int8)]
+    assert head_convs and all(n.input[1] in float_weights for n in head_convs)  # the head kept FP32
+    body_convs = [n for n in int8.graph.node if n.op_type == "Conv" and n not in head_convs]
+    assert body_convs and not any(n.input[1] in float_weights for n in body_convs)  # the rest INT8
     fp16 = onnx.load(str(repo / "v5_fp16" / "1" / "model.onnx"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept FP32
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
@@ -88,3 +95,19 @@ def test_agreement_and_pareto_with_literal_boxes() -> None:
     rows = [Row("fp32", 1, 1, 0, {}, 10, 1), Row("fp16", 1, 0.99, 0, {}, 12, 1), Row("int8", 1, 0.9, 0, {}, 6, 1)]
     assert pareto(rows) == {"fp32", "int8"}
     assert np.isnan(agreement(reference, {"i": []})[0])  # no boxes: no precision
+
+
+def test_int8_keeps_the_detection_head_in_fp32() -> None:
+    """The head (the last learned convolution of each branch and every node after it) is what decides which
+    boxes pass the threshold; INT8 quantizes everything before it."""
+    from peregrine.modelgen import yolov8_detector
+    from peregrine.server.quantize import head_nodes
+
+    model = yolov8_detector(0, imgsz=128)
+    head = head_nodes(model)
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    last = {n for n in convs if n.endswith(("cv2.0.2/Conv", "cv2.1.2/Conv", "cv2.2.2/Conv", "cv3.0.2/Conv",
+                                           "cv3.1.2/Conv", "cv3.2.2/Conv"))}
+    assert len(last) == 6 and last <= head
+    assert head & convs == last | {n for n in convs if "/dfl/" in n}  # no backbone or neck convolution
+    assert {n.op_type for n in model.graph.node if n.name in head} >= {"Concat", "Softmax", "Sigmoid", "Split"}

@@ -109,7 +109,7 @@ def timings(result: FrameResult) -> det.StageTimings:
 
 def encode_detect_response(msg: det.DetectRequest, result: FrameResult) -> det.DetectResponse:
     response = det.DetectResponse(model_name=result.model_name, model_version=result.model_version, id=msg.id,
-                                  timings=timings(result))
+                                  timings=timings(result), variant=result.variant)
     for (height, width), dets in zip(result.sizes, result.detections, strict=True):
         response.results.append(_boxes(result, dets, height, width))
     return response
@@ -119,7 +119,8 @@ def encode_stream_result(msg: det.StreamFrame, result: FrameResult, dropped_tota
     height, width = result.sizes[0]
     return det.StreamResult(sequence=msg.sequence, capture_time_us=msg.capture_time_us, status=det.StreamResult.OK,
                             detections=_boxes(result, result.detections[0], height, width),
-                            timings=timings(result), dropped_total=dropped_total, frame_id=echoed_frame_id(msg))
+                            timings=timings(result), dropped_total=dropped_total, frame_id=echoed_frame_id(msg),
+                            variant=result.variant)
 
 
 def stream_failure(msg: det.StreamFrame, status: int, code: int, message: str, dropped_total: int) -> det.StreamResult:

@@ -116,5 +116,8 @@ def encode_result(request: DetectRequest, result: FrameResult) -> dict[str, Any]
     timings = {"decode_us": result.decode_ns // _US, "queue_us": result.queue_ns // _US, "pre_us": t.pre_ns // _US,
                "infer_us": t.infer_ns // _US, "post_us": t.post_ns // _US, "total_us": result.total_ns // _US,
                "batch_size": t.batch_size}
-    return {"model_name": result.model_name, "model_version": result.model_version, "id": request.id,
-            "results": results, "timings": timings}
+    answer = {"model_name": result.model_name, "model_version": result.model_version, "id": request.id,
+              "results": results, "timings": timings}
+    if result.variant:
+        answer["variant"] = result.variant
+    return answer

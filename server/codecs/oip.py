@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..dataplane.shm import RequestRegions
 
 SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+VARIANT = "variant"  # a response parameter: the SLO ladder's variant that answered (its model's name)
 
 _LEN = struct.Struct("<I")
 
@@ -415,6 +416,8 @@ def encode_infer_response(resp: InferResponse, regions: RequestRegions | None = 
     adds the region, offset and the number of bytes written as the output's parameters. Raises
     InvalidArgument, before anything is written, when an output does not fit its region."""
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    if resp.variant:
+        set_parameter(msg.parameters[VARIANT], resp.variant)
     targets = regions.outputs if regions is not None else {}
     payloads = shm_payloads(resp, targets)
     raw: list[Any] = []

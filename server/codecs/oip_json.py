@@ -35,6 +35,7 @@ from .oip import (
     SHM_BYTE_SIZE,
     SHM_OFFSET,
     SHM_REGION,
+    VARIANT,
     decode_bytes_tensor,
     decode_shm_input,
     encode_bytes_tensor,
@@ -326,6 +327,8 @@ def encode_infer_response(resp: InferResponse, header: dict[str, Any],
     body: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
     if resp.id:
         body["id"] = resp.id
+    if resp.variant:
+        body["parameters"] = {VARIANT: resp.variant}
     body["outputs"] = outputs
     text = dumps(body)
     if not blobs:

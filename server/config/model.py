@@ -50,6 +50,7 @@ MAX_PIXELS = 1 << 30  # detection.max_pixels (32768 x 32768)
 MAX_CANDIDATES = 1_000_000  # detection.max_candidates
 MAX_INPUT_SIDE = 1 << 15  # detection.input_size, each side
 MAX_CLASS_ID = 1_000_000  # detection.classes, each id
+MAX_LADDER_RUNGS = 8  # ladder.rungs: variants below the model itself
 
 
 def nesting_depth(value: Any, limit: int = MAX_CONFIG_DEPTH) -> int:
@@ -287,6 +288,26 @@ class DetectionConfig(_Strict):
         return v
 
 
+class LadderConfig(_Strict):
+    """The SLO ladder (docs/QUANTIZATION.md): variants of this model that may answer a request its deadline
+    would not let this model answer in time, most accurate first (e.g. the siblings ``peregrine quantize``
+    makes). Each rung takes the same inputs and gives the same outputs; a rung that is not loaded is skipped."""
+
+    rungs: list[str] = Field(..., min_length=1, max_length=MAX_LADDER_RUNGS)
+    # A rung is expected to meet a deadline when its estimated completion time, times 1 + headroom, fits.
+    headroom: float = Field(0.2, ge=0.0, le=10.0)
+
+    @field_validator("rungs")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or len(name.encode()) > MAX_NAME_BYTES or "/" in name or name.startswith("."):
+                raise ValueError(f"expected model names (1 to {MAX_NAME_BYTES} bytes, no '/'), got '{clipped(name)}'")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected each rung once, got {v}")
+        return v
+
+
 class ModelConfig(_Strict):
     """One model's configuration (``config.toml``)."""
 
@@ -315,6 +336,7 @@ class ModelConfig(_Strict):
     # and the next request loads the model again.
     idle_unload_s: float = Field(0.0, ge=0.0, le=30 * 24 * 3600)
     detection: DetectionConfig | None = None
+    ladder: LadderConfig | None = None
 
     @model_validator(mode="after")
     def _pipeline(self) -> ModelConfig:

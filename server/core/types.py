@@ -76,6 +76,7 @@ class InferResponse:
     model_version: str
     id: str
     outputs: dict[str, np.ndarray]
+    variant: str = ""  # the SLO ladder's variant that made it (its model's name); "": the model has no ladder
 
 
 # -- detection -------------------------------------------------------------------------------------
@@ -168,6 +169,7 @@ class FrameResult:
     decode_ns: int = 0
     queue_ns: int = 0
     total_ns: int = 0
+    variant: str = ""  # the SLO ladder's variant that made it (its model's name); "": the model has no ladder
 
     def stages(self) -> dict[str, int]:
         """Nanoseconds per stage: decode, queue, pre, infer, post."""

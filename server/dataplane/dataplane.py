@@ -38,6 +38,7 @@ from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
 from .admission import Admission, Limits
 from .cache import ResponseCache, request_key
+from .ladders import Ladders
 from .lifecycle import Lifecycle
 from .repository import ModelRepository
 from .shm import RequestRegions, SharedMemoryRegistry, cuda_available
@@ -86,8 +87,15 @@ class RequestScope:
         self.started_ns = call.started_ns if started_ns is None else started_ns
         self.request: InferRequest | None = None  # as validated, once it is
         self._acquired: str | None = None  # the model this request holds in use (see Lifecycle.acquire)
+        self._ladder: ModelVersion | None = None  # the ladder's top, when the model has one
+        self._rung: str | None = None  # the rung below the top that runs the request, held in use
         self.kind = "ModelInfer"  # what the request is, for its OpenTelemetry span
-        self._stages: dict[str, int] | None = None  # a detection's measured stage durations
+        self._stages: dict[str, int] | None = None  # a detection's measured stage durations (for its span)
+        self._ran: ModelVersion | None = None  # the model version that answered (its stages' label)
+        # The transport's decoding of the wire message and encoding of the answer (time.perf_counter_ns()
+        # durations), set by the transport around its codec calls; None: not measured (a job's item).
+        self.decode_ns: int | None = None
+        self.encode_ns: int | None = None
         self._regions: RequestRegions | None = None
         self._held = 0
         self._closed = False
@@ -109,7 +117,7 @@ class RequestScope:
     # -- one call, start to end -------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run an OIP request on the model it names and wait for the answer."""
-        model = await self.acquire(request.model_name, request.model_version)
+        model = self.route(await self.acquire(request.model_name, request.model_version), request)
         cache = self.plane.cache
         if not (model.config.response_cache and cache.enabled):
             prepared = await self.prepare(model, request)
@@ -120,6 +128,7 @@ class RequestScope:
             self._regions.verify_inputs()  # the key hashed what was in shared memory: it must have been there
         hit = cache.get(key, request.id)
         if hit is not None:  # answered at once: nothing is queued or run
+            self._ran = model
             model.stats.record_cache_hit(time.monotonic_ns() - self.started_ns, time.perf_counter_ns() - start)
             return hit
         lookup = time.perf_counter_ns() - start
@@ -138,6 +147,7 @@ class RequestScope:
         else:
             model = self.plane.detection_model("", request.model_version)
         self.model_name = model.name
+        model = self.route(model, request)
         prepared = await self.prepare(model, request)
         return await self.run(model, prepared, "detect")  # type: ignore[no-any-return]
 
@@ -149,6 +159,18 @@ class RequestScope:
         self._acquired = model.name
         return model
 
+    def route(self, model: ModelVersion, request: InferRequest) -> ModelVersion:
+        """The variant that runs ``request``: ``model`` itself, or when it declares an SLO ladder the rung its
+        deadline calls for (held in use until the scope closes; the answer names it)."""
+        if model.config.ladder is None:
+            return model
+        rung = self.plane.ladders.choose(model, request)
+        self._ladder = model
+        if rung is not model:
+            self.plane.lifecycle.hold(rung.name)
+            self._rung = rung.name
+        return rung
+
     # -- the steps, for drivers that interleave them (streams) --------------------------------------
     async def prepare(self, model: ModelVersion, request: InferRequest) -> InferRequest:
         """Begin the request's trace (when sampled) and validate it against ``model``: in a decode thread
@@ -159,7 +181,10 @@ class RequestScope:
             header = getattr(self.call, "header", None) if self.plane.trace_ids else None
             logs.request_context.set((request.id, logs.trace_id_of(header("traceparent")) if header else ""))
         if model.validate_decodes:
+            began = time.perf_counter()
             prepared = await self.plane.off_loop(model.validate, request)
+            if self._ladder is not None:
+                self.plane.ladders.observe_lead(self._ladder.name, time.perf_counter() - began)
         else:
             prepared = model.validate(request)
         if prepared.trace is not None:
@@ -169,14 +194,17 @@ class RequestScope:
 
     async def run(self, model: ModelVersion, request: InferRequest, answer: str) -> Any:
         """Queue a prepared request on the model's scheduler and wait for it: "infer" answers an
-        InferResponse, "detect" a FrameResult (a detection model's), whose stage times go to the metrics.
+        InferResponse, "detect" a FrameResult (a detection model's); the stage times go to the metrics on close.
         Cancelling the caller drops the request from the queue (or ignores its batch's answer)."""
         result = await (model.detect(request) if answer == "detect" else model.infer(request))  # type: ignore[attr-defined]
         if self._regions is not None:
             self._regions.verify_inputs()  # a region that shrank while the model read it fails the request
-        if isinstance(result, FrameResult):
+        if self._ladder is not None:  # the answer is the ladder's, made by the rung that ran it
+            result.variant = model.name
+            result.model_name, result.model_version = self._ladder.name, str(self._ladder.version)
+        self._ran = model
+        if isinstance(result, FrameResult) and self.plane.otel is not None:
             self._stages = result.stages()
-            self.plane.metrics.observe_stages(self.model_name, self._stages)
         return result
 
     # -- the end ------------------------------------------------------------------------------
@@ -186,10 +214,14 @@ class RequestScope:
             return
         self._closed = True
         try:
-            seconds = (time.monotonic_ns() - self.started_ns) / 1e9
+            elapsed_ns = time.monotonic_ns() - self.started_ns
+            seconds = elapsed_ns / 1e9
             status = "OK" if error is None else "CANCELLED" if isinstance(error, asyncio.CancelledError) \
                 else status_name(error)
             self.plane.metrics.observe_request(self.model_name, status, seconds)
+            if error is None and self._ran is not None:
+                self.plane.metrics.observe_stages(self._ran.name, self._ran.version, self.request, self.decode_ns,
+                                                  self.encode_ns, elapsed_ns)
             if error is None and self.request is not None:
                 self.plane.tracer.finish(self.request.trace, self.request.compute)
             if self.plane.otel is not None:
@@ -200,6 +232,8 @@ class RequestScope:
         finally:
             if self._acquired is not None:
                 self.plane.lifecycle.release(self._acquired)
+            if self._rung is not None:
+                self.plane.lifecycle.release(self._rung)
             if self._regions is not None:
                 self._regions.release()
             if self._held:
@@ -246,6 +280,7 @@ class DataPlane:
         self.repository = repository
         self.cache = cache if cache is not None else ResponseCache(0)
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(repository)
+        self.ladders = Ladders(repository)
         self.otel = otel  # OpenTelemetry tracing; None: off
         self.loop = loop
         self.shared_memory = shared_memory

@@ -75,9 +75,14 @@ class Lifecycle:
                 raise
             await self._wait_for_load(name, deadline)
             model = self.repository.get(name, version)
+        self.hold(name)
+        return model
+
+    def hold(self, name: str) -> None:
+        """Count one more request in use on ``name``, which is ready (acquire's second half: an SLO ladder's
+        rung is held so); :meth:`release` gives it back."""
         self._in_flight[name] += 1
         self._last_used[name] = time.monotonic()
-        return model
 
     def release(self, name: str) -> None:
         self._in_flight[name] -= 1

@@ -135,6 +135,12 @@ class ModelRepository:
             raise NotFound(f"model '{name}' has no ready version {v}; ready: {sorted(versions)}")
         return versions[v]
 
+    def newest_ready(self, name: str) -> ModelVersion | None:
+        """The newest ready version of ``name``, or None (unknown, loading, unloaded): never raises."""
+        st = self._states.get(name)
+        versions = st.versions if st is not None else None  # read once: a reload swaps the dict
+        return versions[max(versions)] if versions else None
+
     def ready_models(self) -> list[ModelVersion]:
         return [m for st in list(self._states.values()) if st.versions for m in st.versions.values()]
 

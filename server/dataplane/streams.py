@@ -328,6 +328,7 @@ class StreamDriver(Generic[M, R]):
         request.trace = self.plane.tracer.begin(item.model.name, str(item.model.version), request.id,
                                                 scope.started_ns)
         try:
+            item.model = scope.route(item.model, request)
             prepared = item.model.validate(request)
         except Exception as e:
             self._fail(item, "error", e)
@@ -342,6 +343,7 @@ class StreamDriver(Generic[M, R]):
         """Validate an item taken from the window (off the loop where it decodes images) and queue it."""
         assert item.model is not None and item.request is not None
         try:
+            item.model = item.scope.route(item.model, item.request)
             request = await item.scope.prepare(item.model, item.request)
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise DeadlineExceeded(f"frame {_sequence(request)}: its deadline passed before it could run")

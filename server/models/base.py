@@ -13,6 +13,7 @@ from ..config.model import ModelConfig
 from ..core.stats import ModelStats
 from ..core.types import InferRequest, InferResponse, ModelDescription, TensorSpec
 from ..runtime.instances import Instances
+from ..scheduling.ladder import RungOutlook
 
 
 class ModelVersion(Protocol):
@@ -53,6 +54,10 @@ class ModelVersion(Protocol):
 
     @property
     def queue_depth(self) -> int: ...
+
+    def outlook(self, now: float) -> RungOutlook:
+        """Its queue's load at ``now`` (time.monotonic()), for the SLO ladder's routing."""
+        ...
 
 
 def describe(name: str, version: int, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec],

@@ -43,6 +43,7 @@ from ..pipeline.executor import DetectionExecutor, Detector
 from ..pipeline.head import HeadInfo, inspect_head
 from ..runtime.instances import Instances, open_sessions
 from ..runtime.metadata import parse_labels
+from ..scheduling.ladder import RungOutlook
 from .base import describe
 from .loading import DEFAULT_MAX_BATCH_SIZE, Scheduler, model_file, resolve_batch_buckets, resolve_batching
 
@@ -151,6 +152,9 @@ class DetectionModel:
     @property
     def queue_depth(self) -> int:
         return self.scheduler.queue_depth
+
+    def outlook(self, now: float) -> RungOutlook:
+        return self.scheduler.outlook(now)
 
     @property
     def head(self) -> HeadInfo:

@@ -26,6 +26,7 @@ from ..runtime.metadata import export_size
 from ..scheduling.autoscale import AutoscaleSettings, AutoscaleState, Observation, decide
 from ..scheduling.batcher import BatchExecutor, DynamicBatcher, QueueConfig, QueuePolicy
 from ..scheduling.buckets import auto_buckets
+from ..scheduling.ladder import RungOutlook
 from ..scheduling.policy import BatchPolicy, PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,11 @@ class Scheduler:
         await self.batcher.retire_instance(instance)
         self._pools.pop().shutdown(wait=False)
         return instance
+
+    def outlook(self, now: float) -> RungOutlook:
+        """The queue's load for the SLO ladder's routing (:mod:`..scheduling.ladder`)."""
+        assert self.batcher is not None, "model not started"
+        return self.batcher.outlook(self.name, now)
 
     async def submit(self, request: InferRequest) -> Any:
         assert self.batcher is not None, "model not started"

@@ -24,6 +24,7 @@ from ..core.stats import ModelStats, failure_reason
 from ..core.types import InferRequest, InferResponse, ModelDescription, TensorSpec
 from ..runtime.executor import TensorExecutor
 from ..runtime.instances import Instances, open_sessions
+from ..scheduling.ladder import RungOutlook
 from .base import describe
 from .loading import (
     InstanceScaler,
@@ -125,6 +126,9 @@ class TensorModel:
     @property
     def queue_depth(self) -> int:
         return self.scheduler.queue_depth
+
+    def outlook(self, now: float) -> RungOutlook:
+        return self.scheduler.outlook(now)
 
     # -- serving --------------------------------------------------------------------------------
     def _size(self, request: InferRequest) -> int:

@@ -1,4 +1,5 @@
-"""Prometheus families of the model lifecycle, autoscaling and the response cache, read at scrape time.
+"""Prometheus families of the model lifecycle, autoscaling, the response cache and the SLO ladders, read at
+scrape time.
 
 Every label is a model the repository knows (cold starts only happen to models it lists), so clients
 cannot grow the label set.
@@ -15,10 +16,11 @@ from prometheus_client.registry import Collector
 
 class LifecycleCollector(Collector):
     """``lifecycle``: the server's Lifecycle (cold starts); ``models``: the loaded versions (their
-    schedulers' instances and autoscaling decisions); ``cache``: the ResponseCache."""
+    schedulers' instances and autoscaling decisions); ``cache``: the ResponseCache; ``ladders``: the data
+    plane's Ladders (requests per variant), or None."""
 
-    def __init__(self, lifecycle: Any, models: Callable[[], Iterable[Any]], cache: Any) -> None:
-        self._lifecycle, self._models, self._cache = lifecycle, models, cache
+    def __init__(self, lifecycle: Any, models: Callable[[], Iterable[Any]], cache: Any, ladders: Any = None) -> None:
+        self._lifecycle, self._models, self._cache, self._ladders = lifecycle, models, cache, ladders
 
     def collect(self) -> Iterable[Any]:
         waits = CounterMetricFamily("peregrine_model_cold_start_requests", "Requests that waited for their "
@@ -64,3 +66,11 @@ class LifecycleCollector(Collector):
                                    ("inserts", c.inserts, "Answers stored"),
                                    ("evictions", c.evictions, "Answers evicted to stay within the bound")):
             yield CounterMetricFamily(f"peregrine_response_cache_{name}", about, value=value)
+
+        if self._ladders is not None:
+            routed = CounterMetricFamily("peregrine_ladder_requests", "Requests of a model with an SLO ladder, by "
+                                         "the variant that answered (the model itself or a rung below it)",
+                                         labels=["model", "variant"])
+            for model, variant, n in self._ladders.counts():
+                routed.add_metric([model, variant], n)
+            yield routed

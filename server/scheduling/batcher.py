@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ..core.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelExecutionError, PeregrineError, Unavailable
 from ..core.types import InferRequest
+from .ladder import RungOutlook
 from .policy import INF, BatchPolicy, CostModel, QueuedRequest
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class DynamicBatcher:
         self._compute = CostModel()
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
+        self._busy: dict[int, float] = {}  # instance -> when its running batch is expected to end (clock)
         self._retiring: set[int] = set()  # instances to take out of service once their batch is done
         self._retired = asyncio.Event()
         self._seq = itertools.count()
@@ -104,6 +106,18 @@ class DynamicBatcher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def outlook(self, name: str, now: float) -> RungOutlook:
+        """This queue's load as the SLO ladder's routing sees it (:mod:`.ladder`), at ``now`` (its clock)."""
+        policy = self.policy
+        cfg, cost = policy.config, policy.cost
+        one = policy.executed_size(1)
+        batching = cfg.max_batch_size > 1 and not (cfg.adaptive and not cost.batching_pays(cfg.max_batch_size,
+                                                                                         single=one))
+        size = cfg.max_batch_size if batching else 1
+        free_in = tuple(max(end - now, 0.0) for end in self._busy.values()) + (0.0,) * len(self._idle)
+        return RungOutlook(name, cost.ready, cost.upper(one), cost.upper(policy.executed_size(size)), size,
+                           sum(e.size for e in self._queue if not e.background), free_in)
 
     async def submit(self, request: InferRequest) -> Any:
         """Queue a request and wait for its result. Raises Unavailable at once when the queue is full,
@@ -180,6 +194,7 @@ class DynamicBatcher:
             await self._retired.wait()
 
     def _give_back(self, instance: int) -> None:
+        self._busy.pop(instance, None)
         if instance in self._retiring:
             self._retiring.discard(instance)
             self._retired.set()
@@ -280,6 +295,9 @@ class DynamicBatcher:
         """Run ``batch`` on an idle instance, in a task of its own (a caller that goes away does not stop
         a batch that may hold other callers' requests)."""
         instance = self._idle.pop(0)
+        cost = self.policy.cost
+        self._busy[instance] = now + (cost.upper(self.policy.executed_size(sum(r.size for r in batch)))
+                                      if cost.ready else 0.0)
         task = asyncio.get_running_loop().create_task(self._run_batch(instance, batch, now))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

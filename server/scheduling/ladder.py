@@ -1,0 +1,101 @@
+"""The SLO ladder's routing policy: which variant of a model answers a request with a deadline.
+
+A model may declare an ordered ladder of variants (``ladder`` in its config.toml: itself first, then
+siblings made by ``peregrine quantize``, most accurate first). For each request the data plane asks
+:func:`route` which rung to send it to: the most accurate one expected to finish before the request's
+deadline. Without a deadline the top rung answers, always.
+
+Pure and synchronous, as :mod:`.policy`: each rung's load is plain data (:class:`RungOutlook`, taken from its
+batcher) and the clock is an argument, so the policy is tested with literal numbers. Times are seconds.
+
+The estimate of a rung's completion time plays its queue forward: the elements waiting (real-time ones: a
+background job's items go behind any new request) and then the new request's are cut into batches of the
+rung's batch size (one by one on a rung that does not batch), and each batch goes to the instance that frees
+first (a busy one when its batch is expected to end), costing what the rung's cost model says (its upper
+estimate: never optimistic about a deadline).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class RungOutlook:
+    """One rung's load, as its batcher sees it now."""
+
+    name: str
+    known: bool  # its cost model has seen a batch run (else its cost is unknown)
+    cost_one: float  # seconds one element's batch is expected to take (upper estimate)
+    cost_full: float  # seconds a batch of `batch_size` elements is expected to take
+    batch_size: int  # elements it puts in one batch under load (1: it runs requests one by one)
+    queued: int  # real-time elements waiting in its queue
+    free_in: tuple[float, ...]  # per instance: seconds until it is free (0: idle now)
+
+
+@dataclass(frozen=True)
+class Route:
+    rung: int  # index into the ladder
+    expected: float  # seconds from now to the answer, as estimated (INF: unknown)
+
+
+def batch_cost(rung: RungOutlook, n: int) -> float:
+    """A batch of ``n`` elements: one element's cost times ``n`` on a rung that runs requests one by one,
+    else between one element's cost and a full batch's, linearly."""
+    if rung.batch_size <= 1:
+        return rung.cost_one * max(n, 1)
+    n = min(max(n, 1), rung.batch_size)
+    return rung.cost_one + (rung.cost_full - rung.cost_one) * (n - 1) / (rung.batch_size - 1)
+
+
+def completion(rung: RungOutlook, size: int) -> float:
+    """Seconds until a request of ``size`` elements queued now on ``rung`` is expected to be answered."""
+    if not rung.known:
+        return INF
+    free = sorted(rung.free_in) or [0.0]
+    heapq.heapify(free)
+    if rung.batch_size <= 1:  # requests run one by one: the queue's elements, then the request
+        for _ in range(rung.queued):
+            heapq.heappush(free, heapq.heappop(free) + rung.cost_one)
+        return heapq.heappop(free) + batch_cost(rung, size)
+    waiting = rung.queued + size  # cut in full batches, as the batcher does under load; the request is last
+    while True:
+        n = min(rung.batch_size, waiting)
+        end = heapq.heappop(free) + batch_cost(rung, n)
+        waiting -= n
+        if waiting <= 0:
+            return end
+        heapq.heappush(free, end)
+
+
+def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, lead: float = 0.0,
+          headroom: float = 0.2) -> Route:
+    """The rung to run a request of ``size`` elements whose deadline is ``deadline`` (``INF``: none).
+
+    ``lead``: seconds the request still needs before it reaches a queue (decoding its images). A rung is
+    expected to meet the deadline when ``now + lead + completion * (1 + headroom) <= deadline``. The first
+    such rung wins; a rung whose cost is still unknown is tried when every rung above it is expected to miss
+    (it learns its cost so). When no rung is expected to meet the deadline, the one expected to answer first
+    does, so that the request has its best chance."""
+    if not rungs:
+        raise ValueError("a ladder has at least one rung")
+    if deadline == INF:
+        return Route(0, INF)
+    budget = deadline - now - lead
+    best = Route(0, INF)
+    for i, rung in enumerate(rungs):
+        expected = completion(rung, size)
+        if not rung.known:
+            if i == 0:
+                return Route(0, INF)  # the top rung answers until its cost is known
+            return Route(i, INF)
+        if expected * (1.0 + headroom) <= budget:
+            return Route(i, expected)
+        if expected < best.expected:
+            best = Route(i, expected)
+    return best
