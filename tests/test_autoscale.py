@@ -91,3 +91,57 @@ def test_autoscale_settings_are_checked_at_load(tmp_path: Path) -> None:
         (tmp_path / "config.toml").write_text("[instance_group]\n" + bad)
         with pytest.raises(ModelLoadError, match=expected):
             load_model_config(tmp_path)
+
+
+def test_a_detection_pipeline_scales_its_instances_too(tmp_path: Path, start_server: Any) -> None:
+    from peregrine.modelgen import yolov5_detector
+    from peregrine.proto import detection_pb2 as det
+    from peregrine.proto import detection_pb2_grpc as det_grpc
+    from support import jobs
+
+    onnx_models.write(tmp_path, "v5", yolov5_detector(0, imgsz=320), "max_batch_size = 8\n")
+    (tmp_path / "cam").mkdir()
+    pipeline = CONFIG.replace("max_batch_size = 0", 'platform = "peregrine_detection"\nmax_batch_size = 1')
+    (tmp_path / "cam" / "config.toml").write_text(pipeline + '[detection]\ndetector = "v5"\n')
+    server = start_server(tmp_path)
+    model = server.repository.get("cam")
+    scheduler = model.scheduler
+    assert scheduler.instances == 1
+    stop = threading.Event()
+    failures: list[Exception] = []
+    boxes: set[int] = set()
+    request = det.DetectRequest(model_name="cam", images=[det.Image(encoded=jobs.photo("coffee"))])
+
+    def client() -> None:
+        import grpc
+
+        stub = det_grpc.DetectionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        while not stop.is_set():
+            try:
+                boxes.add(len(stub.Detect(request, timeout=30).results[0].boxes))
+            except Exception as e:
+                failures.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while scheduler.instances < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler.instances == 2, "the queue built up but no instance was added"
+        assert len(model.detector.instances) == 2 and model.describe().instances == 2
+        served_before = model.stats.execution_count
+        time.sleep(1.0)
+        assert model.stats.execution_count > served_before  # both serve
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    deadline = time.monotonic() + 30
+    while scheduler.instances > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler.instances == 1 and len(model.detector.instances) == 1
+    assert not failures, failures[:3]
+    assert len(boxes) == 1  # every answer the same, whichever instance ran it
+    assert [(d[1], d[2]) for d in scheduler.scaler.decisions] == [(1, 2), (2, 1)]

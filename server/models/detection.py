@@ -45,7 +45,14 @@ from ..runtime.instances import Instances, open_sessions
 from ..runtime.metadata import parse_labels
 from ..scheduling.ladder import RungOutlook
 from .base import describe
-from .loading import DEFAULT_MAX_BATCH_SIZE, Scheduler, model_file, resolve_batch_buckets, resolve_batching
+from .loading import (
+    DEFAULT_MAX_BATCH_SIZE,
+    Scheduler,
+    attach_autoscaler,
+    model_file,
+    resolve_batch_buckets,
+    resolve_batching,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +78,17 @@ class DetectionModel:
     max_batch_size: int
     labels: list[str] = field(default_factory=list)
     stats: ModelStats = field(default_factory=ModelStats)
+    path: Path | None = None  # the detector's ONNX file: autoscaling opens more instances of it
     scheduler: Scheduler = field(init=False)
     # What each validated request holds of the in-flight budget, by id() of its FrameRequest.
     _holds: dict[int, images.Hold] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        executor = self.make_executor()
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.detector.instances.buckets,
-                                   self.make_executor(), len(self.detector.instances), self._shape_key, self._size)
+                                   executor, len(self.detector.instances), self._shape_key, self._size)
+        attach_autoscaler(self.scheduler, self.name, self.config, self.detector.instances, self.path, executor,
+                          self.stats)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -103,7 +114,7 @@ class DetectionModel:
                                  f"(it has {head.num_classes} classes)")
         buckets = () if head.fixed_batch else resolve_batch_buckets(config, max_batch, sessions[0].device, source)
         instances = Instances.with_buckets(sessions, buckets, path, config)
-        model = cls(name, version, config, Detector(instances, head), max_batch, labels)
+        model = cls(name, version, config, Detector(instances, head), max_batch, labels, path=path)
         if config.warmup:
             try:
                 model.warm_up()

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..config.model import DynamicBatchingConfig, ModelConfig, TensorConfig, check_batch_buckets
 from ..core import datatypes
 from ..core.errors import ModelLoadError
+from ..core.stats import ModelStats
 from ..core.types import InferRequest, TensorSpec
 from ..runtime.instances import Instances
 from ..runtime.metadata import export_size
@@ -349,6 +350,34 @@ class InstanceScaler:
                     self._shrink(await scheduler.remove_instance())
             except Exception:  # a session that fails to open leaves the model as it was
                 log.exception("model '%s': autoscaling to %d instances failed", self.name, decision.instances)
+
+
+class GrowingExecutor(Protocol):
+    """An executor that keeps per-instance state, told when an instance comes and goes."""
+
+    def instance_added(self) -> None: ...
+
+    def instance_removed(self) -> None: ...
+
+
+def attach_autoscaler(scheduler: Scheduler, name: str, config: ModelConfig, instances: Instances,
+                      path: Path | None, executor: GrowingExecutor, stats: ModelStats) -> None:
+    """Give ``scheduler`` an :class:`InstanceScaler` when ``config`` asks for autoscaling: it opens more
+    sessions of ``path`` in ``instances`` (and tells ``executor``) and closes the last ones."""
+    settings = autoscale_settings(config)
+    if settings is None or path is None:
+        return
+
+    def grow(instance: int) -> None:
+        instances.open_instance(path, config)
+        executor.instance_added()
+
+    def shrink(instance: int) -> None:
+        executor.instance_removed()
+        instances.close_last()
+
+    scheduler.scaler = InstanceScaler(name, settings, config.instance_group.autoscale.interval_s,  # type: ignore[union-attr]
+                                      grow, shrink, lambda: (stats.success.count, stats.success.ns))
 
 
 def autoscale_settings(config: ModelConfig) -> AutoscaleSettings | None:

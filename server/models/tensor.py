@@ -27,10 +27,9 @@ from ..runtime.instances import Instances, open_sessions
 from ..scheduling.ladder import RungOutlook
 from .base import describe
 from .loading import (
-    InstanceScaler,
     Scheduler,
     apply_overrides,
-    autoscale_settings,
+    attach_autoscaler,
     model_file,
     resolve_batch_buckets,
     resolve_batching,
@@ -70,21 +69,7 @@ class TensorModel:
                                   self.stats)
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.instances.buckets, executor,
                                    len(self.instances), self._shape_key, self._size)
-        settings = autoscale_settings(self.config)
-        if settings is not None and self.path is not None:
-            path = self.path
-
-            def grow(instance: int) -> None:
-                self.instances.open_instance(path, self.config)
-                executor.instance_added()
-
-            def shrink(instance: int) -> None:
-                executor.instance_removed()
-                self.instances.close_last()
-
-            self.scheduler.scaler = InstanceScaler(
-                self.name, settings, self.config.instance_group.autoscale.interval_s,  # type: ignore[union-attr]
-                grow, shrink, lambda: (self.stats.success.count, self.stats.success.ns))
+        attach_autoscaler(self.scheduler, self.name, self.config, self.instances, self.path, executor, self.stats)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod

@@ -183,10 +183,18 @@ class DetectionExecutor:
         fb = detector.head.fixed_batch
         if fb:
             rows = math.ceil(rows / fb) * fb
-        self.paths: list[HostPath | DevicePath] = [
-            DevicePath(rows, s.device_id) if runs_on_device(s) else HostPath(rows)
-            for s in detector.instances.sessions
-        ]
+        self._rows = rows
+        self.paths: list[HostPath | DevicePath] = [self._path(s) for s in detector.instances.sessions]
+
+    def _path(self, session: Any) -> HostPath | DevicePath:
+        return DevicePath(self._rows, session.device_id) if runs_on_device(session) else HostPath(self._rows)
+
+    def instance_added(self) -> None:
+        """The detector's instances have one more (autoscaling): its own input buffers."""
+        self.paths.append(self._path(self.detector.instances.sessions[-1]))
+
+    def instance_removed(self) -> None:
+        self.paths.pop()
 
     def execute(self, instance: int, batch: Sequence[InferRequest]) -> list[FrameResult]:
         requests = cast("Sequence[FrameRequest]", batch)  # what DetectionModel.validate made of them
