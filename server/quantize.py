@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="measure each variant and write this Markdown report (and a PNG)")
     p.add_argument("--images", type=Path, help="the held-out images the report measures on (default: the "
                                                "calibration images)")
+    p.add_argument("--labels", type=Path, help="ground truth of --images for the report's mAP: a directory of "
+                                               "YOLO .txt label files or a COCO instances .json (the accuracy "
+                                               "extra: pycocotools)")
     p.add_argument("--force", action="store_true", help="overwrite variants that exist")
     return p
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown or not variants:
             raise QuantizeError(f"--variants: expected some of {', '.join(VARIANTS)}, got {args.variants!r}")
+        if args.labels and not args.report:
+            raise QuantizeError("--labels: the mAP is measured for the report; give --report too")
         with tempfile.TemporaryDirectory() as tmp:
             calibration = args.calibration or _packaged_photos(Path(tmp) / "photos")
             written = quantize(args.repository, args.model, variants, calibration, args.calibration_images,
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in written:
                 print(f"wrote {path}")
             if args.report:
-                rows = measure(args.repository, args.model, variants, args.images or calibration)
+                rows = measure(args.repository, args.model, variants, args.images or calibration, args.labels)
                 write_report(rows, args.report)
                 print(f"wrote {args.report}")
     except QuantizeError as e:
@@ -250,23 +255,57 @@ class Row:
     per_class_recall: dict[str, float]
     latency_ms: float
     images_per_s: float
+    map50_95: float = math.nan  # against --labels (NaN: none given)
+    map50: float = math.nan
 
 
-def measure(repository: Path, model: str, variants: list[str], images: Path) -> list[Row]:
-    """Each pipeline (or, with no pipeline, nothing to compare boxes with) against its FP32 original."""
+def measure(repository: Path, model: str, variants: list[str], images: Path, labels: Path | None = None
+            ) -> list[Row]:
+    """Each pipeline (or, with no pipeline, nothing to compare boxes with) against its FP32 original, and
+    against ``labels`` when given."""
     pipelines = _pipelines_using(repository, model)
     if not pipelines:
         raise QuantizeError(f"--report: no detection pipeline uses '{model}', so there are no boxes to compare")
+    truth = _ground_truth(labels, images, repository, model) if labels is not None else None
     rows = []
     for pipeline in pipelines:
-        reference, ref_latency, ref_rate = _run(repository, pipeline.name, images)
-        rows.append(Row(pipeline.name, 1.0, 1.0, 0.0, {}, ref_latency, ref_rate))
-        for variant in variants:
-            name = f"{pipeline.name}_{variant}"
+        for name in [pipeline.name, *(f"{pipeline.name}_{v}" for v in variants)]:
             boxes, latency, rate = _run(repository, name, images)
-            precision, recall, shift, per_class = agreement(reference, boxes)
-            rows.append(Row(name, precision, recall, shift, per_class, latency, rate))
+            if name == pipeline.name:
+                reference = boxes
+                row = Row(name, 1.0, 1.0, 0.0, {}, latency, rate)
+            else:
+                precision, recall, shift, per_class = agreement(reference, boxes)
+                row = Row(name, precision, recall, shift, per_class, latency, rate)
+            if truth is not None:
+                from .accuracy import mean_average_precision
+
+                row.map50_95, row.map50 = mean_average_precision(truth, {Path(k).name: v for k, v in boxes.items()})
+            rows.append(row)
     return rows
+
+
+def _ground_truth(labels: Path, images: Path, repository: Path, model: str) -> Any:
+    """The ground truth of the measured images, classes named as the model names them."""
+    import onnx
+
+    from .accuracy import LabelError, read_labels
+    from .jobs import sources
+    from .runtime.metadata import parse_labels
+
+    if not labels.exists():
+        raise QuantizeError(f"--labels: {labels} does not exist")
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        raise QuantizeError("--labels: mAP needs pycocotools: pip install 'peregrine[accuracy]'") from None
+    _, source = _onnx_file(repository, model)
+    names = parse_labels({p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props})
+    try:
+        files = [p for p in sorted(images.rglob("*")) if sources._is_image_name(p.name)]
+        return read_labels(labels, files, names)
+    except (LabelError, OSError) as e:
+        raise QuantizeError(f"--labels: {e}") from None
 
 
 def _run(repository: Path, pipeline: str, images: Path) -> tuple[dict[str, list[dict[str, Any]]], float, float]:
@@ -355,18 +394,27 @@ def pareto(rows: list[Row]) -> set[str]:
                                             and (o.latency_ms < r.latency_ms or o.recall > r.recall) for o in rows)}
 
 
+def _number(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3f}"
+
+
 def write_report(rows: list[Row], path: Path) -> None:
     front = pareto(rows)
+    labelled = any(not math.isnan(r.map50_95) for r in rows)
     lines = ["# Quantized variants: agreement with FP32 and latency", "",
              "Agreement: the variant's boxes against the FP32 pipeline's on the same images (same class, IoU ≥ 0.5). "
              "Latency: the median of one image at a time, warm, through the pipeline in this process; throughput: "
-             "peregrine batch over the images, as many in flight as the model batches (loading not counted).", "",
-             "| pipeline | precision | recall | mean score shift | latency ms | images/s | Pareto front |",
-             "|---|---|---|---|---|---|---|"]
+             "peregrine batch over the images, as many in flight as the model batches (loading not counted)."
+             + (" mAP: against the labels given (--labels), COCO's mAP at IoU 0.50:0.95 and at 0.50 (pycocotools)."
+                if labelled else ""), "",
+             "| pipeline | precision | recall | mean score shift | latency ms | images/s | Pareto front |"
+             + (" mAP50-95 | mAP50 |" if labelled else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if labelled else "")]
     for r in rows:
         precision = "—" if math.isnan(r.precision) else f"{r.precision:.3f}"
         lines.append(f"| {r.name} | {precision} | {r.recall:.3f} | {r.score_shift:.4f} | {r.latency_ms:.1f} "
-                     f"| {r.images_per_s:.1f} | {'yes' if r.name in front else ''} |")
+                     f"| {r.images_per_s:.1f} | {'yes' if r.name in front else ''} |"
+                     + (f" {_number(r.map50_95)} | {_number(r.map50)} |" if labelled else ""))
     classes = sorted({c for r in rows for c in r.per_class_recall})
     if classes:
         lines += ["", "Recall per class (the FP32 pipeline's boxes of that class found again):", "",

@@ -33,8 +33,9 @@ def test_variants_are_written_served_and_measured(repo_and_photos: tuple[Path, P
                                                   start_server: Callable[..., PeregrineServer]) -> None:
     repo, photos = repo_and_photos
     report = tmp_path / "report.md"
+    labels = yolo_labels_of_fp32(repo, photos, tmp_path)
     assert main(["--model", "v5", "--repository", str(repo), "--calibration", str(photos), "--report",
-                 str(report)]) == 0
+                 str(report), "--labels", str(labels)]) == 0
     for name in ("v5_fp16", "v5_int8", "cam_fp16", "cam_int8"):
         assert (repo / name / "config.toml").is_file()
     assert 'detector = "v5_int8"' in (repo / "cam_int8" / "config.toml").read_text()
@@ -64,10 +65,35 @@ def test_variants_are_written_served_and_measured(repo_and_photos: tuple[Path, P
                       re.M)
     assert [r[0] for r in rows] == ["cam", "cam_fp16", "cam_int8"]
     assert rows[0][1:3] == ("1.000", "1.000")
+    # mAP against labels that are the FP32 pipeline's own boxes: near 1 for it (its boxes without area match
+    # nothing), in [0, 1] for the variants.
+    maps = re.findall(r"^\| (cam\w*) \|.*\| (?:yes)? \| ([\d.]+|—) \| ([\d.]+|—) \|$", text, re.M)
+    assert [m[0] for m in maps] == ["cam", "cam_fp16", "cam_int8"]
+    assert float(maps[0][1]) > 0.9 and float(maps[0][2]) > 0.9
+    assert all(0 <= float(v) <= 1 for m in maps[1:] for v in m[1:])
     assert all((r[1] == "—" or 0 <= float(r[1]) <= 1) and 0 <= float(r[2]) <= 1 and float(r[4]) > 0 for r in rows)
     assert report.with_suffix(".png").exists()
     # Again: the variants exist.
     assert main(["--model", "v5", "--repository", str(repo), "--calibration", str(photos)]) == 2
+
+
+def yolo_labels_of_fp32(repo: Path, photos: Path, tmp_path: Path) -> Path:
+    """YOLO label files holding the FP32 pipeline's own boxes for each photograph."""
+    import json
+
+    from peregrine.server.batch import run
+
+    out = tmp_path / "fp32.jsonl"
+    run(["--model", "cam", "--repository", str(repo), "--input", str(photos), "--output", str(out), "--no-progress"])
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for line in map(json.loads, out.read_text().splitlines()):
+        h, w = line["height"], line["width"]
+        rows = [f"{b['class_id']} {(b['x1'] + b['x2']) / 2 / w:.6f} {(b['y1'] + b['y2']) / 2 / h:.6f} "
+                f"{(b['x2'] - b['x1']) / w:.6f} {(b['y2'] - b['y1']) / h:.6f}" for b in line["boxes"]
+                if b["x2"] > b["x1"] and b["y2"] > b["y1"]]
+        (labels / f"{Path(line['source']).stem}.txt").write_text("\n".join(rows) + "\n")
+    return labels
 
 
 def test_what_cannot_be_done_is_refused(repo_and_photos: tuple[Path, Path], tmp_path: Path,
@@ -79,7 +105,11 @@ def test_what_cannot_be_done_is_refused(repo_and_photos: tuple[Path, Path], tmp_
                       (["--model", "cam", "--calibration", str(photos)], "has no ONNX file"),
                       (["--model", "v5", "--variants", "int4", "--calibration", str(photos)], "--variants"),
                       (["--model", "id", "--variants", "int8", "--calibration", str(photos)], "one FP32 NCHW input"),
-                      (["--model", "v5", "--variants", "int8", "--calibration", str(empty)], "no images")]:
+                      (["--model", "v5", "--variants", "int8", "--calibration", str(empty)], "no images"),
+                      (["--model", "v5", "--variants", "fp16", "--calibration", str(photos), "--labels", str(empty)],
+                       "give --report too"),
+                      (["--model", "v5", "--variants", "fp16", "--calibration", str(photos), "--report",
+                        str(tmp_path / "r.md"), "--labels", str(tmp_path / "none"), "--force"], "does not exist")]:
         assert main([*argv, "--repository", str(repo)]) == 2
         assert why in capsys.readouterr().err
 
