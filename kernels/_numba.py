@@ -472,3 +472,82 @@ def topk(values, k, out_values, out_indices):
                 n += 1
         for j in range(k):
             out_values[r, j] = row[out_indices[r, j]]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Raw camera frames to RGB/BGR (see src/cpu/convert.cpp for the arithmetic and whose it is).
+# ------------------------------------------------------------------------------------------------------
+
+_LAYOUT_PIXELS, _LAYOUT_UYVY, _LAYOUT_BAYER = 0, 1, 3  # 2: YUYV
+
+
+@njit(nogil=True, cache=True)
+def _yuv_channel(y, chroma):
+    return min(max((y + chroma) >> 20, 0), 255)
+
+
+@njit(nogil=True, cache=True)
+def convert_raw(data, height, width, step, layout, channels, sample_bytes, big_endian, blue_first, red_x, red_y,
+                bgr, out):
+    """A raw frame (uint8 [bytes], rows of ``step`` bytes) into out, uint8 [height, width, 3] (see
+    ``_native.convert_raw_into``)."""
+    offset = 1 if sample_bytes == 2 and not big_endian else 0  # the most significant byte of 16-bit samples
+    ir = 2 if bgr else 0
+    ib = 2 - ir
+    if layout == _LAYOUT_PIXELS:
+        swap = channels > 1 and blue_first != bgr
+        src = np.array([2, 1, 0]) if swap else (np.array([0, 1, 2]) if channels > 1 else np.array([0, 0, 0]))
+        for y in range(height):
+            row = y * step + offset
+            for x in range(width):
+                p = row + x * channels * sample_bytes
+                for c in range(3):
+                    out[y, x, c] = data[p + src[c] * sample_bytes]
+    elif layout != _LAYOUT_BAYER:  # YUV 4:2:2
+        uyvy = layout == _LAYOUT_UYVY
+        for y in range(height):
+            for k in range(width // 2):
+                p = y * step + 4 * k
+                if uyvy:
+                    u, y0, v, y1 = int(data[p]), int(data[p + 1]), int(data[p + 2]), int(data[p + 3])
+                else:
+                    y0, u, y1, v = int(data[p]), int(data[p + 1]), int(data[p + 2]), int(data[p + 3])
+                u -= 128
+                v -= 128
+                ruv = (1 << 19) + 1673527 * v
+                guv = (1 << 19) - 852492 * v - 409993 * u
+                buv = (1 << 19) + 2116026 * u
+                for t in range(2):
+                    luma = max(0, (y0 if t == 0 else y1) - 16) * 1220542
+                    x = 2 * k + t
+                    out[y, x, ir] = _yuv_channel(luma, ruv)
+                    out[y, x, 1] = _yuv_channel(luma, guv)
+                    out[y, x, ib] = _yuv_channel(luma, buv)
+    else:
+        if height < 3 or width < 3:  # OpenCV: no pixel has all its neighbours, the frame is black
+            out[:, :, :] = 0
+            return
+        for y in range(1, height - 1):
+            red_row = (y & 1) == red_y
+            colour_x = red_x if red_row else 1 - red_x
+            b = y * step + offset  # the row, the one above (b - step) and below (b + step)
+            for x in range(1, width - 1):
+                m, p, q = b + (x - 1) * sample_bytes, b + x * sample_bytes, b + (x + 1) * sample_bytes
+                if (x & 1) == colour_x:
+                    own = int(data[p])
+                    near = (int(data[p - step]) + int(data[p + step]) + int(data[m]) + int(data[q]) + 2) >> 2
+                    far = (int(data[m - step]) + int(data[q - step]) + int(data[m + step]) + int(data[q + step])
+                           + 2) >> 2
+                    out[y, x, ir] = own if red_row else far
+                    out[y, x, 1] = near
+                    out[y, x, ib] = far if red_row else own
+                else:
+                    across = (int(data[m]) + int(data[q]) + 1) >> 1
+                    down = (int(data[p - step]) + int(data[p + step]) + 1) >> 1
+                    out[y, x, ir] = across if red_row else down
+                    out[y, x, 1] = data[p]
+                    out[y, x, ib] = down if red_row else across
+            out[y, 0, :] = out[y, 1, :]
+            out[y, width - 1, :] = out[y, width - 2, :]
+        out[0, :, :] = out[1, :, :]
+        out[height - 1, :, :] = out[height - 2, :, :]

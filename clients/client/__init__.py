@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from .aio import AsyncInferenceClient
 from .channel import DEFAULT_DEADLINE_S, MAX_MESSAGE_BYTES, NO_RETRY, RetryPolicy, TlsOptions
-from .detection import Detection, DetectionClient, DetectResult, FrameResult, FrameStatus, StageTimings
+from .detection import (
+    Detection,
+    DetectionClient,
+    DetectResult,
+    FrameResult,
+    FrameStatus,
+    RawFrame,
+    StageTimings,
+)
 from .detection_aio import AsyncDetectionClient
 from .errors import PeregrineClientError
 from .metadata import ModelMetadata, RepositoryModel, ServerMetadata, SharedMemoryStatus, TensorMetadata
@@ -42,6 +50,7 @@ __all__ = [
     "InferenceClient",
     "ModelMetadata",
     "PeregrineClientError",
+    "RawFrame",
     "RepositoryModel",
     "RetryPolicy",
     "ServerMetadata",

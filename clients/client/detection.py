@@ -11,9 +11,10 @@ pixels, so the client sends an image and gets :class:`Detection` objects back::
         for result in client.stream(camera_frames, deadline_s=0.05):  # one camera, one stream
             ...
 
-An image is a path (the file's bytes are sent as they are: JPEG, PNG, BMP, TIFF, WebP), encoded bytes, or
-a uint8 array ``[H, W]`` / ``[H, W, C]`` (sent raw; the server takes 1, 3 or 4 channels, in the pipeline's
-channel order, RGB by default). This module also holds what the asyncio client
+An image is a path (the file's bytes are sent as they are: JPEG, PNG, BMP, TIFF, WebP), encoded bytes, a
+uint8 array ``[H, W]`` / ``[H, W, C]`` (sent raw; the server takes 1, 3 or 4 channels, in the pipeline's
+channel order, RGB by default), or a :class:`RawFrame`: a camera frame's bytes in a ``sensor_msgs`` encoding
+(Bayer, YUV 4:2:2, 16-bit, ...) that the server converts. This module also holds what the asyncio client
 (:mod:`peregrine.client.detection_aio`) shares: result types, message building and parsing.
 """
 
@@ -38,8 +39,30 @@ from .errors import PeregrineClientError, status_code
 # No model named: the server runs its only detection pipeline (and says which are ready when it has several).
 DEFAULT_MODEL = ""
 
+
+@dataclass(frozen=True)
+class RawFrame:
+    """A camera frame's bytes as its driver gives them, sent as they are for the server to convert.
+
+    ``encoding`` is a ``sensor_msgs/image_encodings`` name (rgb8, bgr8, mono16, yuv422, yuv422_yuy2,
+    bayer_rggb8, ...; one the server does not take is INVALID_ARGUMENT, listing those it does), ``step`` the
+    bytes per row (0: packed), ``is_bigendian`` the byte order of 16-bit samples. ``data`` is bytes or a
+    C-contiguous array (its bytes are sent), ``height`` x ``width`` pixels. A ROS ``sensor_msgs/Image`` maps
+    field for field::
+
+        RawFrame(msg.data, msg.height, msg.width, msg.encoding, msg.step, bool(msg.is_bigendian))
+    """
+
+    data: bytes | bytearray | memoryview | np.ndarray
+    height: int
+    width: int
+    encoding: str
+    step: int = 0
+    is_bigendian: bool = False
+
+
 # What detect() and stream() take as one image.
-ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | RawFrame
 # What stream() takes as one frame: an image, or an image and its capture time (microseconds, any clock).
 FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int] | tuple[ImageInput, int, str]
 
@@ -135,10 +158,14 @@ class FrameResult:
 
 # -- messages ------------------------------------------------------------------------------------------
 def image_message(image: ImageInput) -> det.Image:
-    """An ``Image`` message: a path's file bytes or encoded bytes as ``encoded``, a uint8 array as ``raw``.
+    """An ``Image`` message: a path's file bytes or encoded bytes as ``encoded``, a uint8 array or a
+    :class:`RawFrame` (with its encoding, step and byte order) as ``raw``.
 
     Raises OSError when a file cannot be read, ValueError for an array that is not uint8 ``[H, W]`` or
-    ``[H, W, C]``, TypeError for anything else. Channel counts and sizes are the server's to judge."""
+    ``[H, W, C]`` or a RawFrame whose sizes a message cannot hold, TypeError for anything else. Encodings,
+    channel counts and sizes are the server's to judge."""
+    if isinstance(image, RawFrame):
+        return det.Image(raw=raw_message(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"image: expected a uint8 [H, W] or [H, W, C] array, got {image.dtype} "
@@ -151,6 +178,24 @@ def image_message(image: ImageInput) -> det.Image:
     if isinstance(image, str | os.PathLike):
         return det.Image(encoded=Path(image).read_bytes())
     raise TypeError(f"image: expected a path, encoded bytes or a uint8 array, got {type(image).__name__}")
+
+
+def raw_message(frame: RawFrame) -> det.RawImage:
+    """The ``RawImage`` of a :class:`RawFrame`. Raises ValueError for a size or step that is negative or over
+    2^32 - 1, or data that is a non-contiguous array; TypeError for data that is not bytes or an array."""
+    for name in ("height", "width", "step"):
+        value = getattr(frame, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < 1 << 32:
+            raise ValueError(f"RawFrame.{name}: expected an int in [0, 2^32), got {value!r}")
+    data = frame.data
+    if isinstance(data, np.ndarray):
+        if not data.flags.c_contiguous:
+            raise ValueError("RawFrame.data: expected a C-contiguous array (its bytes are sent as they are)")
+        data = data.tobytes()
+    elif not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"RawFrame.data: expected bytes or a numpy array, got {type(data).__name__}")
+    return det.RawImage(height=int(frame.height), width=int(frame.width), encoding=frame.encoding,
+                        step=int(frame.step), is_bigendian=bool(frame.is_bigendian), data=bytes(data))
 
 
 def options_message(score_threshold: float | None = None, iou_threshold: float | None = None,
@@ -177,7 +222,7 @@ def detect_request(images: Sequence[ImageInput], model: str, version: str = "", 
                    request_id: str = "") -> det.DetectRequest:
     """A ``DetectRequest`` of several images. Raises as :func:`image_message`, and TypeError when
     ``images`` is a single image rather than a sequence of them."""
-    if isinstance(images, np.ndarray | str | bytes | bytearray | memoryview | os.PathLike):
+    if isinstance(images, np.ndarray | str | bytes | bytearray | memoryview | os.PathLike | RawFrame):
         raise TypeError("images: expected a sequence of images; use detect() for one image")
     return det.DetectRequest(model_name=model, model_version=version, id=request_id,
                              images=[image_message(i) for i in images],

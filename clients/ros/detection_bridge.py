@@ -5,7 +5,9 @@ The node subscribes to an image topic (``sensor_msgs/Image`` or, for a topic end
 ``DetectStream`` with a deadline per frame counted from the frame's arrival, and publishes each frame's boxes
 as ``vision_msgs/Detection2DArray`` on ``<image topic>/detections`` with the image's header stamp and frame
 id. Frames that arrive while the previous one is still waiting to be sent replace it (latest frame wins, as
-on the server).
+on the server). Raw frames travel as the camera gives them, their encoding with them: the server converts
+Bayer, YUV 4:2:2 and 16-bit frames with its native kernels (``--convert-on-client`` converts them here
+instead, for servers that take only RGB and grey raw frames).
 
 The watchdog of the robot example (``clients/examples/robot_loop.py``) holds every frame's deadline: when no
 valid result has come by then, or a result says the frame was dropped, expired or failed, it takes the safe
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from peregrine.client import Detection, DetectionClient, FrameResult, FrameStatus, PeregrineClientError
+from peregrine.client import Detection, DetectionClient, FrameResult, FrameStatus, PeregrineClientError, RawFrame
 from peregrine.client.watchdog import Watchdog
 
 log = logging.getLogger("peregrine_ros_bridge")
@@ -50,10 +52,11 @@ DEBIAN_ROS_PYTHON = "/usr/lib/python3/dist-packages"
 
 @dataclass
 class CameraFrame:
-    """One image as the bridge sends it: ``image`` for Detect (RGB/grey uint8 array, or encoded bytes),
-    the header's ``stamp_ns`` and ``frame_id``, and ``received`` (time.monotonic()) when it arrived."""
+    """One image as the bridge sends it: ``image`` for Detect (RGB/grey uint8 array, a camera frame's bytes
+    with their encoding, or encoded bytes), the header's ``stamp_ns`` and ``frame_id``, and ``received``
+    (time.monotonic()) when it arrived."""
 
-    image: np.ndarray | bytes
+    image: np.ndarray | RawFrame | bytes
     stamp_ns: int
     frame_id: str
     received: float
@@ -217,15 +220,20 @@ def ros1_vision_msgs() -> dict[str, Any]:
     return genpy.dynamic.generate_dynamic("vision_msgs/Detection2DArray", VISION_MSGS_ROS1)
 
 
-def image_for_detect(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-                     data: bytes) -> np.ndarray:
-    """A ``sensor_msgs/Image`` as what Detect takes: rgb8 and mono8 as they are (no copy), other encodings
-    converted to RGB (bgr8 flipped; Bayer, YUV, 16-bit through the recordings codec)."""
+def image_for_detect(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: bytes,
+                     convert_on_client: bool = False) -> np.ndarray | RawFrame:
+    """A ``sensor_msgs/Image`` as what Detect takes: packed rgb8 and mono8 as arrays (no copy; every server
+    takes them), any other encoding as its bytes and encoding (:class:`RawFrame`) for the server to convert
+    with its native kernels. ``convert_on_client``: for servers older than raw camera encodings in Detect,
+    convert here to RGB instead (bgr8 flipped; Bayer, YUV, 16-bit through the recordings codec, which needs
+    Peregrine's server package and the [ros] extra)."""
     buf = np.frombuffer(data, np.uint8)
     if encoding == "rgb8" and step == width * 3:
         return buf[: height * step].reshape(height, width, 3)
     if encoding in ("mono8", "8UC1") and step == width:
         return buf[: height * step].reshape(height, width)
+    if not convert_on_client:
+        return RawFrame(data if isinstance(data, bytes) else buf, height, width, encoding, step, is_bigendian)
     from peregrine.server.codecs.recordings import decode_image
 
     return np.ascontiguousarray(decode_image(encoding, height, width, step, is_bigendian, data)[:, :, ::-1])
@@ -234,7 +242,8 @@ def image_for_detect(encoding: str, height: int, width: int, step: int, is_bigen
 class Ros1Adapter:
     """The bridge's ROS side on ROS 1: one rospy node, a subscriber, two publishers."""
 
-    def __init__(self, name: str, image_topic: str, detections_topic: str, safety_topic: str) -> None:
+    def __init__(self, name: str, image_topic: str, detections_topic: str, safety_topic: str,
+                 convert_on_client: bool = False) -> None:
         import rospy
         from std_msgs.msg import String
 
@@ -246,6 +255,7 @@ class Ros1Adapter:
         self.safety = rospy.Publisher(safety_topic, String, queue_size=10)
         self.string_type = String
         self.image_topic = image_topic
+        self.convert_on_client = convert_on_client
 
     def subscribe(self, topic: str, on_frame: Callable[[CameraFrame], None]) -> None:
         from sensor_msgs.msg import CompressedImage, Image
@@ -253,10 +263,10 @@ class Ros1Adapter:
         def on_image(msg: Any) -> None:
             received = time.monotonic()
             if topic.endswith("/compressed"):
-                image: np.ndarray | bytes = bytes(msg.data)  # JPEG/PNG: the server decodes it
+                image: np.ndarray | RawFrame | bytes = bytes(msg.data)  # JPEG/PNG: the server decodes it
             else:
                 image = image_for_detect(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian),
-                                         msg.data)
+                                         msg.data, self.convert_on_client)
             on_frame(CameraFrame(image, msg.header.stamp.to_nsec(), msg.header.frame_id, received))
 
         msg_type = CompressedImage if topic.endswith("/compressed") else Image
@@ -305,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int, help="frames the server runs at once on the stream")
     p.add_argument("--score-threshold", type=float)
     p.add_argument("--node-name", default="peregrine_detection_bridge")
+    p.add_argument("--convert-on-client", action="store_true",
+                   help="convert Bayer, YUV and 16-bit frames to RGB here (for servers whose Detect takes only "
+                        "RGB/grey raw frames; needs the [ros] extra); default: the server converts them")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -317,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     import_rospy()
     try:
         ros = Ros1Adapter(args.node_name, args.image_topic, args.detections_topic or args.image_topic + "/detections",
-                          args.safety_topic)
+                          args.safety_topic, args.convert_on_client)
     except ImportError as e:
         print(f"detection_bridge: ROS 1 is not installed ({e}); on Debian: apt install python3-rospy "
               "python3-sensor-msgs", file=sys.stderr)

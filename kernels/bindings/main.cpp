@@ -9,6 +9,7 @@ namespace peregrine::bindings {
 void bind_preprocess(py::module_& m);
 void bind_postprocess(py::module_& m);
 void bind_classify(py::module_& m);
+void bind_convert(py::module_& m);
 void bind_cuda(py::module_& m);
 void bind_memory(py::module_& m);
 }  // namespace peregrine::bindings
@@ -26,6 +27,7 @@ PYBIND11_MODULE(_native, m) {
   peregrine::bindings::bind_preprocess(m);
   peregrine::bindings::bind_postprocess(m);
   peregrine::bindings::bind_classify(m);
+  peregrine::bindings::bind_convert(m);
   peregrine::bindings::bind_cuda(m);
   peregrine::bindings::bind_memory(m);
 }

@@ -38,7 +38,7 @@ def decode_image(image: det.Image, field: str) -> EncodedImage | RawImage:
         return EncodedImage(image.encoded, field)
     if kind == "raw":
         raw = image.raw
-        return RawImage(raw.data, raw.height, raw.width, raw.channels, field)
+        return RawImage(raw.data, raw.height, raw.width, raw.channels, field, raw.encoding, raw.step, raw.is_bigendian)
     raise InvalidArgument(f"{field}: expected an image (encoded bytes or raw pixels), got none")
 
 

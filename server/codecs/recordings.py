@@ -15,8 +15,10 @@ Recordings are read with ``rosbags`` (ROS 1 ``.bag`` files, rosbag2 directories 
 bare ``.mcap`` and ``.db3`` files; no ROS installation needed, message definitions come from the recording)
 and written with ``mcap`` + ``mcap-ros2-support`` (the project's ``[ros]`` extra). Images become BGR as
 OpenCV's and ``cv_bridge``'s conventions have them: ``sensor_msgs/Image`` in rgb8, bgr8, rgba8, bgra8,
-mono8, mono16, 8UC1/8UC3/16UC1, yuv422 (UYVY), yuv422_yuy2/yuyv (YUYV) and the bayer patterns (8 and 16 bit),
-and ``sensor_msgs/CompressedImage`` (JPEG, PNG). 16-bit images keep their 8 most significant bits.
+mono8, mono16, 8UC1/8UC3/8UC4/16UC1, rgb16, bgr16, yuv422 (UYVY), yuv422_yuy2/yuyv (YUYV) and the bayer
+patterns (8 and 16 bit), converted by the native kernels (``peregrine.kernels.convert_raw``, the conversion
+Detect uses for raw camera frames), and ``sensor_msgs/CompressedImage`` (JPEG, PNG). 16-bit images keep
+their 8 most significant bits.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
+from ... import kernels
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
@@ -134,63 +138,36 @@ def iter_frames(path: str | Path, topics: Sequence[str] | None = None) -> Iterat
                         connection.topic, int(log_time_ns), encoding)
 
 
-# sensor_msgs/image_encodings names -> how to make BGR of them. Bayer codes follow cv_bridge: OpenCV names a
-# pattern by its second row's second and third pixels, so ROS's rggb is OpenCV's BayerBG.
-_BAYER = {"rggb": cv2.COLOR_BayerBG2BGR, "bggr": cv2.COLOR_BayerRG2BGR, "gbrg": cv2.COLOR_BayerGR2BGR,
-          "grbg": cv2.COLOR_BayerGB2BGR}
-_PLAIN = {  # encoding -> (channels, dtype, conversion to BGR or None)
-    "rgb8": (3, np.uint8, cv2.COLOR_RGB2BGR), "bgr8": (3, np.uint8, None), "8UC3": (3, np.uint8, None),
-    "rgba8": (4, np.uint8, cv2.COLOR_RGBA2BGR), "bgra8": (4, np.uint8, cv2.COLOR_BGRA2BGR),
-    "8UC4": (4, np.uint8, cv2.COLOR_BGRA2BGR),
-    "mono8": (1, np.uint8, cv2.COLOR_GRAY2BGR), "8UC1": (1, np.uint8, cv2.COLOR_GRAY2BGR),
-    "mono16": (1, np.uint16, cv2.COLOR_GRAY2BGR), "16UC1": (1, np.uint16, cv2.COLOR_GRAY2BGR),
-    "rgb16": (3, np.uint16, cv2.COLOR_RGB2BGR), "bgr16": (3, np.uint16, None),
-}
-_YUV = {"yuv422": cv2.COLOR_YUV2BGR_UYVY, "uyvy": cv2.COLOR_YUV2BGR_UYVY,
-        "yuv422_yuy2": cv2.COLOR_YUV2BGR_YUY2, "yuyv": cv2.COLOR_YUV2BGR_YUY2, "yuy2": cv2.COLOR_YUV2BGR_YUY2}
-SUPPORTED_ENCODINGS = tuple(_PLAIN) + tuple(_YUV) + tuple(f"bayer_{p}{b}" for p in _BAYER for b in ("8", "16"))
-
-
-def _rows(data: Any, height: int, width: int, step: int, itemsize: int, per_pixel: int) -> np.ndarray:
-    """The ``height`` rows of ``step`` bytes each, cut to their ``width * per_pixel`` items (padding dropped)."""
-    buf = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data, np.uint8)
-    row_bytes = width * per_pixel * itemsize
-    if step < row_bytes or buf.size < step * (height - 1) + row_bytes:
-        raise RecordingError(f"{height}x{width} image with step {step}: expected at least {row_bytes} bytes per "
-                             f"row and {step * height} in all, got {buf.size}")
-    buf = buf[: step * height] if buf.size >= step * height else np.pad(buf, (0, step * height - buf.size))
-    return buf.reshape(height, step)[:, :row_bytes]
+# sensor_msgs/image_encodings names: the kernels' list (their exact spellings; the YUV and Bayer names are
+# also taken in upper case, as this reader always has). The conversion is the native kernels', which make
+# cv_bridge's colours: cv2.cvtColor's bytes for the code cv_bridge uses (ROS's rggb is OpenCV's BayerBG).
+SUPPORTED_ENCODINGS = kernels.RAW_ENCODINGS
+_CASELESS = {name for name in SUPPORTED_ENCODINGS if name.startswith(("bayer_", "yuv", "uyvy", "yuy"))}
 
 
 def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: Any) -> np.ndarray:
-    """A ``sensor_msgs/Image`` as uint8 BGR ``[height, width, 3]``. Raises RecordingError for an unsupported
-    encoding or data that does not fit its size."""
+    """A ``sensor_msgs/Image`` as uint8 BGR ``[height, width, 3]`` (converted by ``peregrine.kernels``; the
+    last row's padding may be missing). Raises RecordingError for an unsupported encoding or data that does
+    not fit its size."""
     if height <= 0 or width <= 0:
         raise RecordingError(f"empty image ({height}x{width})")
     name = encoding.strip()
-    low = name.lower()
-    if low in _YUV:
-        rows = _rows(data, height, width, step, 1, 2)
-        return cv2.cvtColor(np.ascontiguousarray(rows).reshape(height, width, 2), _YUV[low])
-    if low.startswith("bayer_") and low[6:10] in _BAYER and low[10:] in ("8", "16"):
-        wide = low[10:] == "16"
-        rows = _rows(data, height, width, step, 2 if wide else 1, 1)
-        raw = _narrow(rows.view(">u2" if is_bigendian else "<u2")) if wide else np.ascontiguousarray(rows)
-        return cv2.cvtColor(raw.reshape(height, width), _BAYER[low[6:10]])
-    if name not in _PLAIN:
+    name = name.lower() if name.lower() in _CASELESS else name
+    if name not in SUPPORTED_ENCODINGS:
         raise RecordingError(f"encoding {encoding!r} is not supported; expected one of "
                              f"{', '.join(SUPPORTED_ENCODINGS)}")
-    channels, dtype, code = _PLAIN[name]
-    itemsize = np.dtype(dtype).itemsize
-    rows = _rows(data, height, width, step, itemsize, channels)
-    pixels = _narrow(rows.view(">u2" if is_bigendian else "<u2")) if itemsize == 2 else np.ascontiguousarray(rows)
-    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
-    return np.ascontiguousarray(pixels) if code is None else cv2.cvtColor(pixels, code)
-
-
-def _narrow(values: np.ndarray) -> np.ndarray:
-    """16-bit pixels to 8 bits: the most significant byte (as cv_bridge's ``cvtColor`` to bgr8 scales)."""
-    return np.ascontiguousarray((values >> 8).astype(np.uint8))
+    if isinstance(data, np.ndarray):
+        buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    else:
+        buf = np.frombuffer(data if isinstance(data, bytes | bytearray | memoryview) else bytes(data), np.uint8)
+    row_bytes = kernels.raw_encoding(name).row_bytes(width)
+    if step < row_bytes or buf.size < step * (height - 1) + row_bytes:
+        raise RecordingError(f"{height}x{width} image with step {step}: expected at least {row_bytes} bytes per "
+                             f"row and {step * height} in all, got {buf.size}")
+    try:
+        return kernels.convert_raw(buf, name, height, width, step=step, is_bigendian=is_bigendian, order="bgr")
+    except ValueError as e:  # an odd width for YUV 4:2:2
+        raise RecordingError(f"{height}x{width} {name} image: {e}") from None
 
 
 def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:

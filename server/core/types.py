@@ -91,13 +91,18 @@ class EncodedImage:
 
 @dataclass(frozen=True)
 class RawImage:
-    """Raw HWC uint8 pixels and their stated size, as a client sent them, not yet checked."""
+    """Raw pixels and their stated layout, as a client sent them, not yet checked: HWC uint8 with
+    ``channels`` when ``encoding`` is empty, else a camera frame in that ``sensor_msgs/image_encodings``
+    encoding with rows of ``step`` bytes (0: packed) and 16-bit samples in ``is_bigendian`` byte order."""
 
     data: bytes
     height: int
     width: int
     channels: int
     field: str
+    encoding: str = ""
+    step: int = 0
+    is_bigendian: bool = False
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,8 @@ class DetectionModel:
         if isinstance(image, EncodedImage):
             return images.open_encoded(image.data, f"{image.field}.encoded", cfg.frame_channel_order, cfg.max_pixels)
         return images.open_raw(image.data, image.height, image.width, image.channels, f"{image.field}.raw",
-                               cfg.max_pixels)
+                               cfg.max_pixels, encoding=image.encoding, step=image.step,
+                               is_bigendian=image.is_bigendian, order=cfg.frame_channel_order)
 
     def decode_image(self, image: Any) -> np.ndarray:
         """A client's image as a uint8 [H, W, 3] frame in the pipeline's channel order (one image, outside

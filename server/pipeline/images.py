@@ -2,7 +2,9 @@
 
 JPEG goes through simplejpeg (libjpeg-turbo, strict: a truncated or corrupt file is an error, not a grey
 smear); PNG, BMP, TIFF and WebP go through Pillow (the first frame of an animated or multi-page file);
-raw pixels are checked against their stated size. Nothing is decoded before the request's cost is known:
+raw pixels are checked against their stated size and layout, and camera frames in a ``sensor_msgs``
+encoding (Bayer, YUV 4:2:2, 16-bit, ...) are converted by the native kernels (``kernels.convert_raw``).
+Nothing is decoded before the request's cost is known:
 
 1. :func:`open_encoded`, :func:`open_raw`, :func:`open_array` read each image's size (from the file's header,
    or as stated) and check it against the model's pixel limit and the letterbox kernel's side limit; they
@@ -30,8 +32,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from ... import kernels
 from ..config.server import ServerConfig
-from ..core.errors import InvalidArgument, PeregrineError, ResourceExhausted
+from ..core.errors import InvalidArgument, PeregrineError, ResourceExhausted, clipped
 
 ChannelOrder = Literal["rgb", "bgr"]
 
@@ -330,19 +333,55 @@ def _is_pillow_filter(entry: Any, category: type[Warning]) -> bool:
 
 
 def open_raw(data: Any, height: int, width: int, channels: int, field: str,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> PendingFrame:
-    """Raw HWC uint8 bytes of a stated size (1, 3 or 4 channels), checked: the frame is a view of ``data``
-    when it has 3 channels."""
-    if channels not in (1, 3, 4):
-        raise InvalidArgument(f"{field}.channels: expected 1, 3 or 4, got {channels}")
+             max_pixels: int = DEFAULT_MAX_PIXELS, *, encoding: str = "", step: int = 0,
+             is_bigendian: bool = False, order: ChannelOrder = "rgb") -> PendingFrame:
+    """Raw pixels of a stated size, checked (see :func:`check_size`); nothing is converted yet.
+
+    With no ``encoding``: HWC uint8 with 1, 3 or 4 ``channels``, taken as the pipeline's channel order (the
+    frame is a view of ``data`` when it has 3 channels and packed rows). With an encoding (one of
+    ``peregrine.kernels.RAW_ENCODINGS``, as ``sensor_msgs/Image`` names them): a camera frame the native
+    kernels convert to ``order`` with cv_bridge's colours (``channels`` must then be 0 or the encoding's
+    samples per pixel; YUV 4:2:2 needs an even width). Either way rows are ``step`` bytes (0: packed; else at
+    least the packed row) and ``data`` is exactly ``step * height`` bytes. Raises InvalidArgument naming
+    ``<field>.encoding``, ``.channels``, ``.width``, ``.step`` or ``.data``."""
+    if encoding:
+        if encoding not in kernels.RAW_ENCODINGS:
+            raise InvalidArgument(f"{field}.encoding: expected one of {', '.join(kernels.RAW_ENCODINGS)} (or empty: "
+                                  f"uint8 pixels by channels), got '{clipped(encoding)}'")
+        enc = kernels.raw_encoding(encoding)
+        if channels not in (0, enc.samples):
+            raise InvalidArgument(f"{field}.channels: expected 0 or {enc.samples} ({encoding}'s samples per pixel), "
+                                  f"got {channels}")
+        what = f"{width} pixels of {encoding}"
+    else:
+        if channels not in (1, 3, 4):
+            raise InvalidArgument(f"{field}.channels: expected 1, 3 or 4, got {channels}")
+        enc, what = None, f"{width} x {channels} bytes"
     check_size(field, height, width, max_pixels)
-    expected = height * width * channels
-    if len(data) != expected:
-        raise InvalidArgument(
-            f"{field}.data: expected {height}x{width}x{channels} = {expected} bytes, got {len(data)}"
-        )
+    if enc is not None and enc.even_width and width % 2:
+        raise InvalidArgument(f"{field}.width: expected an even width for {encoding} (two pixels share U and V), "
+                              f"got {width}")
+    row = enc.row_bytes(width) if enc is not None else width * channels
+    if step and step < row:
+        raise InvalidArgument(f"{field}.step: expected 0 (packed) or at least {row} bytes per row ({what}), got {step}")
+    step = step or row
+    if len(data) != step * height:
+        shape = f"{height}x{width}x{channels}" if enc is None and step == row else f"step x height = {step} x {height}"
+        raise InvalidArgument(f"{field}.data: expected {shape} = {step * height} bytes, got {len(data)}")
+    if enc is not None:
+        return PendingFrame(field, height, width, 0, lambda: _converted(data, encoding, height, width, step,
+                                                                        is_bigendian, order, field))
     return PendingFrame(field, height, width, 0, lambda: raw_frame(
-        np.frombuffer(data, np.uint8).reshape(height, width, channels), field, max_pixels))
+        np.frombuffer(data, np.uint8).reshape(height, step)[:, :row].reshape(height, width, channels), field,
+        max_pixels))
+
+
+def _converted(data: Any, encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+               order: ChannelOrder, field: str) -> np.ndarray:
+    try:
+        return kernels.convert_raw(data, encoding, height, width, step=step, is_bigendian=is_bigendian, order=order)
+    except MemoryError:
+        raise ResourceExhausted(f"{field}: out of memory converting a {width}x{height} {encoding} frame") from None
 
 
 def open_array(array: np.ndarray, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PendingFrame:

@@ -138,6 +138,28 @@ def test_compressed_and_refusals() -> None:
         decode_image("32FC1", H, W, 4 * W, False, bytes(4 * W * H))
     with pytest.raises(RecordingError, match="bytes per row"):
         decode_image("rgb8", H, W, W * 3, False, bytes(W * 3 * (H - 1)))
+    with pytest.raises(RecordingError, match="even width"):
+        decode_image("yuyv", H, W - 1, 2 * (W - 1), False, bytes(2 * (W - 1) * H))
+
+
+@pytest.mark.parametrize(("encoding", "code"), [
+    ("bayer_rggb8", cv2.COLOR_BayerBG2BGR), ("BAYER_GRBG8", cv2.COLOR_BayerGB2BGR),
+    ("bayer_gbrg16", cv2.COLOR_BayerGR2BGR), ("uyvy", cv2.COLOR_YUV2BGR_UYVY), (" yuv422_yuy2", cv2.COLOR_YUV2BGR_YUY2),
+])
+def test_raw_encodings_are_cv_bridges_byte_for_byte(encoding: str, code: int) -> None:
+    """The native conversion gives cv2.cvtColor's bytes (cv_bridge's code per encoding) on random samples, odd
+    sizes and padded rows included; YUV and Bayer names are taken in any case, with spaces around."""
+    rng = np.random.default_rng(11)
+    wide = encoding.endswith("16")
+    height, width = (H + 1, W + 1) if "bayer" in encoding.lower() else (H, W)
+    channels = 1 if "bayer" in encoding.lower() else 2
+    samples = rng.integers(0, 1 << (16 if wide else 8), (height, width, channels), np.uint16 if wide else np.uint8)
+    narrow = (samples >> 8).astype(np.uint8) if wide else samples
+    want = cv2.cvtColor(narrow if channels == 2 else narrow[:, :, 0], code)
+    rows = samples.reshape(height, -1).astype("<u2" if wide else np.uint8).view(np.uint8)
+    step = rows.shape[1] + 6
+    data = np.concatenate([rows, np.full((height, 6), 0xEE, np.uint8)], axis=1)
+    np.testing.assert_array_equal(decode_image(encoding, height, width, step, False, data.reshape(-1)), want)
 
 
 # -- recordings written with rosbags and mcap-ros2-support ---------------------------------------------

@@ -1,4 +1,5 @@
-"""The bridge's image handling, without ROS: what a sensor_msgs/Image becomes before it is sent to Detect."""
+"""The bridge's image handling, without ROS: what a sensor_msgs/Image becomes before it is sent to Detect
+(as it is, with its encoding, for the server to convert; or converted here for older servers)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import skimage.data
 
 pytest.importorskip("rosbags", reason="the [ros] extra is not installed")
 
-from peregrine.server.codecs.recordings import decode_image
+from peregrine.client import RawFrame
+from peregrine.client.detection import raw_message
 
 BRIDGE = Path(__file__).resolve().parents[2] / "clients" / "ros" / "detection_bridge.py"
 
@@ -40,15 +42,43 @@ def test_rgb8_and_mono8_are_sent_as_they_are(bridge) -> None:  # type: ignore[no
     np.testing.assert_array_equal(bridge.image_for_detect("mono8", 48, 64, 64, False, grey.tobytes()), grey)
 
 
-def test_other_encodings_become_rgb(bridge) -> None:  # type: ignore[no-untyped-def]
-    bgr = RGB[:, :, ::-1].copy()
-    np.testing.assert_array_equal(bridge.image_for_detect("bgr8", 48, 64, 192, False, bgr.tobytes()), RGB)
-    raw = np.zeros((48, 64), np.uint8)
+def rggb(rgb: np.ndarray) -> np.ndarray:
+    raw = np.zeros(rgb.shape[:2], np.uint8)
     raw[0::2, 0::2], raw[0::2, 1::2], raw[1::2, 0::2], raw[1::2, 1::2] = (
-        RGB[0::2, 0::2, 0], RGB[0::2, 1::2, 1], RGB[1::2, 0::2, 1], RGB[1::2, 1::2, 2])  # rggb
-    out = bridge.image_for_detect("bayer_rggb8", 48, 64, 64, False, raw.tobytes())
-    np.testing.assert_array_equal(out, decode_image("bayer_rggb8", 48, 64, 64, False, raw.tobytes())[:, :, ::-1])
+        rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1], rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2])
+    return raw
+
+
+def test_other_encodings_go_to_the_server_as_they_are(bridge) -> None:  # type: ignore[no-untyped-def]
+    """Bayer, YUV, 16-bit, bgr8 and padded rows: the message's bytes with their encoding, step and byte order."""
+    raw = rggb(RGB).tobytes()
+    frame = bridge.image_for_detect("bayer_rggb8", 48, 64, 64, False, raw)
+    assert frame == RawFrame(raw, 48, 64, "bayer_rggb8", 64, False)
+    assert frame.data is raw  # no copy
+    wide = (RGB[:, :, 0].astype(">u2") * 257).tobytes()
+    assert bridge.image_for_detect("mono16", 48, 64, 128, True, wide) == RawFrame(wide, 48, 64, "mono16", 128, True)
+    padded = np.zeros((48, 200), np.uint8)
+    padded[:, :192] = RGB.reshape(48, -1)
+    frame = bridge.image_for_detect("rgb8", 48, 64, 200, False, padded.tobytes())
+    assert isinstance(frame, RawFrame) and (frame.encoding, frame.step) == ("rgb8", 200)
+    message = raw_message(frame)  # what the client puts on the wire
+    assert (message.encoding, message.step, message.height, message.width) == ("rgb8", 200, 48, 64)
+    assert message.data == padded.tobytes()
+
+
+def test_convert_on_client_makes_rgb_for_older_servers(bridge) -> None:  # type: ignore[no-untyped-def]
+    bgr = RGB[:, :, ::-1].copy()
+    np.testing.assert_array_equal(bridge.image_for_detect("bgr8", 48, 64, 192, False, bgr.tobytes(), True), RGB)
+    raw = rggb(RGB)
+    out = bridge.image_for_detect("bayer_rggb8", 48, 64, 64, False, raw.tobytes(), True)
+    np.testing.assert_array_equal(out, cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB))  # cv_bridge's code, as RGB
     assert out.shape == (48, 64, 3) and out.flags.c_contiguous
+
+
+def test_the_bridge_has_a_convert_on_client_option(bridge) -> None:  # type: ignore[no-untyped-def]
+    args = bridge.build_parser().parse_args(["--image-topic", "/camera/image_raw", "--convert-on-client"])
+    assert args.convert_on_client
+    assert not bridge.build_parser().parse_args(["--image-topic", "/camera/image_raw"]).convert_on_client
 
 
 def test_vision_msgs_classes_match_the_released_package(bridge) -> None:  # type: ignore[no-untyped-def]

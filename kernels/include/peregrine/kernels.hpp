@@ -65,6 +65,39 @@ void resize_nchw_cpu(const Frame* frames, const Placement* placements, std::int3
                      void* out, int num_threads);
 
 // ------------------------------------------------------------------------------------------------
+// Raw camera frames (sensor_msgs/image_encodings layouts) -> uint8 [height, width, 3] RGB or BGR, with
+// cv_bridge's colours: the pixels of cv2.cvtColor(frame, code) for the code cv_bridge uses, byte for byte
+// (YUV 4:2:2: OpenCV's fixed-point BT.601; Bayer: OpenCV's bilinear demosaic and its border rule).
+// ------------------------------------------------------------------------------------------------
+
+enum class RawLayout : std::int32_t {
+  kPixels = 0,  // interleaved samples, RawFormat::channels per pixel
+  kUyvy = 1,    // YUV 4:2:2, U Y0 V Y1 per two pixels (sensor_msgs "yuv422")
+  kYuyv = 2,    // YUV 4:2:2, Y0 U Y1 V per two pixels ("yuv422_yuy2")
+  kBayer = 3,   // one sample per pixel under a 2x2 colour filter (two greens, one red, one blue)
+};
+
+struct RawFormat {
+  RawLayout layout;
+  std::int32_t channels;      // kPixels: 1 (grey, replicated), 3, or 4 (the fourth, alpha, is dropped)
+  std::int32_t sample_bytes;  // 1, or 2 (16-bit samples: the most significant byte is kept)
+  bool big_endian;            // byte order of 16-bit samples
+  bool blue_first;            // kPixels with 3 or 4 channels: BGR(A) rather than RGB(A)
+  std::int32_t red_x;         // kBayer: column (0 or 1) of the red sample in the 2x2 pattern
+  std::int32_t red_y;         // kBayer: its row (0 or 1); blue is at (1 - red_x, 1 - red_y)
+};
+
+// Bytes of one packed row of `width` pixels; kUyvy/kYuyv need an even width.
+std::int64_t raw_row_bytes(const RawFormat& format, std::int32_t width);
+
+// data: height rows of `step` bytes (>= raw_row_bytes; the last row may stop after its pixels). out:
+// [height, width, 3] uint8, C-contiguous, RGB (BGR when bgr). Bayer: pixels in rows and columns 1 .. n-2 are
+// interpolated, the outer ones copy their inner neighbour, and a frame with a side under 3 comes out black
+// (as OpenCV does). 16-bit samples are narrowed before any interpolation.
+void convert_raw_cpu(const std::uint8_t* data, std::int32_t height, std::int32_t width, std::int64_t step,
+                     const RawFormat& format, bool bgr, std::uint8_t* out, int num_threads);
+
+// ------------------------------------------------------------------------------------------------
 // Post-processing: decode a detection head, NMS, map boxes back, classification.
 // ------------------------------------------------------------------------------------------------
 
