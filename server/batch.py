@@ -5,6 +5,7 @@
     peregrine batch --model yolov8n_detect --input drive.mcap --topic /camera/image_raw --output d.jsonl
     peregrine batch --model my_model --input rows.npy --output outputs.npz
     peregrine batch --model yolov8n_detect --input photos.tar --output d.jsonl --server 10.0.0.5:8001
+    peregrine batch --model yolov8n_detect --input photos/ --output d.jsonl --annotate annotated/
 
 Locally the models load in this process and items go through the same data plane, batchers and pipelines
 a server runs (no port is opened), with enough items in flight to fill the model's largest batch while
@@ -15,7 +16,9 @@ tensor models write an .npz of their outputs, row i for item i.
 
 Interrupted (Ctrl-C, a crash), the same command resumes: what was committed (``<output>.progress.json``,
 every half second) is kept and the rest is done. ``--server`` sends the input as an asynchronous job to a
-server instead (a directory or glob packed into a tar first) and follows it to the end.
+server instead (a directory or glob packed into a tar first) and follows it to the end. ``--annotate DIR``
+also draws the boxes on the inputs into DIR (images under their relative names, a video as one video, a
+recording's frames as ``<topic>/<stamp_ns>.png``; see :mod:`.batch_annotate`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import batch_annotate
 from .app import PeregrineServer
 from .config.server import ServerConfig
 from .core.errors import PeregrineError
@@ -63,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default="", metavar="ADDR", help="submit as a job to this server instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="start over, ignoring what an earlier run committed")
+    p.add_argument("--annotate", type=Path, metavar="DIR",
+                   help="also draw the boxes on the inputs into DIR: images under their relative names, a video "
+                   "as one video, a recording's frames as <topic>/<stamp_ns>.png (needs the [annotate] extra)")
     return p
 
 
@@ -132,6 +139,9 @@ def _run_local(args: argparse.Namespace) -> dict[str, Any]:
     if tensors != (output.suffix == ".npz"):
         raise ValueError(f"--output: a {source.kind} input gives {'an .npz' if tensors else 'JSON Lines'}; "
                          f"name the output accordingly, got {output.name}")
+    if args.annotate is not None:
+        batch_annotate.check_kind(source.kind)
+        batch_annotate.annotate_module()
     work = output.with_name(output.name + ".parts")
     progress_file = output.with_name(output.name + ".progress.json")
     state = _resume_state(progress_file, args, source.total)
@@ -153,6 +163,8 @@ def _run_local(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop(grace=0)
         source.close()
+    if args.annotate is not None and source.kind == "video":
+        summary["pictures"] = batch_annotate.draw_video(Path(args.input[0]), work / "result.jsonl", args.annotate)
     os.replace(work / ("result.npz" if fmt == "npz" else "result.jsonl"), output)
     shutil.rmtree(work, ignore_errors=True)
     progress_file.unlink(missing_ok=True)
@@ -166,6 +178,9 @@ def _resume_state(progress_file: Path, args: argparse.Namespace, total: int) -> 
     if state.get("model") != args.model or state.get("inputs") != args.input or state.get("total") != total:
         raise ValueError(f"{progress_file}: an earlier run of other inputs or another model; pass --restart "
                          "to start over")
+    if state.get("annotate", "") != str(args.annotate or "") and not args.restart:
+        raise ValueError(f"{progress_file}: an earlier run with --annotate '{state.get('annotate', '')}' (this one: "
+                         f"'{args.annotate or ''}'); its pictures would be partial: pass the same, or --restart")
     print(f"peregrine batch: resuming after item {state['items_done']} of {total}", file=sys.stderr)
     return state
 
@@ -178,6 +193,10 @@ async def _run(server: PeregrineServer, args: argparse.Namespace, source: source
     tally = Tally(writer, state["summary"])
     started, last = time.monotonic(), time.monotonic()
     bar = _progress(source.total, state["items_done"], args.no_progress)
+    pictures = None
+    if args.annotate is not None and source.kind != "video":  # a video is drawn whole at the end
+        pictures = batch_annotate.PictureQueue(batch_annotate.PictureWriter(args.annotate, source),
+                                               2 * (args.in_flight or max(1, model.max_batch_size)))
     iterator = source.items(state["items_done"])
     outcomes = run_in_order(plane, LocalCall("batch"), args.model, args.model_version,
                             lambda: loop.run_in_executor(None, next, iterator, None),
@@ -186,14 +205,22 @@ async def _run(server: PeregrineServer, args: argparse.Namespace, source: source
         async with contextlib.aclosing(outcomes):
             async for item, result, error, final in outcomes:
                 tally.add(item, result, error)
+                if pictures is not None:
+                    await pictures.add(item, result, error)
                 bar.update(1)
                 if time.monotonic() - last >= CHECKPOINT_S or final:
                     last = time.monotonic()
+                    if pictures is not None:
+                        await pictures.flush()  # an item is checkpointed with its picture on disk
                     _commit(progress_file, args, source.total, tally.summary["items"], writer.checkpoint(),
                             tally.summary)
     finally:
         bar.close()
+        if pictures is not None:
+            pictures.close()
     summary = tally.summary
+    if pictures is not None:
+        summary["pictures"] = pictures.writer.drawn
     summary["seconds"] = round(time.monotonic() - started, 3)
     done_now = summary["items"] - state["items_done"]
     summary["items_per_s"] = round(done_now / summary["seconds"], 2) if summary["seconds"] else 0
@@ -205,7 +232,8 @@ def _commit(progress_file: Path, args: argparse.Namespace, total: int, done: int
     """Record what is durable (written after the result's own fsync), atomically."""
     tmp = progress_file.with_suffix(".tmp")
     tmp.write_text(json.dumps({"model": args.model, "inputs": args.input, "total": total, "items_done": done,
-                               "result_bytes": result_bytes, "summary": summary}))
+                               "result_bytes": result_bytes, "summary": summary,
+                               "annotate": str(args.annotate or "")}))
     os.replace(tmp, progress_file)
 
 
@@ -231,6 +259,8 @@ def _print_summary(summary: dict[str, Any], output: Path) -> None:
     rows = [("items", f"{summary['items']}"), ("failed", f"{summary['failed']}"),
             ("detections", f"{summary.get('detections', 0)}"), ("seconds", f"{summary.get('seconds', 0):.2f}"),
             ("items/s", f"{summary.get('items_per_s', 0):.1f}"), ("output", str(output))]
+    if "pictures" in summary:
+        rows.append(("pictures", f"{summary['pictures']} drawn"))
     top = sorted(summary.get("per_class", {}).items(), key=lambda kv: -kv[1])[:10]
     rows += [(f"  {label}", str(count)) for label, count in top]
     width = max(len(k) for k, _ in rows)
@@ -242,6 +272,8 @@ def _remote(args: argparse.Namespace) -> int:
     from peregrine.client.jobs import JobClient, state_name
 
     files = _image_files(args.input)
+    if args.annotate is not None:
+        batch_annotate.check_remote(files, args.input, args.kind)
     with tempfile.TemporaryDirectory(prefix="peregrine-batch-") as tmp:
         if files is not None:
             payload = Path(tmp) / "images.tar"
@@ -270,5 +302,12 @@ def _remote(args: argparse.Namespace) -> int:
                 return 1
             args.output.unlink(missing_ok=True)
             summary = client.download(job.job_id, args.output)
+    if args.annotate is not None:  # from the local inputs, matched to the result's lines by item index
+        local = sources.FilesSource(files) if files is not None else \
+            sources.open_source(Path(args.input[0]), args.kind, _parameters(args))
+        try:
+            summary["pictures"] = batch_annotate.draw_result(local, args.output, args.annotate)
+        finally:
+            local.close()
     _print_summary(summary, args.output)
     return 0

@@ -106,3 +106,17 @@ def test_cli_draws_json_lines_results(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--results", str(results), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "results.jsonl:1" in err and "missing field 'y1'" in err
+
+
+def test_cli_draws_the_lines_batch_and_jobs_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `source` and `boxes` (peregrine batch's and a job's JSON Lines); a failed item's line has nothing to draw.
+    cv2.imwrite(str(tmp_path / "a.png"), coffee_bgr())
+    box = {"x1": 30.5, "y1": 60.0, "x2": 250.0, "y2": 300.0, "score": 0.7, "class_id": 1, "label": "bicycle"}
+    results = tmp_path / "d.jsonl"
+    results.write_text(json.dumps({"index": 0, "source": "a.png", "height": 400, "width": 600, "boxes": [box]})
+                       + "\n" + json.dumps({"index": 1, "source": "gone.png", "error": "not an image"}) + "\n")
+    out = tmp_path / "drawn"
+    assert main(["--results", str(results), "-o", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["a.png"] and "1 boxes" in capsys.readouterr().out
+    np.testing.assert_array_equal(cv2.imread(str(out / "a.png")),
+                                  draw_detections(coffee_bgr(), [Detection(30.5, 60, 250, 300, 0.7, 1, "bicycle")]))
