@@ -102,7 +102,8 @@ class PeregrineServer:
                                                           self.dataplane.cache, self.dataplane.ladders))
         self.jobs = job_service(config, self.dataplane, hooks)
         self.grpc = GrpcTransport(config, self.dataplane, self.loop, self.jobs)
-        self.http = HttpTransport(config, self.dataplane, self.loop) if config.http_port is not None else None
+        self.http = (HttpTransport(config, self.dataplane, self.loop, self.jobs) if config.http_port is not None
+                     else None)
         self.port: int | None = None
         self.http_port: int | None = None
 
@@ -228,12 +229,16 @@ def webhooks(config: ServerConfig) -> Webhooks | None:
 def job_service(config: ServerConfig, dataplane: DataPlane, hooks: Webhooks | None) -> JobService | None:
     """The asynchronous job service, when the configuration names a spool directory."""
     if config.job_spool is None:
+        if config.job_objects:
+            raise ValueError("--job-objects needs --job-spool (each server's records or working files)")
         return None
     settings = JobSettings(spool=config.job_spool, max_payload_bytes=config.job_max_payload_bytes,
                            quota_bytes=config.job_quota_bytes, result_ttl_s=config.job_result_ttl_s,
                            default_time_limit_s=config.job_time_limit_s, workers=config.job_workers,
                            items_in_flight=config.job_items_in_flight, input_roots=config.job_input_roots,
-                           lease_s=config.job_lease_s, webhooks=hooks)
+                           lease_s=config.job_lease_s, webhooks=hooks, input_prefixes=config.job_input_prefixes,
+                           objects_url=config.job_objects, s3_endpoint=config.job_s3_endpoint,
+                           object_part_bytes=config.job_object_part_bytes)
     if config.job_store.startswith(("postgresql://", "postgres://")):
         store: JobStore = PostgresJobStore(config.job_store, config.job_spool)
     elif config.job_store:

@@ -163,8 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     jb.add_argument("--job-spool", type=Path, default=d.job_spool, metavar="DIR",
                     help="serve peregrine.v1.JobService, keeping job records, payloads and results in DIR "
                          "(default: off)")
-    jb.add_argument("--job-input-root", type=Path, action="append", default=[], metavar="DIR",
-                    help="a directory whose files jobs may name as input_location or in an image list (repeat)")
+    jb.add_argument("--job-input-root", action="append", default=[], metavar="DIR|URL",
+                    help="a directory whose files jobs may name as input_location or in an image list, or an "
+                         "s3://bucket/prefix whose objects they may name as input_location (repeat)")
     jb.add_argument("--job-max-payload-mb", type=int, default=d.job_max_payload_bytes // MIB,
                     help="largest payload (default %(default)s)")
     jb.add_argument("--job-quota-mb", type=int, default=d.job_quota_bytes // MIB,
@@ -179,6 +180,15 @@ def _parser() -> argparse.ArgumentParser:
     jb.add_argument("--job-store", default=d.job_store, metavar="URL",
                     help="job records in PostgreSQL (postgresql://...), shared by several servers with one spool "
                          "(default: SQLite in the spool, one server)")
+    jb.add_argument("--job-objects", default=d.job_objects, metavar="URL",
+                    help="payloads and results in this object store, file:///dir or s3://bucket/prefix (S3 "
+                         "credentials from the AWS_* environment variables), shared by the servers of one "
+                         "--job-store; the spool keeps only working files (default: the spool)")
+    jb.add_argument("--job-s3-endpoint", default=d.job_s3_endpoint, metavar="URL",
+                    help="an S3-compatible server's endpoint, e.g. http://minio:9000, for --job-objects and s3:// "
+                         "input roots (default: AWS, or AWS_ENDPOINT_URL)")
+    jb.add_argument("--job-object-part-mb", type=int, default=d.job_object_part_bytes // MIB,
+                    help="an upload goes to the object store in parts of this size (default %(default)s)")
     jb.add_argument("--job-webhook-secret-file", type=Path, default=d.job_webhook_secret_file, metavar="FILE",
                     help="sign job webhooks (HMAC-SHA256) with the secret in FILE; needed for notify_url")
     jb.add_argument("--job-webhook-allow", action="append", default=[], metavar="URL_PREFIX",
@@ -260,7 +270,8 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         drift_baselines=tuple(a.drift_baseline),
         drift_dir=a.drift_dir,
         job_spool=a.job_spool,
-        job_input_roots=tuple(a.job_input_root),
+        job_input_roots=tuple(Path(r) for r in a.job_input_root if not r.startswith("s3://")),
+        job_input_prefixes=tuple(r for r in a.job_input_root if r.startswith("s3://")),
         job_max_payload_bytes=a.job_max_payload_mb * MIB,
         job_quota_bytes=a.job_quota_mb * MIB,
         job_result_ttl_s=a.job_result_ttl,
@@ -269,6 +280,9 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         job_items_in_flight=a.job_items_in_flight,
         job_store=a.job_store,
         job_lease_s=a.job_lease,
+        job_objects=a.job_objects,
+        job_s3_endpoint=a.job_s3_endpoint,
+        job_object_part_bytes=a.job_object_part_mb * MIB,
         job_webhook_secret_file=a.job_webhook_secret_file,
         job_webhook_allow=tuple(a.job_webhook_allow),
     )

@@ -103,6 +103,7 @@ class ServerConfig:
     # Asynchronous jobs (docs/JOBS.md): on when `job_spool` names a directory (records, payloads, results).
     job_spool: Path | None = None
     job_input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point
+    job_input_prefixes: tuple[str, ...] = ()  # s3://bucket/prefix URLs whose objects input_location may name
     job_max_payload_bytes: int = 1024 ** 3
     job_quota_bytes: int = 16 * 1024 ** 3
     job_result_ttl_s: float = 24 * 3600
@@ -113,6 +114,14 @@ class ServerConfig:
     # (postgresql://user@host/db) for several processes sharing one queue and a spool they all mount.
     job_store: str = ""
     job_lease_s: float = 10.0
+    # Payloads and results in an object store instead of the spool (file:///dir or s3://bucket/prefix; the
+    # [objectstore] extra), which several servers sharing a PostgreSQL store reach; the spool then keeps only
+    # each server's working files. S3 credentials come from the AWS environment variables; the endpoint of an
+    # S3-compatible server (MinIO, SeaweedFS, ...) from job_s3_endpoint (or AWS_ENDPOINT_URL). An upload goes
+    # to the store in parts of job_object_part_bytes.
+    job_objects: str = ""
+    job_s3_endpoint: str = ""
+    job_object_part_bytes: int = 8 * 1024 ** 2
     # Webhooks when jobs end: signed with the secret in this file, sent only to URLs under these prefixes.
     job_webhook_secret_file: Path | None = None
     job_webhook_allow: tuple[str, ...] = ()

@@ -14,6 +14,9 @@ resumes each running job from its last checkpoint. With a shared store (PostgreS
 queue, each running job held by a lease its server renews; an ended job's outcome may be POSTed to a webhook
 (:mod:`.webhooks`).
 
+Payloads and results are files in the spool, or objects in an object store (``objects_url``) that several
+servers share, the spool then holding only each server's working files (:mod:`.objects`).
+
 Lifecycle: UPLOADING → QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED. An upload cut short stays
 UPLOADING, resumable with the job id and the bytes received, until ``upload_timeout_s`` passes without a
 byte; an ended job's result is kept ``result_ttl_s``; then both are removed.
@@ -31,7 +34,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,7 +58,8 @@ from ..core.errors import (
 from ..core.types import DetectRequest, EncodedImage, FrameResult, InferRequest, InferResponse, RawImage
 from ..dataplane.dataplane import DataPlane, RequestScope
 from . import sources
-from .results import ResultWriter, Tally, result_path
+from .objects import PART_BYTES, InputPrefixes, JobFiles, ObjectBucket, RunFiles, SpoolFiles, StoredPayload, StoreFiles
+from .results import ResultWriter, Tally
 from .store import (
     CANCELLED,
     ENDED,
@@ -98,13 +101,19 @@ class JobSettings:
     sweep_s: float = 5.0
     lease_s: float = 10.0  # a running job's lease (renewed every third of it); shared stores only matter
     input_roots: tuple[Path, ...] = ()  # where input_location paths and "images" lists may point
+    input_prefixes: tuple[str, ...] = ()  # s3://bucket/prefix URLs input_location may name objects under
     webhooks: Webhooks | None = None  # where jobs may send their outcome, and the secret that signs it
+    objects_url: str = ""  # payloads and results in this object store (file:///dir, s3://bucket/prefix), not the spool
+    s3_endpoint: str = ""  # an S3-compatible server's endpoint URL (default: AWS's, or AWS_ENDPOINT_URL)
+    object_part_bytes: int = PART_BYTES  # an uploaded payload goes to the object store in parts of this size
 
     def __post_init__(self) -> None:
         for name in ("max_payload_bytes", "quota_bytes", "workers", "items_in_flight", "default_time_limit_s",
-                     "max_time_limit_s"):
+                     "max_time_limit_s", "object_part_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"job settings: {name} must be positive, got {getattr(self, name)}")
+        if self.object_part_bytes < 64 * 1024:  # a 1 GiB payload in at most 16384 parts
+            raise ValueError(f"job settings: object_part_bytes must be at least 65536, got {self.object_part_bytes}")
 
 
 @dataclass
@@ -146,7 +155,19 @@ class JobService:
         self.plane = plane
         self.store = store
         self.settings = settings
+        self.files: JobFiles = SpoolFiles(store.spool)
+        try:
+            if settings.objects_url:
+                self.files = StoreFiles(ObjectBucket(settings.objects_url, settings.s3_endpoint), store.spool,
+                                        settings.object_part_bytes)
+            self.inputs = InputPrefixes(settings.input_prefixes, settings.s3_endpoint)
+        except BaseException:
+            store.close()
+            raise
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="peregrine-jobs")
+        self._transfer_pool = self._io_pool  # what moves payload and result bytes (object stores: its own threads)
+        if settings.objects_url or settings.input_prefixes:  # a slow store must not hold up the records
+            self._transfer_pool = ThreadPoolExecutor(4, thread_name_prefix="peregrine-job-objects")
         self._webhook_pool = ThreadPoolExecutor(2, thread_name_prefix="peregrine-webhooks")
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -159,9 +180,9 @@ class JobService:
     async def start(self) -> None:
         """Recover what a previous process left (running jobs queue again, to resume from their checkpoint)
         and start the workers and the sweeper."""
-        for record in await self._io(self.store.with_state, UPLOADING):  # what reached the disk counts
-            part = self.directory(record.job_id) / "payload.part"
-            size = part.stat().st_size if part.exists() else 0
+        await self._transfer(self.files.check)  # a wrong object-store URL or credentials: say so now
+        for record in await self._io(self.store.with_state, UPLOADING):  # what reached the disk (store) counts
+            size = await self._transfer(self.files.received, record.job_id)
             await self._io(self.store.transition, record.job_id, {UPLOADING}, received_bytes=size)
         if not self.store.shared:  # this process was the only worker: what ran was its own, and is resumed
             for record in await self._io(self.store.with_state, RUNNING):  # (a shared store's leases run out)
@@ -179,16 +200,22 @@ class JobService:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._running.values(), return_exceptions=True)
         self._io_pool.shutdown(wait=True)
+        self._transfer_pool.shutdown(wait=True)
         self._webhook_pool.shutdown(wait=False, cancel_futures=True)  # undelivered ones go at the next start
         self.store.close()
 
     def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._io_pool, lambda: fn(*args, **kwargs))
 
-    async def _io_open(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the I/O thread, for what opens files (its result has ``close``): if the caller is
-        cancelled meanwhile, what it opened is closed once it is open."""
-        future = asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+    def _transfer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """``fn`` where payload and result bytes move: the I/O thread for the spool, threads of their own for
+        an object store."""
+        return asyncio.get_running_loop().run_in_executor(self._transfer_pool, lambda: fn(*args, **kwargs))
+
+    async def _io_open(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
+        """``fn(*args)`` in the I/O thread (or ``pool``), for what opens files (its result has ``close``): if
+        the caller is cancelled meanwhile, what it opened is closed once it is open."""
+        future = asyncio.get_running_loop().run_in_executor(pool or self._io_pool, fn, *args)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -200,7 +227,8 @@ class JobService:
             self._changed.notify_all()
 
     def directory(self, job_id: str) -> Path:
-        return self.store.spool / job_id
+        """The job's directory in the spool (with an object store: its working files on this server)."""
+        return self.files.workdir(job_id)
 
     # -- submit -----------------------------------------------------------------------------------
     async def submit(self, chunks: AsyncIterator[tuple[JobSpec | None, bytes]],
@@ -219,12 +247,12 @@ class JobService:
             if data:
                 raise InvalidArgument("input_location: the payload is read from there; send no data with it")
             return await self._submit_location(spec)
-        record, part = await self._begin_upload(spec)
+        record, offset = await self._begin_upload(spec)
         if created is not None:
             await created(record.job_id)
         self._uploading.add(record.job_id)
         try:
-            record = await self._receive(record, part, data, iterator)
+            record = await self._receive(record, offset, data, iterator)
         finally:
             self._uploading.discard(record.job_id)
         await self._notify()
@@ -259,7 +287,8 @@ class JobService:
                 raise InvalidArgument(f"spec.notify_url: '{clipped(spec.notify_url)}' is not under an allowed "
                                       f"webhook prefix ({', '.join(hooks.allowed_prefixes)})")
 
-    async def _begin_upload(self, spec: JobSpec) -> tuple[JobRecord, Path]:
+    async def _begin_upload(self, spec: JobSpec) -> tuple[JobRecord, int]:
+        """The job the upload is for (new, or one to resume) and the offset its bytes start from."""
         s = self.settings
         if spec.job_id:  # a resumed upload
             record = await self.get(spec.job_id)
@@ -267,17 +296,15 @@ class JobService:
                 raise FailedPrecondition(f"job {record.job_id}: its upload is over ({record.state}); nothing to resume")
             if record.job_id in self._uploading:
                 raise FailedPrecondition(f"job {record.job_id}: another stream is uploading it now")
-            part = self.directory(record.job_id) / "payload.part"
-            received = part.stat().st_size if part.exists() else 0
+            received = await self._transfer(self.files.received, record.job_id)
             if spec.resume_offset > received:
                 raise InvalidArgument(f"spec.resume_offset: job {record.job_id} has {received} bytes; resume from "
                                       f"there or before, got {spec.resume_offset}")
-            await self._io(_truncate, part, spec.resume_offset)  # what the client sends again replaces the rest
             if (spec.total_bytes and spec.total_bytes != record.total_bytes) or \
                     (spec.sha256 and spec.sha256.lower() != record.sha256):
                 raise InvalidArgument(f"spec: a resumed upload must declare what job {record.job_id} declared "
                                       f"({record.total_bytes} bytes, sha256 {record.sha256})")
-            return record, part
+            return record, spec.resume_offset
         self._check_spec(spec)
         if spec.resume_offset:
             raise InvalidArgument("spec.resume_offset: only with the job_id of an upload to resume")
@@ -292,11 +319,9 @@ class JobService:
             raise ResourceExhausted(f"job spool: {spec.total_bytes} more bytes do not fit the quota ({used} of "
                                     f"{s.quota_bytes} used); fetch and delete finished jobs, or retry later")
         record = self._new_record(spec, UPLOADING)
-        part = self.directory(record.job_id) / "payload.part"
-        # The record first: the sweeper removes a job directory that no record owns.
+        # The record first: the sweeper removes a job directory (or objects) that no record owns.
         await self._io(self.store.create, record)
-        await self._io(part.parent.mkdir, parents=True, exist_ok=True)
-        return record, part
+        return record, 0
 
     def _new_record(self, spec: JobSpec, state: str) -> JobRecord:
         return JobRecord(job_id=uuid.uuid4().hex, model_name=spec.model_name, model_version=spec.model_version,
@@ -305,26 +330,27 @@ class JobService:
                          time_limit_s=spec.time_limit_s or self.settings.default_time_limit_s,
                          client_tag=spec.client_tag, notify_url=spec.notify_url)
 
-    async def _receive(self, record: JobRecord, part: Path, first: bytes,
+    async def _receive(self, record: JobRecord, offset: int, first: bytes,
                        iterator: AsyncIterator[tuple[JobSpec | None, bytes]]) -> JobRecord:
         job_id, total = record.job_id, record.total_bytes
-        f = await self._io(open, part, "ab")
-        received = await self._io(part.stat)
-        received_bytes = received.st_size
+        # Taken back to the offset: what the client sends again replaces the rest.
+        upload = await self._transfer(self.files.open_upload, job_id, offset)
+        position = committed = offset  # bytes taken from the stream; bytes the record says were received
         last_commit = time.monotonic()
         try:
             data = first
             while True:
                 if data:
-                    if received_bytes + len(data) > total:
+                    if position + len(data) > total:
+                        await self._transfer(upload.abort)
                         await self._io(self._remove, job_id)
                         raise InvalidArgument(f"data: the payload is longer than spec.total_bytes ({total}); "
                                               "the job is removed")
-                    await self._io(f.write, data)
-                    received_bytes += len(data)
-                    if time.monotonic() - last_commit > 1.0:  # progress a resuming client can read
-                        last_commit = time.monotonic()
-                        await self._io(self.store.update, job_id, received_bytes=received_bytes)
+                    await self._transfer(upload.write, data)
+                    position += len(data)
+                    if upload.received != committed and time.monotonic() - last_commit > 1.0:
+                        last_commit, committed = time.monotonic(), upload.received  # what a resuming client reads
+                        await self._io(self.store.update, job_id, received_bytes=committed)
                 try:
                     spec, data = await iterator.__anext__()
                 except StopAsyncIteration:
@@ -332,17 +358,18 @@ class JobService:
                 if spec is not None:
                     raise InvalidArgument("spec: only the first message carries a JobSpec")
         finally:
-            await self._io(f.close)
-            await self._io(self.store.transition, job_id, {UPLOADING}, received_bytes=received_bytes)
+            await self._transfer(upload.close)  # what arrived is kept (an object store: its last part goes there)
+            await self._io(self.store.transition, job_id, {UPLOADING}, received_bytes=upload.received)
+        received_bytes = upload.received
         if received_bytes < total:
             raise FailedPrecondition(f"job {job_id}: the upload ended at {received_bytes} of {total} bytes; resume it "
                                      f"with spec.job_id = '{job_id}' and spec.resume_offset = {received_bytes}")
-        digest = await self._io(_sha256_of, part)
+        digest = await self._transfer(upload.sha256)
         if digest != record.sha256:
             await self._io(self._remove, job_id)
             raise InvalidArgument(f"spec.sha256: the payload's SHA-256 is {digest}, the spec declared "
                                   f"{record.sha256}; the job is removed and nothing was run")
-        await self._io(os.replace, part, part.with_name("payload"))
+        await self._transfer(self.files.payload_done, job_id)
         queued = await self._io(self.store.transition, job_id, {UPLOADING}, state=QUEUED)
         if queued is None:  # cancelled while it uploaded
             raise Cancelled(f"job {job_id}: cancelled during its upload")
@@ -350,17 +377,17 @@ class JobService:
 
     async def _submit_location(self, spec: JobSpec) -> JobRecord:
         self._check_spec(spec)
-        path = self._allowed(spec.input_location, "spec.input_location")
-        size = (await self._io(path.stat)).st_size
+        payload = await self._location(spec.input_location, "spec.input_location")
+        size = await self._transfer(lambda: payload.size)
         if size > self.settings.max_payload_bytes:
             raise InvalidArgument(f"spec.input_location: {size} bytes, at most {self.settings.max_payload_bytes}")
         if spec.sha256:
-            digest = await self._io(_sha256_of, path)
+            digest = await self._transfer(_sha256_of, payload)
             if digest != spec.sha256.lower():
-                raise InvalidArgument(f"spec.sha256: {spec.input_location} has SHA-256 {digest}, the spec declared "
-                                      f"{spec.sha256.lower()}")
+                raise InvalidArgument(f"spec.sha256: {clipped(spec.input_location)} has SHA-256 {digest}, the spec "
+                                      f"declared {spec.sha256.lower()}")
         spec.total_bytes = size
-        spec.input_location = str(path)
+        spec.input_location = payload.name
         record = self._new_record(spec, QUEUED)
         record.received_bytes = size
         await self._io(self.store.create, record)  # before its directory (see _begin_upload)
@@ -369,11 +396,24 @@ class JobService:
         self._wake.set()
         return record
 
+    async def _location(self, location: str, what: str, cache: Path | None = None
+                        ) -> sources.LocalPayload | StoredPayload:
+        """An input location, checked against the allowed roots and prefixes: a local file, or an object
+        (``s3://``) read through the object store (``cache``: where to download it for the kinds that need a
+        file)."""
+        if not location.startswith("s3://"):
+            return sources.LocalPayload(self._allowed(location, what))
+        bucket, key = self.inputs.resolve(location, what)
+        size = await self._transfer(bucket.size, key)
+        if size is None:
+            raise NotFound(f"{what}: no object '{clipped(location)}'")
+        return StoredPayload(bucket, [(key, size)], cache or Path("payload.cache"), location)
+
     def _allowed(self, location: str, what: str) -> Path:
         if location.startswith("file://"):
             location = location[len("file://"):]
         if "://" in location:
-            raise InvalidArgument(f"{what}: only local paths and file:// URLs are read here, got "
+            raise InvalidArgument(f"{what}: only local paths, file:// and s3:// URLs are read here, got "
                                   f"'{clipped(location)}'")
         roots = tuple(r.resolve() for r in self.settings.input_roots)
         if not roots:
@@ -442,13 +482,13 @@ class JobService:
         if record.state != SUCCEEDED:
             raise FailedPrecondition(f"job {job_id}: is {record.state}; its result is ready once it has SUCCEEDED"
                                      + (f" (it failed: {record.error})" if record.state == FAILED else ""))
-        path = result_path(self.directory(job_id), record.result_format)
         size = record.result_bytes
         if not 0 <= offset <= size:
             raise OutOfRange(f"offset: expected 0..{size} (the result's length), got {offset}")
         summary = json.dumps(record.summary, separators=(",", ":"))
         while True:  # each chunk read on its own (no file held open while a slow client reads)
-            data = await self._io(_read_at, path, offset, RESULT_CHUNK)
+            wanted = min(RESULT_CHUNK, size - offset)
+            data = await self._transfer(self.files.read_result, record, offset, wanted) if wanted else b""
             last = offset + len(data) >= size or not data
             yield offset, data, summary if last else ""
             offset += len(data)
@@ -467,10 +507,10 @@ class JobService:
         if cancelled is None:  # it ended meanwhile
             raise FailedPrecondition(f"job {job_id}: already ended; nothing to cancel")
         task = self._running.get(job_id)
-        if task is not None:
+        if task is not None:  # stopped before its files go, so that it writes nothing after
             task.cancel()
-        if not cancelled.input_location:
-            await self._io(self._remove_payload, job_id)
+            await asyncio.wait({task}, timeout=30)
+        await self._transfer(self.files.ended, cancelled)
         self._send_webhook(cancelled)
         await self._notify()
         return cancelled
@@ -485,14 +525,10 @@ class JobService:
         await self._notify()
 
     def _remove(self, job_id: str) -> None:
-        """The job's record and files, gone (record first: a crash between leaves only files to sweep)."""
+        """The job's record and files (objects), gone (record first: a crash between leaves only files to
+        sweep)."""
         self.store.delete(job_id)
-        shutil.rmtree(self.directory(job_id), ignore_errors=True)
-
-    def _remove_payload(self, job_id: str) -> None:
-        for name in ("payload", "payload.part"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory(job_id) / name).unlink()
+        self.files.remove(job_id)
 
     # -- the sweeper ------------------------------------------------------------------------------
     async def _sweeper(self) -> None:
@@ -517,9 +553,7 @@ class JobService:
             if record.updated_ms <= stale and record.job_id not in self._uploading:
                 self._remove(record.job_id)
                 removed.append(record.job_id)
-        for entry in self.store.spool.iterdir():
-            if entry.is_dir() and _JOB_ID.fullmatch(entry.name) and self.store.get(entry.name) is None:
-                shutil.rmtree(entry, ignore_errors=True)
+        self.files.sweep(self.store.get)
         if removed:
             log.info("jobs removed (expired or abandoned): %s", ", ".join(removed))
         return removed
@@ -584,8 +618,7 @@ class JobService:
                                ended_ms=stamp, expires_ms=stamp + int(self.settings.result_ttl_s * 1000),
                                run_ms=run_ms, lease_owner="", **changes)
         if ended is not None:
-            if not ended.input_location:
-                await self._io(self._remove_payload, job_id)
+            await self._transfer(self.files.ended, ended)
             log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
             self._send_webhook(ended)
         await self._notify()
@@ -613,9 +646,24 @@ class JobService:
 
     async def _execute(self, record: JobRecord, started: float) -> None:
         job_id = record.job_id
-        payload = Path(record.input_location) if record.input_location else self.directory(job_id) / "payload"
+        # This run is listed before it writes anything: the checkpoints it keeps are told from a dead run's.
+        run = RunFiles(uuid.uuid4().hex[:12])
+        record = await self._running_update(record, checkpoint_runs=[*record.checkpoint_runs,
+                                                                     [run.token, record.items_done]])
+        if not await self._transfer(self.files.prepare_run, record, run):
+            log.warning("job %s: its checkpoint could not be restored; it starts over", job_id)
+            record = await self._running_update(record, items_done=0, items_failed=0, result_bytes=0, summary={},
+                                                checkpoint_runs=[[run.token, 0]])
+            await self._transfer(self.files.prepare_run, record, run)
+        if record.input_location:
+            payload: Path | sources.Payload = await self._location(record.input_location, "input_location",
+                                                                   self.directory(job_id) / "payload.cache")
+        else:
+            payload = await self._transfer(self.files.payload, record)
+        remote = isinstance(payload, StoredPayload)
+        reads = self._transfer_pool if remote else self._io_pool  # a payload in a store is read by its threads
         source = await self._io_open(sources.open_source, payload, record.kind, record.parameters,
-                                     self.settings.input_roots)
+                                     self.settings.input_roots, pool=reads)
         tensors = source.kind == "tensor"
         try:
             if not tensors:  # boxes come only from a detection pipeline: say so before running anything
@@ -624,12 +672,11 @@ class JobService:
                     self.plane.require_detection(model)
                 finally:
                     self.plane.lifecycle.release(model.name)
-            await self._io(self.store.transition, job_id, {RUNNING}, self.owner, kind=source.kind,
-                           items_total=source.total)
+            record = await self._running_update(record, kind=source.kind, items_total=source.total)
             writer = await self._io_open(ResultWriter, self.directory(job_id), source.total, record.result_bytes,
                                          tensors)
             try:
-                await self._items(record, source, writer, started)
+                record = await self._items(record, run, source, writer, reads)
                 fmt, size = await self._io(writer.finish)
             finally:
                 writer.close()  # here, not in a thread: a second cancellation must not leave it open
@@ -639,32 +686,48 @@ class JobService:
         summary = dict(current.summary if current else {})
         if summary.get("items") and summary.get("failed") == summary["items"]:
             raise InvalidArgument(f"every item failed; the first: {summary.get('first_error', '')}")
+        result_key = await self._transfer(self.files.store_result, record, run, fmt)
         summary["seconds"] = round(((current.run_ms if current else 0) + (time.monotonic() - started) * 1000) / 1000,
                                    3)
         summary["items_per_s"] = round(summary.get("items", 0) / summary["seconds"], 2) if summary["seconds"] else 0
-        await self._end(job_id, SUCCEEDED, "", started, result_format=fmt, result_bytes=size, summary=summary)
+        await self._end(job_id, SUCCEEDED, "", started, result_format=fmt, result_bytes=size, summary=summary,
+                        result_key=result_key)
 
-    async def _items(self, record: JobRecord, source: sources.Source, writer: ResultWriter, started: float) -> None:
+    async def _running_update(self, record: JobRecord, **changes: Any) -> JobRecord:
+        """Change this worker's running job; cancelled when it is no longer its (cancelled, deleted, or its
+        lease taken over)."""
+        updated = await self._io(self.store.transition, record.job_id, {RUNNING}, self.owner, **changes)
+        if updated is None:
+            raise asyncio.CancelledError
+        return updated
+
+    async def _items(self, record: JobRecord, run: RunFiles, source: sources.Source, writer: ResultWriter,
+                     reads: ThreadPoolExecutor) -> JobRecord:
+        """Run the items past the record's checkpoint, checkpointing as they end; the record at the last."""
         job_id = record.job_id
         tally = Tally(writer, record.summary)
         call = LocalCall(f"job:{job_id}", time.monotonic() + record.time_limit_s - record.run_ms / 1000)
         iterator = source.items(record.items_done)
         last_checkpoint = time.monotonic()
+        every = max(self.settings.checkpoint_s, self.files.checkpoint_s)
+        loop = asyncio.get_running_loop()
         outcomes = run_in_order(self.plane, call, record.model_name, record.model_version,
-                                lambda: self._io(next, iterator, None), self.settings.items_in_flight,
-                                background=True, request_prefix=f"{job_id}/")
+                                lambda: loop.run_in_executor(reads, next, iterator, None),
+                                self.settings.items_in_flight, background=True, request_prefix=f"{job_id}/")
         async with contextlib.aclosing(outcomes):
             async for item, result, error, last in outcomes:
                 await self._io(tally.add, item, result, error)
-                if time.monotonic() - last_checkpoint >= self.settings.checkpoint_s or last:
+                if time.monotonic() - last_checkpoint >= every or last:
                     last_checkpoint = time.monotonic()
                     committed = await self._io(writer.checkpoint)
                     summary = tally.summary
-                    if await self._io(self.store.transition, job_id, {RUNNING}, self.owner,
-                                      items_done=summary["items"], items_failed=summary["failed"],
-                                      result_bytes=committed, summary=summary) is None:
-                        raise asyncio.CancelledError  # cancelled (or deleted) meanwhile
+                    # An object store keeps what the result gained before the record says it has it.
+                    await self._transfer(self.files.checkpoint, record, run, summary["items"], committed)
+                    record = await self._running_update(record, items_done=summary["items"],
+                                                        items_failed=summary["failed"], result_bytes=committed,
+                                                        summary=summary)
                     await self._notify()
+        return record
 
 
 async def run_in_order(plane: DataPlane, call: Any, model_name: str, model_version: str,
@@ -677,16 +740,20 @@ async def run_in_order(plane: DataPlane, call: Any, model_name: str, model_versi
     when the caller stops is cancelled."""
     pending: collections.deque[tuple[sources.Item, asyncio.Task[Any]]] = collections.deque()
     exhausted = False
+
+    async def fill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < in_flight:
+            queued = await next_item()
+            if queued is None:
+                exhausted = True
+                return
+            pending.append((queued, asyncio.ensure_future(run_item(plane, call, model_name, model_version, queued,
+                                                                   f"{request_prefix}{queued.index}", background))))
+
     try:
         while pending or not exhausted:
-            while not exhausted and len(pending) < in_flight:
-                item = await next_item()
-                if item is None:
-                    exhausted = True
-                    break
-                task = asyncio.ensure_future(run_item(plane, call, model_name, model_version, item,
-                                                      f"{request_prefix}{item.index}", background))
-                pending.append((item, task))
+            await fill()
             if not pending:
                 return
             item, task = pending.popleft()
@@ -694,6 +761,7 @@ async def run_in_order(plane: DataPlane, call: Any, model_name: str, model_versi
                 result, error = await task, ""
             except InvalidArgument as e:  # this item is bad; the others go on
                 result, error = None, e.message
+            await fill()  # before saying whether it is the last (with nothing queued behind it, not known yet)
             yield item, result, error, exhausted and not pending
     finally:
         for _, task in pending:
@@ -743,20 +811,9 @@ def _inputs(plane: DataPlane, model_name: str, model_version: str, item: sources
     return {names[0]: item.tensors[""]}
 
 
-def _read_at(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
-def _truncate(path: Path, size: int) -> None:
-    with open(path, "ab") as f:
-        f.truncate(size)
-
-
-def _sha256_of(path: Path) -> str:
+def _sha256_of(payload: sources.Payload) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with payload.open() as f:
         while chunk := f.read(4 << 20):
             digest.update(chunk)
     return digest.hexdigest()

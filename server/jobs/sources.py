@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -45,6 +45,42 @@ class Item:
     error: str = ""
 
 
+class Payload(Protocol):
+    """A payload wherever it is kept: opened as a seekable binary file, or as a local file for the readers that
+    need one (recordings, videos). A :class:`~pathlib.Path` is read as a :class:`LocalPayload`; a payload in an
+    object store is read by ranged reads (``objects.StoredPayload``)."""
+
+    name: str  # what messages call it
+
+    @property
+    def size(self) -> int: ...
+
+    def open(self) -> BinaryIO: ...
+
+    def local_path(self) -> Path: ...
+
+
+class LocalPayload:
+    """A payload that is a local file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.name = path, str(path)
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def local_path(self) -> Path:
+        return self.path
+
+
+def as_payload(payload: Path | Payload) -> Payload:
+    return LocalPayload(payload) if isinstance(payload, Path) else payload
+
+
 class Source:
     """A payload opened as its kind."""
 
@@ -58,44 +94,50 @@ class Source:
         """Release what the source holds open."""
 
 
-def sniff(path: Path) -> str:
+def sniff(payload: Path | Payload) -> str:
     """The kind of a payload told from its first bytes ("" when none fits)."""
-    with open(path, "rb") as f:
+    with as_payload(payload).open() as f:
         head = f.read(512)
-    if head.startswith(b"\x93NUMPY"):
-        return "tensor"
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as z:
-                return "tensor" if z.namelist() and all(n.endswith(".npy") for n in z.namelist()) else "archive"
-        except zipfile.BadZipFile:
-            return ""
-    if head.startswith((b"\x89MCAP", b"#ROSBAG")):
-        return "recording"
-    if head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1aE\xdf\xa3":
-        return "video"  # MP4/MOV, AVI, Matroska/WebM
-    if tarfile.is_tarfile(path):
-        return "archive"
+        if head.startswith(b"\x93NUMPY"):
+            return "tensor"
+        if head.startswith(b"PK\x03\x04"):
+            try:
+                with zipfile.ZipFile(f) as z:
+                    names = z.namelist()
+                    return "tensor" if names and all(n.endswith(".npy") for n in names) else "archive"
+            except zipfile.BadZipFile:
+                return ""
+        if head.startswith((b"\x89MCAP", b"#ROSBAG")):
+            return "recording"
+        if head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1aE\xdf\xa3":
+            return "video"  # MP4/MOV, AVI, Matroska/WebM
+        f.seek(0)
+        if tarfile.is_tarfile(f):  # type: ignore[arg-type]
+            return "archive"
     return ""
 
 
-def open_source(path: Path, kind: str, parameters: dict[str, str], input_roots: tuple[Path, ...] = ()) -> Source:
-    """Open a payload; InvalidArgument naming the kind when it cannot be read as one."""
-    kind = kind or sniff(path)
+def open_source(payload: Path | Payload, kind: str, parameters: dict[str, str],
+                input_roots: tuple[Path, ...] = ()) -> Source:
+    """Open a payload (a local file, or one in an object store); InvalidArgument naming the kind when it
+    cannot be read as one. Recordings and videos are read from a local file (``Payload.local_path``: a payload
+    in an object store is downloaded first); the other kinds through ``Payload.open``, seeking as they need."""
+    payload = as_payload(payload)
+    kind = kind or sniff(payload)
     if kind == "archive":
-        return ArchiveSource(path)
+        return ArchiveSource(payload)
     if kind == "tensor":
-        return TensorSource(path, parameters.get("input", ""))
+        return TensorSource(payload, parameters.get("input", ""))
     if kind == "images":
-        return PathListSource(path, input_roots)
+        return PathListSource(payload, input_roots)
     if kind in ("recording", "video"):
         stride = parameters.get("stride", "1") or "1"
         if not stride.isdigit() or int(stride) < 1:
             raise InvalidArgument(f"parameters.stride: expected a positive integer, got '{stride}'")
         if kind == "video":
-            return VideoSource(path, int(stride))
+            return VideoSource(payload.local_path(), int(stride))
         topics = [t for t in parameters.get("topic", "").split(",") if t]
-        return RecordingSource(path, topics, int(stride))
+        return RecordingSource(payload.local_path(), topics, int(stride))
     raise InvalidArgument(f"kind: expected one of {', '.join(KINDS)} (or empty to tell it from the payload), "
                           f"got {kind!r}" if kind else "kind: the payload is none of "
                           f"{', '.join(KINDS)} (not a tar or zip archive, .npy/.npz, bag or MCAP)")
@@ -111,21 +153,26 @@ class ArchiveSource(Source):
 
     kind = "archive"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, payload: Path | Payload) -> None:
+        self._file = as_payload(payload).open()
+        self._zip: zipfile.ZipFile | None = None
+        self._tar: tarfile.TarFile | None = None
         try:
-            if zipfile.is_zipfile(path):
-                self._zip: zipfile.ZipFile | None = zipfile.ZipFile(path)
-                self._tar: tarfile.TarFile | None = None
+            if zipfile.is_zipfile(self._file):
+                self._zip = zipfile.ZipFile(self._file)
                 infos: list[Any] = [i for i in self._zip.infolist() if not i.is_dir() and _is_image_name(i.filename)]
                 self._members = sorted(infos, key=lambda i: i.filename)
             else:
-                self._zip = None
-                self._tar = tarfile.open(path)  # noqa: SIM115  # closed by close()
+                self._file.seek(0)
+                self._tar = tarfile.open(fileobj=self._file)  # noqa: SIM115  # closed by close()
                 members = [m for m in self._tar.getmembers() if m.isfile() and _is_image_name(m.name)]
                 self._members = sorted(members, key=lambda m: m.name)
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+            self.close()
             raise InvalidArgument(f"kind 'archive': the payload is not a readable tar or zip archive: {e}") from None
+        except BaseException:
+            self.close()
+            raise
         if len(self._members) > MAX_ITEMS:
             raise InvalidArgument(f"kind 'archive': {len(self._members)} images, at most {MAX_ITEMS}")
         self.total = len(self._members)
@@ -156,6 +203,7 @@ class ArchiveSource(Source):
             self._zip.close()
         if self._tar is not None:
             self._tar.close()
+        self._file.close()
 
 
 class FilesSource(Source):
@@ -190,11 +238,12 @@ class PathListSource(Source):
 
     kind = "images"
 
-    def __init__(self, path: Path, roots: tuple[Path, ...]) -> None:
+    def __init__(self, payload: Path | Payload, roots: tuple[Path, ...]) -> None:
         if not roots:
             raise InvalidArgument("kind 'images': this server reads no image paths (start it with --job-input-root)")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            with io.TextIOWrapper(as_payload(payload).open(), encoding="utf-8") as text:
+                lines = text.read().splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise InvalidArgument(f"kind 'images': the payload is not a UTF-8 list of paths: {e}") from None
         self.paths = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -300,21 +349,29 @@ class TensorSource(Source):
 
     kind = "tensor"
 
-    def __init__(self, path: Path, input_name: str) -> None:
-        self.path = path
+    def __init__(self, payload: Path | Payload, input_name: str) -> None:
+        self.payload = as_payload(payload)
         self._zip: zipfile.ZipFile | None = None
+        self._file: BinaryIO | None = None
         try:
-            if zipfile.is_zipfile(path):
-                self._zip = zipfile.ZipFile(path)
+            f = self.payload.open()
+            if zipfile.is_zipfile(f):
+                self._file = f
+                self._zip = zipfile.ZipFile(f)
                 names = [n for n in self._zip.namelist() if n.endswith(".npy")]
                 if not names:
                     raise InvalidArgument("kind 'tensor': the .npz holds no arrays")
                 self.headers = {n[:-4]: _header(self._zip.open(n), f".npz member {n}") for n in names}
             else:
-                with open(path, "rb") as f:
+                with f:
+                    f.seek(0)
                     self.headers = {input_name: _header(f, ".npy")}
         except (zipfile.BadZipFile, OSError) as e:
+            self.close()
             raise InvalidArgument(f"kind 'tensor': the payload is not a readable .npy or .npz: {e}") from None
+        except BaseException:
+            self.close()
+            raise
         rows = {shape[0] for shape, _, _ in self.headers.values()}
         if len(rows) != 1:
             lengths = {name: shape[0] for name, (shape, _, _) in self.headers.items()}
@@ -330,7 +387,7 @@ class TensorSource(Source):
                 if self._zip is not None:
                     stream: BinaryIO = self._zip.open(name + ".npy")  # type: ignore[assignment]
                 else:
-                    stream = open(self.path, "rb")  # noqa: SIM115  # closed below
+                    stream = self.payload.open()  # closed below
                 _header(stream, name)
                 row_bytes = self._row_bytes(name)
                 if start:
@@ -360,6 +417,8 @@ class TensorSource(Source):
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _header(f: Any, what: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:

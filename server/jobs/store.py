@@ -1,4 +1,5 @@
-"""Where jobs live: their records in a database, their payloads and results in a spool directory.
+"""Where jobs live: their records in a database; their payloads and results in a spool directory, or in an
+object store (:mod:`.objects`) when several servers share the queue.
 
 :class:`JobStore` is what the job service needs of a store; :class:`SqliteJobStore` is the default one,
 an embedded SQLite database in write-ahead-log mode beside the spool (one process writes it). Every change
@@ -6,11 +7,12 @@ of state is committed, with ``synchronous=FULL``, before the service acts on it:
 moment the records say what was uploaded, queued, running (and how far: ``items_done`` and the result's
 committed length) and ended.
 
-Several server processes may share one queue through :class:`PostgresJobStore` (PostgreSQL, with the spool
-on storage they all mount): a worker claims a job with ``SELECT ... FOR UPDATE SKIP LOCKED`` and holds it by
-a lease it renews while it runs; a job whose lease ran out (its process died) is claimed again by another,
-which resumes it from its checkpoint. Every update a worker makes to its running job names its lease, so a
-worker that lost its lease can no longer write over the new owner's progress.
+Several server processes may share one queue through :class:`PostgresJobStore` (PostgreSQL, with payloads and
+results in an object store they all reach, or in a spool on storage they all mount): a worker claims a job
+with ``SELECT ... FOR UPDATE SKIP LOCKED`` and holds it by a lease it renews while it runs; a job whose lease
+ran out (its process died) is claimed again by another, which resumes it from its checkpoint. Every update a
+worker makes to its running job names its lease, so a worker that lost its lease can no longer write over the
+new owner's progress.
 
 A record's progress is a checkpoint: ``items_done`` items have their results in the first
 ``result_bytes`` bytes of the result file (and, for tensor results, in the first ``items_done`` rows of
@@ -75,6 +77,10 @@ class JobRecord:
     notified: int = 0  # the webhook was delivered (or gave up): 1
     lease_owner: str = ""  # the worker running it (RUNNING only)
     lease_expires_ms: int = 0  # past it, another worker may claim it
+    # Each run of the job (a claim), in order: [its token, the item it started from]; with an object store,
+    # which checkpoint objects count (objects.py).
+    checkpoint_runs: list[list[Any]] = field(default_factory=list)
+    result_key: str = ""  # the finished result's object (object store), or ""
 
     @property
     def ended(self) -> bool:
@@ -82,11 +88,12 @@ class JobRecord:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(JobRecord)]
-_JSON_COLUMNS = {"parameters", "summary"}
+_JSON_COLUMNS = {"parameters", "summary", "checkpoint_runs"}
 
 
 class JobStore(Protocol):
-    """What the job service needs of a store (records; the spool is a directory beside it)."""
+    """What the job service needs of a store of records (the spool is a directory beside it; payloads and
+    results are in it or in an object store: :mod:`.objects`)."""
 
     spool: Path
     shared: bool  # several processes use it at once (leases matter; a start-up requeues nothing)
@@ -122,8 +129,8 @@ class JobStore(Protocol):
     def with_state(self, *states: str) -> list[JobRecord]: ...
 
     def spool_bytes(self) -> int:
-        """What the jobs keep in the spool: payloads of jobs that have not ended (uploaded ones, not those
-        read from an input location) and every result."""
+        """What the jobs keep in the spool or the object store: payloads of jobs that have not ended (uploaded
+        ones, not those read from an input location) and every result."""
         ...
 
     def delete(self, job_id: str) -> None: ...
@@ -246,7 +253,7 @@ class SqliteJobStore(_SqlJobStore):
             for column in _COLUMNS:  # a spool made by an earlier version: its table gains the new fields
                 if column not in present:
                     kind = "TEXT" if _is_text(column) else "INTEGER"
-                    default = "''" if kind == "TEXT" else "0"
+                    default = _default_sql(column)
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind} NOT NULL DEFAULT {default}")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_ms)")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_ms, job_id)")
@@ -309,7 +316,7 @@ class PostgresJobStore(_SqlJobStore):
             db.execute(f"CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, "
                        f"{self._columns_sql('TEXT', 'BIGINT')})")
             for column in _COLUMNS:  # a table made by an earlier version gains the new fields
-                kind, default = ("TEXT", "''") if _is_text(column) else ("BIGINT", "0")
+                kind, default = ("TEXT" if _is_text(column) else "BIGINT"), _default_sql(column)
                 db.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {column} {kind} NOT NULL DEFAULT {default}")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_ms)")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_ms, job_id)")
@@ -353,6 +360,12 @@ class PostgresJobStore(_SqlJobStore):
 
 def _is_text(column: str) -> bool:
     return column in _JSON_COLUMNS or isinstance(getattr(JobRecord("", ""), column), str)
+
+
+def _default_sql(column: str) -> str:
+    """A new column's value in the rows made before it existed (as SQL): the field's default."""
+    value = _to_sql(column, getattr(JobRecord("", ""), column))
+    return f"'{value}'" if isinstance(value, str) else str(value)
 
 
 def _to_sql(column: str, value: Any) -> Any:

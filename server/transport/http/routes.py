@@ -26,6 +26,8 @@ from starlette.routing import Route
 from ...codecs import detection_json, metadata, oip_json
 from ...core.errors import InvalidArgument, ResourceExhausted, clipped
 from ...dataplane.dataplane import DataPlane
+from ...jobs.service import JobService
+from .jobs import JobRoutes
 from .security import TokenCheck
 from .status import HttpCall, status_of
 
@@ -51,10 +53,12 @@ class HttpApi:
     """The routes over ``dataplane``; bodies larger than ``max_body`` bytes (before or after
     ``Content-Encoding``) are refused with 413."""
 
-    def __init__(self, dataplane: DataPlane, max_body: int, tokens: TokenCheck) -> None:
+    def __init__(self, dataplane: DataPlane, max_body: int, tokens: TokenCheck,
+                 jobs: JobService | None = None) -> None:
         self.dataplane = dataplane
         self.max_body = max_body
         self.tokens = tokens
+        self.jobs = JobRoutes(jobs)  # /v1/jobs (jobs.py)
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _guard(self, category: str, method: Handler) -> Handler:
@@ -322,6 +326,7 @@ class HttpApi:
                 (f"{base}/infer", ["POST"], "inference", self.infer),
             ]
         table.append((f"{model}/trace/setting", ["GET", "POST"], "trace", self.trace))
+        table += self.jobs.table()
         return [Route(path, self._guard(category, handler), methods=methods, include_in_schema=False)
                 for path, methods, category, handler in table]
 

@@ -12,6 +12,7 @@ import uvicorn
 
 from ...config.server import ServerConfig
 from ...dataplane.dataplane import DataPlane
+from ...jobs.service import JobService
 from ...security.tokens import TokenStore
 from .routes import HttpApi
 from .security import TokenCheck
@@ -24,14 +25,15 @@ log = logging.getLogger(__name__)
 
 class HttpTransport:
     """:meth:`bind`, :meth:`start`, :meth:`stop` are called from any thread but the loop's; they run on
-    ``loop``."""
+    ``loop``. ``jobs``: the job service the ``/v1/jobs`` routes serve (None: they answer 501)."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane, loop: EventLoopThread) -> None:
+    def __init__(self, config: ServerConfig, dataplane: DataPlane, loop: EventLoopThread,
+                 jobs: JobService | None = None) -> None:
         self.config = config
         self.dataplane = dataplane
         self.loop = loop
         tokens = TokenStore(config.auth_token_file) if config.auth_token_file is not None else None
-        self.api = HttpApi(dataplane, config.max_message_bytes, TokenCheck(tokens, config.auth_open))
+        self.api = HttpApi(dataplane, config.max_message_bytes, TokenCheck(tokens, config.auth_open), jobs)
         self.server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
