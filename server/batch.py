@@ -3,6 +3,7 @@
     peregrine batch --model yolov8n_detect --input photos/ --output detections.jsonl
     peregrine batch --model yolov8n_detect --input 'drives/*.jpg' --output detections.jsonl
     peregrine batch --model yolov8n_detect --input drive.mcap --topic /camera/image_raw --output d.jsonl
+    peregrine batch --model yolov8n_detect --input drive.bag --topic /camera/image_raw --output d.mcap
     peregrine batch --model my_model --input rows.npy --output outputs.npz
     peregrine batch --model yolov8n_detect --input photos.tar --output d.jsonl --server 10.0.0.5:8001
     peregrine batch --model yolov8n_detect --input photos/ --output d.jsonl --annotate annotated/
@@ -10,9 +11,12 @@
 Locally the models load in this process and items go through the same data plane, batchers and pipelines
 a server runs (no port is opened), with enough items in flight to fill the model's largest batch while
 the next ones are read and decoded. Inputs: a directory (its image files, recursively, sorted), a glob, an
-archive (tar, zip), a tensor file (.npy, .npz), a robot recording (ROS bag, MCAP) or a text file of image
-paths. Detection models write JSON Lines (one line per image or frame, failed items with their error);
-tensor models write an .npz of their outputs, row i for item i.
+archive (tar, zip), a tensor file (.npy, .npz), a robot recording (ROS 1 bag, rosbag2 directory, MCAP) or a
+text file of image paths. Detection models write JSON Lines (one line per image or frame, failed items with
+their error); tensor models write an .npz of their outputs, row i for item i. A recording's detections may go
+to an .mcap output instead: one vision_msgs/Detection2DArray per frame on ``<image topic>/detections``, for
+Foxglove and ROS 2 tools (rendered at the end from the JSON Lines, kept as ``<output>.jsonl``; see
+:mod:`.batch_mcap`).
 
 Interrupted (Ctrl-C, a crash), the same command resumes: what was committed (``<output>.progress.json``,
 every half second) is kept and the rest is done. ``--server`` sends the input as an asynchronous job to a
@@ -37,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import batch_annotate
+from . import batch_annotate, batch_mcap
 from .app import PeregrineServer
 from .config.server import ServerConfig
 from .core.errors import PeregrineError
@@ -55,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the model (a detection pipeline, or any model for tensors)")
     p.add_argument("--version", default="", dest="model_version", help="its version (default: the latest)")
     p.add_argument("--input", required=True, nargs="+", help="DIR, FILE or GLOB (several: their images)")
-    p.add_argument("--output", required=True, type=Path, help="results: .jsonl (detections) or .npz (tensors)")
+    p.add_argument("--output", required=True, type=Path,
+                   help="results: .jsonl (detections), .npz (tensors) or .mcap (a recording's detections)")
     p.add_argument("--repository", type=Path, default=Path("models"), help="model repository (default models)")
     p.add_argument("--kind", default="", choices=["", *sources.KINDS],
                    help="what a single input file is (default: told from its first bytes)")
@@ -70,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--annotate", type=Path, metavar="DIR",
                    help="also draw the boxes on the inputs into DIR: images under their relative names, a video "
                    "as one video, a recording's frames as <topic>/<stamp_ns>.png (needs the [annotate] extra)")
+    p.add_argument("--image-annotations", action="store_true",
+                   help="with an .mcap output: also foxglove_msgs/ImageAnnotations on <image topic>/annotations "
+                   "(boxes and labels Foxglove's Image panel draws over the camera stream)")
     return p
 
 
@@ -99,9 +107,30 @@ def _parameters(args: argparse.Namespace) -> dict[str, str]:
     return {k: v for k, v in found.items() if v}
 
 
+def _is_rosbag2(path: Path) -> bool:
+    """Whether ``path`` is a rosbag2 directory (``ros2 bag record`` writes ``metadata.yaml`` beside its files)."""
+    return path.is_dir() and (path / "metadata.yaml").is_file()
+
+
+def _kind(args: argparse.Namespace) -> str:
+    """``--kind``, or "recording" for a rosbag2 directory (told from its files, not its first bytes)."""
+    return args.kind or ("recording" if len(args.input) == 1 and _is_rosbag2(Path(args.input[0])) else "")
+
+
+def _check_output(args: argparse.Namespace, kind: str) -> None:
+    """ValueError naming the option when the output's form does not fit the input's kind."""
+    mcap = batch_mcap.wants_mcap(args.output)
+    if mcap:
+        batch_mcap.check_kind(kind, args.output)
+    elif args.image_annotations:
+        raise ValueError(f"--image-annotations: foxglove_msgs/ImageAnnotations go into an .mcap output; expected "
+                         f"--output NAME.mcap, got {args.output.name}")
+
+
 def _image_files(inputs: list[str]) -> list[Path] | None:
-    """The image files of directories and globs, sorted; None when the input is one file to open as a kind."""
-    if len(inputs) == 1 and Path(inputs[0]).is_file():
+    """The image files of directories and globs, sorted; None when the input is one file (or one rosbag2
+    directory) to open as a kind."""
+    if len(inputs) == 1 and (Path(inputs[0]).is_file() or _is_rosbag2(Path(inputs[0]))):
         return None
     found: list[Path] = []
     for entry in inputs:
@@ -133,12 +162,18 @@ def _run_local(args: argparse.Namespace) -> dict[str, Any]:
     if files is not None:
         source: sources.Source = sources.FilesSource(files)
     else:
-        source = sources.open_source(Path(args.input[0]), args.kind, _parameters(args))
+        source = sources.open_source(Path(args.input[0]), _kind(args), _parameters(args))
     tensors = source.kind == "tensor"
     output: Path = args.output
-    if tensors != (output.suffix == ".npz"):
-        raise ValueError(f"--output: a {source.kind} input gives {'an .npz' if tensors else 'JSON Lines'}; "
-                         f"name the output accordingly, got {output.name}")
+    mcap = batch_mcap.wants_mcap(output)
+    try:
+        if tensors != (output.suffix == ".npz"):
+            raise ValueError(f"--output: a {source.kind} input gives {'an .npz' if tensors else 'JSON Lines'}; "
+                             f"name the output accordingly, got {output.name}")
+        _check_output(args, source.kind)
+    except ValueError:
+        source.close()
+        raise
     if args.annotate is not None:
         batch_annotate.check_kind(source.kind)
         batch_annotate.annotate_module()
@@ -165,9 +200,18 @@ def _run_local(args: argparse.Namespace) -> dict[str, Any]:
         source.close()
     if args.annotate is not None and source.kind == "video":
         summary["pictures"] = batch_annotate.draw_video(Path(args.input[0]), work / "result.jsonl", args.annotate)
-    os.replace(work / ("result.npz" if fmt == "npz" else "result.jsonl"), output)
-    shutil.rmtree(work, ignore_errors=True)
+    if mcap:  # rendered from the committed JSON Lines, which are kept beside it
+        assert isinstance(source, sources.RecordingSource)
+        summary["messages"] = batch_mcap.render(work / "result.jsonl", source.path, source.topics, source.stride,
+                                                output, args.image_annotations)
+    # The checkpoint goes before the result leaves the work directory: a run killed in between starts over
+    # instead of resuming into a result that is no longer there.
     progress_file.unlink(missing_ok=True)
+    if mcap:
+        os.replace(work / "result.jsonl", batch_mcap.record_path(output))
+    else:
+        os.replace(work / ("result.npz" if fmt == "npz" else "result.jsonl"), output)
+    shutil.rmtree(work, ignore_errors=True)
     return summary
 
 
@@ -261,6 +305,9 @@ def _print_summary(summary: dict[str, Any], output: Path) -> None:
             ("items/s", f"{summary.get('items_per_s', 0):.1f}"), ("output", str(output))]
     if "pictures" in summary:
         rows.append(("pictures", f"{summary['pictures']} drawn"))
+    if "messages" in summary:
+        rows += [("messages", f"{summary['messages']} Detection2DArray"),
+                 ("lines", str(batch_mcap.record_path(output)))]
     top = sorted(summary.get("per_class", {}).items(), key=lambda kv: -kv[1])[:10]
     rows += [(f"  {label}", str(count)) for label, count in top]
     width = max(len(k) for k, _ in rows)
@@ -272,6 +319,12 @@ def _remote(args: argparse.Namespace) -> int:
     from peregrine.client.jobs import JobClient, state_name
 
     files = _image_files(args.input)
+    if files is None and _is_rosbag2(Path(args.input[0])):
+        raise ValueError(f"--input: a rosbag2 directory is several files, a job takes one: send its storage file "
+                         f"(.mcap or .db3), got {args.input[0]}")
+    mcap = batch_mcap.wants_mcap(args.output)
+    if mcap or args.image_annotations:
+        _check_output(args, "images" if files is not None else args.kind or sources.sniff(Path(args.input[0])))
     if args.annotate is not None:
         batch_annotate.check_remote(files, args.input, args.kind)
     with tempfile.TemporaryDirectory(prefix="peregrine-batch-") as tmp:
@@ -300,8 +353,13 @@ def _remote(args: argparse.Namespace) -> int:
             if state_name(job) != "SUCCEEDED":
                 print(f"peregrine batch: job {job.job_id} {state_name(job)}: {job.error}", file=sys.stderr)
                 return 1
-            args.output.unlink(missing_ok=True)
-            summary = client.download(job.job_id, args.output)
+            result = batch_mcap.record_path(args.output) if mcap else args.output
+            result.unlink(missing_ok=True)
+            summary = client.download(job.job_id, result)
+    if mcap:  # from the local recording, the same one the job read
+        topics = [t for t in args.topic.split(",") if t]
+        summary["messages"] = batch_mcap.render(result, Path(args.input[0]), topics or None, args.stride,
+                                                args.output, args.image_annotations)
     if args.annotate is not None:  # from the local inputs, matched to the result's lines by item index
         local = sources.FilesSource(files) if files is not None else \
             sources.open_source(Path(args.input[0]), args.kind, _parameters(args))

@@ -6,10 +6,16 @@ Two request forms carry the same fields as the gRPC ``DetectRequest``:
   text fields ``model_name``, ``model_version``, ``id``, ``score_threshold``, ``iou_threshold``,
   ``max_detections``, ``classes`` (comma-separated class ids), ``priority``, ``timeout_us``;
 - ``application/json``: ``{"model_name": ..., "images": ["<base64>", ...] or [{"b64": "<base64>"}, ...],
-  "options": {"score_threshold": ..., ...}, "priority": ..., "timeout_us": ...}``.
+  "options": {"score_threshold": ..., ...}, "priority": ..., "timeout_us": ...}``. An image may also be a
+  camera frame as the driver gives it, the fields of the gRPC ``RawImage``: ``{"raw": {"height": H, "width":
+  W, "encoding": "bayer_rggb8", "step": 0, "is_bigendian": false, "data": "<base64>"}}`` (``channels``,
+  ``encoding``, ``step`` and ``is_bigendian`` optional, as in the proto). Multipart parts are files, which
+  have no height, width or encoding: raw frames go as JSON.
 
 The answer is JSON: ``{"model_name", "model_version", "id", "results": [{"height", "width", "boxes": [{"x1",
-"y1", "x2", "y2", "score", "class_id", "label"}]}], "timings": {...}}``. Images are not decoded here.
+"y1", "x2", "y2", "score", "class_id", "label"}]}], "timings": {...}}``. Images are not decoded here: a raw
+frame's fields are checked for their JSON types and the proto's ranges, and the detection model checks its
+encoding, step and size as for gRPC, naming the same fields (``images[0].raw.step``).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.errors import InvalidArgument, clipped
-from ..core.types import DetectRequest, EncodedImage, FrameResult, OptionOverrides
+from ..core.types import DetectRequest, EncodedImage, FrameResult, OptionOverrides, RawImage
 
 _US = 1000
 FIELDS = ("model_name", "model_version", "id", "score_threshold", "iou_threshold", "max_detections", "classes",
           "priority", "timeout_us")
+RAW_FIELDS = ("height", "width", "channels", "encoding", "step", "is_bigendian", "data")
+UINT32_MAX = 2**32 - 1  # the proto's uint32 height, width, channels and step
 
 
 def _number(value: Any, what: str, integer: bool = False) -> Any:
@@ -44,8 +52,8 @@ def _string(value: Any, what: str) -> str:
     return value
 
 
-def _request(fields: Mapping[str, Any], images: list[EncodedImage], options: Mapping[str, Any], prefix: str,
-             deadline: float | None) -> DetectRequest:
+def _request(fields: Mapping[str, Any], images: Sequence[EncodedImage | RawImage], options: Mapping[str, Any],
+             prefix: str, deadline: float | None) -> DetectRequest:
     if not images:
         raise InvalidArgument("images: expected at least one image, got none")
     classes = options.get("classes", [])
@@ -81,25 +89,69 @@ def decode_form(fields: Mapping[str, str], images: Sequence[bytes], deadline: fl
     return _request(fields, encoded, fields, "", deadline)
 
 
+def _base64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{what}: not valid base64") from None
+
+
+def _uint32(raw: Mapping[str, Any], key: str, field: str, required: bool = False) -> int:
+    if key not in raw and not required:
+        return 0
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT32_MAX:
+        got = "none" if key not in raw else clipped(repr(value))
+        raise InvalidArgument(f"{field}.{key}: expected an integer in [0, {UINT32_MAX}], got {got}")
+    return value
+
+
+def decode_raw(raw: Any, field: str) -> RawImage:
+    """Image ``field``'s ``{"raw": {...}}`` object as a :class:`RawImage` (the gRPC ``RawImage``'s fields,
+    ``data`` in base64): JSON types and the proto's ranges are checked here, the rest by the model. Raises
+    InvalidArgument naming ``<field>.raw.<key>``, as gRPC names the proto's fields."""
+    where = f"{field}.raw"
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}: expected an object with {', '.join(RAW_FIELDS)}, got {type(raw).__name__}")
+    unknown = [k for k in raw if k not in RAW_FIELDS]
+    if unknown:
+        raise InvalidArgument(f"{where}.{clipped(unknown[0])}: not known; expected some of {', '.join(RAW_FIELDS)}")
+    height, width = _uint32(raw, "height", where, True), _uint32(raw, "width", where, True)
+    channels, step = _uint32(raw, "channels", where), _uint32(raw, "step", where)
+    encoding = _string(raw.get("encoding", ""), f"{where}.encoding")
+    big = raw.get("is_bigendian", False)
+    if not (isinstance(big, bool) or (isinstance(big, int) and big in (0, 1))):  # 0/1: a ROS message's uint8
+        raise InvalidArgument(f"{where}.is_bigendian: expected true or false (or 0, 1), got {clipped(repr(big))}")
+    text = raw.get("data")
+    if not isinstance(text, str):
+        raise InvalidArgument(f"{where}.data: expected the frame's bytes in base64, got "
+                              f"{'none' if text is None else type(text).__name__}")
+    return RawImage(_base64(text, f"{where}.data"), height, width, channels, field, encoding, step, bool(big))
+
+
 def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectRequest:
-    """A JSON request (images in base64)."""
+    """A JSON request (encoded images in base64, or raw camera frames: see the module docstring)."""
     images = body.get("images")
     if not isinstance(images, list):
-        raise InvalidArgument("images: expected an array of base64 strings or {\"b64\": ...} objects")
-    encoded = []
+        raise InvalidArgument("images: expected an array of base64 strings, {\"b64\": ...} or {\"raw\": {...}} "
+                              "objects")
+    decoded: list[EncodedImage | RawImage] = []
     for i, image in enumerate(images):
+        if isinstance(image, dict) and "raw" in image:
+            if "b64" in image:
+                raise InvalidArgument(f"images[{i}]: expected either b64 (an encoded image) or raw (a camera "
+                                      "frame), got both")
+            decoded.append(decode_raw(image["raw"], f"images[{i}]"))
+            continue
         text = image.get("b64") if isinstance(image, dict) else image
         if not isinstance(text, str):
-            raise InvalidArgument(f"images[{i}]: expected a base64 string or {{\"b64\": <base64>}}")
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidArgument(f"images[{i}]: not valid base64") from None
-        encoded.append(EncodedImage(data, f"images[{i}]"))
+            raise InvalidArgument(f"images[{i}]: expected a base64 string, {{\"b64\": <base64>}} or "
+                                  "{\"raw\": {...}}")
+        decoded.append(EncodedImage(_base64(text, f"images[{i}]"), f"images[{i}]"))
     options = body.get("options", {})
     if not isinstance(options, dict):
         raise InvalidArgument("options: expected an object")
-    return _request(body, encoded, options, "options.", deadline)
+    return _request(body, decoded, options, "options.", deadline)
 
 
 def boxes(result: FrameResult, detections: Any) -> list[dict[str, Any]]:

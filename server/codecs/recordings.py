@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,15 +86,31 @@ def _opened(path: str | Path) -> Iterator[Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no recording at {path}")
-    try:
-        reader = AnyReader([path])
-        reader.open()
-    except AnyReaderError as e:
-        raise RecordingError(f"{path}: not a ROS 1 bag, rosbag2 directory or MCAP file ({e})") from None
-    try:
-        yield reader
-    finally:
-        reader.close()
+    with contextlib.ExitStack() as stack:
+        named = path
+        suffix = _suffix_of(path) if path.is_file() and path.suffix not in _SUFFIXES else ""
+        if suffix:  # rosbags tells formats by name: a file named otherwise (a job's payload) is read via a link
+            named = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="peregrine-rec-"))) / f"r{suffix}"
+            named.symlink_to(path.resolve())
+        try:
+            reader = AnyReader([named])
+            reader.open()
+        except AnyReaderError as e:
+            raise RecordingError(f"{path}: not a ROS 1 bag, rosbag2 directory or MCAP file ({e})") from None
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+
+_SUFFIXES = {".bag": b"#ROSBAG", ".mcap": b"\x89MCAP", ".db3": b"SQLite format 3\x00"}
+
+
+def _suffix_of(path: Path) -> str:
+    """The suffix rosbags reads a recording file by, told from its first bytes ("" when none fits)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return next((suffix for suffix, magic in _SUFFIXES.items() if head.startswith(magic)), "")
 
 
 def image_topics(path: str | Path) -> dict[str, str]:
