@@ -165,7 +165,7 @@ class DetectionModel:
         return self.scheduler.queue_depth
 
     def outlook(self, now: float) -> RungOutlook:
-        return self.scheduler.outlook(now)
+        return self.scheduler.outlook(now, self.detector.instances.device)
 
     @property
     def head(self) -> HeadInfo:

@@ -284,10 +284,10 @@ class Scheduler:
         self._pools.pop().shutdown(wait=False)
         return instance
 
-    def outlook(self, now: float) -> RungOutlook:
+    def outlook(self, now: float, device: str = "cpu") -> RungOutlook:
         """The queue's load for the SLO ladder's routing (:mod:`..scheduling.ladder`)."""
         assert self.batcher is not None, "model not started"
-        return self.batcher.outlook(self.name, now)
+        return self.batcher.outlook(self.name, now, device)
 
     async def submit(self, request: InferRequest) -> Any:
         assert self.batcher is not None, "model not started"

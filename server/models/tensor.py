@@ -113,7 +113,7 @@ class TensorModel:
         return self.scheduler.queue_depth
 
     def outlook(self, now: float) -> RungOutlook:
-        return self.scheduler.outlook(now)
+        return self.scheduler.outlook(now, self.instances.device)
 
     # -- serving --------------------------------------------------------------------------------
     def _size(self, request: InferRequest) -> int:

@@ -107,8 +107,9 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def outlook(self, name: str, now: float) -> RungOutlook:
-        """This queue's load as the SLO ladder's routing sees it (:mod:`.ladder`), at ``now`` (its clock)."""
+    def outlook(self, name: str, now: float, device: str = "cpu") -> RungOutlook:
+        """This queue's load as the SLO ladder's routing sees it (:mod:`.ladder`), at ``now`` (its clock), its
+        instances running on ``device``."""
         policy = self.policy
         cfg, cost = policy.config, policy.cost
         one = policy.executed_size(1)
@@ -117,7 +118,7 @@ class DynamicBatcher:
         size = cfg.max_batch_size if batching else 1
         free_in = tuple(max(end - now, 0.0) for end in self._busy.values()) + (0.0,) * len(self._idle)
         return RungOutlook(name, cost.ready, cost.upper(one), cost.upper(policy.executed_size(size)), size,
-                           sum(e.size for e in self._queue if not e.background), free_in)
+                           sum(e.size for e in self._queue if not e.background), free_in, device)
 
     async def submit(self, request: InferRequest) -> Any:
         """Queue a request and wait for its result. Raises Unavailable at once when the queue is full,

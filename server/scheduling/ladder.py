@@ -12,7 +12,9 @@ The estimate of a rung's completion time plays its queue forward: the elements w
 background job's items go behind any new request) and then the new request's are cut into batches of the
 rung's batch size (one by one on a rung that does not batch), and each batch goes to the instance that frees
 first (a busy one when its batch is expected to end), costing what the rung's cost model says (its upper
-estimate: never optimistic about a deadline).
+estimate: never optimistic about a deadline). Rungs on one device share it: while batches of other rungs
+run there, each batch of this one is expected to take as many times longer as there are batches running
+(on a CPU each ONNX Runtime session spreads over every core; the cost model learned its costs alone).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RungOutlook:
     batch_size: int  # elements it puts in one batch under load (1: it runs requests one by one)
     queued: int  # real-time elements waiting in its queue
     free_in: tuple[float, ...]  # per instance: seconds until it is free (0: idle now)
+    device: str = "cpu"  # where its instances run ("cpu", "cuda"): rungs on one device slow each other
 
 
 @dataclass(frozen=True)
@@ -53,20 +56,21 @@ def batch_cost(rung: RungOutlook, n: int) -> float:
     return rung.cost_one + (rung.cost_full - rung.cost_one) * (n - 1) / (rung.batch_size - 1)
 
 
-def completion(rung: RungOutlook, size: int) -> float:
-    """Seconds until a request of ``size`` elements queued now on ``rung`` is expected to be answered."""
+def completion(rung: RungOutlook, size: int, slowdown: float = 1.0) -> float:
+    """Seconds until a request of ``size`` elements queued now on ``rung`` is expected to be answered, every
+    batch taking ``slowdown`` times its cost (other work sharing the device)."""
     if not rung.known:
         return INF
-    free = sorted(rung.free_in) or [0.0]
+    free = sorted(f * slowdown for f in rung.free_in) or [0.0]
     heapq.heapify(free)
     if rung.batch_size <= 1:  # requests run one by one: the queue's elements, then the request
         for _ in range(rung.queued):
-            heapq.heappush(free, heapq.heappop(free) + rung.cost_one)
-        return heapq.heappop(free) + batch_cost(rung, size)
+            heapq.heappush(free, heapq.heappop(free) + rung.cost_one * slowdown)
+        return heapq.heappop(free) + batch_cost(rung, size) * slowdown
     waiting = rung.queued + size  # cut in full batches, as the batcher does under load; the request is last
     while True:
         n = min(rung.batch_size, waiting)
-        end = heapq.heappop(free) + batch_cost(rung, n)
+        end = heapq.heappop(free) + batch_cost(rung, n) * slowdown
         waiting -= n
         if waiting <= 0:
             return end
@@ -88,8 +92,10 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
         return Route(0, INF)
     budget = deadline - now - lead
     best = Route(0, INF)
+    busy = [sum(1 for f in r.free_in if f > 0) for r in rungs]
     for i, rung in enumerate(rungs):
-        expected = completion(rung, size)
+        sharing = sum(b for j, b in enumerate(busy) if j != i and rungs[j].device == rung.device)
+        expected = completion(rung, size, 1.0 + sharing)
         if not rung.known:
             if i == 0:
                 return Route(0, INF)  # the top rung answers until its cost is known

@@ -84,3 +84,16 @@ def test_a_request_of_several_elements_costs_them_all() -> None:
 def test_a_ladder_has_a_rung() -> None:
     with pytest.raises(ValueError):
         route([], 1, 1.0, 0.0)
+
+
+def test_rungs_on_one_device_slow_each_other() -> None:
+    # The INT8 rung is busy: on the same CPU the FP32 rung's queue takes twice its cost (2 x 120 ms).
+    fp32 = rung("fp32", 0.040, queued=2)
+    int8 = rung("int8", 0.010, free_in=(0.008,))
+    assert completion(fp32, 1, slowdown=2.0) == pytest.approx(0.240)
+    assert route([fp32, int8], 1, deadline=0.200, now=0.0).rung == 1  # 288 > 200: down the ladder
+    # On another device the busy rung costs the FP32 one nothing: 144 <= 200.
+    gpu_int8 = RungOutlook("int8", True, 0.010, 0.010, 1, 0, (0.008,), device="cuda")
+    assert route([fp32, gpu_int8], 1, deadline=0.200, now=0.0).rung == 0
+    # Idle rungs slow nobody.
+    assert route([fp32, rung("int8", 0.010)], 1, deadline=0.200, now=0.0).rung == 0
