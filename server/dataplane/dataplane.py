@@ -15,8 +15,10 @@ The data plane imports no transport: the transport describes its call with :clas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -182,7 +184,8 @@ class RequestScope:
             logs.request_context.set((request.id, logs.trace_id_of(header("traceparent")) if header else ""))
         if model.validate_decodes:
             began = time.perf_counter()
-            prepared = await self.plane.off_loop(model.validate, request)
+            prepared = await (self.plane.off_loop_background(model.validate, request) if request.background
+                              else self.plane.off_loop(model.validate, request))
             if self._ladder is not None:
                 self.plane.ladders.observe_lead(self._ladder.name, time.perf_counter() - began)
         else:
@@ -296,6 +299,11 @@ class DataPlane:
         self.draining = asyncio.Event()  # set when shutdown begins: streams stop reading and end
         self._decode = ThreadPoolExecutor(decode_threads or max(2, os.cpu_count() or 2),
                                           thread_name_prefix="peregrine-decode")
+        # Background work (jobs' items) decodes in threads of its own at a lower OS priority (nice 10), so a
+        # real-time request's decoding and its model's threads get the cores first when both want them.
+        self._background_decode = ThreadPoolExecutor(decode_threads or max(2, os.cpu_count() or 2),
+                                                     thread_name_prefix="peregrine-decode-bg",
+                                                     initializer=_lower_priority)
 
     @property
     def trace_ids(self) -> bool:
@@ -324,9 +332,14 @@ class DataPlane:
         """Run a blocking ``fn(*args)`` in a decode thread (image decoding, model loads) and await it."""
         return asyncio.get_running_loop().run_in_executor(self._decode, fn, *args)
 
+    def off_loop_background(self, fn: Any, *args: Any) -> Awaitable[Any]:
+        """:meth:`off_loop` for background work (a job's item): in the lower-priority decode threads."""
+        return asyncio.get_running_loop().run_in_executor(self._background_decode, fn, *args)
+
     def close(self) -> None:
         """Let decoding that is still running finish (before the loop closes under it)."""
         self._decode.shutdown(wait=True, cancel_futures=True)
+        self._background_decode.shutdown(wait=True, cancel_futures=True)
 
     # -- health and metadata --------------------------------------------------------------------
     @property
@@ -418,3 +431,10 @@ class DataPlane:
     def update_log_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
         """The log settings after applying ``changes`` (if any)."""
         return self.log_settings.update(changes) if changes else self.log_settings.current()
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is a task with a nice value of its
+    own); elsewhere, or without the right, nothing changes."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
