@@ -1,7 +1,8 @@
 """Prometheus metrics (served at ``/metrics`` on the HTTP port by the HTTP transport; docs/METRICS.md).
 
-Request latency is a histogram observed by the data plane; per-model counters and durations are read
-from each model's statistics at scrape time, so the two views never disagree. ``peregrine_queue_depth``
+Request latency is a histogram observed by the data plane, and so are the stages of each answered
+request (:mod:`.stage_histograms`); per-model counters and durations are read from each model's statistics
+at scrape time, so the two views never disagree. ``peregrine_queue_depth``
 is the signal an autoscaler (KEDA, Knative) scales replicas on. Triton's ``nv_*`` families, read from the
 same statistics, follow Peregrine's own (:mod:`.triton_metrics`, :mod:`.gpu_metrics`).
 
@@ -20,7 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..core.stats import ModelStats
+from ..core.types import FrameRequest, InferRequest
 from .gpu_metrics import NvmlGpus
+from .stage_histograms import StageHistograms
 from .triton_metrics import LatencySummaries, MetricsSettings, model_families, render
 
 UNKNOWN_MODEL = "(unknown)"  # the model label of requests for models the server does not know
@@ -135,11 +138,8 @@ class Metrics:
             "peregrine_request_duration_seconds", "Server-side request latency, from decode to reply",
             ["model", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
-        self.stages = Histogram(
-            "peregrine_pipeline_stage_seconds", "Detection pipeline time per frame request and stage "
-            "(decode, queue, pre, infer, post; pre/infer/post are the batch's)",
-            ["model", "stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
+        self.stages = StageHistograms()
+        self.registry.register(self.stages)
         self.stream_frames = Counter(
             "peregrine_stream_frames", "Messages of streams (ModelStreamInfer, DetectStream) by how they were "
             "answered: ok, dropped (a newer frame superseded it), deadline (late), error",
@@ -153,16 +153,31 @@ class Metrics:
         return model if model and self._known(model) else UNKNOWN_MODEL
 
     def observe_request(self, model: str, status: str, seconds: float) -> None:
-        self.latency.labels(self._label(model), status).observe(seconds)
+        if self.enabled:
+            self.latency.labels(self._label(model), status).observe(seconds)
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:
-        self.stream_frames.labels(self._label(model), outcome).inc()
+        if self.enabled:
+            self.stream_frames.labels(self._label(model), outcome).inc()
 
-    def observe_stages(self, model: str, stages: dict[str, int]) -> None:
-        """Per-stage durations of one detection request, in nanoseconds."""
-        label = self._label(model)
-        for stage, ns in stages.items():
-            self.stages.labels(label, stage).observe(ns / 1e9)
+    def observe_stages(self, model: str, version: int, request: InferRequest | None,
+                       transport_decode_ns: int | None, transport_encode_ns: int | None, total_ns: int) -> None:
+        """The stages of one request answered by ``model`` ``version`` (a loaded one: the label set stays
+        bounded), in nanoseconds: the transport's decoding and encoding (None where no transport measured
+        them: a job's item), the total, and what ``request`` (as the model ran it) carries: its image
+        decoding (a detection pipeline's), queue time and batch times. ``request`` None: an answer from the
+        response cache, which has no queue or batch."""
+        if not self.enabled:  # nothing would read them (--allow-metrics=false)
+            return
+        if request is None:
+            self.stages.observe(model, version, transport_decode_ns, None, None, None, None, None,
+                                transport_encode_ns, total_ns)
+            return
+        decode = request.decode_ns if isinstance(request, FrameRequest) else None
+        c = request.compute
+        self.stages.observe(model, version, transport_decode_ns, decode, request.queue_ns,
+                            None if c is None else c.input_ns, None if c is None else c.infer_ns,
+                            None if c is None else c.output_ns, transport_encode_ns, total_ns)
 
     def track(self, stats: ModelStats) -> None:
         """Keep the latency summaries of a model version from now on, when ``--metrics-config`` asks for

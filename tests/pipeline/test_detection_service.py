@@ -254,7 +254,7 @@ def test_stage_times_reach_prometheus(detection_server: PeregrineServer, stub: d
     list(stub.DetectStream(frames("det_v5", 2), timeout=30))
     text = urllib.request.urlopen(f"http://127.0.0.1:{detection_server.http_port}/metrics", timeout=10).read().decode()
     for stage in ("decode", "queue", "pre", "infer", "post"):
-        assert f'peregrine_pipeline_stage_seconds_count{{model="det_v5",stage="{stage}"}}' in text
+        assert f'peregrine_pipeline_stage_seconds_count{{model="det_v5",stage="{stage}",version="1"}}' in text
     assert 'peregrine_request_duration_seconds_count{model="det_v5",status="OK"}' in text
 
 

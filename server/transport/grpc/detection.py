@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,8 +26,14 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
     async def Detect(self, request: det.DetectRequest, context: grpc.aio.ServicerContext) -> det.DetectResponse:
         call = GrpcCall(context)
         with self.dataplane.scope(call, request.model_name, nbytes=request.ByteSize()) as scope:
-            result = await scope.detect(codecs.decode_detect_request(request, scope.deadline))
-            return codecs.encode_detect_response(request, result)
+            t = time.perf_counter_ns()
+            decoded = codecs.decode_detect_request(request, scope.deadline)
+            scope.decode_ns = time.perf_counter_ns() - t
+            result = await scope.detect(decoded)
+            t = time.perf_counter_ns()
+            answer = codecs.encode_detect_response(request, result)
+            scope.encode_ns = time.perf_counter_ns() - t
+            return answer
 
     async def DetectStream(self, request_iterator: AsyncIterator[det.StreamFrame],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[det.StreamResult]:
@@ -55,11 +62,17 @@ class _FrameStream:
 
     def decode(self, message: det.StreamFrame, scope: RequestScope) -> Any:
         check(message)
-        return self.frames.decode(message, scope.started_ns / 1e9, self.call.deadline)
+        t = time.perf_counter_ns()
+        request = self.frames.decode(message, scope.started_ns / 1e9, self.call.deadline)
+        scope.decode_ns = time.perf_counter_ns() - t
+        return request
 
     def answer(self, message: det.StreamFrame, scope: RequestScope, answer: StreamAnswer) -> det.StreamResult:
         if answer.error is None:
-            return codecs.encode_stream_result(message, answer.result, answer.dropped_total)
+            t = time.perf_counter_ns()
+            encoded = codecs.encode_stream_result(message, answer.result, answer.dropped_total)
+            scope.encode_ns = time.perf_counter_ns() - t
+            return encoded
         code, text = status_of(answer.error)
         return codecs.stream_failure(message, codecs.stream_status(answer.outcome), code.value[0], text,
                                      answer.dropped_total)

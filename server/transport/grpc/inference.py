@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,8 +67,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                          context: grpc.aio.ServicerContext) -> oip.EncodedInferResponse:
         call = GrpcCall(context)
         with self.dataplane.scope(call, request.model_name, nbytes=request.ByteSize()) as scope:
+            t = time.perf_counter_ns()
             req = oip.decode_infer_request(request, scope.deadline, regions=scope.regions)
-            return oip.encode_infer_response(await scope.infer(req), scope.regions)
+            scope.decode_ns = time.perf_counter_ns() - t
+            result = await scope.infer(req)
+            t = time.perf_counter_ns()
+            answer = oip.encode_infer_response(result, scope.regions)
+            scope.encode_ns = time.perf_counter_ns() - t
+            return answer
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -187,12 +194,18 @@ class _OipStream:
 
     def decode(self, message: pb.ModelInferRequest, scope: RequestScope) -> Any:
         check(message)
-        return oip.decode_infer_request(message, scope.deadline, ordering_key=self.key, regions=scope.regions)
+        t = time.perf_counter_ns()
+        request = oip.decode_infer_request(message, scope.deadline, ordering_key=self.key, regions=scope.regions)
+        scope.decode_ns = time.perf_counter_ns() - t
+        return request
 
     def answer(self, message: pb.ModelInferRequest, scope: RequestScope,
                answer: StreamAnswer) -> pb.ModelStreamInferResponse | oip.EncodedStreamResponse:
         if answer.error is None:
-            return oip.EncodedStreamResponse(oip.encode_infer_response(answer.result, scope.regions))
+            t = time.perf_counter_ns()
+            encoded = oip.encode_infer_response(answer.result, scope.regions)
+            scope.encode_ns = time.perf_counter_ns() - t
+            return oip.EncodedStreamResponse(encoded)
         _, text = status_of(answer.error)
         return pb.ModelStreamInferResponse(
             error_message=text,

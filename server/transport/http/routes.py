@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import gzip
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -159,11 +160,15 @@ class HttpApi:
                     raise InvalidArgument(f"Inference-Header-Content-Length: expected the JSON's length, at most "
                                           f"the body's {len(view)} bytes, got {clipped(header_length)}")
                 split = int(header_length)
+            t = time.perf_counter_ns()
             header = oip_json.parse_object(view[:split], "request JSON")
             decoded = oip_json.decode_infer_request(name, version, header, view[split:], scope.deadline,
                                                     scope.regions)
+            scope.decode_ns = time.perf_counter_ns() - t
             result = await scope.infer(decoded)
+            t = time.perf_counter_ns()
             out, json_length = oip_json.encode_infer_response(result, header, scope.regions)
+            scope.encode_ns = time.perf_counter_ns() - t
         headers = {} if json_length is None else {"Inference-Header-Content-Length": str(json_length)}
         accepted = request.headers.get("accept-encoding", "").lower()
         if "gzip" in accepted:
@@ -177,12 +182,17 @@ class HttpApi:
         call = HttpCall(request.scope, request.headers.get("authorization"))
         with self.dataplane.scope(call, "", nbytes=len(body)) as scope:
             content_type = request.headers.get("content-type", "").lower()
+            t = time.perf_counter_ns()
             if content_type.startswith("multipart/form-data"):
-                decoded = await self._form(request, body, scope.deadline)
+                decoded = await self._form(request, body, scope.deadline)  # the multipart parse included
             else:
                 decoded = detection_json.decode_json(oip_json.parse_object(body), scope.deadline)
+            scope.decode_ns = time.perf_counter_ns() - t
             result = await scope.detect(decoded)
-            return reply(detection_json.encode_result(decoded, result))
+            t = time.perf_counter_ns()
+            out = oip_json.dumps(detection_json.encode_result(decoded, result))
+            scope.encode_ns = time.perf_counter_ns() - t
+            return Response(out, media_type=JSON)
 
     async def _form(self, request: Request, body: bytes, deadline: float | None) -> Any:
         sent = False
