@@ -92,7 +92,8 @@ class RequestScope:
         self._ladder: ModelVersion | None = None  # the ladder's top, when the model has one
         self._rung: str | None = None  # the rung below the top that runs the request, held in use
         self.kind = "ModelInfer"  # what the request is, for its OpenTelemetry span
-        self._stages: dict[str, int] | None = None  # a detection's measured stage durations (for its span)
+        self._frame: FrameResult | None = None  # a detection's answer (its stage durations, for its span)
+        self._traceparent: str | bool | None = False  # the call's W3C traceparent, looked up once; False: not yet
         self._ran: ModelVersion | None = None  # the model version that answered (its stages' label)
         # The transport's decoding of the wire message and encoding of the answer (time.perf_counter_ns()
         # durations), set by the transport around its codec calls; None: not measured (a job's item).
@@ -108,6 +109,17 @@ class RequestScope:
     @property
     def deadline(self) -> float | None:
         return self.call.deadline
+
+    def traceparent(self) -> str | None:
+        """The W3C ``traceparent`` the call carried (None: none), looked up in its metadata once."""
+        if self._traceparent is False:
+            header = getattr(self.call, "header", None)
+            self._traceparent = header("traceparent") if header is not None else None
+        return self._traceparent  # type: ignore[return-value]
+
+    def trace_id(self) -> str:
+        """The W3C trace id the call carried, or "" (log lines about the request name it)."""
+        return logs.trace_id_of(self.traceparent())
 
     @property
     def regions(self) -> RequestRegions:
@@ -179,9 +191,9 @@ class RequestScope:
         when validating decodes images, else on the loop. What :meth:`run` runs."""
         request.trace = self.plane.tracer.begin(model.name, str(model.version), request.id, self.started_ns)
         if request.id or self.plane.trace_ids:
-            # Lines logged while this request's task runs name it (observability/logs.py).
-            header = getattr(self.call, "header", None) if self.plane.trace_ids else None
-            logs.request_context.set((request.id, logs.trace_id_of(header("traceparent")) if header else ""))
+            # Lines logged while this request's task runs name it and its trace (observability/logs.py); the
+            # trace id is looked up in the call's metadata only when a line is logged.
+            logs.request_context.set((request.id, self.trace_id if self.plane.trace_ids else ""))
         if model.validate_decodes:
             began = time.perf_counter()
             prepared = await (self.plane.off_loop_background(model.validate, request) if request.background
@@ -207,7 +219,7 @@ class RequestScope:
             result.model_name, result.model_version = self._ladder.name, str(self._ladder.version)
         self._ran = model
         if isinstance(result, FrameResult) and self.plane.otel is not None:
-            self._stages = result.stages()
+            self._frame = result
         return result
 
     # -- the end ------------------------------------------------------------------------------
@@ -243,21 +255,27 @@ class RequestScope:
                 self.plane.admission.release(self.call.connection, self._held)
 
     def _span(self, status: str) -> None:
-        """Hand the answered request to OpenTelemetry (on only when configured)."""
-        ended = time.monotonic_ns()
-        request = self.request
-        if self._stages is not None:
-            stages = frame_stages(self._stages, self.started_ns, ended)
-        else:
-            stages = infer_stages(request.queue_ns, request.compute) if request is not None else []
-        attributes = {"peregrine.model": self.model_name}
-        if request is not None:
-            attributes["peregrine.request_id"] = request.id
-            attributes["peregrine.model_version"] = request.model_version
-        header = getattr(self.call, "header", None) or (lambda name: None)
+        """Hand the answered request to OpenTelemetry (on only when configured), when it is sampled: the
+        decision comes first, so that an unsampled request builds nothing."""
+        otel = self.plane.otel
         try:
-            self.plane.otel.record(self.kind, header, self.started_ns, ended, attributes, stages,  # type: ignore[union-attr]
-                                   status)
+            traceparent = self.traceparent()
+            if not otel.sampled(traceparent):  # type: ignore[union-attr]
+                return
+            ended = time.monotonic_ns()
+            request = self.request
+            if self._frame is not None:
+                stages = frame_stages(self._frame.stages(), self.started_ns, ended)
+            else:
+                stages = infer_stages(request.queue_ns, request.compute) if request is not None else []
+            attributes = {"peregrine.model": self.model_name}
+            if request is not None:
+                attributes["peregrine.request_id"] = request.id
+                attributes["peregrine.model_version"] = request.model_version
+            header = getattr(self.call, "header", None)
+            tracestate = header("tracestate") if header is not None and traceparent is not None else None
+            otel.record(self.kind, traceparent, tracestate, self.started_ns, ended, attributes,  # type: ignore[union-attr]
+                        stages, status)
         except Exception:  # tracing must never fail a request
             log.exception("OpenTelemetry span not recorded")
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 
-# (request id, trace id) of the request the running task works on; None outside requests.
-request_context: ContextVar[tuple[str, str] | None] = ContextVar("peregrine_request", default=None)
+# (request id, trace id) of the request the running task works on; None outside requests. The trace id may
+# be given as a function returning it, called only when a line is logged (it is looked up in the call's
+# metadata, which most requests never need).
+request_context: ContextVar[tuple[str, str | Callable[[], str]] | None] = ContextVar("peregrine_request",
+                                                                                     default=None)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_suffix)s"
 _json_active = False
 
@@ -44,7 +48,8 @@ class RequestContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = request_context.get()
-        request_id, trace_id = ctx if ctx is not None else ("", "")
+        request_id, trace = ctx if ctx is not None else ("", "")
+        trace_id = trace() if callable(trace) else trace
         record.request_id, record.trace_id = request_id, trace_id
         parts = [f"request_id={request_id}" if request_id else "", f"trace_id={trace_id}" if trace_id else ""]
         shown = " ".join(p for p in parts if p)

@@ -9,16 +9,41 @@ when its call carries W3C trace context (``traceparent``/``tracestate`` in gRPC 
 so a robot's trace continues into the server. Spans are built after the answer, off the request's own
 latency, and exported in the background (a batch span processor).
 
+Sampling is decided first, before anything is built (:meth:`OtelTracing.sampled`), as the SDK's
+``ParentBased(TraceIdRatioBased(ratio))`` decides: a call whose ``traceparent`` is valid follows its sampled
+flag, any other is sampled at ``--otel-sample-ratio``. An unsampled request costs a look-up of its
+``traceparent`` and a random number. A sampled one is built directly as finished spans
+(``ReadableSpan``) handed to the span processor: the spans were over when they are made, so nothing of the
+SDK's live-span machinery (sampler, context, locks, attribute limits) is worth paying for.
+
 Triton's trace extension (observability/tracing.py) works beside it, unchanged.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 EXPORTERS = ("off", "otlp-http", "otlp-grpc", "console")
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``; a later
+    version may append fields after a ``-``), or None when it is absent or invalid (then the request starts a
+    trace of its own, as the W3C recommendation says)."""
+    if not value or len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+        return None
+    version, trace, parent, flags = value[:2], value[3:35], value[36:52], value[53:55]
+    if version == "ff" or (version == "00" and len(value) != 55) or (len(value) > 55 and value[55] != "-"):
+        return None
+    if not _HEX.issuperset(version + trace + parent + flags):
+        return None
+    trace_id, span_id = int(trace, 16), int(parent, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id, int(flags, 16)
 
 
 class OtelTracing:
@@ -28,44 +53,60 @@ class OtelTracing:
         in-memory exporter)."""
         try:
             from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace import ReadableSpan
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+            from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+            from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
         except ImportError:
             raise RuntimeError("OpenTelemetry tracing needs the otel extra: pip install 'peregrine[otel]'") from None
         if not 0.0 <= sample_ratio <= 1.0:
             raise ValueError(f"--otel-sample-ratio: expected 0..1, got {sample_ratio}")
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
-                                       sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
-        self.provider.add_span_processor(processor or BatchSpanProcessor(_exporter(exporter, endpoint)))
-        self.tracer = self.provider.get_tracer("peregrine.server")
-        self.propagator = TraceContextTextMapPropagator()
+        self.sample_ratio = sample_ratio
+        self.processor = processor or BatchSpanProcessor(_exporter(exporter, endpoint))
+        self._resource = Resource.create({"service.name": service_name})
+        self._scope = InstrumentationScope("peregrine.server")
+        self._span, self._context, self._state = ReadableSpan, SpanContext, TraceState
+        self._server, self._internal = SpanKind.SERVER, SpanKind.INTERNAL
+        self._flags = TraceFlags
+        self._sampled = TraceFlags(TraceFlags.SAMPLED)
+        self._ok, self._error = Status(StatusCode.UNSET), StatusCode.ERROR
+        self._status = Status
 
-    def record(self, name: str, header: Callable[[str], str | None], started_ns: int, ended_ns: int,
+    def sampled(self, traceparent: str | None) -> bool:
+        """Whether a request whose call carried ``traceparent`` (None: none) is traced: decided before
+        anything of its spans is built."""
+        parent = parse_traceparent(traceparent)
+        if parent is not None:
+            return bool(parent[2] & 1)
+        return self.sample_ratio >= 1.0 or random.random() < self.sample_ratio
+
+    def record(self, name: str, traceparent: str | None, tracestate: str | None, started_ns: int, ended_ns: int,
                attributes: dict[str, Any], stages: list[tuple[str, int, int]], status: str) -> None:
-        """One answered request: ``started_ns``/``ended_ns`` and each stage's (name, start, end) on the
-        monotonic clock; ``status`` the gRPC status name it was answered with."""
-        from opentelemetry import trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
-        carrier = {key: value for key in ("traceparent", "tracestate") if (value := header(key))}
-        parent = self.propagator.extract(carrier) if carrier else None
+        """One answered, sampled request: ``started_ns``/``ended_ns`` and each stage's (name, start, end) on
+        the monotonic clock; ``status`` the gRPC status name it was answered with."""
         to_wall = time.time_ns() - time.monotonic_ns()
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=started_ns + to_wall,
-                                      attributes={**attributes, "rpc.grpc.status_code": status})
-        if not span.is_recording():  # not sampled
-            return
-        inside = trace.set_span_in_context(span)
+        parent = parse_traceparent(traceparent)
+        state = self._state.from_header([tracestate]) if tracestate and parent is not None else None
+        remote = None
+        if parent is not None:
+            trace_id = parent[0]
+            remote = self._context(trace_id, parent[1], True, self._flags(parent[2]), state)
+        else:
+            trace_id = random.getrandbits(128) or 1
+        context = self._context(trace_id, random.getrandbits(64) or 1, False, self._sampled, state)
         for stage, start, end in stages:
-            child = self.tracer.start_span(stage, context=inside, start_time=start + to_wall)
-            child.end(end_time=max(end, start) + to_wall)
-        if status != "OK":
-            span.set_status(Status(StatusCode.ERROR, status))
-        span.end(end_time=ended_ns + to_wall)
+            child = self._context(trace_id, random.getrandbits(64) or 1, False, self._sampled, state)
+            self.processor.on_end(self._span(
+                stage, context=child, parent=context, resource=self._resource, kind=self._internal,
+                instrumentation_scope=self._scope, start_time=start + to_wall, end_time=max(end, start) + to_wall))
+        self.processor.on_end(self._span(
+            name, context=context, parent=remote, resource=self._resource, kind=self._server,
+            instrumentation_scope=self._scope, attributes={**attributes, "rpc.grpc.status_code": status},
+            status=self._ok if status == "OK" else self._status(self._error, status),
+            start_time=started_ns + to_wall, end_time=ended_ns + to_wall))
 
     def shutdown(self) -> None:
-        self.provider.shutdown()  # flushes what the batch processor holds
+        self.processor.shutdown()  # flushes what the batch processor holds
 
 
 def _exporter(kind: str, endpoint: str | None) -> Any:
