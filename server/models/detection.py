@@ -84,9 +84,10 @@ class DetectionModel:
     _holds: dict[int, images.Hold] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        executor = self.make_executor()
+        executor = self._executor = self.make_executor()
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.detector.instances.buckets,
-                                   executor, len(self.detector.instances), self._shape_key, self._size)
+                                   executor, len(self.detector.instances), self._shape_key, self._size,
+                                   self.detector.instances.device)
         attach_autoscaler(self.scheduler, self.name, self.config, self.detector.instances, self.path, executor,
                           self.stats)
 
@@ -133,14 +134,21 @@ class DetectionModel:
     def warm_up(self) -> None:
         """Run every instance on frames of two sizes at each batch bucket (GPU providers: each bucket's
         session plans its shape once, here), or at batch 1 and the largest batch."""
-        executor = self.make_executor(ModelStats())  # warm-up runs are not the model's statistics
+        executor = self.make_executor(ModelStats())  # warm-up runs are not the model's statistics ...
+        executor.paths = self._executor.paths  # ... but they touch the buffers that will serve
         frame = np.full((480, 640, 3), 114, np.uint8)
         tall = np.full((720, 405, 3), 60, np.uint8)
+        one = FrameRequest(self.name, frames=[frame], options=self.default_options())
         for n in self.detector.instances.buckets or sorted({1, self.max_batch_size}):
             req = FrameRequest(self.name, frames=[frame if i % 2 else tall for i in range(n)],
                                options=self.default_options())
             for instance in range(len(self.detector.instances)):
                 executor.execute(instance, [req])
+        # One frame once more, timed now that everything is warm: the batcher's cost models start from it,
+        # not from whatever the first request meets (the SLO ladder routes by them from the first request).
+        began = time.perf_counter()
+        executor.execute(0, [one])
+        self.scheduler.seed(1, time.perf_counter() - began)
 
     async def start(self) -> None:
         await self.scheduler.start()
@@ -165,7 +173,7 @@ class DetectionModel:
         return self.scheduler.queue_depth
 
     def outlook(self, now: float) -> RungOutlook:
-        return self.scheduler.outlook(now, self.detector.instances.device)
+        return self.scheduler.outlook(now)
 
     @property
     def head(self) -> HeadInfo:

@@ -238,8 +238,10 @@ class Scheduler:
 
     def __init__(self, name: str, config: ModelConfig, max_batch_size: int, buckets: tuple[int, ...],
                  executor: BatchExecutor, instances: int, shape_key: Callable[[InferRequest], Hashable],
-                 size: Callable[[InferRequest], int]) -> None:
+                 size: Callable[[InferRequest], int], device: str = "cpu") -> None:
         self.name = name
+        self.device = device
+        self._seeds: list[tuple[int, float]] = []
         self._policy = policy_config(config.dynamic_batching, max_batch_size, buckets)
         self._queue = queue_config(config.dynamic_batching)
         self._executor = executor
@@ -265,7 +267,9 @@ class Scheduler:
 
         self.batcher = DynamicBatcher(BatchPolicy(self._policy), self._executor, self._instances, self._queue,
                                       shape_key=self._shape_key, size=self._size, run_in_thread=run_in_thread,
-                                      inline_s=INLINE_RUN_S)
+                                      inline_s=INLINE_RUN_S, device=self.device)
+        for n, seconds in self._seeds:
+            self.batcher.seed(n, seconds)
         self.batcher.start()
         if self.scaler is not None:
             self._tasks.append(loop.create_task(self.scaler.run(self), name=f"{self.name}-autoscale"))
@@ -284,10 +288,17 @@ class Scheduler:
         self._pools.pop().shutdown(wait=False)
         return instance
 
-    def outlook(self, now: float, device: str = "cpu") -> RungOutlook:
+    def seed(self, n: int, seconds: float) -> None:
+        """A batch of ``n`` took ``seconds`` when timed before serving (warm-up): the batcher's cost models
+        start from it."""
+        self._seeds.append((n, seconds))
+        if self.batcher is not None:
+            self.batcher.seed(n, seconds)
+
+    def outlook(self, now: float) -> RungOutlook:
         """The queue's load for the SLO ladder's routing (:mod:`..scheduling.ladder`)."""
         assert self.batcher is not None, "model not started"
-        return self.batcher.outlook(self.name, now, device)
+        return self.batcher.outlook(self.name, now)
 
     async def submit(self, request: InferRequest) -> Any:
         assert self.batcher is not None, "model not started"

@@ -68,7 +68,7 @@ class TensorModel:
         executor = TensorExecutor(self.name, self.instances, self.inputs, self.outputs, self.max_batch_size,
                                   self.stats)
         self.scheduler = Scheduler(self.name, self.config, self.max_batch_size, self.instances.buckets, executor,
-                                   len(self.instances), self._shape_key, self._size)
+                                   len(self.instances), self._shape_key, self._size, self.instances.device)
         attach_autoscaler(self.scheduler, self.name, self.config, self.instances, self.path, executor, self.stats)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class TensorModel:
         return self.scheduler.queue_depth
 
     def outlook(self, now: float) -> RungOutlook:
-        return self.scheduler.outlook(now, self.instances.device)
+        return self.scheduler.outlook(now)
 
     # -- serving --------------------------------------------------------------------------------
     def _size(self, request: InferRequest) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ..core.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelExecutionError, PeregrineError, Unavailable
 from ..core.types import InferRequest
+from .device_load import device_load
 from .ladder import RungOutlook
 from .policy import INF, BatchPolicy, CostModel, QueuedRequest
 
@@ -71,6 +72,7 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
         inline_s: float = 0.0,
         inline_max_bytes: int = 64 * 1024,
+        device: str = "cpu",
     ) -> None:
         self.policy = policy
         self.executor = executor
@@ -87,9 +89,15 @@ class DynamicBatcher:
         # of a model with other dynamic dimensions may be far larger than the rows it learned from.
         self.inline_max_bytes = inline_max_bytes
         self._compute = CostModel()
+        # The executor's time alone on its device (batches of other models running beside one divided out,
+        # see device_load.py): what the SLO ladder's outlook scales by the device's load when it routes.
+        self.device = device
+        self._load = device_load(device)
+        self._alone = CostModel()
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
         self._busy: dict[int, float] = {}  # instance -> when its running batch is expected to end (clock)
+        self._busy_alone: dict[int, float] = {}  # ... as it would alone on the device (the ladder's outlook)
         self._retiring: set[int] = set()  # instances to take out of service once their batch is done
         self._retired = asyncio.Event()
         self._seq = itertools.count()
@@ -107,18 +115,27 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def outlook(self, name: str, now: float, device: str = "cpu") -> RungOutlook:
-        """This queue's load as the SLO ladder's routing sees it (:mod:`.ladder`), at ``now`` (its clock), its
-        instances running on ``device``."""
+    def outlook(self, name: str, now: float) -> RungOutlook:
+        """This queue's load as the SLO ladder's routing sees it (:mod:`.ladder`), at ``now`` (its clock)."""
         policy = self.policy
         cfg, cost = policy.config, policy.cost
         one = policy.executed_size(1)
         batching = cfg.max_batch_size > 1 and not (cfg.adaptive and not cost.batching_pays(cfg.max_batch_size,
                                                                                          single=one))
         size = cfg.max_batch_size if batching else 1
-        free_in = tuple(max(end - now, 0.0) for end in self._busy.values()) + (0.0,) * len(self._idle)
-        return RungOutlook(name, cost.ready, cost.upper(one), cost.upper(policy.executed_size(size)), size,
-                           sum(e.size for e in self._queue if not e.background), free_in, device)
+        alone = self._alone if self._alone.ready else cost
+        free_in = tuple(max(end - now, 0.0) for end in self._busy_alone.values()) + (0.0,) * len(self._idle)
+        return RungOutlook(name, alone.ready, alone.upper(one), alone.upper(policy.executed_size(size)), size,
+                           sum(e.size for e in self._queue if not e.background), free_in, self.device,
+                           self._load.concurrency())
+
+    def seed(self, n: int, seconds: float) -> None:
+        """A batch of ``n`` elements (as executed: padded to its bucket, if any) took ``seconds`` alone on the
+        device, measured before serving (a timed warm-up run): the cost models start from it instead of from
+        the first request's batch."""
+        executed = self.policy.executed_size(n)
+        for model in (self.policy.cost, self._compute, self._alone):
+            model.observe_batch(executed, seconds)
 
     async def submit(self, request: InferRequest) -> Any:
         """Queue a request and wait for its result. Raises Unavailable at once when the queue is full,
@@ -196,6 +213,7 @@ class DynamicBatcher:
 
     def _give_back(self, instance: int) -> None:
         self._busy.pop(instance, None)
+        self._busy_alone.pop(instance, None)
         if instance in self._retiring:
             self._retiring.discard(instance)
             self._retired.set()
@@ -297,8 +315,9 @@ class DynamicBatcher:
         a batch that may hold other callers' requests)."""
         instance = self._idle.pop(0)
         cost = self.policy.cost
-        self._busy[instance] = now + (cost.upper(self.policy.executed_size(sum(r.size for r in batch)))
-                                      if cost.ready else 0.0)
+        executed = self.policy.executed_size(sum(r.size for r in batch))
+        self._busy[instance] = now + (cost.upper(executed) if cost.ready else 0.0)
+        self._busy_alone[instance] = now + self._alone.upper(executed) if self._alone.ready else self._busy[instance]
         task = asyncio.get_running_loop().create_task(self._run_batch(instance, batch, now))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -338,15 +357,20 @@ class DynamicBatcher:
         executed = self.policy.executed_size(sum(e.size for e in entries))
         start = time.perf_counter()
 
-        def run() -> tuple[list[Any], float]:
-            began = time.perf_counter()
-            return self.executor.execute(instance, requests), time.perf_counter() - began
+        def run() -> tuple[list[Any], tuple[float, float]]:
+            mark = self._load.begin()
+            try:
+                return self.executor.execute(instance, requests), self._load.end(mark)
+            except BaseException:
+                self._load.end(mark)
+                raise
 
         try:
-            results, computed = await self._run_in_thread(instance, run)
+            results, (computed, alone) = await self._run_in_thread(instance, run)
         except Exception as e:
             return e
         self._compute.observe_batch(executed, computed)
+        self._alone.observe_batch(executed, alone)
         return self._answer(entries, results, executed, time.perf_counter() - start)
 
     def _inline(self, size: int) -> bool:
@@ -358,15 +382,17 @@ class DynamicBatcher:
         instance = self._idle.pop(0)
         entry.payload[0].queue_ns = 0
         executed = self.policy.executed_size(entry.size)
-        start = time.perf_counter()
+        mark = self._load.begin()
         try:
             try:
                 results = self.executor.execute(instance, [entry.payload[0]])
             except Exception as e:
+                self._load.end(mark)
                 error: Exception | None = e
             else:
-                seconds = time.perf_counter() - start
+                seconds, alone = self._load.end(mark)
                 self._compute.observe_batch(executed, seconds)
+                self._alone.observe_batch(executed, alone)
                 error = self._answer([entry], results, executed, seconds)
             if error is not None:
                 self._fail([entry], error)

@@ -14,7 +14,11 @@ rung's batch size (one by one on a rung that does not batch), and each batch goe
 first (a busy one when its batch is expected to end), costing what the rung's cost model says (its upper
 estimate: never optimistic about a deadline). Rungs on one device share it: while batches of other rungs
 run there, each batch of this one is expected to take as many times longer as there are batches running
-(on a CPU each ONNX Runtime session spreads over every core; the cost model learned its costs alone).
+(on a CPU each ONNX Runtime session spreads over every core), or as the device's recent concurrency says
+when that is more: a request routed now runs later, beside batches not started yet. The costs are each
+rung's alone on its device: its batcher divides every batch's time by the mean number of batches that ran
+beside it (:mod:`.device_load`), and starts from a timed warm-up run, so that a lower rung, which mostly
+runs while the top one is busy, is not counted slower twice, nor judged by a cold first batch.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class RungOutlook:
     queued: int  # real-time elements waiting in its queue
     free_in: tuple[float, ...]  # per instance: seconds until it is free (0: idle now)
     device: str = "cpu"  # where its instances run ("cpu", "cuda"): rungs on one device slow each other
+    concurrency: float = 1.0  # batches its device ran at once lately, while it ran any (device_load.py)
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
     busy = [sum(1 for f in r.free_in if f > 0) for r in rungs]
     for i, rung in enumerate(rungs):
         sharing = sum(b for j, b in enumerate(busy) if j != i and rungs[j].device == rung.device)
-        expected = completion(rung, size, 1.0 + sharing)
+        expected = completion(rung, size, max(1.0 + sharing, rung.concurrency))
         if not rung.known:
             if i == 0:
                 return Route(0, INF)  # the top rung answers until its cost is known

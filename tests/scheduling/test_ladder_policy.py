@@ -97,3 +97,17 @@ def test_rungs_on_one_device_slow_each_other() -> None:
     assert route([fp32, gpu_int8], 1, deadline=0.200, now=0.0).rung == 0
     # Idle rungs slow nobody.
     assert route([fp32, rung("int8", 0.010)], 1, deadline=0.200, now=0.0).rung == 0
+
+
+def test_a_device_busy_lately_slows_what_is_routed_now() -> None:
+    # Nothing else runs this instant, but the CPU ran two batches at once lately: a request routed now will
+    # run beside the next one. FP32: 2 queued + itself at 40 ms, twice as long: 240 ms > 200.
+    fp32 = RungOutlook("fp32", True, 0.040, 0.040, 1, 2, (0.0,), concurrency=2.0)
+    int8 = RungOutlook("int8", True, 0.010, 0.010, 1, 0, (0.0,), concurrency=2.0)
+    choice = route([fp32, int8], 1, deadline=0.200, now=0.0)
+    assert choice.rung == 1 and choice.expected == pytest.approx(0.020)
+    # The instant's busy rungs count when they say more than the recent past.
+    busy_int8 = RungOutlook("int8", True, 0.010, 0.010, 1, 0, (0.008,), concurrency=1.2)
+    assert completion(fp32, 1, slowdown=2.0) == pytest.approx(0.240)
+    assert route([RungOutlook("fp32", True, 0.040, 0.040, 1, 2, (0.0,), concurrency=1.2), busy_int8], 1,
+                 deadline=0.200, now=0.0).rung == 1
