@@ -13,7 +13,13 @@ model, ready to serve, with the model's own configuration:
   photographs), letterboxed to the model's input as the pipeline feeds it.
 
 Every detection pipeline of the repository that uses the model gets the same variants (``<pipeline>_int8``,
-its ``detector`` the ``<model>_int8``). With ``--report``, each pipeline variant runs over the photographs
+its ``detector`` the ``<model>_int8``).
+
+A number among the variants (``--variants int8,480,320``) is a smaller input size: the pipelines that use
+the model get a sibling ``<pipeline>_480`` that letterboxes frames to 480 x 480 for the same detector
+(``detection.input_size``). Only for a model whose input height and width are dynamic (ultralytics:
+``export(format="onnx", dynamic=True)``), and in multiples of 32 (the detector's largest stride); a model
+fixed at one size is refused with the reason. With ``--report``, each pipeline variant runs over the photographs
 (``--images DIR``) beside the original and the report (Markdown, and a PNG of latency against agreement with
 the Pareto front marked) gives, per variant: box-level precision and recall at IoU 0.5 against the FP32
 pipeline's boxes (same class), the mean score shift of matched boxes, the recall per class, and latency
@@ -36,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = ("fp16", "int8")
+VARIANTS = ("fp16", "int8")  # precisions; a number (a multiple of 32) is an input size
+MAX_STRIDE = 32  # YOLO detectors' coarsest feature map: input sides are multiples of it
 CONFIG_FILES = ("config.toml", "config.pbtxt")
 
 
@@ -49,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a model of the repository with an ONNX file (the detector)")
     p.add_argument("--repository", type=Path, default=Path("models"))
-    p.add_argument("--variants", default="fp16,int8", help=f"comma-separated: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="fp16,int8",
+                   help=f"comma-separated: {', '.join(VARIANTS)}, or input sizes such as 480,320 (dynamic models)")
     p.add_argument("--calibration", type=Path, help="images for INT8 calibration (default: packaged photographs)")
     p.add_argument("--calibration-images", type=int, default=32, help="at most this many (default %(default)s)")
     p.add_argument("--report", type=Path, help="measure each variant and write this Markdown report (and a PNG)")
@@ -66,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        unknown = sorted(set(variants) - set(VARIANTS))
+        unknown = sorted(v for v in set(variants) - set(VARIANTS) if input_size(v) is None)
         if unknown or not variants:
-            raise QuantizeError(f"--variants: expected some of {', '.join(VARIANTS)}, got {args.variants!r}")
+            raise QuantizeError(f"--variants: expected some of {', '.join(VARIANTS)} or input sizes (multiples of "
+                                f"{MAX_STRIDE}, e.g. 480,320), got {args.variants!r}")
         if args.labels and not args.report:
             raise QuantizeError("--labels: the mAP is measured for the report; give --report too")
         with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peregrine quantize: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def input_size(variant: str) -> int | None:
+    """The input side a size variant names ("480" -> 480), or None when ``variant`` is not one."""
+    if not variant.isdigit():
+        return None
+    side = int(variant)
+    return side if MAX_STRIDE <= side <= 8192 and side % MAX_STRIDE == 0 else None
 
 
 def _packaged_photos(directory: Path) -> Path:
@@ -126,6 +143,10 @@ def quantize(repository: Path, model: str, variants: list[str], calibration: Pat
     graph = onnx.load(str(source))
     written = []
     for variant in _progress(variants):
+        side = input_size(variant)
+        if side is not None:
+            written += _size_variants(repository, model, graph, side, force)
+            continue
         target = _variant_dir(repository, f"{model}_{variant}", force)
         (target / "1").mkdir(parents=True)
         out = target / "1" / "model.onnx"
@@ -150,6 +171,46 @@ def quantize(repository: Path, model: str, variants: list[str], calibration: Pat
     return written
 
 
+def _size_variants(repository: Path, model: str, graph: Any, side: int, force: bool) -> list[Path]:
+    """``<pipeline>_<side>`` for each pipeline using ``model``: the same detector fed side x side frames."""
+    import tomllib
+
+    initializers = {i.name for i in graph.graph.initializer}
+    image = next((i for i in graph.graph.input if i.name not in initializers), None)
+    dims = image.type.tensor_type.shape.dim if image is not None else []
+    if len(dims) != 4:
+        raise QuantizeError(f"{side}: an input size needs a model with one NCHW image input; '{model}' has "
+                            f"{'none' if image is None else f'{image.name} with {len(dims)} dimensions'}")
+    fixed = [d.dim_value for d in dims[2:] if d.dim_value > 0 and not d.dim_param]
+    if fixed:
+        shape = "x".join(str(d.dim_value or d.dim_param or "?") for d in dims[2:])
+        raise QuantizeError(f"{side}: '{model}' takes {shape} images only (its input '{image.name}' has a fixed "
+                            "height or width); smaller input sizes need a model exported with dynamic sizes "
+                            "(ultralytics: export(format='onnx', dynamic=True))")
+    pipelines = _pipelines_using(repository, model)
+    if not pipelines:
+        raise QuantizeError(f"{side}: an input size is a detection pipeline's setting, and no pipeline of the "
+                            f"repository uses '{model}'")
+    written = []
+    for pipeline in pipelines:
+        copy = _variant_dir(repository, f"{pipeline.name}_{side}", force)
+        shutil.copytree(pipeline, copy)
+        config = copy / "config.toml"
+        text = config.read_text()
+        line = f"input_size = [{side}, {side}]"
+        if re.search(r"(?m)^\s*input_size\s*=", text):
+            text = re.sub(r"(?m)^\s*input_size\s*=.*$", line, text, count=1)
+        else:
+            text = re.sub(r"(?m)^\[detection\][^\n]*\n", lambda m, line=line: f"{m.group(0)}{line}\n", text,
+                          count=1)
+        if tomllib.loads(text).get("detection", {}).get("input_size") != [side, side]:
+            shutil.rmtree(copy)
+            raise QuantizeError(f"{pipeline / 'config.toml'}: could not set detection.input_size in it")
+        config.write_text(text)
+        written.append(copy)
+    return written
+
+
 def _pipelines_using(repository: Path, model: str) -> list[Path]:
     import tomllib
 
@@ -160,7 +221,7 @@ def _pipelines_using(repository: Path, model: str) -> list[Path]:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             continue
         uses = data.get("platform") == "peregrine_detection" and data.get("detection", {}).get("detector") == model
-        if uses and not re.search(r"_(fp16|int8)$", config.parent.name):  # not a variant written before
+        if uses and not re.search(r"_(fp16|int8|\d+)$", config.parent.name):  # not a variant written before
             found.append(config.parent)
     return found
 

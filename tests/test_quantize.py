@@ -141,3 +141,52 @@ def test_int8_keeps_the_detection_head_in_fp32() -> None:
     assert len(last) == 6 and last <= head
     assert head & convs == last | {n for n in convs if "/dfl/" in n}  # no backbone or neck convolution
     assert {n.op_type for n in model.graph.node if n.name in head} >= {"Concat", "Softmax", "Sigmoid", "Split"}
+
+
+def test_smaller_input_sizes_of_a_dynamic_detector(tmp_path: Path, start_server: Callable[..., PeregrineServer],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``--variants 480,320``: pipelines that letterbox to 480 and 320 for the same dynamic-size detector,
+    answering in image pixels as the original does; a detector fixed at one size is refused."""
+    import tomllib
+
+    from support import onnx_models
+
+    repo = tmp_path / "models"
+    onnx_models.write(repo, "dyn", onnx_models.dynamic_detector(640), "max_batch_size = 4\n")
+    (repo / "dyn_detect").mkdir()
+    (repo / "dyn_detect" / "config.toml").write_text(
+        'platform = "peregrine_detection"\nmax_batch_size = 4\n\n[detection]\ndetector = "dyn"\nlayout = "end2end"\n'
+        "score_threshold = 0.2\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("coffee", "astronaut"):  # 400 x 600 and 512 x 512
+        (photos / f"{name}.jpg").write_bytes(jobs.photo(name))
+    report = tmp_path / "sizes.md"
+    assert main(["--model", "dyn", "--repository", str(repo), "--variants", "480,320", "--calibration", str(photos),
+                 "--report", str(report)]) == 0
+    for side in (480, 320):
+        config = tomllib.loads((repo / f"dyn_detect_{side}" / "config.toml").read_text())
+        assert config["detection"]["input_size"] == [side, side] and config["detection"]["detector"] == "dyn"
+    assert not (repo / "dyn_480").exists()  # the detector is shared, not copied
+    server = start_server(repo)
+    stub = det_grpc.DetectionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    boxes = {}
+    for name in ("dyn_detect", "dyn_detect_480", "dyn_detect_320"):
+        answer = stub.Detect(det.DetectRequest(model_name=name, images=[det.Image(encoded=jobs.photo("coffee"))]))
+        boxes[name] = sorted((d.class_id, d.x1, d.y1, d.x2, d.y2) for d in answer.results[0].boxes)
+    # In image pixels (600 wide, 400 high, padded top and bottom): the middle half and the top-left quarter
+    # of the letterboxed square, whatever its size.
+    assert len(boxes["dyn_detect"]) == 2
+    for name in ("dyn_detect_480", "dyn_detect_320"):
+        for a, b in zip(boxes["dyn_detect"], boxes[name], strict=True):
+            assert a[0] == b[0] and np.allclose(a[1:], b[1:], atol=2.0)
+    middle = boxes["dyn_detect"][0]
+    assert np.allclose(middle[1:], (150, 50, 450, 350), atol=2.0)
+    rows = dict(re.findall(r"^\| (dyn_detect\w*) \| [\d.—]+ \| ([\d.]+) \|", report.read_text(), re.M))
+    assert rows == {"dyn_detect": "1.000", "dyn_detect_480": "1.000", "dyn_detect_320": "1.000"}
+    # A detector fixed at one size, and sizes that are no multiple of 32, are refused.
+    fixed = jobs.repository(tmp_path / "fixed")
+    assert main(["--model", "v5", "--repository", str(fixed), "--variants", "256", "--calibration", str(photos)]) == 2
+    assert "fixed height or width" in capsys.readouterr().err
+    assert main(["--model", "dyn", "--repository", str(repo), "--variants", "500", "--calibration", str(photos)]) == 2
+    assert "multiples of 32" in capsys.readouterr().err

@@ -79,3 +79,47 @@ def matmul_chain(width: int = 384, depth: int = 8) -> onnx.ModelProto:
     nodes = [helper.make_node("MatMul", [names[i], "W"], [names[i + 1]]) for i in range(depth)]
     return _model(nodes, [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["N", width])],
                   [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["N", width])], [w])
+
+
+def dynamic_detector(exported: int = 640) -> onnx.ModelProto:
+    """An end-to-end detector ([N, 2, 6]: x1, y1, x2, y2, score, class) whose input height and width are
+    dynamic, as an ultralytics export with ``dynamic=True``: its boxes are fractions of the input it is fed
+    (the middle half, score from the image's mean brightness, class 0; the top-left quarter, 0.9, class 1),
+    so that in image pixels they are the same at any input size. ``imgsz`` metadata: ``exported``."""
+    f = helper.make_tensor
+    nodes = [
+        helper.make_node("Shape", ["images"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i2"], ["h_i"]),
+        helper.make_node("Gather", ["shape", "i3"], ["w_i"]),
+        helper.make_node("Cast", ["h_i"], ["h"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w_i"], ["w"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "ax1"], ["col"]),  # [N, 1]
+        helper.make_node("Mul", ["col", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "one"], ["ones"]),
+        helper.make_node("Mul", ["col", "half"], ["score_a0"]),
+        helper.make_node("Add", ["score_a0", "point3"], ["score_a"]),
+    ]
+    columns: dict[str, list[str]] = {"a": [], "b": []}
+    for box, fractions in (("a", (0.25, 0.25, 0.75, 0.75)), ("b", (0.0, 0.0, 0.5, 0.5))):
+        for k, side in enumerate(("w", "h", "w", "h")[:len(fractions)]):
+            name = f"{box}{k}"
+            nodes.append(helper.make_node("Mul", [side, f"c_{name}"], [f"{name}_s"]))
+            nodes.append(helper.make_node("Mul", ["ones", f"{name}_s"], [name]))
+            columns[box].append(name)
+    nodes += [helper.make_node("Mul", ["ones", "point9"], ["score_b"]),
+              helper.make_node("Concat", [*columns["a"], "score_a", "zeros"], ["row_a"], axis=1),
+              helper.make_node("Concat", [*columns["b"], "score_b", "ones"], ["row_b"], axis=1),
+              helper.make_node("Unsqueeze", ["row_a", "ax1"], ["box_a"]),
+              helper.make_node("Unsqueeze", ["row_b", "ax1"], ["box_b"]),
+              helper.make_node("Concat", ["box_a", "box_b"], ["output0"], axis=1)]
+    constants = [f("i2", TensorProto.INT64, [1], [2]), f("i3", TensorProto.INT64, [1], [3]),
+                 f("ax1", TensorProto.INT64, [1], [1]), f("zero", TensorProto.FLOAT, [], [0.0]),
+                 f("one", TensorProto.FLOAT, [], [1.0]), f("half", TensorProto.FLOAT, [], [0.5]),
+                 f("point3", TensorProto.FLOAT, [], [0.3]), f("point9", TensorProto.FLOAT, [], [0.9])]
+    for box, fractions in (("a", (0.25, 0.25, 0.75, 0.75)), ("b", (0.0, 0.0, 0.5, 0.5))):
+        constants += [f(f"c_{box}{k}", TensorProto.FLOAT, [], [v]) for k, v in enumerate(fractions)]
+    model = _model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+                   [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 2, 6])], constants)
+    helper.set_model_props(model, {"imgsz": f"[{exported}, {exported}]", "names": "{0: 'middle', 1: 'corner'}"})
+    return model
