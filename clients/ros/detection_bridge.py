@@ -14,12 +14,15 @@ valid result has come by then, or a result says the frame was dropped, expired o
 action at once: a line on ``--safety-topic`` (``std_msgs/String``, ``"BRAKE <stamp> <frame id>: <why>"``),
 logged and counted. A stream that breaks is reopened; the frames in flight brake by their deadlines.
 
-ROS 1 (``rospy``, Debian's ``python3-rospy``) is the adapter built here. The bridge talks to ROS only through
-:class:`RosAdapter` (subscribe, publish detections, publish a safety line, shutdown), so a ROS 2 ``rclpy``
-adapter is a class of the same four methods. ``vision_msgs`` need not be installed: its message classes are
-generated at run time from the definitions below (the md5 sums are those of the released package).
+The bridge talks to ROS only through :class:`RosAdapter` (subscribe, publish detections, publish a safety
+line, shut down), with two adapters: ROS 1 (``rospy``, Debian's ``python3-rospy``; ``vision_msgs`` need not be
+installed: its message classes are generated at run time from the definitions below, whose md5 sums are
+those of the released package) and ROS 2 (``rclpy``, from a ROS 2 distribution's setup; ``vision_msgs`` 4.x,
+as Humble and later ship it). ``--ros auto`` (the default) takes ROS 2 when ``rclpy`` imports, else ROS 1.
+The ROS 1 adapter is tested against a live ``roscore``; ROS 2 cannot be installed from Debian 12 or PyPI,
+so the ROS 2 adapter has not run where Peregrine is tested.
 
-Run (with ``roscore`` up and Peregrine serving ``yolov8n_detect``)::
+Run (with ``roscore`` up, or a ROS 2 setup sourced, and Peregrine serving ``yolov8n_detect``)::
 
     python clients/ros/detection_bridge.py --image-topic /camera/image_raw --deadline-ms 150
 """
@@ -72,6 +75,8 @@ class RosAdapter(Protocol):
     def publish_safety(self, line: str) -> None: ...
 
     def is_shutdown(self) -> bool: ...
+
+    def shutdown(self) -> None: ...
 
 
 # -- the bridge ------------------------------------------------------------------------------------------
@@ -239,6 +244,18 @@ def image_for_detect(encoding: str, height: int, width: int, step: int, is_bigen
     return np.ascontiguousarray(decode_image(encoding, height, width, step, is_bigendian, data)[:, :, ::-1])
 
 
+def camera_frame(msg: Any, topic: str, stamp_ns: int, convert_on_client: bool) -> CameraFrame:
+    """A ``sensor_msgs/Image`` or (topic ending in ``/compressed``) ``CompressedImage`` of either ROS as the
+    bridge sends it, stamped ``stamp_ns``."""
+    received = time.monotonic()
+    if topic.endswith("/compressed"):
+        image: np.ndarray | RawFrame | bytes = bytes(msg.data)  # JPEG/PNG: the server decodes it
+    else:
+        image = image_for_detect(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian),
+                                 bytes(msg.data), convert_on_client)
+    return CameraFrame(image, stamp_ns, msg.header.frame_id, received)
+
+
 class Ros1Adapter:
     """The bridge's ROS side on ROS 1: one rospy node, a subscriber, two publishers."""
 
@@ -261,13 +278,7 @@ class Ros1Adapter:
         from sensor_msgs.msg import CompressedImage, Image
 
         def on_image(msg: Any) -> None:
-            received = time.monotonic()
-            if topic.endswith("/compressed"):
-                image: np.ndarray | RawFrame | bytes = bytes(msg.data)  # JPEG/PNG: the server decodes it
-            else:
-                image = image_for_detect(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian),
-                                         msg.data, self.convert_on_client)
-            on_frame(CameraFrame(image, msg.header.stamp.to_nsec(), msg.header.frame_id, received))
+            on_frame(camera_frame(msg, topic, msg.header.stamp.to_nsec(), self.convert_on_client))
 
         msg_type = CompressedImage if topic.endswith("/compressed") else Image
         self.rospy.Subscriber(topic, msg_type, on_image, queue_size=1, buff_size=1 << 26)
@@ -296,6 +307,88 @@ class Ros1Adapter:
     def is_shutdown(self) -> bool:
         return bool(self.rospy.is_shutdown())
 
+    def shutdown(self) -> None:
+        self.rospy.signal_shutdown("done")
+
+
+# -- ROS 2 (rclpy) ---------------------------------------------------------------------------------------
+class Ros2Adapter:
+    """The bridge's ROS side on ROS 2: one rclpy node spun by an executor in a thread of its own, a
+    subscription with the sensor-data QoS (best effort, depth 5: a late frame is worth nothing), two
+    publishers. vision_msgs 4.x: a hypothesis's ``class_id`` is a string (the class number as text, as
+    ROS 1's int64 id) and a box's centre a ``Pose2D`` with a ``position``."""
+
+    def __init__(self, name: str, image_topic: str, detections_topic: str, safety_topic: str,
+                 convert_on_client: bool = False) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import String
+        from vision_msgs.msg import Detection2DArray
+
+        self.rclpy = rclpy
+        rclpy.init()
+        self.node = rclpy.create_node(name)
+        self.detections = self.node.create_publisher(Detection2DArray, detections_topic, 10)
+        self.safety = self.node.create_publisher(String, safety_topic, 10)
+        self.string_type = String
+        self.image_topic = image_topic
+        self.convert_on_client = convert_on_client
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self.executor.spin, name="ros2-spin", daemon=True)
+        self._spinner.start()
+
+    def subscribe(self, topic: str, on_frame: Callable[[CameraFrame], None]) -> None:
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        def on_image(msg: Any) -> None:
+            stamp = msg.header.stamp
+            on_frame(camera_frame(msg, topic, stamp.sec * 10**9 + stamp.nanosec, self.convert_on_client))
+
+        msg_type = CompressedImage if topic.endswith("/compressed") else Image
+        self.node.create_subscription(msg_type, topic, on_image, qos_profile_sensor_data)
+
+    def publish_detections(self, frame: CameraFrame, detections: list[Detection]) -> None:
+        from builtin_interfaces.msg import Time
+        from std_msgs.msg import Header
+        from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+        header = Header(stamp=Time(sec=frame.stamp_ns // 10**9, nanosec=frame.stamp_ns % 10**9),
+                        frame_id=frame.frame_id)
+        out = []
+        for d in detections:
+            hypothesis = ObjectHypothesisWithPose()
+            hypothesis.hypothesis.class_id = str(int(d.class_id))
+            hypothesis.hypothesis.score = float(d.score)
+            hypothesis.pose.pose.orientation.w = 1.0
+            detection = Detection2D(header=header, results=[hypothesis])
+            detection.bbox.center.position.x = float(d.x1 + d.x2) / 2
+            detection.bbox.center.position.y = float(d.y1 + d.y2) / 2
+            detection.bbox.size_x = float(d.x2 - d.x1)
+            detection.bbox.size_y = float(d.y2 - d.y1)
+            out.append(detection)
+        self.detections.publish(Detection2DArray(header=header, detections=out))
+
+    def publish_safety(self, line: str) -> None:
+        self.safety.publish(self.string_type(data=line))
+
+    def is_shutdown(self) -> bool:
+        return not self.rclpy.ok()
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
+
+
+def ros_adapter(which: str, *args: Any) -> Ros1Adapter | Ros2Adapter:
+    """The adapter for ``which`` ("1", "2" or "auto": ROS 2 when rclpy imports, else ROS 1)."""
+    if which == "2" or (which == "auto" and importlib.util.find_spec("rclpy") is not None):
+        return Ros2Adapter(*args)
+    import_rospy()
+    return Ros1Adapter(*args)
+
 
 def import_rospy() -> None:
     """Make Debian's ROS 1 Python packages importable when this interpreter does not see them."""
@@ -315,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int, help="frames the server runs at once on the stream")
     p.add_argument("--score-threshold", type=float)
     p.add_argument("--node-name", default="peregrine_detection_bridge")
+    p.add_argument("--ros", choices=("auto", "1", "2"), default="auto",
+                   help="ROS 1 (rospy) or ROS 2 (rclpy); auto: ROS 2 when rclpy imports (default)")
     p.add_argument("--convert-on-client", action="store_true",
                    help="convert Bayer, YUV and 16-bit frames to RGB here (for servers whose Detect takes only "
                         "RGB/grey raw frames; needs the [ros] extra); default: the server converts them")
@@ -327,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    import_rospy()
     try:
-        ros = Ros1Adapter(args.node_name, args.image_topic, args.detections_topic or args.image_topic + "/detections",
-                          args.safety_topic, args.convert_on_client)
+        ros = ros_adapter(args.ros, args.node_name, args.image_topic,
+                          args.detections_topic or args.image_topic + "/detections", args.safety_topic,
+                          args.convert_on_client)
     except ImportError as e:
-        print(f"detection_bridge: ROS 1 is not installed ({e}); on Debian: apt install python3-rospy "
-              "python3-sensor-msgs", file=sys.stderr)
+        print(f"detection_bridge: ROS is not installed ({e}); ROS 1 on Debian: apt install python3-rospy "
+              "python3-sensor-msgs; ROS 2: source its setup (with ros-<distro>-vision-msgs)", file=sys.stderr)
         return 2
     client = DetectionClient(args.url, deadline_s=30.0)
     bridge = DetectionBridge(ros, client, model=args.model, deadline_s=args.deadline_ms / 1e3,
@@ -346,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = bridge.run()
     finally:
         client.close()
-        ros.rospy.signal_shutdown("done")
+        ros.shutdown()
     print(summary.format(), flush=True)
     return 0
 
