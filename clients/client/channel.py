@@ -127,6 +127,7 @@ class ChannelSettings:
                    max_message_bytes, tuple(channel_options))
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "target", grpc_target(self.target))  # "a:1,b:2" as gRPC spells it
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError(f"deadline_s: expected a positive number of seconds or None, got {self.deadline_s}")
 
@@ -171,9 +172,15 @@ class ChannelSettings:
         return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.options())
 
 
+# gRPC's target schemes (its naming docs); a target with one of them is the user's to spell.
+SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
 def grpc_target(url: str | Sequence[str]) -> str:
     """The gRPC target of one address, a list of them (or a comma-separated string), or a ``scheme:`` target
     as it is. Several addresses must be IP literals (``ipv4:``/``ipv6:`` lists); names go in ``dns:///``."""
+    if isinstance(url, str) and url.strip().startswith(SCHEMES):
+        return url.strip()
     addresses = [a.strip() for a in (url.split(",") if isinstance(url, str) else url) if a.strip()]
     if not addresses:
         raise ValueError("url: expected a server address, got none")
