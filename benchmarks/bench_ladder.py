@@ -129,7 +129,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str) -> str:
+async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, rungs: list[str]) -> str:
     from peregrine.modelgen.photos import write_photos
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,6 +145,12 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str) 
             await one(stub, ladder, photo, None)
         lone = [(await one(stub, plain, photos[i % len(photos)], None))[1] for i in range(2 * len(photos))]
         capacity = await closed_loop(stub, plain, photos, args.capacity_seconds, 4)
+        # Each rung's own capacity: beyond the fastest one's, no routing can answer every request in time.
+        capacities = {}
+        for rung in rungs:
+            await one(stub, rung, photos[0], None)
+            capacities[rung] = await closed_loop(stub, rung, photos, args.capacity_seconds, 4)
+            print(f"{rung} capacity {capacities[rung]:.1f}/s", file=sys.stderr)
         deadline = args.deadline_ms / 1e3 if args.deadline_ms else 3 * statistics.median(lone)
         print(f"FP32 capacity {capacity:.1f}/s, lone median {statistics.median(lone) * 1e3:.1f} ms, deadline "
               f"{deadline * 1e3:.0f} ms", file=sys.stderr)
@@ -169,7 +175,10 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str) 
     head = (f"FP32 pipeline `{plain}`: capacity {capacity:.1f} requests/s (closed loop, concurrency 4, "
             f"{args.capacity_seconds:g} s), lone-request median {statistics.median(lone) * 1e3:.1f} ms; every "
             f"request's deadline {deadline * 1e3:.0f} ms; {args.seconds:g} s of Poisson arrivals per step and mode; "
-            f"{len(photos)} packaged photographs.\n\n")
+            f"{len(photos)} packaged photographs. Each rung alone, the same way: "
+            + ", ".join(f"`{r}` {c:.1f}/s ({c / capacity:.0%} of FP32's)" for r, c in capacities.items())
+            + ": offered load beyond the fastest rung's capacity cannot all be answered in time, whatever the "
+            "routing.\n\n")
     return head + "\n".join([
         "| load | offered /s | mode | requests | missed | p50 ms | p99 ms | agreement | variants | failures |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows])
@@ -194,7 +203,7 @@ def main() -> int:
         ladder = f"{args.pipeline}_ladder"
         server = start_peregrine(repo, args.pipeline, args.port, [ladder, *rungs])
         try:
-            text = asyncio.run(measure(args, args.port, args.pipeline, ladder))
+            text = asyncio.run(measure(args, args.port, args.pipeline, ladder, rungs))
         finally:
             server.terminate()
             server.wait(30)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import grpc
 from _common import wait_until_ready, write_report
-from peregrine.client.channel import ChannelSettings
+from peregrine.client.channel import ChannelSettings, grpc_target
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 
@@ -201,7 +201,7 @@ def replicas(args: argparse.Namespace, images: list[bytes]) -> str:
                 ports = [args.port + 10 + i for i in range(count)]
                 procs = [serve(repo, p) for p in ports]
                 try:
-                    target = ",".join(f"127.0.0.1:{p}" for p in ports)
+                    target = grpc_target([f"127.0.0.1:{p}" for p in ports])
                     rate = asyncio.run(closed_loop(target, images, args.replica_seconds, 2 * count))
                 finally:
                     for p in procs:
