@@ -63,7 +63,7 @@ class OtelTracing:
             raise ValueError(f"--otel-sample-ratio: expected 0..1, got {sample_ratio}")
         self.sample_ratio = sample_ratio
         self.processor = processor or BatchSpanProcessor(_exporter(exporter, endpoint))
-        self._resource = Resource.create({"service.name": service_name})
+        self._resource = _hashed_once(Resource.create({"service.name": service_name}))
         self._scope = InstrumentationScope("peregrine.server")
         self._span, self._context, self._state = ReadableSpan, SpanContext, TraceState
         self._server, self._internal = SpanKind.SERVER, SpanKind.INTERNAL
@@ -107,6 +107,23 @@ class OtelTracing:
 
     def shutdown(self) -> None:
         self.processor.shutdown()  # flushes what the batch processor holds
+
+
+def _hashed_once(resource: Any) -> Any:
+    """``resource``, hashed once. The OTLP exporters group spans by resource and hash it for every span,
+    which dumps its attributes to JSON each time (a fifth of their encoding's cost for a span); a resource's
+    attributes are immutable, so its hash is too."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedResource(Resource):
+        def __init__(self, attributes: Any, schema_url: str | None) -> None:
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return HashedResource(resource.attributes, resource.schema_url)
 
 
 def _exporter(kind: str, endpoint: str | None) -> Any:
