@@ -11,6 +11,11 @@ the variant mix and the mean agreement of the answers with the FP32 pipeline's o
 (box F1 at IoU 0.5, same class; 1.0 when both have no box).
 
     python benchmarks/bench_ladder.py --out benchmarks/results/ladder.md
+    python benchmarks/bench_ladder.py --dynamic --out benchmarks/results/ladder_sizes.md
+
+``--dynamic``: the detector is built with dynamic input sizes (the bundled YOLOv8n's weights, its anchors
+computed in the graph, as an ultralytics export with dynamic=True: the same answers at 640), so that its
+smaller input sizes can be rungs (default variants then 480,320).
 """
 
 from __future__ import annotations
@@ -61,6 +66,13 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
     repo.mkdir()
     for name in (args.detector, args.pipeline):
         shutil.copytree(args.repository / name, repo / name)
+    if args.dynamic:
+        import onnx
+        from peregrine.modelgen import yolov8_detector
+
+        if args.detector != "yolov8n":
+            raise SystemExit("--dynamic builds the bundled yolov8n; give --detector yolov8n")
+        onnx.save(yolov8_detector(0, dynamic=True), str(next((repo / args.detector).glob("*/model.onnx"))))
     if quantize(["--model", args.detector, "--repository", str(repo), "--variants", args.variants]) != 0:
         raise SystemExit("peregrine quantize failed")
     rungs = [f"{args.pipeline}_{v}" for v in args.variants.split(",")]
@@ -189,7 +201,9 @@ def main() -> int:
     ap.add_argument("--repository", type=Path, default=ROOT / "models")
     ap.add_argument("--detector", default="yolov8n")
     ap.add_argument("--pipeline", default="yolov8n_detect")
-    ap.add_argument("--variants", default="int8", help="the rungs below FP32, most accurate first (quantize's names)")
+    ap.add_argument("--variants", help="the rungs below FP32, most accurate first (quantize's names; default "
+                                       "int8, or 480,320 with --dynamic)")
+    ap.add_argument("--dynamic", action="store_true", help="a dynamic-size build of yolov8n (see above)")
     ap.add_argument("--steps", type=lambda s: [float(x) for x in s.split(",")], default=[0.5, 1.0, 1.5, 2.0])
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--capacity-seconds", type=float, default=10.0)
@@ -197,6 +211,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8951)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    args.variants = args.variants or ("480,320" if args.dynamic else "int8")
     work = Path(tempfile.mkdtemp(prefix="bench-ladder-"))
     try:
         repo, rungs = prepare(args, work)

@@ -213,13 +213,43 @@ def _anchor_grid(imgsz: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(points, 1).astype(np.float32), np.concatenate(strides)[None].astype(np.float32)
 
 
-def _yolov8_head(b: GraphBuilder, feats: Sequence[Tensor], nc: int, imgsz: int) -> _V8Head:
-    """ultralytics `Detect` (model.22): per level box branch (cv2) and class branch (cv3), DFL decoding."""
+def _dynamic_anchor_grid(b: GraphBuilder, levels: Sequence[str]) -> tuple[str, str]:
+    """Anchor centres [2, A] and strides [1, A] computed in the graph from each level's feature map
+    [N, C, h, w] (as ultralytics' make_anchors does when exported with dynamic=True): any input size."""
+    hw_index = b.const_i64("model.22.grid.index_hw", [2, 3])
+    zero = b.initializer("model.22.grid.zero", np.array(0, np.int64))
+    one = b.initializer("model.22.grid.one", np.array(1, np.int64))
+    half = b.initializer("model.22.grid.half", np.array(0.5, np.float32))
+    nothing = b.initializer("model.22.grid.nothing", np.array(0.0, np.float32))
+    axis0, axis1 = b.const_i64("model.22.grid.axis0", [0]), b.const_i64("model.22.grid.axis1", [1])
+    flat = b.const_i64("model.22.grid.flat", [1, -1])
+    points, strides = [], []
+    for i, (level, s) in enumerate(zip(levels, STRIDES, strict=True)):
+        p = f"/model.22/grid{i}"
+        hw = b.node("Gather", [b.node("Shape", [level], f"{p}/Shape")[0], hw_index], f"{p}/Gather")[0]  # [h, w]
+        h, w = b.node("Split", [hw], f"{p}/Split", n_outputs=2, axis=0)
+        h, w = (b.node("Squeeze", [t, axis0], f"{p}/Squeeze")[0] for t in (h, w))  # scalars for Range
+        xs, ys = (b.node("Cast", [b.node("Range", [zero, t, one], f"{p}/Range")[0]], f"{p}/Cast", to=FLOAT)[0]
+                  for t in (w, h))
+        xs = b.node("Add", [b.node("Unsqueeze", [xs, axis0], f"{p}/Unsqueeze")[0], half], f"{p}/Add")[0]  # [1, w]
+        ys = b.node("Add", [b.node("Unsqueeze", [ys, axis1], f"{p}/Unsqueeze")[0], half], f"{p}/Add")[0]  # [h, 1]
+        sx = b.node("Reshape", [b.node("Expand", [xs, hw], f"{p}/Expand")[0], flat], f"{p}/Reshape")[0]
+        sy = b.node("Reshape", [b.node("Expand", [ys, hw], f"{p}/Expand")[0], flat], f"{p}/Reshape")[0]
+        points.append(b.node("Concat", [sx, sy], f"{p}/Concat", axis=0)[0])  # [2, h*w], x fastest
+        stride = b.initializer(f"model.22.grid{i}.stride", np.array(float(s), np.float32))
+        strides.append(b.node("Add", [b.node("Mul", [sx, nothing], f"{p}/Mul")[0], stride], f"{p}/Add")[0])
+    anchors = b.node("Concat", points, "/model.22/grid/Concat", axis=1)[0]
+    return anchors, b.node("Concat", strides, "/model.22/grid/Concat", axis=1)[0]
+
+
+def _yolov8_head(b: GraphBuilder, feats: Sequence[Tensor], nc: int, imgsz: int, dynamic: bool = False) -> _V8Head:
+    """ultralytics `Detect` (model.22): per level box branch (cv2) and class branch (cv3), DFL decoding.
+    ``dynamic``: the anchors and the number of them come from the feature maps' shapes (any input size)."""
     c2 = max(16, feats[0].channels // 4, REG_MAX * 4)
     c3 = max(feats[0].channels, min(nc, 100))
     no = 4 * REG_MAX + nc
     shape_flat = b.const_i64("model.22.level_shape", [0, no, -1])
-    flat = []
+    flat, levels = [], []
     for i, x in enumerate(feats):
         box = b.conv_bn_silu(x, c2, 3, 1, f"/model.22/cv2.{i}/cv2.{i}.0")
         box = b.conv_bn_silu(box, c2, 3, 1, f"/model.22/cv2.{i}/cv2.{i}.1")
@@ -228,6 +258,7 @@ def _yolov8_head(b: GraphBuilder, feats: Sequence[Tensor], nc: int, imgsz: int) 
         cls = b.conv_bn_silu(cls, c3, 3, 1, f"/model.22/cv3.{i}/cv3.{i}.1")
         cls = b.head_conv(cls, nc, f"/model.22/cv3.{i}/cv3.{i}.2", _class_calibration)
         cat = b.concat([box, cls], f"/model.22/level{i}")
+        levels.append(cat.name)
         flat.append(b.node("Reshape", [cat.name, shape_flat], "/model.22/Reshape")[0])
     dense = b.node("Concat", flat, "/model.22/Concat", axis=2)[0]
     split = b.const_i64("model.22.split_box_cls", [4 * REG_MAX, nc])
@@ -235,42 +266,52 @@ def _yolov8_head(b: GraphBuilder, feats: Sequence[Tensor], nc: int, imgsz: int) 
 
     # DFL: softmax over the 16 bins of each side, then the expectation as a 1x1 conv with weights 0..15.
     a = sum((imgsz // s) ** 2 for s in STRIDES)
-    bins_shape = b.const_i64("model.22.dfl.shape_bins", [0, 4, REG_MAX, a])
+    bins_shape = b.const_i64("model.22.dfl.shape_bins", [0, 4, REG_MAX, -1 if dynamic else a])
     d = b.node("Reshape", [box_flat, bins_shape], "/model.22/dfl/Reshape")[0]
     d = b.node("Transpose", [d], "/model.22/dfl/Transpose", perm=[0, 2, 1, 3])[0]
     d = b.node("Softmax", [d], "/model.22/dfl/Softmax", axis=1)[0]
     w = b.initializer("model.22.dfl.conv.weight", np.arange(REG_MAX, dtype=np.float32).reshape(1, REG_MAX, 1, 1))
     d = b.node("Conv", [d, w], "/model.22/dfl/conv/Conv", kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0])[0]
-    d = b.node("Reshape", [d, b.const_i64("model.22.dfl.shape_out", [0, 4, a])], "/model.22/dfl/Reshape")[0]
+    d = b.node("Reshape", [d, b.const_i64("model.22.dfl.shape_out", [0, 4, -1 if dynamic else a])],
+               "/model.22/dfl/Reshape")[0]
 
     # dist2bbox: distances (left, top, right, bottom) from the anchor centre, in grid units.
     lt, rb = b.node("Split", [d, b.const_i64("model.22.split_ltrb", [2, 2])], "/model.22/Split", n_outputs=2, axis=1)
-    points, strides = _anchor_grid(imgsz)
-    anchors = b.initializer("model.22.anchors", points)
+    if dynamic:
+        anchors, stride_row = _dynamic_anchor_grid(b, levels)
+    else:
+        points, strides = _anchor_grid(imgsz)
+        anchors, stride_row = b.initializer("model.22.anchors", points), b.initializer("model.22.strides", strides)
     x1y1 = b.node("Sub", [anchors, lt], "/model.22/Sub")[0]
     x2y2 = b.node("Add", [anchors, rb], "/model.22/Add")[0]
     scores = b.node("Sigmoid", [cls_flat], "/model.22/Sigmoid")[0]
-    return _V8Head(x1y1, x2y2, b.initializer("model.22.strides", strides), scores, a)
+    return _V8Head(x1y1, x2y2, stride_row, scores, a)
 
 
-def _build_yolov8(seed: int, scale: str, imgsz: int, nc: int) -> tuple[GraphBuilder, _V8Head]:
+def _build_yolov8(seed: int, scale: str, imgsz: int, nc: int, dynamic: bool = False
+                  ) -> tuple[GraphBuilder, _V8Head]:
     if scale not in YOLOV8_SCALES:
         raise ValueError(f"unknown YOLOv8 scale {scale!r}, expected one of {sorted(YOLOV8_SCALES)}")
     _check_imgsz(imgsz)
     b = GraphBuilder(seed)
     images = Tensor("images", calibration_batch(imgsz))
     feats = _yolov8_features(b, images, _Arch(*YOLOV8_SCALES[scale]))
-    return b, _yolov8_head(b, feats, nc, imgsz)
+    return b, _yolov8_head(b, feats, nc, imgsz, dynamic)
 
 
-def _images_input(imgsz: int) -> onnx.ValueInfoProto:
-    return tensor_info("images", FLOAT, ["batch", 3, imgsz, imgsz])
+def _images_input(imgsz: int, dynamic: bool = False) -> onnx.ValueInfoProto:
+    return tensor_info("images", FLOAT, ["batch", 3, "height", "width"] if dynamic else ["batch", 3, imgsz, imgsz])
 
 
 def yolov8_detector(
-    seed: int = 0, *, scale: str = "n", imgsz: int = 640, class_names: Sequence[str] | None = None
+    seed: int = 0, *, scale: str = "n", imgsz: int = 640, class_names: Sequence[str] | None = None,
+    dynamic: bool = False,
 ) -> onnx.ModelProto:
     """A YOLOv8 detector with ultralytics' layers and output layout, seeded random weights.
+
+    ``dynamic``: input height and width dynamic (``[batch, 3, height, width]``, any multiple of 32), the
+    anchors computed in the graph from the feature maps, as an ultralytics export with ``dynamic=True``;
+    the same weights, and at ``imgsz`` the same output, as the fixed-size model of the same seed.
 
     Input `images` float32 [batch, 3, imgsz, imgsz], RGB in [0, 1] (letterboxed, /255); output `output0`
     float32 [batch, 4 + C, A]: rows 0-3 are box centre x, y, width, height in input pixels, rows 4.. the
@@ -283,16 +324,16 @@ def yolov8_detector(
     multiple of 32 (or below 128).
     """
     names = _class_names(class_names)
-    b, head = _build_yolov8(seed, scale, imgsz, len(names))
+    b, head = _build_yolov8(seed, scale, imgsz, len(names), dynamic)
     c_xy = b.node("Add", [head.x1y1, head.x2y2], "/model.22/Add")[0]
     c_xy = b.node("Div", [c_xy, b.initializer("model.22.two", np.array(2.0, np.float32))], "/model.22/Div")[0]
     wh = b.node("Sub", [head.x2y2, head.x1y1], "/model.22/Sub")[0]
     dbox = b.node("Concat", [c_xy, wh], "/model.22/Concat", axis=1)[0]
     dbox = b.node("Mul", [dbox, head.strides], "/model.22/Mul")[0]
     b.node("Concat", [dbox, head.scores], "/model.22/Concat", outputs=["output0"], axis=1)
-    output = tensor_info("output0", FLOAT, ["batch", 4 + len(names), head.num_anchors])
+    output = tensor_info("output0", FLOAT, ["batch", 4 + len(names), "anchors" if dynamic else head.num_anchors])
     meta = _metadata(f"YOLOv8{scale}", "yolov8", seed, imgsz, names)
-    return b.model([_images_input(imgsz)], [output], f"peregrine_yolov8{scale}", meta, OPSET)
+    return b.model([_images_input(imgsz, dynamic)], [output], f"peregrine_yolov8{scale}", meta, OPSET)
 
 
 def end2end_detector(

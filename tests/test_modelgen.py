@@ -251,6 +251,38 @@ def test_smaller_input_and_custom_classes() -> None:
     assert ast.literal_eval(meta["names"]) == {0: "car", 1: "pedestrian"}
 
 
+def test_a_dynamic_size_yolov8_answers_as_the_fixed_one_and_at_any_size(photos: dict[str, np.ndarray]) -> None:
+    """dynamic=True: the anchors come from the feature maps (ultralytics' export with dynamic=True); at 640
+    the same output as the bundled fixed-size model, at other sizes the anchors of that size."""
+    from peregrine.modelgen.yolo import _anchor_grid
+
+    fixed, dynamic = session(yolov8_detector(0)), session(yolov8_detector(0, dynamic=True))
+    x = np.concatenate(list(photos.values())[:2])  # already letterboxed, [1, 3, 640, 640] each
+    np.testing.assert_array_equal(fixed.run(["output0"], {"images": x})[0], dynamic.run(["output0"], {"images": x})[0])
+    (images,) = dynamic.get_inputs()
+    assert images.shape[2:] == ["height", "width"]
+    for h, w in ((320, 320), (480, 640)):
+        (y,) = dynamic.run(["output0"], {"images": np.full((1, 3, h, w), 0.5, np.float32)})
+        assert y.shape == (1, 84, sum((h // s) * (w // s) for s in (8, 16, 32)))
+    # The anchors the graph computes at 480 x 640 are make_anchors' for that size.
+    model = yolov8_detector(0, dynamic=True)
+    anchors, strides = "/model.22/grid/Concat_output_0", "/model.22/grid/Concat_1_output_0"
+    model.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                               for n in (anchors, strides)])
+    got_points, got_strides = session(model).run([anchors, strides], {"images": np.zeros((1, 3, 480, 640), np.float32)})
+    want_points, want_strides = [], []
+    for s in (8, 16, 32):
+        sy, sx = np.meshgrid(np.arange(480 // s) + 0.5, np.arange(640 // s) + 0.5, indexing="ij")
+        want_points.append(np.stack([sx.ravel(), sy.ravel()]))
+        want_strides.append(np.full((1, sx.size), s))
+    np.testing.assert_array_equal(got_points, np.concatenate(want_points, 1))
+    np.testing.assert_array_equal(got_strides, np.concatenate(want_strides, 1))
+    square_points, square_strides = _anchor_grid(640)  # and at 640, the fixed model's constants
+    got = session(model).run([anchors, strides], {"images": np.zeros((1, 3, 640, 640), np.float32)})
+    np.testing.assert_array_equal(got[0], square_points)
+    np.testing.assert_array_equal(got[1], square_strides)
+
+
 # ---- small models ------------------------------------------------------------------------------------------------
 def _sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     rng = np.random.default_rng(7)
