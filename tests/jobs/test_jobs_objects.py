@@ -258,8 +258,11 @@ def test_checkpoints_rebuild_a_tensor_result_and_ignore_a_dead_runs_late_writes(
 @pytest.mark.slow
 def test_kill_9_during_upload_run_and_download_loses_nothing(tmp_path: Path, repo: Path) -> None:
     objects = tmp_path / "objects"
-    # 360 photographs, 52 parts of 1 MiB: a job long enough for several of the store's 2 s checkpoints
-    payload = jobs.photo_archive(copies=60)
+    # 900 photographs, 130 parts of 1 MiB: a job long enough for several of the store's 2 s checkpoints even
+    # where it runs at 100 photographs a second (items done move only at checkpoints)
+    copies = 150
+    items = copies * len(jobs.PHOTOS)
+    payload = jobs.photo_archive(copies=copies)
     server = jobs.ServerProcess(repo, tmp_path / "spool", tmp_path / "server.log", "--job-items-in-flight", "2",
                                 "--job-objects", f"file://{objects}", "--job-object-part-mb", "1").start()
     try:
@@ -313,7 +316,7 @@ def test_kill_9_during_upload_run_and_download_loses_nothing(tmp_path: Path, rep
                 assert int(log.rsplit(line, 1)[1].split()[0]) >= done_before
             done = client.wait(job_id, timeout_s=240)
             assert state_name(done) == "SUCCEEDED", done.error
-            assert done.items_done == done.items_total == 360
+            assert done.items_done == done.items_total == items
             assert "could not be restored" not in (tmp_path / "server.log").read_text()
 
         # 3. Killed during the download: the client appends from where its file stops.
@@ -325,7 +328,7 @@ def test_kill_9_during_upload_run_and_download_loses_nothing(tmp_path: Path, rep
             server.start()
             summary = client.download(job_id, out)
         assert out.read_bytes() == reference
-        assert summary["items"] == 360 and summary["failed"] == 0
+        assert summary["items"] == items and summary["failed"] == 0
         assert [k.rsplit("/", 1)[0] for k in _objects(objects, job_id)] == [f"jobs/{job_id}"]  # the result alone
     finally:
         server.stop()
