@@ -91,6 +91,7 @@ class RequestScope:
         self._acquired: str | None = None  # the model this request holds in use (see Lifecycle.acquire)
         self._ladder: ModelVersion | None = None  # the ladder's top, when the model has one
         self._rung: str | None = None  # the rung below the top that runs the request, held in use
+        self._routed: tuple[str, float, float] | None = None  # (rung, when routed, seconds expected from then)
         self.kind = "ModelInfer"  # what the request is, for its OpenTelemetry span
         self._frame: FrameResult | None = None  # a detection's answer (its stage durations, for its span)
         self._traceparent: str | bool | None = False  # the call's W3C traceparent, looked up once; False: not yet
@@ -178,8 +179,9 @@ class RequestScope:
         deadline calls for (held in use until the scope closes; the answer names it)."""
         if model.config.ladder is None:
             return model
-        rung = self.plane.ladders.choose(model, request)
+        rung, expected = self.plane.ladders.choose(model, request)
         self._ladder = model
+        self._routed = (rung.name, time.monotonic(), expected)
         if rung is not model:
             self.plane.lifecycle.hold(rung.name)
             self._rung = rung.name
@@ -234,6 +236,10 @@ class RequestScope:
             status = "OK" if error is None else "CANCELLED" if isinstance(error, asyncio.CancelledError) \
                 else status_name(error)
             self.plane.metrics.observe_request(self.model_name, status, seconds)
+            if self._routed is not None and status in ("OK", "DEADLINE_EXCEEDED"):
+                rung, routed_at, expected = self._routed  # how its ladder's estimate held
+                self.plane.ladders.observe_answer(self._ladder.name, rung, expected,  # type: ignore[union-attr]
+                                                  time.monotonic() - routed_at)
             if error is None and self._ran is not None:
                 self.plane.metrics.observe_stages(self._ran.name, self._ran.version, self.request, self.decode_ns,
                                                   self.encode_ns, elapsed_ns)

@@ -10,6 +10,8 @@ counts requests per model and variant.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -19,35 +21,64 @@ from ..models.base import ModelVersion
 from ..scheduling.ladder import route
 from .repository import ModelRepository
 
+CORRECTION_FADE_S = 5.0
+CORRECTION_QUANTILE = 0.95
+CORRECTION_STEP = 0.05
+
 
 class Ladders:
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, variant that answered) -> requests
         self._lead: dict[str, float] = {}  # model -> seconds from routing to its queue (decoding)
+        # (model, rung) -> how many times its estimate its requests have lately taken (95th percentile), and
+        # when that was last observed: unobserved, it fades back to 1 (a rung corrected out of use comes back)
+        self._correction: dict[tuple[str, str], tuple[float, float]] = {}
 
-    def choose(self, model: ModelVersion, request: InferRequest) -> ModelVersion:
+    def choose(self, model: ModelVersion, request: InferRequest) -> tuple[ModelVersion, float]:
         """The variant of ``model`` (a ladder's top) that runs ``request``: ``model`` itself unless its
-        deadline is expected to pass there and a rung below is expected to meet it."""
+        deadline is expected to pass there and a rung below is expected to meet it; and the seconds from now
+        to the answer, as estimated (INF: no estimate)."""
         ladder = model.config.ladder
         assert ladder is not None
         if request.deadline is None:
             self.routed[model.name, model.name] += 1
-            return model
+            return model, math.inf
         rungs = [model]
         for name in ladder.rungs:
             rung = self.repository.newest_ready(name)
             if rung is not None and rung.name != model.name and type(rung) is type(model):
                 rungs.append(rung)
-        chosen = model
+        chosen, expected = model, math.inf
         if len(rungs) > 1:
             now = time.monotonic()
-            outlooks = [r.outlook(now) for r in rungs]
-            choice = route(outlooks, _elements(model, request), request.deadline, now,
-                           self._lead.get(model.name, 0.0), ladder.headroom)
-            chosen = rungs[choice.rung]
+            outlooks = [dataclasses.replace(r.outlook(now), correction=self.correction(model.name, r.name, now))
+                        for r in rungs]
+            lead = self._lead.get(model.name, 0.0)
+            choice = route(outlooks, _elements(model, request), request.deadline, now, lead, ladder.headroom)
+            chosen, expected = rungs[choice.rung], lead + choice.expected
         self.routed[model.name, chosen.name] += 1
-        return chosen
+        return chosen, expected
+
+    def observe_answer(self, model_name: str, rung_name: str, expected: float, seconds: float) -> None:
+        """A request of ``model_name``'s ladder routed to ``rung_name``, expected to take ``expected``
+        seconds from routing to its answer, took ``seconds`` (or failed after them, its deadline passed):
+        the rung's correction moves toward the 95th percentile of their ratios (kept within 0.5..8)."""
+        if not (0 < expected < math.inf) or seconds <= 0:
+            return
+        now = time.monotonic()
+        ratio = seconds / expected
+        q = self.correction(model_name, rung_name, now)
+        # The 95th percentile of the ratio, tracked by stochastic approximation: a deadline is missed by
+        # the slow requests, not by the average one.
+        q += CORRECTION_STEP * (CORRECTION_QUANTILE if ratio >= q else CORRECTION_QUANTILE - 1.0)
+        self._correction[model_name, rung_name] = (min(max(q, 0.5), 8.0), now)
+
+    def correction(self, model_name: str, rung_name: str, now: float) -> float:
+        """The factor ``rung_name``'s estimates are multiplied by at ``now``: fading toward 1 with a time
+        constant of :data:`CORRECTION_FADE_S` since it was last observed."""
+        value, at = self._correction.get((model_name, rung_name), (1.0, now))
+        return 1.0 + (value - 1.0) * math.exp(-max(now - at, 0.0) / CORRECTION_FADE_S)
 
     def observe_lead(self, model_name: str, seconds: float) -> None:
         """A request of ``model_name``'s ladder took ``seconds`` from routing to its queue."""

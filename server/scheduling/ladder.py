@@ -12,13 +12,17 @@ The estimate of a rung's completion time plays its queue forward: the elements w
 background job's items go behind any new request) and then the new request's are cut into batches of the
 rung's batch size (one by one on a rung that does not batch), and each batch goes to the instance that frees
 first (a busy one when its batch is expected to end), costing what the rung's cost model says (its upper
-estimate: never optimistic about a deadline). Rungs on one device share it: while batches of other rungs
-run there, each batch of this one is expected to take as many times longer as there are batches running
-(on a CPU each ONNX Runtime session spreads over every core), or as the device's recent concurrency says
-when that is more: a request routed now runs later, beside batches not started yet. The costs are each
-rung's alone on its device: its batcher divides every batch's time by the mean number of batches that ran
-beside it (:mod:`.device_load`), and starts from a timed warm-up run, so that a lower rung, which mostly
-runs while the top one is busy, is not counted slower twice, nor judged by a cold first batch.
+estimate: never optimistic about a deadline). Rungs on one device share it as a CPU's processes do: a
+request routed to a rung waits, besides its own rung's queue, for the work the other rungs on its device hold
+now (what their running batches have left and their queues, at their costs alone: on a CPU each ONNX Runtime
+session spreads over every core), and its own rung's batches take as many times longer as the device ran
+batches at once lately (the work that will arrive beside it). The costs are each rung's alone on its device:
+its batcher divides every batch's time by the mean number of batches that ran beside it
+(:mod:`.device_load`), and starts from a timed warm-up run, so that a lower rung, which mostly runs while
+the top one is busy, is not counted slower twice, nor judged by a cold first batch. What this model leaves
+out (decoding beside the models, bursts) is corrected from what happened: each rung's estimate is multiplied
+by its ``correction``, the 95th percentile of how much longer than estimated its requests have lately taken
+(kept by the data plane, :mod:`~peregrine.server.dataplane.ladders`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class RungOutlook:
     free_in: tuple[float, ...]  # per instance: seconds until it is free (0: idle now)
     device: str = "cpu"  # where its instances run ("cpu", "cuda"): rungs on one device slow each other
     concurrency: float = 1.0  # batches its device ran at once lately, while it ran any (device_load.py)
+    correction: float = 1.0  # how much longer than estimated its requests have lately taken (observed)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,14 @@ def completion(rung: RungOutlook, size: int, slowdown: float = 1.0) -> float:
         heapq.heappush(free, end)
 
 
+def pending_work(rung: RungOutlook) -> float:
+    """Seconds of its device's time the work ``rung`` holds now would take alone: what its running batches
+    have left and its queue, one element at a time (batching would take less: not optimistic)."""
+    if not rung.known:
+        return 0.0
+    return sum(rung.free_in) + rung.queued * rung.cost_one
+
+
 def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, lead: float = 0.0,
           headroom: float = 0.2) -> Route:
     """The rung to run a request of ``size`` elements whose deadline is ``deadline`` (``INF``: none).
@@ -97,10 +110,10 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
         return Route(0, INF)
     budget = deadline - now - lead
     best = Route(0, INF)
-    busy = [sum(1 for f in r.free_in if f > 0) for r in rungs]
+    work = [pending_work(r) for r in rungs]
     for i, rung in enumerate(rungs):
-        sharing = sum(b for j, b in enumerate(busy) if j != i and rungs[j].device == rung.device)
-        expected = completion(rung, size, max(1.0 + sharing, rung.concurrency))
+        others = sum(w for j, w in enumerate(work) if j != i and rungs[j].device == rung.device)
+        expected = (completion(rung, size, rung.concurrency) + others) * rung.correction
         if not rung.known:
             if i == 0:
                 return Route(0, INF)  # the top rung answers until its cost is known

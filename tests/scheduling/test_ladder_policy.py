@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 
 import pytest
-from peregrine.server.scheduling.ladder import RungOutlook, batch_cost, completion, route
+from peregrine.server.scheduling.ladder import RungOutlook, batch_cost, completion, pending_work, route
 
 INF = math.inf
 
 
 def rung(name: str, one: float, full: float | None = None, batch: int = 1, queued: int = 0,
-         free_in: tuple[float, ...] = (0.0,), known: bool = True) -> RungOutlook:
-    return RungOutlook(name, known, one, one * batch if full is None else full, batch, queued, free_in)
+         free_in: tuple[float, ...] = (0.0,), known: bool = True, device: str | None = None) -> RungOutlook:
+    """A rung; on a device of its own unless ``device`` names one (rungs sharing one: the tests below)."""
+    return RungOutlook(name, known, one, one * batch if full is None else full, batch, queued, free_in,
+                       device or f"device-of-{name}")
 
 
 def test_an_idle_rung_answers_in_one_batch() -> None:
@@ -86,28 +88,58 @@ def test_a_ladder_has_a_rung() -> None:
         route([], 1, 1.0, 0.0)
 
 
-def test_rungs_on_one_device_slow_each_other() -> None:
-    # The INT8 rung is busy: on the same CPU the FP32 rung's queue takes twice its cost (2 x 120 ms).
-    fp32 = rung("fp32", 0.040, queued=2)
-    int8 = rung("int8", 0.010, free_in=(0.008,))
-    assert completion(fp32, 1, slowdown=2.0) == pytest.approx(0.240)
-    assert route([fp32, int8], 1, deadline=0.200, now=0.0).rung == 1  # 288 > 200: down the ladder
-    # On another device the busy rung costs the FP32 one nothing: 144 <= 200.
-    gpu_int8 = RungOutlook("int8", True, 0.010, 0.010, 1, 0, (0.008,), device="cuda")
-    assert route([fp32, gpu_int8], 1, deadline=0.200, now=0.0).rung == 0
-    # Idle rungs slow nobody.
-    assert route([fp32, rung("int8", 0.010)], 1, deadline=0.200, now=0.0).rung == 0
+def test_rungs_on_one_device_share_its_time() -> None:
+    # FP32: 2 queued at 40 ms; INT8 on the same CPU: 8 ms left of its batch and 3 queued at 10 ms.
+    fp32 = rung("fp32", 0.040, queued=2, device="cpu")
+    int8 = rung("int8", 0.010, queued=3, free_in=(0.008,), device="cpu")
+    assert pending_work(fp32) == pytest.approx(0.080) and pending_work(int8) == pytest.approx(0.038)
+    # FP32 answers after its own 120 ms and the 38 ms INT8 holds: 158 * 1.2 = 190 <= 200.
+    choice = route([fp32, int8], 1, deadline=0.200, now=0.0)
+    assert choice.rung == 0 and choice.expected == pytest.approx(0.158)
+    # 190 > 180: down the ladder, where the request waits 48 ms for INT8 and the 80 ms FP32 holds.
+    choice = route([fp32, int8], 1, deadline=0.180, now=0.0)
+    assert choice.rung == 1 and choice.expected == pytest.approx(0.128)
+    # On another device the busy rung costs the FP32 one nothing: 144 <= 180.
+    assert route([fp32, rung("int8", 0.010, queued=3, free_in=(0.008,), device="cuda")], 1, deadline=0.180,
+                 now=0.0).rung == 0
 
 
 def test_a_device_busy_lately_slows_what_is_routed_now() -> None:
-    # Nothing else runs this instant, but the CPU ran two batches at once lately: a request routed now will
-    # run beside the next one. FP32: 2 queued + itself at 40 ms, twice as long: 240 ms > 200.
+    # The CPU ran two batches at once lately: a request routed now will run beside the next ones. FP32: 2
+    # queued + itself at 40 ms, twice as long: 240 ms > 200. INT8: 20 ms, after the 80 ms FP32 holds.
     fp32 = RungOutlook("fp32", True, 0.040, 0.040, 1, 2, (0.0,), concurrency=2.0)
     int8 = RungOutlook("int8", True, 0.010, 0.010, 1, 0, (0.0,), concurrency=2.0)
     choice = route([fp32, int8], 1, deadline=0.200, now=0.0)
-    assert choice.rung == 1 and choice.expected == pytest.approx(0.020)
-    # The instant's busy rungs count when they say more than the recent past.
-    busy_int8 = RungOutlook("int8", True, 0.010, 0.010, 1, 0, (0.008,), concurrency=1.2)
-    assert completion(fp32, 1, slowdown=2.0) == pytest.approx(0.240)
-    assert route([RungOutlook("fp32", True, 0.040, 0.040, 1, 2, (0.0,), concurrency=1.2), busy_int8], 1,
-                 deadline=0.200, now=0.0).rung == 1
+    assert choice.rung == 1 and choice.expected == pytest.approx(0.100)
+
+
+def test_what_happened_corrects_the_estimates() -> None:
+    # FP32 alone is expected in 40 ms (48 with headroom, <= 100); its requests have lately taken 2.5 times
+    # their estimates: 120 > 100, and INT8 answers.
+    assert route([rung("fp32", 0.040), rung("int8", 0.010)], 1, deadline=0.100, now=0.0).rung == 0
+    fp32 = RungOutlook("fp32", True, 0.040, 0.040, 1, 0, (0.0,), device="a", correction=2.5)
+    choice = route([fp32, rung("int8", 0.010)], 1, deadline=0.100, now=0.0)
+    assert choice.rung == 1 and choice.expected == pytest.approx(0.010)
+
+
+def test_a_ladders_corrections_follow_what_happened_and_fade() -> None:
+    import time
+
+    from peregrine.server.dataplane.ladders import CORRECTION_FADE_S, Ladders
+
+    ladders = Ladders(None)  # type: ignore[arg-type]  # corrections need no repository
+    assert ladders.correction("cam", "cam_320", time.monotonic()) == 1.0
+    for _ in range(100):  # its requests take twice their estimates
+        ladders.observe_answer("cam", "cam_320", expected=0.050, seconds=0.100)
+    now = time.monotonic()
+    learned = ladders.correction("cam", "cam_320", now)
+    assert learned == pytest.approx(2.0, abs=0.05)  # the 95th percentile of a ratio that is always 2
+    # Unobserved (a rung corrected out of use), it fades back toward 1.
+    assert ladders.correction("cam", "cam_320", now + CORRECTION_FADE_S) == pytest.approx(1 + (learned - 1) / math.e)
+    assert ladders.correction("cam", "cam_320", now + 10 * CORRECTION_FADE_S) == pytest.approx(1.0, abs=1e-3)
+    # No estimate, nothing learned; ratios are kept within 0.5..8.
+    ladders.observe_answer("cam", "cam", expected=math.inf, seconds=0.1)
+    assert ladders.correction("cam", "cam", time.monotonic()) == 1.0
+    for _ in range(200):
+        ladders.observe_answer("cam", "cam", expected=0.001, seconds=10.0)
+    assert ladders.correction("cam", "cam", time.monotonic()) == pytest.approx(8.0, abs=0.01)
