@@ -161,7 +161,10 @@ def test_photographs_by_rest_give_the_result_and_job_grpc_gives(served: Callable
 
 def test_the_watch_streams_progress_until_the_job_succeeds(served: Callable[..., PeregrineServer]) -> None:
     server = served(job_items_in_flight=1)
-    answer = _submit(server, jobs.photo_archive(copies=10))
+    # Items done move at checkpoints (every 0.5 s): enough photographs for several even on a fast machine.
+    copies = 50
+    items = copies * len(jobs.PHOTOS)
+    answer = _submit(server, jobs.photo_archive(copies=copies))
     job_id = _json(answer)["job_id"]
     connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=120)
     try:
@@ -171,10 +174,10 @@ def test_the_watch_streams_progress_until_the_job_succeeds(served: Callable[...,
         seen = [json.loads(line) for line in r]  # the stream ends when the job does
     finally:
         connection.close()
-    assert seen[-1]["state"] == "SUCCEEDED" and seen[-1]["items_done"] == seen[-1]["items_total"] == 60
+    assert seen[-1]["state"] == "SUCCEEDED" and seen[-1]["items_done"] == seen[-1]["items_total"] == items
     assert all(s["job_id"] == job_id for s in seen)
     done = [s["items_done"] for s in seen]
-    assert done == sorted(done) and any(0 < d < 60 for d in done), done  # progress on the way
+    assert done == sorted(done) and any(0 < d < items for d in done), done  # progress on the way
     # An ended job's watch is one line; an unknown one is 404 before any line.
     status, _, body = _call(server, "GET", f"/v1/jobs/{job_id}/watch")
     assert status == 200 and [json.loads(x)["state"] for x in body.splitlines()] == ["SUCCEEDED"]
