@@ -96,8 +96,9 @@ class DynamicBatcher:
         self._alone = CostModel()
         self._queue: list[QueuedRequest] = []
         self._idle = list(range(instances))
-        self._busy: dict[int, float] = {}  # instance -> when its running batch is expected to end (clock)
-        self._busy_alone: dict[int, float] = {}  # ... as it would alone on the device (the ladder's outlook)
+        # instance -> when its running batch is expected to end (clock), as it would alone on the device (the
+        # ladder's outlook scales it by the device's load)
+        self._busy: dict[int, float] = {}
         self._retiring: set[int] = set()  # instances to take out of service once their batch is done
         self._retired = asyncio.Event()
         self._seq = itertools.count()
@@ -124,7 +125,7 @@ class DynamicBatcher:
                                                                                          single=one))
         size = cfg.max_batch_size if batching else 1
         alone = self._alone if self._alone.ready else cost
-        free_in = tuple(max(end - now, 0.0) for end in self._busy_alone.values()) + (0.0,) * len(self._idle)
+        free_in = tuple(max(end - now, 0.0) for end in self._busy.values()) + (0.0,) * len(self._idle)
         return RungOutlook(name, alone.ready, alone.upper(one), alone.upper(policy.executed_size(size)), size,
                            sum(e.size for e in self._queue if not e.background), free_in, self.device,
                            self._load.concurrency())
@@ -213,7 +214,6 @@ class DynamicBatcher:
 
     def _give_back(self, instance: int) -> None:
         self._busy.pop(instance, None)
-        self._busy_alone.pop(instance, None)
         if instance in self._retiring:
             self._retiring.discard(instance)
             self._retired.set()
@@ -314,10 +314,9 @@ class DynamicBatcher:
         """Run ``batch`` on an idle instance, in a task of its own (a caller that goes away does not stop
         a batch that may hold other callers' requests)."""
         instance = self._idle.pop(0)
-        cost = self.policy.cost
-        executed = self.policy.executed_size(sum(r.size for r in batch))
-        self._busy[instance] = now + (cost.upper(executed) if cost.ready else 0.0)
-        self._busy_alone[instance] = now + self._alone.upper(executed) if self._alone.ready else self._busy[instance]
+        cost = self._alone if self._alone.ready else self.policy.cost
+        self._busy[instance] = now + (cost.upper(self.policy.executed_size(sum(r.size for r in batch)))
+                                      if cost.ready else 0.0)
         task = asyncio.get_running_loop().create_task(self._run_batch(instance, batch, now))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -357,21 +356,26 @@ class DynamicBatcher:
         executed = self.policy.executed_size(sum(e.size for e in entries))
         start = time.perf_counter()
 
-        def run() -> tuple[list[Any], tuple[float, float]]:
-            mark = self._load.begin()
-            try:
-                return self.executor.execute(instance, requests), self._load.end(mark)
-            except BaseException:
-                self._load.end(mark)
-                raise
-
         try:
-            results, (computed, alone) = await self._run_in_thread(instance, run)
+            results, computed, alone = await self._run_in_thread(instance, lambda: self._timed(instance, requests))
         except Exception as e:
             return e
-        self._compute.observe_batch(executed, computed)
-        self._alone.observe_batch(executed, alone)
+        self._learn(executed, computed, alone)
         return self._answer(entries, results, executed, time.perf_counter() - start)
+
+    def _timed(self, instance: int, requests: list[InferRequest]) -> tuple[list[Any], float, float]:
+        """Run a batch on ``instance``: its results, its seconds, and its seconds alone on the device."""
+        mark = self._load.begin()
+        try:
+            results = self.executor.execute(instance, requests)
+        finally:
+            seconds, alone = self._load.end(mark)
+        return results, seconds, alone
+
+    def _learn(self, executed: int, seconds: float, alone: float) -> None:
+        """The executor's cost models learn a batch of ``executed`` elements that ran that long."""
+        self._compute.observe_batch(executed, seconds)
+        self._alone.observe_batch(executed, alone)
 
     def _inline(self, size: int) -> bool:
         return self.inline_s > 0 and self._compute.ready and \
@@ -382,17 +386,13 @@ class DynamicBatcher:
         instance = self._idle.pop(0)
         entry.payload[0].queue_ns = 0
         executed = self.policy.executed_size(entry.size)
-        mark = self._load.begin()
         try:
             try:
-                results = self.executor.execute(instance, [entry.payload[0]])
+                results, seconds, alone = self._timed(instance, [entry.payload[0]])
             except Exception as e:
-                self._load.end(mark)
                 error: Exception | None = e
             else:
-                seconds, alone = self._load.end(mark)
-                self._compute.observe_batch(executed, seconds)
-                self._alone.observe_batch(executed, alone)
+                self._learn(executed, seconds, alone)
                 error = self._answer([entry], results, executed, seconds)
             if error is not None:
                 self._fail([entry], error)
