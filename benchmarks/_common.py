@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: describing the machine, and starting a server they measure."""
+"""What the benchmark scripts share: describing the machine, the packaged photographs, and starting a server
+they measure."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +38,16 @@ def machine() -> str:
     if ort is not None:
         parts.append(f"ONNX Runtime {ort.__version__}")
     return ", ".join(parts)
+
+
+def packaged_photos() -> list[bytes]:
+    """The project's packaged photographs (scikit-image's, as ``make models`` writes them), JPEG bytes in name
+    order."""
+    from peregrine.modelgen.photos import write_photos
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_photos(Path(tmp))
+        return [p.read_bytes() for p in sorted(Path(tmp).glob("*.jpg"))]
 
 
 def write_report(path: Path | None, title: str, text: str) -> None:

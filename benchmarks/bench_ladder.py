@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _common import start_peregrine, write_report
+from _common import packaged_photos, start_peregrine, write_report
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 
@@ -142,11 +142,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, rungs: list[str]) -> str:
-    from peregrine.modelgen.photos import write_photos
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_photos(Path(tmp))
-        photos = [p.read_bytes() for p in sorted(Path(tmp).glob("*.jpg"))]
+    photos = packaged_photos()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = det_grpc.DetectionServiceStub(channel)
         reference = []

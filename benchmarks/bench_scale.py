@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from _common import wait_until_ready, write_report
+from _common import packaged_photos, wait_until_ready, write_report
 from peregrine.client.channel import ChannelSettings, grpc_target
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
@@ -63,14 +63,6 @@ def serve(repo: Path, port: int, http_port: int = -1) -> subprocess.Popen[bytes]
                              "--grpc-port", str(port), "--http-port", str(http_port), "--log-level", "WARNING"])
     wait_until_ready(proc, f"127.0.0.1:{port}", [PIPELINE])
     return proc
-
-
-def photos() -> list[bytes]:
-    from peregrine.modelgen.photos import write_photos
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_photos(Path(tmp))
-        return [p.read_bytes() for p in sorted(Path(tmp).glob("*.jpg"))]
 
 
 async def detect(stub: det_grpc.DetectionServiceStub, photo: bytes) -> float:
@@ -234,7 +226,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8971)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    images = photos()
+    images = packaged_photos()
     parts = []
     if args.part in ("all", "autoscale"):
         parts.append("## Autoscaling: reaction to a load step\n\n" + autoscaling(args, images))
