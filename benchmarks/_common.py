@@ -83,12 +83,13 @@ def wait_until_ready(proc: subprocess.Popen[bytes], url: str, models: list[str],
         client.close()
 
 
-def start_peregrine(repository: Path, model: str, port: int,
-                    extra_models: list[str] | None = None) -> subprocess.Popen[bytes]:
-    """A Peregrine server subprocess serving only ``model`` (and ``extra_models``), ready when this returns."""
+def start_peregrine(repository: Path, model: str, port: int, extra_models: list[str] | None = None,
+                    http_port: int = -1) -> subprocess.Popen[bytes]:
+    """A Peregrine server subprocess serving only ``model`` (and ``extra_models``), ready when this returns
+    (HTTP on ``http_port``; -1: none)."""
     models = [model, *(extra_models or [])]
     cmd = [sys.executable, "-m", "peregrine.server", "--model-repository", str(repository),
-           "--grpc-port", str(port), "--http-port", "-1", "--model-control-mode", "explicit",
+           "--grpc-port", str(port), "--http-port", str(http_port), "--model-control-mode", "explicit",
            *[arg for m in models for arg in ("--load-model", m)], "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd)
     try:

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,25 @@ async def open_loop(stub: Any, model: str, photos: list[bytes], rate: float, sec
     return results
 
 
+def ladder_counts(http_port: int, ladder: str) -> dict[str, Counter[str]]:
+    """The server's ``peregrine_ladder_requests_total`` and ``peregrine_ladder_deadline_misses_total`` of
+    ``ladder``, by variant."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counts: dict[str, Counter[str]] = {"routed": Counter(), "missed": Counter()}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") != ladder:
+                continue
+            if s.name == "peregrine_ladder_requests_total":
+                counts["routed"][s.labels["variant"]] += int(s.value)
+            elif s.name == "peregrine_ladder_deadline_misses_total":
+                counts["missed"][s.labels["variant"]] += int(s.value)
+    return counts
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -142,6 +162,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, rungs: list[str]) -> str:
+    http_port = port + 1
     photos = packaged_photos()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = det_grpc.DetectionServiceStub(channel)
@@ -165,8 +186,16 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, 
         rows = []
         for step in args.steps:
             for mode, model in (("plain", plain), ("ladder", ladder)):
+                before = ladder_counts(http_port, ladder)
                 results = await open_loop(stub, model, photos, step * capacity, args.seconds, deadline,
                                           seed=int(step * 100))
+                await asyncio.sleep(0.5)  # the server closes a call its client gave up on a moment later
+                after = ladder_counts(http_port, ladder)
+                # The server's view of the ladder's misses: of the requests routed to each rung, how many
+                # it answered past their deadline.
+                by_rung = ", ".join(f"{v} {after['missed'][v] - before['missed'][v]}/"
+                                    f"{after['routed'][v] - before['routed'][v]}"
+                                    for v in sorted(after["routed"]) if after["routed"][v] > before["routed"][v])
                 answered = [(lat, k, r) for status, lat, k, r in results if status == "OK" and r is not None]
                 missed = len(results) - len(answered)
                 failures = Counter(status for status, *_ in results if status != "OK")
@@ -178,7 +207,8 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, 
                     f"| {pct(latencies, 50):.0f} | {pct(latencies, 99):.0f} "
                     f"| {statistics.mean(agree) if agree else math.nan:.3f} "
                     f"| {', '.join(f'{v} {n / len(answered):.0%}' for v, n in sorted(mix.items())) or '—'} "
-                    f"| {', '.join(f'{s} {n}' for s, n in sorted(failures.items())) or '—'} |")
+                    f"| {', '.join(f'{s} {n}' for s, n in sorted(failures.items())) or '—'} "
+                    f"| {by_rung if mode == 'ladder' else '—'} |")
                 print(rows[-1], file=sys.stderr)
     head = (f"FP32 pipeline `{plain}`: capacity {capacity:.1f} requests/s (closed loop, concurrency 4, "
             f"{args.capacity_seconds:g} s), lone-request median {statistics.median(lone) * 1e3:.1f} ms; every "
@@ -188,8 +218,9 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, 
             + ": offered load beyond the fastest rung's capacity cannot all be answered in time, whatever the "
             "routing.\n\n")
     return head + "\n".join([
-        "| load | offered /s | mode | requests | missed | p50 ms | p99 ms | agreement | variants | failures |",
-        "|---|---|---|---|---|---|---|---|---|---|", *rows])
+        "| load | offered /s | mode | requests | missed | p50 ms | p99 ms | agreement | variants | failures "
+        "| missed/routed per rung (server) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows])
 
 
 def main() -> int:
@@ -204,7 +235,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--capacity-seconds", type=float, default=10.0)
     ap.add_argument("--deadline-ms", type=float, default=0.0, help="default: 3x the FP32 lone-request median")
-    ap.add_argument("--port", type=int, default=8951)
+    ap.add_argument("--port", type=int, default=8951, help="gRPC; HTTP (for /metrics) on the next one")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     args.variants = args.variants or ("480,320" if args.dynamic else "int8")
@@ -212,7 +243,7 @@ def main() -> int:
     try:
         repo, rungs = prepare(args, work)
         ladder = f"{args.pipeline}_ladder"
-        server = start_peregrine(repo, args.pipeline, args.port, [ladder, *rungs])
+        server = start_peregrine(repo, args.pipeline, args.port, [ladder, *rungs], http_port=args.port + 1)
         try:
             text = asyncio.run(measure(args, args.port, args.pipeline, ladder, rungs))
         finally:

@@ -23,6 +23,8 @@ goes first; reported are medians over rounds of throughput and p99, and on/off r
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -175,6 +177,19 @@ def photograph() -> bytes:
     return encoded.tobytes()
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def answered(http_port: int, model: str) -> int:
+    """How many requests ``model`` has answered successfully (the statistics extension: on with metrics off)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/stats", timeout=10) as answer:
+        stats = json.load(answer)["model_stats"]
+    return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+
 def counter(port: int, name: str) -> float:
     """The sum of a family's samples on the server's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -225,10 +240,17 @@ def main() -> int:
                     for load, run in loads.items():
                         for c in args.concurrency:
                             for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                                model, pid = load.split()[0], procs[name].pid
+                                cpu, count = cpu_seconds(pid), answered(ports[name][1], model)
                                 m = run(ports[name][0], c)
+                                # The server's CPU time per request answered: what it spends, whatever
+                                # the two shared cores let each server's throughput be in its turn.
+                                m["cpu_us"] = ((cpu_seconds(pid) - cpu) * 1e6
+                                               / max(answered(ports[name][1], model) - count, 1))
                                 results[(load, name, c)].append(m)
                                 print(f"round {r + 1} {load} c={c} {name}: {m['throughput']:.1f}/s "
-                                      f"p99 {m['p99']:.2f} ms", file=sys.stderr)
+                                      f"p99 {m['p99']:.2f} ms, server CPU {m['cpu_us']:.0f} us/request",
+                                      file=sys.stderr)
             metrics_on = "metrics" in args.on
             sampled = counter(ports["on"][1], "peregrine_drift_frames_sampled_total") if metrics_on else 0
             staged = counter(ports["on"][1], "peregrine_pipeline_stage_seconds_count") if metrics_on else 0
@@ -240,18 +262,21 @@ def main() -> int:
             receiver.close()
 
     lines = ["| load | concurrency | on infer/s | off infer/s | on/off throughput | each round's on/off | on p99 ms | "
-             "off p99 ms | on/off p99 |", "|---|---|---|---|---|---|---|---|---|"]
+             "off p99 ms | on/off p99 | server CPU µs/request on | off | on/off |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for load in loads:
         for c in args.concurrency:
-            med = {n: {k: statistics.median(m[k] for m in results[(load, n, c)]) for k in ("throughput", "p99")}
-                   for n in ("on", "off")}
+            med = {n: {k: statistics.median(m[k] for m in results[(load, n, c)])
+                       for k in ("throughput", "p99", "cpu_us")} for n in ("on", "off")}
             # Each round's pair was measured back to back: the spread of their ratios is the machine's noise.
             pairs = [on["throughput"] / off["throughput"]
                      for on, off in zip(results[(load, "on", c)], results[(load, "off", c)], strict=True)]
             lines.append(f"| {load} | {c} | {med['on']['throughput']:.1f} | {med['off']['throughput']:.1f} | "
                          f"{med['on']['throughput'] / med['off']['throughput']:.3f} | "
                          f"{min(pairs):.2f} to {max(pairs):.2f} | {med['on']['p99']:.2f} | "
-                         f"{med['off']['p99']:.2f} | {med['on']['p99'] / med['off']['p99']:.3f} |")
+                         f"{med['off']['p99']:.2f} | {med['on']['p99'] / med['off']['p99']:.3f} | "
+                         f"{med['on']['cpu_us']:.0f} | {med['off']['cpu_us']:.0f} | "
+                         f"{med['on']['cpu_us'] / med['off']['cpu_us']:.3f} |")
     driver = "perf_analyzer" if PERF_ANALYZER.exists() else "peregrine.client.load"
     parts = []
     if "metrics" in args.on:

@@ -76,6 +76,10 @@ class ServerMetadata:
     extensions: list[str]
 
 
+# gRPC's clock and ours may disagree by this much about when a call's deadline passed.
+_DEADLINE_SLACK_S = 0.002
+
+
 class RequestScope:
     """One request's passage through the data plane, from its arrival to its answer. Closing the scope
     (leaving its ``with`` block, or :meth:`close`) records the outcome in the metrics, ends the request's
@@ -232,24 +236,22 @@ class RequestScope:
         self._closed = True
         try:
             elapsed_ns = time.monotonic_ns() - self.started_ns
-            seconds = elapsed_ns / 1e9
-            status = "OK" if error is None else "CANCELLED" if isinstance(error, asyncio.CancelledError) \
+            status = "OK" if error is None else self._cancelled() if isinstance(error, asyncio.CancelledError) \
                 else status_name(error)
-            self.plane.metrics.observe_request(self.model_name, status, seconds)
+            ran = (self._ran.name, self._ran.version) if error is None and self._ran is not None else None
+            self.plane.metrics.observe(self.model_name, status, elapsed_ns, ran, self.request, self.decode_ns,
+                                       self.encode_ns)
             if self._routed is not None and status in ("OK", "DEADLINE_EXCEEDED"):
                 rung, routed_at, expected = self._routed  # how its ladder's estimate held
                 self.plane.ladders.observe_answer(self._ladder.name, rung, expected,  # type: ignore[union-attr]
-                                                  time.monotonic() - routed_at)
-            if error is None and self._ran is not None:
-                self.plane.metrics.observe_stages(self._ran.name, self._ran.version, self.request, self.decode_ns,
-                                                  self.encode_ns, elapsed_ns)
+                                                  time.monotonic() - routed_at, missed=status != "OK")
             if error is None and self.request is not None:
                 self.plane.tracer.finish(self.request.trace, self.request.compute)
             if self.plane.otel is not None:
                 self._span(status)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s: model %s, %s in %.2f ms", self.request.id if self.request else "",
-                          self.model_name, status, seconds * 1e3)
+                          self.model_name, status, elapsed_ns / 1e6)
         finally:
             if self._acquired is not None:
                 self.plane.lifecycle.release(self._acquired)
@@ -259,6 +261,14 @@ class RequestScope:
                 self._regions.release()
             if self._held:
                 self.plane.admission.release(self.call.connection, self._held)
+
+    def _cancelled(self) -> str:
+        """The status of a request cancelled under it: gRPC cancels a call whose deadline passes, and then
+        its client saw DEADLINE_EXCEEDED (a request its deadline overtook while it ran is a miss, for the
+        metrics and for the ladder's estimates); else the client went away, CANCELLED."""
+        deadline = self.call.deadline
+        return "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S \
+            else "CANCELLED"
 
     def _span(self, status: str) -> None:
         """Hand the answered request to OpenTelemetry (on only when configured), when it is sampled: the

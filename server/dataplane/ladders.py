@@ -30,6 +30,7 @@ class Ladders:
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, variant that answered) -> requests
+        self.missed: Counter[tuple[str, str]] = Counter()  # (model, variant) -> requests past their deadline
         self._lead: dict[str, float] = {}  # model -> seconds from routing to its queue (decoding)
         # (model, rung) -> how many times its estimate its requests have lately taken (95th percentile), and
         # when that was last observed: unobserved, it fades back to 1 (a rung corrected out of use comes back)
@@ -60,10 +61,14 @@ class Ladders:
         self.routed[model.name, chosen.name] += 1
         return chosen, expected
 
-    def observe_answer(self, model_name: str, rung_name: str, expected: float, seconds: float) -> None:
+    def observe_answer(self, model_name: str, rung_name: str, expected: float, seconds: float,
+                       missed: bool = False) -> None:
         """A request of ``model_name``'s ladder routed to ``rung_name``, expected to take ``expected``
-        seconds from routing to its answer, took ``seconds`` (or failed after them, its deadline passed):
-        the rung's correction moves toward the 95th percentile of their ratios (kept within 0.5..8)."""
+        seconds from routing to its answer, took ``seconds`` (or, ``missed``, failed after them, its
+        deadline passed): the rung's correction moves toward the 95th percentile of their ratios (kept within
+        0.5..8), and a miss is counted against the rung."""
+        if missed:
+            self.missed[model_name, rung_name] += 1
         if not (0 < expected < math.inf) or seconds <= 0:
             return
         now = time.monotonic()
@@ -85,9 +90,9 @@ class Ladders:
         previous = self._lead.get(model_name)
         self._lead[model_name] = seconds if previous is None else 0.9 * previous + 0.1 * seconds
 
-    def counts(self) -> list[tuple[str, str, int]]:
-        """(model, variant, requests) for every pair routed so far."""
-        return [(model, variant, n) for (model, variant), n in sorted(self.routed.items())]
+    def counts(self) -> list[tuple[str, str, int, int]]:
+        """(model, variant, requests, of them past their deadline) for every pair routed so far."""
+        return [(model, variant, n, self.missed[model, variant]) for (model, variant), n in sorted(self.routed.items())]
 
 
 def _elements(model: ModelVersion, request: InferRequest) -> int:

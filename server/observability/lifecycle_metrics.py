@@ -71,6 +71,11 @@ class LifecycleCollector(Collector):
             routed = CounterMetricFamily("peregrine_ladder_requests", "Requests of a model with an SLO ladder, by "
                                          "the variant that answered (the model itself or a rung below it)",
                                          labels=["model", "variant"])
-            for model, variant, n in self._ladders.counts():
+            missed = CounterMetricFamily("peregrine_ladder_deadline_misses", "Requests of a model with an SLO "
+                                         "ladder answered DEADLINE_EXCEEDED, by the variant they were routed to",
+                                         labels=["model", "variant"])
+            for model, variant, n, late in self._ladders.counts():
                 routed.add_metric([model, variant], n)
+                missed.add_metric([model, variant], late)
             yield routed
+            yield missed

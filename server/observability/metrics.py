@@ -1,7 +1,7 @@
 """Prometheus metrics (served at ``/metrics`` on the HTTP port by the HTTP transport; docs/METRICS.md).
 
 Request latency is a histogram observed by the data plane, and so are the stages of each answered
-request (:mod:`.stage_histograms`); per-model counters and durations are read from each model's statistics
+request (:mod:`.request_histograms`); per-model counters and durations are read from each model's statistics
 at scrape time, so the two views never disagree. ``peregrine_queue_depth``
 is the signal an autoscaler (KEDA, Knative) scales replicas on. Triton's ``nv_*`` families, read from the
 same statistics, follow Peregrine's own (:mod:`.triton_metrics`, :mod:`.gpu_metrics`).
@@ -16,14 +16,14 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.stats import ModelStats
 from ..core.types import FrameRequest, InferRequest
 from .gpu_metrics import NvmlGpus
-from .stage_histograms import StageHistograms
+from .request_histograms import RequestHistograms
 from .triton_metrics import LatencySummaries, MetricsSettings, model_families, render
 
 UNKNOWN_MODEL = "(unknown)"  # the model label of requests for models the server does not know
@@ -37,8 +37,6 @@ class ModelSample(NamedTuple):
     stats: ModelStats
     queue_depth: int
     response_cache: bool = False  # its answers go through the response cache (Triton's cache families)
-
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class _ModelCollector(Collector):
@@ -134,12 +132,8 @@ class Metrics:
         self.gpus = gpus
         self.enabled = enabled
         self._tracking = threading.Lock()  # a model's load and a scrape may both attach its summaries
-        self.latency = Histogram(
-            "peregrine_request_duration_seconds", "Server-side request latency, from decode to reply",
-            ["model", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.stages = StageHistograms()
-        self.registry.register(self.stages)
+        self.requests = RequestHistograms(self._label)  # request latency and stages
+        self.registry.register(self.requests)
         self.stream_frames = Counter(
             "peregrine_stream_frames", "Messages of streams (ModelStreamInfer, DetectStream) by how they were "
             "answered: ok, dropped (a newer frame superseded it), deadline (late), error",
@@ -152,32 +146,33 @@ class Metrics:
     def _label(self, model: str) -> str:
         return model if model and self._known(model) else UNKNOWN_MODEL
 
-    def observe_request(self, model: str, status: str, seconds: float) -> None:
-        if self.enabled:
-            self.latency.labels(self._label(model), status).observe(seconds)
+    def observe(self, model: str, status: str, total_ns: int, ran: tuple[str, int] | None,
+                request: InferRequest | None, transport_decode_ns: int | None,
+                transport_encode_ns: int | None) -> None:
+        """One request for ``model`` (as the client named it) answered with ``status`` after ``total_ns``;
+        when it was answered (status OK), ``ran`` is the (name, version) of the loaded model that ran it (the
+        label set stays bounded) and its stages are observed, in nanoseconds: the transport's decoding and
+        encoding (None where no transport measured them: a job's item) and what ``request`` (as the model
+        ran it) carries: its image decoding (a detection pipeline's), queue time and batch times.
+        ``request`` None: an answer from the response cache, which has no queue or batch."""
+        if not self.enabled:  # nothing would read them (--allow-metrics=false)
+            return
+        if ran is None:
+            self.requests.observe((model, status, total_ns, None, 0, None, None, None, None, None, None, None))
+            return
+        if request is None:
+            self.requests.observe((model, status, total_ns, ran[0], ran[1], transport_decode_ns, None, None, None,
+                                   None, None, transport_encode_ns))
+            return
+        c = request.compute
+        self.requests.observe((model, status, total_ns, ran[0], ran[1], transport_decode_ns,
+                               request.decode_ns if isinstance(request, FrameRequest) else None, request.queue_ns,
+                               None if c is None else c.input_ns, None if c is None else c.infer_ns,
+                               None if c is None else c.output_ns, transport_encode_ns))
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:
         if self.enabled:
             self.stream_frames.labels(self._label(model), outcome).inc()
-
-    def observe_stages(self, model: str, version: int, request: InferRequest | None,
-                       transport_decode_ns: int | None, transport_encode_ns: int | None, total_ns: int) -> None:
-        """The stages of one request answered by ``model`` ``version`` (a loaded one: the label set stays
-        bounded), in nanoseconds: the transport's decoding and encoding (None where no transport measured
-        them: a job's item), the total, and what ``request`` (as the model ran it) carries: its image
-        decoding (a detection pipeline's), queue time and batch times. ``request`` None: an answer from the
-        response cache, which has no queue or batch."""
-        if not self.enabled:  # nothing would read them (--allow-metrics=false)
-            return
-        if request is None:
-            self.stages.observe(model, version, transport_decode_ns, None, None, None, None, None,
-                                transport_encode_ns, total_ns)
-            return
-        decode = request.decode_ns if isinstance(request, FrameRequest) else None
-        c = request.compute
-        self.stages.observe(model, version, transport_decode_ns, decode, request.queue_ns,
-                            None if c is None else c.input_ns, None if c is None else c.infer_ns,
-                            None if c is None else c.output_ns, transport_encode_ns, total_ns)
 
     def track(self, stats: ModelStats) -> None:
         """Keep the latency summaries of a model version from now on, when ``--metrics-config`` asks for

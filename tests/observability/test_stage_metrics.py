@@ -24,7 +24,7 @@ from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 from peregrine.server.app import PeregrineServer
 from peregrine.server.config import ServerConfig
-from peregrine.server.observability.stage_histograms import BUCKETS
+from peregrine.server.observability.request_histograms import STAGE_BUCKETS as BUCKETS
 from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 from support import onnx_models
@@ -257,7 +257,6 @@ def test_with_metrics_off_nothing_is_recorded(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10)
         assert refused.value.code == 404
         # Not served, and not paid for: the request left no sample behind (read in the server's process).
-        for collector in (server.metrics.stages, server.metrics.latency):
-            assert [s for family in collector.collect() for s in family.samples] == []
+        assert [s for family in server.metrics.requests.collect() for s in family.samples] == []
     finally:
         server.stop(grace=1.0)

@@ -129,6 +129,37 @@ def test_detect_and_detect_stream_say_which_variant_answered(server: PeregrineSe
                                                                     (2, det.StreamResult.OK, "cam_small")]
 
 
+def test_requests_past_their_deadline_are_counted_against_the_rung_they_were_routed_to(
+        server: PeregrineServer) -> None:
+    """A deadline neither rung can meet: the client sees DEADLINE_EXCEEDED (gRPC cancels the call on the
+    server), and the server counts each such request, as its metrics say, against the rung it went to."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def misses() -> dict[str, float]:
+        text = server.metrics.exposition()[0].decode()
+        return {s.labels["variant"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "peregrine_ladder_deadline_misses_total" and s.labels["model"] == "cam"}
+
+    stub = det_grpc.DetectionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    request = det.DetectRequest(model_name="cam", images=[det.Image(encoded=jobs.photo("astronaut"))])
+    rung = _seconds(lambda: stub.Detect(det.DetectRequest(model_name="cam_small", images=request.images)))
+    before = misses()
+    failed = 0
+    for _ in range(4):
+        try:
+            stub.Detect(request, timeout=rung / 4)  # decoding alone takes longer
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            failed += 1
+    assert failed
+    deadline = time.monotonic() + 10  # the server closes each call a moment after its client gave up
+    while sum(misses().values()) - sum(before.values()) < failed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = misses()
+    assert sum(after.values()) - sum(before.values()) == failed
+    assert set(after) <= {"cam", "cam_small"}
+
+
 def test_a_ladder_names_each_rung_once_and_at_most_eight() -> None:
     with pytest.raises(ValidationError, match="each rung once"):
         ModelConfig.model_validate({"ladder": {"rungs": ["a", "a"]}})
