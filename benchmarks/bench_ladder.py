@@ -186,6 +186,8 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, 
         rows = []
         for step in args.steps:
             for mode, model in (("plain", plain), ("ladder", ladder)):
+                if mode not in args.modes:
+                    continue
                 before = ladder_counts(http_port, ladder)
                 results = await open_loop(stub, model, photos, step * capacity, args.seconds, deadline,
                                           seed=int(step * 100))
@@ -233,6 +235,8 @@ def main() -> int:
     ap.add_argument("--dynamic", action="store_true", help="a dynamic-size build of yolov8n (see above)")
     ap.add_argument("--steps", type=lambda s: [float(x) for x in s.split(",")], default=[0.5, 1.0, 1.5, 2.0])
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--modes", nargs="+", choices=["plain", "ladder"], default=["plain", "ladder"],
+                    help="what takes each step's load (default both, one after the other)")
     ap.add_argument("--capacity-seconds", type=float, default=10.0)
     ap.add_argument("--deadline-ms", type=float, default=0.0, help="default: 3x the FP32 lone-request median")
     ap.add_argument("--port", type=int, default=8951, help="gRPC; HTTP (for /metrics) on the next one")

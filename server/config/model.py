@@ -296,6 +296,10 @@ class LadderConfig(_Strict):
     rungs: list[str] = Field(..., min_length=1, max_length=MAX_LADDER_RUNGS)
     # A rung is expected to meet a deadline when its estimated completion time, times 1 + headroom, fits.
     headroom: float = Field(0.2, ge=0.0, le=10.0)
+    # The share of its device the ladder's requests may ask for before its mix is pushed down
+    # (scheduling/ladder.py); unset: 0.6 on a CPU, whose cores the models share with decoding and the
+    # server itself, 0.85 on a GPU.
+    sustainable: float | None = Field(None, gt=0.0, le=1.0)
 
     @field_validator("rungs")
     @classmethod

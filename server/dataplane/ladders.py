@@ -18,10 +18,11 @@ from typing import Any
 
 from ..core.types import DetectRequest, InferRequest
 from ..models.base import ModelVersion
-from ..scheduling.ladder import route
+from ..scheduling.ladder import element_cost, route, sustainable_share
 from .repository import ModelRepository
 
 CORRECTION_FADE_S = 5.0
+DEMAND_WINDOW_S = 2.0  # the time constant of a ladder's recent arrival rate and demand
 CORRECTION_QUANTILE = 0.95
 CORRECTION_STEP = 0.05
 
@@ -35,6 +36,9 @@ class Ladders:
         # (model, rung) -> how many times its estimate its requests have lately taken (95th percentile), and
         # when that was last observed: unobserved, it fades back to 1 (a rung corrected out of use comes back)
         self._correction: dict[tuple[str, str], tuple[float, float]] = {}
+        # model -> (requests, device seconds they asked for, when): sums decaying with DEMAND_WINDOW_S, so
+        # that divided by it they are the recent arrival rate and demand
+        self._paced: dict[str, tuple[float, float, float]] = {}
 
     def choose(self, model: ModelVersion, request: InferRequest) -> tuple[ModelVersion, float]:
         """The variant of ``model`` (a ladder's top) that runs ``request``: ``model`` itself unless its
@@ -56,8 +60,15 @@ class Ladders:
             outlooks = [dataclasses.replace(r.outlook(now), correction=self.correction(model.name, r.name, now))
                         for r in rungs]
             lead = self._lead.get(model.name, 0.0)
-            choice = route(outlooks, _elements(model, request), request.deadline, now, lead, ladder.headroom)
+            size = _elements(model, request)
+            requests, demand = self._pace(model.name, now)
+            sustainable = ladder.sustainable or sustainable_share(outlooks[0].device)
+            choice = route(outlooks, size, request.deadline, now, lead, ladder.headroom,
+                           demand=demand / DEMAND_WINDOW_S, rate=requests / DEMAND_WINDOW_S, sustainable=sustainable)
             chosen, expected = rungs[choice.rung], lead + choice.expected
+            picked = outlooks[choice.rung]
+            self._paced[model.name] = (requests + 1, demand + (element_cost(picked) * size if picked.known else 0.0),
+                                       now)
         self.routed[model.name, chosen.name] += 1
         return chosen, expected
 
@@ -78,6 +89,12 @@ class Ladders:
         # the slow requests, not by the average one.
         q += CORRECTION_STEP * (CORRECTION_QUANTILE if ratio >= q else CORRECTION_QUANTILE - 1.0)
         self._correction[model_name, rung_name] = (min(max(q, 0.5), 8.0), now)
+
+    def _pace(self, model_name: str, now: float) -> tuple[float, float]:
+        """The requests routed and the device seconds they asked for, as sums decayed to ``now``."""
+        requests, demand, at = self._paced.get(model_name, (0.0, 0.0, now))
+        keep = math.exp(-max(now - at, 0.0) / DEMAND_WINDOW_S)
+        return requests * keep, demand * keep
 
     def correction(self, model_name: str, rung_name: str, now: float) -> float:
         """The factor ``rung_name``'s estimates are multiplied by at ``now``: fading toward 1 with a time

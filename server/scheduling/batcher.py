@@ -128,7 +128,7 @@ class DynamicBatcher:
         free_in = tuple(max(end - now, 0.0) for end in self._busy.values()) + (0.0,) * len(self._idle)
         return RungOutlook(name, alone.ready, alone.upper(one), alone.upper(policy.executed_size(size)), size,
                            sum(e.size for e in self._queue if not e.background), free_in, self.device,
-                           self._load.concurrency())
+                           self._load.concurrency(), per_element=alone.per_item)
 
     def seed(self, n: int, seconds: float) -> None:
         """A batch of ``n`` elements (as executed: padded to its bucket, if any) took ``seconds`` alone on the

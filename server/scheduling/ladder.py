@@ -23,6 +23,15 @@ the top one is busy, is not counted slower twice, nor judged by a cold first bat
 out (decoding beside the models, bursts) is corrected from what happened: each rung's estimate is multiplied
 by its ``correction``, the 95th percentile of how much longer than estimated its requests have lately taken
 (kept by the data plane, :mod:`~peregrine.server.dataplane.ladders`).
+
+Each estimate sees the queues of now, not the requests still to come: under a sustained load every request
+finds an upper rung that fits at its moment, and together they ask more of the device than it has, until
+every rung's queue is late. So the routing also keeps the mix sustainable: given the ladder's recent
+``demand`` (seconds of device time the requests it routed asked for, per second) and arrival ``rate``, when
+the demand is over ``sustainable`` (a share of the device, leaving the rest to decoding and the unforeseen:
+by default 0.6 of a CPU and 0.85 of a GPU, measured on the first),
+a request may only go to a rung whose cost per element (:func:`element_cost`) fits the share one request can
+afford, ``sustainable / rate``: the mix drifts down until the demand is back under, and up again after.
 """
 
 from __future__ import annotations
@@ -33,6 +42,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 INF = math.inf
+# The share of its device a ladder's demand may ask for before its mix is pushed down, by default: a CPU's
+# cores also decode the images and run the server, a GPU only runs the models.
+SUSTAINABLE = {"cpu": 0.6}
+SUSTAINABLE_DEVICE = 0.85
+
+
+def sustainable_share(device: str) -> float:
+    """The default share of ``device`` ("cpu", "cuda") a ladder may keep busy (``[ladder] sustainable``)."""
+    return SUSTAINABLE.get(device, SUSTAINABLE_DEVICE)
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class RungOutlook:
     device: str = "cpu"  # where its instances run ("cpu", "cuda"): rungs on one device slow each other
     concurrency: float = 1.0  # batches its device ran at once lately, while it ran any (device_load.py)
     correction: float = 1.0  # how much longer than estimated its requests have lately taken (observed)
+    per_element: float = 0.0  # seconds one element has lately cost alone, at the batch sizes it ran (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,14 @@ def completion(rung: RungOutlook, size: int, slowdown: float = 1.0) -> float:
         heapq.heappush(free, end)
 
 
+def element_cost(rung: RungOutlook) -> float:
+    """Seconds of device time one element costs on ``rung``, alone: as its recent batches did, at the sizes
+    they ran; before any, as in its full batches."""
+    if rung.per_element > 0:
+        return rung.per_element
+    return rung.cost_full / rung.batch_size if rung.batch_size > 1 else rung.cost_one
+
+
 def pending_work(rung: RungOutlook) -> float:
     """Seconds of its device's time the work ``rung`` holds now would take alone: what its running batches
     have left and its queue, one element at a time (batching would take less: not optimistic)."""
@@ -96,14 +123,17 @@ def pending_work(rung: RungOutlook) -> float:
 
 
 def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, lead: float = 0.0,
-          headroom: float = 0.2) -> Route:
+          headroom: float = 0.2, demand: float = 0.0, rate: float = 0.0,
+          sustainable: float = SUSTAINABLE_DEVICE) -> Route:
     """The rung to run a request of ``size`` elements whose deadline is ``deadline`` (``INF``: none).
 
     ``lead``: seconds the request still needs before it reaches a queue (decoding its images). A rung is
     expected to meet the deadline when ``now + lead + completion * (1 + headroom) <= deadline``. The first
     such rung wins; a rung whose cost is still unknown is tried when every rung above it is expected to miss
     (it learns its cost so). When no rung is expected to meet the deadline, the one expected to answer first
-    does, so that the request has its best chance."""
+    does, so that the request has its best chance. ``demand`` and ``rate``: the ladder's recent demand on the
+    device (its share, per second) and requests per second; over ``sustainable``, a rung (but the last) whose
+    cost per element is over what one request can afford is passed over (module docstring)."""
     if not rungs:
         raise ValueError("a ladder has at least one rung")
     if deadline == INF:
@@ -111,6 +141,7 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
     budget = deadline - now - lead
     best = Route(0, INF)
     work = [pending_work(r) for r in rungs]
+    afford = sustainable / rate if demand > sustainable and rate > 0 else INF
     for i, rung in enumerate(rungs):
         others = sum(w for j, w in enumerate(work) if j != i and rungs[j].device == rung.device)
         expected = (completion(rung, size, rung.concurrency) + others) * rung.correction
@@ -118,7 +149,7 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
             if i == 0:
                 return Route(0, INF)  # the top rung answers until its cost is known
             return Route(i, INF)
-        if expected * (1.0 + headroom) <= budget:
+        if expected * (1.0 + headroom) <= budget and (element_cost(rung) * size <= afford or i == len(rungs) - 1):
             return Route(i, expected)
         if expected < best.expected:
             best = Route(i, expected)

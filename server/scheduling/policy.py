@@ -142,6 +142,11 @@ class CostModel:
         self._snt += sign * n * seconds
         self._per_item += sign * seconds / n
 
+    @property
+    def per_item(self) -> float:
+        """Seconds one element of the recent batches cost, at the sizes they ran (0 before any)."""
+        return self._mean_per_item
+
     def observe_arrival(self, now: float) -> None:
         if self._last_arrival is not None:
             gap = max(now - self._last_arrival, 0.0)

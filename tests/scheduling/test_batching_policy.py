@@ -706,3 +706,13 @@ def test_other_shapes_never_delay_the_most_urgent_batch(adaptive: bool) -> None:
         assert with_others == without, f"case {case}"
         bypassed += went_first > 0
     assert bypassed > 60  # other shapes did go first in many cases (122 and 144 of 2000 with these seeds)
+
+
+def test_the_cost_model_says_what_an_element_of_its_recent_batches_cost() -> None:
+    cost = CostModel(window=2)
+    assert cost.per_item == 0.0
+    cost.observe_batch(4, 0.040)  # 10 ms an element
+    cost.observe_batch(1, 0.015)  # 15 ms
+    assert cost.per_item == pytest.approx(0.0125)
+    cost.observe_batch(2, 0.040)  # the first leaves the window: (15 + 20) / 2
+    assert cost.per_item == pytest.approx(0.0175)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-from peregrine.server.scheduling.ladder import RungOutlook, batch_cost, completion, pending_work, route
+from peregrine.server.scheduling.ladder import (
+    RungOutlook,
+    batch_cost,
+    completion,
+    element_cost,
+    pending_work,
+    route,
+    sustainable_share,
+)
 
 INF = math.inf
 
@@ -120,6 +128,39 @@ def test_what_happened_corrects_the_estimates() -> None:
     fp32 = RungOutlook("fp32", True, 0.040, 0.040, 1, 0, (0.0,), device="a", correction=2.5)
     choice = route([fp32, rung("int8", 0.010)], 1, deadline=0.100, now=0.0)
     assert choice.rung == 1 and choice.expected == pytest.approx(0.010)
+
+
+def test_a_ladder_asking_more_than_its_device_has_is_pushed_down() -> None:
+    # Both rungs idle and in time (deadline 1 s): which one answers depends on the ladder's recent demand.
+    rungs = [rung("fp32", 0.040), rung("int8", 0.010)]
+    assert element_cost(rungs[0]) == 0.040
+    # Half the device asked for lately: the top rung.
+    assert route(rungs, 1, deadline=1.0, now=0.0, demand=0.5, rate=20.0).rung == 0
+    # 95% asked for, 25 requests a second: each may cost 0.85 / 25 = 34 ms, FP32's 40 does not fit.
+    assert route(rungs, 1, deadline=1.0, now=0.0, demand=0.95, rate=25.0).rung == 1
+    # At 20 a second, 42.5 ms each: FP32 fits again; a request of two elements costs 80 ms and does not.
+    assert route(rungs, 1, deadline=1.0, now=0.0, demand=0.95, rate=20.0).rung == 0
+    assert route(rungs, 2, deadline=1.0, now=0.0, demand=0.95, rate=20.0).rung == 1
+    # Over what even the last rung affords (8.5 ms each at 100 a second), the last rung still answers.
+    assert route(rungs, 1, deadline=1.0, now=0.0, demand=2.0, rate=100.0).rung == 1
+    # Allowed less of the device (a CPU's default share, 0.6): at 20 a second each may cost 30 ms.
+    assert sustainable_share("cpu") == 0.6 and sustainable_share("cuda") == 0.85
+    assert route(rungs, 1, deadline=1.0, now=0.0, demand=0.7, rate=20.0, sustainable=0.6).rung == 1
+    # A batching rung's element costs what its recent batches cost an element, at the sizes they ran; before
+    # any ran, a share of its full batch: 64 ms for 8 is 8 ms each.
+    assert element_cost(rung("gpu", 0.020, full=0.064, batch=8)) == 0.008
+    assert element_cost(RungOutlook("gpu", True, 0.020, 0.064, 8, 0, (0.0,), per_element=0.012)) == 0.012
+
+
+def test_a_ladders_recent_rate_and_demand_decay() -> None:
+    from peregrine.server.dataplane.ladders import DEMAND_WINDOW_S, Ladders
+
+    ladders = Ladders(None)  # type: ignore[arg-type]
+    assert ladders._pace("cam", 10.0) == (0.0, 0.0)
+    ladders._paced["cam"] = (40.0, 1.6, 10.0)  # 40 requests asking 1.6 device seconds, as of t = 10 s
+    assert ladders._pace("cam", 10.0) == (40.0, 1.6)
+    requests, demand = ladders._pace("cam", 10.0 + DEMAND_WINDOW_S)
+    assert requests == pytest.approx(40.0 / math.e) and demand == pytest.approx(1.6 / math.e)
 
 
 def test_a_ladders_corrections_follow_what_happened_and_fade() -> None:
