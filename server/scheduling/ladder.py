@@ -133,7 +133,8 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
     (it learns its cost so). When no rung is expected to meet the deadline, the one expected to answer first
     does, so that the request has its best chance. ``demand`` and ``rate``: the ladder's recent demand on the
     device (its share, per second) and requests per second; over ``sustainable``, a rung (but the last) whose
-    cost per element is over what one request can afford is passed over (module docstring)."""
+    cost per element is over what one request can afford is passed over, for a deadline and as the best
+    chance alike (module docstring)."""
     if not rungs:
         raise ValueError("a ladder has at least one rung")
     if deadline == INF:
@@ -149,8 +150,11 @@ def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, 
             if i == 0:
                 return Route(0, INF)  # the top rung answers until its cost is known
             return Route(i, INF)
-        if expected * (1.0 + headroom) <= budget and (element_cost(rung) * size <= afford or i == len(rungs) - 1):
+        affordable = element_cost(rung) * size <= afford or i == len(rungs) - 1
+        if expected * (1.0 + headroom) <= budget and affordable:
             return Route(i, expected)
-        if expected < best.expected:
+        # With none in time, the best chance; over the sustainable demand, among the rungs it can afford
+        # (an upper rung answering first now is more load than the device keeps up with).
+        if affordable and expected < best.expected:
             best = Route(i, expected)
     return best

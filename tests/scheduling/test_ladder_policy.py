@@ -143,6 +143,11 @@ def test_a_ladder_asking_more_than_its_device_has_is_pushed_down() -> None:
     assert route(rungs, 2, deadline=1.0, now=0.0, demand=0.95, rate=20.0).rung == 1
     # Over what even the last rung affords (8.5 ms each at 100 a second), the last rung still answers.
     assert route(rungs, 1, deadline=1.0, now=0.0, demand=2.0, rate=100.0).rung == 1
+    # No rung in time (deadline 5 ms): the one expected first (FP32, idle, before INT8's 40 ms of queue),
+    # unless the demand is over: then the best chance among the rungs it can afford.
+    loaded = [rung("fp32", 0.040), rung("int8", 0.010, queued=4)]
+    assert route(loaded, 1, deadline=0.005, now=0.0).rung == 0
+    assert route(loaded, 1, deadline=0.005, now=0.0, demand=0.95, rate=25.0).rung == 1
     # Allowed less of the device (a CPU's default share, 0.6): at 20 a second each may cost 30 ms.
     assert sustainable_share("cpu") == 0.6 and sustainable_share("cuda") == 0.85
     assert route(rungs, 1, deadline=1.0, now=0.0, demand=0.7, rate=20.0, sustainable=0.6).rung == 1
