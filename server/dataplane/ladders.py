@@ -3,9 +3,11 @@
 The choice is :func:`~peregrine.server.scheduling.ladder.route`'s, over the rungs that are ready now (the
 model itself first, then its ``[ladder] rungs`` in order; a rung not loaded, or of another kind than the
 model, is skipped). What a request still needs before it reaches a queue (its images decoded) is learned per
-model as a moving average and counted against its deadline. The answer names the variant that made it
-(see :class:`~peregrine.server.core.types.InferResponse` and ``FrameResult``); :attr:`Ladders.routed`
-counts requests per model and variant.
+model as a moving average and counted against its deadline; so are each rung's estimate corrections (what
+its requests took against what was expected) and the ladder's recent rate and demand on its device (what
+keeps its mix sustainable). The answer names the variant that made it (see
+:class:`~peregrine.server.core.types.InferResponse` and ``FrameResult``); :attr:`Ladders.routed` counts
+requests per model and variant, :attr:`Ladders.missed` those of them that missed their deadline.
 """
 
 from __future__ import annotations
