@@ -115,11 +115,16 @@ class RequestScope:
     def deadline(self) -> float | None:
         return self.call.deadline
 
+    def _header(self, name: str) -> str | None:
+        """A header of the call (gRPC metadata, HTTP header); None when it has none or its transport has no
+        headers (a job's item)."""
+        header = getattr(self.call, "header", None)
+        return header(name) if header is not None else None
+
     def traceparent(self) -> str | None:
         """The W3C ``traceparent`` the call carried (None: none), looked up in its metadata once."""
         if self._traceparent is False:
-            header = getattr(self.call, "header", None)
-            self._traceparent = header("traceparent") if header is not None else None
+            self._traceparent = self._header("traceparent")
         return self._traceparent  # type: ignore[return-value]
 
     def trace_id(self) -> str:
@@ -288,8 +293,7 @@ class RequestScope:
             if request is not None:
                 attributes["peregrine.request_id"] = request.id
                 attributes["peregrine.model_version"] = request.model_version
-            header = getattr(self.call, "header", None)
-            tracestate = header("tracestate") if header is not None and traceparent is not None else None
+            tracestate = self._header("tracestate") if traceparent is not None else None
             otel.record(self.kind, traceparent, tracestate, self.started_ns, ended, attributes,  # type: ignore[union-attr]
                         stages, status)
         except Exception:  # tracing must never fail a request

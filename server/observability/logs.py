@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from .otel import parse_traceparent
+
 # (request id, trace id) of the request the running task works on; None outside requests. The trace id may
 # be given as a function returning it, called only when a line is logged (it is looked up in the call's
 # metadata, which most requests never need).
@@ -36,11 +38,10 @@ def json_active() -> bool:
 
 
 def trace_id_of(traceparent: str | None) -> str:
-    """The trace id of a W3C ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``), or ""."""
-    if not traceparent or len(traceparent) < 55 or traceparent[2] != "-":
-        return ""
-    trace = traceparent[3:35]
-    return trace if all(c in "0123456789abcdef" for c in trace) and trace != "0" * 32 else ""
+    """The trace id of a W3C ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``), or "" when it is
+    absent or invalid (then the server's span starts a trace of its own: the line names no other)."""
+    parsed = parse_traceparent(traceparent)
+    return f"{parsed[0]:032x}" if parsed is not None else ""
 
 
 class RequestContextFilter(logging.Filter):

@@ -157,18 +157,18 @@ class Metrics:
         ``request`` None: an answer from the response cache, which has no queue or batch."""
         if not self.enabled:  # nothing would read them (--allow-metrics=false)
             return
-        if ran is None:
-            self.requests.observe((model, status, total_ns, None, 0, None, None, None, None, None, None, None))
-            return
-        if request is None:
-            self.requests.observe((model, status, total_ns, ran[0], ran[1], transport_decode_ns, None, None, None,
-                                   None, None, transport_encode_ns))
-            return
-        c = request.compute
-        self.requests.observe((model, status, total_ns, ran[0], ran[1], transport_decode_ns,
-                               request.decode_ns if isinstance(request, FrameRequest) else None, request.queue_ns,
-                               None if c is None else c.input_ns, None if c is None else c.infer_ns,
-                               None if c is None else c.output_ns, transport_encode_ns))
+        if ran is None:  # failed: no stages
+            row = (model, status, total_ns, None, 0, None, None, None, None, None, None, None)
+        elif request is None:  # from the response cache: the transport's stages only
+            row = (model, status, total_ns, ran[0], ran[1], transport_decode_ns, None, None, None, None, None,
+                   transport_encode_ns)
+        else:
+            c = request.compute
+            row = (model, status, total_ns, ran[0], ran[1], transport_decode_ns,
+                   request.decode_ns if isinstance(request, FrameRequest) else None, request.queue_ns,
+                   None if c is None else c.input_ns, None if c is None else c.infer_ns,
+                   None if c is None else c.output_ns, transport_encode_ns)
+        self.requests.observe(row)
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:
         if self.enabled:

@@ -124,11 +124,15 @@ class DynamicBatcher:
         batching = cfg.max_batch_size > 1 and not (cfg.adaptive and not cost.batching_pays(cfg.max_batch_size,
                                                                                          single=one))
         size = cfg.max_batch_size if batching else 1
-        alone = self._alone if self._alone.ready else cost
+        alone = self._alone_cost()
         free_in = tuple(max(end - now, 0.0) for end in self._busy.values()) + (0.0,) * len(self._idle)
         return RungOutlook(name, alone.ready, alone.upper(one), alone.upper(policy.executed_size(size)), size,
                            sum(e.size for e in self._queue if not e.background), free_in, self.device,
                            self._load.concurrency(), per_element=alone.per_item)
+
+    def _alone_cost(self) -> CostModel:
+        """The cost model of batches alone on the device; the executor's plain one until it has seen a batch."""
+        return self._alone if self._alone.ready else self.policy.cost
 
     def seed(self, n: int, seconds: float) -> None:
         """A batch of ``n`` elements (as executed: padded to its bucket, if any) took ``seconds`` alone on the
@@ -314,7 +318,7 @@ class DynamicBatcher:
         """Run ``batch`` on an idle instance, in a task of its own (a caller that goes away does not stop
         a batch that may hold other callers' requests)."""
         instance = self._idle.pop(0)
-        cost = self._alone if self._alone.ready else self.policy.cost
+        cost = self._alone_cost()
         self._busy[instance] = now + (cost.upper(self.policy.executed_size(sum(r.size for r in batch)))
                                       if cost.ready else 0.0)
         task = asyncio.get_running_loop().create_task(self._run_batch(instance, batch, now))

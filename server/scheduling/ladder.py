@@ -44,13 +44,13 @@ from dataclasses import dataclass
 INF = math.inf
 # The share of its device a ladder's demand may ask for before its mix is pushed down, by default: a CPU's
 # cores also decode the images and run the server, a GPU only runs the models.
-SUSTAINABLE = {"cpu": 0.6}
-SUSTAINABLE_DEVICE = 0.85
+SUSTAINABLE_CPU = 0.6
+SUSTAINABLE_GPU = 0.85
 
 
 def sustainable_share(device: str) -> float:
     """The default share of ``device`` ("cpu", "cuda") a ladder may keep busy (``[ladder] sustainable``)."""
-    return SUSTAINABLE.get(device, SUSTAINABLE_DEVICE)
+    return SUSTAINABLE_CPU if device == "cpu" else SUSTAINABLE_GPU
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def pending_work(rung: RungOutlook) -> float:
 
 def route(rungs: Sequence[RungOutlook], size: int, deadline: float, now: float, lead: float = 0.0,
           headroom: float = 0.2, demand: float = 0.0, rate: float = 0.0,
-          sustainable: float = SUSTAINABLE_DEVICE) -> Route:
+          sustainable: float = SUSTAINABLE_GPU) -> Route:
     """The rung to run a request of ``size`` elements whose deadline is ``deadline`` (``INF``: none).
 
     ``lead``: seconds the request still needs before it reaches a queue (decoding its images). A rung is
