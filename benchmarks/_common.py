@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: describing the machine, the packaged photographs, and starting a server
-they measure."""
+"""What the benchmark scripts share: describing the machine, the packaged photographs, starting a server they
+measure and reading its metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def machine() -> str:
@@ -48,6 +49,17 @@ def packaged_photos() -> list[bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         write_photos(Path(tmp))
         return [p.read_bytes() for p in sorted(Path(tmp).glob("*.jpg"))]
+
+
+def metric_samples(http_port: int) -> list[Any]:
+    """Every sample on the server's ``/metrics`` (prometheus_client's parser: name, labels, value)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def write_report(path: Path | None, title: str, text: str) -> None:

@@ -29,13 +29,12 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import grpc
-from _common import packaged_photos, start_peregrine, write_report
+from _common import metric_samples, packaged_photos, start_peregrine, write_report
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 
@@ -138,19 +137,14 @@ async def open_loop(stub: Any, model: str, photos: list[bytes], rate: float, sec
 def ladder_counts(http_port: int, ladder: str) -> dict[str, Counter[str]]:
     """The server's ``peregrine_ladder_requests_total`` and ``peregrine_ladder_deadline_misses_total`` of
     ``ladder``, by variant."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
     counts: dict[str, Counter[str]] = {"routed": Counter(), "missed": Counter()}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.labels.get("model") != ladder:
-                continue
-            if s.name == "peregrine_ladder_requests_total":
-                counts["routed"][s.labels["variant"]] += int(s.value)
-            elif s.name == "peregrine_ladder_deadline_misses_total":
-                counts["missed"][s.labels["variant"]] += int(s.value)
+    for s in metric_samples(http_port):
+        if s.labels.get("model") != ladder:
+            continue
+        if s.name == "peregrine_ladder_requests_total":
+            counts["routed"][s.labels["variant"]] += int(s.value)
+        elif s.name == "peregrine_ladder_deadline_misses_total":
+            counts["missed"][s.labels["variant"]] += int(s.value)
     return counts
 
 

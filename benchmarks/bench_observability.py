@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import wait_until_ready, write_report
+from _common import metric_samples, wait_until_ready, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
@@ -192,11 +192,7 @@ def answered(http_port: int, model: str) -> int:
 
 def counter(port: int, name: str) -> float:
     """The sum of a family's samples on the server's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+    return sum(s.value for s in metric_samples(port) if s.name == name)
 
 
 # -- the run ------------------------------------------------------------------------------------------------
