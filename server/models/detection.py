@@ -162,7 +162,8 @@ class DetectionModel:
             nms = "none: the head is end-to-end (NMS-free), iou_threshold and agnostic_nms are not used"
         else:
             nms = f"{'class-agnostic' if cfg.agnostic_nms else 'per-class'} greedy, iou_threshold {cfg.iou_threshold}"
-        details = (("detection_layout", head.layout), ("detection_input_size", f"{head.height}x{head.width}"),
+        details = (("detection_task", head.task), ("detection_layout", head.layout),
+                   ("detection_input_size", f"{head.height}x{head.width}"),
                    ("detection_classes", str(head.num_classes)), ("detection_resize", cfg.resize),
                    ("detection_nms", nms))
         return describe(self.name, self.version, self.config.platform, PIPELINE_INPUTS, PIPELINE_OUTPUTS,

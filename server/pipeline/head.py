@@ -3,10 +3,16 @@
 Layouts (``peregrine.kernels.LAYOUTS``): yolov8/yolo11 [N, 4+C, A], yolov5 [N, A, 5+C], end-to-end
 [N, K, 6] (yolov10, YOLO26 and other NMS-free exports). Read once, when the model loads, from the graph
 and one probe run.
+
+Ultralytics' segmentation and pose exports carry the same head with more after each box's class scores
+(end-to-end ones: after its class id): 32 mask coefficients (a second, 4-D output holds the prototype
+masks) or 17 x 3 keypoint values. The pipeline serves their boxes, reading the columns a detector has and
+leaving the rest (``HeadInfo.extra``); rotated boxes (``task: obb``) are refused, not misread.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +22,7 @@ import numpy as np
 
 from ... import kernels
 from ..config.model import DetectionConfig
-from ..core.errors import ModelLoadError
+from ..core.errors import ModelLoadError, clipped
 from ..runtime.metadata import export_size, parse_labels
 from ..runtime.onnx import OnnxSession
 
@@ -35,20 +41,62 @@ class HeadInfo:
     layout: str
     num_classes: int  # end-to-end heads: as many as labels or metadata name; 0 when nothing says
     fixed_batch: int  # the model's static batch size, 0 when dynamic
+    extra: int = 0  # values after each box's detection columns (mask coefficients, keypoints), not read
+    task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes
 
 
-def detect_layout(shape: Sequence[int]) -> str:
-    """The head layout of an output of shape [N, d1, d2]: [N, K, 6] end2end, [N, 4+C, A] yolov8 (fewer
-    rows than columns), else [N, A, 5+C] yolov5."""
+# Ultralytics' tasks (the ``task`` metadata of an export) and whether the pipeline serves them.
+SERVED_TASKS = ("detect", "segment", "pose")
+
+
+def detect_layout(shape: Sequence[int], extra: int = 0) -> str:
+    """The head layout of an output of shape [N, d1, d2] whose boxes carry ``extra`` values after their
+    detection columns: [N, K, 6 + extra] end2end, [N, 4+C+extra, A] yolov8 (fewer rows than columns), else
+    [N, A, 5+C+extra] yolov5."""
     _, d1, d2 = shape
-    if d2 == 6 and d1 != 6:
+    if d2 - extra == 6 and d1 != d2:
         return "end2end"
     return "yolov8" if d1 < d2 else "yolov5"
 
 
-def _num_classes(layout: str, shape: Sequence[int]) -> int:
+def _num_classes(layout: str, shape: Sequence[int], extra: int) -> int:
     lid = kernels.LAYOUTS[layout]
-    return shape[1] - 4 if lid == 0 else shape[2] - 5 if lid == 1 else 0
+    return shape[1] - 4 - extra if lid == 0 else shape[2] - 5 - extra if lid == 1 else 0
+
+
+def _task_extra(metadata: dict[str, str], graph_out: Sequence[Any], source: str) -> tuple[str, int]:
+    """The export's task and how many values each box carries after its detection columns: a segmentation
+    export's mask coefficients (as many as its 4-D prototype output has channels; a model with such an
+    output and no ``task`` metadata, as the yolov5 repository exports it, is one too), a pose export's
+    keypoints (``kpt_shape`` metadata). ModelLoadError for tasks whose output is not axis-aligned boxes."""
+    task = metadata.get("task", "").strip().lower()
+    protos = [t for t in graph_out if len(t.shape) == 4]
+    if not task:
+        task = "segment" if protos else "detect"
+    if task == "obb":
+        raise ModelLoadError(f"{source}: the model's metadata says task 'obb': its boxes are rotated, which the "
+                             "detection pipeline does not decode (it returns axis-aligned boxes); serve the "
+                             "model as a plain model over OIP")
+    if task not in SERVED_TASKS:
+        raise ModelLoadError(f"{source}: the model's metadata says task '{clipped(task)}'; a detection pipeline "
+                             f"serves ultralytics' {', '.join(SERVED_TASKS)} exports (their boxes)")
+    if task == "segment":
+        channels = protos[0].shape[1] if protos else -1
+        if channels <= 0:
+            raise ModelLoadError(f"{source}: a segmentation model needs a prototype-mask output [N, M, H, W] "
+                                 "with a fixed number of masks M to tell its mask coefficients from its classes")
+        return task, int(channels)
+    if task == "pose":
+        try:
+            shape = ast.literal_eval(metadata.get("kpt_shape", ""))
+        except (ValueError, SyntaxError):
+            shape = None
+        if (not isinstance(shape, (list, tuple)) or len(shape) != 2
+                or not all(isinstance(v, int) and 0 < v <= 1024 for v in shape)):
+            raise ModelLoadError(f"{source}: a pose model's metadata needs 'kpt_shape' [keypoints, values] to "
+                                 f"tell its keypoints from its classes, got {clipped(repr(metadata.get('kpt_shape')))}")
+        return task, int(shape[0] * shape[1])
+    return task, 0
 
 
 def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> HeadInfo:
@@ -83,6 +131,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         described = ", ".join(f"{t.name} {t.describe()}" for t in graph_out)
         raise ModelLoadError(f"{source}: a detection pipeline needs a 3-D detection head output; the model has "
                              f"{described}")
+    task, extra = _task_extra(session.metadata(), graph_out, source)
     dtype = np.dtype(np.float16 if spec.datatype == "FP16" else np.float32)
     fixed = spec.shape[0] if spec.shape[0] > 0 else 0
     # The head's shape from a real run: dynamic dimensions and the layout are only known then.
@@ -94,13 +143,15 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
     if head.ndim != 3:
         raise ModelLoadError(f"{source}: output '{heads[0].name}' came back with shape {list(head.shape)}, "
                              "expected 3 dimensions")
-    layout = detect_layout(head.shape) if cfg.layout == "auto" else cfg.layout
+    layout = detect_layout(head.shape, extra) if cfg.layout == "auto" else cfg.layout
     lid = kernels.LAYOUTS[layout]
     _, d1, d2 = head.shape
-    if (lid == 0 and d1 < 5) or (lid == 1 and d2 < 6) or (lid == 2 and d2 != 6):
-        raise ModelLoadError(f"{source}: output '{heads[0].name}' {list(head.shape)} does not fit layout '{layout}'")
+    if (lid == 0 and d1 - extra < 5) or (lid == 1 and d2 - extra < 6) or (lid == 2 and d2 - extra != 6):
+        after = f" with {extra} values after each box's detection columns (task '{task}')" if extra else ""
+        raise ModelLoadError(f"{source}: output '{heads[0].name}' {list(head.shape)}{after} does not fit "
+                             f"layout '{layout}'")
     names = len(parse_labels(session.metadata()))
-    classes = _num_classes(layout, head.shape)
+    classes = _num_classes(layout, head.shape, extra)
     if cfg.layout == "auto" and layout == "yolov5" and names and classes != names and d2 - 4 == names:
         # [N, K, 4+C] with as many classes as the model names: boxes and class scores without objectness
         # (DETR-style heads such as RT-DETR), which no layout here decodes. Refuse rather than misread it.
@@ -113,4 +164,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         # An end-to-end head [N, K, 6] carries class ids, not one score per class: the classes are the
         # ones the configuration or the model's metadata names.
         classes = len(cfg.labels) or names
-    return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed)
+    if extra:
+        log.info("%s: a %s export: its boxes are served, the %d values after each box's detection columns "
+                 "(%s) are not read", source, task, extra, "mask coefficients" if task == "segment" else "keypoints")
+    return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed, extra, task)

@@ -43,6 +43,7 @@ class BoxDecoder:
 
     def __init__(self, head: HeadInfo, cfg: DetectionConfig) -> None:
         self.layout = head.layout
+        self.extra = head.extra
         self.max_detections = cfg.max_detections
         self.max_candidates = cfg.max_candidates
 
@@ -53,6 +54,9 @@ class BoxDecoder:
             import cupy
 
             xp = cupy
+        if self.extra:  # a segmentation or pose head: the detection columns alone, as the kernels read them
+            rows = kernels.LAYOUTS[self.layout] == 0  # [N, 4+C+extra, A]; else [N, K, columns+extra]
+            head = xp.ascontiguousarray(head[:, : head.shape[1] - self.extra] if rows else head[..., : -self.extra])
         n = len(sizes)
         dets = xp.zeros((n, self.max_detections, 6), np.float32)
         counts = xp.zeros((n,), np.int32)

@@ -77,3 +77,37 @@ def test_gpu_pipeline_matches_reference_and_cpu(detection_repo: Path, references
         for p in (gpu, cpu):
             loop.run(p.stop())
         loop.stop()
+
+
+@requires_gpu
+@pytest.mark.parametrize("task", ["segment", "pose"])
+def test_gpu_pipeline_serves_segmentation_and_pose_boxes(tmp_path: Path, task: str) -> None:
+    """A segmentation or pose export on the device: the head's detection columns cut out on the device
+    before NMS, the boxes equal the plain detector's on the CPU (see test_pipeline_config)."""
+    from peregrine.modelgen import end2end_detector, yolov8_detector
+    from support import onnx_models
+
+    detector = (yolov8_detector(0, imgsz=192) if task == "segment"
+                else end2end_detector(0, imgsz=192, max_detections=50, class_names=["person"]))
+    extra, masks, meta = (32, 32, {}) if task == "segment" else (51, 0, {"kpt_shape": "[17, 3]"})
+    onnx_models.write(tmp_path, "det", detector)
+    onnx_models.write(tmp_path, "task", onnx_models.with_task_head(detector, task, extra=extra, masks=masks,
+                                                                   metadata=meta))
+    gpu = _pipeline(tmp_path, "gpu_task", "task", "cuda")
+    cpu = _pipeline(tmp_path, "cpu_det", "det", "cpu")
+    assert gpu.head.extra == extra
+    photos = photographs()
+    frames = list(photos.values())
+    loop = EventLoopThread()
+    loop.start()
+    try:
+        for p in (gpu, cpu):
+            loop.run(p.start())
+        got, want = (loop.run(p.detect(FrameRequest(p.name, frames=frames, options=p.default_options())))
+                     for p in (gpu, cpu))
+        for i, name in enumerate(photos):
+            assert_same_detections(got.detections[i], want.detections[i], f"{task}/{name}")
+    finally:
+        for p in (gpu, cpu):
+            loop.run(p.stop())
+        loop.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pipeline_support
 import pytest
 from peregrine.modelgen import end2end_detector, yolov5_detector, yolov8_detector
@@ -256,3 +257,74 @@ def test_a_head_without_objectness_is_refused_not_misread(tmp_path: Path) -> Non
     with pytest.raises(ModelLoadError) as e:
         _load(tmp_path, "p")
     assert "without objectness" in e.value.message and "detection.layout" in e.value.message
+
+
+def _task_models() -> list[tuple[str, onnx.ModelProto, str, int, int, dict[str, str]]]:
+    keypoints = {"kpt_shape": "[17, 3]"}
+    return [
+        ("yolov8-seg", yolov8_detector(0, imgsz=192), "segment", 32, 32, {}),
+        ("yolov8-pose", yolov8_detector(0, imgsz=192, class_names=["person"]), "pose", 51, 0, keypoints),
+        ("yolo26-seg", end2end_detector(0, imgsz=192, max_detections=50), "segment", 32, 32, {}),
+        ("yolo26-pose", end2end_detector(0, imgsz=192, max_detections=50, class_names=["person"]), "pose", 51, 0,
+         keypoints),
+        # the yolov5 repository's segmentation export: no task metadata, a prototype-mask output beside the head
+        ("yolov5-seg", yolov5_detector(0, imgsz=192), "", 32, 32, {}),
+    ]
+
+
+@pytest.mark.parametrize("case", _task_models(), ids=lambda c: c[0])
+def test_segmentation_and_pose_exports_serve_their_boxes(tmp_path: Path, case: tuple) -> None:
+    """A segmentation or pose export is its detector's head with mask coefficients or keypoints after each
+    box's columns: the pipeline answers with the boxes the detector alone gives, and never reads those
+    values as class scores (here they repeat the box's pixel coordinates: read as scores, they would be
+    confident boxes of classes the model does not have)."""
+    _, detector, task, extra, masks, metadata = case
+    onnx_models.write(tmp_path, "det", detector)
+    onnx_models.write(tmp_path, "task", onnx_models.with_task_head(detector, task, extra=extra, masks=masks,
+                                                                   metadata=metadata))
+    write_pipeline(tmp_path, "p_det", pipeline_config("det", "max_detections = 50\nscore_threshold = 0.05\n"))
+    write_pipeline(tmp_path, "p_task", pipeline_config("task", "max_detections = 50\nscore_threshold = 0.05\n"))
+    plain, served = _load(tmp_path, "p_det"), _load(tmp_path, "p_task")
+    assert (served.head.extra, served.head.task) == (extra, task or "segment")
+    assert (served.head.layout, served.head.num_classes) == (plain.head.layout, plain.head.num_classes)
+    assert served.labels == plain.labels
+    assert dict(served.describe().details)["detection_task"] == (task or "segment")
+    from peregrine.server.core.types import FrameRequest
+
+    photos = pipeline_support.photographs()
+    frames = [photos[k] for k in ("astronaut", "hubble_1080p", "coffee_tiny")]
+    found = 0
+    for p_result, s_result in zip(*[p.make_executor().execute(0, [FrameRequest(p.name, frames=frames,
+                                                                                options=p.default_options())])
+                                    for p in (plain, served)], strict=True):
+        for want, got in zip(p_result.detections, s_result.detections, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-4)
+            assert (got[:, 5] < plain.head.num_classes).all()
+            found += len(got)
+    assert found > 0  # the comparison saw boxes
+
+
+@pytest.mark.parametrize(("task", "metadata", "masks", "reason"), [
+    ("obb", {}, 0, "rotated"),
+    ("classify", {}, 0, "task 'classify'"),
+    ("pose", {}, 0, "kpt_shape"),
+    ("pose", {"kpt_shape": "[17]"}, 0, "kpt_shape"),
+    ("segment", {}, 0, "prototype-mask output"),
+])
+def test_exports_of_other_tasks_are_refused_with_the_reason(tmp_path: Path, task: str, metadata: dict[str, str],
+                                                             masks: int, reason: str) -> None:
+    onnx_models.write(tmp_path, "m", onnx_models.with_task_head(yolov8_detector(0, imgsz=192), task, extra=1,
+                                                                masks=masks, metadata=metadata))
+    write_pipeline(tmp_path, "p", pipeline_config("m"))
+    with pytest.raises(ModelLoadError) as e:
+        _load(tmp_path, "p")
+    assert reason in e.value.message and "p/1" in e.value.message
+
+
+def test_layout_of_heads_with_values_after_the_boxes() -> None:
+    assert detect_layout((1, 116, 8400), 32) == "yolov8"  # yolov8-seg
+    assert detect_layout((1, 56, 8400), 51) == "yolov8"  # yolov8-pose
+    assert detect_layout((1, 300, 38), 32) == "end2end"  # yolo26-seg
+    assert detect_layout((1, 300, 57), 51) == "end2end"  # yolo26-pose
+    assert detect_layout((1, 25200, 117), 32) == "yolov5"  # yolov5-seg
+    assert detect_layout((1, 300, 38)) == "yolov5"  # without knowing the extra values, it reads as yolov5
