@@ -14,6 +14,10 @@ Nothing is decoded before the request's cost is known:
    (:data:`IN_FLIGHT`), then decodes.
 
 So a small file that claims to be 100k x 100k, or sixteen 8192 x 8192 one-bit PNGs, cost a header read.
+
+A file's EXIF orientation (JPEG's APP1, PNG's eXIf, WebP's EXIF chunk; TIFF's own tag, which Pillow
+applies) is applied as OpenCV's ``imdecode`` applies it, ultralytics' reader: the frame, its size and the
+boxes are those of the photograph as it is shown, not as the sensor stored it.
 Every error is :class:`InvalidArgument` naming the field (:class:`ResourceExhausted` for the in-flight
 budget); whatever Pillow or libjpeg-turbo raise on a file is the file's fault, never INTERNAL.
 """
@@ -179,16 +183,79 @@ def open_encoded(data: Any, field: str, order: ChannelOrder = "rgb",
     return _open_pillow(data, field, order, max_pixels)
 
 
+# -- EXIF orientation ------------------------------------------------------------------------------
+_ORIENTATION_TAG = 0x0112
+_EXIF_PREFIX = b"Exif\x00\x00"
+# Segments (and fill bytes) looked at for the EXIF block before a JPEG's frame header: cameras write it
+# first, after at most a JFIF segment; a file of endless tiny segments costs no more than these.
+_JPEG_MAX_SEGMENTS = 64
+
+
+def _orientation(exif: bytes | None) -> int:
+    """The orientation (1..8) an EXIF block (TIFF-structured, with or without its ``Exif`` prefix) states;
+    1 when it states none, or none of these, or cannot be read (OpenCV ignores it then too)."""
+    if not exif:
+        return 1
+    try:
+        value = Image.Exif()
+        value.load(exif)
+        orientation = value.get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block is not the image's pixels: shown as stored
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def _jpeg_exif(data: bytes) -> bytes | None:
+    """The EXIF block of a JPEG's APP1 segment, found by walking its markers up to the first frame or scan
+    header: at most _JPEG_MAX_SEGMENTS steps, each on by a segment's stated length."""
+    pos = 2
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xDA, 0xD9) or (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)):
+            return None  # scan, end or frame header: the APPn segments come before these
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == _EXIF_PREFIX:
+            return data[pos + 4 : pos + 2 + length]
+        pos += 2 + max(length, 2)
+    return None
+
+
+def _upright(height: int, width: int, orientation: int) -> tuple[int, int]:
+    """The size of a ``height`` x ``width`` image shown with ``orientation`` (5..8 turn it a quarter)."""
+    return (width, height) if orientation >= 5 else (height, width)
+
+
+def _oriented(frame: np.ndarray, orientation: int) -> np.ndarray:
+    """``frame`` turned and mirrored as ``orientation`` says it is shown, C-contiguous (itself for 1). Moved
+    as whole pixels (3-byte items): a third of the moves a byte-wise copy makes."""
+    if orientation == 1:
+        return frame
+    h, w, _ = frame.shape
+    px = np.ascontiguousarray(frame).view(np.dtype((np.void, 3))).reshape(h, w)
+    view = {2: px[:, ::-1], 3: px[::-1, ::-1], 4: px[::-1], 5: px.T, 6: px[::-1].T, 7: px[::-1, ::-1].T,
+            8: px[:, ::-1].T}[orientation]
+    out = np.ascontiguousarray(view)
+    return out.view(np.uint8).reshape(out.shape[0], out.shape[1], 3)
+
+
 def _open_jpeg(data: bytes, field: str, order: ChannelOrder, max_pixels: int) -> PendingFrame:
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        stored_height, stored_width, _, _ = simplejpeg.decode_jpeg_header(data)
     except Exception as e:  # whatever libjpeg-turbo says of a file is the file's fault
         raise InvalidArgument(f"{field}: not a readable JPEG ({_reason(e)})") from None
+    orientation = _orientation(_jpeg_exif(data))
+    height, width = _upright(stored_height, stored_width, orientation)
     check_size(field, height, width, max_pixels)
 
     def decode() -> np.ndarray:
         try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB" if order == "rgb" else "BGR", strict=True)
+            frame = simplejpeg.decode_jpeg(data, colorspace="RGB" if order == "rgb" else "BGR", strict=True)
+            return _oriented(frame, orientation)
         except MemoryError:
             raise ResourceExhausted(f"{field}: out of memory decoding a {width}x{height} JPEG") from None
         except Exception as e:
@@ -201,11 +268,15 @@ def _open_pillow(data: bytes, field: str, order: ChannelOrder, max_pixels: int) 
     if data[:8] == _PNG_MAGIC:
         # Opening a PNG, Pillow reads (and inflates: up to 64 MiB) every chunk before the pixels; none but
         # these make the frame.
-        data = _png_pixel_chunks(data)
+        data, exif = _png_pixel_chunks(data)
+        orientation = _orientation(exif)
         width, height, fmt, mode = *_png_size(data, field), "PNG", ""
     else:
         with _pillow(data, field) as img:
             (width, height), fmt, mode = img.size, img.format or "image", img.mode
+            # TIFF: Pillow applies the orientation as it loads, and its size here is already the upright one
+            orientation = _orientation(img.info.get("exif")) if fmt == "WEBP" else 1
+    height, width = _upright(height, width, orientation)
     check_size(field, height, width, max_pixels)
     if mode in _UNSUPPORTED_MODES:
         raise InvalidArgument(f"{field}: {fmt} of {_UNSUPPORTED_MODES[mode]} pixels (Pillow mode {mode}) is not "
@@ -234,26 +305,29 @@ def _open_pillow(data: bytes, field: str, order: ChannelOrder, max_pixels: int) 
                 raise InvalidArgument(f"{field}: corrupt or truncated {fmt} ({_reason(e)})") from None
         if order == "bgr":
             frame = frame[:, :, ::-1]
-        return np.ascontiguousarray(frame)
+        return _oriented(np.ascontiguousarray(frame), orientation)
 
     working = _WORKING_BYTES_PER_PIXEL.get(fmt, max(_WORKING_BYTES_PER_PIXEL.values())) * height * width
     return PendingFrame(field, height, width, working, decode)
 
 
-def _png_pixel_chunks(data: bytes) -> bytes:
-    """A PNG with only the chunks its frame comes from: IHDR, PLTE, IDAT and IEND. Gone are text (zTXt and
-    iTXt, which Pillow inflates as it opens the file), colour profiles, APNG control chunks (the file's
-    default image, its first frame, is what remains) and transparency (alpha is dropped anyway). A chunk
-    that runs past the end is kept as it is, for Pillow to call truncated."""
-    kept, pos = [data[:8]], 8
+def _png_pixel_chunks(data: bytes) -> tuple[bytes, bytes | None]:
+    """A PNG with only the chunks its frame comes from: IHDR, PLTE, IDAT and IEND, and its eXIf chunk's
+    payload (None without one). Gone are text (zTXt and iTXt, which Pillow inflates as it opens the file),
+    colour profiles, APNG control chunks (the file's default image, its first frame, is what remains) and
+    transparency (alpha is dropped anyway). A chunk that runs past the end is kept as it is, for Pillow to
+    call truncated."""
+    kept, pos, exif = [data[:8]], 8, None
     while pos + 8 <= len(data):
         kind, end = data[pos + 4 : pos + 8], pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
         if kind in (b"IHDR", b"PLTE", b"IDAT", b"IEND"):
             kept.append(data[pos:end])
+        elif kind == b"eXIf" and exif is None:
+            exif = data[pos + 8 : end - 4]
         if kind == b"IEND":
             break
         pos = end
-    return b"".join(kept)
+    return b"".join(kept), exif
 
 
 def _png_size(data: bytes, field: str) -> tuple[int, int]:

@@ -61,7 +61,12 @@ def _seeds() -> dict[str, bytes]:
     photo = cv2.resize(skimage.data.chelsea(), (48, 32), interpolation=cv2.INTER_AREA)
     grey = cv2.resize(skimage.data.camera(), (40, 30), interpolation=cv2.INTER_AREA)
     other = np.ascontiguousarray(photo[::-1])
+    turned = Image.Exif()
+    turned[0x0112] = 6  # EXIF orientation: shown a quarter turn clockwise
     return {
+        "jpeg_exif_turned": _encode(photo, "JPEG", exif=turned.tobytes()),
+        "png_exif_turned": _encode(photo, "PNG", exif=turned.tobytes()),
+        "webp_exif_turned": _encode(photo, "WEBP", exif=turned.tobytes()),
         "jpeg": _encode(photo, "JPEG", quality=85),
         "jpeg_progressive": _encode(photo, "JPEG", progressive=True),
         "jpeg_grey": _encode(np.stack([grey] * 3, axis=2), "JPEG", "L"),
@@ -290,10 +295,12 @@ def test_the_side_limit_is_the_letterbox_kernels(resize: str) -> None:
 
 
 def test_every_seed_decodes_to_the_photograph() -> None:
-    """The seeds themselves (every format and mode) decode, to the size they were made at."""
+    """The seeds themselves (every format and mode) decode, to the size they were made at (turned a
+    quarter for those whose EXIF orientation says so)."""
     for name, data in SEEDS.items():
         frame = images.decode_image(data, name, max_pixels=MAX_PIXELS)
-        assert frame.shape[2] == 3 and frame.shape[:2] in ((32, 48), (30, 40)), name
+        sizes = ((48, 32),) if "exif_turned" in name else ((32, 48), (30, 40))
+        assert frame.shape[2] == 3 and frame.shape[:2] in sizes, name
 
 
 def test_pillows_own_pixel_limit_and_warnings_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,3 +424,28 @@ def test_the_server_is_live_and_correct_after(server: PeregrineServer, stub: det
         time.sleep(0.02)
     assert images.IN_FLIGHT.held == 0
 
+
+
+def test_a_broken_or_buried_exif_block_leaves_the_photograph_as_stored() -> None:
+    """EXIF is read from a bounded walk of the JPEG's segments and by Pillow's parser; an EXIF block that
+    does not parse, states an orientation outside 1..8, or comes after more segments than a camera writes
+    (here 5,000 empty APP15 segments: the walk stops after images._JPEG_MAX_SEGMENTS), is not applied,
+    and the file decodes as stored."""
+    stored = images.decode_image(SEEDS["jpeg"], "f")
+    soi, rest = SEEDS["jpeg"][:2], SEEDS["jpeg"][2:]
+
+    def app1(payload: bytes) -> bytes:
+        return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    good = app1(turned.tobytes())  # Pillow writes the block with its "Exif\0\0" prefix, as JPEG's APP1 holds it
+    assert images.decode_image(soi + good + rest, "f").shape == (48, 32, 3)  # the block itself works
+    for bad in (app1(b"Exif\x00\x00" + b"\x00" * 40), app1(b"Exif\x00\x00MM\x00*\xff\xff\xff\xff"),
+                app1(b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff"), b"\xff\xef\x00\x02" * 5000 + good):
+        frame = images.decode_image(soi + bad + rest, "f")
+        assert np.array_equal(frame, stored)
+    wrong = Image.Exif()
+    wrong[0x0112] = 77
+    assert np.array_equal(images.decode_image(_encode(np.ascontiguousarray(stored), "PNG", exif=wrong.tobytes()),
+                                              "f"), stored)

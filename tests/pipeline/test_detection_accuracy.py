@@ -5,6 +5,7 @@ frame, class-offset NMS, max_det, agnostic NMS, the candidate cap, the classes f
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -110,6 +111,51 @@ def test_batch_of_sixteen_jpeg_and_png(stub: det_grpc.DetectionServiceStub, refe
         if i % 2:  # what the server decoded: the JPEG's pixels, not the original's
             decoded = cv2.imdecode(np.frombuffer(jpeg(PHOTOS[name]), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
         assert_same_detections(as_array(result), references["det_v8"](np.ascontiguousarray(decoded)), name)
+
+
+def _with_orientation(rgb: np.ndarray, fmt: str, orientation: int) -> bytes:
+    """``rgb`` stored as a camera stores a turned photograph: the pixels as they are, the way to show them
+    in the file's EXIF orientation tag."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_applied_as_ultralytics_reader_applies_it(fmt: str) -> None:
+    """ultralytics reads files with OpenCV's imdecode, which turns and mirrors a photograph as its EXIF
+    orientation says: Peregrine's frame is that one, pixel for pixel, for all eight orientations (and the
+    stored one for values outside 1..8)."""
+    from peregrine.server.pipeline.images import decode_image, open_encoded
+
+    rgb = np.ascontiguousarray(PHOTOS["coffee"][::5, ::5])  # 80 x 120: a turn shows
+    for orientation in range(0, 10):
+        data = _with_orientation(rgb, fmt, orientation)
+        want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        got = decode_image(data, "images[0]")
+        assert got.shape == want.shape and np.array_equal(got, want), (fmt, orientation)
+        pending = open_encoded(data, "images[0]")
+        assert (pending.height, pending.width) == want.shape[:2]  # sizes checked from the header, turned
+        assert got.flags.c_contiguous
+
+
+def test_a_turned_phone_photograph_gets_the_boxes_of_the_photograph_as_shown(
+        stub: det_grpc.DetectionServiceStub, references: dict[str, Reference]) -> None:
+    """A JPEG stored sideways with orientation 6 (how phones store portrait shots): the boxes are those of
+    the upright photograph, in its pixels, as ultralytics gives them for the file."""
+    upright = PHOTOS["astronaut_portrait"]  # 512 x 256
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # 256 x 512: turned back a quarter, as the sensor saw it
+    data = _with_orientation(stored, "JPEG", 6)
+    shown = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert shown.shape == upright.shape
+    response = stub.Detect(det.DetectRequest(model_name="det_v8", images=[det.Image(encoded=data)]), timeout=60)
+    want = references["det_v8"](np.ascontiguousarray(shown))
+    assert len(want) > 0
+    assert_same_detections(as_array(response.results[0]), want, "orientation 6")
 
 
 def test_concurrent_single_frames_are_batched(detection_server: PeregrineServer, stub: det_grpc.DetectionServiceStub,
