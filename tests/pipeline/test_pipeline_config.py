@@ -328,3 +328,30 @@ def test_layout_of_heads_with_values_after_the_boxes() -> None:
     assert detect_layout((1, 300, 57), 51) == "end2end"  # yolo26-pose
     assert detect_layout((1, 25200, 117), 32) == "yolov5"  # yolov5-seg
     assert detect_layout((1, 300, 38)) == "yolov5"  # without knowing the extra values, it reads as yolov5
+
+
+@pytest.mark.parametrize("input_size", [(256, 416), (416, 256)])
+def test_a_rectangular_input_matches_the_reference(tmp_path: Path, input_size: tuple[int, int]) -> None:
+    """A model run at a rectangular size (an export with imgsz=[h, w], here a dynamic one given
+    detection.input_size) letterboxes every photograph into it as ultralytics' LetterBox does for a fixed
+    shape (one gain, the padding split on both sides): the same boxes as the reference."""
+    from peregrine.server.core.types import FrameRequest
+
+    onnx_models.write(tmp_path, "dyn", yolov8_detector(0, imgsz=256, dynamic=True))
+    write_pipeline(tmp_path, "p", pipeline_config("dyn", f"input_size = {list(input_size)}\n"))
+    pipeline = _load(tmp_path, "p")
+    assert (pipeline.head.height, pipeline.head.width) == input_size
+    import onnxruntime as ort
+
+    reference = pipeline_support.Reference(
+        ort.InferenceSession(str(tmp_path / "dyn" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]),
+        "yolov8", *input_size)
+    photos = pipeline_support.photographs()
+    [result] = pipeline.make_executor().execute(0, [FrameRequest("p", frames=list(photos.values()),
+                                                                 options=pipeline.default_options())])
+    found = 0
+    for name, got in zip(photos, result.detections, strict=True):
+        want = reference(photos[name])
+        pipeline_support.assert_same_detections(got, want, name)
+        found += len(want)
+    assert found > 0
