@@ -18,7 +18,7 @@ comma := ,
 SOURCES := $(shell find server modelgen kernels proto clients -type f \( -name '*.py' -o -name '*.proto' -o -name '*.cpp' \
              -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' \) 2>/dev/null)
 
-.PHONY: setup models serve test lint bench-oip clean ros1 postgres
+.PHONY: setup models serve test lint bench-oip clean ros1 postgres perf-analyzer
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,11 @@ ros1:
 postgres:
 	sh tests/support/install_postgres.sh
 
-test: models ros1 postgres
+# Triton's perf_analyzer for the tests that run it against the HTTP port (they skip, saying why, without it).
+perf-analyzer:
+	bash benchmarks/tools/install_perf_analyzer.sh || echo "perf_analyzer could not be installed: its tests skip"
+
+test: models ros1 postgres perf-analyzer
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -300,7 +300,7 @@ def encode_infer_response(resp: InferResponse, header: dict[str, Any],
                           regions: RequestRegions | None = None) -> tuple[bytes, int | None]:
     """The response body and, when binary outputs follow the JSON, the JSON's length (for the
     ``Inference-Header-Content-Length`` header). Outputs reserved in ``regions.outputs`` are written to
-    their shared-memory region and listed without data, as in Triton."""
+    their shared-memory region and listed with neither data nor parameters, as in Triton."""
     default, per = binary_outputs(header)
     targets = regions.outputs if regions is not None else {}
     payloads = shm_payloads(resp, targets)
@@ -310,9 +310,9 @@ def encode_infer_response(resp: InferResponse, header: dict[str, Any],
         dt = datatypes.from_numpy(array.dtype)
         out: dict[str, Any] = {"name": name, "datatype": dt.name, "shape": list(array.shape)}
         if name in payloads:
-            target = targets[name]
-            written = target.write(payloads[name])
-            out["parameters"] = {SHM_REGION: target.region, SHM_OFFSET: target.offset, SHM_BYTE_SIZE: written}
+            # Written to its region and listed bare, as Triton lists it: Triton's C++ HTTP client (and so
+            # perf_analyzer) reads any output `parameters` as the binary-data header, binary_data_size and all.
+            targets[name].write(payloads[name])
         elif per.get(name, default):
             blob: Any = encode_bytes_tensor(array) if dt.name == "BYTES" else np.ascontiguousarray(array)
             size = len(blob) if dt.name == "BYTES" else blob.nbytes

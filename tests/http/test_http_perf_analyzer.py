@@ -17,12 +17,17 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 @pytest.mark.skipif(not PERF_ANALYZER.exists(),
                     reason="perf_analyzer is not installed (bash benchmarks/tools/install_perf_analyzer.sh)")
-@pytest.mark.parametrize(("model", "shape"), [("identity_fp32", "INPUT0:64"), ("simple", None)])
-def test_perf_analyzer_over_http(http_server: PeregrineServer, tmp_path: Path, model: str, shape: str | None) -> None:
+@pytest.mark.parametrize(("model", "shape", "memory"), [
+    ("identity_fp32", "INPUT0:64", "none"), ("simple", None, "none"),
+    # inputs and outputs in system shared memory: the outputs come back listed bare, as Triton lists them
+    ("identity_fp32", "INPUT0:64", "system"), ("simple", None, "system"),
+])
+def test_perf_analyzer_over_http(http_server: PeregrineServer, tmp_path: Path, model: str, shape: str | None,
+                                 memory: str) -> None:
     out = tmp_path / "pa.csv"
     cmd = [str(PERF_ANALYZER), "-m", model, "-i", "http", "-u", f"127.0.0.1:{http_server.http_port}",
            "--concurrency-range", "2", "--measurement-interval", "500", "-s", "50", "--max-trials", "4",
-           "--input-data", "random", "-f", str(out)]
+           "--input-data", "random", "--shared-memory", memory, "-f", str(out)]
     if shape:
         cmd += ["--shape", shape]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
