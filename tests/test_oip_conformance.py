@@ -121,7 +121,9 @@ def test_stream_infer_in_order_with_errors_inline(client: tc.InferenceServerClie
         good = tc.InferInput("INPUT0", [1, 4], "FP32")
         good.set_data_from_numpy(np.full((1, 4), 99, np.float32))
         client.async_stream_infer("identity_fp32", [good], request_id="after")
-        got = [results.get(timeout=30) for _ in range(10)]
+        # what a client written for decoupled models sends: it reads until a response says it is the last
+        client.async_stream_infer("identity_fp32", [good], request_id="empty-final", enable_empty_final_response=True)
+        got = [results.get(timeout=30) for _ in range(11)]
     finally:
         client.stop_stream()
     for i, (result, error) in enumerate(got[:8]):
@@ -130,6 +132,9 @@ def test_stream_infer_in_order_with_errors_inline(client: tc.InferenceServerClie
         assert result.as_numpy("OUTPUT0")[0, 0] == i
     assert got[8][1] is not None  # the bad request is answered with an error...
     assert got[9][0].as_numpy("OUTPUT0")[0, 0] == 99  # ...and the stream goes on
+    assert got[10][0].get_response().id == "empty-final"
+    for result, _ in got[:8] + got[9:]:  # every answer is its request's last, and says so as Triton's do
+        assert result.get_response().parameters["triton_final_response"].bool_param is True
 
 
 def test_a_long_stream_holds_only_what_is_in_flight(url: str) -> None:

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
 VARIANT = "variant"  # a response parameter: the SLO ladder's variant that answered (its model's name)
+# A ModelStreamInfer response parameter (bool): the last response to its request. Triton sets it on every
+# stream response; streaming clients written for decoupled models read until it is true. Models here answer
+# each request once, so every response is its request's last.
+FINAL_RESPONSE = "triton_final_response"
 
 _LEN = struct.Struct("<I")
 

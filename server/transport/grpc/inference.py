@@ -204,14 +204,14 @@ class _OipStream:
         if answer.error is None:
             t = time.perf_counter_ns()
             encoded = oip.encode_infer_response(answer.result, scope.regions)
+            encoded.message.parameters[oip.FINAL_RESPONSE].bool_param = True
             scope.encode_ns = time.perf_counter_ns() - t
             return oip.EncodedStreamResponse(encoded)
         _, text = status_of(answer.error)
-        return pb.ModelStreamInferResponse(
-            error_message=text,
-            infer_response=pb.ModelInferResponse(model_name=message.model_name, model_version=message.model_version,
-                                                 id=message.id),
-        )
+        failed = pb.ModelInferResponse(model_name=message.model_name, model_version=message.model_version,
+                                       id=message.id)
+        failed.parameters[oip.FINAL_RESPONSE].bool_param = True
+        return pb.ModelStreamInferResponse(error_message=text, infer_response=failed)
 
     def size(self, message: pb.ModelInferRequest) -> int:
         return int(message.ByteSize())
