@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +319,69 @@ def test_unknown_model_errors_start_with_tritons_words(client: tc.InferenceServe
         client.infer("no_such_model", [inp])
     assert e.value.status() == "StatusCode.NOT_FOUND"
     assert e.value.message().startswith("Request for unknown model: 'no_such_model' is not found")
+
+
+def _classes(values: np.ndarray, k: int, fmt: str) -> list[bytes]:
+    """Triton's classification strings for one batch entry, written out plainly: the k largest values in
+    descending order (equal ones by index), "value:index"."""
+    order = sorted(range(len(values)), key=lambda i: (-float(values[i]), i))[:k]
+    return [f"{values[i]:{fmt}}:{i}".encode() for i in order]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_extension(server, protocol: str) -> None:  # type: ignore[no-untyped-def]
+    """tritonclient's class_count (Triton's classification extension) answers the output as its top classes,
+    BYTES "value:index" per batch entry, over both protocols: [batch, K] for a batching model, [K] for
+    one that does not batch; K over the number of values gives them all; floating point values printed as
+    C++'s std::to_string prints them."""
+    import tritonclient.http as th
+
+    lib = tc if protocol == "grpc" else th
+    client = (tc.InferenceServerClient(f"127.0.0.1:{server.port}") if protocol == "grpc"
+              else th.InferenceServerClient(f"127.0.0.1:{server.http_port}"))
+    meta = client.get_server_metadata()
+    assert "classification" in (meta["extensions"] if protocol == "http" else meta.extensions)
+    a = np.array([[3, 9, -2, 9, 0, 7, 1, 1, 5, 4, 8, 2, 6, 0, 11, -5], list(range(16))], np.int32)
+    b = np.zeros_like(a)
+    inputs = [lib.InferInput("INPUT0", [2, 16], "INT32"), lib.InferInput("INPUT1", [2, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    outputs = [lib.InferRequestedOutput("OUTPUT0", class_count=3), lib.InferRequestedOutput("OUTPUT1")]
+    result = client.infer("simple", inputs, outputs=outputs)
+    top = result.as_numpy("OUTPUT0")
+    assert top.shape == (2, 3) and top.dtype == object
+    assert [list(row) for row in top] == [_classes(a[0], 3, "d"), _classes(a[1], 3, "d")]
+    assert list(top[0]) == [b"11:14", b"9:1", b"9:3"]  # equal values keep their index order
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)  # an output without a count is as it was
+    # a model that does not batch: [K]; more classes than values gives them all
+    inputs = [lib.InferInput("INPUT0", [16], "INT32"), lib.InferInput("INPUT1", [16], "INT32")]
+    inputs[0].set_data_from_numpy(a[0])
+    inputs[1].set_data_from_numpy(b[0])
+    top = client.infer("simple_nobatch", inputs,
+                       outputs=[lib.InferRequestedOutput("OUTPUT0", class_count=40)]).as_numpy("OUTPUT0")
+    assert top.shape == (16,) and list(top) == _classes(a[0], 16, "d")
+    # floating point
+    x = np.array([[0.1, 0.7, 0.2, 1e-7]], np.float32)
+    inp = lib.InferInput("INPUT0", [1, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    top = client.infer("identity_fp32", [inp],
+                       outputs=[lib.InferRequestedOutput("OUTPUT0", class_count=2)]).as_numpy("OUTPUT0")
+    assert list(top[0]) == [b"0.700000:1", b"0.200000:2"]
+
+
+def test_classification_of_what_cannot_be_ranked_is_invalid(server) -> None:  # type: ignore[no-untyped-def]
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    inp = th.InferInput("INPUT0", [1, 2], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("identity_bytes", [inp], outputs=[th.InferRequestedOutput("OUTPUT0", class_count=1)])
+    assert e.value.status() == "400" and "classification" in e.value.message()
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"classification": -2}}]}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/models/identity_fp32/infer",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        urllib.request.urlopen(request, timeout=10)
+    assert http_error.value.code == 400 and b"parameters.classification" in http_error.value.read()

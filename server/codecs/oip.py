@@ -35,6 +35,15 @@ VARIANT = "variant"  # a response parameter: the SLO ladder's variant that answe
 # stream response; streaming clients written for decoupled models read until it is true. Models here answer
 # each request once, so every response is its request's last.
 FINAL_RESPONSE = "triton_final_response"
+CLASSIFICATION = "classification"  # an output parameter: answer it as its top K classes (Triton's extension)
+
+
+def class_count(value: object, what: str) -> int:
+    """An output's ``classification`` parameter checked: a whole number, 0 (none) or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{what}: parameters.{CLASSIFICATION}: expected a class count (an integer >= 0), "
+                              f"got {clipped(repr(value))}")
+    return value
 
 _LEN = struct.Struct("<I")
 
@@ -307,6 +316,7 @@ def decode_infer_request(
     params = {k: parameter_value(v) for k, v in msg.parameters.items()}
     priority = request_priority(params)
     requested: list[str] = []
+    classification: dict[str, int] = {}
     seen: set[str] = set()
     for i, o in enumerate(msg.outputs):
         if not o.name:
@@ -316,6 +326,8 @@ def decode_infer_request(
             raise InvalidArgument(f"{what} is requested more than once")
         seen.add(o.name)
         requested.append(o.name)
+        if CLASSIFICATION in o.parameters and (k := class_count(parameter_value(o.parameters[CLASSIFICATION]), what)):
+            classification[o.name] = k
         where = _shm_params(o, what)
         if where is not None:
             if regions is None:
@@ -327,6 +339,7 @@ def decode_infer_request(
         id=msg.id,
         inputs=inputs,
         requested_outputs=requested,
+        classification=classification,
         parameters=params,
         deadline=deadline,
         priority=priority,

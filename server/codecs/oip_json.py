@@ -31,11 +31,13 @@ from ..core import datatypes
 from ..core.errors import InvalidArgument, Unimplemented, clipped
 from ..core.types import InferRequest, InferResponse
 from .oip import (
+    CLASSIFICATION,
     MAX_RANK,
     SHM_BYTE_SIZE,
     SHM_OFFSET,
     SHM_REGION,
     VARIANT,
+    class_count,
     decode_bytes_tensor,
     decode_shm_input,
     encode_bytes_tensor,
@@ -231,10 +233,11 @@ def decode_infer_request(model_name: str, model_version: str, header: dict[str, 
         raise InvalidArgument(f"request body: {len(binary) - offset} bytes after the JSON that no input's "
                               f"parameters.{BINARY_SIZE} accounts for")
     priority = request_priority(params)
-    requested = _requested_outputs(header, regions)
+    classification: dict[str, int] = {}
+    requested = _requested_outputs(header, regions, classification)
     return InferRequest(model_name=model_name, model_version=model_version, id=request_id, inputs=inputs,
-                        requested_outputs=[name for name, _ in requested], parameters=params, deadline=deadline,
-                        priority=priority)
+                        requested_outputs=[name for name, _ in requested], classification=classification,
+                        parameters=params, deadline=deadline, priority=priority)
 
 
 def _decode_binary(raw: memoryview, dt: datatypes.DataType, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -249,9 +252,11 @@ def _decode_binary(raw: memoryview, dt: datatypes.DataType, shape: tuple[int, ..
     return array if array.flags.aligned else array.copy()
 
 
-def _requested_outputs(header: dict[str, Any], regions: RequestRegions | None) -> list[tuple[str, bool | None]]:
+def _requested_outputs(header: dict[str, Any], regions: RequestRegions | None,
+                       classification: dict[str, int]) -> list[tuple[str, bool | None]]:
     """(name, binary: True, False or None for the request's default) of each requested output; outputs put
-    in shared memory are reserved in ``regions``."""
+    in shared memory are reserved in ``regions``, class counts (Triton's classification) put in
+    ``classification``."""
     outputs = header.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidArgument(f"outputs: expected an array, got {type(outputs).__name__}")
@@ -268,8 +273,8 @@ def _requested_outputs(header: dict[str, Any], regions: RequestRegions | None) -
             raise InvalidArgument(f"{what} is requested more than once")
         seen.add(name)
         params = _parameters(o, what)
-        if params.get("classification"):
-            raise Unimplemented(f"{what}: parameters.classification: the classification extension is not served")
+        if CLASSIFICATION in params and (k := class_count(params[CLASSIFICATION], what)):
+            classification[name] = k
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise InvalidArgument(f"{what}: parameters.binary_data: expected true or false")

@@ -58,6 +58,8 @@ class InferRequest:
     id: str = ""
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     requested_outputs: list[str] = field(default_factory=list)
+    # Triton's classification extension: requested output -> class count (its top values as BYTES strings)
+    classification: dict[str, int] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     priority: int = 0

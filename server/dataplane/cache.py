@@ -111,7 +111,7 @@ def request_key(model_name: str, version: int, request: InferRequest) -> bytes:
                 h.update(value)
         else:
             h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-    h.update(f"|outputs:{sorted(request.requested_outputs)!r}".encode())
+    h.update(f"|outputs:{sorted(request.requested_outputs)!r}:{sorted(request.classification.items())!r}".encode())
     params = sorted((k, repr(v)) for k, v in request.parameters.items() if k not in SCHEDULING_PARAMETERS)
     h.update(f"|parameters:{params!r}".encode())
     return h.digest()

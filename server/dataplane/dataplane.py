@@ -40,6 +40,7 @@ from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
 from .admission import Admission, Limits
 from .cache import ResponseCache, request_key
+from .classification import classify
 from .ladders import Ladders
 from .lifecycle import Lifecycle
 from .repository import ModelRepository
@@ -52,8 +53,8 @@ M = TypeVar("M")
 R = TypeVar("R")
 T = TypeVar("T")
 
-EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics", "parameters", "logging",
-              "trace"]
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "schedule_policy", "statistics",
+              "parameters", "logging", "trace", "binary_tensor_data"]
 
 
 class Call(Protocol):
@@ -223,6 +224,10 @@ class RequestScope:
         InferResponse, "detect" a FrameResult (a detection model's); the stage times go to the metrics on close.
         Cancelling the caller drops the request from the queue (or ignores its batch's answer)."""
         result = await (model.detect(request) if answer == "detect" else model.infer(request))  # type: ignore[attr-defined]
+        if answer == "infer" and request.classification:
+            batched = getattr(model, "max_batch_size", 0) > 0
+            result.outputs = {name: classify(array, request.classification[name], batched, f"output '{name}'")
+                              if name in request.classification else array for name, array in result.outputs.items()}
         if self._regions is not None:
             self._regions.verify_inputs()  # a region that shrank while the model read it fails the request
         if self._ladder is not None:  # the answer is the ladder's, made by the rung that ran it

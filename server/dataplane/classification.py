@@ -1,0 +1,30 @@
+"""Triton's classification extension: an output requested with ``classification`` = K (``tritonclient``'s
+``InferRequestedOutput(name, class_count=K)``) is answered as its K largest values per batch entry, as BYTES
+strings ``"value:index"``, in descending order of value, shape [batch, K] (a model that does not batch:
+[K]). K larger than an entry's number of values gives them all. Values print as Triton prints them
+(C++'s ``std::to_string``: six decimals for floating point, integers as they are); equal values keep
+their index order. Models here carry no label files, so no ``":label"`` follows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.errors import InvalidArgument
+
+
+def classify(array: np.ndarray, k: int, batched: bool, what: str) -> np.ndarray:
+    """The ``k`` largest values of each batch entry of ``array`` (all of it when not ``batched``) as
+    Triton's classification strings, BYTES [batch, k] or [k]. InvalidArgument for a BYTES output."""
+    if array.dtype == object:
+        raise InvalidArgument(f"{what}: parameters.classification: a BYTES output has no values to rank")
+    rows = array.reshape(array.shape[0] if batched and array.ndim else 1, -1)
+    k = min(k, rows.shape[1])
+    floating = np.issubdtype(rows.dtype, np.floating)
+    out = np.empty((rows.shape[0], k), dtype=object)
+    for r, row in enumerate(rows):
+        order = np.argsort(-row.astype(np.float64), kind="stable")[:k]
+        for c, i in enumerate(order):
+            value = f"{float(row[i]):f}" if floating else str(int(row[i]))
+            out[r, c] = f"{value}:{int(i)}".encode()
+    return out if batched else out.reshape(k)
