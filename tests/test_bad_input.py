@@ -55,9 +55,13 @@ def test_unknown_model_and_version(stub) -> None:
     assert _code(stub, req)[0] == grpc.StatusCode.NOT_FOUND
 
 
-def test_model_that_failed_to_load_is_unavailable(stub) -> None:
+def test_model_that_failed_to_load_is_not_found_with_the_reason(stub) -> None:
+    """As Triton answers a model none of whose versions is ready: NOT_FOUND, "has no available versions"
+    (a client that retries UNAVAILABLE would wait for a model that is not coming); then why."""
     req = pb.ModelInferRequest(model_name="broken")
-    assert _code(stub, req)[0] == grpc.StatusCode.UNAVAILABLE
+    code, message = _code(stub, req)
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "Request for unknown model: 'broken' has no available versions" in message and "unavailable" in message
 
 
 def _mutate(fn):

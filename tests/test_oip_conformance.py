@@ -269,7 +269,8 @@ def test_load_and_unload(tmp_path: Path, start_server) -> None:
     assert not c.is_model_ready("m")
     with pytest.raises(InferenceServerException) as e:
         c.infer("m", [inp])
-    assert e.value.status() == "StatusCode.UNAVAILABLE"
+    # as Triton answers an unloaded model: not found, no version available (not UNAVAILABLE, which clients retry)
+    assert e.value.status() == "StatusCode.NOT_FOUND" and "has no available versions" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
         c.load_model("does_not_exist")
     assert e.value.status() == "StatusCode.NOT_FOUND"

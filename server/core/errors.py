@@ -37,6 +37,11 @@ class NotFound(PeregrineError):
     code = "NOT_FOUND"
 
 
+class NotReady(NotFound):
+    """The named model exists but none of its versions is ready (loading, failed, unloaded, not loaded yet):
+    NOT_FOUND, as Triton answers it ("has no available versions"); a model that loads on demand is loaded."""
+
+
 class AlreadyExists(PeregrineError):
     code = "ALREADY_EXISTS"
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DeadlineExceeded, NotFound, PeregrineError, ResourceExhausted, Unavailable
+from ..core.errors import DeadlineExceeded, NotFound, NotReady, PeregrineError, ResourceExhausted, Unavailable
 from ..models.base import ModelVersion
 from .repository import ModelRepository, version_numbers
 
@@ -70,7 +70,7 @@ class Lifecycle:
         most until ``deadline``). The caller gives it back with :meth:`release` once answered."""
         try:
             model = self.repository.get(name, version)
-        except Unavailable:
+        except NotReady:
             if name not in self._loading and not self.repository.comes_on_demand(name):
                 raise
             await self._wait_for_load(name, deadline)

@@ -21,7 +21,7 @@ from typing import Any
 from ..config.files import CONFIG_FILES, read_model_config
 from ..config.model import ModelConfig
 from ..config.override import apply_override
-from ..core.errors import InvalidArgument, ModelLoadError, NotFound, PeregrineError, Unavailable, clipped
+from ..core.errors import InvalidArgument, ModelLoadError, NotFound, NotReady, PeregrineError, clipped
 from ..models.base import ModelVersion
 from ..models.registry import load_version
 from ..scheduling.loop import EventLoopThread
@@ -122,8 +122,10 @@ class ModelRepository:
             if st is None and (model_name_problem(name) is not None or name not in self.available()):
                 # Triton's words first (its clients match on them), then Peregrine's detail.
                 raise NotFound(f"Request for unknown model: '{clipped(name)}' is not found")
-            raise Unavailable(f"model '{name}' is not ready ({st.state.lower() if st else 'not loaded'}"
-                              f"{': ' + st.reason if st and st.reason else ''})")
+            # None of its versions is ready (loading, failed, unloaded, not loaded): Triton's NOT_FOUND, in its
+            # words, then why. (A version named but not ready is NOT_FOUND below, as ready ones are all listed.)
+            raise NotReady(f"Request for unknown model: '{clipped(name)}' has no available versions (model is "
+                           f"{st.state.lower() if st else 'not loaded'}{': ' + st.reason if st and st.reason else ''})")
         versions = st.versions or {}
         if not version:
             return versions[max(versions)]

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..core.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
+from ..core.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, NotReady, Unavailable
 from ..core.types import DetectRequest, InferRequest, InferResponse
 from ..models.base import ModelVersion
 from ..models.detection import DetectionModel
@@ -289,7 +289,7 @@ class StreamDriver(Generic[M, R]):
                 item.scope.model_name = model.name  # the one the server chose when the stream named none
             else:
                 model = self.plane.repository.get(request.model_name, request.model_version)
-        except Unavailable:
+        except NotReady:
             # A stream does not wait for a cold start (its frames would queue behind it): the load starts,
             # this frame is answered UNAVAILABLE, and frames sent once the model is ready are served.
             if request.model_name and self.plane.lifecycle.request_load(request.model_name):

@@ -156,7 +156,8 @@ def test_models_that_cannot_be_pipelines(tmp_path: Path, start_server: Callable[
     image = det.Image(raw=det.RawImage(height=48, width=64, channels=3, data=frame.tobytes()))
     with pytest.raises(grpc.RpcError) as info:
         stub.Detect(det.DetectRequest(model_name="p_no_head", images=[image]), timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND  # no version of it is available, as Triton says
+    assert "3-D detection head" in info.value.details()  # and why
     assert len(stub.Detect(det.DetectRequest(model_name="p_ok", images=[image]), timeout=10).results) == 1
     channel.close()
 
