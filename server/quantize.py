@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def input_size(variant: str) -> int | None:
     """The input side a size variant names ("480" -> 480), or None when ``variant`` is not one."""
-    if not variant.isdigit():
+    if not (variant.isascii() and variant.isdigit()):
         return None
     side = int(variant)
     return side if MAX_STRIDE <= side <= 8192 and side % MAX_STRIDE == 0 else None

@@ -32,6 +32,8 @@ _US = 1000
 FIELDS = ("model_name", "model_version", "id", "score_threshold", "iou_threshold", "max_detections", "classes",
           "priority", "timeout_us")
 RAW_FIELDS = ("height", "width", "channels", "encoding", "step", "is_bigendian", "data")
+JSON_FIELDS = ("images", "options", "model_name", "model_version", "id", "priority", "timeout_us")
+OPTION_FIELDS = ("score_threshold", "iou_threshold", "max_detections", "classes")
 UINT32_MAX = 2**32 - 1  # the proto's uint32 height, width, channels and step
 
 
@@ -130,7 +132,11 @@ def decode_raw(raw: Any, field: str) -> RawImage:
 
 
 def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectRequest:
-    """A JSON request (encoded images in base64, or raw camera frames: see the module docstring)."""
+    """A JSON request (encoded images in base64, or raw camera frames: see the module docstring). A key it
+    does not know is refused, naming it (a misspelt option would otherwise answer with the defaults)."""
+    unknown = [k for k in body if k not in JSON_FIELDS]
+    if unknown:
+        raise InvalidArgument(f"{clipped(unknown[0])}: not known; expected some of {', '.join(JSON_FIELDS)}")
     images = body.get("images")
     if not isinstance(images, list):
         raise InvalidArgument("images: expected an array of base64 strings, {\"b64\": ...} or {\"raw\": {...}} "
@@ -151,6 +157,9 @@ def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectReques
     options = body.get("options", {})
     if not isinstance(options, dict):
         raise InvalidArgument("options: expected an object")
+    unknown = [k for k in options if k not in OPTION_FIELDS]
+    if unknown:
+        raise InvalidArgument(f"options.{clipped(unknown[0])}: not known; expected some of {', '.join(OPTION_FIELDS)}")
     return _request(body, decoded, options, "options.", deadline)
 
 

@@ -132,7 +132,7 @@ def open_source(payload: Path | Payload, kind: str, parameters: dict[str, str],
         return PathListSource(payload, input_roots)
     if kind in ("recording", "video"):
         stride = parameters.get("stride", "1") or "1"
-        if not stride.isdigit() or int(stride) < 1:
+        if not (stride.isascii() and stride.isdigit()) or int(stride) < 1:
             raise InvalidArgument(f"parameters.stride: expected a positive integer, got '{stride}'")
         if kind == "video":
             return VideoSource(payload.local_path(), int(stride))

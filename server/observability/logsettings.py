@@ -51,6 +51,9 @@ class LogSettings:
             if type(value) is not want:
                 raise InvalidArgument(
                     f"settings.{key}: expected a {want.__name__} value, got {clipped(repr(value))}")
+        verbose = changes.get("log_verbose_level", 0)
+        if not 0 <= verbose <= 0xFFFFFFFF:  # Triton's uint32: gRPC's LogSettings could not carry more
+            raise InvalidArgument(f"settings.log_verbose_level: expected an integer in 0..4294967295, got {verbose}")
         if changes.get("log_format", "default") not in _FORMATS:
             raise InvalidArgument(
                 f"settings.log_format: expected 'default' or 'ISO8601', got {changes['log_format']!r}")

@@ -42,6 +42,38 @@ class BodyTooLarge(ResourceExhausted):
     http_status = 413
 
 
+INFLATE_PIECE = 1 << 20  # bytes inflated at a time
+
+
+def _decimal(text: str) -> bool:
+    """Whether a header's value is ASCII decimal digits (``str.isdigit`` also takes "²" and "٣")."""
+    return text.isascii() and text.isdigit()
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` inflated, a piece at a time: 413 past ``limit`` bytes (stopping there), 400 for data that is
+    not ``encoding``, cut short, or followed by more."""
+    inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
+    pieces, size, data = [], 0, body
+    try:
+        while data:
+            piece = inflater.decompress(data, INFLATE_PIECE)
+            size += len(piece)
+            if size > limit:
+                raise BodyTooLarge(f"request body: inflates past the {limit} bytes the server takes (--max-message-mb)")
+            pieces.append(piece)
+            data = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error as e:
+        raise InvalidArgument(f"request body: not valid {encoding} data ({e})") from None
+    if not inflater.eof:
+        raise InvalidArgument(f"request body: the {encoding} data is cut short")
+    if inflater.unused_data:
+        raise InvalidArgument(f"request body: {len(inflater.unused_data)} bytes after the end of the {encoding} data")
+    return b"".join(pieces)
+
+
 def error(status: int, message: str) -> Response:
     return Response(oip_json.dumps({"error": message}), status, media_type=JSON)
 
@@ -58,6 +90,8 @@ class HttpApi:
                  jobs: JobService | None = None) -> None:
         self.dataplane = dataplane
         self.max_body = max_body
+        self._reading = 0  # bytes of the bodies being read now, all connections (on the loop: no lock)
+        self._inflating = asyncio.Semaphore(2)  # compressed bodies inflating at once
         self.tokens = tokens
         self.jobs = JobRoutes(jobs)  # /v1/jobs (jobs.py)
 
@@ -78,33 +112,39 @@ class HttpApi:
         return handle
 
     async def _body(self, request: Request) -> bytes:
+        """The request's body, read whole and inflated (``Content-Encoding`` gzip or deflate). Bounded as it
+        is read: at most ``max_body`` bytes, before and after inflating (413); the bodies all connections are
+        reading at once, at most the server's bytes-in-flight budget (RESOURCE_EXHAUSTED 429, as a request
+        over it once read): a client that sends most of a large body and never the rest holds what it
+        sent, not more. A compressed body is inflated in a worker thread, a piece at a time, two at once at
+        most: a small body that inflates to the limit costs neither the event loop nor more than two limits."""
         limit = self.max_body
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and _decimal(length) and int(length) > limit:
             raise BodyTooLarge(f"request body: {length} bytes is more than the server takes ({limit}; "
                                "--max-message-mb)")
+        budget = self.dataplane.admission.limits.max_inflight_bytes
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body: more than the {limit} bytes the server takes (--max-message-mb)")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                self._reading += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body: more than the {limit} bytes the server takes (--max-message-mb)")
+                if self._reading > budget:
+                    raise ResourceExhausted(f"request body: the bodies being read reach the server's {budget} "
+                                            "bytes in flight (--max-inflight-mb); try again")
+                chunks.append(chunk)
+        finally:
+            self._reading -= size
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding in ("", "identity"):
             return body
         if encoding not in ("gzip", "deflate"):
             raise InvalidArgument(f"Content-Encoding: '{clipped(encoding)}' is not served; expected gzip or deflate")
-        inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
-        try:
-            plain = inflater.decompress(body, limit + 1)
-        except zlib.error as e:
-            raise InvalidArgument(f"request body: not valid {encoding} data ({e})") from None
-        if len(plain) > limit:
-            raise BodyTooLarge(f"request body: inflates past the {limit} bytes the server takes (--max-message-mb)")
-        if not inflater.eof:
-            raise InvalidArgument(f"request body: the {encoding} data is cut short")
-        return plain
+        async with self._inflating:
+            return await asyncio.to_thread(_inflate, body, encoding, limit)
 
     async def _json(self, request: Request) -> dict[str, Any]:
         return oip_json.parse_object(await self._body(request))
@@ -156,7 +196,7 @@ class HttpApi:
             header_length = request.headers.get(oip_json.HEADER_LENGTH)
             split = len(view)
             if header_length is not None:
-                if not header_length.isdigit() or int(header_length) > len(view):
+                if not _decimal(header_length) or int(header_length) > len(view):
                     raise InvalidArgument(f"Inference-Header-Content-Length: expected the JSON's length, at most "
                                           f"the body's {len(view)} bytes, got {clipped(header_length)}")
                 split = int(header_length)

@@ -14,6 +14,7 @@ from ...config.server import ServerConfig
 from ...dataplane.dataplane import DataPlane
 from ...jobs.service import JobService
 from ...security.tokens import TokenStore
+from .bounds import bounded_protocol, default_max_connections
 from .routes import HttpApi
 from .security import TokenCheck
 
@@ -65,7 +66,8 @@ class HttpTransport:
 
     def start(self) -> None:
         assert self._socket is not None
-        config = uvicorn.Config(self.api.app(), http="httptools", ws="none", lifespan="off", log_config=None,
+        self.protocol = bounded_protocol(default_max_connections())
+        config = uvicorn.Config(self.api.app(), http=self.protocol, ws="none", lifespan="off", log_config=None,
                                 log_level="warning",
                                 access_log=False, server_header=False, timeout_keep_alive=30,
                                 timeout_graceful_shutdown=self.config.shutdown_grace_s)
