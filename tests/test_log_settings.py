@@ -36,6 +36,26 @@ def test_read_and_change_log_levels(client: tc.InferenceServerClient) -> None:
 
 @pytest.mark.parametrize("settings", [{"log_colour": True}, {"log_format": "fancy"}, {"log_info": None},
                                       {"log_file": "/tmp/elsewhere.log"}])
+def test_bad_settings_over_http_are_400_and_grpc_reads_on(server: PeregrineServer, client: tc.InferenceServerClient,
+                                                          settings: dict[str, object]) -> None:
+    """Over HTTP too; and a verbose level outside Triton's uint32 (-1, 2^70), which JSON can carry and the
+    gRPC LogSettings message cannot, is refused instead of breaking every later gRPC read."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    for body in (settings, {"log_verbose_level": -1}, {"log_verbose_level": 2**70}):
+        request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/logging",
+                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=10)
+        e.value.close()
+        assert e.value.code == 400, body
+    assert client.get_log_settings(as_json=True)["settings"]["log_verbose_level"]["uint32_param"] in (0, 1)
+
+
+@pytest.mark.parametrize("settings", [{"log_colour": True}, {"log_format": "fancy"}, {"log_info": None},
+                                      {"log_file": "/tmp/elsewhere.log"}])
 def test_bad_settings_are_invalid_argument(client: tc.InferenceServerClient, settings: dict[str, object]) -> None:
     before = client.get_log_settings(as_json=True)
     with pytest.raises(tc.InferenceServerException) as e:

@@ -115,3 +115,9 @@ def test_detect_errors(detect_server: PeregrineServer, photo: bytes) -> None:
     body, content_type = _multipart({"unknown_field": "1"}, [photo])
     status, answer = _post(url, body, content_type)
     assert status == 400 and "error" in answer
+    # JSON as the form: a key it does not know (a misspelt option) is refused by name, not ignored
+    image = base64.b64encode(photo).decode()
+    for body, name in (({"images": [image], "options": {"scor_threshold": 0.9}}, "options.scor_threshold"),
+                       ({"images": [image], "score_threshold": 0.9}, "score_threshold: not known")):
+        status, answer = _post(url, json.dumps(body).encode(), "application/json")
+        assert status == 400 and name in answer["error"], answer
