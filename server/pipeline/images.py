@@ -56,6 +56,11 @@ MAX_SIDE = 1 << 20
 # the bytes NumPy reads (3); WebP's canvases on top.
 _WORKING_BYTES_PER_PIXEL = {"JPEG": 6, "PNG": 12, "BMP": 12, "TIFF": 12, "WEBP": 20}
 
+# A tiled TIFF's tile, decoded whole by libtiff: bounded, and counted as working memory (up to 4 samples of
+# 16 bits a pixel).
+MAX_TIFF_TILE_PIXELS = 1 << 20
+_TILE_BYTES_PER_PIXEL = 8
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PIL_FORMATS = ("PNG", "BMP", "TIFF", "WEBP")
@@ -269,13 +274,14 @@ def _open_pillow(data: bytes, field: str, order: ChannelOrder, max_pixels: int) 
         # Opening a PNG, Pillow reads (and inflates: up to 64 MiB) every chunk before the pixels; none but
         # these make the frame.
         data, exif = _png_pixel_chunks(data)
-        orientation = _orientation(exif)
+        orientation, tile = _orientation(exif), 0
         width, height, fmt, mode = *_png_size(data, field), "PNG", ""
     else:
         with _pillow(data, field) as img:
             (width, height), fmt, mode = img.size, img.format or "image", img.mode
             # TIFF: Pillow applies the orientation as it loads, and its size here is already the upright one
             orientation = _orientation(img.info.get("exif")) if fmt == "WEBP" else 1
+            tile = _tiff_tile(img, field) if fmt == "TIFF" else 0
     height, width = _upright(height, width, orientation)
     check_size(field, height, width, max_pixels)
     if mode in _UNSUPPORTED_MODES:
@@ -308,7 +314,22 @@ def _open_pillow(data: bytes, field: str, order: ChannelOrder, max_pixels: int) 
         return _oriented(np.ascontiguousarray(frame), orientation)
 
     working = _WORKING_BYTES_PER_PIXEL.get(fmt, max(_WORKING_BYTES_PER_PIXEL.values())) * height * width
-    return PendingFrame(field, height, width, working, decode)
+    return PendingFrame(field, height, width, working + tile * _TILE_BYTES_PER_PIXEL, decode)
+
+
+def _tiff_tile(img: Image.Image, field: str) -> int:
+    """The pixels of one tile of a tiled TIFF (0 for one in strips), which libtiff holds whole as it decodes,
+    whatever the image's size: InvalidArgument when a tile is larger than :data:`MAX_TIFF_TILE_PIXELS` and
+    than four times the image (a 16 x 16 image in one 16384 x 16384 tile costs 768 MB to decode)."""
+    tile_width, tile_height = img.tag_v2.get(322), img.tag_v2.get(323)  # TileWidth, TileLength
+    if not isinstance(tile_width, int) or not isinstance(tile_height, int):
+        return 0
+    width, height = img.size
+    pixels = tile_width * tile_height
+    if pixels > max(MAX_TIFF_TILE_PIXELS, 4 * width * height):
+        raise InvalidArgument(f"{field}: TIFF tiles of {tile_width}x{tile_height} pixels for a {width}x{height} image; "
+                              f"at most {MAX_TIFF_TILE_PIXELS} pixels a tile, or four times the image, are taken")
+    return pixels
 
 
 def _png_pixel_chunks(data: bytes) -> tuple[bytes, bytes | None]:

@@ -449,3 +449,33 @@ def test_a_broken_or_buried_exif_block_leaves_the_photograph_as_stored() -> None
     wrong[0x0112] = 77
     assert np.array_equal(images.decode_image(_encode(np.ascontiguousarray(stored), "PNG", exif=wrong.tobytes()),
                                               "f"), stored)
+
+
+def _tiled_tiff(width: int, height: int, tile: int, whole: bool = True) -> bytes:
+    """An RGB TIFF of ``width`` x ``height`` pixels stored as one deflated ``tile`` x ``tile`` tile of zeros
+    (``whole``: all of the tile's bytes; else only its first KiB, enough for a header to be read)."""
+    data = zlib.compress(b"\0" * (tile * tile * 3 if whole else 1024), 9)
+    off_bps = 8 + len(data) + (len(data) & 1)
+    off_ifd = off_bps + 8
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, off_bps), (259, 3, 1, 8), (262, 3, 1, 2),
+               (277, 3, 1, 3), (284, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, 8),
+               (325, 4, 1, len(data))]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += (struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1
+                else struct.pack("<HHII", tag, kind, count, value))
+    return (b"II*\0" + struct.pack("<I", off_ifd) + data + b"\0" * (len(data) & 1) + struct.pack("<HHH", 8, 8, 8)
+            + b"\0\0" + ifd + struct.pack("<I", 0))
+
+
+def test_a_tiff_tile_far_larger_than_its_image_is_refused_from_its_header() -> None:
+    """libtiff decodes a tile whole: a 16 x 16 image in one 16384 x 16384 tile (1 MB of file) would cost 768 MB
+    outside every decoded-bytes bound. Refused from the header; a tile of ordinary size decodes, and its
+    bytes are counted as the decoder's working memory."""
+    with pytest.raises(InvalidArgument) as e:
+        images.open_encoded(_tiled_tiff(16, 16, 16384, whole=False), "images[0]")
+    assert "images[0]" in e.value.message and "16384x16384" in e.value.message
+    pending = images.open_encoded(_tiled_tiff(16, 16, 256), "images[0]")
+    assert pending.working_bytes >= 256 * 256 * 8
+    frame = pending.decode()
+    assert frame.shape == (16, 16, 3) and not frame.any()
