@@ -25,6 +25,10 @@ from ..core.errors import InvalidArgument
 
 MAX_ITEM_BYTES = 64 * 1024 * 1024  # one image file, or one row of a tensor
 MAX_ITEMS = 10_000_000
+# Entries of an archive (images or not), counted before anything is read: each is listed in memory (zip's
+# central directory is read whole). 2^18 is 4 KiB an entry in the largest payload: more than any archive of
+# real photographs holds.
+MAX_ARCHIVE_ENTRIES = 1 << 18
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 KINDS = ("archive", "tensor", "images", "recording", "video")
 
@@ -157,16 +161,17 @@ class ArchiveSource(Source):
         self._file = as_payload(payload).open()
         self._zip: zipfile.ZipFile | None = None
         self._tar: tarfile.TarFile | None = None
+        self._members: list[Any] = []  # zip: ZipInfo; tar: (name, offset of its data, size)
         try:
             if zipfile.is_zipfile(self._file):
+                _check_entries(_zip_entries(self._file))
                 self._zip = zipfile.ZipFile(self._file)
-                infos: list[Any] = [i for i in self._zip.infolist() if not i.is_dir() and _is_image_name(i.filename)]
+                infos = [i for i in self._zip.infolist() if not i.is_dir() and _is_image_name(i.filename)]
                 self._members = sorted(infos, key=lambda i: i.filename)
             else:
                 self._file.seek(0)
                 self._tar = tarfile.open(fileobj=self._file)  # noqa: SIM115  # closed by close()
-                members = [m for m in self._tar.getmembers() if m.isfile() and _is_image_name(m.name)]
-                self._members = sorted(members, key=lambda m: m.name)
+                self._members = sorted(self._tar_images(self._tar))
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
             self.close()
             raise InvalidArgument(f"kind 'archive': the payload is not a readable tar or zip archive: {e}") from None
@@ -177,11 +182,23 @@ class ArchiveSource(Source):
             raise InvalidArgument(f"kind 'archive': {len(self._members)} images, at most {MAX_ITEMS}")
         self.total = len(self._members)
 
+    @staticmethod
+    def _tar_images(tar: tarfile.TarFile) -> list[tuple[str, int, int]]:
+        """(name, data offset, size) of the archive's image files, read a header at a time (tarfile's own
+        list of members is let go as it grows) and refused past :data:`MAX_ARCHIVE_ENTRIES` entries."""
+        found, entries = [], 0
+        while (member := tar.next()) is not None:
+            entries += 1
+            _check_entries(entries)
+            if member.isfile() and _is_image_name(member.name):
+                found.append((member.name, member.offset_data, member.size))
+            tar.members.clear()
+        return found
+
     def items(self, start: int = 0) -> Iterator[Item]:
         for index in range(start, self.total):
             member = self._members[index]
-            name = member.filename if self._zip is not None else member.name
-            size = member.file_size if self._zip is not None else member.size
+            name, size = (member.filename, member.file_size) if self._zip is not None else member[::2]
             if size > MAX_ITEM_BYTES:
                 yield Item(index, name, error=f"{name}: {size} bytes, more than an image may have ({MAX_ITEM_BYTES})")
                 continue
@@ -191,7 +208,9 @@ class ArchiveSource(Source):
                         data = f.read(MAX_ITEM_BYTES + 1)
                 else:
                     assert self._tar is not None
-                    handle = self._tar.extractfile(member)
+                    info = tarfile.TarInfo(name)
+                    info.offset_data, info.size = member[1], size
+                    handle = self._tar.extractfile(info)
                     data = handle.read(MAX_ITEM_BYTES + 1) if handle is not None else b""
             except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 yield Item(index, name, error=f"{name}: cannot be read from the archive: {e}")
@@ -204,6 +223,21 @@ class ArchiveSource(Source):
         if self._tar is not None:
             self._tar.close()
         self._file.close()
+
+
+def _check_entries(count: int) -> None:
+    if count > MAX_ARCHIVE_ENTRIES:
+        raise InvalidArgument(f"kind 'archive': more than {MAX_ARCHIVE_ENTRIES} entries (images or not); at most "
+                              f"{MAX_ARCHIVE_ENTRIES} are taken")
+
+
+def _zip_entries(file: BinaryIO) -> int:
+    """The entries a zip's end-of-central-directory record states (zip64's included), read before zipfile
+    lists them all."""
+    record = zipfile._EndRecData(file)  # the one reader of that record in the standard library
+    if record is None:
+        raise zipfile.BadZipFile("no end of central directory record")
+    return int(record[zipfile._ECD_ENTRIES_TOTAL])
 
 
 class FilesSource(Source):
