@@ -62,12 +62,18 @@ def parse_object(body: bytes | memoryview, what: str = "request body") -> dict[s
     if not len(body):
         return {}
     try:
-        value = json.loads(bytes(body))
+        value = json.loads(bytes(body), parse_constant=_not_json)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise InvalidArgument(f"{what}: not valid JSON ({clipped(str(e))})") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _not_json(name: str) -> Any:
+    """Python's json module reads NaN, Infinity and -Infinity, which JSON does not have (Triton's parser
+    refuses them too)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def dumps(value: Any) -> bytes:
@@ -167,9 +173,13 @@ def _decode_json_data(data: Any, dt: datatypes.DataType, shape: tuple[int, ...],
         expected = "true/false" if dt.name == "BOOL" else "numbers" if dt.numpy.kind == "f" else "integers"
         raise InvalidArgument(f"{what}: data: expected {expected} for {dt.name}")
     try:
-        return np.array(values, dtype=dt.numpy).reshape(shape)
-    except (OverflowError, ValueError):
+        with np.errstate(over="raise"):
+            array = np.array(values, dtype=dt.numpy).reshape(shape)
+    except (OverflowError, ValueError, FloatingPointError):
         raise InvalidArgument(f"{what}: data holds values outside {dt.name}'s range") from None
+    if dt.numpy.kind == "f" and not np.isfinite(array).all():  # 1e400: a JSON number past every float
+        raise InvalidArgument(f"{what}: data holds values outside {dt.name}'s range")
+    return array
 
 
 def decode_infer_request(model_name: str, model_version: str, header: dict[str, Any], binary: memoryview,

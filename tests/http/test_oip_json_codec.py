@@ -70,3 +70,17 @@ def test_messages_print_64_bit_integers_as_numbers() -> None:
     msg = pb.ModelMetadataResponse(name="m", versions=["1"])
     msg.inputs.add(name="x", datatype="FP32", shape=[-1, 3])
     assert oip_json.message_json(msg)["inputs"][0]["shape"] == [-1, 3]
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaN]}]}', "NaN is not a JSON value"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [-Infinity]}]}', "-Infinity is not"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e400]}]}', "outside FP32's range"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [2], "data": [1, 70000]}]}', "outside FP16's range"),
+])
+def test_what_is_not_a_json_number_or_not_a_float_is_refused(body: bytes, reason: str) -> None:
+    """Python's json reads NaN and Infinity, which JSON has not (Triton's parser refuses them); a number past
+    every float (1e400) or past the datatype's range is not silently infinity."""
+    with pytest.raises(PeregrineError) as e:
+        oip_json.decode_infer_request("m", "", oip_json.parse_object(body), memoryview(b""))
+    assert e.value.code == "INVALID_ARGUMENT" and reason in e.value.message
