@@ -31,6 +31,18 @@ def _overrides(msg: det.DetectOptions) -> OptionOverrides:
     )
 
 
+def _check_stream_options(msg: det.DetectOptions) -> None:
+    """What can be checked of a stream frame's options without its model (thresholds in [0, 1], class ids
+    not negative): InvalidArgument naming the field. The model checks the rest (max_detections and class
+    ids against its own) as it validates each frame."""
+    for name in ("score_threshold", "iou_threshold"):
+        if msg.HasField(name) and not 0.0 <= getattr(msg, name) <= 1.0:  # NaN fails both comparisons
+            raise InvalidArgument(f"options.{name}: expected a number in [0, 1], got {getattr(msg, name)!r}")
+    bad = [c for c in msg.classes if c < 0]
+    if bad:
+        raise InvalidArgument(f"options.classes: expected class ids >= 0, got {bad[:8]}")
+
+
 def decode_image(image: det.Image, field: str) -> EncodedImage | RawImage:
     """One ``Image`` message as the bytes it carries. Raises InvalidArgument naming ``field``."""
     kind = image.WhichOneof("data")
@@ -78,6 +90,7 @@ class StreamFrameDecoder:
         if msg.model_name:
             self.model_name, self.model_version = msg.model_name, msg.model_version
         if msg.HasField("options"):
+            _check_stream_options(msg.options)  # a frame's bad options answer that frame and are not kept
             self.options.CopyFrom(msg.options)
         self.deadline_us = msg.deadline_us or self.deadline_us
         self.priority = msg.priority or self.priority

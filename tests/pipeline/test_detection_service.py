@@ -479,3 +479,19 @@ def test_the_in_flight_budget_is_a_server_option() -> None:
 
     assert ServerConfig().max_decoded_bytes_in_flight == 2 << 30
     assert parse_args(["--max-decoded-mb-in-flight", "64"]).max_decoded_bytes_in_flight == 64 << 20
+
+
+def test_a_frames_bad_options_answer_that_frame_and_are_not_kept(stub: det_grpc.DetectionServiceStub) -> None:
+    """Options stay in force for later frames, but only good ones: a frame whose threshold is NaN is answered
+    INVALID_ARGUMENT naming it, and the next frame without options runs with the options before it."""
+    def frames() -> Iterator[det.StreamFrame]:
+        yield det.StreamFrame(model_name="det_v5", sequence=1, image=det.Image(encoded=JPEG),
+                              options=det.DetectOptions(max_detections=3))
+        yield det.StreamFrame(sequence=2, image=det.Image(encoded=JPEG),
+                              options=det.DetectOptions(score_threshold=float("nan")))
+        yield det.StreamFrame(sequence=3, image=det.Image(encoded=JPEG))
+
+    first, bad, after = list(stub.DetectStream(frames(), timeout=60))
+    assert bad.status == det.StreamResult.ERROR and bad.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "options.score_threshold" in bad.error_message
+    assert [(b.x1, b.score) for b in after.detections.boxes] == [(b.x1, b.score) for b in first.detections.boxes]
