@@ -12,6 +12,14 @@ import numpy as np
 
 from ..core.errors import InvalidArgument
 
+INLINE_CLASSES = 4096  # strings made on the event loop; more are made in a worker thread
+
+
+def classify_outputs(outputs: dict[str, np.ndarray], counts: dict[str, int], batched: bool) -> dict[str, np.ndarray]:
+    """``outputs`` with those named in ``counts`` answered as their top classes (:func:`classify`)."""
+    return {name: classify(array, counts[name], batched, f"output '{name}'") if name in counts else array
+            for name, array in outputs.items()}
+
 
 def classify(array: np.ndarray, k: int, batched: bool, what: str) -> np.ndarray:
     """The ``k`` largest values of each batch entry of ``array`` (all of it when not ``batched``) as
