@@ -102,7 +102,10 @@ class DetectionModel:
         head = inspect_head(sessions[0], cfg, source)
         graph_in, graph_out = sessions[0].tensor_specs()
         if config.max_batch_size is None:
-            max_batch = DEFAULT_MAX_BATCH_SIZE if head.fixed_batch == 0 else head.fixed_batch
+            # A static batch (ultralytics exports batch 1 by default) still takes requests of several frames:
+            # they run in chunks of it (Detector.run).
+            fb = head.fixed_batch
+            max_batch = DEFAULT_MAX_BATCH_SIZE if fb == 0 else -(-DEFAULT_MAX_BATCH_SIZE // fb) * fb
         else:
             max_batch = config.max_batch_size if head.fixed_batch else resolve_batching(
                 config, graph_in, graph_out, source)

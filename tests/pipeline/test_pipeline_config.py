@@ -356,3 +356,28 @@ def test_a_rectangular_input_matches_the_reference(tmp_path: Path, input_size: t
         pipeline_support.assert_same_detections(got, want, name)
         found += len(want)
     assert found > 0
+
+
+@pytest.mark.parametrize("fixed", [1, 3])
+def test_a_static_batch_detector_takes_requests_of_several_frames(tmp_path: Path, fixed: int) -> None:
+    """ultralytics exports batch 1 by default: such a detector still answers a request of five frames (they
+    run in chunks of its batch), with the boxes the dynamic-batch model gives."""
+    from peregrine.server.core.types import FrameRequest
+
+    static = yolov8_detector(0, imgsz=192)
+    for value_info in (static.graph.input[0], static.graph.output[0]):
+        value_info.type.tensor_type.shape.dim[0].dim_value = fixed
+    onnx_models.write(tmp_path, "static", static)
+    onnx_models.write(tmp_path, "dynamic", yolov8_detector(0, imgsz=192))
+    write_pipeline(tmp_path, "p_static", 'platform = "peregrine_detection"\n[detection]\ndetector = "static"\n')
+    write_pipeline(tmp_path, "p_dynamic", pipeline_config("dynamic"))
+    static_pipeline, dynamic_pipeline = _load(tmp_path, "p_static"), _load(tmp_path, "p_dynamic")
+    assert static_pipeline.head.fixed_batch == fixed and static_pipeline.max_batch_size >= 5
+    assert static_pipeline.max_batch_size % fixed == 0
+    static_pipeline.check_count(5, "images")
+    frames = list(pipeline_support.photographs().values())[:5]
+    got, want = ([r.detections for r in p.make_executor().execute(
+        0, [FrameRequest(p.name, frames=frames, options=p.default_options())])] for p in (static_pipeline,
+                                                                                          dynamic_pipeline))
+    for i, (a, b) in enumerate(zip(got[0], want[0], strict=True)):
+        pipeline_support.assert_same_detections(a, b, str(i))
