@@ -386,3 +386,32 @@ def test_classification_of_what_cannot_be_ranked_is_invalid(server) -> None:  # 
     with pytest.raises(urllib.error.HTTPError) as http_error:
         urllib.request.urlopen(request, timeout=10)
     assert http_error.value.code == 400 and b"parameters.classification" in http_error.value.read()
+
+
+@pytest.mark.parametrize(("method", "kind"), [("/grpc.health.v1.Health/Check", "unary"),
+                                              ("/grpc.health.v1.Health/Watch", "server_stream"),
+                                              ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                               "bidi")])
+def test_bytes_that_do_not_parse_are_invalid_argument_on_health_and_reflection(url: str, method: str,
+                                                                                kind: str) -> None:
+    """As on the server's own services (grpc's servicers raised on them: UNKNOWN, a traceback logged)."""
+    def same(b: bytes) -> bytes:
+        return b
+
+    with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError) as e:
+        if kind == "unary":
+            channel.unary_unary(method, request_serializer=same, response_deserializer=same)(b"\xff\xff\xff",
+                                                                                              timeout=10)
+        elif kind == "server_stream":
+            list(channel.unary_stream(method, request_serializer=same, response_deserializer=same)(
+                b"\xff\xff\xff", timeout=10))
+        else:
+            list(channel.stream_stream(method, request_serializer=same, response_deserializer=same)(
+                iter([b"\xff\xff\xff"]), timeout=10))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid" in e.value.details()
+    with grpc.insecure_channel(url) as channel:  # and a good request is answered as before
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING  # this repository has a broken model
+        listed = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        assert "inference.GRPCInferenceService" in {s.name for s in listed[0].list_services_response.service}

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from peregrine.proto import (
     _pool,
     detection_pb2,
@@ -27,7 +28,7 @@ from .detection import DetectionServicer
 from .inference import InferenceServicer
 from .jobs import JobServicer
 from .security import TlsFiles, TokenAuthInterceptor
-from .status import tolerant
+from .status import Malformed, tolerant
 
 if TYPE_CHECKING:
     from ...scheduling.loop import EventLoopThread
@@ -87,6 +88,37 @@ def _add_tolerant(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(capture.service, handlers)
 
 
+class _Health(health.aio.HealthServicer):
+    """grpc's health service, answering a request that does not parse INVALID_ARGUMENT (it raised on it,
+    UNKNOWN with a traceback in the log), as the server's own services do."""
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _refuse_malformed(request, context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _refuse_malformed(request, context)
+        return await super().Watch(request, context)
+
+
+class _Reflection(reflection_aio.ReflectionServicer):
+    """grpc's reflection service, with the same answer to a message that does not parse."""
+
+    async def ServerReflectionInfo(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def parsed() -> Any:
+            async for request in request_iterator:
+                await _refuse_malformed(request, context)
+                yield request
+
+        async for response in super().ServerReflectionInfo(parsed(), context):
+            yield response
+
+
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
+
+
 class GrpcTransport:
     """A ``grpc.aio`` server serving the data plane on the server's event loop: a call, unary or stream,
     holds no thread while it waits. :meth:`bind`, :meth:`start`, :meth:`stop` are called from any thread
@@ -98,7 +130,7 @@ class GrpcTransport:
         self.dataplane = dataplane
         self.loop = loop
         self.jobs = jobs  # peregrine.v1.JobService, when the server keeps jobs
-        self.health = health.aio.HealthServicer()
+        self.health = _Health()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -132,13 +164,11 @@ class GrpcTransport:
                       DetectionServicer(self.dataplane), server)
         if self.jobs is not None:
             _add_tolerant(jobs_pb2_grpc.add_JobServiceServicer_to_server, JobServicer(self.jobs), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [OIP_SERVICE, DETECTION_SERVICE, *([JOB_SERVICE] if self.jobs is not None else []),
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-            pool=_reflection_pool(),
-        )
+        _add_tolerant(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)
+        reflected = [OIP_SERVICE, DETECTION_SERVICE, *([JOB_SERVICE] if self.jobs is not None else []),
+                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        _add_tolerant(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                      _Reflection(reflected, pool=_reflection_pool()), server)
         address = f"{cfg.host}:{cfg.grpc_port}"
         try:
             if cfg.tls_cert is not None and cfg.tls_key is not None:
