@@ -51,8 +51,8 @@ def test_unknown_model_and_version(stub) -> None:
     req = _simple()
     req.model_version = "7"
     assert _code(stub, req)[0] == grpc.StatusCode.NOT_FOUND
-    req.model_version = "latest"
-    assert _code(stub, req)[0] == grpc.StatusCode.NOT_FOUND
+    req.model_version = "latest"  # not a version at all: Triton's INVALID_ARG
+    assert _code(stub, req)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_model_that_failed_to_load_is_not_found_with_the_reason(stub) -> None:

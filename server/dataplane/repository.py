@@ -130,9 +130,9 @@ class ModelRepository:
         if not version:
             return versions[max(versions)]
         v = parse_version(version)
-        if v is None:
-            raise NotFound(f"model '{name}' has no version '{clipped(version)}' (a version is decimal digits, "
-                           "such as '1')")
+        if v is None:  # Triton's INVALID_ARG: a version string it cannot parse is the request's fault
+            raise InvalidArgument(f"failed to get model version from specified version string '{clipped(version)}' "
+                                  "(a version is decimal digits, such as '1')")
         if v not in versions:
             raise NotFound(f"model '{name}' has no ready version {v}; ready: {sorted(versions)}")
         return versions[v]
