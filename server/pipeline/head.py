@@ -143,6 +143,15 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
     if head.ndim != 3:
         raise ModelLoadError(f"{source}: output '{heads[0].name}' came back with shape {list(head.shape)}, "
                              "expected 3 dimensions")
+    names = len(parse_labels(session.metadata()))
+    if extra and not session.metadata().get("task") and names:
+        # A segmentation export was inferred from a 4-D output alone: when the head has exactly the columns
+        # of a detector of the model's named classes without it, that output is something else (a feature
+        # map, say) and the head a plain detector's.
+        plain = detect_layout(head.shape)
+        if _num_classes(plain, head.shape, 0) == names and _num_classes(detect_layout(head.shape, extra), head.shape,
+                                                                      extra) != names:
+            task, extra = "detect", 0
     layout = detect_layout(head.shape, extra) if cfg.layout == "auto" else cfg.layout
     lid = kernels.LAYOUTS[layout]
     _, d1, d2 = head.shape
@@ -150,7 +159,6 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         after = f" with {extra} values after each box's detection columns (task '{task}')" if extra else ""
         raise ModelLoadError(f"{source}: output '{heads[0].name}' {list(head.shape)}{after} does not fit "
                              f"layout '{layout}'")
-    names = len(parse_labels(session.metadata()))
     classes = _num_classes(layout, head.shape, extra)
     if cfg.layout == "auto" and layout == "yolov5" and names and classes != names and d2 - 4 == names:
         # [N, K, 4+C] with as many classes as the model names: boxes and class scores without objectness

@@ -305,6 +305,17 @@ def test_segmentation_and_pose_exports_serve_their_boxes(tmp_path: Path, case: t
     assert found > 0  # the comparison saw boxes
 
 
+def test_a_detector_with_another_4d_output_is_not_taken_for_a_segmentation_model(tmp_path: Path) -> None:
+    """Without task metadata a 4-D output beside the head suggests a segmentation export (the yolov5
+    repository writes no task); but when the head has exactly the columns of a detector of the model's
+    named classes, that output is something else and the head is read as a plain detector's."""
+    detector = yolov8_detector(0, imgsz=192)
+    onnx_models.write(tmp_path, "m", onnx_models.with_task_head(detector, "", extra=0, masks=16))
+    write_pipeline(tmp_path, "p", pipeline_config("m"))
+    pipeline = _load(tmp_path, "p")
+    assert (pipeline.head.task, pipeline.head.extra, pipeline.head.num_classes) == ("detect", 0, 80)
+
+
 @pytest.mark.parametrize(("task", "metadata", "masks", "reason"), [
     ("obb", {}, 0, "rotated"),
     ("classify", {}, 0, "task 'classify'"),

@@ -130,8 +130,9 @@ def with_task_head(detector: onnx.ModelProto, task: str, *, extra: int, masks: i
     """A detector's graph made into what ultralytics exports for a segmentation or pose model: each box's
     detection columns, then ``extra`` more values (mask coefficients, keypoints) that repeat the box's
     coordinates, so that a reader taking them for class scores would find confident boxes of classes the
-    model does not have; with ``masks``, a prototype-mask output ``output1`` [N, masks, H/4, W/4]. The
-    ``task`` metadata is set (removed when empty) and ``metadata`` merged in."""
+    model does not have (``extra`` 0: the head as it was); with ``masks``, a 4-D output ``output1``
+    [N, masks, H/4, W/4], a segmentation model's prototype masks. The ``task`` metadata is set (removed when
+    empty) and ``metadata`` merged in."""
     model = onnx.ModelProto()
     model.CopyFrom(detector)
     graph = model.graph
@@ -139,25 +140,9 @@ def with_task_head(detector: onnx.ModelProto, task: str, *, extra: int, masks: i
     dims = head.type.tensor_type.shape.dim
     layout = {p.key: p.value for p in model.metadata_props}.get("peregrine_layout", "yolov8")
     axis = 1 if layout == "yolov8" else 2
-    for node in graph.node:
-        node.output[:] = ["detection_columns" if o == head.name else o for o in node.output]
-    graph.initializer.extend([
-        helper.make_tensor("task_head.starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("task_head.box_end", TensorProto.INT64, [1], [4]),
-        helper.make_tensor("task_head.extra_end", TensorProto.INT64, [1], [extra]),
-        helper.make_tensor("task_head.axis", TensorProto.INT64, [1], [axis]),
-        helper.make_tensor("task_head.repeats", TensorProto.INT64, [3],
-                           [1, -(-extra // 4), 1] if axis == 1 else [1, 1, -(-extra // 4)]),
-    ])
-    graph.node.extend([
-        helper.make_node("Slice", ["detection_columns", "task_head.starts", "task_head.box_end", "task_head.axis"],
-                         ["task_head.box"]),
-        helper.make_node("Tile", ["task_head.box", "task_head.repeats"], ["task_head.tiled"]),
-        helper.make_node("Slice", ["task_head.tiled", "task_head.starts", "task_head.extra_end", "task_head.axis"],
-                         ["task_head.extra"]),
-        helper.make_node("Concat", ["detection_columns", "task_head.extra"], [head.name], axis=axis),
-    ])
-    dims[axis].dim_value += extra
+    if extra:
+        _append_to_head(graph, head.name, axis, extra)
+        dims[axis].dim_value += extra
     if masks:
         size = graph.input[0].type.tensor_type.shape.dim[2].dim_value
         graph.initializer.append(helper.make_tensor("task_head.proto_w", TensorProto.FLOAT, [masks, 3, 1, 1],
@@ -175,3 +160,26 @@ def with_task_head(detector: onnx.ModelProto, task: str, *, extra: int, masks: i
     onnx.helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     return model
+
+
+def _append_to_head(graph: onnx.GraphProto, head: str, axis: int, extra: int) -> None:
+    """``extra`` values after each box's columns of output ``head`` (along ``axis``): its box coordinates,
+    repeated."""
+    for node in graph.node:
+        node.output[:] = ["detection_columns" if o == head else o for o in node.output]
+    graph.initializer.extend([
+        helper.make_tensor("task_head.starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("task_head.box_end", TensorProto.INT64, [1], [4]),
+        helper.make_tensor("task_head.extra_end", TensorProto.INT64, [1], [extra]),
+        helper.make_tensor("task_head.axis", TensorProto.INT64, [1], [axis]),
+        helper.make_tensor("task_head.repeats", TensorProto.INT64, [3],
+                           [1, -(-extra // 4), 1] if axis == 1 else [1, 1, -(-extra // 4)]),
+    ])
+    graph.node.extend([
+        helper.make_node("Slice", ["detection_columns", "task_head.starts", "task_head.box_end", "task_head.axis"],
+                         ["task_head.box"]),
+        helper.make_node("Tile", ["task_head.box", "task_head.repeats"], ["task_head.tiled"]),
+        helper.make_node("Slice", ["task_head.tiled", "task_head.starts", "task_head.extra_end", "task_head.axis"],
+                         ["task_head.extra"]),
+        helper.make_node("Concat", ["detection_columns", "task_head.extra"], [head], axis=axis),
+    ])
