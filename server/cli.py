@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=int, default=d.max_message_bytes // (1024 * 1024),
                    help="largest gRPC message in MiB, both directions, and largest HTTP request body "
                         "(default %(default)s)")
+    p.add_argument("--http-max-input-size", type=int, default=d.http_max_input_bytes, metavar="BYTES",
+                   help="largest HTTP request body in bytes, before and after Content-Encoding (Triton's "
+                        "option; at most --max-message-mb) (default %(default)s)")
     p.add_argument("--max-decoded-mb-in-flight", type=int, default=d.max_decoded_bytes_in_flight // (1024 * 1024),
                    help="MiB of decoded frames that detection requests hold at once; more answer "
                         "RESOURCE_EXHAUSTED (default %(default)s)")
@@ -225,6 +228,7 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         grpc_port=a.grpc_port,
         http_port=None if a.http_port < 0 else a.http_port,
         max_message_bytes=a.max_message_mb * 1024 * 1024,
+        http_max_input_bytes=a.http_max_input_size,
         max_decoded_bytes_in_flight=a.max_decoded_mb_in_flight * 1024 * 1024,
         max_inflight_bytes=a.max_inflight_mb * MIB,
         max_inflight_bytes_per_connection=a.max_inflight_mb_per_connection * MIB,

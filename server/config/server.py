@@ -17,7 +17,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     grpc_port: int = 8001  # 0 picks a free port; the server reports the one it bound
     http_port: int | None = 8002  # OIP REST, /v1/detect and Prometheus /metrics (docs/HTTP.md); None disables
-    max_message_bytes: int = 512 * 1024 * 1024  # gRPC messages and HTTP request bodies
+    max_message_bytes: int = 512 * 1024 * 1024  # gRPC messages, and the ceiling of HTTP request bodies
+    # HTTP request bodies (before and after Content-Encoding), as Triton's --http-max-input-size (its default):
+    # a JSON body is parsed holding the interpreter, about 1 s a 500 MB, so every call of both ports waits.
+    http_max_input_bytes: int = 64 * 1024 * 1024
     # Bytes of decoded frames that detection requests hold at once, from decoding until answered (with the
     # working memory of the images being decoded): a request that does not fit is RESOURCE_EXHAUSTED at once.
     max_decoded_bytes_in_flight: int = 2 * 1024 * 1024 * 1024
@@ -132,7 +135,8 @@ class ServerConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         self.auth_open = check_categories(self.auth_open)
-        for name in ("max_inflight_bytes", "max_inflight_bytes_per_connection", "max_stream_bytes", "max_streams",
+        for name in ("http_max_input_bytes", "max_inflight_bytes", "max_inflight_bytes_per_connection",
+                     "max_stream_bytes", "max_streams",
                      "max_streams_per_connection", "max_calls_per_connection", "max_connection_idle_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")

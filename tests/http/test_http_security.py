@@ -65,6 +65,24 @@ def test_tokens_guard_categories_as_on_grpc(start_server: Callable[..., Peregrin
         client.close()
 
 
+def test_http_bodies_are_bounded_by_tritons_http_max_input_size(start_server: Callable[..., PeregrineServer],
+                                                                 tmp_path: Path) -> None:
+    """Triton's --http-max-input-size (default 64 MiB, below the gRPC message bound): a larger body is 413
+    naming it, whatever gRPC takes."""
+    from peregrine.server.config import ServerConfig
+
+    assert ServerConfig().http_max_input_bytes == 64 * 1024 * 1024 < ServerConfig().max_message_bytes
+    server = start_server(_repo(tmp_path), http_port=0, http_max_input_bytes=64 * 1024)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    try:
+        _infer(client, elements=1024)
+        with pytest.raises(InferenceServerException) as e:
+            _infer(client, elements=32 * 1024)
+        assert str(e.value.status()) == "413" and "--http-max-input-size" in e.value.message()
+    finally:
+        client.close()
+
+
 def test_bodies_over_the_message_limit_are_refused(start_server: Callable[..., PeregrineServer],
                                                   tmp_path: Path) -> None:
     server = start_server(_repo(tmp_path), http_port=0, max_message_bytes=64 * 1024)

@@ -60,7 +60,8 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
             piece = inflater.decompress(data, INFLATE_PIECE)
             size += len(piece)
             if size > limit:
-                raise BodyTooLarge(f"request body: inflates past the {limit} bytes the server takes (--max-message-mb)")
+                raise BodyTooLarge(f"request body: inflates past the {limit} bytes the server takes "
+                                   "(--http-max-input-size)")
             pieces.append(piece)
             data = inflater.unconsumed_tail
             if inflater.eof:
@@ -72,6 +73,17 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     if inflater.unused_data:
         raise InvalidArgument(f"request body: {len(inflater.unused_data)} bytes after the end of the {encoding} data")
     return b"".join(pieces)
+
+
+INLINE_JSON_BYTES = 1 << 20  # JSON parsed on the event loop; a larger body is parsed in a worker thread
+
+
+async def _parse(body: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
+    """A request's JSON object: parsed on the loop when small, in a worker thread when large (a body of the
+    maximum size takes seconds to parse, which would stall every call of both ports)."""
+    if len(body) <= INLINE_JSON_BYTES:
+        return oip_json.parse_object(body, what)
+    return await asyncio.to_thread(oip_json.parse_object, body, what)
 
 
 def error(status: int, message: str) -> Response:
@@ -122,7 +134,7 @@ class HttpApi:
         length = request.headers.get("content-length")
         if length is not None and _decimal(length) and int(length) > limit:
             raise BodyTooLarge(f"request body: {length} bytes is more than the server takes ({limit}; "
-                               "--max-message-mb)")
+                               "--http-max-input-size)")
         budget = self.dataplane.admission.limits.max_inflight_bytes
         chunks, size = [], 0
         try:
@@ -130,7 +142,8 @@ class HttpApi:
                 size += len(chunk)
                 self._reading += len(chunk)
                 if size > limit:
-                    raise BodyTooLarge(f"request body: more than the {limit} bytes the server takes (--max-message-mb)")
+                    raise BodyTooLarge(f"request body: more than the {limit} bytes the server takes "
+                                       "(--http-max-input-size)")
                 if self._reading > budget:
                     raise ResourceExhausted(f"request body: the bodies being read reach the server's {budget} "
                                             "bytes in flight (--max-inflight-mb); try again")
@@ -147,7 +160,7 @@ class HttpApi:
             return await asyncio.to_thread(_inflate, body, encoding, limit)
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        return oip_json.parse_object(await self._body(request))
+        return await _parse(await self._body(request))
 
     @staticmethod
     def _model(request: Request) -> tuple[str, str]:
@@ -201,7 +214,7 @@ class HttpApi:
                                           f"the body's {len(view)} bytes, got {clipped(header_length)}")
                 split = int(header_length)
             t = time.perf_counter_ns()
-            header = oip_json.parse_object(view[:split], "request JSON")
+            header = await _parse(view[:split], "request JSON")
             decoded = oip_json.decode_infer_request(name, version, header, view[split:], scope.deadline,
                                                     scope.regions)
             scope.decode_ns = time.perf_counter_ns() - t
@@ -226,7 +239,7 @@ class HttpApi:
             if content_type.startswith("multipart/form-data"):
                 decoded = await self._form(request, body, scope.deadline)  # the multipart parse included
             else:
-                decoded = detection_json.decode_json(oip_json.parse_object(body), scope.deadline)
+                decoded = detection_json.decode_json(await _parse(body), scope.deadline)
             scope.decode_ns = time.perf_counter_ns() - t
             result = await scope.detect(decoded)
             t = time.perf_counter_ns()

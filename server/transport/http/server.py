@@ -34,7 +34,8 @@ class HttpTransport:
         self.dataplane = dataplane
         self.loop = loop
         tokens = TokenStore(config.auth_token_file) if config.auth_token_file is not None else None
-        self.api = HttpApi(dataplane, config.max_message_bytes, TokenCheck(tokens, config.auth_open), jobs)
+        self.api = HttpApi(dataplane, min(config.max_message_bytes, config.http_max_input_bytes),
+                           TokenCheck(tokens, config.auth_open), jobs)
         self.server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
