@@ -75,17 +75,6 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return b"".join(pieces)
 
 
-INLINE_JSON_BYTES = 1 << 20  # JSON parsed on the event loop; a larger body is parsed in a worker thread
-
-
-async def _parse(body: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
-    """A request's JSON object: parsed on the loop when small, in a worker thread when large (a body of the
-    maximum size takes seconds to parse, which would stall every call of both ports)."""
-    if len(body) <= INLINE_JSON_BYTES:
-        return oip_json.parse_object(body, what)
-    return await asyncio.to_thread(oip_json.parse_object, body, what)
-
-
 def error(status: int, message: str) -> Response:
     return Response(oip_json.dumps({"error": message}), status, media_type=JSON)
 
@@ -160,7 +149,7 @@ class HttpApi:
             return await asyncio.to_thread(_inflate, body, encoding, limit)
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        return await _parse(await self._body(request))
+        return oip_json.parse_object(await self._body(request))
 
     @staticmethod
     def _model(request: Request) -> tuple[str, str]:
@@ -214,7 +203,9 @@ class HttpApi:
                                           f"the body's {len(view)} bytes, got {clipped(header_length)}")
                 split = int(header_length)
             t = time.perf_counter_ns()
-            header = await _parse(view[:split], "request JSON")
+            # parsed on the loop: json holds the interpreter as it parses, in any thread (the body's bound,
+            # --http-max-input-size, bounds the wait)
+            header = oip_json.parse_object(view[:split], "request JSON")
             decoded = oip_json.decode_infer_request(name, version, header, view[split:], scope.deadline,
                                                     scope.regions)
             scope.decode_ns = time.perf_counter_ns() - t
@@ -239,7 +230,7 @@ class HttpApi:
             if content_type.startswith("multipart/form-data"):
                 decoded = await self._form(request, body, scope.deadline)  # the multipart parse included
             else:
-                decoded = detection_json.decode_json(await _parse(body), scope.deadline)
+                decoded = detection_json.decode_json(oip_json.parse_object(body), scope.deadline)
             scope.decode_ns = time.perf_counter_ns() - t
             result = await scope.detect(decoded)
             t = time.perf_counter_ns()
