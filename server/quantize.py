@@ -254,9 +254,12 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:  # shapes inferred and the graph optimised first, as ORT advises
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        if name_nodes(graph):  # the head is kept FP32 by naming its nodes: every node needs its own name
+            onnx.save(graph, str(prepared))
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=sorted(head_nodes(onnx.load(str(prepared)))))
+                        nodes_to_exclude=sorted(head_nodes(graph)))
 
 
 def head_nodes(model: Any) -> set[str]:
@@ -267,17 +270,38 @@ def head_nodes(model: Any) -> set[str]:
     producers = {out: node for node in model.graph.node for out in node.output}
     weights = {init.name: init for init in model.graph.initializer}
     head: set[str] = set()
+    seen: set[int] = set()  # by node, not name: a graph may leave names empty (see name_nodes)
     stack = [output.name for output in model.graph.output]
     while stack:
         node = producers.get(stack.pop())
-        if node is None or node.name in head:
+        if node is None or id(node) in seen:
             continue
+        seen.add(id(node))
         head.add(node.name)
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights \
                 and weights[node.input[1]].dims[0] > 1:
             continue
         stack.extend(node.input)
     return head
+
+
+def name_nodes(model: Any) -> bool:
+    """Give every node of ``model`` a name of its own (ONNX allows none, or the same twice; quantization
+    excludes nodes by name, and the walk above found an unnamed head only as far as its first unnamed node).
+    True when a name was given."""
+    taken = {node.name for node in model.graph.node if node.name}
+    counts: dict[str, int] = {}
+    renamed = False
+    for i, node in enumerate(model.graph.node):
+        counts[node.name] = counts.get(node.name, 0) + 1
+        if node.name and counts[node.name] == 1:
+            continue
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name, renamed = name, True
+        taken.add(name)
+    return renamed
 
 
 def _letterboxed(path: Path, height: int, width: int) -> np.ndarray:
