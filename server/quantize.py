@@ -290,11 +290,11 @@ def name_nodes(model: Any) -> bool:
     excludes nodes by name, and the walk above found an unnamed head only as far as its first unnamed node).
     True when a name was given."""
     taken = {node.name for node in model.graph.node if node.name}
-    counts: dict[str, int] = {}
+    kept: set[str] = set()  # names whose first node keeps them
     renamed = False
     for i, node in enumerate(model.graph.node):
-        counts[node.name] = counts.get(node.name, 0) + 1
-        if node.name and counts[node.name] == 1:
+        if node.name and node.name not in kept:
+            kept.add(node.name)
             continue
         name = f"{node.op_type}_{i}"
         while name in taken:

@@ -21,12 +21,27 @@ def classify_outputs(outputs: dict[str, np.ndarray], counts: dict[str, int], bat
             for name, array in outputs.items()}
 
 
+def strings_to_make(outputs: dict[str, np.ndarray], counts: dict[str, int], batched: bool) -> int:
+    """How many strings :func:`classify_outputs` makes of ``outputs``: one per class kept, per batch entry."""
+    total = 0
+    for name, k in counts.items():
+        if (array := outputs.get(name)) is not None:
+            rows = _rows(array, batched)
+            total += rows.shape[0] * min(k, rows.shape[1])
+    return total
+
+
+def _rows(array: np.ndarray, batched: bool) -> np.ndarray:
+    """``array`` as one row of values per batch entry (one row when the model does not batch)."""
+    return array.reshape(array.shape[0] if batched and array.ndim else 1, -1)
+
+
 def classify(array: np.ndarray, k: int, batched: bool, what: str) -> np.ndarray:
     """The ``k`` largest values of each batch entry of ``array`` (all of it when not ``batched``) as
     Triton's classification strings, BYTES [batch, k] or [k]. InvalidArgument for a BYTES output."""
     if array.dtype == object:
         raise InvalidArgument(f"{what}: parameters.classification: a BYTES output has no values to rank")
-    rows = array.reshape(array.shape[0] if batched and array.ndim else 1, -1)
+    rows = _rows(array, batched)
     k = min(k, rows.shape[1])
     floating = np.issubdtype(rows.dtype, np.floating)
     out = np.empty((rows.shape[0], k), dtype=object)

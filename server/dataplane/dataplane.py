@@ -41,7 +41,7 @@ from ..observability.tracing import Tracer
 from ..scheduling.loop import EventLoopThread
 from .admission import Admission, Limits
 from .cache import ResponseCache, request_key
-from .classification import INLINE_CLASSES, classify_outputs
+from .classification import INLINE_CLASSES, classify_outputs, strings_to_make
 from .ladders import Ladders
 from .lifecycle import Lifecycle
 from .repository import ModelRepository
@@ -229,9 +229,8 @@ class RequestScope:
             batched = getattr(model, "max_batch_size", 0) > 0
             ranked = functools.partial(classify_outputs, result.outputs, request.classification, batched)
             # a few strings on the loop; many (a large output, a large count) in a worker thread
-            strings = sum(min(k * (a.shape[0] if batched and a.ndim else 1), a.size)
-                          for n, k in request.classification.items() if (a := result.outputs.get(n)) is not None)
-            result.outputs = ranked() if strings <= INLINE_CLASSES else await asyncio.to_thread(ranked)
+            inline = strings_to_make(result.outputs, request.classification, batched) <= INLINE_CLASSES
+            result.outputs = ranked() if inline else await asyncio.to_thread(ranked)
         if self._regions is not None:
             self._regions.verify_inputs()  # a region that shrank while the model read it fails the request
         if self._ladder is not None:  # the answer is the ladder's, made by the rung that ran it

@@ -198,7 +198,10 @@ class ArchiveSource(Source):
     def items(self, start: int = 0) -> Iterator[Item]:
         for index in range(start, self.total):
             member = self._members[index]
-            name, size = (member.filename, member.file_size) if self._zip is not None else member[::2]
+            if self._zip is not None:
+                name, size = member.filename, member.file_size
+            else:
+                name, offset, size = member
             if size > MAX_ITEM_BYTES:
                 yield Item(index, name, error=f"{name}: {size} bytes, more than an image may have ({MAX_ITEM_BYTES})")
                 continue
@@ -209,7 +212,7 @@ class ArchiveSource(Source):
                 else:
                     assert self._tar is not None
                     info = tarfile.TarInfo(name)
-                    info.offset_data, info.size = member[1], size
+                    info.offset_data, info.size = offset, size
                     handle = self._tar.extractfile(info)
                     data = handle.read(MAX_ITEM_BYTES + 1) if handle is not None else b""
             except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, ValueError) as e:

@@ -103,6 +103,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
     """Read a detector's input and head from its graph and one probe run; raises ModelLoadError with the
     reason when the model is not a detector this pipeline can serve."""
     graph_in, graph_out = session.tensor_specs()
+    metadata = session.metadata()
     images_in = [t for t in graph_in if len(t.shape) == 4]
     if len(graph_in) != 1 or not images_in:
         described = ", ".join(f"{t.name} {t.describe()}" for t in graph_in)
@@ -119,7 +120,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
                                  f"'{spec.name}' {spec.describe()}")
     elif spec.shape[2] > 0 and spec.shape[3] > 0:
         height, width = spec.shape[2], spec.shape[3]
-    elif (exported := export_size(session.metadata())) is not None:
+    elif (exported := export_size(metadata)) is not None:
         height, width = exported  # an ultralytics export with dynamic=True: the size it was exported at
         log.info("%s: input '%s' %s is dynamic; using the exported size %dx%d from the model's 'imgsz' "
                  "metadata (detection.input_size overrides it)", source, spec.name, spec.describe(), height, width)
@@ -131,7 +132,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         described = ", ".join(f"{t.name} {t.describe()}" for t in graph_out)
         raise ModelLoadError(f"{source}: a detection pipeline needs a 3-D detection head output; the model has "
                              f"{described}")
-    task, extra = _task_extra(session.metadata(), graph_out, source)
+    task, extra = _task_extra(metadata, graph_out, source)
     dtype = np.dtype(np.float16 if spec.datatype == "FP16" else np.float32)
     fixed = spec.shape[0] if spec.shape[0] > 0 else 0
     # The head's shape from a real run: dynamic dimensions and the layout are only known then.
@@ -143,14 +144,14 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
     if head.ndim != 3:
         raise ModelLoadError(f"{source}: output '{heads[0].name}' came back with shape {list(head.shape)}, "
                              "expected 3 dimensions")
-    names = len(parse_labels(session.metadata()))
-    if extra and not session.metadata().get("task") and names:
+    names = len(parse_labels(metadata))
+    if extra and not metadata.get("task") and names:
         # A segmentation export was inferred from a 4-D output alone: when the head has exactly the columns
         # of a detector of the model's named classes without it, that output is something else (a feature
         # map, say) and the head a plain detector's.
-        plain = detect_layout(head.shape)
-        if _num_classes(plain, head.shape, 0) == names and _num_classes(detect_layout(head.shape, extra), head.shape,
-                                                                      extra) != names:
+        as_plain = _num_classes(detect_layout(head.shape), head.shape, 0)
+        as_segment = _num_classes(detect_layout(head.shape, extra), head.shape, extra)
+        if as_plain == names != as_segment:
             task, extra = "detect", 0
     layout = detect_layout(head.shape, extra) if cfg.layout == "auto" else cfg.layout
     lid = kernels.LAYOUTS[layout]

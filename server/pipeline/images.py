@@ -14,12 +14,12 @@ Nothing is decoded before the request's cost is known:
    (:data:`IN_FLIGHT`), then decodes.
 
 So a small file that claims to be 100k x 100k, or sixteen 8192 x 8192 one-bit PNGs, cost a header read.
+Every error is :class:`InvalidArgument` naming the field (:class:`ResourceExhausted` for the in-flight
+budget); whatever Pillow or libjpeg-turbo raise on a file is the file's fault, never INTERNAL.
 
 A file's EXIF orientation (JPEG's APP1, PNG's eXIf, WebP's EXIF chunk; TIFF's own tag, which Pillow
 applies) is applied as OpenCV's ``imdecode`` applies it, ultralytics' reader: the frame, its size and the
 boxes are those of the photograph as it is shown, not as the sensor stored it.
-Every error is :class:`InvalidArgument` naming the field (:class:`ResourceExhausted` for the in-flight
-budget); whatever Pillow or libjpeg-turbo raise on a file is the file's fault, never INTERNAL.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class BoxDecoder:
 
     def __init__(self, head: HeadInfo, cfg: DetectionConfig) -> None:
         self.layout = head.layout
-        self.extra = head.extra
+        self.extra = head.extra  # cut off each batch's head: [N, 4+C+extra, A] by rows, else [N, K, cols+extra]
+        self._rows_first = kernels.LAYOUTS[head.layout] == 0
         self.max_detections = cfg.max_detections
         self.max_candidates = cfg.max_candidates
 
@@ -55,8 +56,8 @@ class BoxDecoder:
 
             xp = cupy
         if self.extra:  # a segmentation or pose head: the detection columns alone, as the kernels read them
-            rows = kernels.LAYOUTS[self.layout] == 0  # [N, 4+C+extra, A]; else [N, K, columns+extra]
-            head = xp.ascontiguousarray(head[:, : head.shape[1] - self.extra] if rows else head[..., : -self.extra])
+            cut = head[:, : head.shape[1] - self.extra] if self._rows_first else head[..., : -self.extra]
+            head = xp.ascontiguousarray(cut)
         n = len(sizes)
         dets = xp.zeros((n, self.max_detections, 6), np.float32)
         counts = xp.zeros((n,), np.int32)

@@ -7,8 +7,8 @@ for ever (and gRPC's new clients with them); one with a 100 MiB header costs the
 "Limits"): past ``max_connections`` a new connection is closed at once; a head larger than
 ``MAX_HEAD_BYTES`` is answered 431 and the connection closed; a head not complete ``HEAD_TIMEOUT_S`` after
 the connection opened (or after the previous response, on a kept-alive connection, once its next request
-began) is answered 408 and closed. The body is bounded elsewhere (``--max-message-mb``, the bytes-in-flight
-budget, counted as it is read: routes.py).
+began) is answered 408 and closed. The body is bounded elsewhere (``--http-max-input-size``, the
+bytes-in-flight budget, counted as it is read: routes.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-MAX_HEAD_BYTES = 64 * 1024  # request line and headers (nginx's large_client_header_buffers: 4 x 8 KiB)
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers: twice nginx's default (4 buffers of 8 KiB)
 HEAD_TIMEOUT_S = 10.0
 REFUSED_LINGER_S = 1.0  # a refused connection's bytes still coming are read and dropped this long
 CONNECTIONS_CEILING = 4096
