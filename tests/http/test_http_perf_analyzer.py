@@ -26,8 +26,11 @@ def test_perf_analyzer_over_http(http_server: PeregrineServer, tmp_path: Path, m
                                  memory: str) -> None:
     out = tmp_path / "pa.csv"
     cmd = [str(PERF_ANALYZER), "-m", model, "-i", "http", "-u", f"127.0.0.1:{http_server.http_port}",
-           "--concurrency-range", "2", "--measurement-interval", "500", "-s", "50", "--max-trials", "4",
+           "--concurrency-range", "2", "--measurement-interval", "500", "-s", "1000", "--max-trials", "6",
            "--input-data", "random", "--shared-memory", memory, "-f", str(out)]
+    # "-s 1000": the run checks the protocol, not the figures; a noisy two-core machine's windows differ by
+    # more than perf_analyzer's default 10% (once by more than 50%), and an unstable run exits 2 however
+    # correct every response was
     if shape:
         cmd += ["--shape", shape]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
