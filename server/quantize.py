@@ -231,6 +231,9 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from .pipeline.head import reads_as_rtdetr
+    from .runtime.metadata import parse_labels
+
     session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
@@ -238,13 +241,16 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
                             f"{[(i.name, i.type, i.shape) for i in inputs]}")
     name, shape = inputs[0].name, inputs[0].shape
     height, width = (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else (640, 640)
+    # an RT-DETR export's pipeline stretches frames to its input instead of letterboxing them
+    labels = parse_labels(session.get_modelmeta().custom_metadata_map)
+    stretch = reads_as_rtdetr(session.get_outputs()[0].shape, len(labels))
     images = [p for p in sorted(calibration.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")][:limit]
     if not images:
         raise QuantizeError(f"int8: no images (.jpg, .jpeg, .png) to calibrate on in {calibration}")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = (({name: _letterboxed(p, height, width)}) for p in images)
+            self.batches = (({name: _letterboxed(p, height, width, stretch)}) for p in images)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -304,14 +310,18 @@ def name_nodes(model: Any) -> bool:
     return renamed
 
 
-def _letterboxed(path: Path, height: int, width: int) -> np.ndarray:
-    """An image as the detection pipeline feeds it: RGB, letterboxed with grey 114, float32 [1, 3, H, W] / 255."""
+def _letterboxed(path: Path, height: int, width: int, stretch: bool = False) -> np.ndarray:
+    """An image as the detection pipeline feeds it: RGB, letterboxed with grey 114 (``stretch``: resized to
+    the input, as for RT-DETR), float32 [1, 3, H, W] / 255."""
     import cv2
 
     image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise QuantizeError(f"int8: {path} is not an image OpenCV reads")
     image = image[..., ::-1]
+    if stretch:
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return (resized.transpose(2, 0, 1)[None].astype(np.float32)) / 255.0
     r = min(height / image.shape[0], width / image.shape[1])
     resized = cv2.resize(image, (round(image.shape[1] * r), round(image.shape[0] * r)),
                          interpolation=cv2.INTER_LINEAR)

@@ -208,3 +208,38 @@ def test_the_head_is_kept_fp32_in_a_graph_whose_nodes_have_no_names() -> None:
     assert len({node.name for node in seg.graph.node}) == len(seg.graph.node)
     head = head_nodes(seg)
     assert head_nodes(plain) < head and len(head) == len(head_nodes(plain)) + 5
+
+
+def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Path]) -> None:
+    """INT8 and FP16 variants of an RT-DETR export keep what makes the pipeline read it as one (its output
+    and class names), and answer close to FP32; calibration feeds its photographs stretched to the input, as
+    its pipeline does."""
+    from peregrine.server.config import load_model_config
+    from peregrine.server.core.types import FrameRequest
+    from peregrine.server.models.detection import DetectionModel
+    from pipeline import pipeline_support
+    from support import onnx_models
+
+    repo, photos = repo_and_photos
+    onnx_models.write(repo, "rt", onnx_models.rtdetr_like())
+    pipeline_support.write_pipeline(repo, "rt_cam", pipeline_support.pipeline_config("rt"))
+    assert main(["--model", "rt", "--repository", str(repo), "--calibration", str(photos),
+                 "--variants", "fp16,int8"]) == 0
+    frames = [pipeline_support.photographs()[k] for k in ("astronaut", "coffee", "motorcycle")]
+    answers = {}
+    for name in ("rt_cam", "rt_cam_fp16", "rt_cam_int8"):
+        cfg = load_model_config(repo / name)
+        pipeline = DetectionModel.load(name, 1, repo / cfg.detection.detector / "1", cfg)
+        assert (pipeline.head.layout, pipeline.head.stretch, len(pipeline.labels)) == ("rtdetr", True, 80)
+        [result] = pipeline.make_executor().execute(0, [FrameRequest(name, frames=frames,
+                                                                     options=pipeline.default_options())])
+        answers[name] = result.detections
+    def boxes(name: str) -> dict[str, list[dict[str, object]]]:
+        return {str(i): [{"x1": float(d[0]), "y1": float(d[1]), "x2": float(d[2]), "y2": float(d[3]),
+                          "score": float(d[4]), "class_id": int(d[5]), "label": str(int(d[5]))} for d in dets]
+                for i, dets in enumerate(answers[name])}
+
+    assert sum(len(d) for d in answers["rt_cam"]) > 10
+    for variant in ("rt_cam_fp16", "rt_cam_int8"):
+        precision, recall, _, _ = agreement(boxes("rt_cam"), boxes(variant))
+        assert precision > 0.8 and recall > 0.8, (variant, precision, recall)

@@ -240,8 +240,8 @@ class DetectionConfig(_Strict):
     # opened by the pipeline's own instances); None: the pipeline's own version directories hold them.
     detector: str | None = None
     # Head layout: "auto" reads it from the output's shape ([N, 4+C, A] yolov8, [N, A, 5+C] yolov5,
-    # [N, K, 6] end2end); set it when the shape is ambiguous.
-    layout: Literal["auto", "yolov8", "yolo11", "yolov5", "end2end", "yolov10"] = "auto"
+    # [N, K, 6] end2end, [N, K, 4+C] rtdetr for a model naming C classes); set it when the shape is ambiguous.
+    layout: Literal["auto", "yolov8", "yolo11", "yolov5", "end2end", "yolov10", "rtdetr"] = "auto"
     # Model input [height, width]; None: read from the model (which then needs static sizes).
     input_size: list[int] | None = None
     score_threshold: float = Field(0.25, ge=0.0, le=1.0)

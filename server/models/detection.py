@@ -161,13 +161,14 @@ class DetectionModel:
 
     def describe(self) -> ModelDescription:
         head, cfg = self.head, self.settings
-        if head.layout in ("end2end", "yolov10"):
+        if head.layout in ("end2end", "yolov10", "rtdetr"):
             nms = "none: the head is end-to-end (NMS-free), iou_threshold and agnostic_nms are not used"
         else:
             nms = f"{'class-agnostic' if cfg.agnostic_nms else 'per-class'} greedy, iou_threshold {cfg.iou_threshold}"
         details = (("detection_task", head.task), ("detection_layout", head.layout),
                    ("detection_input_size", f"{head.height}x{head.width}"),
                    ("detection_classes", str(head.num_classes)), ("detection_resize", cfg.resize),
+                   ("detection_fit", "stretch" if head.stretch else "letterbox"),
                    ("detection_nms", nms))
         return describe(self.name, self.version, self.config.platform, PIPELINE_INPUTS, PIPELINE_OUTPUTS,
                         self.max_batch_size, self.config, self.detector.instances, details)

@@ -175,7 +175,7 @@ class DetectionExecutor:
                  labels: Sequence[str] = ()) -> None:
         self.name = name
         self.detector = detector
-        self.letterbox = Letterbox(cfg)
+        self.letterbox = Letterbox(cfg, stretch=detector.head.stretch)
         self.decode = BoxDecoder(detector.head, cfg)
         self.stats = stats
         self.labels = labels

@@ -1,8 +1,10 @@
 """The detector's head: which input takes the image, at what size, and how to read its output.
 
 Layouts (``peregrine.kernels.LAYOUTS``): yolov8/yolo11 [N, 4+C, A], yolov5 [N, A, 5+C], end-to-end
-[N, K, 6] (yolov10, YOLO26 and other NMS-free exports). Read once, when the model loads, from the graph
-and one probe run.
+[N, K, 6] (yolov10, YOLO26 and other NMS-free exports); and ``rtdetr`` [N, K, 4+C], ultralytics' RT-DETR
+export: per query a box as fractions of the input (centre x, centre y, width, height) and C class scores,
+no objectness and no NMS, its input stretched to size rather than letterboxed (``HeadInfo.stretch``).
+Read once, when the model loads, from the graph and one probe run.
 
 Ultralytics' segmentation and pose exports carry the same head with more after each box's class scores
 (end-to-end ones: after its class id): 32 mask coefficients (a second, 4-D output holds the prototype
@@ -44,6 +46,16 @@ class HeadInfo:
     extra: int = 0  # values after each box's detection columns (mask coefficients, keypoints), not read
     task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes
 
+    @property
+    def stretch(self) -> bool:
+        """Whether frames are stretched to the input size (RT-DETR, as ultralytics' RTDETRPredictor does)
+        instead of letterboxed."""
+        return self.layout == RTDETR
+
+
+# Ultralytics' RT-DETR export: its own layout, decoded by the pipeline into end-to-end rows (see BoxDecoder).
+RTDETR = "rtdetr"
+
 
 # Ultralytics' tasks (the ``task`` metadata of an export) and whether the pipeline serves them.
 SERVED_TASKS = ("detect", "segment", "pose")
@@ -57,6 +69,12 @@ def detect_layout(shape: Sequence[int], extra: int = 0) -> str:
     if d2 - extra == 6 and d1 != d2:
         return "end2end"
     return "yolov8" if d1 < d2 else "yolov5"
+
+
+def reads_as_rtdetr(shape: Sequence[int], names: int) -> bool:
+    """Whether a head of ``shape`` [N, K, 4+C], of a model whose metadata names C classes, is ultralytics'
+    RT-DETR export: boxes and class scores without objectness (a yolov5 head has one column more)."""
+    return names > 0 and len(shape) == 3 and shape[2] == 4 + names and shape[1] != shape[2]
 
 
 def _num_classes(layout: str, shape: Sequence[int], extra: int) -> int:
@@ -153,6 +171,8 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         as_segment = _num_classes(detect_layout(head.shape, extra), head.shape, extra)
         if as_plain == names != as_segment:
             task, extra = "detect", 0
+    if cfg.layout == RTDETR or (cfg.layout == "auto" and not extra and reads_as_rtdetr(head.shape, names)):
+        return _rtdetr_head(spec.name, dtype, height, width, heads[0].name, head, fixed, task, source)
     layout = detect_layout(head.shape, extra) if cfg.layout == "auto" else cfg.layout
     lid = kernels.LAYOUTS[layout]
     _, d1, d2 = head.shape
@@ -161,14 +181,6 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         raise ModelLoadError(f"{source}: output '{heads[0].name}' {list(head.shape)}{after} does not fit "
                              f"layout '{layout}'")
     classes = _num_classes(layout, head.shape, extra)
-    if cfg.layout == "auto" and layout == "yolov5" and names and classes != names and d2 - 4 == names:
-        # [N, K, 4+C] with as many classes as the model names: boxes and class scores without objectness
-        # (DETR-style heads such as RT-DETR), which no layout here decodes. Refuse rather than misread it.
-        raise ModelLoadError(
-            f"{source}: output '{heads[0].name}' {list(head.shape)} has 4 + {names} columns for the model's "
-            f"{names} class names, a head without objectness (DETR-style), which Peregrine does not decode; "
-            "supported: yolov8/yolo11 [N, 4+C, A], yolov5 [N, A, 5+C], end2end [N, K, 6] "
-            "(set detection.layout to force one)")
     if not classes:
         # An end-to-end head [N, K, 6] carries class ids, not one score per class: the classes are the
         # ones the configuration or the model's metadata names.
@@ -177,3 +189,23 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         log.info("%s: a %s export: its boxes are served, the %d values after each box's detection columns "
                  "(%s) are not read", source, task, extra, "mask coefficients" if task == "segment" else "keypoints")
     return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed, extra, task)
+
+
+def _rtdetr_head(input_name: str, dtype: np.dtype[Any], height: int, width: int, output_name: str, head: np.ndarray,
+                 fixed: int, task: str, source: str) -> HeadInfo:
+    """The head of an RT-DETR export, checked on the probe's answer: each query's box is four fractions of
+    the input (sigmoids), so a head whose boxes fall outside [0, 1] is something else and is refused."""
+    _, queries, columns = head.shape
+    if columns < 5 or task != "detect":
+        raise ModelLoadError(f"{source}: output '{output_name}' {list(head.shape)} does not fit layout 'rtdetr' "
+                             f"[N, K, 4+C] of a detect model (task '{task}')")
+    boxes = head[..., :4]
+    if not (np.isfinite(boxes).all() and boxes.min() >= 0.0 and boxes.max() <= 1.0):
+        raise ModelLoadError(
+            f"{source}: output '{output_name}' {list(head.shape)} reads as an RT-DETR head (4 + C columns for "
+            f"the model's C class names, no objectness), but its boxes on a grey probe image span "
+            f"[{float(np.nanmin(boxes)):.3g}, {float(np.nanmax(boxes)):.3g}], not fractions of the input in [0, 1] "
+            "as ultralytics exports RT-DETR; set detection.layout to the head's layout if it is another")
+    log.info("%s: an RT-DETR head of %d queries: frames are stretched to %dx%d, its boxes taken as they "
+             "are, without NMS", source, queries, height, width)
+    return HeadInfo(input_name, dtype, height, width, output_name, RTDETR, columns - 4, fixed, 0, task)

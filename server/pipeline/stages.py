@@ -5,9 +5,11 @@ CPU kernels, CuPy arrays on the CUDA kernels (on ``stream``).
 
 - :class:`Letterbox`: frames of any size (uint8 [H, W, 3]) into rows of the model's input tensor
   (resize keeping the aspect ratio, by default exactly as ``cv2.resize`` does on uint8; pad, channel
-  order, scale to float, NCHW), and the parameters that map boxes back.
+  order, scale to float, NCHW), and the parameters that map boxes back. An RT-DETR head's frames are
+  stretched to the input size instead, as ultralytics' RTDETRPredictor does.
 - :class:`BoxDecoder`: the model's head into boxes in each frame's own pixels (decode the layout,
-  threshold, class-aware NMS, map back), per run of requests that share post-processing options.
+  threshold, class-aware NMS, map back), per run of requests that share post-processing options. An
+  RT-DETR head is first made into end-to-end rows in frame pixels (:func:`rtdetr_rows`).
 """
 
 from __future__ import annotations
@@ -20,21 +22,44 @@ import numpy as np
 from ... import kernels
 from ..config.model import DetectionConfig
 from ..core.types import FrameRequest
-from .head import HeadInfo
+from .head import RTDETR, HeadInfo
 
 
 class Letterbox:
     """Frames into the model's input rows; returns the per-frame parameters that map boxes back."""
 
-    def __init__(self, cfg: DetectionConfig) -> None:
+    def __init__(self, cfg: DetectionConfig, stretch: bool = False) -> None:
         self.swap_rb = cfg.frame_channel_order != cfg.model_channel_order
         self.scale = cfg.scale
         self.pad_value = cfg.pad_value
         self.resize = cfg.resize
+        self.stretch = stretch  # to the input size, not keeping the aspect ratio (no padding)
 
     def __call__(self, out: Any, frames: Sequence[Any], stream: Any = None) -> Any:
+        if self.stretch:
+            return kernels.resize_into(out, frames, swap_rb=self.swap_rb, scale=self.scale, resize=self.resize,
+                                       stream=stream)
         return kernels.letterbox_into(out, frames, swap_rb=self.swap_rb, scale=self.scale, pad_value=self.pad_value,
                                       resize=self.resize, stream=stream)
+
+
+def rtdetr_rows(head: Any, sizes: Any, xp: Any) -> Any:
+    """An RT-DETR head [n, K, 4+C] (boxes as fractions of the input: centre x, centre y, width, height;
+    class scores) as end-to-end rows [n, K, 6] (x1, y1, x2, y2 in the frames' own pixels, best score, its
+    class), in the queries' order: ultralytics' RTDETRPredictor.postprocess, float32 step for step (corners
+    from the centre and half the size, then times the frame's width and height; the boxes of a stretched
+    frame need no other mapping, and are not clipped to it)."""
+    n, k, _ = head.shape
+    rows = xp.empty((n, k, 6), np.float32)
+    half = head[..., 2:4] / np.float32(2)
+    rows[..., 0:2] = head[..., 0:2] - half
+    rows[..., 2:4] = head[..., 0:2] + half
+    wh = xp.asarray(sizes[:, ::-1].astype(np.float32))  # (width, height) per frame
+    rows[..., 0:4] *= xp.tile(wh, 2)[:, None, :]
+    scores = head[..., 4:]
+    rows[..., 5] = xp.argmax(scores, axis=-1)
+    rows[..., 4] = xp.max(scores, axis=-1)
+    return rows
 
 
 class BoxDecoder:
@@ -42,9 +67,10 @@ class BoxDecoder:
     rows in request order."""
 
     def __init__(self, head: HeadInfo, cfg: DetectionConfig) -> None:
-        self.layout = head.layout
+        self.rtdetr = head.layout == RTDETR  # decoded as end-to-end rows already in frame pixels
+        self.layout = "end2end" if self.rtdetr else head.layout
         self.extra = head.extra  # cut off each batch's head: [N, 4+C+extra, A] by rows, else [N, K, cols+extra]
-        self._rows_first = kernels.LAYOUTS[head.layout] == 0
+        self._rows_first = kernels.LAYOUTS[self.layout] == 0
         self.max_detections = cfg.max_detections
         self.max_candidates = cfg.max_candidates
 
@@ -58,6 +84,8 @@ class BoxDecoder:
         if self.extra:  # a segmentation or pose head: the detection columns alone, as the kernels read them
             cut = head[:, : head.shape[1] - self.extra] if self._rows_first else head[..., : -self.extra]
             head = xp.ascontiguousarray(cut)
+        if self.rtdetr:
+            head = rtdetr_rows(head, np.asarray(sizes), xp)
         n = len(sizes)
         dets = xp.zeros((n, self.max_detections, 6), np.float32)
         counts = xp.zeros((n,), np.int32)
@@ -70,10 +98,17 @@ class BoxDecoder:
             while j < len(requests) and requests[j].options == opts:
                 k += len(requests[j].frames)
                 j += 1
+            rows = head[row : row + k]
+            if self.rtdetr and opts.classes:
+                # RTDETRPredictor filters classes with the score, before the first max_detections are taken
+                # (end-to-end heads after it): the other classes' rows drop under any threshold first
+                rows = rows.copy()
+                rows[..., 4] = xp.where(xp.isin(rows[..., 5], xp.asarray(opts.classes, np.float32)), rows[..., 4], -1)
             out = kernels.detect_postprocess(
-                head[row : row + k], self.layout, conf=opts.score_threshold, iou=opts.iou_threshold,
+                rows, self.layout, conf=opts.score_threshold, iou=opts.iou_threshold,
                 max_det=opts.max_detections, classes=list(opts.classes) or None, agnostic=opts.agnostic,
-                params=params[row : row + k], orig_sizes=sizes[row : row + k],
+                params=None if self.rtdetr else params[row : row + k],
+                orig_sizes=None if self.rtdetr else sizes[row : row + k],
                 max_candidates=self.max_candidates, stream=stream,
             )
             dets[row : row + k, : opts.max_detections] = out.dets

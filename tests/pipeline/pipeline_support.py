@@ -14,6 +14,7 @@ code with Peregrine's kernels:
   class scores times objectness. End-to-end heads ``[K, 6]``: rows above ``conf`` in the model's order,
   the first ``max_det``, then the ``classes`` filter (ultralytics' order).
 - ``scale_boxes`` (gain ``min(H / h, W / w)``, pad ``round(d - 0.1)``) and ``clip_boxes``.
+- RT-DETR exports (``rtdetr_reference``): ultralytics' RTDETRPredictor, the frame stretched to the input.
 
 Score ties are broken by anchor order (a stable sort), as Peregrine's kernels do; torch leaves them
 unspecified.
@@ -150,6 +151,28 @@ class Reference:
         tensor, gain, pad = letterbox(rgb, self.height, self.width)
         head = self.session.run(None, {self.session.get_inputs()[0].name: tensor})[0][0]
         return scale_boxes(nms(head, self.layout, conf, iou, max_det, classes, agnostic), gain, pad, *rgb.shape[:2])
+
+
+def rtdetr_reference(session: ort.InferenceSession, rgb: np.ndarray, conf: float = CONF,
+                     classes: Sequence[int] | None = None) -> np.ndarray:
+    """ultralytics' RTDETRPredictor on one frame: ``LetterBox(auto=False, scale_fill=True)`` (``cv2.resize`` of
+    the uint8 frame to the input size with INTER_LINEAR, no padding), /255 in RGB order, ONNX Runtime, then
+    ``postprocess``: corners from the centre and size, each query's best class score above ``conf``
+    (strictly; and in ``classes``), the boxes times the frame's width and height, in the queries' order and
+    not clipped. [k, 6] x1, y1, x2, y2, score, class in frame pixels."""
+    h, w = rgb.shape[:2]
+    height, width = session.get_inputs()[0].shape[2:]
+    img = rgb if (w, h) == (width, height) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+    tensor = np.ascontiguousarray(img.transpose(2, 0, 1)[None]).astype(np.float32) / np.float32(255.0)
+    head = session.run(None, {session.get_inputs()[0].name: tensor})[0][0]
+    score, cls_id = head[:, 4:].max(1), head[:, 4:].argmax(1)
+    keep = score > conf
+    if classes:
+        keep &= np.isin(cls_id, classes)
+    out = np.concatenate([_xywh2xyxy(head[:, :4]), score[:, None], cls_id[:, None]], axis=1)[keep].astype(np.float32)
+    out[:, [0, 2]] *= np.float32(w)
+    out[:, [1, 3]] *= np.float32(h)
+    return out
 
 
 def assert_same_detections(got: np.ndarray, want: np.ndarray, what: str = "") -> None:

@@ -111,3 +111,27 @@ def test_gpu_pipeline_serves_segmentation_and_pose_boxes(tmp_path: Path, task: s
         for p in (gpu, cpu):
             loop.run(p.stop())
         loop.stop()
+
+
+@requires_gpu
+def test_gpu_pipeline_serves_rtdetr_as_ultralytics(tmp_path: Path) -> None:
+    """An RT-DETR export on the device: frames stretched on the device, the queries made into end-to-end
+    rows with CuPy on the instance's stream; the reference's boxes (see test_rtdetr)."""
+    import onnxruntime
+    from support import onnx_models
+
+    model = onnx_models.rtdetr_like()
+    onnx_models.write(tmp_path, "rtdetr", model)
+    gpu = _pipeline(tmp_path, "gpu_rtdetr", "rtdetr", "cuda")
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    photos = photographs()
+    loop = EventLoopThread()
+    loop.start()
+    try:
+        loop.run(gpu.start())
+        got = loop.run(gpu.detect(FrameRequest(gpu.name, frames=list(photos.values()), options=gpu.default_options())))
+        for i, (name, rgb) in enumerate(photos.items()):
+            assert_same_detections(got.detections[i], pipeline_support.rtdetr_reference(session, rgb), f"rtdetr/{name}")
+    finally:
+        loop.run(gpu.stop())
+        loop.stop()

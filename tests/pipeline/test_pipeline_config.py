@@ -232,34 +232,6 @@ def test_pipeline_batches_padded_to_buckets(tmp_path: Path) -> None:
     assert bucketed.stats.inference_count == 3 and bucketed.stats.padding_count == 1
 
 
-def test_a_head_without_objectness_is_refused_not_misread(tmp_path: Path) -> None:
-    """[N, 300, 4+80] with 80 class names (a DETR-style head) would read as yolov5 with 79 classes:
-    the pipeline refuses it with the reason instead."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("Shape", ["images"], ["shape"], start=0, end=1),
-        helper.make_node("Constant", [], ["rest"], value=helper.make_tensor("rest", TensorProto.INT64, [2], [300, 84])),
-        helper.make_node("Concat", ["shape", "rest"], ["out_shape"], axis=0),
-        helper.make_node("ConstantOfShape", ["out_shape"], ["output0"],
-                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.01])),
-    ]
-    graph = helper.make_graph(nodes, "detr_like",
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 64, 64])],
-                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 300, 84])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "names", repr({i: f"c{i}" for i in range(80)})
-    onnx.checker.check_model(model)
-    onnx_models.write(tmp_path, "detr", model)
-    write_pipeline(tmp_path, "p", pipeline_config("detr"))
-    with pytest.raises(ModelLoadError) as e:
-        _load(tmp_path, "p")
-    assert "without objectness" in e.value.message and "detection.layout" in e.value.message
-
-
 def _task_models() -> list[tuple[str, onnx.ModelProto, str, int, int, dict[str, str]]]:
     keypoints = {"kpt_shape": "[17, 3]"}
     return [

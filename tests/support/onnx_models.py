@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from peregrine.modelgen.coco import COCO80
 
 ALL_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES"]
@@ -183,3 +185,50 @@ def _append_to_head(graph: onnx.GraphProto, head: str, axis: int, extra: int) ->
                          ["task_head.extra"]),
         helper.make_node("Concat", ["detection_columns", "task_head.extra"], [head], axis=axis),
     ])
+
+
+def rtdetr_like(seed: int = 0, imgsz: int = 640, queries: int = 300, batch: int | str = "batch") -> onnx.ModelProto:
+    """A detector with the output ultralytics exports for RT-DETR: ``output0`` [N, queries, 4 + 80], per
+    query a box (centre x, centre y, width, height as fractions of the input, each a sigmoid) and 80 class
+    scores (sigmoids, no objectness), with COCO's names, ``task`` detect and ``imgsz`` metadata. Its body is
+    not RT-DETR's transformer: 32 x 32 patches of the image (a convolution, then tanh) give a query each, a
+    linear layer and sigmoids the columns, so every box and score depends on the image as a real one does,
+    and a few queries per photograph score above 0.25. ``batch``: a number for a static batch."""
+    rng = np.random.default_rng(seed)
+    features, cells, cols = 32, (imgsz // 32) ** 2, 4 + len(COCO80)
+    assert cells >= queries, f"a {imgsz} input has {cells} patches, fewer than {queries} queries"
+    conv_w = rng.normal(0, 1, (features, 3, 32, 32))
+    conv_w = ((conv_w - conv_w.mean(axis=(1, 2, 3), keepdims=True)) / 8).astype(np.float32)  # texture, not brightness
+    conv_b = rng.normal(0, 0.5, features).astype(np.float32)
+    # boxes spread over the whole input (some past its edges), scores mostly low
+    head_w = np.concatenate([rng.normal(0, 0.3, (features, 4)), rng.normal(0, 0.25, (features, cols - 4))], axis=1)
+    head_w = head_w.astype(np.float32)
+    head_b = np.concatenate([rng.normal(0, 0.5, 4), np.full(cols - 4, -4.0)]).astype(np.float32)
+    f = helper.make_tensor
+    initializers = [
+        helper.make_tensor("conv_w", TensorProto.FLOAT, conv_w.shape, conv_w.ravel()),
+        helper.make_tensor("conv_b", TensorProto.FLOAT, conv_b.shape, conv_b.ravel()),
+        helper.make_tensor("head_w", TensorProto.FLOAT, head_w.shape, head_w.ravel()),
+        helper.make_tensor("head_b", TensorProto.FLOAT, head_b.shape, head_b.ravel()),
+        f("flat", TensorProto.INT64, [3], [0, features, cells]),
+        f("q_start", TensorProto.INT64, [1], [0]), f("q_end", TensorProto.INT64, [1], [queries]),
+        f("q_axis", TensorProto.INT64, [1], [1]),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "conv_w", "conv_b"], ["patches"], strides=[32, 32]),
+        helper.make_node("Tanh", ["patches"], ["act"]),
+        helper.make_node("Reshape", ["act", "flat"], ["flat_act"]),  # [N, F, cells]
+        helper.make_node("Transpose", ["flat_act"], ["tokens"], perm=[0, 2, 1]),  # [N, cells, F]
+        helper.make_node("Slice", ["tokens", "q_start", "q_end", "q_axis"], ["query"]),
+        helper.make_node("MatMul", ["query", "head_w"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "head_b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["output0"]),
+    ]
+    model = _model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, imgsz, imgsz])],
+                   [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, queries, cols])],
+                   initializers)
+    helper.set_model_props(model, {
+        "description": "Ultralytics rtdetr-l model (test stand-in)", "task": "detect", "stride": "32",
+        "batch": str(batch if isinstance(batch, int) else 1), "imgsz": f"[{imgsz}, {imgsz}]",
+        "names": repr(dict(enumerate(COCO80)))})
+    return model
