@@ -29,7 +29,8 @@ MAX_ITEMS = 10_000_000
 # central directory is read whole). 2^18 is 4 KiB an entry in the largest payload: more than any archive of
 # real photographs holds.
 MAX_ARCHIVE_ENTRIES = 1 << 18
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".jp2",
+                  ".gif")  # the formats the detection pipeline reads
 KINDS = ("archive", "tensor", "images", "recording", "video")
 
 

@@ -1,7 +1,8 @@
 """Turning what a client sends into frames: uint8 [H, W, 3], C-contiguous, in the pipeline's channel order.
 
 JPEG goes through simplejpeg (libjpeg-turbo, strict: a truncated or corrupt file is an error, not a grey
-smear); PNG, BMP, TIFF and WebP go through Pillow (the first frame of an animated or multi-page file);
+smear); PNG, BMP, TIFF, WebP, AVIF, HEIC/HEIF (pi-heif's libheif), JPEG 2000 and GIF go through Pillow (the
+first frame of an animated or multi-page file): what ultralytics reads (OpenCV's imdecode, pi-heif for HEIC);
 raw pixels are checked against their stated size and layout, and camera frames in a ``sensor_msgs``
 encoding (Bayer, YUV 4:2:2, 16-bit, ...) are converted by the native kernels (``kernels.convert_raw``).
 Nothing is decoded before the request's cost is known:
@@ -54,7 +55,10 @@ MAX_SIDE = 1 << 20
 # ru_maxrss on 2048-4096 px images): libjpeg-turbo's coefficient buffers of a progressive 4:4:4 JPEG (a
 # baseline JPEG takes none); Pillow's image in its own mode (up to 4 bytes a pixel), its RGB copy (4) and
 # the bytes NumPy reads (3); WebP's canvases on top.
-_WORKING_BYTES_PER_PIXEL = {"JPEG": 6, "PNG": 12, "BMP": 12, "TIFF": 12, "WEBP": 20}
+_WORKING_BYTES_PER_PIXEL = {"JPEG": 6, "PNG": 12, "BMP": 12, "TIFF": 12, "WEBP": 20, "GIF": 12,
+                            # libavif (dav1d) and libheif (libde265) planes and their RGB conversion; OpenJPEG's
+                            # 32-bit samples (measured 9.4, 7.2 and 16.7 at 2048 x 2048)
+                            "AVIF": 12, "HEIF": 12, "JPEG2000": 20}
 
 # A tiled TIFF's tile, decoded whole by libtiff: bounded, and counted as working memory (up to 4 samples of
 # 16 bits a pixel).
@@ -63,7 +67,8 @@ _TILE_BYTES_PER_PIXEL = 8
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PIL_FORMATS = ("PNG", "BMP", "TIFF", "WEBP")
+_PIL_FORMATS = ("PNG", "BMP", "TIFF", "WEBP", "AVIF", "HEIF", "JPEG2000", "GIF")
+_FORMATS_NAMED = "JPEG, PNG, BMP, TIFF, WebP, AVIF, HEIC/HEIF, JPEG 2000 or GIF"
 # Pillow modes with no meaningful 8-bit RGB conversion (Pillow's conversion clips 32-bit values to 0..255).
 _UNSUPPORTED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -176,7 +181,7 @@ def check_size(field: str, height: int, width: int, max_pixels: int) -> None:
 
 def open_encoded(data: Any, field: str, order: ChannelOrder = "rgb",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PendingFrame:
-    """A JPEG/PNG/BMP/TIFF/WebP file's size, read from its header and checked (see :func:`check_size`);
+    """An image file's size (any of :data:`_FORMATS_NAMED`), read from its header and checked (see :func:`check_size`);
     no pixel is decoded. Raises InvalidArgument for empty, unidentified or unreadable data."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgument(f"{field}: expected JPEG or PNG file bytes, got {type(data).__name__}")
@@ -371,10 +376,27 @@ def _pillow(data: bytes, field: str) -> Image.Image:
         raise InvalidArgument(f"{field}: corrupt or truncated image ({_reason(e)})") from None
     if img is None:
         raise InvalidArgument(
-            f"{field}: expected JPEG, PNG, BMP, TIFF or WebP file bytes, got {len(data)} bytes starting "
+            f"{field}: expected {_FORMATS_NAMED} file bytes, got {len(data)} bytes starting "
             f"{data[:8].hex()}"
         )
     return img
+
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    """HEIC/HEIF as a Pillow format, read by pi-heif (libheif with libde265: decoding only), as ultralytics
+    reads it; once per process. Without pi-heif installed, HEIC is refused like any unknown format."""
+    global _heif_registered
+    if _heif_registered:
+        return
+    _heif_registered = True
+    try:
+        from pi_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
 
 
 def _pillow_header(data: bytes) -> Image.Image | None:
@@ -384,6 +406,7 @@ def _pillow_header(data: bytes) -> Image.Image | None:
     it decodes: a TIFF over twice that limit, 178,956,970 pixels by default, is refused even where a model
     allows more.)"""
     Image.init()  # registers every plugin, once (TIFF and WebP are not among Image.preinit's)
+    _register_heif()
     prefix = data[:16]
     for fmt in _PIL_FORMATS:
         entry = Image.OPEN.get(fmt)
@@ -520,7 +543,7 @@ def check_request_bytes(total: int, field: str, max_bytes: int, images: int | No
 # -- one image at a time (no request budget) --------------------------------------------------------
 def decode_image(data: Any, field: str, order: ChannelOrder = "rgb",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG/BMP/TIFF/WebP file bytes into a uint8 [H, W, 3] frame.
+    """Decode image file bytes (any of :data:`_FORMATS_NAMED`) into a uint8 [H, W, 3] frame.
 
     ``field`` names the request field in error messages. Raises :class:`InvalidArgument` for empty,
     truncated, corrupt or unsupported data and for images over ``max_pixels``.

@@ -1,6 +1,7 @@
 """Fuzzing image decoding for a fixed budget (issue 14): hypothesis over ``pipeline/images.py`` (random bytes,
-real JPEG/PNG/BMP/TIFF/WebP files from scikit-image mutated, headers that claim huge sizes, raw frames of random
-sizes and channel counts), then a few hundred random Detect requests against a real server.
+real JPEG/PNG/BMP/TIFF/WebP/AVIF/HEIC/JPEG 2000/GIF files from scikit-image mutated, headers that claim huge
+sizes, raw frames of random sizes and channel counts), then a few hundred random Detect requests against a real
+server.
 
 Only documented outcomes pass: InvalidArgument, or a uint8 [H, W, 3] C-contiguous frame of the size the header
 states, within the pixel limit; never another exception; the budget of decoded bytes back to zero after each
@@ -34,7 +35,7 @@ from peregrine.server.config import ServerConfig
 from peregrine.server.core.errors import InvalidArgument
 from peregrine.server.pipeline import images
 from PIL import Image
-from support import onnx_models
+from support import image_files, onnx_models
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,15 +47,7 @@ RSS_BOUND = 256 << 20  # resident memory may grow this much over the tests that 
 
 
 # -- seeds: real photographs, small, in every format ------------------------------------------------------
-def _encode(rgb: np.ndarray, fmt: str, mode: str = "RGB", **options: Any) -> bytes:
-    img = Image.fromarray(rgb)
-    if mode == "I;16":
-        img = Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257)
-    elif mode != "RGB":
-        img = img.convert(mode)
-    out = io.BytesIO()
-    img.save(out, fmt, **options)
-    return out.getvalue()
+_encode = image_files.encode
 
 
 def _seeds() -> dict[str, bytes]:
@@ -85,11 +78,21 @@ def _seeds() -> dict[str, bytes]:
         "webp": _encode(photo, "WEBP", quality=80),
         "webp_lossless": _encode(photo, "WEBP", lossless=True),
         "webp_animated": _encode(photo, "WEBP", save_all=True, append_images=[Image.fromarray(other)], duration=40),
+        "avif": _encode(photo, "AVIF", quality=80),
+        "avif_grey": _encode(np.stack([grey] * 3, axis=2), "AVIF", "L"),
+        "heic": image_files.heic(photo),
+        "jpeg2000": _encode(photo, "JPEG2000"),
+        "jpeg2000_lossy": _encode(photo, "JPEG2000", quality_mode="rates", quality_layers=[20]),
+        "jpeg2000_16_bit": _encode(photo, "JPEG2000", "I;16"),
+        "gif": _encode(photo, "GIF"),
+        "gif_animated": _encode(photo, "GIF", save_all=True, append_images=[Image.fromarray(other)], duration=40),
     }
 
 
+
 SEEDS = _seeds()
-MAGICS = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBPVP8 "]
+MAGICS = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+          b"\x00\x00\x00\x1cftypavif", b"\x00\x00\x00\x18ftypheic", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"GIF89a"]
 
 
 # -- strategies ------------------------------------------------------------------------------------------
