@@ -61,14 +61,24 @@ RTDETR = "rtdetr"
 SERVED_TASKS = ("detect", "segment", "pose")
 
 
-def detect_layout(shape: Sequence[int], extra: int = 0) -> str:
+def detect_layout(shape: Sequence[int], extra: int = 0, size: tuple[int, int] | None = None) -> str:
     """The head layout of an output of shape [N, d1, d2] whose boxes carry ``extra`` values after their
-    detection columns: [N, K, 6 + extra] end2end, [N, 4+C+extra, A] yolov8 (fewer rows than columns), else
-    [N, A, 5+C+extra] yolov5."""
+    detection columns, for an input of ``size`` (height, width): [N, K, 6 + extra] end2end, unless K is the
+    row count of a YOLOv5 head at that size (a one-class YOLOv5 has six columns too); [N, 4+C+extra, A]
+    yolov8 (fewer rows than columns); else [N, A, 5+C+extra] yolov5."""
     _, d1, d2 = shape
-    if d2 - extra == 6 and d1 != d2:
+    if d2 - extra == 6 and d1 != d2 and (size is None or d1 not in yolov5_rows(*size)):
         return "end2end"
     return "yolov8" if d1 < d2 else "yolov5"
+
+
+def yolov5_rows(height: int, width: int) -> tuple[int, int]:
+    """The rows of a YOLOv5 head for a ``height`` x ``width`` input: three anchors a cell of the feature maps
+    of strides 8, 16 and 32 (P5 models), or 8 to 64 (P6); a stride-2 convolution rounds a side up."""
+    def cells(strides: tuple[int, ...]) -> int:
+        return sum(-(-height // s) * -(-width // s) for s in strides)
+
+    return 3 * cells((8, 16, 32)), 3 * cells((8, 16, 32, 64))
 
 
 def reads_as_rtdetr(shape: Sequence[int], names: int) -> bool:
@@ -167,13 +177,13 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         # A segmentation export was inferred from a 4-D output alone: when the head has exactly the columns
         # of a detector of the model's named classes without it, that output is something else (a feature
         # map, say) and the head a plain detector's.
-        as_plain = _num_classes(detect_layout(head.shape), head.shape, 0)
-        as_segment = _num_classes(detect_layout(head.shape, extra), head.shape, extra)
+        as_plain = _num_classes(detect_layout(head.shape, 0, (height, width)), head.shape, 0)
+        as_segment = _num_classes(detect_layout(head.shape, extra, (height, width)), head.shape, extra)
         if as_plain == names != as_segment:
             task, extra = "detect", 0
     if cfg.layout == RTDETR or (cfg.layout == "auto" and not extra and reads_as_rtdetr(head.shape, names)):
         return _rtdetr_head(spec.name, dtype, height, width, heads[0].name, head, fixed, task, source)
-    layout = detect_layout(head.shape, extra) if cfg.layout == "auto" else cfg.layout
+    layout = detect_layout(head.shape, extra, (height, width)) if cfg.layout == "auto" else cfg.layout
     lid = kernels.LAYOUTS[layout]
     _, d1, d2 = head.shape
     if (lid == 0 and d1 - extra < 5) or (lid == 1 and d2 - extra < 6) or (lid == 2 and d2 - extra != 6):

@@ -51,6 +51,13 @@ def test_layout_from_head_shape() -> None:
     assert detect_layout((1, 6, 2100)) == "yolov8"  # two classes
     assert detect_layout((1, 25200, 85)) == "yolov5"
     assert detect_layout((1, 300, 6)) == "end2end"
+    # six columns: a one-class YOLOv5 when the rows are its anchors' at the input's size, else end-to-end
+    assert detect_layout((1, 25200, 6), size=(640, 640)) == "yolov5"
+    assert detect_layout((1, 6300, 6), size=(320, 320)) == "yolov5"
+    assert detect_layout((1, 3 * (80 * 60 + 40 * 30 + 20 * 15), 6), size=(480, 640)) == "yolov5"
+    assert detect_layout((1, 3 * (160 * 160 + 80 * 80 + 40 * 40 + 20 * 20), 6), size=(1280, 1280)) == "yolov5"  # P6
+    assert detect_layout((1, 300, 6), size=(640, 640)) == "end2end"
+    assert detect_layout((1, 25200, 38), 32, size=(640, 640)) == "yolov5"  # one-class yolov5-seg
 
 
 def test_labels_from_metadata() -> None:
@@ -364,3 +371,25 @@ def test_a_static_batch_detector_takes_requests_of_several_frames(tmp_path: Path
                                                                                           dynamic_pipeline))
     for i, (a, b) in enumerate(zip(got[0], want[0], strict=True)):
         pipeline_support.assert_same_detections(a, b, str(i))
+
+
+def test_a_one_class_yolov5_is_not_taken_for_an_end_to_end_head(tmp_path: Path) -> None:
+    """A one-class YOLOv5 export ([N, 6300, 6] at 320: cx, cy, w, h, objectness, one score) has the six
+    columns of an end-to-end head; its row count, YOLOv5's anchors at the input size, tells it apart."""
+    from peregrine.server.core.types import FrameRequest
+
+    detector = yolov5_detector(0, imgsz=320, class_names=["cone"])
+    onnx_models.write(tmp_path, "v5one", detector)
+    write_pipeline(tmp_path, "p", pipeline_config("v5one"))
+    pipeline = _load(tmp_path, "p")
+    assert (pipeline.head.layout, pipeline.head.num_classes, pipeline.labels) == ("yolov5", 1, ["cone"])
+    reference = pipeline_support.Reference(pipeline_support.ort.InferenceSession(
+        detector.SerializeToString(), providers=["CPUExecutionProvider"]), "yolov5", 320, 320)
+    photos = pipeline_support.photographs()
+    [result] = pipeline.make_executor().execute(0, [FrameRequest("p", frames=list(photos.values()),
+                                                                 options=pipeline.default_options())])
+    found = 0
+    for (name, rgb), got in zip(photos.items(), result.detections, strict=True):
+        pipeline_support.assert_same_detections(got, reference(rgb), name)
+        found += len(got)
+    assert found > 0
