@@ -63,22 +63,29 @@ SERVED_TASKS = ("detect", "segment", "pose")
 
 def detect_layout(shape: Sequence[int], extra: int = 0, size: tuple[int, int] | None = None) -> str:
     """The head layout of an output of shape [N, d1, d2] whose boxes carry ``extra`` values after their
-    detection columns, for an input of ``size`` (height, width): [N, K, 6 + extra] end2end, unless K is the
-    row count of a YOLOv5 head at that size (a one-class YOLOv5 has six columns too); [N, 4+C+extra, A]
-    yolov8 (fewer rows than columns); else [N, A, 5+C+extra] yolov5."""
+    detection columns, for an input of ``size`` (height, width). Where the size is known, a head whose
+    anchors are those of the feature maps at that size is read by them first: [N, 4+C+extra, A] yolov8 with
+    A one anchor a cell, [N, A, 5+C+extra] yolov5 with A three (a one-class YOLOv5 has the six columns of an
+    end-to-end head; a YOLOv8 of more classes than anchors, more rows than columns). Otherwise:
+    [N, K, 6 + extra] end2end, [N, 4+C+extra, A] yolov8 with fewer rows than columns, else yolov5."""
     _, d1, d2 = shape
-    if d2 - extra == 6 and d1 != d2 and (size is None or d1 not in yolov5_rows(*size)):
+    if size is not None:
+        if d2 in cells(*size) and d1 - extra >= 5:
+            return "yolov8"
+        if d1 in [3 * c for c in cells(*size)] and d2 - extra >= 6:
+            return "yolov5"
+    if d2 - extra == 6 and d1 != d2:
         return "end2end"
     return "yolov8" if d1 < d2 else "yolov5"
 
 
-def yolov5_rows(height: int, width: int) -> tuple[int, int]:
-    """The rows of a YOLOv5 head for a ``height`` x ``width`` input: three anchors a cell of the feature maps
-    of strides 8, 16 and 32 (P5 models), or 8 to 64 (P6); a stride-2 convolution rounds a side up."""
-    def cells(strides: tuple[int, ...]) -> int:
+def cells(height: int, width: int) -> tuple[int, int]:
+    """The cells of a detector's feature maps for a ``height`` x ``width`` input: strides 8, 16 and 32 (P5
+    models), or 8 to 64 (P6); a stride-2 convolution rounds a side up."""
+    def count(strides: tuple[int, ...]) -> int:
         return sum(-(-height // s) * -(-width // s) for s in strides)
 
-    return 3 * cells((8, 16, 32)), 3 * cells((8, 16, 32, 64))
+    return count((8, 16, 32)), count((8, 16, 32, 64))
 
 
 def reads_as_rtdetr(shape: Sequence[int], names: int) -> bool:

@@ -58,6 +58,12 @@ def test_layout_from_head_shape() -> None:
     assert detect_layout((1, 3 * (160 * 160 + 80 * 80 + 40 * 40 + 20 * 20), 6), size=(1280, 1280)) == "yolov5"  # P6
     assert detect_layout((1, 300, 6), size=(640, 640)) == "end2end"
     assert detect_layout((1, 25200, 38), 32, size=(640, 640)) == "yolov5"  # one-class yolov5-seg
+    # more classes than anchors (a 64 x 64 input has 84): its anchors make it yolov8
+    assert detect_layout((1, 84, 84), size=(64, 64)) == "yolov8"
+    assert detect_layout((1, 1207, 1029), size=(224, 224)) == "yolov8"  # LVIS's 1203 classes at 224
+    assert detect_layout((1, 1207, 1029)) == "yolov5"  # what the shape alone says
+    assert detect_layout((1, 84, 8400), size=(640, 640)) == "yolov8"
+    assert detect_layout((1, 25200, 85), size=(640, 640)) == "yolov5"
 
 
 def test_labels_from_metadata() -> None:
@@ -393,3 +399,13 @@ def test_a_one_class_yolov5_is_not_taken_for_an_end_to_end_head(tmp_path: Path) 
         pipeline_support.assert_same_detections(got, reference(rgb), name)
         found += len(got)
     assert found > 0
+
+
+def test_a_yolov8_of_more_classes_than_anchors_is_read_by_its_anchors(tmp_path: Path) -> None:
+    """At 128 x 128 a YOLOv8 has 336 anchors, fewer than the 4 + 400 rows of a 400-class model: the anchors
+    at the input size say which dimension is which (the shape alone reads it as yolov5)."""
+    onnx_models.write(tmp_path, "small", yolov8_detector(0, imgsz=128, class_names=[f"c{i}" for i in range(400)]))
+    write_pipeline(tmp_path, "p", pipeline_config("small"))
+    pipeline = _load(tmp_path, "p")
+    assert (pipeline.head.layout, pipeline.head.num_classes) == ("yolov8", 400)
+    assert detect_layout((1, 404, 336)) == "yolov5"
