@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -198,15 +198,28 @@ class RequestScope:
             self._rung = rung.name
         return rung
 
+    def _name_in_logs(self, request_id: str) -> None:
+        """Have the lines logged while this request's task runs name it and its trace (observability/logs.py).
+        With OpenTelemetry on, the call's traceparent is looked up now (its span needs it anyway); with JSON
+        logs or at DEBUG, only when a line is logged. Setting the context variable gives the task a context
+        of its own, built and freed with it: a request with neither an id nor a trace sets nothing, unless an
+        earlier request of its task (a stream's) left its own there."""
+        plane = self.plane
+        trace: str | Callable[[], str] = ""
+        if plane.otel is not None:
+            traceparent = self.traceparent()
+            trace = logs.trace_id_of(traceparent) if traceparent is not None else ""
+        elif plane.trace_ids:
+            trace = self.trace_id
+        if request_id or trace or logs.request_context.get() is not None:
+            logs.request_context.set((request_id, trace))
+
     # -- the steps, for drivers that interleave them (streams) --------------------------------------
     async def prepare(self, model: ModelVersion, request: InferRequest) -> InferRequest:
         """Begin the request's trace (when sampled) and validate it against ``model``: in a decode thread
         when validating decodes images, else on the loop. What :meth:`run` runs."""
         request.trace = self.plane.tracer.begin(model.name, str(model.version), request.id, self.started_ns)
-        if request.id or self.plane.trace_ids:
-            # Lines logged while this request's task runs name it and its trace (observability/logs.py); the
-            # trace id is looked up in the call's metadata only when a line is logged.
-            logs.request_context.set((request.id, self.trace_id if self.plane.trace_ids else ""))
+        self._name_in_logs(request.id)
         if model.validate_decodes:
             began = time.perf_counter()
             prepared = await (self.plane.off_loop_background(model.validate, request) if request.background
@@ -260,8 +273,9 @@ class RequestScope:
                                                   time.monotonic() - routed_at, missed=status != "OK")
             if error is None and self.request is not None:
                 self.plane.tracer.finish(self.request.trace, self.request.compute)
-            if self.plane.otel is not None:
-                self._span(status)
+            otel = self.plane.otel  # sampling decided first: an unsampled request builds nothing
+            if otel is not None and otel.sampled(self.traceparent()):
+                self._span(otel, status)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s: model %s, %s in %.2f ms", self.request.id if self.request else "",
                           self.model_name, status, elapsed_ns / 1e6)
@@ -283,14 +297,10 @@ class RequestScope:
         return "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S \
             else "CANCELLED"
 
-    def _span(self, status: str) -> None:
-        """Hand the answered request to OpenTelemetry (on only when configured), when it is sampled: the
-        decision comes first, so that an unsampled request builds nothing."""
-        otel = self.plane.otel
+    def _span(self, otel: OtelTracing, status: str) -> None:
+        """Hand the answered request, sampled, to OpenTelemetry."""
         try:
             traceparent = self.traceparent()
-            if not otel.sampled(traceparent):  # type: ignore[union-attr]
-                return
             ended = time.monotonic_ns()
             request = self.request
             if self._frame is not None:
@@ -302,8 +312,7 @@ class RequestScope:
                 attributes["peregrine.request_id"] = request.id
                 attributes["peregrine.model_version"] = request.model_version
             tracestate = self._header("tracestate") if traceparent is not None else None
-            otel.record(self.kind, traceparent, tracestate, self.started_ns, ended, attributes,  # type: ignore[union-attr]
-                        stages, status)
+            otel.record(self.kind, traceparent, tracestate, self.started_ns, ended, attributes, stages, status)
         except Exception:  # tracing must never fail a request
             log.exception("OpenTelemetry span not recorded")
 
