@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="streams open per connection (default %(default)s)")
     lim.add_argument("--max-calls-per-connection", type=int, default=d.max_calls_per_connection,
                      help="calls at once per connection, HTTP/2 MAX_CONCURRENT_STREAMS (default %(default)s)")
+    lim.add_argument("--max-connections", type=int, default=d.max_connections,
+                     help="connections open at once on each port; 0: a third of the descriptor limit, at most 4096 "
+                          "(default)")
     lim.add_argument("--rate-limit", type=float, default=d.rate_limit, metavar="RPS",
                      help="requests a second per client (bearer token, else address); 0: none (default)")
     lim.add_argument("--rate-burst", type=int, default=d.rate_burst,
@@ -236,6 +239,7 @@ def _config(a: argparse.Namespace) -> ServerConfig:
         max_streams=a.max_streams,
         max_streams_per_connection=a.max_streams_per_connection,
         max_calls_per_connection=a.max_calls_per_connection,
+        max_connections=a.max_connections,
         rate_limit=a.rate_limit,
         rate_burst=a.rate_burst,
         decode_threads=a.decode_threads,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,9 @@ class ServerConfig:
     max_streams: int = 8192
     max_streams_per_connection: int = 1024
     max_calls_per_connection: int = 4096
+    # Connections open at once on each port; 0: a third of the process's descriptors, at most 4096 (see
+    # connections_per_port). Past it a new connection is closed at once.
+    max_connections: int = 0
     # Requests a second per client (its bearer token, else its address), token bucket; 0: no limit.
     rate_limit: float = 0.0
     rate_burst: int = 0
@@ -140,9 +144,26 @@ class ServerConfig:
                      "max_streams_per_connection", "max_calls_per_connection", "max_connection_idle_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if self.max_connections < 0:
+            raise ValueError(f"max_connections: expected 0 (the default) or more, got {self.max_connections}")
         if self.repository_poll_s <= 0 or self.model_memory_budget_bytes < 0:
             raise ValueError("repository_poll_s must be positive and model_memory_budget_bytes not negative")
         if self.response_cache_bytes < 0:
             raise ValueError(f"response_cache_bytes: expected 0 (off) or more, got {self.response_cache_bytes}")
         if self.rate_limit < 0 or self.rate_burst < 0 or self.decode_threads < 0 or self.shutdown_grace_s < 0:
             raise ValueError("rate_limit, rate_burst, decode_threads and shutdown_grace_s must not be negative")
+
+
+CONNECTIONS_CEILING = 4096
+
+
+def connections_per_port(config: ServerConfig) -> int:
+    """Connections each port (gRPC, HTTP) keeps open at once: ``config.max_connections``, or by default a third
+    of the process's descriptors (a third left for the models, the job spool and the rest), at most
+    :data:`CONNECTIONS_CEILING`, at least 16."""
+    if config.max_connections:
+        return config.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTIONS_CEILING
+    return max(16, min(CONNECTIONS_CEILING, soft // 3))

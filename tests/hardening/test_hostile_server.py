@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from peregrine.proto import grpc_service_pb2 as pb
@@ -96,3 +97,30 @@ def test_exit_on_error_stops_at_start(tmp_path: Path) -> None:
     run = _cli("--model-repository", str(repo), "--grpc-port", "0", "--http-port", "-1", "--exit-on-error",
                "--log-level", "ERROR")
     assert run.returncode == 1 and "broken" in run.stderr.splitlines()[-1]
+
+
+def test_grpc_connections_over_the_bound_are_closed_and_the_others_served(
+        tmp_path: Path, start_server: Callable[..., PeregrineServer]) -> None:
+    """Each port keeps at most max_connections open (by default a third of the descriptors, at most 4096): a
+    gRPC message received in part is held by gRPC before the server sees it, so the connections, the calls
+    on each and the message size are what bound them (docs/SECURITY.md)."""
+    server = start_server(_good_repository(tmp_path), max_connections=4)
+
+    def client(i: int) -> tc.InferenceServerClient:  # its own connection: channels of other arguments share none
+        return tc.InferenceServerClient(f"127.0.0.1:{server.port}", channel_args=[("peregrine.test.connection", i)])
+
+    def infer(c: tc.InferenceServerClient) -> None:
+        tensor = tc.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        c.infer("id", [tensor], client_timeout=10)
+
+    held = [client(i) for i in range(4)]
+    for c in held:
+        infer(c)
+    extra = client(4)
+    with pytest.raises(tc.InferenceServerException, match="UNAVAILABLE"):
+        infer(extra)
+    for c in held:  # the connections within the bound still serve
+        infer(c)
+    held.pop().close()
+    infer(client(5))  # a connection freed is one a new client may open

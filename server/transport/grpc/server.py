@@ -20,7 +20,7 @@ from peregrine.proto import (
     jobs_pb2_grpc,
 )
 
-from ...config.server import ServerConfig
+from ...config.server import ServerConfig, connections_per_port
 from ...dataplane.dataplane import DataPlane
 from ...jobs.service import JobService
 from ...security.tokens import TokenStore
@@ -143,6 +143,9 @@ class GrpcTransport:
             # HTTP/2 streams (calls of any kind) at once per connection: a backstop behind the data plane's
             # own bounds on streams and bytes per connection.
             ("grpc.max_concurrent_streams", cfg.max_calls_per_connection),
+            # Connections at once (past it, gRPC closes a new one at once): with the calls per connection and
+            # the message size, the bound on what partly received messages hold (docs/SECURITY.md).
+            ("grpc.max_allowed_incoming_connections", connections_per_port(cfg)),
             # Connections: keepalive pings find dead peers; clients may ping no more than every 10 s without
             # calls (more is a flood, answered with GOAWAY); idle connections close after max_connection_idle.
             ("grpc.keepalive_time_ms", 60_000),

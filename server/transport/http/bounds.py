@@ -14,7 +14,6 @@ bytes-in-flight budget, counted as it is read: routes.py).
 from __future__ import annotations
 
 import asyncio
-import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -22,22 +21,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers: twice nginx's default (4 buffers of 8 KiB)
 HEAD_TIMEOUT_S = 10.0
 REFUSED_LINGER_S = 1.0  # a refused connection's bytes still coming are read and dropped this long
-CONNECTIONS_CEILING = 4096
-
-
-def default_max_connections() -> int:
-    """Open HTTP connections allowed at once: at most half the process's descriptors (the rest are gRPC's,
-    the models', the job spool's), and at most :data:`CONNECTIONS_CEILING`."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return CONNECTIONS_CEILING
-    return max(16, min(CONNECTIONS_CEILING, soft // 2))
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Per server (the transport makes a class for it, see bounded_protocol): the bounds, and the connections
     # closed at once for being over max_connections.
-    max_connections = CONNECTIONS_CEILING
+    max_connections = 4096
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout_s = HEAD_TIMEOUT_S
     refused = 0

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from ...config.server import ServerConfig
+from ...config.server import ServerConfig, connections_per_port
 from ...dataplane.dataplane import DataPlane
 from ...jobs.service import JobService
 from ...security.tokens import TokenStore
-from .bounds import bounded_protocol, default_max_connections
+from .bounds import bounded_protocol
 from .routes import HttpApi
 from .security import TokenCheck
 
@@ -67,7 +67,7 @@ class HttpTransport:
 
     def start(self) -> None:
         assert self._socket is not None
-        self.protocol = bounded_protocol(default_max_connections())
+        self.protocol = bounded_protocol(connections_per_port(self.config))
         config = uvicorn.Config(self.api.app(), http=self.protocol, ws="none", lifespan="off", log_config=None,
                                 log_level="warning",
                                 access_log=False, server_header=False, timeout_keep_alive=30,
