@@ -71,3 +71,37 @@ def test_json_logs_carry_the_request_and_trace_ids(tmp_path: Path) -> None:
     about = [e for e in lines if e.get("request_id") == "frame-42"]
     assert about and all(e["trace_id"] == TRACE_ID for e in about)
     assert any("frame-42" in e["message"] and "OK" in e["message"] for e in about)  # the DEBUG request line
+
+
+def test_the_log_context_is_set_only_for_a_request_that_names_something_and_cleared_after_one() -> None:
+    """A request with neither an id nor a trace sets no log context (its task is spared a context of its
+    own), but one that follows a named request in the same task (a stream's next frame) clears what that one
+    left, so its lines do not carry another request's ids."""
+    import contextvars
+    from types import SimpleNamespace
+
+    from peregrine.server.dataplane.dataplane import RequestScope
+    from peregrine.server.observability import logs
+
+    class Call:
+        started_ns, deadline, connection, identity = 0, None, "c", "c"
+
+        def __init__(self, traceparent: str | None) -> None:
+            self.traceparent = traceparent
+
+        def header(self, name: str) -> str | None:
+            return self.traceparent if name == "traceparent" else None
+
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    def run() -> list[object]:
+        seen = []
+        for otel, request_id, traceparent in [(None, "", None), (None, "a", None), (None, "", None),
+                                              ("on", "", None), ("on", "", traced), ("on", "", None)]:
+            plane = SimpleNamespace(otel=otel, trace_ids=otel is not None)
+            RequestScope(plane, Call(traceparent), "m")._name_in_logs(request_id)  # type: ignore[arg-type]
+            seen.append(logs.request_context.get())
+        return seen
+
+    seen = contextvars.copy_context().run(run)
+    assert seen == [None, ("a", ""), ("", ""), ("", ""), ("", "0af7651916cd43dd8448eb211c80319c"), ("", "")]
