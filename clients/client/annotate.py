@@ -52,8 +52,7 @@ from .version import client_version
 PALETTE_HEX = ("FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334", "00D4BB",
                "2C99A8", "00C2FF", "344593", "6473FF", "0018EC", "8438FF", "520085", "CB38FF", "FF95C8", "FF37C7")
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".jp2",
-                  ".gif")  # the formats the detection pipeline reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 # The codec (OpenCV VideoWriter fourcc) each container is written with: MPEG-4 Part 2 in MP4 and QuickTime
 # (OpenCV's wheels encode it everywhere; they bring no H.264 encoder), Motion JPEG in AVI, lossless FFV1 in

@@ -16,8 +16,7 @@ import numpy as np
 
 from ..detection import ImageInput
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".jp2",
-                  ".gif")  # the formats the detection pipeline reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
 Encoding = Literal["jpeg", "png", "raw"]
 _MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
