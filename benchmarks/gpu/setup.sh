@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a GPU machine that has CUDA, CuPy, numba, pybind11 and grpcio but no package index:
-# install onnxruntime-gpu and the small wheels carried in .gpu/ (see ../shared/hooks/gpu-wheels),
+# install onnxruntime-gpu (carried in parts in .gpu/ortN/) and the small wheels carried in .gpu/whl/,
 # then build Peregrine with its CUDA kernels into /tmp/pg. Source it:  . benchmarks/gpu/setup.sh
 set -e
 if [ ! -f /tmp/ort/.installed ]; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in as few device calls as possible; results go to $OUT (default ./gpu-out).
 # Run after `. benchmarks/gpu/setup.sh` (which builds Peregrine with its CUDA kernels into /tmp/pg).
-# The GPU image also needs, among the carried wheels: simplejpeg, pillow, hdrhistogram, tqdm, tritonclient.
+# The GPU image also needs, among the carried wheels: simplejpeg,
+# pillow (11.3 or later: AVIF), pi-heif and pillow-heif (HEIC, read and written by the tests), hdrhistogram, tqdm,
+# tritonclient.
 #
 #   bash benchmarks/gpu/verify.sh tests       # every gpu-marked test, then the OIP/pipeline suites on the GPU
 #   bash benchmarks/gpu/verify.sh buckets     # bench_buckets --device cuda (shape changes, load times)
