@@ -75,7 +75,7 @@ class OtelTracing:
     def sampled(self, traceparent: str | None) -> bool:
         """Whether a request whose call carried ``traceparent`` (None: none) is traced: decided before
         anything of its spans is built."""
-        parent = parse_traceparent(traceparent) if traceparent is not None else None
+        parent = parse_traceparent(traceparent)
         if parent is not None:
             return bool(parent[2] & 1)
         return self.sample_ratio >= 1.0 or random.random() < self.sample_ratio

@@ -70,9 +70,10 @@ def detect_layout(shape: Sequence[int], extra: int = 0, size: tuple[int, int] | 
     [N, K, 6 + extra] end2end, [N, 4+C+extra, A] yolov8 with fewer rows than columns, else yolov5."""
     _, d1, d2 = shape
     if size is not None:
-        if d2 in cells(*size) and d1 - extra >= 5:
+        p5, p6 = cells(*size)
+        if d2 in (p5, p6) and d1 - extra >= 5:
             return "yolov8"
-        if d1 in [3 * c for c in cells(*size)] and d2 - extra >= 6:
+        if d1 in (3 * p5, 3 * p6) and d2 - extra >= 6:
             return "yolov5"
     if d2 - extra == 6 and d1 != d2:
         return "end2end"

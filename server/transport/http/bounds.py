@@ -18,6 +18,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ...config.server import CONNECTIONS_CEILING
+
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers: twice nginx's default (4 buffers of 8 KiB)
 HEAD_TIMEOUT_S = 10.0
 REFUSED_LINGER_S = 1.0  # a refused connection's bytes still coming are read and dropped this long
@@ -26,7 +28,7 @@ REFUSED_LINGER_S = 1.0  # a refused connection's bytes still coming are read and
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Per server (the transport makes a class for it, see bounded_protocol): the bounds, and the connections
     # closed at once for being over max_connections.
-    max_connections = 4096
+    max_connections = CONNECTIONS_CEILING
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout_s = HEAD_TIMEOUT_S
     refused = 0
