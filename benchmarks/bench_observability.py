@@ -15,9 +15,15 @@ Both are subprocesses of this tree serving the bundled models. Loads, each at co
 perf_analyzer when ``.tools/perf_analyzer`` is there, else the load harness). Rounds alternate which server
 goes first; reported are medians over rounds of throughput and p99, and on/off ratios of those medians.
 
+Two processes of the same server with the same flags differ by a few percent for as long as they run (where
+their memory happens to lie): ``--restart-every N`` starts a fresh pair every N rounds, alternating which
+starts first, so that the medians span several pairs and no one process's luck decides the ratio.
+``--on none`` starts two servers with everything off: what the machine's noise alone gives the ratio.
+
     python benchmarks/bench_observability.py --out benchmarks/results/observability.md
     python benchmarks/bench_observability.py --on metrics drift         # what tracing leaves out
     python benchmarks/bench_observability.py --otel-sample-ratio 0.01   # tracing one request in 100
+    python benchmarks/bench_observability.py --rounds 12 --restart-every 1 --on none   # A/A: the noise
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -115,6 +120,21 @@ def start(repository: Path, grpc_port: int, http_port: int, flags: list[str]) ->
 
 
 @contextmanager
+def serving(order: tuple[str, str], ports: dict[str, tuple[int, int]], repository: Path,
+            flags: dict[str, list[str]]) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """The two servers, started in ``order`` and stopped when the block is done."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in order:
+            procs[name] = start(repository, *ports[name], flags[name])
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(30)
+
+
+@contextmanager
 def scraping(http_ports: list[int], every_s: float) -> Iterator[list[int]]:
     """GET /metrics of every server every ``every_s`` seconds in a thread, as Prometheus would (the off
     server answers 404); yields the byte counts of the on server's answers."""
@@ -127,7 +147,7 @@ def scraping(http_ports: list[int], every_s: float) -> Iterator[list[int]]:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
                         sizes.append(len(answer.read()))
-                except urllib.error.HTTPError:
+                except OSError:  # 404 from a server with metrics off, or none listening while a pair restarts
                     pass
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -205,8 +225,12 @@ def main() -> int:
     ap.add_argument("--detect-seconds", type=float, default=12.0,
                     help="measured seconds of each Detect load (a CPU answers ~10-20 a second: a p99 needs hundreds)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--on", nargs="+", default=["metrics", "drift", "tracing"], choices=["metrics", "drift", "tracing"],
-                    help="what the on server has on (default all three; the off server has none)")
+    ap.add_argument("--on", nargs="+", default=["metrics", "drift", "tracing"],
+                    choices=["metrics", "drift", "tracing", "none"],
+                    help="what the on server has on (default all three; the off server has none; 'none': "
+                         "both off, the noise alone)")
+    ap.add_argument("--restart-every", type=int, default=0, metavar="N",
+                    help="start a fresh pair of servers every N rounds (default 0: one pair for the whole run)")
     ap.add_argument("--drift-sample-rate", type=float, default=0.1)
     ap.add_argument("--otel-sample-ratio", type=float, default=1.0, help="share of requests the on server traces")
     ap.add_argument("--scrape-s", type=float, default=5.0, help="scrape interval of /metrics")
@@ -221,39 +245,40 @@ def main() -> int:
     if "identity" not in args.skip:
         loads[f"{IDENTITY} ModelInfer"] = lambda port, c: identity_load(port, c, args.seconds)
 
+    on_parts = set(args.on) - {"none"}
     receiver = SpanReceiver()
     ports = {"on": (args.port, args.port + 1), "off": (args.port + 2, args.port + 3)}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     results: dict[tuple[str, str, int], list[dict[str, float]]] = defaultdict(list)
-    with tempfile.TemporaryDirectory(prefix="peregrine-observability-") as tmp:
+    counts = {"sampled": 0.0, "staged": 0.0, "pairs": 0}
+    every = args.restart_every or args.rounds
+    with tempfile.TemporaryDirectory(prefix="peregrine-observability-") as tmp, \
+            scraping([ports["on"][1], ports["off"][1]], args.scrape_s) as scrapes:
         try:
-            for name in ("on", "off"):
-                grpc_port, http_port = ports[name]
-                procs[name] = start(args.repository, grpc_port, http_port,
-                                    server_flags(set(args.on) if name == "on" else set(), args, receiver, Path(tmp)))
-            with scraping([ports["on"][1], ports["off"][1]], args.scrape_s) as scrapes:
-                for r in range(args.rounds):
-                    for load, run in loads.items():
-                        for c in args.concurrency:
-                            for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                                model, pid = load.split()[0], procs[name].pid
-                                cpu, count = cpu_seconds(pid), answered(ports[name][1], model)
-                                m = run(ports[name][0], c)
-                                # The server's CPU time per request answered: what it spends, whatever
-                                # the two shared cores let each server's throughput be in its turn.
-                                m["cpu_us"] = ((cpu_seconds(pid) - cpu) * 1e6
-                                               / max(answered(ports[name][1], model) - count, 1))
-                                results[(load, name, c)].append(m)
-                                print(f"round {r + 1} {load} c={c} {name}: {m['throughput']:.1f}/s "
-                                      f"p99 {m['p99']:.2f} ms, server CPU {m['cpu_us']:.0f} us/request",
-                                      file=sys.stderr)
-            metrics_on = "metrics" in args.on
-            sampled = counter(ports["on"][1], "peregrine_drift_frames_sampled_total") if metrics_on else 0
-            staged = counter(ports["on"][1], "peregrine_pipeline_stage_seconds_count") if metrics_on else 0
+            for first in range(0, args.rounds, every):
+                order = ("on", "off") if counts["pairs"] % 2 == 0 else ("off", "on")
+                with serving(order, ports, args.repository,
+                             {"on": server_flags(on_parts, args, receiver, Path(tmp)),
+                              "off": server_flags(set(), args, receiver, Path(tmp))}) as procs:
+                    counts["pairs"] += 1
+                    for r in range(first, min(first + every, args.rounds)):
+                        for load, run in loads.items():
+                            for c in args.concurrency:
+                                for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                                    model, pid = load.split()[0], procs[name].pid
+                                    cpu, count = cpu_seconds(pid), answered(ports[name][1], model)
+                                    m = run(ports[name][0], c)
+                                    # The server's CPU time per request answered: what it spends, whatever
+                                    # the two shared cores let each server's throughput be in its turn.
+                                    m["cpu_us"] = ((cpu_seconds(pid) - cpu) * 1e6
+                                                   / max(answered(ports[name][1], model) - count, 1))
+                                    results[(load, name, c)].append(m)
+                                    print(f"round {r + 1} {load} c={c} {name}: {m['throughput']:.1f}/s "
+                                          f"p99 {m['p99']:.2f} ms, server CPU {m['cpu_us']:.0f} us/request",
+                                          file=sys.stderr)
+                    if "metrics" in on_parts:
+                        counts["sampled"] += counter(ports["on"][1], "peregrine_drift_frames_sampled_total")
+                        counts["staged"] += counter(ports["on"][1], "peregrine_pipeline_stage_seconds_count")
         finally:
-            for proc in procs.values():
-                proc.terminate()
-                proc.wait(30)
             time.sleep(0.5)  # the on server's exporter sends its last batch when it stops
             receiver.close()
 
@@ -275,19 +300,20 @@ def main() -> int:
                          f"{med['on']['cpu_us'] / med['off']['cpu_us']:.3f} |")
     driver = "perf_analyzer" if PERF_ANALYZER.exists() else "peregrine.client.load"
     parts = []
-    if "metrics" in args.on:
+    if "metrics" in on_parts:
         parts.append(f"metrics (scraped every {args.scrape_s:g} s: {len(scrapes)} scrapes, last "
-                     f"{scrapes[-1] if scrapes else 0} bytes; {staged:.0f} stage observations)")
-    if "drift" in args.on:
-        sketched = f" ({sampled:.0f} frames sampled)" if metrics_on else ""
+                     f"{scrapes[-1] if scrapes else 0} bytes; {counts['staged']:.0f} stage observations)")
+    if "drift" in on_parts:
+        sketched = f" ({counts['sampled']:.0f} frames sampled)" if "metrics" in on_parts else ""
         parts.append(f"drift at {args.drift_sample_rate:g}{sketched}")
-    if "tracing" in args.on:
+    if "tracing" in on_parts:
         parts.append(f"OpenTelemetry at ratio {args.otel_sample_ratio:g} over OTLP/HTTP ({receiver.spans} spans in "
                      f"{receiver.exports} exports received)")
-    lines += ["", f"Medians of {args.rounds} alternating rounds; {IDENTITY} [1,16] driven by {driver} "
+    pairs_run = "one pair of servers" if counts["pairs"] == 1 else f"{counts['pairs']} pairs of servers"
+    lines += ["", f"Medians of {args.rounds} alternating rounds over {pairs_run}; {IDENTITY} [1,16] driven by {driver} "
               f"({args.seconds:g} s windows), {PIPELINE} by peregrine.client.load (closed loop, one 512x512 image, "
               f"{args.detect_seconds:g} s). "
-              f"On: {', '.join(parts)}; off: none of them."]
+              f"On: {', '.join(parts) or 'none of them (an A/A run)'}; off: none of them."]
     table = "\n".join(lines)
     print(table)
     write_report(args.out, "Observability on vs off (issue 19)", table)
