@@ -9,8 +9,11 @@ model, ready to serve, with the model's own configuration:
 - ``fp16``: weights and computation in half precision (ONNX Runtime's converter), inputs and outputs kept
   FP32 so the pipeline and clients do not change;
 - ``int8``: static quantization in QDQ form (ONNX Runtime's quantization tools; weights per channel INT8,
-  activations UINT8), calibrated on photographs (``--calibration DIR``; default: the project's packaged
-  photographs), letterboxed to the model's input as the pipeline feeds it.
+  activations UINT8), calibrated on photographs (``--calibration DIR``, any format the pipeline reads;
+  default: the project's packaged photographs), fed exactly as the repository's pipeline for the model feeds
+  its frames: the same decoder (EXIF orientation applied), the pipeline's own letterbox kernel and its
+  ``[detection]`` settings (input size, channel order, padding, scale, resize), or their defaults when no
+  pipeline uses the model.
 
 Every detection pipeline of the repository that uses the model gets the same variants (``<pipeline>_int8``,
 its ``detector`` the ``<model>_int8``).
@@ -41,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .config.model import DetectionConfig
 
 VARIANTS = ("fp16", "int8")  # precisions; a number (a multiple of 32) is an input size
 MAX_STRIDE = 32  # YOLO detectors' coarsest feature map: input sides are multiples of it
@@ -155,7 +160,7 @@ def quantize(repository: Path, model: str, variants: list[str], calibration: Pat
 
             onnx.save(convert_float_to_float16(graph, keep_io_types=True), str(out))
         else:
-            _int8(source, out, calibration, calibration_images)
+            _int8(source, out, calibration, calibration_images, _detection_config(repository, model))
         for name in CONFIG_FILES:
             if (directory / name).is_file():
                 text = (directory / name).read_text()
@@ -226,11 +231,12 @@ def _pipelines_using(repository: Path, model: str) -> list[Path]:
     return found
 
 
-def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
+def _int8(source: Path, out: Path, calibration: Path, limit: int, detection: DetectionConfig) -> None:
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from .jobs.sources import IMAGE_SUFFIXES
     from .pipeline.head import reads_as_rtdetr
     from .runtime.metadata import parse_labels
 
@@ -240,17 +246,21 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int) -> None:
         raise QuantizeError(f"int8: calibration feeds images to one FP32 NCHW input; {source} has "
                             f"{[(i.name, i.type, i.shape) for i in inputs]}")
     name, shape = inputs[0].name, inputs[0].shape
-    height, width = (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else (640, 640)
+    if all(isinstance(d, int) for d in shape[2:]):
+        height, width = shape[2], shape[3]
+    else:  # dynamic sizes: the pipeline's input size, else ultralytics' default
+        height, width = detection.input_size or (640, 640)
     # an RT-DETR export's pipeline stretches frames to its input instead of letterboxing them
     labels = parse_labels(session.get_modelmeta().custom_metadata_map)
     stretch = reads_as_rtdetr(session.get_outputs()[0].shape, len(labels))
-    images = [p for p in sorted(calibration.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")][:limit]
+    images = [p for p in sorted(calibration.rglob("*"))
+              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES][:limit]
     if not images:
-        raise QuantizeError(f"int8: no images (.jpg, .jpeg, .png) to calibrate on in {calibration}")
+        raise QuantizeError(f"int8: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate on in {calibration}")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = (({name: _letterboxed(p, height, width, stretch)}) for p in images)
+            self.batches = ({name: calibration_input(p, height, width, detection, stretch)} for p in images)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -310,25 +320,37 @@ def name_nodes(model: Any) -> bool:
     return renamed
 
 
-def _letterboxed(path: Path, height: int, width: int, stretch: bool = False) -> np.ndarray:
-    """An image as the detection pipeline feeds it: RGB, letterboxed with grey 114 (``stretch``: resized to
-    the input, as for RT-DETR), float32 [1, 3, H, W] / 255."""
-    import cv2
+def _detection_config(repository: Path, model: str) -> DetectionConfig:
+    """The ``[detection]`` settings of the first pipeline of the repository that uses ``model`` (defaults
+    when none does, or its configuration does not parse: the pipeline itself then says why when loaded)."""
+    import tomllib
 
-    image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise QuantizeError(f"int8: {path} is not an image OpenCV reads")
-    image = image[..., ::-1]
-    if stretch:
-        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        return (resized.transpose(2, 0, 1)[None].astype(np.float32)) / 255.0
-    r = min(height / image.shape[0], width / image.shape[1])
-    resized = cv2.resize(image, (round(image.shape[1] * r), round(image.shape[0] * r)),
-                         interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((height, width, 3), 114, np.uint8)
-    top, left = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
-    canvas[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
-    return (canvas.transpose(2, 0, 1)[None].astype(np.float32)) / 255.0
+    from pydantic import ValidationError
+
+    for pipeline in _pipelines_using(repository, model):
+        try:
+            return DetectionConfig(**tomllib.loads((pipeline / "config.toml").read_text()).get("detection", {}))
+        except (tomllib.TOMLDecodeError, ValidationError, TypeError):
+            continue
+    return DetectionConfig()
+
+
+def calibration_input(path: Path, height: int, width: int, detection: DetectionConfig,
+                      stretch: bool = False) -> np.ndarray:
+    """An image file as the detection pipeline feeds it to the model: decoded by the pipeline's decoder,
+    letterboxed (``stretch``: resized to the input, as for RT-DETR) by its kernel with ``detection``'s
+    settings; float32 [1, 3, height, width]."""
+    from .core.errors import InvalidArgument
+    from .pipeline.images import decode_image
+    from .pipeline.stages import Letterbox
+
+    try:
+        frame = decode_image(path.read_bytes(), path.name, detection.frame_channel_order, detection.max_pixels)
+    except InvalidArgument as e:
+        raise QuantizeError(f"int8: calibration image {path}: {e}") from None
+    rows = np.empty((1, 3, height, width), np.float32)
+    Letterbox(detection, stretch)(rows, [frame])
+    return rows
 
 
 def _progress(items: list[str]) -> Iterator[str]:

@@ -243,3 +243,26 @@ def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Pa
     for variant in ("rt_cam_fp16", "rt_cam_int8"):
         precision, recall, _, _ = agreement(boxes("rt_cam"), boxes(variant))
         assert precision > 0.8 and recall > 0.8, (variant, precision, recall)
+
+
+def test_calibration_feeds_photographs_as_the_model_s_pipeline_does(tmp_path: Path) -> None:
+    """INT8 calibration sees what the pipeline will feed the model: its [detection] settings (here BGR
+    input, black padding), its decoder (any format it reads: WebP here) and its letterbox."""
+    import cv2
+    from peregrine.server.quantize import _detection_config, calibration_input
+    from PIL import Image
+
+    repo = jobs.repository(tmp_path / "models")
+    config = repo / "cam" / "config.toml"
+    config.write_text(config.read_text() + 'model_channel_order = "bgr"\npad_value = 0\n')
+    detection = _detection_config(repo, "v5")
+    assert (detection.model_channel_order, detection.pad_value) == ("bgr", 0)
+
+    rgb = np.random.default_rng(3).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    path = tmp_path / "photo.webp"
+    Image.fromarray(rgb).save(path, lossless=True)
+    # By hand: 200 x 100 scaled by 1.6 to 320 x 160, 80 rows of padding above and below, channels reversed.
+    canvas = np.zeros((320, 320, 3), np.uint8)
+    canvas[80:240] = cv2.resize(rgb, (320, 160), interpolation=cv2.INTER_LINEAR)
+    expected = canvas[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    np.testing.assert_allclose(calibration_input(path, 320, 320, detection), expected, atol=1e-6)
