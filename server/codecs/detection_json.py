@@ -25,7 +25,7 @@ import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..core.errors import InvalidArgument, clipped
+from ..core.errors import InvalidArgument, clipped, json_type
 from ..core.types import DetectRequest, EncodedImage, FrameResult, OptionOverrides, RawImage
 
 _US = 1000
@@ -50,7 +50,7 @@ def _number(value: Any, what: str, integer: bool = False) -> Any:
 
 def _string(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise InvalidArgument(f"{what}: expected a string, got {type(value).__name__}")
+        raise InvalidArgument(f"{what}: expected a string, got {json_type(value)}")
     return value
 
 
@@ -114,7 +114,7 @@ def decode_raw(raw: Any, field: str) -> RawImage:
     InvalidArgument naming ``<field>.raw.<key>``, as gRPC names the proto's fields."""
     where = f"{field}.raw"
     if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where}: expected an object with {', '.join(RAW_FIELDS)}, got {type(raw).__name__}")
+        raise InvalidArgument(f"{where}: expected an object with {', '.join(RAW_FIELDS)}, got {json_type(raw)}")
     unknown = [k for k in raw if k not in RAW_FIELDS]
     if unknown:
         raise InvalidArgument(f"{where}.{clipped(unknown[0])}: not known; expected some of {', '.join(RAW_FIELDS)}")
@@ -127,7 +127,7 @@ def decode_raw(raw: Any, field: str) -> RawImage:
     text = raw.get("data")
     if not isinstance(text, str):
         raise InvalidArgument(f"{where}.data: expected the frame's bytes in base64, got "
-                              f"{'none' if text is None else type(text).__name__}")
+                              f"{json_type(text)}")
     return RawImage(_base64(text, f"{where}.data"), height, width, channels, field, encoding, step, bool(big))
 
 

@@ -28,7 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from ..core import datatypes
-from ..core.errors import InvalidArgument, Unimplemented, clipped
+from ..core.errors import InvalidArgument, Unimplemented, clipped, json_type
 from ..core.types import InferRequest, InferResponse
 from .oip import (
     CLASSIFICATION,
@@ -57,6 +57,7 @@ _INT64 = (descriptor.FieldDescriptor.TYPE_INT64, descriptor.FieldDescriptor.TYPE
 
 
 # -- JSON bodies -----------------------------------------------------------------------------------
+
 def parse_object(body: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
     """A JSON object from ``body``; InvalidArgument when it is not one (an empty body is ``{}``)."""
     if not len(body):
@@ -66,7 +67,7 @@ def parse_object(body: bytes | memoryview, what: str = "request body") -> dict[s
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise InvalidArgument(f"{what}: not valid JSON ({clipped(str(e))})") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{what}: expected a JSON object, got {type(value).__name__}")
+        raise InvalidArgument(f"{what}: expected a JSON object, got {json_type(value)}")
     return value
 
 
@@ -121,7 +122,7 @@ def _integer(value: Any, what: str) -> int:
 def _parameters(tensor: dict[str, Any], what: str) -> dict[str, Any]:
     params = tensor.get("parameters", {})
     if not isinstance(params, dict):
-        raise InvalidArgument(f"{what}.parameters: expected an object, got {type(params).__name__}")
+        raise InvalidArgument(f"{what}.parameters: expected an object, got {json_type(params)}")
     return params
 
 
@@ -156,7 +157,7 @@ def _flat(data: Any, depth: int = 0) -> Iterator[Any]:
 
 def _decode_json_data(data: Any, dt: datatypes.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
     if not isinstance(data, list):
-        raise InvalidArgument(f"{what}: data: expected a JSON array, got {type(data).__name__}")
+        raise InvalidArgument(f"{what}: data: expected a JSON array, got {json_type(data)}")
     count = math.prod(shape)
     values = list(_flat(data))
     if len(values) != count:
@@ -165,7 +166,7 @@ def _decode_json_data(data: Any, dt: datatypes.DataType, shape: tuple[int, ...],
         out = np.empty(count, dtype=object)
         for i, v in enumerate(values):
             if not isinstance(v, str):
-                raise InvalidArgument(f"{what}: data[{i}]: expected a string for BYTES, got {type(v).__name__}")
+                raise InvalidArgument(f"{what}: data[{i}]: expected a string for BYTES, got {json_type(v)}")
             out[i] = v.encode("utf-8")
         return out.reshape(shape)
     kinds = (bool,) if dt.name == "BOOL" else (int, float) if dt.numpy.kind == "f" else (int,)
@@ -190,18 +191,19 @@ def decode_infer_request(model_name: str, model_version: str, header: dict[str, 
         raise InvalidArgument("model name: expected a model name in the URL, got an empty string")
     inputs_json = header.get("inputs")
     if not isinstance(inputs_json, list):
-        raise InvalidArgument(f"inputs: expected an array of tensors, got {type(inputs_json).__name__}")
+        got = "no 'inputs' field" if "inputs" not in header else json_type(inputs_json)
+        raise InvalidArgument(f"inputs: expected an array of tensors, got {got}")
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
-        raise InvalidArgument(f"id: expected a string, got {type(request_id).__name__}")
+        raise InvalidArgument(f"id: expected a string, got {json_type(request_id)}")
     params = header.get("parameters", {})
     if not isinstance(params, dict):
-        raise InvalidArgument(f"parameters: expected an object, got {type(params).__name__}")
+        raise InvalidArgument(f"parameters: expected an object, got {json_type(params)}")
     inputs: dict[str, Any] = {}
     offset = 0
     for i, tensor in enumerate(inputs_json):
         if not isinstance(tensor, dict):
-            raise InvalidArgument(f"inputs[{i}]: expected an object, got {type(tensor).__name__}")
+            raise InvalidArgument(f"inputs[{i}]: expected an object, got {json_type(tensor)}")
         name = tensor.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"inputs[{i}].name: expected a tensor name, got {clipped(repr(name))}")
@@ -269,12 +271,12 @@ def _requested_outputs(header: dict[str, Any], regions: RequestRegions | None,
     ``classification``."""
     outputs = header.get("outputs", [])
     if not isinstance(outputs, list):
-        raise InvalidArgument(f"outputs: expected an array, got {type(outputs).__name__}")
+        raise InvalidArgument(f"outputs: expected an array, got {json_type(outputs)}")
     requested: list[tuple[str, bool | None]] = []
     seen: set[str] = set()
     for i, o in enumerate(outputs):
         if not isinstance(o, dict):
-            raise InvalidArgument(f"outputs[{i}]: expected an object, got {type(o).__name__}")
+            raise InvalidArgument(f"outputs[{i}]: expected an object, got {json_type(o)}")
         name = o.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"outputs[{i}].name: expected an output name, got {clipped(repr(name))}")

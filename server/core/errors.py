@@ -136,3 +136,20 @@ def status_name(error: BaseException) -> str:
     if isinstance(error, concurrent.futures.CancelledError):
         return "CANCELLED"
     return "INTERNAL"
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for error messages ("got null", not "got NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -84,3 +84,20 @@ def test_what_is_not_a_json_number_or_not_a_float_is_refused(body: bytes, reason
     with pytest.raises(PeregrineError) as e:
         oip_json.decode_infer_request("m", "", oip_json.parse_object(body), memoryview(b""))
     assert e.value.code == "INVALID_ARGUMENT" and reason in e.value.message
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ({}, "inputs: expected an array of tensors, got no 'inputs' field"),
+    ({"inputs": None}, "inputs: expected an array of tensors, got null"),
+    ({"inputs": {"name": "x"}}, "inputs: expected an array of tensors, got an object"),
+    ({"inputs": [], "id": 7}, "id: expected a string, got a number"),
+    ({"inputs": [], "parameters": [1]}, "parameters: expected an object, got an array"),
+    ({"inputs": ["x"]}, "inputs[0]: expected an object, got a string"),
+    ({"inputs": [], "outputs": True}, "outputs: expected an array, got a boolean"),
+])
+def test_a_malformed_request_names_the_field_and_the_json_type_it_got(header: dict[str, object],
+                                                                      message: str) -> None:
+    """Errors speak JSON to a JSON client: 'got null' or 'got an object', not Python's NoneType or dict."""
+    with pytest.raises(PeregrineError) as caught:
+        oip_json.decode_infer_request("m", "", header, memoryview(b""))
+    assert str(caught.value) == message

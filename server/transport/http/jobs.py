@@ -31,7 +31,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from ...core.errors import FailedPrecondition, InvalidArgument, OutOfRange, PeregrineError, clipped
+from ...core.errors import FailedPrecondition, InvalidArgument, OutOfRange, PeregrineError, clipped, json_type
 from ...jobs.service import JobService, JobSpec
 from ...jobs.store import SUCCEEDED, UPLOADING, JobRecord
 from .status import status_of
@@ -221,7 +221,7 @@ class JobRoutes:
         except (ValueError, RecursionError) as e:
             raise InvalidArgument(f"request body: not valid JSON ({clipped(str(e))})") from None
         if not isinstance(body, dict):
-            raise InvalidArgument(f"request body: expected a JSON object (a job spec), got {type(body).__name__}")
+            raise InvalidArgument(f"request body: expected a JSON object (a job spec), got {json_type(body)}")
         spec = JobSpec()
         for key, value in body.items():
             if key in _SPEC_TEXT:
