@@ -106,6 +106,11 @@ def test_messages_name_the_tensor_and_expectation(stub) -> None:
     assert "INPUT0" in details and "INT32" in details and "FP32" in details
 
 
+def test_a_misspelt_input_is_named_beside_the_missing_one(stub) -> None:
+    _, details = _code(stub, _mutate(lambda r: setattr(r.inputs[1], "name", "INPUT_1")))
+    assert "missing input(s) INPUT1 (got INPUT_1); expected INPUT0, INPUT1" in details
+
+
 def test_typed_contents_with_wrong_count_or_field(stub) -> None:
     req = pb.ModelInferRequest(model_name="identity_int32")
     t = req.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 3])

@@ -135,11 +135,13 @@ class TensorModel:
         Raises InvalidArgument naming the tensor. Runs in the transport's thread, not on the event loop."""
         expected = {t.name: t for t in self.inputs}
         missing = [n for n in expected if n not in request.inputs]
-        if missing:
-            raise InvalidArgument(
-                f"model '{self.name}': missing input(s) {', '.join(missing)}; expected {', '.join(expected)}"
-            )
         extra = [n for n in request.inputs if n not in expected]
+        if missing:  # what came instead, when something did (a misspelt name)
+            more = " ..." if len(extra) > 8 else ""
+            sent = f" (got {', '.join(clipped(n) for n in extra[:8])}{more})" if extra else ""
+            raise InvalidArgument(
+                f"model '{self.name}': missing input(s) {', '.join(missing)}{sent}; expected {', '.join(expected)}"
+            )
         if extra:
             raise InvalidArgument(
                 f"model '{self.name}': unexpected input(s) {', '.join(clipped(n) for n in extra[:8])}"
