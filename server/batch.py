@@ -136,14 +136,14 @@ def _image_files(inputs: list[str]) -> list[Path] | None:
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
-            found += [p for p in path.rglob("*") if p.is_file() and sources._is_image_name(p.name)]
+            found += [p for p in path.rglob("*") if p.is_file() and sources.is_image_name(p.name)]
         elif path.is_file():
             found.append(path)
         else:
             matches = [Path(m) for m in glob.glob(entry, recursive=True)]
             if not matches:
                 raise FileNotFoundError(f"--input: nothing matches '{entry}'")
-            found += [p for p in matches if p.is_file() and sources._is_image_name(p.name)]
+            found += [p for p in matches if p.is_file() and sources.is_image_name(p.name)]
     if not found:
         raise FileNotFoundError(f"--input: no image files ({', '.join(sources.IMAGE_SUFFIXES)}) in "
                                 f"{', '.join(inputs)}")

@@ -236,7 +236,7 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int, detection: Det
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from .jobs.sources import IMAGE_SUFFIXES
+    from .jobs.sources import IMAGE_SUFFIXES, is_image_name
     from .pipeline.head import reads_as_rtdetr
     from .runtime.metadata import parse_labels
 
@@ -253,8 +253,7 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int, detection: Det
     # an RT-DETR export's pipeline stretches frames to its input instead of letterboxing them
     labels = parse_labels(session.get_modelmeta().custom_metadata_map)
     stretch = reads_as_rtdetr(session.get_outputs()[0].shape, len(labels))
-    images = [p for p in sorted(calibration.rglob("*"))
-              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES][:limit]
+    images = [p for p in sorted(calibration.rglob("*")) if p.is_file() and is_image_name(p.name)][:limit]
     if not images:
         raise QuantizeError(f"int8: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate on in {calibration}")
 
@@ -419,7 +418,7 @@ def _ground_truth(labels: Path, images: Path, repository: Path, model: str) -> A
     _, source = _onnx_file(repository, model)
     names = parse_labels({p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props})
     try:
-        files = [p for p in sorted(images.rglob("*")) if sources._is_image_name(p.name)]
+        files = [p for p in sorted(images.rglob("*")) if sources.is_image_name(p.name)]
         return read_labels(labels, files, names)
     except (LabelError, OSError) as e:
         raise QuantizeError(f"--labels: {e}") from None
@@ -447,7 +446,7 @@ def _latency_ms(repository: Path, pipeline: str, images: Path) -> float:
     from .jobs import sources
     from .jobs.service import LocalCall, run_item
 
-    files = [p for p in sorted(images.rglob("*")) if sources._is_image_name(p.name)]
+    files = [p for p in sorted(images.rglob("*")) if sources.is_image_name(p.name)]
     items = [sources.Item(i, p.name, encoded=p.read_bytes()) for i, p in enumerate(files)]
     server = PeregrineServer(ServerConfig(model_repository=repository, grpc_port=0, http_port=None,
                                           model_control_mode="explicit", load_models=[pipeline]))

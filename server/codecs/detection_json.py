@@ -126,8 +126,7 @@ def decode_raw(raw: Any, field: str) -> RawImage:
         raise InvalidArgument(f"{where}.is_bigendian: expected true or false (or 0, 1), got {clipped(repr(big))}")
     text = raw.get("data")
     if not isinstance(text, str):
-        raise InvalidArgument(f"{where}.data: expected the frame's bytes in base64, got "
-                              f"{json_type(text)}")
+        raise InvalidArgument(f"{where}.data: expected the frame's bytes in base64, got {json_type(text)}")
     return RawImage(_base64(text, f"{where}.data"), height, width, channels, field, encoding, step, bool(big))
 
 

@@ -57,7 +57,6 @@ _INT64 = (descriptor.FieldDescriptor.TYPE_INT64, descriptor.FieldDescriptor.TYPE
 
 
 # -- JSON bodies -----------------------------------------------------------------------------------
-
 def parse_object(body: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
     """A JSON object from ``body``; InvalidArgument when it is not one (an empty body is ``{}``)."""
     if not len(body):

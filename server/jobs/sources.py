@@ -148,7 +148,7 @@ def open_source(payload: Path | Payload, kind: str, parameters: dict[str, str],
                           f"{', '.join(KINDS)} (not a tar or zip archive, .npy/.npz, bag or MCAP)")
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
 
@@ -167,7 +167,7 @@ class ArchiveSource(Source):
             if zipfile.is_zipfile(self._file):
                 _check_entries(_zip_entries(self._file))
                 self._zip = zipfile.ZipFile(self._file)
-                infos = [i for i in self._zip.infolist() if not i.is_dir() and _is_image_name(i.filename)]
+                infos = [i for i in self._zip.infolist() if not i.is_dir() and is_image_name(i.filename)]
                 self._members = sorted(infos, key=lambda i: i.filename)
             else:
                 self._file.seek(0)
@@ -191,7 +191,7 @@ class ArchiveSource(Source):
         while (member := tar.next()) is not None:
             entries += 1
             _check_entries(entries)
-            if member.isfile() and _is_image_name(member.name):
+            if member.isfile() and is_image_name(member.name):
                 found.append((member.name, member.offset_data, member.size))
             tar.members.clear()
         return found
