@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from ..core.stats import ModelStats
 from ..core.types import FrameRequest, InferRequest
 from .gpu_metrics import NvmlGpus
-from .request_histograms import RequestHistograms
+from .request_histograms import NOT_THROUGH, RequestHistograms
 from .triton_metrics import LatencySummaries, MetricsSettings, model_families, render
 
 UNKNOWN_MODEL = "(unknown)"  # the model label of requests for models the server does not know
@@ -157,18 +157,20 @@ class Metrics:
         ``request`` None: an answer from the response cache, which has no queue or batch."""
         if not self.enabled:  # nothing would read them (--allow-metrics=false)
             return
+        none = NOT_THROUGH
         if ran is None:  # failed: no stages
-            row = (model, status, total_ns, None, 0, None, None, None, None, None, None, None)
+            stages = (none, none, none, none, none, none, none, total_ns)
         elif request is None:  # from the response cache: the transport's stages only
-            row = (model, status, total_ns, ran[0], ran[1], transport_decode_ns, None, None, None, None, None,
-                   transport_encode_ns)
+            stages = (none if transport_decode_ns is None else transport_decode_ns, none, none, none, none, none,
+                      none if transport_encode_ns is None else transport_encode_ns, total_ns)
         else:
-            c = request.compute
-            row = (model, status, total_ns, ran[0], ran[1], transport_decode_ns,
-                   request.decode_ns if isinstance(request, FrameRequest) else None, request.queue_ns,
-                   None if c is None else c.input_ns, None if c is None else c.infer_ns,
-                   None if c is None else c.output_ns, transport_encode_ns)
-        self.requests.observe(row)
+            c, queue_ns = request.compute, request.queue_ns
+            stages = (none if transport_decode_ns is None else transport_decode_ns,
+                      request.decode_ns if isinstance(request, FrameRequest) else none,
+                      none if queue_ns is None else queue_ns, none if c is None else c.input_ns,
+                      none if c is None else c.infer_ns, none if c is None else c.output_ns,
+                      none if transport_encode_ns is None else transport_encode_ns, total_ns)
+        self.requests.observe((model, status, ran), stages)
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:
         if self.enabled:

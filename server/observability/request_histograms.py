@@ -12,17 +12,21 @@
   observed for it, so each stage's count is the number of requests that went through it.
 
 This runs on every request, on the event loop that every request shares, so a request pays as little as
-can be: its numbers are appended, as one row, to a list of pending observations (one lock, one append).
+can be and leaves nothing behind: its numbers are appended, as raw 64-bit integers, to one flat array of
+pending rows (one lock, one append), and its labels become the index of their key among the pending rows'.
 The rows are counted into the buckets in bulk, with NumPy, when ``FOLD_AT`` of them are pending and at every
 scrape, so a scrape always sees every request answered before it. Measured under load, counting each
 request as it came (prometheus_client's ``Histogram`` for the first, plain counts for the second) cost a
 small tensor model several percent of its throughput: a few microseconds of code run cold, between two
-requests, costs several times what it costs in a loop.
+requests, costs several times what it costs in a loop. A pending row holds no Python object (they were
+tuples of integers before): nothing a request leaves for the next fold sits in the allocator's pools that
+the request path reuses, and the pending rows' memory is one bounded buffer.
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,12 +46,12 @@ STAGE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025,
                  0.04, 0.05, 0.075, 0.1,
                  0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-FOLD_AT = 512  # pending rows counted in one go (and the most ever held: a few tens of KB)
+FOLD_AT = 512  # pending rows counted in one go (and the most ever held: 36 KB)
+NOT_THROUGH = -1  # a stage's value for a request that did not go through it
+_WIDTH = 1 + len(STAGES)  # a pending row: its key's index, then the ns of each stage in STAGES' order
 
-# A row: (model as asked, status, total ns, model that ran or None, its version, then the stages but the
-# total in STAGES' order, ns or None).
-Row = tuple[Any, ...]
-_FIRST_STAGE = 5
+# A request's key: (model as the client named it, status, (model, version) that ran it or None).
+Key = tuple[str, str, tuple[str, int] | None]
 
 
 class _Buckets:
@@ -80,44 +84,57 @@ class RequestHistograms(Collector):
     def __init__(self, label: Callable[[str], str]) -> None:
         self._label = label
         self._lock = threading.Lock()  # requests are answered on the loop, job items in their workers
-        self._rows: list[Row] = []
+        self._rows = array("q")  # pending rows, _WIDTH integers each
+        self._keys: dict[Key, int] = {}  # the pending rows' keys, by index (cleared at each fold)
         self._latency: dict[tuple[str, str], _Buckets] = {}
         self._stages: dict[tuple[str, int], list[_Buckets]] = {}
         self._latency_bounds, self._stage_bounds = _ns(LATENCY_BUCKETS), _ns(STAGE_BUCKETS)
 
-    def observe(self, row: Row) -> None:
-        """One answered request (its :data:`Row`)."""
+    def observe(self, key: Key, stages: Sequence[int]) -> None:
+        """One answered request: its :data:`Key` and its ns in each of ``STAGES`` (the total last;
+        ``NOT_THROUGH`` for a stage it did not go through)."""
         with self._lock:
+            keys = self._keys
+            index = keys.get(key)
+            if index is None:
+                index = keys[key] = len(keys)
             rows = self._rows
-            rows.append(row)
-            if len(rows) >= FOLD_AT:
+            rows.append(index)
+            rows.extend(stages)
+            if len(rows) >= FOLD_AT * _WIDTH:
                 self._fold()
 
     def _fold(self) -> None:
         """Count the pending rows (the lock held)."""
-        rows, self._rows = self._rows, []
-        if not rows:
+        if not self._rows:
             return
-        columns = list(zip(*rows, strict=True))
-        totals = np.array(columns[2], np.float64)
-        for (model, status), at in _groups(list(zip(columns[0], columns[1], strict=True))).items():
-            key = (self._label(model), status)
-            series = self._latency.get(key)
+        table = np.frombuffer(self._rows, np.int64).reshape(-1, _WIDTH).astype(np.float64)
+        keys = list(self._keys)  # in the order of their indices
+        self._rows, self._keys = array("q"), {}
+        index = table[:, 0]
+
+        def rows_of(members: list[int]) -> np.ndarray | slice:  # all of them, as usual, under one key
+            return slice(None) if len(keys) == 1 else np.isin(index, members)
+
+        latency: dict[tuple[str, str], list[int]] = {}
+        ran: dict[tuple[str, int], list[int]] = {}
+        for i, (model, status, by) in enumerate(keys):
+            latency.setdefault((self._label(model), status), []).append(i)
+            if by is not None:  # answered: its stages too (a failed request is in the request histogram only)
+                ran.setdefault(by, []).append(i)
+        for series_key, members in latency.items():
+            series = self._latency.get(series_key)
             if series is None:
-                series = self._latency[key] = _Buckets(self._latency_bounds)
-            series.add(totals[at])
-        ran = list(zip(columns[3], columns[4], strict=True))
-        # None (a stage the request did not go through) becomes NaN, counted nowhere.
-        stages = [np.array(c, np.float64) for c in columns[_FIRST_STAGE:]] + [totals]
-        for (model, version), at in _groups(ran).items():
-            if model is None:  # failed: in the request histogram only
-                continue
-            series_list = self._stages.get((model, version))
+                series = self._latency[series_key] = _Buckets(self._latency_bounds)
+            series.add(table[rows_of(members), -1])
+        for by, members in ran.items():
+            series_list = self._stages.get(by)
             if series_list is None:
-                series_list = self._stages[(model, version)] = [_Buckets(self._stage_bounds) for _ in STAGES]
-            for series, values in zip(series_list, stages, strict=True):
-                taken = values[at]
-                taken = taken[~np.isnan(taken)]
+                series_list = self._stages[by] = [_Buckets(self._stage_bounds) for _ in STAGES]
+            of_model = table[rows_of(members)]
+            for column, series in enumerate(series_list, start=1):
+                taken = of_model[:, column]
+                taken = taken[taken != NOT_THROUGH]
                 if taken.size:
                     series.add(taken)
 
@@ -142,14 +159,3 @@ class RequestHistograms(Collector):
             stages.add_metric(list(labels), buckets, total / 1e9)
         yield latency
         yield stages
-
-
-def _groups(keys: list[Any]) -> dict[Any, np.ndarray]:
-    """The row indices of each distinct key (one slice of everything when, as usual, all rows share one)."""
-    first = keys[0]
-    if keys.count(first) == len(keys):
-        return {first: np.arange(len(keys))}
-    at: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        at.setdefault(key, []).append(i)
-    return {key: np.array(indices) for key, indices in at.items()}

@@ -27,8 +27,9 @@ def sample(found: Samples, name: str, **labels: str) -> float:
 
 
 def row(model: str, status: str, total: int, ran: tuple[str, int] | None = None,
-        stages: tuple[int | None, ...] = (None,) * 7) -> tuple[object, ...]:
-    return (model, status, total, *(ran if ran is not None else (None, 0)), *stages)
+        stages: tuple[int | None, ...] = (None,) * 7) -> tuple[rh.Key, tuple[int, ...]]:
+    """What observe takes for a request: None stands for a stage it did not go through."""
+    return (model, status, ran), tuple(rh.NOT_THROUGH if v is None else v for v in (*stages, total))
 
 
 def test_literal_values_land_in_their_buckets() -> None:
@@ -36,10 +37,10 @@ def test_literal_values_land_in_their_buckets() -> None:
     registry = CollectorRegistry()
     registry.register(histograms)
     # 1 ms exactly is in the bucket le="0.001" (upper bounds are inclusive), 1 ms and 1 ns is not.
-    histograms.observe(row("a", "OK", 1_000_000, ("a", 1), (20_000, None, 1_000_000, None, None, None, None)))
-    histograms.observe(row("a", "OK", 1_000_001, ("a", 1), (20_000, None, None, None, None, None, None)))
-    histograms.observe(row("who?", "NOT_FOUND", 50_000))  # failed: no stages; an unknown name's label
-    histograms.observe(row("b", "OK", 7_000_000_000, ("b", 3)))  # past the last stage bound but 10 s
+    histograms.observe(*row("a", "OK", 1_000_000, ("a", 1), (20_000, None, 1_000_000, None, None, None, None)))
+    histograms.observe(*row("a", "OK", 1_000_001, ("a", 1), (20_000, None, None, None, None, None, None)))
+    histograms.observe(*row("who?", "NOT_FOUND", 50_000))  # failed: no stages; an unknown name's label
+    histograms.observe(*row("b", "OK", 7_000_000_000, ("b", 3)))  # past the last stage bound but 10 s
     latency = samples(registry, rh.LATENCY_FAMILY)
     bucket, ok_a = "peregrine_request_duration_seconds_bucket", {"model": "a", "status": "OK"}
     assert [sample(latency, bucket, le=le, **ok_a) for le in ("0.0005", "0.001", "0.002")] == [0, 1, 2]
@@ -71,7 +72,7 @@ def test_bulk_counts_equal_prometheus_clients_histogram_one_value_at_a_time() ->
         total = draw.choice([draw.randrange(1, 12_000_000_000), 2_000_000, 10_000])  # some exactly on a bound
         stages = tuple(draw.choice([None, draw.randrange(1, 200_000_000), 1_000_000]) for _ in range(7))
         ran = (model, 1) if status == "OK" else None
-        histograms.observe(row(model, status, total, ran, stages))
+        histograms.observe(*row(model, status, total, ran, stages))
         latency.labels(model, status).observe(total / 1e9)
         if ran is not None:
             for name, value in zip(rh.STAGES, (*stages, total), strict=True):
@@ -84,8 +85,18 @@ def test_bulk_counts_equal_prometheus_clients_histogram_one_value_at_a_time() ->
             assert mine[key] == pytest.approx(value, rel=1e-9), key
 
 
-def test_pending_rows_are_bounded() -> None:
-    histograms = rh.RequestHistograms(lambda model: model)
+def test_pending_rows_and_their_keys_are_bounded() -> None:
+    """Every request naming a model of its own (a client probing names): at most FOLD_AT rows and keys are
+    ever pending, and all of them land under the one label the repository allows."""
+    histograms = rh.RequestHistograms(lambda model: model if model == "m" else "(unknown)")
+    registry = CollectorRegistry()
+    registry.register(histograms)
+    width = 1 + len(rh.STAGES)
     for i in range(5 * rh.FOLD_AT):
-        histograms.observe(row("m", "OK", i + 1, ("m", 1)))
-        assert len(histograms._rows) < rh.FOLD_AT
+        histograms.observe(*row(f"probe-{i}", "NOT_FOUND", i + 1))
+        histograms.observe(*row("m", "OK", i + 1, ("m", 1)))
+        assert len(histograms._rows) < rh.FOLD_AT * width and len(histograms._keys) <= rh.FOLD_AT
+    latency = samples(registry, rh.LATENCY_FAMILY)
+    count = "peregrine_request_duration_seconds_count"
+    assert sample(latency, count, model="(unknown)", status="NOT_FOUND") == 5 * rh.FOLD_AT
+    assert sample(latency, count, model="m", status="OK") == 5 * rh.FOLD_AT
