@@ -136,17 +136,13 @@ class TensorModel:
         expected = {t.name: t for t in self.inputs}
         missing = [n for n in expected if n not in request.inputs]
         extra = [n for n in request.inputs if n not in expected]
-        if missing:  # what came instead, when something did (a misspelt name)
-            more = " ..." if len(extra) > 8 else ""
-            sent = f" (got {', '.join(clipped(n) for n in extra[:8])}{more})" if extra else ""
-            raise InvalidArgument(
-                f"model '{self.name}': missing input(s) {', '.join(missing)}{sent}; expected {', '.join(expected)}"
-            )
-        if extra:
-            raise InvalidArgument(
-                f"model '{self.name}': unexpected input(s) {', '.join(clipped(n) for n in extra[:8])}"
-                f"{f' and {len(extra) - 8} more' if len(extra) > 8 else ''}; expected {', '.join(expected)}"
-            )
+        if missing or extra:
+            named = ", ".join(clipped(n) for n in extra[:8]) + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+            if missing:  # what came instead, when something did (a misspelt name)
+                sent = f" (got {named})" if extra else ""
+                raise InvalidArgument(f"model '{self.name}': missing input(s) {', '.join(missing)}{sent}; "
+                                      f"expected {', '.join(expected)}")
+            raise InvalidArgument(f"model '{self.name}': unexpected input(s) {named}; expected {', '.join(expected)}")
         batch = None
         for name, array in request.inputs.items():
             spec = expected[name]

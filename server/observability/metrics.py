@@ -158,18 +158,17 @@ class Metrics:
         if not self.enabled:  # nothing would read them (--allow-metrics=false)
             return
         none = NOT_THROUGH
+        decoded = none if transport_decode_ns is None else transport_decode_ns  # the transport's two stages
+        encoded = none if transport_encode_ns is None else transport_encode_ns
         if ran is None:  # failed: no stages
             stages = (none, none, none, none, none, none, none, total_ns)
         elif request is None:  # from the response cache: the transport's stages only
-            stages = (none if transport_decode_ns is None else transport_decode_ns, none, none, none, none, none,
-                      none if transport_encode_ns is None else transport_encode_ns, total_ns)
+            stages = (decoded, none, none, none, none, none, encoded, total_ns)
         else:
             c, queue_ns = request.compute, request.queue_ns
-            stages = (none if transport_decode_ns is None else transport_decode_ns,
-                      request.decode_ns if isinstance(request, FrameRequest) else none,
+            stages = (decoded, request.decode_ns if isinstance(request, FrameRequest) else none,
                       none if queue_ns is None else queue_ns, none if c is None else c.input_ns,
-                      none if c is None else c.infer_ns, none if c is None else c.output_ns,
-                      none if transport_encode_ns is None else transport_encode_ns, total_ns)
+                      none if c is None else c.infer_ns, none if c is None else c.output_ns, encoded, total_ns)
         self.requests.observe((model, status, ran), stages)
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:
