@@ -20,15 +20,30 @@ their memory happens to lie): ``--restart-every N`` starts a fresh pair every N 
 starts first, so that the medians span several pairs and no one process's luck decides the ratio.
 ``--on none`` starts two servers with everything off: what the machine's noise alone gives the ratio.
 
+``--switch`` measures inside one process instead, under one continuous load: one server started with the on
+server's parts, switched between on and off every ``--flip-s`` seconds over ``/v1/observability`` (off
+there: nothing recorded in metrics, drift not sampled, tracing detached, as the off server's flags do;
+``/metrics`` is still served and scraped in both), in the order on, off, off, on, on, off, ... so that each
+pair of neighbouring slots has each mode once and each goes first equally often. Every request is timed by
+the client (perf_analyzer's ``--profile-export-file``; for ``Detect``, closed-loop threads here) and belongs
+to the slot it started in (the first ``--guard-ms`` of a slot are left out, and so is a request that ends in
+the next slot). Throughput is a slot's requests over its length; the ratio reported is the median over
+pairs of neighbouring slots, which share whatever state the machine is in, and the CPU per request is the
+server's (``/proc``) over each slot. Two processes' placement moves the ratio of two servers by a few
+percent; slots a second apart in one process leave the work.
+
     python benchmarks/bench_observability.py --out benchmarks/results/observability.md
     python benchmarks/bench_observability.py --on metrics drift         # what tracing leaves out
     python benchmarks/bench_observability.py --otel-sample-ratio 0.01   # tracing one request in 100
     python benchmarks/bench_observability.py --rounds 12 --restart-every 1 --on none   # A/A: the noise
+    python benchmarks/bench_observability.py --switch --otel-sample-ratio 0.01     # one process, switched
+    python benchmarks/bench_observability.py --switch --on none                    # its A/A control
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -43,6 +58,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -215,6 +231,186 @@ def counter(port: int, name: str) -> float:
     return sum(s.value for s in metric_samples(port) if s.name == name)
 
 
+def report(out: Path | None, title: str, lines: list[str]) -> int:
+    table = "\n".join(lines)
+    print(table)
+    write_report(out, title, table)
+    return 0
+
+
+# -- one process, switched (--switch) -----------------------------------------------------------------------
+def switch(http_port: int, settings: dict[str, object]) -> None:
+    """Switch the server's observability at run time (``/v1/observability``) and check it took."""
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/observability",
+                                     data=json.dumps(settings).encode())
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        now = json.load(answer)
+    if any(now[k] != v for k, v in settings.items()):
+        raise RuntimeError(f"/v1/observability answered {now} after {settings}")
+
+
+class Flipper:
+    """Switches a server on and off every ``slot_s`` in a thread (on, off, off, on, on, ...), noting when
+    each slot began (wall clock, ns: what perf_analyzer stamps requests with) and the server's CPU time then."""
+
+    def __init__(self, http_port: int, pid: int, settings: dict[str, dict[str, object]], slot_s: float) -> None:
+        self.http_port, self.pid, self.settings, self.slot_s = http_port, pid, settings, slot_s
+        self.slots: list[tuple[int, str, float]] = []  # (began ns, mode, server CPU s then)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            mode = "on" if n % 4 in (0, 3) else "off"
+            switch(self.http_port, self.settings[mode])
+            self.slots.append((time.time_ns(), mode, cpu_seconds(self.pid)))
+            n += 1
+            self._stop.wait(self.slot_s)
+        self.slots.append((time.time_ns(), "end", cpu_seconds(self.pid)))
+
+    def __enter__(self) -> Flipper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def identity_timed(port: int, concurrency: int, seconds: float) -> list[tuple[int, int]]:
+    """(start, end) of every request perf_analyzer timed over about ``seconds`` of closed-loop load."""
+    if not PERF_ANALYZER.exists():
+        raise SystemExit("--switch needs perf_analyzer in .tools (make perf-analyzer)")
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "profile.json"
+        # Three windows (the fewest perf_analyzer takes) of a third of the time each, whatever their spread;
+        # zeros as input keep the export small (it holds every request's tensors).
+        subprocess.run([str(PERF_ANALYZER), "-m", IDENTITY, "-i", "grpc", "-u", f"127.0.0.1:{port}", "-b", "1",
+                        "--shape", "INPUT0:16", "--concurrency-range", str(concurrency), "--measurement-interval",
+                        str(int(seconds * 1000 / 3)), "-s", "1000", "--max-trials", "3", "--input-data", "zero",
+                        "--profile-export-file", str(export)], check=True, stdout=subprocess.DEVNULL)
+        requests = json.loads(export.read_text())["experiments"][0]["requests"]
+    return [(r["timestamp"], r["response_timestamps"][-1]) for r in requests if r["response_timestamps"]]
+
+
+def detect_timed(port: int, concurrency: int, seconds: float, jpeg: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every Detect of ``concurrency`` closed-loop threads over ``seconds`` (after 1 s)."""
+    import grpc
+    from peregrine.proto import detection_pb2 as det
+    from peregrine.proto import detection_pb2_grpc as det_grpc
+
+    request = det.DetectRequest(model_name=PIPELINE, images=[det.Image(encoded=jpeg)])
+    timed: list[tuple[int, int]] = []
+    begin = time.time_ns() + 1_000_000_000
+    end = begin + int(seconds * 1e9)
+
+    def loop() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = det_grpc.DetectionServiceStub(channel)
+            while (started := time.time_ns()) < end:
+                stub.Detect(request, timeout=30)
+                if started >= begin:
+                    timed.append((started, time.time_ns()))
+
+    threads = [threading.Thread(target=loop) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return timed
+
+
+def slotted(timed: list[tuple[int, int]], slots: list[tuple[int, str, float]], guard_ns: int
+            ) -> list[dict[str, Any]]:
+    """Each slot the requests covered: its mode, throughput, latencies (ms) and server CPU per request."""
+    first, last = min(s for s, _ in timed), max(e for _, e in timed)
+    starts = np.array(sorted(timed))
+    out = []
+    for n, ((began, mode, cpu), (ended, _, cpu_end)) in enumerate(itertools.pairwise(slots)):
+        if began + guard_ns < first or ended > last:
+            continue  # the load did not cover the slot
+        lo, hi = np.searchsorted(starts[:, 0], [began + guard_ns, ended])
+        inside = starts[lo:hi]
+        inside = inside[inside[:, 1] <= ended]  # ended in its own slot
+        seconds = (ended - began - guard_ns) / 1e9
+        if not len(inside):
+            continue
+        out.append({"slot": n, "mode": mode, "throughput": len(inside) / seconds,
+                    "latency_ms": (inside[:, 1] - inside[:, 0]) / 1e6,
+                    "cpu_us": (cpu_end - cpu) * seconds / ((ended - began) / 1e9) * 1e6 / len(inside)})
+    return out
+
+
+def pair_ratios(slots: list[dict[str, Any]], key: str) -> list[float]:
+    """on/off of ``key`` for each pair of neighbouring slots the load covered: slots 2k and 2k + 1, (on, off)
+    or (off, on) by the flipper's order."""
+    by_slot = {s["slot"]: s for s in slots}
+    ratios = []
+    for n, first in by_slot.items():
+        second = by_slot.get(n + 1)
+        if n % 2 == 0 and second is not None:
+            on, off = (first, second) if first["mode"] == "on" else (second, first)
+            ratios.append(on[key] / off[key])
+    return ratios
+
+
+def flipped_main(args: argparse.Namespace, on_parts: set[str], receiver: SpanReceiver, jpeg: bytes) -> int:
+    settings: dict[str, dict[str, object]] = {
+        "on": {"metrics": "metrics" in on_parts, "otel": "tracing" in on_parts,
+               "drift_sample_rate": args.drift_sample_rate if "drift" in on_parts else 0},
+        "off": {"metrics": False, "otel": False, "drift_sample_rate": 0}}
+    grpc_port, http_port = args.port, args.port + 1
+    loads: list[tuple[str, float, int, Callable[[int, float], list[tuple[int, int]]]]] = []
+    if "detect" not in args.skip:
+        loads.append((f"{PIPELINE} Detect", args.detect_flip_s, args.detect_pairs,
+                      lambda c, seconds: detect_timed(grpc_port, c, seconds, jpeg)))
+    if "identity" not in args.skip:
+        loads.append((f"{IDENTITY} ModelInfer", args.flip_s, args.pairs,
+                      lambda c, seconds: identity_timed(grpc_port, c, seconds)))
+    lines = ["| load | concurrency | on infer/s | off infer/s | on/off throughput (median of pairs) | middle half "
+             "of pairs | pairs | on p99 ms | off p99 ms | on/off p99 | server CPU µs/request on | off | on/off |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="peregrine-observability-") as tmp, \
+            scraping([http_port], args.scrape_s) as scrapes:
+        proc = start(args.repository, grpc_port, http_port,
+                     server_flags(on_parts | {"metrics"}, args, receiver, Path(tmp)))
+        try:
+            for load, slot_s, pairs, run in loads:
+                for c in args.concurrency:
+                    with Flipper(http_port, proc.pid, settings, slot_s) as flipper:
+                        timed = run(c, 2 * pairs * slot_s + slot_s)
+                    slots = slotted(timed, flipper.slots, int(args.guard_ms * 1e6))
+                    ratios = pair_ratios(slots, "throughput")
+                    cpu = pair_ratios(slots, "cpu_us")
+                    mode = {m: [s for s in slots if s["mode"] == m] for m in ("on", "off")}
+                    tput = {m: statistics.median(s["throughput"] for s in v) for m, v in mode.items()}
+                    p99 = {m: float(np.percentile(np.concatenate([s["latency_ms"] for s in v]), 99))
+                           for m, v in mode.items()}
+                    cpus = {m: statistics.median(s["cpu_us"] for s in v) for m, v in mode.items()}
+                    q1, _, q3 = statistics.quantiles(ratios, n=4)
+                    lines.append(f"| {load} | {c} | {tput['on']:.1f} | {tput['off']:.1f} | "
+                                 f"**{statistics.median(ratios):.3f}** | {q1:.3f} to {q3:.3f} | {len(ratios)} | "
+                                 f"{p99['on']:.2f} | {p99['off']:.2f} | {p99['on'] / p99['off']:.3f} | "
+                                 f"{cpus['on']:.0f} | {cpus['off']:.0f} | {statistics.median(cpu):.3f} |")
+                    print(lines[-1], file=sys.stderr)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            time.sleep(0.5)
+            receiver.close()
+    parts = [p for p in ("metrics", "drift", "tracing") if p in on_parts]
+    described = {"metrics": "metrics recorded", "drift": f"drift at {args.drift_sample_rate:g}",
+                 "tracing": f"OpenTelemetry at ratio {args.otel_sample_ratio:g} over OTLP/HTTP "
+                            f"({receiver.spans} spans received)"}
+    lines += ["", f"One server under one closed-loop load per row, switched at run time between on and off "
+              f"(slots of {args.flip_s:g} s for {IDENTITY} [1,16] under perf_analyzer, {args.detect_flip_s:g} s for "
+              f"{PIPELINE} Detect of one 512x512 photograph; the first {args.guard_ms:g} ms of each left out); "
+              f"/metrics scraped every {args.scrape_s:g} s ({len(scrapes)} scrapes). "
+              f"On: {', '.join(described[p] for p in parts) or 'none of them (an A/A run)'}; off: none of them."]
+    return report(args.out, "Observability on vs off, switched in one process (issue 19)", lines)
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -235,6 +431,14 @@ def main() -> int:
     ap.add_argument("--otel-sample-ratio", type=float, default=1.0, help="share of requests the on server traces")
     ap.add_argument("--scrape-s", type=float, default=5.0, help="scrape interval of /metrics")
     ap.add_argument("--skip", action="append", default=[], choices=["detect", "identity"])
+    ap.add_argument("--switch", action="store_true",
+                    help="one server under one load, switched on and off every --flip-s at run time (see above)")
+    ap.add_argument("--flip-s", type=float, default=1.0, help="--switch: a slot's length for identity_fp32")
+    ap.add_argument("--detect-flip-s", type=float, default=4.0, help="--switch: a slot's length for Detect")
+    ap.add_argument("--pairs", type=int, default=30, help="--switch: pairs of slots for identity_fp32")
+    ap.add_argument("--detect-pairs", type=int, default=12, help="--switch: pairs of slots for Detect")
+    ap.add_argument("--guard-ms", type=float, default=100.0,
+                    help="--switch: the start of each slot left out (the switch settling)")
     ap.add_argument("--port", type=int, default=8751, help="first of four ports (gRPC and HTTP of each server)")
     ap.add_argument("--out", type=Path, help="write the report here (markdown)")
     args = ap.parse_args()
@@ -248,6 +452,8 @@ def main() -> int:
     on_parts = set(args.on) - {"none"}
     receiver = SpanReceiver()
     ports = {"on": (args.port, args.port + 1), "off": (args.port + 2, args.port + 3)}
+    if args.switch:
+        return flipped_main(args, on_parts, receiver, jpeg)
     results: dict[tuple[str, str, int], list[dict[str, float]]] = defaultdict(list)
     counts = {"sampled": 0.0, "staged": 0.0, "pairs": 0}
     every = args.restart_every or args.rounds
@@ -314,10 +520,7 @@ def main() -> int:
               f"({args.seconds:g} s windows), {PIPELINE} by peregrine.client.load (closed loop, one 512x512 image, "
               f"{args.detect_seconds:g} s). "
               f"On: {', '.join(parts) or 'none of them (an A/A run)'}; off: none of them."]
-    table = "\n".join(lines)
-    print(table)
-    write_report(args.out, "Observability on vs off (issue 19)", table)
-    return 0
+    return report(args.out, "Observability on vs off (issue 19)", lines)
 
 
 if __name__ == "__main__":

@@ -87,14 +87,14 @@ class PeregrineServer:
                                                   max_regions=config.max_shm_regions)
         self.tracer = Tracer(config.trace_file, config.trace_level, config.trace_rate, config.trace_count,
                              config.trace_log_frequency)
+        self.drift = DriftMonitor(drift_settings) if drift_settings.sample_rate > 0 else None
         self.dataplane = DataPlane(self.repository, self.loop, self.shared_memory, self.tracer, self.metrics,
                                    name=config.server_name, version=peregrine_version(), kernel_tier=kernel_tier(),
                                    strict_readiness=config.strict_readiness, limits=limits_of(config),
                                    decode_threads=config.decode_threads,
                                    cache=ResponseCache(config.response_cache_bytes), lifecycle=self.lifecycle,
-                                   otel=otel_tracing(config))
+                                   otel=otel_tracing(config), drift_monitor=self.drift)
         self.metrics.admission = self.dataplane.admission
-        self.drift = DriftMonitor(drift_settings) if drift_settings.sample_rate > 0 else None
         if self.drift is not None:
             self.metrics.registry.register(DriftCollector(self.drift))
             drift.install(self.drift)

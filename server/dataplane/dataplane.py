@@ -34,6 +34,7 @@ from ..core.types import DetectRequest, FrameResult, InferRequest, InferResponse
 from ..models.base import ModelVersion
 from ..models.detection import DetectionModel
 from ..observability import logs
+from ..observability.drift import DriftMonitor
 from ..observability.logsettings import LogSettings
 from ..observability.metrics import Metrics
 from ..observability.otel import OtelTracing, frame_stages, infer_stages
@@ -47,6 +48,7 @@ from .lifecycle import Lifecycle
 from .repository import ModelRepository
 from .shm import RequestRegions, SharedMemoryRegistry, cuda_available
 from .streams import StreamAdapter, StreamDriver, StreamPolicy
+from .switches import ObservabilitySwitches
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +335,7 @@ class DataPlane:
                  tracer: Tracer, metrics: Metrics, name: str, version: str, kernel_tier: str = "",
                  strict_readiness: bool = True, limits: Limits | None = None, decode_threads: int = 0,
                  cache: ResponseCache | None = None, lifecycle: Lifecycle | None = None,
-                 otel: OtelTracing | None = None) -> None:
+                 otel: OtelTracing | None = None, drift_monitor: DriftMonitor | None = None) -> None:
         self.repository = repository
         self.cache = cache if cache is not None else ResponseCache(0)
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(repository)
@@ -345,6 +347,7 @@ class DataPlane:
         self.metrics = metrics
         self.admission = Admission(limits or Limits())
         self.log_settings = LogSettings()
+        self.switches = ObservabilitySwitches(self, metrics, drift_monitor)
         self.name = name
         self.version = version
         self.kernel_tier = kernel_tier
@@ -485,6 +488,10 @@ class DataPlane:
     def update_log_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
         """The log settings after applying ``changes`` (if any)."""
         return self.log_settings.update(changes) if changes else self.log_settings.current()
+
+    def observability(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run-time observability switches after applying ``changes`` (if any; dataplane/switches.py)."""
+        return self.switches.update(changes) if changes is not None else self.switches.current()
 
 
 def _lower_priority() -> None:

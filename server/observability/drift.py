@@ -264,6 +264,11 @@ def uninstall(monitor: DriftMonitor) -> None:
         _monitor = None
 
 
+def installed(monitor: DriftMonitor) -> bool:
+    """Whether ``monitor`` is the one detection models report to now."""
+    return _monitor is monitor
+
+
 def observe(model: str, frames: list[np.ndarray], detections: list[np.ndarray]) -> None:
     """Report a request's frames and boxes, when drift is on (a no-op, one check, when it is off)."""
     if _monitor is not None:

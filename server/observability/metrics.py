@@ -120,7 +120,9 @@ class _AdmissionCollector(Collector):
 class Metrics:
     """The server's metrics. ``known(name)`` says whether a model name may be a label (the repository
     knows it); ``settings``: Triton's ``--metrics-config``; ``gpus``: the GPUs whose Triton families are
-    shown (None: none); ``enabled`` false (``--allow-metrics=false``): ``/metrics`` is not served."""
+    shown (None: none); ``enabled`` false (``--allow-metrics=false``): ``/metrics`` is not served.
+    ``recording`` false: requests are not counted into Peregrine's request families (switched at run time,
+    dataplane/switches.py)."""
 
     def __init__(self, models: Callable[[], Iterable[ModelSample]],
                  known: Callable[[str], bool] = lambda _: True, settings: MetricsSettings | None = None,
@@ -131,6 +133,7 @@ class Metrics:
         self.settings = settings if settings is not None else MetricsSettings()
         self.gpus = gpus
         self.enabled = enabled
+        self.recording = enabled
         self._tracking = threading.Lock()  # a model's load and a scrape may both attach its summaries
         self.requests = RequestHistograms(self._label)  # request latency and stages
         self.registry.register(self.requests)
@@ -155,7 +158,7 @@ class Metrics:
         encoding (None where no transport measured them: a job's item) and what ``request`` (as the model
         ran it) carries: its image decoding (a detection pipeline's), queue time and batch times.
         ``request`` None: an answer from the response cache, which has no queue or batch."""
-        if not self.enabled:  # nothing would read them (--allow-metrics=false)
+        if not self.recording:  # nothing would read them (--allow-metrics=false), or switched off
             return
         none = NOT_THROUGH
         decoded = none if transport_decode_ns is None else transport_decode_ns  # the transport's two stages
@@ -172,7 +175,7 @@ class Metrics:
         self.requests.observe((model, status, ran), stages)
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:
-        if self.enabled:
+        if self.recording:
             self.stream_frames.labels(self._label(model), outcome).inc()
 
     def track(self, stats: ModelStats) -> None:

@@ -37,6 +37,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "trace": (f"{OIP}TraceSetting",),
     "logging": (f"{OIP}LogSettings",),
     "jobs": (JOBS,),  # Peregrine's own: asynchronous jobs (docs/JOBS.md)
+    "observability": (),  # Peregrine's own, HTTP only: /v1/observability (docs/OBSERVABILITY.md)
 }
 UNKNOWN = "other"  # a method of no category (none today) always needs a token when tokens are on
 

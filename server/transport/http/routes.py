@@ -346,6 +346,10 @@ class HttpApi:
         changes = await self._json(request) if request.method == "POST" else {}
         return reply(self.dataplane.update_log_settings(changes))
 
+    async def observability(self, request: Request) -> Response:
+        changes = await self._json(request) if request.method == "POST" else None
+        return reply(self.dataplane.observability(changes))
+
     # -- the table -------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
         model = "/v2/models/{model}"
@@ -361,6 +365,7 @@ class HttpApi:
             ("/v2/repository/models/{model}/unload", ["POST"], "model-repository", self.unload),
             ("/v2/trace/setting", ["GET", "POST"], "trace", self.trace),
             ("/v2/logging", ["GET", "POST"], "logging", self.logging),
+            ("/v1/observability", ["GET", "POST"], "observability", self.observability),
             ("/v1/detect", ["POST"], "inference", self.detect),
         ]
         for kind in ("systemsharedmemory", "cudasharedmemory"):
