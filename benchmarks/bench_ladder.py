@@ -13,6 +13,11 @@ the variant mix and the mean agreement of the answers with the FP32 pipeline's o
     python benchmarks/bench_ladder.py --out benchmarks/results/ladder.md
     python benchmarks/bench_ladder.py --dynamic --out benchmarks/results/ladder_sizes.md
 
+Any other detector and pipeline of a repository (``--repository``, ``--detector``, ``--pipeline``), with
+the images its requests carry (``--images DIR``, default the packaged photographs) and INT8's calibration
+images (``--calibration DIR``): e.g. the shapes detector benchmarks/train_shapes.py trains, on its held-out
+images.
+
 ``--dynamic``: the detector is built with dynamic input sizes (the bundled YOLOv8n's weights, its anchors
 computed in the graph, as an ultralytics export with dynamic=True: the same answers at 640), so that its
 smaller input sizes can be rungs (default variants then 480,320).
@@ -73,7 +78,9 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
         if args.detector != "yolov8n":
             raise SystemExit("--dynamic builds the bundled yolov8n; give --detector yolov8n")
         onnx.save(yolov8_detector(0, dynamic=True), str(next((repo / args.detector).glob("*/model.onnx"))))
-    if quantize(["--model", args.detector, "--repository", str(repo), "--variants", args.variants]) != 0:
+    calibration = ["--calibration", str(args.calibration)] if args.calibration else []
+    if quantize(["--model", args.detector, "--repository", str(repo), "--variants", args.variants,
+                 *calibration]) != 0:
         raise SystemExit("peregrine quantize failed")
     rungs = [f"{args.pipeline}_{v}" for v in args.variants.split(",")]
     ladder = repo / f"{args.pipeline}_ladder"
@@ -148,6 +155,14 @@ def ladder_counts(http_port: int, ladder: str) -> dict[str, Counter[str]]:
     return counts
 
 
+def images_of(directory: Path, most: int = 24) -> list[bytes]:
+    """The first ``most`` JPEG or PNG files of ``directory`` (by name)."""
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:most]
+    if not files:
+        raise SystemExit(f"--images {directory}: no JPEG or PNG files")
+    return [p.read_bytes() for p in files]
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -157,7 +172,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, rungs: list[str]) -> str:
     http_port = port + 1
-    photos = packaged_photos()
+    photos = images_of(args.images) if args.images else packaged_photos()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = det_grpc.DetectionServiceStub(channel)
         reference = []
@@ -209,7 +224,8 @@ async def measure(args: argparse.Namespace, port: int, plain: str, ladder: str, 
     head = (f"FP32 pipeline `{plain}`: capacity {capacity:.1f} requests/s (closed loop, concurrency 4, "
             f"{args.capacity_seconds:g} s), lone-request median {statistics.median(lone) * 1e3:.1f} ms; every "
             f"request's deadline {deadline * 1e3:.0f} ms; {args.seconds:g} s of Poisson arrivals per step and mode; "
-            f"{len(photos)} packaged photographs. Each rung alone, the same way: "
+            f"{len(photos)} {'images of ' + str(args.images) if args.images else 'packaged photographs'}. "
+            "Each rung alone, the same way: "
             + ", ".join(f"`{r}` {c:.1f}/s ({c / capacity:.0%} of FP32's)" for r, c in capacities.items())
             + ": offered load beyond the fastest rung's capacity cannot all be answered in time, whatever the "
             "routing.\n\n")
@@ -233,6 +249,8 @@ def main() -> int:
                     help="what takes each step's load (default both, one after the other)")
     ap.add_argument("--capacity-seconds", type=float, default=10.0)
     ap.add_argument("--deadline-ms", type=float, default=0.0, help="default: 3x the FP32 lone-request median")
+    ap.add_argument("--images", type=Path, help="the images requests carry (default: packaged photographs)")
+    ap.add_argument("--calibration", type=Path, help="INT8 calibration images (default: quantize's own)")
     ap.add_argument("--port", type=int, default=8951, help="gRPC; HTTP (for /metrics) on the next one")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
