@@ -156,10 +156,12 @@ def ladder_counts(http_port: int, ladder: str) -> dict[str, Counter[str]]:
 
 
 def images_of(directory: Path, most: int = 24) -> list[bytes]:
-    """The first ``most`` JPEG or PNG files of ``directory`` (by name)."""
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:most]
+    """The first ``most`` image files of ``directory`` (by name; the suffixes jobs and batch read)."""
+    from peregrine.server.jobs.sources import is_image_name
+
+    files = sorted(p for p in directory.iterdir() if p.is_file() and is_image_name(p.name))[:most]
     if not files:
-        raise SystemExit(f"--images {directory}: no JPEG or PNG files")
+        raise SystemExit(f"--images {directory}: no image files")
     return [p.read_bytes() for p in files]
 
 
