@@ -258,6 +258,7 @@ def resize_frame_exact(src, area, resized_w, resized_h, left, top, src_channel, 
 
 _HALF = np.float32(0.5)
 _ZERO = np.float32(0.0)
+MAX_WH = np.float32(7680.0)  # ultralytics' max_wh: the class offset of its NMS (detect.cpp's class_offset)
 
 
 @njit(nogil=True, cache=True)
@@ -375,13 +376,18 @@ def collect(head, layout, conf, max_candidates, mask):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def greedy_nms(boxes, classes, iou, max_det, agnostic):
-    """Positions kept by greedy NMS over boxes [n, 4] already in rank order."""
+    """Positions kept by greedy NMS over boxes [n, 4] already in rank order, each box shifted by its class
+    times ``MAX_WH`` first (none when ``agnostic``), in float32, as ultralytics' NMS shifts them."""
     n = boxes.shape[0]
     thr = np.float32(iou)
     kept = np.empty(min(n, max_det), np.int64)
+    shifted = np.empty((n, 4), np.float32)
     area = np.empty(n, np.float32)
     for i in range(n):
-        area[i] = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+        off = _ZERO if agnostic else np.float32(classes[i]) * MAX_WH
+        for j in range(4):
+            shifted[i, j] = boxes[i, j] + off
+        area[i] = (shifted[i, 2] - shifted[i, 0]) * (shifted[i, 3] - shifted[i, 1])
     nk = 0
     for i in range(n):
         if nk >= max_det:
@@ -391,10 +397,10 @@ def greedy_nms(boxes, classes, iou, max_det, agnostic):
             k = kept[t]
             if not agnostic and classes[k] != classes[i]:
                 continue
-            xx1 = max(boxes[i, 0], boxes[k, 0])
-            yy1 = max(boxes[i, 1], boxes[k, 1])
-            xx2 = min(boxes[i, 2], boxes[k, 2])
-            yy2 = min(boxes[i, 3], boxes[k, 3])
+            xx1 = max(shifted[i, 0], shifted[k, 0])
+            yy1 = max(shifted[i, 1], shifted[k, 1])
+            xx2 = min(shifted[i, 2], shifted[k, 2])
+            yy2 = min(shifted[i, 3], shifted[k, 3])
             w = xx2 - xx1
             h = yy2 - yy1
             w = w if w > _ZERO else _ZERO

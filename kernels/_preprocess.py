@@ -179,7 +179,9 @@ def _placements(
             dw, dh = (width - new_w) / 2, (height - new_h) / 2
             left, top = round(dw - 0.1), round(dh - 0.1)
             placements[i] = (new_w, new_h, left, top)
-            params[i] = (r, r, left, top)
+            # boxes go back by each side's own scale, the rounded new size over the old one: ultralytics'
+            # scale_boxes in 8.4 (older releases used r for both), and the inverse of the resize itself
+            params[i] = (new_w / w, new_h / h, left, top)
         elif mode == "stretch":
             placements[i] = (width, height, 0, 0)
             params[i] = (width / w, height / h, 0, 0)

@@ -16,17 +16,19 @@ PAD_VALUE = 114  # YOLO's grey
 
 @dataclass(frozen=True)
 class LetterboxParams:
-    """How an image was placed into the model's input: ``model = original * scale + (pad_x, pad_y)``."""
+    """How an image was placed into the model's input: ``model x = original x * scale_x + pad_x`` (y likewise);
+    each side's scale is its resized length over its original one (ultralytics' ``scale_boxes``)."""
 
-    scale: float
+    scale_x: float
+    scale_y: float
     pad_x: float
     pad_y: float
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map ``[..., 4]`` x1, y1, x2, y2 boxes from model pixels back to original-image pixels."""
         out = np.array(boxes, dtype=np.float32, copy=True)
-        out[..., [0, 2]] = (out[..., [0, 2]] - self.pad_x) / self.scale
-        out[..., [1, 3]] = (out[..., [1, 3]] - self.pad_y) / self.scale
+        out[..., [0, 2]] = (out[..., [0, 2]] - self.pad_x) / self.scale_x
+        out[..., [1, 3]] = (out[..., [1, 3]] - self.pad_y) / self.scale_y
         return out
 
 
@@ -42,7 +44,8 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def letterbox_hwc(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, LetterboxParams]:
-    """Fit a ``[H,W,3]`` uint8 image into ``[height,width,3]`` keeping its aspect ratio, padding with grey.
+    """Fit a ``[H,W,3]`` uint8 image into ``[height,width,3]`` keeping its aspect ratio, padding with grey,
+    placed as ultralytics' ``LetterBox`` places it (the server's detection pipelines do the same).
 
     Raises ValueError for anything but a non-empty uint8 ``[H,W,3]`` array."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
@@ -50,10 +53,10 @@ def letterbox_hwc(image: np.ndarray, height: int, width: int) -> tuple[np.ndarra
     h, w = image.shape[:2]
     scale = min(height / h, width / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    top, left = (height - nh) // 2, (width - nw) // 2
+    top, left = round((height - nh) / 2 - 0.1), round((width - nw) / 2 - 0.1)
     out = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
     out[top:top + nh, left:left + nw] = resize(image, nw, nh)
-    return out, LetterboxParams(scale, float(left), float(top))
+    return out, LetterboxParams(nw / w, nh / h, float(left), float(top))
 
 
 def letterbox_nchw(image: np.ndarray, height: int = 640, width: int = 640) -> tuple[np.ndarray, LetterboxParams]:

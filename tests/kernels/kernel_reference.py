@@ -42,6 +42,12 @@ def letterbox_geometry(h: int, w: int, height: int, width: int, scaleup: bool = 
     return new_w, new_h, left, top, right, bottom, r
 
 
+def letterbox_params(shape: tuple[int, ...], new_w: int, new_h: int, left: int, top: int) -> list[float]:
+    """The params a letterbox answers for a frame of ``shape`` (h, w, ...): ultralytics' scale_boxes maps boxes
+    back by each side's own scale, the rounded new size over the old one, after taking off the pad."""
+    return [new_w / shape[1], new_h / shape[0], left, top]
+
+
 def place(resized: np.ndarray, left: int, top: int, height: int, width: int, pad: float) -> np.ndarray:
     """The resized frame pasted at (left, top) on a height x width canvas of pad (crop where negative)."""
     canvas = np.full((height, width, 3), pad, np.float64)
@@ -122,11 +128,13 @@ def decode_image(head: np.ndarray, layout: str, conf: float, max_candidates: int
 def nms_image(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int, agnostic: bool = False
 ) -> list[int]:
-    """Classic greedy NMS: indices kept, in the order they were kept."""
+    """Classic greedy NMS: indices kept, in the order they were kept. As ultralytics' (torchvision's nms on
+    boxes shifted by class * 7680 unless agnostic), in float32."""
     n = len(scores)
     valid = np.nonzero(~np.isnan(scores))[0]
     order = valid[np.lexsort((valid, -scores[valid]))]
-    x1, y1, x2, y2 = (boxes[:, j].astype(np.float32) for j in range(4))
+    shift = np.zeros(n, np.float32) if agnostic else classes.astype(np.float32) * np.float32(7680)
+    x1, y1, x2, y2 = (boxes[:, j].astype(np.float32) + shift for j in range(4))
     areas = (x2 - x1) * (y2 - y1)
     suppressed = np.zeros(n, bool)
     keep: list[int] = []

@@ -50,8 +50,8 @@ def test_letterbox_equals_ultralytics_on_photographs(cp, size: tuple[int, int], 
     host = out.get()
     for i, frame in enumerate(frames):
         np.testing.assert_array_equal(host[i], ultralytics_tensor(opencv_letterbox(frame, *size, resize=resize), dtype))
-        _, _, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], *size)
-        np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
+        new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], *size)
+        np.testing.assert_allclose(params[i], ref.letterbox_params(frame.shape, new_w, new_h, left, top), rtol=1e-6)
 
 
 def test_every_byte_value_is_ultralytics_float32(cp) -> None:

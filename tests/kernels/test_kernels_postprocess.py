@@ -100,6 +100,33 @@ def test_nms_matches_reference(tier: str, rng: np.random.Generator, iou: float, 
         assert (keep[i, kept[i] :] == -1).all()
 
 
+# Two boxes a random detector gave on a photograph: IoU 0.69994 as drawn, 0.7000026 once shifted by class
+# 14 x 7680 in float32, as ultralytics' NMS shifts boxes before torchvision's nms (which then keeps only the
+# first at iou 0.7; classes 0, 1, 3 and 79 keep both; checked with torchvision itself).
+NEAR_THRESHOLD = np.array([[191.24977111816406, 20.15349769592285, 226.27976989746094, 84.14183807373047],
+                           [190.3264617919922, 28.094146728515625, 228.28831481933594, 94.65707397460938]], np.float32)
+
+
+@pytest.mark.parametrize(("cls", "agnostic", "kept"), [(14, False, [0]), (0, False, [0, 1]), (3, False, [0, 1]),
+                                                       (79, False, [0, 1]), (14, True, [0, 1])])
+def test_nms_rounds_as_ultralytics_class_offsets_do(tier: str, cls: int, agnostic: bool, kept: list[int]) -> None:
+    """An IoU next to the threshold falls on ultralytics' side: NMS sees each box shifted by its class times
+    7680 in float32 (none when agnostic), in K.nms and in the fused detect_postprocess, whose answer is still
+    the box as the head gave it."""
+    scores = np.array([[0.317, 0.264]], np.float32)
+    keep, count = K.nms(NEAR_THRESHOLD[None], scores, np.full((1, 2), cls, np.int32), iou=0.7, max_det=10,
+                        agnostic=agnostic)
+    assert keep[0, : count[0]].tolist() == kept
+    head = np.zeros((1, 84, 100), np.float32)  # yolov8 layout [4 + 80 classes, anchors]: the boxes at anchors 3, 40
+    for anchor, box, score in zip((3, 40), NEAR_THRESHOLD, scores[0], strict=True):
+        head[0, :4, anchor] = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1])
+        head[0, 4 + cls, anchor] = score  # (the corners come back from centre and size unchanged but one ulp)
+    dets, counts = K.detect_postprocess(head, "yolov8", conf=0.25, iou=0.7, agnostic=agnostic)
+    expected = ref.detect_image(head[0], "yolov8", 0.25, 0.7, 300, None, agnostic)
+    assert counts[0] == len(expected) == len(kept)
+    np.testing.assert_array_equal(dets[0, : counts[0]], expected)
+
+
 def test_nms_max_det_nan_and_no_counts(tier: str, rng: np.random.Generator) -> None:
     boxes, scores, cls = random_boxes(rng, 2, 200, classes=1)
     scores[0, ::7] = np.nan

@@ -176,8 +176,8 @@ def test_batch_of_mixed_sizes_equals_cv2(tier: str, rng: np.random.Generator, re
         for i, frame in enumerate(frames):
             expected = opencv_letterbox(frame, 128, 128, 7, resize).astype(dtype)
             np.testing.assert_array_equal(out[i], expected, err_msg=f"{resize} frame {i} {frame.shape}")
-            _, _, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], 128, 128)
-            np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
+            new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], 128, 128)
+            np.testing.assert_allclose(params[i], ref.letterbox_params(frame.shape, new_w, new_h, left, top), rtol=1e-6)
 
 
 @pytest.mark.parametrize("resize", EXACT_MODES)
@@ -237,8 +237,8 @@ def test_default_scale_is_ultralytics_float32(tier: str, resize: str, dtype: typ
     for i, frame in enumerate(frames):
         expected = ultralytics_tensor(opencv_letterbox(frame, 640, 640, resize=resize), dtype)
         np.testing.assert_array_equal(out[i], expected)
-        *_, left, top, _, _, r = ref.letterbox_geometry(*frame.shape[:2], 640, 640)
-        np.testing.assert_allclose(params[i], [r, r, left, top], rtol=1e-6)
+        new_w, new_h, left, top, *_ = ref.letterbox_geometry(*frame.shape[:2], 640, 640)
+        np.testing.assert_allclose(params[i], ref.letterbox_params(frame.shape, new_w, new_h, left, top), rtol=1e-6)
     for case in random_cases(np.random.default_rng(1400 + len(resize)), 40):
         out = poisoned((1, 3, case.height, case.width), dtype)
         K.letterbox_into(out, [case.frame], pad_value=case.pad, swap_rb=case.swap_rb, resize=resize)
@@ -426,8 +426,8 @@ def test_float_letterbox_matches_reference(tier: str, rng: np.random.Generator, 
     out = poisoned((1, 3, 96, 128))
     params = K.letterbox_into(out, [frame], resize="float")
     np.testing.assert_allclose(out[0], ref.letterbox(frame, 96, 128), rtol=0, atol=2e-6)
-    _, _, left, top, _, _, r = ref.letterbox_geometry(*shape, 96, 128)
-    np.testing.assert_allclose(params[0], [r, r, left, top], rtol=1e-6)
+    new_w, new_h, left, top, *_ = ref.letterbox_geometry(*shape, 96, 128)
+    np.testing.assert_allclose(params[0], ref.letterbox_params(shape, new_w, new_h, left, top), rtol=1e-6)
 
 
 def test_float_batch_of_different_sizes_and_normalisation(tier: str, rng: np.random.Generator) -> None:

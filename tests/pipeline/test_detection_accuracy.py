@@ -101,8 +101,8 @@ def test_agnostic_nms_follows_ultralytics(stub: det_grpc.DetectionServiceStub,
 
 
 def test_batch_of_sixteen_jpeg_and_png(stub: det_grpc.DetectionServiceStub, references: dict[str, Reference]) -> None:
-    """A request of 16 encoded images (JPEG and PNG, eight sizes) runs as one batch of 16."""
-    names = list(PHOTOS) * 2
+    """A request of 16 encoded images (JPEG and PNG, eight sizes and more) runs as one batch of 16."""
+    names = (list(PHOTOS) * 2)[:16]
     images = [det.Image(encoded=jpeg(PHOTOS[n]) if i % 2 else png(PHOTOS[n])) for i, n in enumerate(names)]
     response = stub.Detect(det.DetectRequest(model_name="det_v8", images=images), timeout=120)
     assert response.timings.batch_size == 16

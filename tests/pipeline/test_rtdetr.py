@@ -68,7 +68,8 @@ def test_boxes_are_ultralytics_rtdetr_predictor_s(rtdetr_repo: Path) -> None:
     the same order as the reference, boxes past the frame's edges included."""
     pipeline = _load(rtdetr_repo, "det_rtdetr")
     session = _session(onnx_models.rtdetr_like())
-    photos = pipeline_support.photographs()
+    # (the tall one is for letterboxing's per-side scale: a stretch has none, and this model sees nothing in it)
+    photos = {k: v for k, v in pipeline_support.photographs().items() if k != "rocket_tall"}
     got = _detect(pipeline, list(photos.values()))
     past_edges = 0
     for (name, rgb), boxes in zip(photos.items(), got, strict=True):

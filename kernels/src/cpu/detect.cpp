@@ -53,6 +53,7 @@ inline bool end_to_end_allowed(const DecodeOptions& o, float c) {
 }
 
 constexpr std::int32_t kAnchorBlock = 256;
+constexpr float kMaxWh = 7680.0f;  // ultralytics' max_wh: the class offset of its NMS
 
 // Per-anchor maximum over the class rows of a YOLOv8 head [4 + C, A] for anchors [a0, a0 + len): the
 // running maxima stay in L1 while the block's class rows stream past once (and stay in L2 for the
@@ -88,7 +89,7 @@ inline std::int32_t class_argmax(const float* scores, std::int32_t classes, std:
 struct Scratch {
   std::vector<float> best;
   std::vector<Candidate> candidates;
-  std::vector<float> x1, y1, x2, y2, area;  // sorted candidates' boxes
+  std::vector<float> x1, y1, x2, y2, area;  // sorted candidates' boxes as NMS sees them (class_offset)
   std::vector<std::int32_t> cls;
   std::vector<float> kx1, ky1, kx2, ky2, karea;  // kept boxes
   std::vector<std::int32_t> kcls, kept;
@@ -176,7 +177,8 @@ inline void anchor_box(const float* head, const HeadShape& s, std::int32_t a, fl
 }
 
 // Whether a box overlaps (IoU > thr) one of the nk kept boxes of its class (any class when agnostic).
-// The IoU is computed as in the NumPy reference: inter / ((area_a + area_b) - inter).
+// The IoU is computed as torchvision's nms computes it, in float: inter / ((area_a + area_b) - inter), on
+// the boxes shifted by class_offset.
 PEREGRINE_CLONES
 int overlaps_kept(const float* __restrict kx1, const float* __restrict ky1, const float* __restrict kx2,
                   const float* __restrict ky2, const float* __restrict karea, const std::int32_t* __restrict kcls,
@@ -229,12 +231,21 @@ void reserve(Scratch& w, std::int32_t anchors, std::int32_t capacity, std::int32
   w.kept.reserve(static_cast<std::size_t>(max_det));
 }
 
-inline void set_box(Scratch& w, std::int32_t i, const float box[4], std::int32_t cls) {
-  w.x1[i] = box[0];
-  w.y1[i] = box[1];
-  w.x2[i] = box[2];
-  w.y2[i] = box[3];
-  w.area[i] = (box[2] - box[0]) * (box[3] - box[1]);
+// Ultralytics' per-class NMS shifts each box by its class times max_wh (7680) and runs torchvision's nms on
+// the shifted boxes, in float32. The shift rounds the coordinates (by up to 1/128 px at class 14), which can
+// move an IoU next to the threshold across it: NMS sees the boxes shifted the same way, so it keeps and drops
+// what ultralytics keeps and drops. Agnostic NMS: no shift.
+inline float class_offset(std::int32_t cls, bool agnostic) {
+  return agnostic ? 0.0f : static_cast<float>(cls) * kMaxWh;
+}
+
+inline void set_box(Scratch& w, std::int32_t i, const float box[4], std::int32_t cls, bool agnostic) {
+  const float off = class_offset(cls, agnostic);
+  w.x1[i] = box[0] + off;
+  w.y1[i] = box[1] + off;
+  w.x2[i] = box[2] + off;
+  w.y2[i] = box[3] + off;
+  w.area[i] = (w.x2[i] - w.x1[i]) * (w.y2[i] - w.y1[i]);
   w.cls[i] = cls;
 }
 
@@ -308,7 +319,7 @@ void nms_cpu(const float* boxes, const float* scores, const std::int32_t* class_
     std::sort(w.candidates.begin(), w.candidates.end(), ranks_before);
     const auto m = static_cast<std::int32_t>(w.candidates.size());
     for (std::int32_t i = 0; i < m; ++i) {
-      set_box(w, i, boxes + 4 * (base + w.candidates[i].index), w.candidates[i].cls);
+      set_box(w, i, boxes + 4 * (base + w.candidates[i].index), w.candidates[i].cls, agnostic);
     }
     greedy(w, m, iou, max_det, agnostic);
     const auto nk = static_cast<std::int32_t>(w.kept.size());
@@ -349,7 +360,7 @@ void detect_postprocess_cpu(const float* head, const HeadShape& shape, const Pos
     for (std::int32_t i = 0; i < n; ++i) {
       float box[4];
       anchor_box(img, shape, w.candidates[i].index, box);
-      set_box(w, i, box, w.candidates[i].cls);
+      set_box(w, i, box, w.candidates[i].cls, options.agnostic);
     }
     if (end_to_end) {  // the rows as collect_end_to_end left them (at most max_det)
       w.kept.clear();
@@ -361,7 +372,8 @@ void detect_postprocess_cpu(const float* head, const HeadShape& shape, const Pos
     float* row = dets + b * static_cast<std::int64_t>(max_det) * 6;
     for (std::int32_t i = 0; i < nk; ++i, row += 6) {
       const std::int32_t at = w.kept[i];
-      const float box[4] = {w.x1[at], w.y1[at], w.x2[at], w.y2[at]};
+      float box[4];  // as the head gave it (NMS saw it shifted)
+      anchor_box(img, shape, w.candidates[at].index, box);
       if (options.params != nullptr) {
         unmap(options.params + 4 * b, options.orig_sizes + 2 * b, box, row);
       } else {

@@ -186,6 +186,14 @@ __device__ __forceinline__ bool passes_filter(const Args& args, std::int32_t b, 
   return end_to_end_allowed(args.decode, args.head[b * head_image_size(args.shape) + a * 6 + 5]);
 }
 
+// Ultralytics' per-class NMS runs on boxes shifted by class * max_wh (7680), in float32; so does this one, so
+// that an IoU next to the threshold falls on the same side (detect.cpp's class_offset).
+constexpr float kMaxWh = 7680.0f;
+
+__device__ __forceinline__ float class_offset(std::int32_t cls, bool agnostic) {
+  return agnostic ? 0.0f : __fmul_rn(static_cast<float>(cls), kMaxWh);
+}
+
 __device__ __forceinline__ float box_area(float x1, float y1, float x2, float y2) {
   return __fmul_rn(__fsub_rn(x2, x1), __fsub_rn(y2, y1));
 }
@@ -372,6 +380,8 @@ __global__ void __launch_bounds__(kThreads) select_kernel(Args args) {
       float box[4];
       anchor_box(args, b, a, box);
       const std::int32_t cls = args.mode == Mode::kNms ? args.class_ids[b * A + a] : args.scratch.classes[b * A + a];
+      const float off = class_offset(cls, args.agnostic);
+      for (int j = 0; j < 4; ++j) box[j] = __fadd_rn(box[j], off);  // as NMS sees it; the output is read again
       const float area = box_area(box[0], box[1], box[2], box[3]);
       bool hit = skip_nms && !passes_filter(args, b, a);
       if (!skip_nms) {
@@ -439,7 +449,8 @@ __global__ void __launch_bounds__(kThreads) select_kernel(Args args) {
       for (int j = 0; j < 6; ++j) row[j] = 0.0f;
       continue;
     }
-    float box[4] = {s.kx1[i], s.ky1[i], s.kx2[i], s.ky2[i]};
+    float box[4];  // as the head gave it (NMS saw it shifted)
+    anchor_box(args, b, key_index(s.keys[s.kpos[i]]), box);
     if (args.params != nullptr) {
       const float* p = args.params + 4 * b;
       const float h = static_cast<float>(args.orig_sizes[2 * b]), w = static_cast<float>(args.orig_sizes[2 * b + 1]);
