@@ -10,9 +10,10 @@ against ultralytics itself, in two steps, so that each runs with the Python that
     # 2. with the project's Python: the same export served by a detection pipeline, then compared
     python benchmarks/parity_ultralytics.py compare --model best.onnx --images photos/ --reference ultralytics.jsonl
 
-Both take ``--conf``, ``--iou`` and ``--max-det`` (ultralytics' defaults: 0.25, 0.7, 300) and must be given the
-same ones. ``predict`` runs ``YOLO(model).predict(image_path, rect=False)`` at the export's own size (a
-dynamic export: ``--imgsz``, default 640, which ``compare`` gives the pipeline as ``input_size``); ``compare``
+Both take ``--conf``, ``--iou``, ``--max-det`` (ultralytics' defaults: 0.25, 0.7, 300), ``--agnostic`` and
+``--classes 0,2`` and must be given the same ones. ``predict`` runs ``YOLO(model).predict(image_path,
+rect=False)`` at the export's own size (a dynamic export: ``--imgsz``, default 640, which ``compare`` gives the
+pipeline as ``input_size``); ``compare``
 writes a repository with the export and a ``peregrine_detection`` pipeline over it into a temporary
 directory, runs it over the images with ``peregrine batch`` (the data plane a server runs, no port) and
 reports per image any difference in the number of boxes, a class, a corner by more than ``--corner-px``
@@ -47,7 +48,8 @@ def predict(args: argparse.Namespace) -> int:
     with open(args.out, "w") as out:
         for path in images_in(args.images):
             result = model.predict(str(path), imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                                   rect=False, verbose=False)[0]
+                                   agnostic_nms=args.agnostic, classes=args.classes or None, rect=False,
+                                   verbose=False)[0]
             boxes = result.boxes
             rows = [{"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s, "class_id": int(c)}
                     for b, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True)]
@@ -70,7 +72,8 @@ def _repository(root: Path, model: Path, args: argparse.Namespace) -> None:
     (root / "detect").mkdir()
     (root / "detect" / "config.toml").write_text(
         'platform = "peregrine_detection"\nmax_batch_size = 16\n\n[detection]\ndetector = "detector"\n'
-        f"score_threshold = {args.conf}\niou_threshold = {args.iou}\nmax_detections = {args.max_det}\n{size}")
+        f"score_threshold = {args.conf}\niou_threshold = {args.iou}\nmax_detections = {args.max_det}\n"
+        f"agnostic_nms = {str(args.agnostic).lower()}\nclasses = {args.classes}\n{size}")
 
 
 def _differences(got: dict[str, Any], want: dict[str, Any], corner_px: float, score: float) -> str | None:
@@ -131,6 +134,9 @@ def main() -> int:
         p.add_argument("--conf", type=float, default=0.25)
         p.add_argument("--iou", type=float, default=0.7)
         p.add_argument("--max-det", type=int, default=300)
+        p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
+        p.add_argument("--classes", type=lambda s: [int(c) for c in s.split(",") if c], default=[],
+                       help="keep only these class ids, e.g. 0,2")
         if name == "predict":
             p.add_argument("--out", type=Path, required=True)
         else:

@@ -237,8 +237,6 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int, detection: Det
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from .jobs.sources import IMAGE_SUFFIXES, is_image_name
-    from .pipeline.head import reads_as_rtdetr
-    from .runtime.metadata import parse_labels
 
     session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
@@ -250,9 +248,7 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int, detection: Det
         height, width = shape[2], shape[3]
     else:  # dynamic sizes: the pipeline's input size, else ultralytics' default
         height, width = detection.input_size or (640, 640)
-    # an RT-DETR export's pipeline stretches frames to its input instead of letterboxing them
-    labels = parse_labels(session.get_modelmeta().custom_metadata_map)
-    stretch = reads_as_rtdetr(session.get_outputs()[0].shape, len(labels))
+    stretch = stretches(detection, session.get_outputs()[0].shape, session.get_modelmeta().custom_metadata_map)
     images = [p for p in sorted(calibration.rglob("*")) if p.is_file() and is_image_name(p.name)][:limit]
     if not images:
         raise QuantizeError(f"int8: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate on in {calibration}")
@@ -275,6 +271,14 @@ def _int8(source: Path, out: Path, calibration: Path, limit: int, detection: Det
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=sorted(head_nodes(graph)))
+
+
+def stretches(detection: DetectionConfig, output_shape: Any, metadata: dict[str, str]) -> bool:
+    """Whether the pipeline stretches frames to the model's input instead of letterboxing them (an RT-DETR
+    export's, by its layout setting or, left to auto, by its output and metadata): calibration feeds them so."""
+    from .pipeline.head import RTDETR, rtdetr_export
+
+    return detection.layout == RTDETR or (detection.layout == "auto" and rtdetr_export(output_shape, metadata))
 
 
 def head_nodes(model: Any) -> set[str]:

@@ -210,10 +210,11 @@ def test_the_head_is_kept_fp32_in_a_graph_whose_nodes_have_no_names() -> None:
     assert head_nodes(plain) < head and len(head) == len(head_nodes(plain)) + 5
 
 
-def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Path]) -> None:
-    """INT8 and FP16 variants of an RT-DETR export keep what makes the pipeline read it as one (its output
-    and class names), and answer close to FP32; calibration feeds its photographs stretched to the input, as
-    its pipeline does."""
+@pytest.mark.parametrize("ranked", [False, True])
+def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Path], ranked: bool) -> None:
+    """INT8 and FP16 variants of an RT-DETR export (either form: ``ranked``, ultralytics 8.4's) keep what
+    makes the pipeline read it as one (its output, class names and ``head`` metadata), and answer close to
+    FP32; calibration feeds its photographs stretched to the input, as its pipeline does."""
     from peregrine.server.config import load_model_config
     from peregrine.server.core.types import FrameRequest
     from peregrine.server.models.detection import DetectionModel
@@ -221,7 +222,7 @@ def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Pa
     from support import onnx_models
 
     repo, photos = repo_and_photos
-    onnx_models.write(repo, "rt", onnx_models.rtdetr_like())
+    onnx_models.write(repo, "rt", onnx_models.rtdetr_like(topk=ranked))
     pipeline_support.write_pipeline(repo, "rt_cam", pipeline_support.pipeline_config("rt"))
     assert main(["--model", "rt", "--repository", str(repo), "--calibration", str(photos),
                  "--variants", "fp16,int8"]) == 0
@@ -230,7 +231,8 @@ def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Pa
     for name in ("rt_cam", "rt_cam_fp16", "rt_cam_int8"):
         cfg = load_model_config(repo / name)
         pipeline = DetectionModel.load(name, 1, repo / cfg.detection.detector / "1", cfg)
-        assert (pipeline.head.layout, pipeline.head.stretch, len(pipeline.labels)) == ("rtdetr", True, 80)
+        head = pipeline.head
+        assert (head.layout, head.ranked, head.stretch, len(pipeline.labels)) == ("rtdetr", ranked, True, 80)
         [result] = pipeline.make_executor().execute(0, [FrameRequest(name, frames=frames,
                                                                      options=pipeline.default_options())])
         answers[name] = result.detections
@@ -243,6 +245,21 @@ def test_an_rtdetr_export_s_variants_stay_rtdetr(repo_and_photos: tuple[Path, Pa
     for variant in ("rt_cam_fp16", "rt_cam_int8"):
         precision, recall, _, _ = agreement(boxes("rt_cam"), boxes(variant))
         assert precision > 0.8 and recall > 0.8, (variant, precision, recall)
+
+
+def test_calibration_stretches_what_an_rtdetr_pipeline_stretches() -> None:
+    """Either form of ultralytics' RT-DETR export (4 + C columns for C names; ``head`` RTDETRDecoder, 8.4's
+    ranked rows) and a layout set to rtdetr are calibrated stretched; YOLO heads letterboxed."""
+    from peregrine.server.config.model import DetectionConfig
+    from peregrine.server.quantize import stretches
+
+    auto, names = DetectionConfig(), {"names": "{0: 'a', 1: 'b'}"}
+    assert stretches(auto, [1, 300, 6], names)  # 4 + 2 class scores a query
+    assert stretches(auto, [1, 300, 6], {"head": "RTDETRDecoder", "names": repr({i: str(i) for i in range(80)})})
+    assert not stretches(auto, [1, 300, 6], {"head": "Detect", "names": repr({i: str(i) for i in range(80)})})
+    assert not stretches(auto, [1, 84, 8400], {"names": repr({i: str(i) for i in range(80)})})
+    assert stretches(DetectionConfig(layout="rtdetr"), [1, 84, 8400], {})
+    assert not stretches(DetectionConfig(layout="end2end"), [1, 300, 6], {"head": "RTDETRDecoder"})
 
 
 def test_calibration_feeds_photographs_as_the_model_s_pipeline_does(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The detector's head: which input takes the image, at what size, and how to read its output.
 
 Layouts (``peregrine.kernels.LAYOUTS``): yolov8/yolo11 [N, 4+C, A], yolov5 [N, A, 5+C], end-to-end
-[N, K, 6] (yolov10, YOLO26 and other NMS-free exports); and ``rtdetr`` [N, K, 4+C], ultralytics' RT-DETR
-export: per query a box as fractions of the input (centre x, centre y, width, height) and C class scores,
-no objectness and no NMS, its input stretched to size rather than letterboxed (``HeadInfo.stretch``).
-Read once, when the model loads, from the graph and one probe run.
+[N, K, 6] (yolov10, YOLO26 and other NMS-free exports); and ``rtdetr``, ultralytics' RT-DETR export, its
+input stretched to size rather than letterboxed (``HeadInfo.stretch``), no NMS: [N, K, 4+C], per query a box
+as fractions of the input (centre x, centre y, width, height) and C class scores, no objectness; or, since
+its decoder ranks its own answers (ultralytics 8.4, ``head`` RTDETRDecoder in the metadata), [N, K, 6]: the
+best K (query, class) pairs in descending score, each the query's box as fractions, the score and the class
+index (``HeadInfo.ranked``). Read once, when the model loads, from the graph and one probe run.
 
 Ultralytics' segmentation and pose exports carry the same head with more after each box's class scores
 (end-to-end ones: after its class id): 32 mask coefficients (a second, 4-D output holds the prototype
@@ -45,6 +47,7 @@ class HeadInfo:
     fixed_batch: int  # the model's static batch size, 0 when dynamic
     extra: int = 0  # values after each box's detection columns (mask coefficients, keypoints), not read
     task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes
+    ranked: bool = False  # rtdetr: rows of (box, score, class) its decoder ranked, not C scores a query
 
     @property
     def stretch(self) -> bool:
@@ -55,6 +58,7 @@ class HeadInfo:
 
 # Ultralytics' RT-DETR export: its own layout, decoded by the pipeline into end-to-end rows (see BoxDecoder).
 RTDETR = "rtdetr"
+RTDETR_DECODER = "RTDETRDecoder"  # the ``head`` metadata of an RT-DETR export (ultralytics 8.4)
 
 
 # Ultralytics' tasks (the ``task`` metadata of an export) and whether the pipeline serves them.
@@ -93,6 +97,13 @@ def reads_as_rtdetr(shape: Sequence[int], names: int) -> bool:
     """Whether a head of ``shape`` [N, K, 4+C], of a model whose metadata names C classes, is ultralytics'
     RT-DETR export: boxes and class scores without objectness (a yolov5 head has one column more)."""
     return names > 0 and len(shape) == 3 and shape[2] == 4 + names and shape[1] != shape[2]
+
+
+def rtdetr_export(shape: Sequence[int], metadata: dict[str, str]) -> bool:
+    """Whether an export whose first output has ``shape`` reads as ultralytics' RT-DETR by its metadata: its
+    ``head`` (8.4) says RTDETRDecoder, or its output has the 4 + C columns of its C named classes."""
+    return (metadata.get("head", "").strip() == RTDETR_DECODER
+            or reads_as_rtdetr(shape, len(parse_labels(metadata))))
 
 
 def _num_classes(layout: str, shape: Sequence[int], extra: int) -> int:
@@ -189,8 +200,10 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         as_segment = _num_classes(detect_layout(head.shape, extra, (height, width)), head.shape, extra)
         if as_plain == names != as_segment:
             task, extra = "detect", 0
-    if cfg.layout == RTDETR or (cfg.layout == "auto" and not extra and reads_as_rtdetr(head.shape, names)):
-        return _rtdetr_head(spec.name, dtype, height, width, heads[0].name, head, fixed, task, source)
+    decoder = metadata.get("head", "").strip() == RTDETR_DECODER  # ultralytics 8.4 names the head it exported
+    if cfg.layout == RTDETR or (cfg.layout == "auto" and not extra and (decoder or reads_as_rtdetr(head.shape, names))):
+        return _rtdetr_head(spec.name, dtype, height, width, heads[0].name, head, fixed, task, source,
+                            len(cfg.labels) or names, decoder)
     layout = detect_layout(head.shape, extra, (height, width)) if cfg.layout == "auto" else cfg.layout
     lid = kernels.LAYOUTS[layout]
     _, d1, d2 = head.shape
@@ -209,11 +222,31 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
     return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed, extra, task)
 
 
+def ranked_rows(head: np.ndarray, names: int) -> bool:
+    """Whether an [N, K, 6] RT-DETR head reads as its decoder's ranked rows (box, score, class index) rather
+    than a box and two class scores: on the probe, every last column a whole class index (below ``names``
+    when the model names its classes) and the scores in descending order down each image's rows."""
+    if head.shape[2] != 6 or not np.isfinite(head).all():
+        return False
+    classes, scores = head[..., 5], head[..., 4]
+    whole = bool((classes == np.round(classes)).all() and classes.min() >= 0)
+    return whole and (names <= 0 or classes.max() < names) and bool((np.diff(scores, axis=1) <= 0).all())
+
+
 def _rtdetr_head(input_name: str, dtype: np.dtype[Any], height: int, width: int, output_name: str, head: np.ndarray,
-                 fixed: int, task: str, source: str) -> HeadInfo:
+                 fixed: int, task: str, source: str, names: int = 0, decoder: bool = False) -> HeadInfo:
     """The head of an RT-DETR export, checked on the probe's answer: each query's box is four fractions of
-    the input (sigmoids), so a head whose boxes fall outside [0, 1] is something else and is refused."""
+    the input (sigmoids), so a head whose boxes fall outside [0, 1] is something else and is refused. Six
+    columns are the decoder's ranked rows when they read as such (:func:`ranked_rows`); an export whose
+    metadata says RTDETRDecoder with six columns that do not is refused (``names``: the classes the
+    configuration or the metadata names, 0 when none does)."""
     _, queries, columns = head.shape
+    ranked = columns == 6 and ranked_rows(head, names) and (decoder or names != 2)
+    if decoder and columns == 6 and not ranked:
+        raise ModelLoadError(
+            f"{source}: output '{output_name}' {list(head.shape)} of an RTDETRDecoder export does not read as "
+            "its ranked rows (centre x, centre y, width, height, score in descending order, class index) on a "
+            "grey probe image")
     if columns < 5 or task != "detect":
         raise ModelLoadError(f"{source}: output '{output_name}' {list(head.shape)} does not fit layout 'rtdetr' "
                              f"[N, K, 4+C] of a detect model (task '{task}')")
@@ -224,6 +257,7 @@ def _rtdetr_head(input_name: str, dtype: np.dtype[Any], height: int, width: int,
             f"the model's C class names, no objectness), but its boxes on a grey probe image span "
             f"[{float(np.nanmin(boxes)):.3g}, {float(np.nanmax(boxes)):.3g}], not fractions of the input in [0, 1] "
             "as ultralytics exports RT-DETR; set detection.layout to the head's layout if it is another")
-    log.info("%s: an RT-DETR head of %d queries: frames are stretched to %dx%d, its boxes taken as they "
-             "are, without NMS", source, queries, height, width)
-    return HeadInfo(input_name, dtype, height, width, output_name, RTDETR, columns - 4, fixed, 0, task)
+    log.info("%s: an RT-DETR head of %d %s: frames are stretched to %dx%d, its boxes taken as they are, "
+             "without NMS", source, queries, "ranked answers" if ranked else "queries", height, width)
+    return HeadInfo(input_name, dtype, height, width, output_name, RTDETR, names if ranked else columns - 4, fixed,
+                    0, task, ranked)

@@ -43,12 +43,13 @@ class Letterbox:
                                       resize=self.resize, stream=stream)
 
 
-def rtdetr_rows(head: Any, sizes: Any, xp: Any) -> Any:
+def rtdetr_rows(head: Any, sizes: Any, xp: Any, ranked: bool = False) -> Any:
     """An RT-DETR head [n, K, 4+C] (boxes as fractions of the input: centre x, centre y, width, height;
     class scores) as end-to-end rows [n, K, 6] (x1, y1, x2, y2 in the frames' own pixels, best score, its
     class), in the queries' order: ultralytics' RTDETRPredictor.postprocess, float32 step for step (corners
     from the centre and half the size, then times the frame's width and height; the boxes of a stretched
-    frame need no other mapping, and are not clipped to it)."""
+    frame need no other mapping, and are not clipped to it). ``ranked``: a head [n, K, 6] of its decoder's
+    ranked rows (box as fractions, score, class index), whose score and class are taken as they are."""
     n, k, _ = head.shape
     rows = xp.empty((n, k, 6), np.float32)
     half = head[..., 2:4] / np.float32(2)
@@ -56,6 +57,9 @@ def rtdetr_rows(head: Any, sizes: Any, xp: Any) -> Any:
     rows[..., 2:4] = head[..., 0:2] + half
     wh = xp.asarray(sizes[:, ::-1].astype(np.float32))  # (width, height) per frame
     rows[..., 0:4] *= xp.tile(wh, 2)[:, None, :]
+    if ranked:
+        rows[..., 4:6] = head[..., 4:6]
+        return rows
     scores = head[..., 4:]
     rows[..., 5] = xp.argmax(scores, axis=-1)
     rows[..., 4] = xp.max(scores, axis=-1)
@@ -68,6 +72,7 @@ class BoxDecoder:
 
     def __init__(self, head: HeadInfo, cfg: DetectionConfig) -> None:
         self.rtdetr = head.layout == RTDETR  # decoded as end-to-end rows already in frame pixels
+        self.ranked = head.ranked
         self.layout = "end2end" if self.rtdetr else head.layout
         self.extra = head.extra  # cut off each batch's head: [N, 4+C+extra, A] by rows, else [N, K, cols+extra]
         self._rows_first = kernels.LAYOUTS[self.layout] == 0
@@ -85,7 +90,7 @@ class BoxDecoder:
             cut = head[:, : head.shape[1] - self.extra] if self._rows_first else head[..., : -self.extra]
             head = xp.ascontiguousarray(cut)
         if self.rtdetr:
-            head = rtdetr_rows(head, np.asarray(sizes), xp)
+            head = rtdetr_rows(head, np.asarray(sizes), xp, self.ranked)
         n = len(sizes)
         dets = xp.zeros((n, self.max_detections, 6), np.float32)
         counts = xp.zeros((n,), np.int32)

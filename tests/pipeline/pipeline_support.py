@@ -161,13 +161,18 @@ def rtdetr_reference(session: ort.InferenceSession, rgb: np.ndarray, conf: float
     the uint8 frame to the input size with INTER_LINEAR, no padding), /255 in RGB order, ONNX Runtime, then
     ``postprocess``: corners from the centre and size, each query's best class score above ``conf``
     (strictly; and in ``classes``), the boxes times the frame's width and height, in the queries' order and
-    not clipped. [k, 6] x1, y1, x2, y2, score, class in frame pixels."""
+    not clipped. [k, 6] x1, y1, x2, y2, score, class in frame pixels. An export whose metadata says
+    ``head`` RTDETRDecoder (ultralytics 8.4) answers [K, 6] rows its decoder ranked: box, score, class index,
+    taken as they are (8.4's postprocess)."""
     h, w = rgb.shape[:2]
     height, width = session.get_inputs()[0].shape[2:]
     img = rgb if (w, h) == (width, height) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
     tensor = np.ascontiguousarray(img.transpose(2, 0, 1)[None]).astype(np.float32) / np.float32(255.0)
     head = session.run(None, {session.get_inputs()[0].name: tensor})[0][0]
-    score, cls_id = head[:, 4:].max(1), head[:, 4:].argmax(1)
+    if session.get_modelmeta().custom_metadata_map.get("head") == "RTDETRDecoder":
+        score, cls_id = head[:, 4], head[:, 5]
+    else:
+        score, cls_id = head[:, 4:].max(1), head[:, 4:].argmax(1)
     keep = score > conf
     if classes:
         keep &= np.isin(cls_id, classes)

@@ -1,7 +1,9 @@
 """Ultralytics' RT-DETR export served as ultralytics' RTDETRPredictor answers: the frame stretched to the
 input (no letterbox), each query's box (fractions of the input) and best class score, no NMS, the boxes in
-the queries' order and not clipped. The model is a stand-in with RT-DETR's output and metadata
-(tests/support/onnx_models.rtdetr_like); the reference is pipeline_support.rtdetr_reference."""
+the queries' order and not clipped; or, for an export whose decoder ranks its own answers (ultralytics 8.4:
+[N, K, 6] rows of box, score, class index), those rows as they come. The model is a stand-in with RT-DETR's
+output and metadata (tests/support/onnx_models.rtdetr_like); the reference is
+pipeline_support.rtdetr_reference."""
 
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def rtdetr_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_models.write(root, "rtdetr_b1", onnx_models.rtdetr_like(batch=1))  # ultralytics' default export
     write_pipeline(root, "det_rtdetr", pipeline_config("rtdetr", max_batch=8))
     write_pipeline(root, "det_rtdetr_b1", pipeline_config("rtdetr_b1", max_batch=8))
+    onnx_models.write(root, "ranked", onnx_models.rtdetr_like(topk=True), "max_batch_size = 8\n")
+    write_pipeline(root, "det_ranked", pipeline_config("ranked", max_batch=8))
     return root
 
 
@@ -157,3 +161,61 @@ def test_a_head_that_reads_as_rtdetr_but_gives_pixel_boxes_is_refused(tmp_path: 
     with pytest.raises(ModelLoadError) as e:
         _load(tmp_path, "p")
     assert "fractions of the input" in e.value.message and "detection.layout" in e.value.message
+
+
+# -- ultralytics 8.4: the decoder ranks its answers ---------------------------------------------------------
+def test_a_ranked_export_is_served_as_ultralytics_8_4_serves_it(rtdetr_repo: Path) -> None:
+    """[N, 300, 6] rows of the best (query, class) pairs, box as fractions, score, class index: read as
+    RT-DETR (not as a YOLO end-to-end head's pixel corners) from the ``head`` metadata, and answered as
+    ultralytics' predictor answers them: the same boxes in the same order, for every photograph, with a
+    class filter before the cap."""
+    pipeline = _load(rtdetr_repo, "det_ranked")
+    head = pipeline.head
+    assert (head.layout, head.ranked, head.num_classes, head.stretch) == ("rtdetr", True, 80, True)
+    assert dict(pipeline.describe().details)["detection_nms"].startswith("none")
+    session = _session(onnx_models.rtdetr_like(topk=True))
+    photos = {k: v for k, v in pipeline_support.photographs().items() if k != "rocket_tall"}
+    got = _detect(pipeline, list(photos.values()))
+    for (name, rgb), boxes in zip(photos.items(), got, strict=True):
+        want = rtdetr_reference(session, rgb)
+        assert len(want) > 0, name
+        np.testing.assert_allclose(boxes, want, atol=1e-3, rtol=1e-5, err_msg=name)
+        assert (np.diff(boxes[:, 4]) <= 0).all()  # the decoder's ranking, kept
+    rgb = photos["motorcycle"]
+    everything = rtdetr_reference(session, rgb, conf=0.3)
+    last = [int(everything[-1, 5])]
+    [only] = _detect(pipeline, [rgb], score_threshold=0.3, max_detections=2, classes=tuple(last))
+    np.testing.assert_allclose(only, rtdetr_reference(session, rgb, conf=0.3, classes=last)[:2], atol=1e-3, rtol=1e-5)
+
+
+def test_a_two_class_ranked_export_is_told_from_a_two_class_query_head(tmp_path: Path) -> None:
+    """Six columns are both 4 + 2 class scores (before 8.4) and the ranked rows: the ``head`` metadata and the
+    probe's answer (whole class indices, descending scores) tell them apart, and each is served as what it is."""
+    onnx_models.write(tmp_path, "ranked", onnx_models.rtdetr_like(topk=True, classes=2))
+    onnx_models.write(tmp_path, "queries", onnx_models.rtdetr_like(classes=2))
+    write_pipeline(tmp_path, "p_ranked", pipeline_config("ranked"))
+    write_pipeline(tmp_path, "p_queries", pipeline_config("queries"))
+    rgb = pipeline_support.photographs()["astronaut"]
+    for name, model, ranked in (("p_ranked", onnx_models.rtdetr_like(topk=True, classes=2), True),
+                                ("p_queries", onnx_models.rtdetr_like(classes=2), False)):
+        pipeline = _load(tmp_path, name)
+        assert (pipeline.head.layout, pipeline.head.ranked, pipeline.head.num_classes) == ("rtdetr", ranked, 2)
+        [got] = _detect(pipeline, [rgb], score_threshold=0.05)
+        want = rtdetr_reference(_session(model), rgb, conf=0.05)
+        assert len(want) > 0
+        np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-5, err_msg=name)
+
+
+def test_an_rtdetr_decoder_export_whose_rows_are_not_ranked_is_refused(tmp_path: Path) -> None:
+    """``head`` RTDETRDecoder with six columns that are not ranked rows (scores not descending): refused
+    with the reason, not guessed."""
+    model = onnx_models.rtdetr_like(classes=2)  # 4 + 2 scores a query
+    props = {p.key: p.value for p in model.metadata_props}
+    props["head"] = "RTDETRDecoder"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx_models.write(tmp_path, "m", model)
+    write_pipeline(tmp_path, "p", pipeline_config("m"))
+    with pytest.raises(ModelLoadError) as e:
+        _load(tmp_path, "p")
+    assert "RTDETRDecoder" in e.value.message and "ranked rows" in e.value.message

@@ -187,15 +187,21 @@ def _append_to_head(graph: onnx.GraphProto, head: str, axis: int, extra: int) ->
     ])
 
 
-def rtdetr_like(seed: int = 0, imgsz: int = 640, queries: int = 300, batch: int | str = "batch") -> onnx.ModelProto:
-    """A detector with the output ultralytics exports for RT-DETR: ``output0`` [N, queries, 4 + 80], per
-    query a box (centre x, centre y, width, height as fractions of the input, each a sigmoid) and 80 class
-    scores (sigmoids, no objectness), with COCO's names, ``task`` detect and ``imgsz`` metadata. Its body is
-    not RT-DETR's transformer: 32 x 32 patches of the image (a convolution, then tanh) give a query each, a
-    linear layer and sigmoids the columns, so every box and score depends on the image as a real one does,
-    and a few queries per photograph score above 0.25. ``batch``: a number for a static batch."""
+def rtdetr_like(seed: int = 0, imgsz: int = 640, queries: int = 300, batch: int | str = "batch",
+                topk: bool = False, classes: int = 80) -> onnx.ModelProto:
+    """A detector with the output ultralytics exports for RT-DETR: ``output0`` [N, queries, 4 + C], per
+    query a box (centre x, centre y, width, height as fractions of the input, each a sigmoid) and C class
+    scores (sigmoids, no objectness), with names (COCO's for 80), ``task`` detect and ``imgsz`` metadata. Its
+    body is not RT-DETR's transformer: 32 x 32 patches of the image (a convolution, then tanh) give a query
+    each, a linear layer and sigmoids the columns, so every box and score depends on the image as a real one
+    does, and a few queries per photograph score above 0.25. ``batch``: a number for a static batch.
+
+    ``topk``: as ultralytics exports it since its decoder ranks its own answers (8.4): ``output0`` [N,
+    queries, 6], the best ``queries`` of all (query, class) scores in descending order, each row the query's
+    box, the score and the class index (a float), and ``head`` RTDETRDecoder in the metadata."""
     rng = np.random.default_rng(seed)
-    features, cells, cols = 32, (imgsz // 32) ** 2, 4 + len(COCO80)
+    names = list(COCO80) if classes == 80 else [f"kind{i}" for i in range(classes)]
+    features, cells, cols = 32, (imgsz // 32) ** 2, 4 + classes
     assert cells >= queries, f"a {imgsz} input has {cells} patches, fewer than {queries} queries"
     conv_w = rng.normal(0, 1, (features, 3, 32, 32))
     conv_w = ((conv_w - conv_w.mean(axis=(1, 2, 3), keepdims=True)) / 8).astype(np.float32)  # texture, not brightness
@@ -222,13 +228,39 @@ def rtdetr_like(seed: int = 0, imgsz: int = 640, queries: int = 300, batch: int 
         helper.make_node("Slice", ["tokens", "q_start", "q_end", "q_axis"], ["query"]),
         helper.make_node("MatMul", ["query", "head_w"], ["logits0"]),
         helper.make_node("Add", ["logits0", "head_b"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["output0"]),
+        helper.make_node("Sigmoid", ["logits"], ["probs" if topk else "output0"]),
     ]
+    if topk:  # RTDETRDecoder.postprocess: top-k over the flattened (query, class) scores, boxes gathered
+        initializers += [
+            f("b_start", TensorProto.INT64, [1], [0]), f("b_end", TensorProto.INT64, [1], [4]),
+            f("s_end", TensorProto.INT64, [1], [cols]), f("last", TensorProto.INT64, [1], [2]),
+            f("flat2", TensorProto.INT64, [2], [0, -1]), f("k", TensorProto.INT64, [1], [queries]),
+            f("nc", TensorProto.INT64, [], [classes]), f("four", TensorProto.INT64, [3], [1, 1, 4]),
+            f("axis2", TensorProto.INT64, [1], [2]),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["probs", "b_start", "b_end", "last"], ["boxes"]),  # [N, Q, 4]
+            helper.make_node("Slice", ["probs", "b_end", "s_end", "last"], ["scores"]),  # [N, Q, C]
+            helper.make_node("Reshape", ["scores", "flat2"], ["flat_scores"]),  # [N, Q * C]
+            helper.make_node("TopK", ["flat_scores", "k"], ["top", "index"], axis=-1, largest=1, sorted=1),
+            helper.make_node("Div", ["index", "nc"], ["query_idx"]),
+            helper.make_node("Mul", ["query_idx", "nc"], ["query_base"]),
+            helper.make_node("Sub", ["index", "query_base"], ["class_idx"]),
+            helper.make_node("Unsqueeze", ["query_idx", "axis2"], ["query_col"]),
+            helper.make_node("Expand", ["query_col", "four"], ["gather_at"]),
+            helper.make_node("GatherElements", ["boxes", "gather_at"], ["top_boxes"], axis=1),
+            helper.make_node("Unsqueeze", ["top", "axis2"], ["top_col"]),
+            helper.make_node("Cast", ["class_idx"], ["class_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["class_f", "axis2"], ["class_col"]),
+            helper.make_node("Concat", ["top_boxes", "top_col", "class_col"], ["output0"], axis=2),
+        ]
     model = _model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, imgsz, imgsz])],
-                   [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, queries, cols])],
+                   [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, queries, 6 if topk else cols])],
                    initializers)
-    helper.set_model_props(model, {
-        "description": "Ultralytics rtdetr-l model (test stand-in)", "task": "detect", "stride": "32",
-        "batch": str(batch if isinstance(batch, int) else 1), "imgsz": f"[{imgsz}, {imgsz}]",
-        "names": repr(dict(enumerate(COCO80)))})
+    props = {"description": "Ultralytics rtdetr-l model (test stand-in)", "task": "detect", "stride": "32",
+             "batch": str(batch if isinstance(batch, int) else 1), "imgsz": f"[{imgsz}, {imgsz}]",
+             "names": repr(dict(enumerate(names)))}
+    if topk:
+        props.update({"head": "RTDETRDecoder", "version": "8.4.190", "end2end": "False"})
+    helper.set_model_props(model, props)
     return model
