@@ -44,7 +44,7 @@ def predict(args: argparse.Namespace) -> int:
 
     shape = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
     imgsz = tuple(shape[2:]) if all(isinstance(d, int) for d in shape[2:]) else args.imgsz  # a fixed export's own
-    model = YOLO(str(args.model), task="detect")
+    model = YOLO(str(args.model))  # its task (detect, segment, pose) from the export's metadata
     with open(args.out, "w") as out:
         for path in images_in(args.images):
             result = model.predict(str(path), imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det,
