@@ -48,19 +48,21 @@ class Detector:
         """The rows a batch of ``n`` frames runs at."""
         return padded_size(n, self.instances.buckets, self.head.fixed_batch)
 
-    def run(self, instance: int, tensor: Any, on_device: bool) -> Any:
-        """The head's output for ``tensor`` [rows, 3, H, W] (NumPy, or CuPy with ``on_device``)."""
+    def run(self, instance: int, tensor: Any, on_device: bool) -> list[Any]:
+        """The head's output for ``tensor`` [rows, 3, H, W] (NumPy, or CuPy with ``on_device``), then a
+        segmentation export's prototype masks when the pipeline reads them (``HeadInfo.proto_name``)."""
         h, fb = self.head, self.head.fixed_batch
+        names = [h.output_name, h.proto_name] if h.proto_name else [h.output_name]
         session = self.instances.session_for(instance, len(tensor))
         if not fb or len(tensor) == fb:
-            return session.run({h.input_name: tensor}, [h.output_name], outputs_on_device=on_device)[0]
-        parts = [session.run({h.input_name: tensor[i : i + fb]}, [h.output_name], outputs_on_device=on_device)[0]
+            return list(session.run({h.input_name: tensor}, names, outputs_on_device=on_device))
+        parts = [session.run({h.input_name: tensor[i : i + fb]}, names, outputs_on_device=on_device)
                  for i in range(0, len(tensor), fb)]
         if on_device:
             import cupy
 
-            return cupy.concatenate(parts)
-        return np.concatenate(parts)
+            return [cupy.concatenate([part[o] for part in parts]) for o in range(len(names))]
+        return [np.concatenate([part[o] for part in parts]) for o in range(len(names))]
 
 
 class HostPath:
@@ -79,12 +81,13 @@ class HostPath:
         n = len(frames)
         params = ex.letterbox(self._input[:n], frames)
         t1 = time.perf_counter_ns()
-        head = ex.detector.run(instance, self._input[: ex.detector.padded(n)], on_device=False)[:n]
+        outputs = ex.detector.run(instance, self._input[: ex.detector.padded(n)], on_device=False)
+        head, *protos = (o[:n] for o in outputs)
         if head.dtype != np.float32:
             head = head.astype(np.float32)
         head = np.ascontiguousarray(head)
         t2 = time.perf_counter_ns()
-        dets, counts = ex.decode(head, params, sizes, requests)
+        dets, counts = ex.decode(head, params, sizes, requests, protos=protos[0] if protos else None)
         t3 = time.perf_counter_ns()
         times.pre_ns, times.infer_ns, times.post_ns = t1 - t0, t2 - t1, t3 - t2
         return dets, counts
@@ -138,13 +141,16 @@ class DevicePath:
                 # ONNX Runtime runs on its own stream: the input must be complete before it starts.
                 self.stream.synchronize()
                 t1 = time.perf_counter_ns()
-                head = ex.detector.run(instance, self._input[: ex.detector.padded(n)], on_device=True)[:n]
+                head, *protos = (o[:n] for o in ex.detector.run(instance, self._input[: ex.detector.padded(n)],
+                                                                   on_device=True))
                 if head.dtype != cp.float32:
                     head = head.astype(cp.float32)
                 head = cp.ascontiguousarray(head)
                 t2 = time.perf_counter_ns()
-                dets, counts = ex.decode(head, params, sizes, requests, stream=self.stream)
-                out = dets.get(stream=self.stream), counts.get(stream=self.stream)
+                dets, counts = ex.decode(head, params, sizes, requests, stream=self.stream,
+                                         protos=protos[0] if protos else None)
+                out = ((dets, counts) if isinstance(dets, np.ndarray)  # a segmentation head's, on the host
+                       else (dets.get(stream=self.stream), counts.get(stream=self.stream)))
                 self.stream.synchronize()
                 t3 = time.perf_counter_ns()
             except BaseException:

@@ -48,6 +48,7 @@ class HeadInfo:
     extra: int = 0  # values after each box's detection columns (mask coefficients, keypoints), not read
     task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes
     ranked: bool = False  # rtdetr: rows of (box, score, class) its decoder ranked, not C scores a query
+    proto_name: str = ""  # an ultralytics segmentation export's prototype masks: only boxes with a mask answer
 
     @property
     def stretch(self) -> bool:
@@ -216,10 +217,17 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         # An end-to-end head [N, K, 6] carries class ids, not one score per class: the classes are the
         # ones the configuration or the model's metadata names.
         classes = len(cfg.labels) or names
+    # Ultralytics' SegmentationPredictor answers only the boxes whose mask is not empty (masks.py): the
+    # pipeline reads an ultralytics segmentation export's prototypes for that (the yolov5 repository's
+    # predictor, whose exports carry no task metadata, answers every box).
+    protos = [t.name for t in graph_out if len(t.shape) == 4]
+    proto_name = protos[0] if task == "segment" and metadata.get("task", "").strip().lower() == "segment" else ""
     if extra:
         log.info("%s: a %s export: its boxes are served, the %d values after each box's detection columns "
-                 "(%s) are not read", source, task, extra, "mask coefficients" if task == "segment" else "keypoints")
-    return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed, extra, task)
+                 "(%s) %s", source, task, extra, "mask coefficients" if task == "segment" else "keypoints",
+                 "decide which boxes have a mask" if proto_name else "are not read")
+    return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed, extra, task,
+                    proto_name=proto_name)
 
 
 def ranked_rows(head: np.ndarray, names: int) -> bool:

@@ -23,6 +23,7 @@ from ... import kernels
 from ..config.model import DetectionConfig
 from ..core.types import FrameRequest
 from .head import RTDETR, HeadInfo
+from .masks import with_masks
 
 
 class Letterbox:
@@ -78,15 +79,24 @@ class BoxDecoder:
         self._rows_first = kernels.LAYOUTS[self.layout] == 0
         self.max_detections = cfg.max_detections
         self.max_candidates = cfg.max_candidates
+        self.input_size = (head.height, head.width)
 
     def __call__(self, head: Any, params: Any, sizes: Any, requests: Sequence[FrameRequest],
-                 stream: Any = None) -> tuple[Any, Any]:
+                 stream: Any = None, protos: Any = None) -> tuple[Any, Any]:
+        """``protos``: a segmentation export's prototype masks [n, M, h, w], for answering only the boxes
+        that have a mask (:mod:`.masks`); those heads are decoded on the host (dets and counts come back as
+        NumPy arrays then)."""
         xp: Any = np
+        if protos is not None and not isinstance(head, np.ndarray):
+            head, protos = head.get(), protos.get()  # a box at a time on the host: see masks.py
         if not isinstance(head, np.ndarray):
             import cupy
 
             xp = cupy
+        coefficients = None
         if self.extra:  # a segmentation or pose head: the detection columns alone, as the kernels read them
+            if protos is not None:  # and a segmentation head's mask coefficients, a box's after its columns
+                coefficients = head[:, head.shape[1] - self.extra :] if self._rows_first else head[..., -self.extra :]
             cut = head[:, : head.shape[1] - self.extra] if self._rows_first else head[..., : -self.extra]
             head = xp.ascontiguousarray(cut)
         if self.rtdetr:
@@ -109,15 +119,49 @@ class BoxDecoder:
                 # (end-to-end heads after it): the other classes' rows drop under any threshold first
                 rows = rows.copy()
                 rows[..., 4] = xp.where(xp.isin(rows[..., 5], xp.asarray(opts.classes, np.float32)), rows[..., 4], -1)
-            out = kernels.detect_postprocess(
-                rows, self.layout, conf=opts.score_threshold, iou=opts.iou_threshold,
-                max_det=opts.max_detections, classes=list(opts.classes) or None, agnostic=opts.agnostic,
-                params=None if self.rtdetr else params[row : row + k],
-                orig_sizes=None if self.rtdetr else sizes[row : row + k],
-                max_candidates=self.max_candidates, stream=stream,
-            )
+            if coefficients is not None:
+                part = slice(row, row + k)
+                out = self._masked(rows, coefficients[part], protos[part], params[part], sizes[part], opts)
+            else:
+                out = kernels.detect_postprocess(
+                    rows, self.layout, conf=opts.score_threshold, iou=opts.iou_threshold,
+                    max_det=opts.max_detections, classes=list(opts.classes) or None, agnostic=opts.agnostic,
+                    params=None if self.rtdetr else params[row : row + k],
+                    orig_sizes=None if self.rtdetr else sizes[row : row + k],
+                    max_candidates=self.max_candidates, stream=stream,
+                )
             dets[row : row + k, : opts.max_detections] = out.dets
             counts[row : row + k] = out.counts
             row += k
             i = j
         return dets, counts
+
+    def _masked(self, head: np.ndarray, coefficients: np.ndarray, protos: np.ndarray, params: Any, sizes: Any,
+                opts: Any) -> kernels.Detections:
+        """A segmentation head's detections as ultralytics' SegmentationPredictor answers them: decoded and
+        suppressed as any head's (the same kernels, unfused, to know each kept box's anchor), then only the
+        boxes whose mask is not empty (masks.py), mapped back to the frames."""
+        end_to_end = kernels.LAYOUTS[self.layout] == 2
+        c = kernels.decode(head, self.layout, conf=opts.score_threshold, classes=list(opts.classes) or None,
+                           max_candidates=opts.max_detections if end_to_end else self.max_candidates)
+        if not end_to_end:
+            keep, kept = kernels.nms(c.boxes, c.scores, c.class_ids, c.counts, iou=opts.iou_threshold,
+                                     max_det=opts.max_detections, agnostic=opts.agnostic)
+        n = len(head)
+        dets = np.zeros((n, opts.max_detections, 6), np.float32)
+        counts = np.zeros(n, np.int32)
+        height, width = self.input_size
+        for i in range(n):
+            at = np.arange(c.counts[i]) if end_to_end else keep[i, : kept[i]]
+            anchors = c.anchor_ids[i, at]
+            coeffs = coefficients[i][:, anchors].T if self._rows_first else coefficients[i][anchors]
+            boxes = c.boxes[i, at]
+            has = with_masks(protos[i], coeffs, boxes, height, width)
+            m = int(has.sum())
+            if m:
+                dets[i, :m, :4] = kernels.map_boxes(np.ascontiguousarray(boxes[has][None]), params[i : i + 1],
+                                                    sizes[i : i + 1])[0]
+                dets[i, :m, 4] = c.scores[i, at][has]
+                dets[i, :m, 5] = c.class_ids[i, at][has]
+            counts[i] = m
+        return kernels.Detections(dets, counts)

@@ -290,6 +290,52 @@ def test_segmentation_and_pose_exports_serve_their_boxes(tmp_path: Path, case: t
     assert found > 0  # the comparison saw boxes
 
 
+@pytest.mark.parametrize("layout", ["yolov8", "end2end"])
+def test_a_segmentation_export_answers_the_boxes_that_have_a_mask(tmp_path: Path, layout: str) -> None:
+    """ultralytics' SegmentationPredictor answers only the boxes whose mask is not empty: so does the pipeline
+    for an export whose metadata says task segment, the same boxes as the reference (pipeline_support's
+    segment_reference) on every photograph, some dropped and some kept; the yolov5 repository's export (no
+    task metadata, whose predictor answers every box) answers them all."""
+    from peregrine.server.core.types import FrameRequest
+
+    detector = (yolov8_detector(0, imgsz=192) if layout == "yolov8"
+                else end2end_detector(0, imgsz=192, max_detections=50))
+    model = onnx_models.with_task_head(detector, "segment", extra=32, masks=32)
+    # prototypes of mixed signs (the coefficients repeat the box's corners): a box's mask is empty or not by
+    # where it lies and the colours under it
+    rng = np.random.default_rng(7)
+    weights = next(i for i in model.graph.initializer if i.name == "task_head.proto_w")
+    weights.CopyFrom(onnx.numpy_helper.from_array(rng.normal(0.013, 0.1, (32, 3, 1, 1)).astype(np.float32),
+                                                  "task_head.proto_w"))
+    yolov5_repo = onnx.ModelProto()
+    yolov5_repo.CopyFrom(model)
+    props = {p.key: p.value for p in yolov5_repo.metadata_props if p.key != "task"}
+    del yolov5_repo.metadata_props[:]
+    onnx.helper.set_model_props(yolov5_repo, props)
+    onnx_models.write(tmp_path, "seg", model)
+    onnx_models.write(tmp_path, "v5seg", yolov5_repo)
+    settings = "max_detections = 50\nscore_threshold = 0.05\n"
+    write_pipeline(tmp_path, "p_seg", pipeline_config("seg", settings))
+    write_pipeline(tmp_path, "p_v5seg", pipeline_config("v5seg", settings))
+    served, every = _load(tmp_path, "p_seg"), _load(tmp_path, "p_v5seg")
+    assert served.head.proto_name == "output1" and every.head.proto_name == ""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    photos = pipeline_support.photographs()
+    frames = list(photos.values())
+    answers = [p.make_executor().execute(0, [FrameRequest(p.name, frames=frames, options=p.default_options())])[0]
+               for p in (served, every)]
+    kept = dropped = 0
+    for i, name in enumerate(photos):
+        want, empty = pipeline_support.segment_reference(session, frames[i], 192, 192, 32, conf=0.05, max_det=50,
+                                                         layout=layout)
+        pipeline_support.assert_same_detections(answers[0].detections[i], want, name)
+        assert len(answers[1].detections[i]) == len(want) + empty  # every box, masks or not
+        kept, dropped = kept + len(want), dropped + empty
+    assert kept > 0 and dropped > 0, (kept, dropped)
+
+
 def test_a_detector_with_another_4d_output_is_not_taken_for_a_segmentation_model(tmp_path: Path) -> None:
     """Without task metadata a 4-D output beside the head suggests a segmentation export (the yolov5
     repository writes no task); but when the head has exactly the columns of a detector of the model's
