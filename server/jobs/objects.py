@@ -58,6 +58,7 @@ READ_BUFFER = 1 << 20  # bytes per ranged read of a payload
 TRANSFER_CHUNK = 8 << 20  # a multipart upload's part; 2 in flight at once: what an upload holds in memory
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _SEGMENT = re.compile(r"(\d{12})-(\d{12})\.([0-9a-f]+)")
+_STAGING = re.compile(r".+#\d+")  # a file:// store's object being written: <key>#<n>, renamed to <key> when whole
 
 
 # -- the store at a URL -----------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class ObjectBucket:
         scheme, location, prefix = split_url(url, what)
         self.url = url.rstrip("/")
         self.store: Any
+        self._root = Path(location) if scheme == "file" else None
         if scheme == "file":
             self.store = LocalStore(location, mkdir=True, automatic_cleanup=True)
         else:
@@ -180,6 +182,19 @@ class ObjectBucket:
 
     def delete_prefix(self, prefix: str, keep: str = "") -> None:
         self.delete([key for key, _ in self.list(prefix) if key != keep])
+        self.discard_staging(prefix)
+
+    def discard_staging(self, prefix: str) -> None:
+        """A file:// store's leftovers under ``prefix``: it writes an object to ``<key>#<n>`` and renames it,
+        so a process killed while writing leaves that file behind, which the store neither lists nor deletes.
+        Called where the one writer of those keys starts again or is done with them (an upload opened or
+        resumed, a job's objects deleted). S3 has none: an unfinished upload is not an object."""
+        if self._root is None or not (base := self._root / prefix).is_dir():
+            return
+        for path in base.rglob("*#*"):
+            if _STAGING.fullmatch(path.name) and path.is_file():
+                log.info("object store %s: removing %s, an object whose writing was cut", self.url, path)
+                path.unlink(missing_ok=True)
 
     def download(self, parts: list[tuple[str, int]], f: BinaryIO) -> None:
         """The objects ``parts`` (key, size) one after the other into an open file, ``TRANSFER_CHUNK`` at a
@@ -427,6 +442,7 @@ class _StoreUpload:
 
     def __init__(self, bucket: ObjectBucket, prefix: str, buffer: Path, part_bytes: int, offset: int) -> None:
         self.bucket, self.prefix, self.part_bytes = bucket, prefix, part_bytes
+        bucket.discard_staging(prefix)  # a part a killed server was writing
         parts = _parts(bucket, prefix)
         self.digest = hashlib.sha256()
         self.index, self.base = 0, 0

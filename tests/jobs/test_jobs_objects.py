@@ -50,9 +50,16 @@ def served(tmp_path: Path, repo: Path, start_server: Callable[..., PeregrineServ
 
 
 def _objects(root: Path, job_id: str = "") -> list[str]:
-    """The object keys under ``root`` (a file:// store), or under one job's prefix."""
+    """The object keys under ``root`` (a file:// store), or under one job's prefix: its files but the ones it
+    is writing (``<key>#<n>``, see _staging)."""
     base = root / "jobs" / job_id if job_id else root
-    return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file()) if base.exists() else []
+    return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and p not in _staging(base))
+
+
+def _staging(base: Path) -> list[Path]:
+    """The files a file:// store was writing under ``base`` (``<key>#<n>``, renamed to ``<key>`` when whole):
+    a server killed while writing a part leaves one."""
+    return [p for p in base.rglob("*#*") if re.fullmatch(r".+#\d+", p.name)] if base.exists() else []
 
 
 def _spec(model: str, payload: bytes) -> pb.JobSpec:
@@ -256,6 +263,32 @@ def test_checkpoints_rebuild_a_tensor_result_and_ignore_a_dead_runs_late_writes(
 
 
 @pytest.mark.slow
+def test_a_part_cut_while_it_was_written_is_cleared_when_the_upload_resumes(tmp_path: Path) -> None:
+    """A file:// store writes each object to ``<key>#<n>`` and renames it whole: a server killed meanwhile
+    leaves that file, which the store neither lists nor deletes. The parts count without it, the resumed
+    upload clears it, and so does deleting a job's objects."""
+    from peregrine.server.jobs.objects import ObjectBucket, StoreFiles
+
+    objects = tmp_path / "objects"
+    files = StoreFiles(ObjectBucket(f"file://{objects}"), tmp_path / "spool", part_bytes=1000)
+    job_id = "ab" * 16
+    upload = files.open_upload(job_id, 0)
+    for size in (1000, 1000, 500):  # two whole parts; the last 500 bytes wait in the working file
+        upload.write(bytes(size))
+    payload = objects / "jobs" / job_id / "payload"
+    (payload / "000002#7").write_bytes(bytes(300))  # the third part, cut while it was written
+    assert files.received(job_id) == 2000 and len(_staging(objects)) == 1
+    upload.abort()  # the server's end: what had not reached the store is sent again
+    resumed = files.open_upload(job_id, 2000)
+    assert _staging(objects) == [] and resumed.received == 2000
+    resumed.write(bytes(700))
+    resumed.close()
+    assert files.received(job_id) == 2700
+    (payload / "000003#1").write_bytes(bytes(10))
+    files.remove(job_id)
+    assert _objects(objects) == [] and _staging(objects) == []
+
+
 def test_kill_9_during_upload_run_and_download_loses_nothing(tmp_path: Path, repo: Path) -> None:
     objects = tmp_path / "objects"
     # 900 photographs, 130 parts of 1 MiB: a job long enough for several of the store's 2 s checkpoints even
@@ -330,6 +363,7 @@ def test_kill_9_during_upload_run_and_download_loses_nothing(tmp_path: Path, rep
         assert out.read_bytes() == reference
         assert summary["items"] == items and summary["failed"] == 0
         assert [k.rsplit("/", 1)[0] for k in _objects(objects, job_id)] == [f"jobs/{job_id}"]  # the result alone
+        assert _staging(objects) == []  # nor a part a kill cut while it was written
     finally:
         server.stop()
 
