@@ -100,11 +100,15 @@ def reads_as_rtdetr(shape: Sequence[int], names: int) -> bool:
     return names > 0 and len(shape) == 3 and shape[2] == 4 + names and shape[1] != shape[2]
 
 
+def rtdetr_decoder(metadata: dict[str, str]) -> bool:
+    """Whether an export's metadata names its head RTDETRDecoder (ultralytics 8.4 records the head it exported)."""
+    return metadata.get("head", "").strip() == RTDETR_DECODER
+
+
 def rtdetr_export(shape: Sequence[int], metadata: dict[str, str]) -> bool:
     """Whether an export whose first output has ``shape`` reads as ultralytics' RT-DETR by its metadata: its
     ``head`` (8.4) says RTDETRDecoder, or its output has the 4 + C columns of its C named classes."""
-    return (metadata.get("head", "").strip() == RTDETR_DECODER
-            or reads_as_rtdetr(shape, len(parse_labels(metadata))))
+    return rtdetr_decoder(metadata) or reads_as_rtdetr(shape, len(parse_labels(metadata)))
 
 
 def _num_classes(layout: str, shape: Sequence[int], extra: int) -> int:
@@ -201,7 +205,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         as_segment = _num_classes(detect_layout(head.shape, extra, (height, width)), head.shape, extra)
         if as_plain == names != as_segment:
             task, extra = "detect", 0
-    decoder = metadata.get("head", "").strip() == RTDETR_DECODER  # ultralytics 8.4 names the head it exported
+    decoder = rtdetr_decoder(metadata)
     if cfg.layout == RTDETR or (cfg.layout == "auto" and not extra and (decoder or reads_as_rtdetr(head.shape, names))):
         return _rtdetr_head(spec.name, dtype, height, width, heads[0].name, head, fixed, task, source,
                             len(cfg.labels) or names, decoder)
@@ -249,7 +253,7 @@ def _rtdetr_head(input_name: str, dtype: np.dtype[Any], height: int, width: int,
     metadata says RTDETRDecoder with six columns that do not is refused (``names``: the classes the
     configuration or the metadata names, 0 when none does)."""
     _, queries, columns = head.shape
-    ranked = columns == 6 and ranked_rows(head, names) and (decoder or names != 2)
+    ranked = ranked_rows(head, names) and (decoder or names != 2)
     if decoder and columns == 6 and not ranked:
         raise ModelLoadError(
             f"{source}: output '{output_name}' {list(head.shape)} of an RTDETRDecoder export does not read as "

@@ -7,18 +7,17 @@ zeroed outside the box (pixel columns x1 <= c < x2, rows likewise, in model pixe
 whose mask is then empty. The pipeline serves boxes, not masks, but answers the same boxes: for each box it
 computes its mask's logits inside the box only and keeps the box when one is above 0.
 
-Runs on NumPy or CuPy arrays alike (``xp``), a box at a time (a box's region is at most the input's size).
+On the host, a box at a time (a box's region is at most the input's size).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 
-def _taps(first: int, stop: int, size_in: int, size_out: int, xp: Any) -> tuple[Any, Any, Any, Any]:
+def _taps(first: int, stop: int, size_in: int, size_out: int) -> tuple[np.ndarray, ...]:
     """Bilinear taps (align_corners=False, as torch computes them in float32) of output pixels
     first..stop-1 over an input axis of ``size_in``: (lower index, upper index, lower weight, upper weight)."""
     scale = np.float32(size_in) / np.float32(size_out)
@@ -28,13 +27,13 @@ def _taps(first: int, stop: int, size_in: int, size_out: int, xp: Any) -> tuple[
     high = np.minimum(low + 1, size_in - 1)
     upper = (src - low.astype(np.float32)).astype(np.float32)
     lower = (np.float32(1) - upper).astype(np.float32)
-    return xp.asarray(low), xp.asarray(high), xp.asarray(lower), xp.asarray(upper)
+    return low, high, lower, upper
 
 
-def with_masks(protos: Any, coefficients: Any, boxes: np.ndarray, height: int, width: int, xp: Any = np) -> np.ndarray:
-    """bool [k]: whether each of k boxes (float32 [k, 4] x1, y1, x2, y2 in model pixels, on the host) has a
-    non-empty mask at the ``height`` x ``width`` input, from one image's ``protos`` [M, h, w] and the boxes'
-    ``coefficients`` [k, M] (float32, on ``xp``'s device)."""
+def with_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """bool [k]: whether each of k boxes (float32 [k, 4] x1, y1, x2, y2 in model pixels) has a non-empty mask
+    at the ``height`` x ``width`` input, from one image's ``protos`` [M, h, w] and the boxes' ``coefficients``
+    [k, M]."""
     k = len(boxes)
     keep = np.zeros(k, bool)
     if k == 0:
@@ -49,8 +48,8 @@ def with_masks(protos: Any, coefficients: Any, boxes: np.ndarray, height: int, w
         c0, c1 = max(math.ceil(x1), 0), min(math.ceil(x2), width)
         if r1 <= r0 or c1 <= c0:
             continue
-        h0, h1, hl0, hl1 = _taps(r0, r1, mh, height, xp)
-        w0, w1, wl0, wl1 = _taps(c0, c1, mw, width, xp)
+        h0, h1, hl0, hl1 = _taps(r0, r1, mh, height)
+        w0, w1, wl0, wl1 = _taps(c0, c1, mw, width)
         field = logits[j]
         top, bottom = field[h0], field[h1]  # [rows, mw]
         region = (hl0[:, None] * (wl0[None, :] * top[:, w0] + wl1[None, :] * top[:, w1])
