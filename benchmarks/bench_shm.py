@@ -19,6 +19,12 @@ model share is the served / in-process ratio the machine would give if it kept o
 
 ``--client tritonclient`` drives the same closed loop with tritonclient threads (each with its own
 regions) where perf_analyzer cannot run; its transport share comes from the server's statistics.
+``--shared-memory cuda`` puts the regions in device memory of GPU 0 instead (tritonclient's CUDA
+shared-memory utilities, or perf_analyzer's ``--shared-memory cuda``): the model reads its input from and
+writes its output to the GPU, with no copy through the host on the server's side.
+
+    python benchmarks/bench_shm.py --repository models --models yolov8n --client tritonclient \
+        --shared-memory cuda --concurrency 1 2 --repeats 2 --out benchmarks/results/shm_gpu.md
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import machine, start_peregrine
@@ -62,8 +69,9 @@ def output_bytes(port: int, model: str, shape: list[int]) -> int:
 
 
 def perf_analyzer(model: str, port: int, shape: list[int], concurrency: list[int], interval_ms: int,
-                  stability: int, shm_output_bytes: int | None) -> dict[int, dict[str, float]]:
-    """One perf_analyzer run over the concurrency range; ``shm_output_bytes`` set: --shared-memory system."""
+                  stability: int, shm_output_bytes: int | None, kind: str = "system") -> dict[int, dict[str, float]]:
+    """One perf_analyzer run over the concurrency range; ``shm_output_bytes`` set: --shared-memory ``kind``
+    (system or cuda)."""
     import tritonclient.grpc as tc
 
     name = tc.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata(model).inputs[0].name
@@ -76,7 +84,7 @@ def perf_analyzer(model: str, port: int, shape: list[int], concurrency: list[int
                "--measurement-interval", str(interval_ms), "-s", str(stability), "--max-trials", "20",
                "--input-data", "random", "-f", str(out)]
         if shm_output_bytes is not None:
-            cmd += ["--shared-memory", "system", "--output-shared-memory-size", str(shm_output_bytes)]
+            cmd += ["--shared-memory", kind, "--output-shared-memory-size", str(shm_output_bytes)]
         print("+", shlex.join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True, stdout=sys.stderr)
         rows = list(csv.DictReader(out.open()))
@@ -102,12 +110,49 @@ def _server_request_ms(port: int, model: str) -> tuple[int, float, float]:
     return inf.success.count, inf.success.ns / 1e6, inf.compute_infer.ns / 1e6
 
 
-def tritonclient_loop(model: str, port: int, shape: list[int], concurrency: list[int], seconds: float,
-                      use_shm: bool) -> dict[int, dict[str, float]]:
-    """perf_analyzer's closed loop with tritonclient threads; with ``use_shm`` each thread owns an input and
-    an output region, written/registered once."""
-    import tritonclient.grpc as tc
+def _system_regions(client: Any, tag: str, x: np.ndarray, out_bytes: int) -> Callable[[], None]:
+    """An input region holding ``x`` and an output region, in system shared memory, registered with the
+    server under ``in_<tag>``/``out_<tag>``; returns what unregisters and destroys them."""
     import tritonclient.utils.shared_memory as shm
+
+    h_in = shm.create_shared_memory_region(f"in_{tag}", f"/bench_in_{tag}", x.nbytes, create_only=True)
+    h_out = shm.create_shared_memory_region(f"out_{tag}", f"/bench_out_{tag}", out_bytes, create_only=True)
+    shm.set_shared_memory_region(h_in, [x])
+    client.register_system_shared_memory(f"in_{tag}", f"/bench_in_{tag}", x.nbytes)
+    client.register_system_shared_memory(f"out_{tag}", f"/bench_out_{tag}", out_bytes)
+
+    def done() -> None:
+        client.unregister_system_shared_memory(f"in_{tag}")
+        client.unregister_system_shared_memory(f"out_{tag}")
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
+    return done
+
+
+def _cuda_regions(client: Any, tag: str, x: np.ndarray, out_bytes: int) -> Callable[[], None]:
+    """The same in device memory of GPU 0, through tritonclient's CUDA shared-memory utilities (the client
+    process owns the buffers; the server opens their IPC handles)."""
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    h_in = cudashm.create_shared_memory_region(f"in_{tag}", x.nbytes, 0)
+    h_out = cudashm.create_shared_memory_region(f"out_{tag}", out_bytes, 0)
+    cudashm.set_shared_memory_region(h_in, [x])
+    client.register_cuda_shared_memory(f"in_{tag}", cudashm.get_raw_handle(h_in), 0, x.nbytes)
+    client.register_cuda_shared_memory(f"out_{tag}", cudashm.get_raw_handle(h_out), 0, out_bytes)
+
+    def done() -> None:
+        client.unregister_cuda_shared_memory(f"in_{tag}")
+        client.unregister_cuda_shared_memory(f"out_{tag}")
+        cudashm.destroy_shared_memory_region(h_in)
+        cudashm.destroy_shared_memory_region(h_out)
+    return done
+
+
+def tritonclient_loop(model: str, port: int, shape: list[int], concurrency: list[int], seconds: float,
+                      use_shm: str | None) -> dict[int, dict[str, float]]:
+    """perf_analyzer's closed loop with tritonclient threads; with ``use_shm`` ("system" or "cuda") each
+    thread owns an input and an output region, written/registered once."""
+    import tritonclient.grpc as tc
 
     url = f"127.0.0.1:{port}"
     name = tc.InferenceServerClient(url).get_model_metadata(model).inputs[0].name
@@ -122,11 +167,7 @@ def tritonclient_loop(model: str, port: int, shape: list[int], concurrency: list
         outputs = None
         if use_shm:
             tag = uuid.uuid4().hex[:8]
-            h_in = shm.create_shared_memory_region(f"in_{tag}", f"/bench_in_{tag}", x.nbytes, create_only=True)
-            h_out = shm.create_shared_memory_region(f"out_{tag}", f"/bench_out_{tag}", out_bytes, create_only=True)
-            shm.set_shared_memory_region(h_in, [x])
-            client.register_system_shared_memory(f"in_{tag}", f"/bench_in_{tag}", x.nbytes)
-            client.register_system_shared_memory(f"out_{tag}", f"/bench_out_{tag}", out_bytes)
+            done = (_cuda_regions if use_shm == "cuda" else _system_regions)(client, tag, x, out_bytes)
             inp.set_shared_memory(f"in_{tag}", x.nbytes)
             meta = client.get_model_metadata(model)
             outputs = []
@@ -134,13 +175,6 @@ def tritonclient_loop(model: str, port: int, shape: list[int], concurrency: list
                 req = tc.InferRequestedOutput(o.name)
                 req.set_shared_memory(f"out_{tag}", out_bytes)
                 outputs.append(req)
-
-            def done() -> None:
-                client.unregister_system_shared_memory(f"in_{tag}")
-                client.unregister_system_shared_memory(f"out_{tag}")
-                shm.destroy_shared_memory_region(h_in)
-                shm.destroy_shared_memory_region(h_out)
-
             with lock:
                 cleanup.append(done)
         else:
@@ -183,10 +217,11 @@ def bench_model(a: argparse.Namespace, model: str, shape: list[int]) -> str:
             for mode in MODES:
                 if a.client == "perf_analyzer":
                     run = perf_analyzer(model, a.port, shape, a.concurrency, a.measurement_ms,
-                                        a.stability_percentage, out_bytes if mode == "shm" else None)
+                                        a.stability_percentage, out_bytes if mode == "shm" else None,
+                                        a.shared_memory)
                 else:
                     run = tritonclient_loop(model, a.port, shape, a.concurrency, a.measurement_ms / 1000 * 3,
-                                            mode == "shm")
+                                            a.shared_memory if mode == "shm" else None)
                 for c in a.concurrency:
                     run[c]["ratio"] = run[c]["throughput"] / base_runs[-1][c]["throughput"]
                 runs[mode].append(run)
@@ -204,7 +239,7 @@ def bench_model(a: argparse.Namespace, model: str, shape: list[int]) -> str:
         for mode in MODES:
             s = _median(runs[mode])[c]
             spread = [r[c]["ratio"] for r in runs[mode]]
-            lines.append(f"| {c} | {'in gRPC messages' if mode == 'grpc' else 'system shared memory'} "
+            lines.append(f"| {c} | {'in gRPC messages' if mode == 'grpc' else a.shared_memory + ' shared memory'} "
                          f"| {s['throughput']:.2f} | {base[c]['throughput']:.2f} "
                          f"| {s['ratio']:.3f} ({min(spread):.3f}-{max(spread):.3f}) | {s['p50']:.2f} "
                          f"| {s['p99']:.2f} | {s['transport_share']:.1%} | {s['model_share']:.1%} |")
@@ -227,6 +262,8 @@ def main() -> int:
     p.add_argument("--in-process-seconds", type=float, default=8.0)
     p.add_argument("--port", type=int, default=8111)
     p.add_argument("--client", choices=["perf_analyzer", "tritonclient"], default="perf_analyzer")
+    p.add_argument("--shared-memory", choices=["system", "cuda"], default="system",
+                   help="where the shared-memory mode's regions live (cuda: device memory of GPU 0)")
     p.add_argument("--out", type=Path, help="append the tables to this markdown file")
     a = p.parse_args()
     shapes = dict(DEFAULT_SHAPES)
