@@ -69,12 +69,6 @@ def test_bad_overrides_are_invalid_argument_and_the_model_keeps_serving(
     assert client.get_model_config("simple").config.max_batch_size == 8
 
 
-def test_model_files_over_the_api_are_refused(client: tc.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException) as e:
-        client.load_model("simple", config="{}", files={"file:1/model.onnx": b"\x00"})
-    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "model files" in e.value.message()
-
-
 def test_translation_of_triton_keys() -> None:
     got = parse_triton_override(json.dumps({
         "version_policy": {"specific": {"versions": ["1", 3]}},

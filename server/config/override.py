@@ -19,6 +19,8 @@ import math
 import re
 from typing import Any
 
+from google.protobuf import json_format, text_format
+from peregrine.proto import model_config_pb2 as mc
 from pydantic import ValidationError
 
 from ..core.errors import InvalidArgument, clipped
@@ -149,9 +151,9 @@ def _version_policy(raw: Any) -> Any:
                           f"got {clipped(repr(policy))}")
 
 
-def parse_triton_override(text: str, model: str) -> dict[str, Any]:
-    """Peregrine config keys from a Triton model configuration in JSON. Raises InvalidArgument, and only
-    that, whatever ``text`` holds."""
+def _client_json(text: str) -> Any:
+    """A load's ``config`` parameter parsed, within the bounds a client's text is held to (InvalidArgument,
+    and only that, whatever ``text`` holds)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise InvalidArgument(f"parameters.config: expected at most {MAX_CONFIG_BYTES} bytes of JSON, "
                               f"got {len(text)} characters")
@@ -170,8 +172,14 @@ def parse_triton_override(text: str, model: str) -> dict[str, Any]:
     except UnicodeEncodeError:
         raise InvalidArgument("parameters.config: a string holds an escaped lone surrogate, which is not "
                               "Unicode text") from None
+    return raw
+
+
+def parse_triton_override(text: str, model: str) -> dict[str, Any]:
+    """Peregrine config keys from a Triton model configuration in JSON. Raises InvalidArgument, and only
+    that, whatever ``text`` holds."""
     out: dict[str, Any] = {}
-    for k, v in _object(raw, "(top level)").items():
+    for k, v in _object(_client_json(text), "(top level)").items():
         if k == "name":
             if v != model:
                 raise InvalidArgument(f"parameters.config.name: expected '{clipped(model)}' (the model loaded), "
@@ -221,3 +229,20 @@ def apply_override(config: ModelConfig, override: dict[str, Any], source: str) -
         return ModelConfig.model_validate(_merge(base, override))
     except ValidationError as e:
         raise InvalidArgument(f"{source}: {_format_validation(e)}") from None
+
+
+def triton_config_text(text: str, model: str) -> str:
+    """A load's ``config`` beside model files (``file:<version>/<path>`` parameters): the whole model
+    configuration of the directory those files make, in Triton's JSON (its ModelConfig message, protobuf's
+    JSON mapping), returned as config.pbtxt text for that directory, which is then read as any config.pbtxt is
+    (docs/MODEL_CONFIG.md). InvalidArgument, and only that, for text that is not such a configuration."""
+    raw = _object(_client_json(text), "(top level)")
+    try:
+        msg = json_format.ParseDict(raw, mc.ModelConfig())
+    except (json_format.ParseError, ValueError, TypeError) as e:
+        raise InvalidArgument(f"parameters.config: expected a Triton model configuration in JSON "
+                              f"(ModelConfig), got {clipped(str(e))}") from None
+    if msg.name and msg.name != model:
+        raise InvalidArgument(f"parameters.config.name: expected '{clipped(model)}' (the model loaded), "
+                              f"got {clipped(repr(msg.name))}")
+    return text_format.MessageToString(msg)

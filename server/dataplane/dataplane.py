@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from ..config.override import parse_triton_override
+from ..config.override import parse_triton_override, triton_config_text
 from ..core.errors import InvalidArgument, NotFound, PeregrineError, clipped, status_name
 from ..core.stats import ModelStats
 from ..core.types import DetectRequest, FrameResult, InferRequest, InferResponse, ModelDescription
@@ -45,6 +45,7 @@ from .cache import ResponseCache, request_key
 from .classification import INLINE_CLASSES, classify_outputs, strings_to_make
 from .ladders import Ladders
 from .lifecycle import Lifecycle
+from .model_files import check_files
 from .repository import ModelRepository
 from .shm import RequestRegions, SharedMemoryRegistry, cuda_available
 from .streams import StreamAdapter, StreamDriver, StreamPolicy
@@ -465,9 +466,18 @@ class DataPlane:
             raise NotFound(f"unknown repository '{clipped(repository)}'; this server has one, 'models'")
         return [row for row in self.repository.index() if not ready_only or row[2] == "READY"]
 
-    def load_model(self, name: str, config_json: str | None = None) -> None:
-        """(Re)load a model, with a configuration override in Triton's JSON laid over its config.toml."""
+    def load_model(self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None) -> None:
+        """(Re)load a model, with a configuration override in Triton's JSON laid over its config.toml; or,
+        with ``files`` (``file:<version>/<path>``: bytes), from those files, ``config_json`` then being the
+        whole configuration of the directory they make (model_files.py)."""
         try:
+            if files:
+                if config_json is None:
+                    raise InvalidArgument("parameters.config: expected the model's configuration in JSON beside "
+                                          f"its files ({len(files)} file: parameters), got none")
+                checked = check_files(files)
+                self.repository.load_files(name, checked, triton_config_text(config_json, name))
+                return
             override = parse_triton_override(config_json, name) if config_json is not None else None
             self.repository.load(name, override)
         except PeregrineError as e:  # Triton's words first ("failed to load 'm', ..."): its clients match on them

@@ -128,7 +128,7 @@ class Lifecycle:
             began = time.perf_counter()
             try:
                 await self._make_room(name)
-                await loop.run_in_executor(self._loads, lambda: self.repository.load(name, wanted=False))
+                await loop.run_in_executor(self._loads, self.repository.load_again, name)
             except BaseException as e:
                 future.set_exception(e if isinstance(e, PeregrineError) else Unavailable(
                     f"model '{name}' failed to load on demand: {e}"))

@@ -21,10 +21,12 @@ from typing import Any
 from ..config.files import CONFIG_FILES, read_model_config
 from ..config.model import ModelConfig
 from ..config.override import apply_override
+from ..config.triton import TRITON_CONFIG_FILENAME
 from ..core.errors import InvalidArgument, ModelLoadError, NotFound, NotReady, PeregrineError, clipped
 from ..models.base import ModelVersion
 from ..models.registry import load_version
 from ..scheduling.loop import EventLoopThread
+from .model_files import ModelFiles
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class ModelState:
     config: ModelConfig | None = None
     versions: dict[int, ModelVersion] | None = None
     wanted: bool = True  # asked to load (at start-up or by a load call) and not unloaded since: counts for readiness
+    # What the last load was given, for a load on demand after the server let the model go: the override
+    # laid over its configuration, and the directory of the files sent with it (model_files.py), if any.
+    override: dict[str, Any] | None = None
+    source: Path | None = None
 
 
 class ModelRepository:
@@ -78,6 +84,7 @@ class ModelRepository:
         self._states: dict[str, ModelState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.files = ModelFiles()
 
     # -- discovery ------------------------------------------------------------------------------
     def available(self) -> list[str]:
@@ -151,17 +158,44 @@ class ModelRepository:
         with self._guard:
             return self._locks.setdefault(name, threading.Lock())
 
-    def load(self, name: str, override: dict[str, Any] | None = None, wanted: bool = True) -> None:
-        """(Re)load a model from disk, with ``override`` (Peregrine config keys, see config.override)
-        laid over its config.toml for this load. Raises NotFound, InvalidArgument or ModelLoadError; the
-        server keeps serving. ``wanted`` False: a load the server chose (on demand), which readiness does not
-        wait for."""
+    def load(self, name: str, override: dict[str, Any] | None = None) -> None:
+        """(Re)load a model from the repository, with ``override`` (Peregrine config keys, see
+        config.override) laid over its config.toml for this load. Raises NotFound, InvalidArgument or
+        ModelLoadError; the server keeps serving."""
+        self._load(name, override, True, None)
+
+    def load_files(self, name: str, files: dict[tuple[str, ...], bytes], config_text: str) -> None:
+        """(Re)load a model from files sent with the load (model_files.py; ``files`` checked by
+        :func:`~.model_files.check_files`) and ``config_text``, its config.pbtxt, instead of the repository's
+        directory: until the model is unloaded or loaded from the repository again."""
         problem = model_name_problem(name)
         if problem is not None:
             raise InvalidArgument(f"model_name '{clipped(name)}': {problem}")
-        model_dir = self.root / name
+        self._load(name, None, True, self.files.write(name, files, config_text, TRITON_CONFIG_FILENAME))
+
+    def load_again(self, name: str) -> None:
+        """A load the server chose (on demand), as the model was last loaded (from the repository or from
+        files, with the same override); readiness does not wait for it."""
+        st = self._states.get(name)
+        self._load(name, st.override if st else None, False, st.source if st else None)
+
+    def _load(self, name: str, override: dict[str, Any] | None, wanted: bool, source: Path | None) -> None:
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise InvalidArgument(f"model_name '{clipped(name)}': {problem}")
+        model_dir = source or self.root / name
         if not model_dir.is_dir():
             raise NotFound(f"no model directory '{name}' in the repository")
+        try:
+            self._load_locked(name, override, wanted, source, model_dir)
+        except BaseException:
+            st = self._states.get(name)
+            if source is not None and (st is None or st.source != source):
+                self.files.discard(source)
+            raise
+
+    def _load_locked(self, name: str, override: dict[str, Any] | None, wanted: bool, source: Path | None,
+                     model_dir: Path) -> None:
         with self._lock(name):
             st = self._states.setdefault(name, ModelState(name))
             st.wanted = wanted or st.wanted
@@ -210,6 +244,9 @@ class ModelRepository:
                     st.state, st.reason = "UNAVAILABLE", str(e)
                 raise ModelLoadError(f"model '{name}' failed to load: {e}") from None
             st.config, st.versions, st.state, st.reason = config, loaded, "READY", ""
+            if st.source != source:
+                self.files.discard(st.source)
+            st.override, st.source = override, source
             first = next(iter(loaded.values())).describe()
             log.info("model '%s' ready%s: versions %s on %s, max_batch_size %d, %s", name,
                      f" ({file.filename})" if file.filename else "", sorted(loaded), ", ".join(first.providers),
@@ -241,16 +278,19 @@ class ModelRepository:
             raise NotFound(f"unknown model '{name}'")
         with self._lock(name):
             st = self._states.get(name)
-            if st is None or not st.versions:
-                if st is not None:
-                    st.wanted = False  # nothing to stop, but no longer asked for: readiness stops waiting for it
+            if st is None:
                 return
-            versions = st.versions
-            st.state = "UNLOADING"
-            self._on_change(name, False)
-            for m in versions.values():
-                self.loop.run(m.stop())
-            st.versions, st.state, st.reason, st.wanted = None, "UNAVAILABLE", "unloaded", False
+            if st.versions:
+                versions = st.versions
+                st.state = "UNLOADING"
+                self._on_change(name, False)
+                for m in versions.values():
+                    self.loop.run(m.stop())
+                st.versions, st.state, st.reason = None, "UNAVAILABLE", "unloaded"
+            st.wanted = False  # no longer asked for: readiness stops waiting for it
+            # and a load on demand no longer brings it back as it was, nor from its files
+            self.files.discard(st.source)
+            st.override = st.source = None
 
     def release(self, name: str, reason: str) -> bool:
         """Unload a model the server chose to let go (idle, or evicted for memory): it is listed as UNLOADED
@@ -324,6 +364,7 @@ class ModelRepository:
     def unload_all(self) -> None:
         for name in list(self._states):
             self.unload(name)
+        self.files.discard_all()
 
 
 def version_numbers(model_dir: Path) -> list[int]:

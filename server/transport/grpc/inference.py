@@ -19,6 +19,7 @@ from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 from ...codecs import metadata, oip
 from ...core.errors import InvalidArgument, PeregrineError, clipped
 from ...dataplane.dataplane import DataPlane, RequestScope
+from ...dataplane.model_files import PREFIX as FILE_PREFIX
 from ...dataplane.streams import OIP_STREAM, StreamAnswer
 from .status import GrpcCall, check, status_of, unary
 
@@ -102,16 +103,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                             context: Any) -> pb.RepositoryModelLoadResponse:
         config_json = None
+        files: dict[str, bytes] = {}
         for key, value in request.parameters.items():
+            choice = value.WhichOneof("parameter_choice")
+            if key.startswith(FILE_PREFIX):
+                if choice != "bytes_param":
+                    raise InvalidArgument(f"parameters.{clipped(key)}: expected the file's contents as bytes_param, "
+                                          f"got {choice or 'no value'}")
+                files[key] = value.bytes_param
+                continue
             if key != "config":
-                shown = clipped(key)
-                what = "model files over the API are" if key.startswith("file:") else f"parameter '{shown}' is"
-                raise InvalidArgument(f"parameters.{shown}: {what} not supported; a load takes 'config' (a model "
-                                      "configuration in JSON, applied over config.toml for this load)")
-            if value.WhichOneof("parameter_choice") != "string_param":
+                raise InvalidArgument(f"parameters.{clipped(key)}: not a load parameter; a load takes 'config' (a "
+                                      "model configuration in JSON) and 'file:<version>/<path>' (model files)")
+            if choice != "string_param":
                 raise InvalidArgument("parameters.config: expected a string holding JSON")
             config_json = value.string_param
-        await asyncio.to_thread(self.dataplane.load_model, request.model_name, config_json)
+        await asyncio.to_thread(self.dataplane.load_model, request.model_name, config_json, files)
         return pb.RepositoryModelLoadResponse()
 
     @unary

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from ...codecs import detection_json, metadata, oip_json
 from ...core.errors import InvalidArgument, ResourceExhausted, clipped
 from ...dataplane.dataplane import DataPlane
+from ...dataplane.model_files import PREFIX as FILE_PREFIX
 from ...jobs.service import JobService
 from .jobs import JobRoutes
 from .security import TokenCheck
@@ -282,16 +283,19 @@ class HttpApi:
         if not isinstance(params, dict):
             raise InvalidArgument("parameters: expected an object")
         config_json = None
+        files: dict[str, bytes] = {}
         for key, value in params.items():
+            if key.startswith(FILE_PREFIX):
+                files[key] = _base64(value, f"parameters.{clipped(key)}")
+                continue
             if key != "config":
-                shown = clipped(key)
-                what = "model files over the API are" if key.startswith("file:") else f"parameter '{shown}' is"
-                raise InvalidArgument(f"parameters.{shown}: {what} not supported; a load takes 'config' (a model "
-                                      "configuration in JSON, applied over config.toml for this load)")
+                raise InvalidArgument(f"parameters.{clipped(key)}: not a load parameter; a load takes 'config' (a "
+                                      "model configuration in JSON) and 'file:<version>/<path>' (model files, "
+                                      "base64)")
             if not isinstance(value, str):
                 raise InvalidArgument("parameters.config: expected a string holding JSON")
             config_json = value
-        await asyncio.to_thread(self.dataplane.load_model, self._model(request)[0], config_json)
+        await asyncio.to_thread(self.dataplane.load_model, self._model(request)[0], config_json, files)
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
@@ -406,3 +410,12 @@ def _count(body: dict[str, Any], key: str, default: int | None = None) -> int:
         raise InvalidArgument(f"{key}: expected a non-negative integer, got {clipped(repr(value))}")
     return value
 
+
+def _base64(value: Any, field: str) -> bytes:
+    """A file's bytes from a load's ``file:`` parameter over HTTP: base64 in a JSON string."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field}: expected the file's contents in base64 (a string), got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{field}: not valid base64") from None
