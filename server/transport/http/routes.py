@@ -24,8 +24,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...codecs import detection_json, metadata, oip_json
-from ...core.errors import InvalidArgument, ResourceExhausted, clipped
+from ...codecs import detection_json, kserve_v1, metadata, oip_json
+from ...core.errors import InvalidArgument, NotReady, ResourceExhausted, Unavailable, Unimplemented, clipped
 from ...dataplane.dataplane import DataPlane
 from ...dataplane.model_files import PREFIX as FILE_PREFIX
 from ...jobs.service import JobService
@@ -340,6 +340,37 @@ class HttpApi:
         await asyncio.to_thread(self.dataplane.shared_memory.unregister, kind, request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    # -- KServe's V1 data plane (TensorFlow Serving's REST predict API; codecs/kserve_v1.py) ------------------
+    async def v1_models(self, request: Request) -> Response:
+        return reply({"models": sorted({m.name for m in self.dataplane.repository.ready_models()})})
+
+    async def v1_model(self, request: Request) -> Response:
+        name = self._model(request)[0]
+        try:
+            self.dataplane.model(name)  # NOT_FOUND (404): a model the server does not have
+        except NotReady as e:  # KServe's answer for one it has that is not ready: 503
+            raise Unavailable(e.message) from None
+        return reply({"name": name, "ready": True})
+
+    async def v1_predict(self, request: Request) -> Response:
+        name = self._model(request)[0]
+        body = await self._body(request)
+        call = HttpCall(request.scope, request.headers.get("authorization"))
+        with self.dataplane.scope(call, name, nbytes=len(body)) as scope:
+            t = time.perf_counter_ns()
+            model = self.dataplane.model(name)
+            decoded, fmt = kserve_v1.decode_predict(name, "", oip_json.parse_object(body, "request JSON"),
+                                                    model.inputs, model.max_batch_size, scope.deadline)
+            scope.decode_ns = time.perf_counter_ns() - t
+            result = await scope.infer(decoded)
+            t = time.perf_counter_ns()
+            out = oip_json.dumps(kserve_v1.encode_predict(result, fmt))
+            scope.encode_ns = time.perf_counter_ns() - t
+        return Response(out, media_type=JSON)
+
+    async def v1_explain(self, request: Request) -> Response:
+        raise Unimplemented(f"POST {clipped(request.url.path)}: explanations are not served; :predict is")
+
     # -- trace and log settings ------------------------------------------------------------------
     async def trace(self, request: Request) -> Response:
         changes = oip_json.trace_changes(await self._json(request)) if request.method == "POST" else {}
@@ -371,6 +402,10 @@ class HttpApi:
             ("/v2/logging", ["GET", "POST"], "logging", self.logging),
             ("/v1/observability", ["GET", "POST"], "observability", self.observability),
             ("/v1/detect", ["POST"], "inference", self.detect),
+            ("/v1/models", ["GET"], "metadata", self.v1_models),
+            ("/v1/models/{model}", ["GET"], "health", self.v1_model),
+            ("/v1/models/{model}:predict", ["POST"], "inference", self.v1_predict),
+            ("/v1/models/{model}:explain", ["POST"], "inference", self.v1_explain),
         ]
         for kind in ("systemsharedmemory", "cudasharedmemory"):
             table += [
