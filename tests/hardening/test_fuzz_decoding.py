@@ -29,13 +29,14 @@ from hypothesis import strategies as st
 from peregrine.proto import grpc_service_pb2 as pb
 from peregrine.proto import grpc_service_pb2_grpc as pb_grpc
 from peregrine.server.app import PeregrineServer
-from peregrine.server.codecs import metadata
+from peregrine.server.codecs import kserve_v1, metadata
 from peregrine.server.codecs.oip import decode_bytes_tensor, decode_infer_request, encode_bytes_tensor
 from peregrine.server.config import ServerConfig
 from peregrine.server.config.model import ModelConfig, parse_model_config
-from peregrine.server.config.override import apply_override, parse_triton_override
+from peregrine.server.config.override import apply_override, parse_triton_override, triton_config_text
 from peregrine.server.core.errors import InvalidArgument, ModelLoadError, PeregrineError
-from peregrine.server.core.types import ModelDescription
+from peregrine.server.core.types import ModelDescription, TensorSpec
+from peregrine.server.dataplane import model_files
 from peregrine.server.dataplane.shm import SharedMemoryRegistry
 from support import onnx_models
 
@@ -462,6 +463,60 @@ def test_json_override_gives_a_config_or_invalid_argument(raw: dict[str, Any]) -
                                                 "{}" * 3, '{"max_batch_size": 1e400}']))
 def test_any_override_text_gives_a_config_or_invalid_argument(text: str) -> None:
     _check_config_outcome(_peak_growth(lambda: _override(text))[0], InvalidArgument)
+
+
+V1_INPUTS = (TensorSpec("INPUT0", "FP32", (-1, 2)), TensorSpec("WORDS", "BYTES", (-1, 1)),
+             TensorSpec("FLAGS", "BOOL", (-1, -1)), TensorSpec("INT", "INT8", (-1, 3)))
+_v1_keys = st.sampled_from(["instances", "inputs", "signature_name", "b64", "INPUT0", "WORDS", "FLAGS", "INT",
+                            "serving_default"]) | st.text(max_size=6)
+_v1_scalars = _json_scalars | st.sampled_from([{"b64": "aGk="}, {"b64": "!!"}, {"b64": 1}, 1e38, -129, 255])
+v1_values = st.recursive(_v1_scalars, lambda inner: st.lists(inner, max_size=4)
+                         | st.dictionaries(_v1_keys, inner, max_size=3), max_leaves=16)
+
+
+@FUZZ
+@given(st.dictionaries(_v1_keys, v1_values, max_size=3), st.sampled_from([0, 8]))
+def test_a_kserve_v1_predict_body_gives_a_request_or_invalid_argument(body: dict[str, Any], max_batch: int) -> None:
+    for inputs in (V1_INPUTS, V1_INPUTS[:1], V1_INPUTS[1:2]):
+        try:
+            request, fmt = kserve_v1.decode_predict("m", "", body, inputs, max_batch)
+        except InvalidArgument:
+            continue
+        assert fmt in (kserve_v1.ROW, kserve_v1.COLUMNAR)
+        specs = {s.name: s for s in inputs}
+        for name, array in request.inputs.items():
+            assert name in specs and isinstance(array, np.ndarray)
+            assert array.dtype == (object if specs[name].datatype == "BYTES" else
+                                   np.dtype(specs[name].datatype.lower().replace("fp", "float")))
+
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=3).map(lambda t: "file:" + t)
+                       | st.sampled_from(["file:1/m.onnx", "file:1/a/b", "file:1/a", "file:1/..", "file:0/x",
+                                          "file:1/" + "é" * 200, "file:1//x", "file:9" * 30 + "/x"])
+                       | st.lists(st.sampled_from(["1", "a", "..", ".", "", "b\\c", "d\x00"]), min_size=1,
+                                  max_size=10).map(lambda parts: "file:" + "/".join(parts)),
+                       st.just(b""), max_size=6))
+def test_model_file_names_give_paths_below_a_version_or_invalid_argument(files: dict[str, bytes]) -> None:
+    try:
+        paths = model_files.check_files(files)
+    except InvalidArgument:
+        return
+    for parts in paths:
+        assert parts[0].isdigit() and int(parts[0]) > 0 and not parts[0].startswith("0")
+        assert all(p not in ("", ".", "..") and "/" not in p and "\\" not in p for p in parts)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["name", "backend", "platform", "max_batch_size", "input", "output",
+                                        "dynamic_batching", "instance_group", "dims", "data_type"])
+                       | st.text(max_size=6), json_values, max_size=5))
+def test_a_config_sent_with_model_files_gives_config_text_or_invalid_argument(raw: dict[str, Any]) -> None:
+    try:
+        text = triton_config_text(json.dumps(raw), "m")
+    except InvalidArgument:
+        return
+    assert isinstance(text, str)
 
 
 # -- (a) against a real server: generated and mutated requests, then a live, correct server -----------------
