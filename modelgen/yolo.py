@@ -89,9 +89,12 @@ def _class_names(class_names: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _metadata(
-    arch_name: str, layout: str, seed: int, imgsz: int, names: Sequence[str], extra: dict[str, str] | None = None
+    arch_name: str, layout: str, seed: int, imgsz: int, names: Sequence[str], extra: dict[str, str] | None = None,
+    dynamic: bool = False,
 ) -> dict[str, str]:
-    """ultralytics-style metadata_props (values are Python literals as strings), plus Peregrine's own keys."""
+    """ultralytics-style metadata_props (values are Python literals as strings), plus Peregrine's own keys.
+    ``args.dynamic`` says, as ultralytics' export does, whether the input's height and width are dynamic (its
+    Triton client then letterboxes each image to its own minimal rectangle, else to ``imgsz``)."""
     meta = {
         "description": f"Peregrine generated {arch_name} ({layout} output layout), seeded random weights "
         f"(seed={seed}) with calibrated BatchNorm and class biases; not trained, detects nothing meaningful",
@@ -104,7 +107,7 @@ def _metadata(
         "imgsz": str([imgsz, imgsz]),
         "names": str(dict(enumerate(names))),
         "channels": "3",
-        "args": str({"batch": 1, "dynamic": True, "half": False, "imgsz": imgsz}),
+        "args": str({"batch": 1, "dynamic": dynamic, "half": False, "imgsz": imgsz}),
         "peregrine_layout": layout,
         "peregrine_seed": str(seed),
     }
@@ -332,7 +335,7 @@ def yolov8_detector(
     dbox = b.node("Mul", [dbox, head.strides], "/model.22/Mul")[0]
     b.node("Concat", [dbox, head.scores], "/model.22/Concat", outputs=["output0"], axis=1)
     output = tensor_info("output0", FLOAT, ["batch", 4 + len(names), "anchors" if dynamic else head.num_anchors])
-    meta = _metadata(f"YOLOv8{scale}", "yolov8", seed, imgsz, names)
+    meta = _metadata(f"YOLOv8{scale}", "yolov8", seed, imgsz, names, dynamic=dynamic)
     return b.model([_images_input(imgsz, dynamic)], [output], f"peregrine_yolov8{scale}", meta, OPSET)
 
 

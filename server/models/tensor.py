@@ -8,6 +8,8 @@ thread; ``infer`` queues it and returns the outputs.
 
 from __future__ import annotations
 
+import ast
+import functools
 import logging
 import time
 from collections.abc import Hashable
@@ -106,7 +108,13 @@ class TensorModel:
 
     def describe(self) -> ModelDescription:
         return describe(self.name, self.version, self.config.platform, self.inputs, self.outputs,
-                        self.max_batch_size, self.config, self.instances)
+                        self.max_batch_size, self.config, self.instances, self._details)
+
+    @functools.cached_property
+    def _details(self) -> tuple[tuple[str, str], ...]:
+        """An ultralytics export's ``metadata`` parameter (:func:`ultralytics_metadata`), made once."""
+        text = ultralytics_metadata(self.metadata)
+        return (("metadata", text),) if text else ()
 
     @property
     def queue_depth(self) -> int:
@@ -198,3 +206,21 @@ class TensorModel:
             raise
         finally:
             self.stats.record_request(ok, time.perf_counter_ns() - start, request.queue_ns, reason)
+
+
+def ultralytics_metadata(metadata: dict[str, str]) -> str | None:
+    """An ultralytics export's metadata (its ONNX metadata: ``names``, ``stride``, ``imgsz``, ``task``, ...)
+    as the ``metadata`` parameter of the model's configuration, the way ultralytics' Triton guide has users
+    write it into config.pbtxt by hand: a Python dict literal, which ``YOLO("grpc://host:8001/<model>")``
+    (its TritonRemoteModel) reads with ``ast.literal_eval`` for the class names, stride, input size and task.
+    Each value is the literal its string holds (``"32"`` -> 32, ``"{0: 'person'}"`` -> a dict, ``"False"``
+    -> False), else the string. None for a model that is not an ultralytics export."""
+    if not {"names", "stride"} <= metadata.keys():
+        return None
+    out: dict[str, object] = {}
+    for key, text in metadata.items():
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            out[key] = text
+    return repr(out)
