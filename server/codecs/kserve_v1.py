@@ -32,6 +32,7 @@ from ..core.types import InferRequest, InferResponse, TensorSpec
 from .oip import MAX_RANK, tensor_shape
 
 ROW, COLUMNAR = "instances", "inputs"
+DETECTION_ROWS = ("DETECTIONS", "COUNTS")  # a detection pipeline's outputs (models/detection.py): rows, counts
 _KNOWN_KEYS = {"instances", "inputs", "signature_name"}
 
 
@@ -202,8 +203,10 @@ def _json_bytes(x: Any) -> Any:
         return {"b64": base64.b64encode(data).decode("ascii")}
 
 
-def encode_predict(resp: InferResponse, fmt: str) -> dict[str, Any]:
-    """The answer to a predict request of format ``fmt``."""
+def encode_predict(resp: InferResponse, fmt: str, ragged: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The answer to a predict request of format ``fmt``. ``ragged`` (rows output, counts output): each
+    example's rows are cut to its count in a row-format answer (a detection pipeline's DETECTIONS, padded to
+    the most boxes of any frame, and COUNTS); a columnar answer keeps the tensors as they are."""
     outputs = resp.outputs
     if fmt == COLUMNAR:
         if len(outputs) == 1:
@@ -217,4 +220,9 @@ def encode_predict(resp: InferResponse, fmt: str) -> dict[str, Any]:
     if len(outputs) == 1:
         array = next(iter(outputs.values()))
         return {"predictions": [_json_value(array[i]) for i in range(n)]}
-    return {"predictions": [{name: _json_value(a[i]) for name, a in outputs.items()} for i in range(n)]}
+    predictions = [{name: _json_value(a[i]) for name, a in outputs.items()} for i in range(n)]
+    if ragged is not None and set(ragged) <= outputs.keys():
+        rows, counts = outputs[ragged[0]], outputs[ragged[1]].reshape(n, -1)[:, 0]
+        for i, prediction in enumerate(predictions):
+            prediction[ragged[0]] = _json_value(rows[i][: max(int(counts[i]), 0)])
+    return {"predictions": predictions}

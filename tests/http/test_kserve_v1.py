@@ -159,3 +159,13 @@ def test_a_detection_pipeline_takes_b64_frames_and_answers_as_v2_does(detect_ser
         np.testing.assert_array_equal(np.array(prediction["DETECTIONS"], np.float32).reshape(-1, 6),
                                       v2.as_numpy("DETECTIONS")[i].reshape(-1, 6))
         assert prediction["COUNTS"] == v2.as_numpy("COUNTS")[i].tolist()
+
+    # Frames with different numbers of boxes: each prediction has its own rows (V2 pads to the most of any).
+    small = cv2.imencode(".png", np.full((64, 64, 3), 127, np.uint8))[1].tobytes()
+    status, body = _call(detect_server, "/v1/models/yolov8n_detect:predict",
+                         {"instances": [{"b64": base64.b64encode(f).decode()} for f in (jpeg, small)]})
+    assert status == 200, body
+    counts = [p["COUNTS"][0] for p in body["predictions"]]
+    assert counts[0] > counts[1] and [len(p["DETECTIONS"]) for p in body["predictions"]] == counts
+    np.testing.assert_array_equal(np.array(body["predictions"][0]["DETECTIONS"], np.float32),
+                                  v2.as_numpy("DETECTIONS")[0][: counts[0]])

@@ -364,7 +364,8 @@ class HttpApi:
             scope.decode_ns = time.perf_counter_ns() - t
             result = await scope.infer(decoded)
             t = time.perf_counter_ns()
-            out = oip_json.dumps(kserve_v1.encode_predict(result, fmt))
+            ragged = kserve_v1.DETECTION_ROWS if model.platform == "peregrine_detection" else None
+            out = oip_json.dumps(kserve_v1.encode_predict(result, fmt, ragged))
             scope.encode_ns = time.perf_counter_ns() - t
         return Response(out, media_type=JSON)
 
