@@ -4,8 +4,10 @@ Real servers on real sockets."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -120,7 +122,21 @@ def test_grpc_connections_over_the_bound_are_closed_and_the_others_served(
     extra = client(4)
     with pytest.raises(tc.InferenceServerException, match="UNAVAILABLE"):
         infer(extra)
+    extra.close()  # else its channel goes on reconnecting, and may take the place freed below first
     for c in held:  # the connections within the bound still serve
         infer(c)
     held.pop().close()
-    infer(client(5))  # a connection freed is one a new client may open
+    # A connection freed is one a new client may open, once the server has seen it close (it learns that
+    # from the socket, a moment after the client closed it).
+    deadline = time.monotonic() + 10
+    for i in itertools.count(5):
+        fresh = client(i)
+        try:
+            infer(fresh)
+            break
+        except tc.InferenceServerException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+        finally:
+            fresh.close()
