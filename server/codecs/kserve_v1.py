@@ -30,6 +30,7 @@ from ..core import datatypes
 from ..core.errors import InvalidArgument, clipped, json_type
 from ..core.types import InferRequest, InferResponse, TensorSpec
 from .oip import MAX_RANK, tensor_shape
+from .oip_json import typed_array
 
 ROW, COLUMNAR = "instances", "inputs"
 DETECTION_ROWS = ("DETECTIONS", "COUNTS")  # a detection pipeline's outputs (models/detection.py): rows, counts
@@ -92,23 +93,7 @@ def _array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         for i, v in enumerate(leaves):
             out[i] = _bytes_element(v, what)
         return out.reshape(shape)
-    if dt.name == "BOOL":
-        ok = all(isinstance(v, bool) for v in leaves)
-    elif dt.numpy.kind == "f":
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in leaves)
-    else:
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in leaves)
-    if not ok:
-        expected = "true/false" if dt.name == "BOOL" else "numbers" if dt.numpy.kind == "f" else "integers"
-        raise InvalidArgument(f"{what}: expected {expected} for input '{clipped(spec.name)}' ({spec.datatype})")
-    try:
-        with np.errstate(over="raise"):
-            array = np.array(leaves, dtype=dt.numpy).reshape(shape)
-    except (OverflowError, ValueError, FloatingPointError):
-        raise InvalidArgument(f"{what}: holds values outside {dt.name}'s range") from None
-    if dt.numpy.kind == "f" and not np.isfinite(array).all():
-        raise InvalidArgument(f"{what}: holds values outside {dt.name}'s range")
-    return array
+    return typed_array(leaves, dt, shape, what)
 
 
 def _is_bytes_value(value: Any) -> bool:

@@ -168,17 +168,23 @@ def _decode_json_data(data: Any, dt: datatypes.DataType, shape: tuple[int, ...],
                 raise InvalidArgument(f"{what}: data[{i}]: expected a string for BYTES, got {json_type(v)}")
             out[i] = v.encode("utf-8")
         return out.reshape(shape)
+    return typed_array(values, dt, shape, f"{what}: data")
+
+
+def typed_array(values: list[Any], dt: datatypes.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """JSON numbers (or true/false) of a tensor that is not BYTES, row-major, as an array of ``dt``:
+    InvalidArgument naming ``what`` for a value of the wrong kind or out of the type's range."""
     kinds = (bool,) if dt.name == "BOOL" else (int, float) if dt.numpy.kind == "f" else (int,)
     if any(not isinstance(v, kinds) or (isinstance(v, bool) and dt.name != "BOOL") for v in values):
         expected = "true/false" if dt.name == "BOOL" else "numbers" if dt.numpy.kind == "f" else "integers"
-        raise InvalidArgument(f"{what}: data: expected {expected} for {dt.name}")
+        raise InvalidArgument(f"{what}: expected {expected} for {dt.name}")
     try:
         with np.errstate(over="raise"):
             array = np.array(values, dtype=dt.numpy).reshape(shape)
     except (OverflowError, ValueError, FloatingPointError):
-        raise InvalidArgument(f"{what}: data holds values outside {dt.name}'s range") from None
+        raise InvalidArgument(f"{what}: holds values outside {dt.name}'s range") from None
     if dt.numpy.kind == "f" and not np.isfinite(array).all():  # 1e400: a JSON number past every float
-        raise InvalidArgument(f"{what}: data holds values outside {dt.name}'s range")
+        raise InvalidArgument(f"{what}: holds values outside {dt.name}'s range")
     return array
 
 

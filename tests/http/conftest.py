@@ -1,4 +1,5 @@
-"""A server with its HTTP port open, over a small repository, for the HTTP tests."""
+"""Servers with their HTTP port open for the HTTP tests: over a small repository, and over the bundled
+models' detection pipeline."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def http_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="package")
 def http_server(http_repo: Path) -> Iterator[PeregrineServer]:
     server = PeregrineServer(ServerConfig(model_repository=http_repo, grpc_port=0, http_port=0))
+    server.start()
+    yield server
+    server.stop(grace=1.0)
+
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def detect_server() -> Iterator[PeregrineServer]:
+    """A server of the bundled repository's yolov8n_detect pipeline (skipped before `make models`)."""
+    if not (MODELS / "yolov8n" / "1" / "model.onnx").exists():
+        pytest.skip("the bundled models are not built (peregrine-build-models)")
+    server = PeregrineServer(ServerConfig(model_repository=MODELS, grpc_port=0, http_port=0,
+                                          model_control_mode="explicit", load_models=["yolov8n_detect"]))
     server.start()
     yield server
     server.stop(grace=1.0)

@@ -8,8 +8,6 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import grpc
@@ -17,23 +15,11 @@ import pytest
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 from peregrine.server.app import PeregrineServer
-from peregrine.server.config import ServerConfig
 from skimage import data
 
 pytestmark = pytest.mark.timeout(180)
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 
-
-@pytest.fixture(scope="module")
-def detect_server() -> Iterator[PeregrineServer]:
-    if not (MODELS / "yolov8n" / "1" / "model.onnx").exists():
-        pytest.skip("the bundled models are not built (peregrine-build-models)")
-    server = PeregrineServer(ServerConfig(model_repository=MODELS, grpc_port=0, http_port=0,
-                                          model_control_mode="explicit", load_models=["yolov8n_detect"]))
-    server.start()
-    yield server
-    server.stop(grace=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -20,24 +18,16 @@ import pytest
 from peregrine.proto import detection_pb2 as det
 from peregrine.proto import detection_pb2_grpc as det_grpc
 from peregrine.server.app import PeregrineServer
-from peregrine.server.config import ServerConfig
 from skimage import data
 
 pytestmark = pytest.mark.timeout(180)
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 MODEL = "yolov8n_detect"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PeregrineServer]:
-    if not (MODELS / "yolov8n" / "1" / "model.onnx").exists():
-        pytest.skip("the bundled models are not built (peregrine-build-models)")
-    server = PeregrineServer(ServerConfig(model_repository=MODELS, grpc_port=0, http_port=0,
-                                          model_control_mode="explicit", load_models=[MODEL]))
-    server.start()
-    yield server
-    server.stop(grace=1.0)
+@pytest.fixture
+def server(detect_server: PeregrineServer) -> PeregrineServer:
+    return detect_server  # tests/http/conftest.py: the bundled repository's yolov8n_detect
 
 
 def frames() -> dict[str, dict[str, Any]]:

@@ -9,7 +9,6 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -18,11 +17,8 @@ import pytest
 import tritonclient.http as th
 from peregrine.server.app import PeregrineServer
 from peregrine.server.codecs import kserve_v1
-from peregrine.server.config import ServerConfig
 from peregrine.server.core.types import InferResponse
 from skimage import data
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def _call(server: PeregrineServer, path: str, body: Any = None) -> tuple[int, Any]:
@@ -128,16 +124,6 @@ def test_a_shape_the_model_does_not_take_is_refused_by_the_model(http_server: Pe
     status, answer = _call(http_server, "/v1/models/simple:predict", {"instances": [[1] * 16]})
     assert status == 400 and "send an object naming them" in answer["error"], answer
 
-
-@pytest.fixture(scope="module")
-def detect_server() -> Any:
-    if not (MODELS / "yolov8n" / "1" / "model.onnx").exists():
-        pytest.skip("the bundled models are not built (peregrine-build-models)")
-    server = PeregrineServer(ServerConfig(model_repository=MODELS, grpc_port=0, http_port=0,
-                                          model_control_mode="explicit", load_models=["yolov8n_detect"]))
-    server.start()
-    yield server
-    server.stop(grace=1.0)
 
 
 @pytest.mark.timeout(180)

@@ -321,10 +321,7 @@ class HttpApi:
             text = handle.get("b64") if isinstance(handle, dict) else None
             if not isinstance(text, str):
                 raise InvalidArgument('raw_handle: expected {"b64": <the CUDA IPC handle in base64>}')
-            try:
-                raw = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidArgument("raw_handle.b64: not valid base64") from None
+            raw = _base64(text, "raw_handle.b64")
             await asyncio.to_thread(shm.register_cuda, region, raw, _count(body, "device_id", 0),
                                     _count(body, "byte_size"))
         else:
@@ -448,7 +445,7 @@ def _count(body: dict[str, Any], key: str, default: int | None = None) -> int:
 
 
 def _base64(value: Any, field: str) -> bytes:
-    """A file's bytes from a load's ``file:`` parameter over HTTP: base64 in a JSON string."""
+    """Bytes sent as base64 in a JSON string (a load's ``file:`` parameter, a CUDA IPC handle)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{field}: expected the file's contents in base64 (a string), got {type(value).__name__}")
     try:
