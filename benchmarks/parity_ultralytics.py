@@ -17,7 +17,8 @@ pipeline as ``input_size``); ``compare``
 writes a repository with the export and a ``peregrine_detection`` pipeline over it into a temporary
 directory, runs it over the images with ``peregrine batch`` (the data plane a server runs, no port) and
 reports per image any difference in the number of boxes, a class, a corner by more than ``--corner-px``
-(default 0: the same float32 numbers) or a score by more than ``--score`` (default 0). The exit status is 1
+(default 0: the same float32 numbers) or a score by more than ``--score`` (default 0); for a pose model,
+each box's keypoints too (x, y within ``--corner-px``, their visibility within ``--score``). The exit status is 1
 when an image differs.
 """
 
@@ -53,6 +54,9 @@ def predict(args: argparse.Namespace) -> int:
             boxes = result.boxes
             rows = [{"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s, "class_id": int(c)}
                     for b, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True)]
+            if result.keypoints is not None:  # a pose model's: [x, y(, visibility)] per keypoint, per box
+                for row, points in zip(rows, result.keypoints.data.tolist(), strict=True):
+                    row["keypoints"] = points
             out.write(json.dumps({"source": str(path.relative_to(args.images)), "height": result.orig_shape[0],
                                   "width": result.orig_shape[1], "boxes": rows}) + "\n")
     print(f"wrote {args.out}")
@@ -88,12 +92,23 @@ def _differences(got: dict[str, Any], want: dict[str, Any], corner_px: float, sc
         for i, box in enumerate(mine):
             if used[i] or box["class_id"] != ref["class_id"] or abs(box["score"] - ref["score"]) > score:
                 continue
-            if max(abs(box[c] - ref[c]) for c in ("x1", "y1", "x2", "y2")) <= corner_px:
+            if (max(abs(box[c] - ref[c]) for c in ("x1", "y1", "x2", "y2")) <= corner_px
+                    and _same_keypoints(box.get("keypoints"), ref.get("keypoints"), corner_px, score)):
                 used[i] = True
                 break
         else:
             return f"ultralytics' box {k} {ref} has no match"
     return None
+
+
+def _same_keypoints(got: list[list[float]] | None, want: list[list[float]] | None, px: float, score: float) -> bool:
+    """Whether a box's keypoints match ultralytics' (x, y within ``px``, visibility within ``score``)."""
+    if got is None or want is None:
+        return got is want
+    return len(got) == len(want) and all(
+        len(g) == len(w) and max(abs(g[0] - w[0]), abs(g[1] - w[1])) <= px
+        and all(abs(a - b) <= score for a, b in zip(g[2:], w[2:], strict=True))
+        for g, w in zip(got, want, strict=True))
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .repository import BUNDLED_MODELS, DEFAULT_MODEL, ModelSpec, WriteResult, write_model, write_repository
 from .simple import add_sub_model, classifier, identity_model, onnx_type
 from .stats import count_flops, count_parameters
-from .yolo import end2end_detector, yolov5_detector, yolov8_detector
+from .yolo import end2end_detector, yolov5_detector, yolov8_detector, yolov8_pose
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -27,4 +27,5 @@ __all__ = [
     "write_repository",
     "yolov5_detector",
     "yolov8_detector",
+    "yolov8_pose",
 ]

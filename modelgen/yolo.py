@@ -292,14 +292,14 @@ def _yolov8_head(b: GraphBuilder, feats: Sequence[Tensor], nc: int, imgsz: int, 
 
 
 def _build_yolov8(seed: int, scale: str, imgsz: int, nc: int, dynamic: bool = False
-                  ) -> tuple[GraphBuilder, _V8Head]:
+                  ) -> tuple[GraphBuilder, _V8Head, tuple[Tensor, Tensor, Tensor]]:
     if scale not in YOLOV8_SCALES:
         raise ValueError(f"unknown YOLOv8 scale {scale!r}, expected one of {sorted(YOLOV8_SCALES)}")
     _check_imgsz(imgsz)
     b = GraphBuilder(seed)
     images = Tensor("images", calibration_batch(imgsz))
     feats = _yolov8_features(b, images, _Arch(*YOLOV8_SCALES[scale]))
-    return b, _yolov8_head(b, feats, nc, imgsz, dynamic)
+    return b, _yolov8_head(b, feats, nc, imgsz, dynamic), feats
 
 
 def _images_input(imgsz: int, dynamic: bool = False) -> onnx.ValueInfoProto:
@@ -327,16 +327,82 @@ def yolov8_detector(
     multiple of 32 (or below 128).
     """
     names = _class_names(class_names)
-    b, head = _build_yolov8(seed, scale, imgsz, len(names), dynamic)
+    b, head, _ = _build_yolov8(seed, scale, imgsz, len(names), dynamic)
+    b.node("Concat", [_v8_boxes(b, head), head.scores], "/model.22/Concat", outputs=["output0"], axis=1)
+    output = tensor_info("output0", FLOAT, ["batch", 4 + len(names), "anchors" if dynamic else head.num_anchors])
+    meta = _metadata(f"YOLOv8{scale}", "yolov8", seed, imgsz, names, dynamic=dynamic)
+    return b.model([_images_input(imgsz, dynamic)], [output], f"peregrine_yolov8{scale}", meta, OPSET)
+
+
+def _v8_boxes(b: GraphBuilder, head: _V8Head) -> str:
+    """The head's boxes as ultralytics' Detect gives them: [N, 4, A] centre x, y, width, height in input pixels."""
     c_xy = b.node("Add", [head.x1y1, head.x2y2], "/model.22/Add")[0]
     c_xy = b.node("Div", [c_xy, b.initializer("model.22.two", np.array(2.0, np.float32))], "/model.22/Div")[0]
     wh = b.node("Sub", [head.x2y2, head.x1y1], "/model.22/Sub")[0]
     dbox = b.node("Concat", [c_xy, wh], "/model.22/Concat", axis=1)[0]
-    dbox = b.node("Mul", [dbox, head.strides], "/model.22/Mul")[0]
-    b.node("Concat", [dbox, head.scores], "/model.22/Concat", outputs=["output0"], axis=1)
-    output = tensor_info("output0", FLOAT, ["batch", 4 + len(names), "anchors" if dynamic else head.num_anchors])
-    meta = _metadata(f"YOLOv8{scale}", "yolov8", seed, imgsz, names, dynamic=dynamic)
-    return b.model([_images_input(imgsz, dynamic)], [output], f"peregrine_yolov8{scale}", meta, OPSET)
+    return b.node("Mul", [dbox, head.strides], "/model.22/Mul")[0]
+
+
+KEYPOINT_SPREAD = 0.5  # raw keypoint offsets ~ N(0, spread): each keypoint within a few strides of its anchor
+
+
+def _keypoint_calibration(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inv_std, shift = _standardise(raw)
+    return KEYPOINT_SPREAD * inv_std, KEYPOINT_SPREAD * shift
+
+
+def yolov8_pose(
+    seed: int = 0, *, scale: str = "n", imgsz: int = 640, class_names: Sequence[str] | None = ("person",),
+    kpt_shape: tuple[int, int] = (17, 3),
+) -> onnx.ModelProto:
+    """A YOLOv8 pose model with ultralytics' layers and output layout (its ``Pose`` head), seeded random weights.
+
+    The detector's graph (for the same seed, scale, imgsz and names, the same weights and boxes as
+    `yolov8_detector`'s) with the keypoint branch (cv4: two 3x3 Convs and a 1x1 conv of K*D channels per
+    level) and its decoding as ultralytics exports it: per keypoint x = (raw * 2 + anchor x - 0.5) * stride,
+    y likewise, then (D = 3) a visibility score sigmoid(raw). Output `output0` float32 [batch, 4 + C + K*D,
+    A]: the detector's rows, then each keypoint's x, y(, score) in input pixels. Metadata: task ``pose``,
+    ``kpt_shape`` [K, D]. Raises ValueError as `yolov8_detector`, and for a ``kpt_shape`` whose D is not 2 or
+    3 or whose K is not positive.
+    """
+    k, d = kpt_shape
+    if k < 1 or d not in (2, 3):
+        raise ValueError(f"kpt_shape: expected [keypoints >= 1, 2 or 3 values], got {list(kpt_shape)}")
+    names = _class_names(class_names)
+    b, head, feats = _build_yolov8(seed, scale, imgsz, len(names))
+    nk = k * d
+    c4 = max(feats[0].channels // 4, nk)
+    shape_flat = b.const_i64("model.22.kpt_level_shape", [0, nk, -1])
+    levels = []
+    for i, x in enumerate(feats):
+        y = b.conv_bn_silu(x, c4, 3, 1, f"/model.22/cv4.{i}/cv4.{i}.0")
+        y = b.conv_bn_silu(y, c4, 3, 1, f"/model.22/cv4.{i}/cv4.{i}.1")
+        y = b.head_conv(y, nk, f"/model.22/cv4.{i}/cv4.{i}.2", _keypoint_calibration)
+        levels.append(b.node("Reshape", [y.name, shape_flat], "/model.22/Reshape")[0])
+    kpts = b.node("Concat", levels, "/model.22/Concat", axis=2)[0]  # [N, K*D, A]
+    kpts = b.node("Reshape", [kpts, b.const_i64("model.22.kpt_shape", [0, k, d, head.num_anchors])],
+                  "/model.22/Reshape")[0]
+    points, _ = _anchor_grid(imgsz)
+    origin = b.initializer("model.22.kpt_origin", points - np.float32(0.5))  # [2, A]: anchors - 0.5
+    axis = b.const_i64("model.22.kpt_axis", [2])
+    xy = b.node("Slice", [kpts, b.const_i64("model.22.kpt_xy_start", [0]), b.const_i64("model.22.kpt_xy_end", [2]),
+                          axis], "/model.22/Slice")[0]
+    xy = b.node("Mul", [xy, b.initializer("model.22.kpt_two", np.array(2.0, np.float32))], "/model.22/Mul")[0]
+    xy = b.node("Add", [xy, origin], "/model.22/Add")[0]
+    xy = b.node("Mul", [xy, head.strides], "/model.22/Mul")[0]
+    parts = [xy]
+    if d == 3:
+        score = b.node("Slice", [kpts, b.const_i64("model.22.kpt_score_start", [2]),
+                                 b.const_i64("model.22.kpt_score_end", [3]), axis], "/model.22/Slice")[0]
+        parts.append(b.node("Sigmoid", [score], "/model.22/Sigmoid")[0])
+    decoded = b.node("Concat", parts, "/model.22/Concat", axis=2)[0] if d == 3 else xy
+    decoded = b.node("Reshape", [decoded, b.const_i64("model.22.kpt_flat", [0, nk, head.num_anchors])],
+                     "/model.22/Reshape")[0]
+    b.node("Concat", [_v8_boxes(b, head), head.scores, decoded], "/model.22/Concat", outputs=["output0"], axis=1)
+    output = tensor_info("output0", FLOAT, ["batch", 4 + len(names) + nk, head.num_anchors])
+    meta = _metadata(f"YOLOv8{scale}-pose", "yolov8", seed, imgsz, names,
+                     {"task": "pose", "kpt_shape": str([k, d])})
+    return b.model([_images_input(imgsz)], [output], f"peregrine_yolov8{scale}_pose", meta, OPSET)
 
 
 def end2end_detector(
@@ -355,7 +421,7 @@ def end2end_detector(
     `yolov8_detector`'s, so both see the same candidates. Raises ValueError when K exceeds the anchor count.
     """
     names = _class_names(class_names)
-    b, head = _build_yolov8(seed, scale, imgsz, len(names))
+    b, head, _ = _build_yolov8(seed, scale, imgsz, len(names))
     if not 0 < max_detections <= head.num_anchors:
         raise ValueError(f"max_detections must be in 1..{head.num_anchors}, got {max_detections}")
     xyxy = b.node("Concat", [head.x1y1, head.x2y2], "/model.23/Concat", axis=1)[0]

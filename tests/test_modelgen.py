@@ -23,6 +23,7 @@ from peregrine.modelgen import (
     identity_model,
     yolov5_detector,
     yolov8_detector,
+    yolov8_pose,
 )
 from peregrine.modelgen.cli import main
 from peregrine.modelgen.simple import ARITHMETIC_DATATYPES, ONNX_TYPES
@@ -223,6 +224,36 @@ def test_end2end_is_the_top_k_of_yolov8(
             e2e[i, :, :4], np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), atol=1e-3
         )
         assert (e2e[i, :, 4] > CONF).sum() == yolov8_candidates(dense[i]).size
+
+
+@pytest.mark.parametrize("kpt_shape", [(17, 3), (5, 2)])
+def test_pose_is_the_detector_with_ultralytics_keypoint_decoding(kpt_shape: tuple[int, int]) -> None:
+    """yolov8_pose: the same boxes and scores as yolov8_detector of the seed (the keypoint branch is drawn
+    after the detector's weights), then K x D rows decoded as ultralytics' Pose.kpts_decode exports them: x, y =
+    (raw * 2 + anchor - 0.5) * stride, a score = sigmoid(raw); task and kpt_shape in the metadata."""
+    from peregrine.modelgen.yolo import _anchor_grid
+
+    pose = yolov8_pose(0, imgsz=320, class_names=["person"], kpt_shape=kpt_shape)
+    meta = {p.key: p.value for p in pose.metadata_props}
+    assert (meta["task"], ast.literal_eval(meta["kpt_shape"])) == ("pose", list(kpt_shape))
+    # the raw keypoint values [N, K, D, A]: the input of the decoding's first Slice, made an output here
+    raw_name = next(n.input[0] for n in pose.graph.node if n.op_type == "Slice" and "model.22.kpt_xy_start" in n.input)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(pose)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(raw_name, onnx.TensorProto.FLOAT, None))
+    x = np.concatenate([letterbox(skimage.data.astronaut(), 320), letterbox(skimage.data.chelsea(), 320)])
+    out, raw = session(probe).run(["output0", raw_name], {"images": x})
+    (plain,) = session(yolov8_detector(0, imgsz=320, class_names=["person"])).run(["output0"], {"images": x})
+    k, d = kpt_shape
+    assert out.shape == (2, 5 + k * d, 2100) and raw.shape == (2, k, d, 2100)
+    np.testing.assert_array_equal(out[:, :5], plain)
+    points, strides = _anchor_grid(320)
+    decoded = out[:, 5:].reshape(2, k, d, 2100)
+    np.testing.assert_allclose(decoded[:, :, :2], (raw[:, :, :2] * 2 + (points - 0.5)) * strides, rtol=1e-5, atol=1e-3)
+    if d == 3:
+        np.testing.assert_allclose(decoded[:, :, 2], 1 / (1 + np.exp(-raw[:, :, 2])), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="kpt_shape"):
+        yolov8_pose(imgsz=128, kpt_shape=(17, 4))
 
 
 # ---- determinism and arguments ------------------------------------------------------------------------------

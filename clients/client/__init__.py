@@ -25,6 +25,7 @@ from .detection import (
     DetectResult,
     FrameResult,
     FrameStatus,
+    Keypoint,
     RawFrame,
     StageTimings,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "FrameStatus",
     "InferRequest",
     "InferenceClient",
+    "Keypoint",
     "ModelMetadata",
     "PeregrineClientError",
     "RawFrame",

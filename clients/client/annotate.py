@@ -44,7 +44,7 @@ from typing import Any, cast
 import cv2
 import numpy as np
 
-from .detection import Detection, DetectionClient, FrameResult
+from .detection import Detection, DetectionClient, FrameResult, Keypoint
 from .errors import PeregrineClientError
 from .version import client_version
 
@@ -97,9 +97,31 @@ def label_text(d: Detection) -> str:
     return f"{d.label or f'class{d.class_id}'} {d.score:.2f}"
 
 
+# COCO's person skeleton: the limbs between its 17 keypoints (0-based; nose, eyes, ears, shoulders, elbows,
+# wrists, hips, knees, ankles, left before right), drawn for a pose model of 17 keypoints.
+COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+                 (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+KEYPOINT_MIN_SCORE = 0.5  # a keypoint whose visibility score is below this is not drawn (as ultralytics plots)
+
+
+def _draw_keypoints(out: np.ndarray, d: Detection, colour: tuple[int, int, int], thickness: int) -> None:
+    height, width = out.shape[:2]
+    shown = [p.score is None or p.score >= KEYPOINT_MIN_SCORE for p in d.keypoints]
+    at = [(min(max(round(p.x), 0), width - 1), min(max(round(p.y), 0), height - 1)) for p in d.keypoints]
+    if len(d.keypoints) == 17:
+        for a, b in COCO_SKELETON:
+            if shown[a] and shown[b]:
+                cv2.line(out, at[a], at[b], colour, thickness, cv2.LINE_AA)
+    for point, visible in zip(at, shown, strict=True):
+        if visible:
+            cv2.circle(out, point, thickness + 2, colour, cv2.FILLED, cv2.LINE_AA)
+
+
 def draw_detections(image: np.ndarray, detections: Iterable[Detection], style: Style = Style()) -> np.ndarray:
     """A copy of ``image`` (uint8 BGR ``[H, W, 3]``, or grey ``[H, W]``, drawn in colour) with each detection's
-    box (corners rounded to whole pixels, clipped to the image), colour by class, and label tab drawn.
+    box (corners rounded to whole pixels, clipped to the image), colour by class, and label tab drawn; a pose
+    model's keypoints as dots (those whose visibility score is at least 0.5), joined by COCO's person skeleton
+    when there are 17.
 
     Raises ValueError for an image that is not uint8 ``[H, W]`` or ``[H, W, 3]``."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
@@ -115,6 +137,8 @@ def draw_detections(image: np.ndarray, detections: Iterable[Detection], style: S
         y2 = min(max(round(d.y2), 0), height - 1)
         colour = colour_of(d.class_id)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_8)
+        if d.keypoints:
+            _draw_keypoints(out, d, colour, thickness)
         text = label_text(d)
         (tw, th), baseline = cv2.getTextSize(text, FONT, font_scale, text_thickness)
         tab_h = th + baseline + 2
@@ -155,14 +179,17 @@ def annotate_image(src: str | Path | bytes | np.ndarray, detections: Iterable[De
 
 
 def detection_of(obj: Mapping[str, Any]) -> Detection:
-    """A :class:`Detection` from a JSON object with x1, y1, x2, y2, score, class_id and optional label.
-    Raises ValueError naming the missing or malformed field."""
+    """A :class:`Detection` from a JSON object with x1, y1, x2, y2, score, class_id and optional label and
+    keypoints (``[[x, y, score], ...]`` or ``[[x, y], ...]``). Raises ValueError naming the missing or
+    malformed field."""
     try:
+        points = tuple(Keypoint(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else None)
+                       for p in obj.get("keypoints", ()))
         return Detection(float(obj["x1"]), float(obj["y1"]), float(obj["x2"]), float(obj["y2"]),
-                         float(obj["score"]), int(obj["class_id"]), str(obj.get("label", "")))
+                         float(obj["score"]), int(obj["class_id"]), str(obj.get("label", "")), points)
     except KeyError as e:
         raise ValueError(f"detection: missing field {e.args[0]!r} (expected x1, y1, x2, y2, score, class_id)") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, IndexError) as e:
         raise ValueError(f"detection: {e}") from None
 
 

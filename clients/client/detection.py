@@ -69,9 +69,20 @@ FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int] | tuple[ImageInput, 
 
 # -- results -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Keypoint:
+    """One keypoint of a pose model's box, in original-image pixels, with its visibility score in [0, 1]
+    (None when the model's keypoints carry none)."""
+
+    x: float
+    y: float
+    score: float | None = None
+
+
+@dataclass(frozen=True)
 class Detection:
     """One box in original-image pixels (x1, y1 top-left; x2, y2 bottom-right), its score in [0, 1],
-    its class id and the class name (from the model's labels; ``class<i>`` when it has none)."""
+    its class id and the class name (from the model's labels; ``class<i>`` when it has none); a pose
+    model's box carries its keypoints, in the model's order (COCO's 17 for person pose), others none."""
 
     x1: float
     y1: float
@@ -80,6 +91,7 @@ class Detection:
     score: float
     class_id: int
     label: str = ""
+    keypoints: tuple[Keypoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,7 +253,9 @@ def detection_methods(channel: Any) -> tuple[Any, Any]:
 
 
 def detections_of(msg: det.ImageDetections) -> list[Detection]:
-    return [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, b.label) for b in msg.boxes]
+    return [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, b.label,
+                      tuple(Keypoint(p.x, p.y, p.score if p.HasField("score") else None) for p in b.keypoints))
+            for b in msg.boxes]
 
 
 def detect_result(msg: det.DetectResponse) -> DetectResult:

@@ -13,7 +13,8 @@ Two request forms carry the same fields as the gRPC ``DetectRequest``:
   have no height, width or encoding: raw frames go as JSON.
 
 The answer is JSON: ``{"model_name", "model_version", "id", "results": [{"height", "width", "boxes": [{"x1",
-"y1", "x2", "y2", "score", "class_id", "label"}]}], "timings": {...}}``. Images are not decoded here: a raw
+"y1", "x2", "y2", "score", "class_id", "label"}]}], "timings": {...}}``, a pose model's boxes with their
+``"keypoints": [[x, y, score], ...]``. Images are not decoded here: a raw
 frame's fields are checked for their JSON types and the proto's ranges, and the detection model checks its
 encoding, step and size as for gRPC, naming the same fields (``images[0].raw.step``).
 """
@@ -162,16 +163,21 @@ def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectReques
     return _request(body, decoded, options, "options.", deadline)
 
 
-def boxes(result: FrameResult, detections: Any) -> list[dict[str, Any]]:
-    """One image's boxes (a [k, 6] array of the result) as JSON objects."""
-    return [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c), "label": result.label(int(c))}
-            for x1, y1, x2, y2, score, c in detections.tolist()]
+def boxes(result: FrameResult, frame: int = 0) -> list[dict[str, Any]]:
+    """The ``frame``-th image's boxes of the result as JSON objects; a pose model's with their
+    ``keypoints``: [[x, y, score], ...] ([x, y] for a model whose keypoints carry no score)."""
+    out = [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c), "label": result.label(int(c))}
+           for x1, y1, x2, y2, score, c in result.detections[frame].tolist()]
+    if result.keypoints is not None:
+        for box, points in zip(out, result.keypoints[frame].tolist(), strict=True):
+            box["keypoints"] = points
+    return out
 
 
 def encode_result(request: DetectRequest, result: FrameResult) -> dict[str, Any]:
     """The JSON answer to one request."""
-    results = [{"height": height, "width": width, "boxes": boxes(result, dets)}
-               for (height, width), dets in zip(result.sizes, result.detections, strict=True)]
+    results = [{"height": height, "width": width, "boxes": boxes(result, i)}
+               for i, (height, width) in enumerate(result.sizes)]
     t = result.times
     timings = {"decode_us": result.decode_ns // _US, "queue_us": result.queue_ns // _US, "pre_us": t.pre_ns // _US,
                "infer_us": t.infer_ns // _US, "post_us": t.post_ns // _US, "total_us": result.total_ns // _US,

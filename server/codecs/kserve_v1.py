@@ -33,7 +33,8 @@ from .oip import MAX_RANK, tensor_shape
 from .oip_json import typed_array
 
 ROW, COLUMNAR = "instances", "inputs"
-DETECTION_ROWS = ("DETECTIONS", "COUNTS")  # a detection pipeline's outputs (models/detection.py): rows, counts
+# A detection pipeline's outputs (models/detection.py): its counts, and the outputs whose rows they count.
+DETECTION_ROWS = ("COUNTS", ("DETECTIONS", "KEYPOINTS"))
 _KNOWN_KEYS = {"instances", "inputs", "signature_name"}
 
 
@@ -188,10 +189,12 @@ def _json_bytes(x: Any) -> Any:
         return {"b64": base64.b64encode(data).decode("ascii")}
 
 
-def encode_predict(resp: InferResponse, fmt: str, ragged: tuple[str, str] | None = None) -> dict[str, Any]:
-    """The answer to a predict request of format ``fmt``. ``ragged`` (rows output, counts output): each
-    example's rows are cut to its count in a row-format answer (a detection pipeline's DETECTIONS, padded to
-    the most boxes of any frame, and COUNTS); a columnar answer keeps the tensors as they are."""
+def encode_predict(resp: InferResponse, fmt: str,
+                   ragged: tuple[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """The answer to a predict request of format ``fmt``. ``ragged`` (counts output, rows outputs): each
+    example's rows are cut to its count in a row-format answer (a detection pipeline's DETECTIONS and a pose
+    model's KEYPOINTS, padded to the most boxes of any frame, and COUNTS); a columnar answer keeps the
+    tensors as they are."""
     outputs = resp.outputs
     if fmt == COLUMNAR:
         if len(outputs) == 1:
@@ -206,8 +209,9 @@ def encode_predict(resp: InferResponse, fmt: str, ragged: tuple[str, str] | None
         array = next(iter(outputs.values()))
         return {"predictions": [_json_value(array[i]) for i in range(n)]}
     predictions = [{name: _json_value(a[i]) for name, a in outputs.items()} for i in range(n)]
-    if ragged is not None and set(ragged) <= outputs.keys():
-        rows, counts = outputs[ragged[0]], outputs[ragged[1]].reshape(n, -1)[:, 0]
-        for i, prediction in enumerate(predictions):
-            prediction[ragged[0]] = _json_value(rows[i][: max(int(counts[i]), 0)])
+    if ragged is not None and ragged[0] in outputs:
+        counts = outputs[ragged[0]].reshape(n, -1)[:, 0]
+        for name in (r for r in ragged[1] if r in outputs):
+            for i, prediction in enumerate(predictions):
+                prediction[name] = _json_value(outputs[name][i][: max(int(counts[i]), 0)])
     return {"predictions": predictions}

@@ -165,7 +165,8 @@ class StageTimes:
 class FrameResult:
     """Per frame, float32 [k, 6] detections (x1, y1, x2, y2, score, class id) in original pixels and the
     frame's (height, width), with the class names of the model that made them (``labels[class_id]``;
-    ``class<i>`` past their end) and the model version that ran."""
+    ``class<i>`` past their end) and the model version that ran; a pose model's, per frame its boxes'
+    keypoints too: float32 [k, K, D] (x, y in original pixels, then a visibility score when D is 3)."""
 
     detections: list[np.ndarray]
     times: StageTimes
@@ -177,6 +178,7 @@ class FrameResult:
     queue_ns: int = 0
     total_ns: int = 0
     variant: str = ""  # the SLO ladder's variant that made it (its model's name); "": the model has no ladder
+    keypoints: list[np.ndarray] | None = None  # a pose model's, one [k, K, D] a frame; None for other models
 
     def stages(self) -> dict[str, int]:
         """Nanoseconds per stage: decode, queue, pre, infer, post."""

@@ -32,7 +32,7 @@ def detection_line(item: Item, result: FrameResult) -> dict[str, Any]:
     """An image's (or frame's) detections as one JSON object."""
     height, width = result.sizes[0]
     line: dict[str, Any] = {"index": item.index, "source": item.name, "height": height, "width": width,
-                            "boxes": detection_json.boxes(result, result.detections[0])}
+                            "boxes": detection_json.boxes(result)}
     if item.stamp_ns is not None:
         line["stamp_ns"] = item.stamp_ns
     if item.frame_id:

@@ -6,7 +6,8 @@
 Composed of a detector (its instances and head, :mod:`peregrine.server.pipeline`), the pipeline's
 executor and a scheduler. The OIP transport drives it with an ``IMAGE`` (uint8 [N, H, W, 3]) or
 ``ENCODED`` (BYTES [N, 1]) input and gets ``DETECTIONS`` (FP32 [N, K, 6]: x1, y1, x2, y2, score, class
-id) and ``COUNTS`` (INT32 [N, 1]); ``peregrine.v1.DetectionService`` drives it with a
+id) and ``COUNTS`` (INT32 [N, 1]), and from a pose model ``KEYPOINTS`` too (FP32 [N, K, P, D]: each box's P
+keypoints, x, y and a visibility score when D is 3); ``peregrine.v1.DetectionService`` drives it with a
 :class:`~peregrine.server.core.types.DetectRequest` and gets a :class:`~peregrine.server.core.types.FrameResult`.
 """
 
@@ -57,12 +58,20 @@ from .loading import (
 log = logging.getLogger(__name__)
 
 IMAGE, ENCODED = "IMAGE", "ENCODED"
-DETECTIONS, COUNTS = "DETECTIONS", "COUNTS"
+DETECTIONS, COUNTS, KEYPOINTS = "DETECTIONS", "COUNTS", "KEYPOINTS"
 # Exactly one of the two inputs is given.
 PIPELINE_INPUTS = [TensorSpec(IMAGE, "UINT8", (-1, -1, -1, 3), optional=True),
                    TensorSpec(ENCODED, "BYTES", (-1, 1), optional=True)]
 PIPELINE_OUTPUTS = [TensorSpec(DETECTIONS, "FP32", (-1, -1, 6)), TensorSpec(COUNTS, "INT32", (-1, 1))]
 _OIP_OPTIONS = ("score_threshold", "iou_threshold", "max_detections")
+
+
+def pipeline_outputs(head: HeadInfo) -> list[TensorSpec]:
+    """The OIP outputs of a pipeline over ``head``: a pose model's add KEYPOINTS [N, K, P, D], rows as
+    DETECTIONS'."""
+    if head.task != "pose":
+        return PIPELINE_OUTPUTS
+    return [*PIPELINE_OUTPUTS, TensorSpec(KEYPOINTS, "FP32", (-1, -1, *head.keypoints))]
 
 
 @dataclass
@@ -170,7 +179,9 @@ class DetectionModel:
                    ("detection_classes", str(head.num_classes)), ("detection_resize", cfg.resize),
                    ("detection_fit", "stretch" if head.stretch else "letterbox"),
                    ("detection_nms", nms))
-        return describe(self.name, self.version, self.config.platform, PIPELINE_INPUTS, PIPELINE_OUTPUTS,
+        if head.task == "pose":
+            details += (("detection_keypoints", "x".join(map(str, head.keypoints))),)
+        return describe(self.name, self.version, self.config.platform, PIPELINE_INPUTS, pipeline_outputs(head),
                         self.max_batch_size, self.config, self.detector.instances, details)
 
     @property
@@ -304,10 +315,11 @@ class DetectionModel:
                 f"model '{self.name}': expected one input, {IMAGE} (UINT8 [N,H,W,3]) or {ENCODED} "
                 f"(BYTES [N,1]), got {', '.join(given) or 'none'}"
             )
+        names = [spec.name for spec in pipeline_outputs(self.head)]
         for name in request.requested_outputs:
-            if name not in (DETECTIONS, COUNTS):
-                raise InvalidArgument(f"model '{self.name}': unknown output '{name}'; the model has "
-                                      f"{DETECTIONS}, {COUNTS}")
+            if name not in names:
+                raise InvalidArgument(f"model '{self.name}': unknown output '{clipped(name)}'; the model has "
+                                      f"{', '.join(names)}")
         cfg = self.settings
         if IMAGE in request.inputs:
             array = request.inputs[IMAGE]
@@ -355,19 +367,25 @@ class DetectionModel:
         return result
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """An OIP answer (``DETECTIONS`` padded to the most boxes of any frame, ``COUNTS``)."""
+        """An OIP answer (``DETECTIONS`` padded to the most boxes of any frame, ``COUNTS``; a pose model's
+        ``KEYPOINTS`` padded as ``DETECTIONS``)."""
         assert isinstance(request, FrameRequest), "validate() turns OIP requests into frame requests"
         result = await self.detect(request)
-        n = len(result.detections)
-        width = max([len(d) for d in result.detections] + [0])
-        dets = np.zeros((n, width, 6), np.float32)
-        for i, d in enumerate(result.detections):
-            dets[i, : len(d)] = d
-        counts = np.array([[len(d)] for d in result.detections], np.int32)
-        outputs = {DETECTIONS: dets, COUNTS: counts}
+        outputs = {DETECTIONS: _padded(result.detections, (6,)),
+                   COUNTS: np.array([[len(d)] for d in result.detections], np.int32)}
+        if result.keypoints is not None:
+            outputs[KEYPOINTS] = _padded(result.keypoints, self.head.keypoints)
         if request.requested_outputs:
             outputs = {k: outputs[k] for k in request.requested_outputs}
         return InferResponse(self.name, str(self.version), request.id, outputs)
+
+
+def _padded(rows: list[np.ndarray], tail: tuple[int, ...]) -> np.ndarray:
+    """Per-frame rows [k_i, *tail] as one float32 [N, max k_i, *tail] tensor, zeros past each frame's own."""
+    out = np.zeros((len(rows), max([len(r) for r in rows] + [0]), *tail), np.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def _number(name: str, value: Any) -> Any:

@@ -32,7 +32,7 @@ from ..runtime.instances import Instances
 from ..runtime.onnx import OnnxSession
 from ..scheduling.buckets import padded_size
 from .head import HeadInfo
-from .stages import BoxDecoder, Letterbox
+from .stages import BoxDecoder, Decoded, Letterbox
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class HostPath:
         self._input: np.ndarray | None = None
 
     def run(self, ex: DetectionExecutor, instance: int, frames: list[np.ndarray], sizes: np.ndarray,
-            requests: Sequence[FrameRequest], times: StageTimes) -> tuple[np.ndarray, np.ndarray]:
+            requests: Sequence[FrameRequest], times: StageTimes) -> Decoded:
         h = ex.detector.head
         t0 = time.perf_counter_ns()
         if self._input is None:
@@ -87,10 +87,10 @@ class HostPath:
             head = head.astype(np.float32)
         head = np.ascontiguousarray(head)
         t2 = time.perf_counter_ns()
-        dets, counts = ex.decode(head, params, sizes, requests, protos=protos[0] if protos else None)
+        decoded = ex.decode(head, params, sizes, requests, protos=protos[0] if protos else None)
         t3 = time.perf_counter_ns()
         times.pre_ns, times.infer_ns, times.post_ns = t1 - t0, t2 - t1, t3 - t2
-        return dets, counts
+        return decoded
 
 
 class DevicePath:
@@ -120,7 +120,7 @@ class DevicePath:
         return self._pinned, self._frames
 
     def run(self, ex: DetectionExecutor, instance: int, frames: list[np.ndarray], sizes: np.ndarray,
-            requests: Sequence[FrameRequest], times: StageTimes) -> tuple[np.ndarray, np.ndarray]:
+            requests: Sequence[FrameRequest], times: StageTimes) -> Decoded:
         cp = self.cupy
         h = ex.detector.head
         with cp.cuda.Device(self.device_id), self.stream:
@@ -147,10 +147,11 @@ class DevicePath:
                     head = head.astype(cp.float32)
                 head = cp.ascontiguousarray(head)
                 t2 = time.perf_counter_ns()
-                dets, counts = ex.decode(head, params, sizes, requests, stream=self.stream,
-                                         protos=protos[0] if protos else None)
-                out = ((dets, counts) if isinstance(dets, np.ndarray)  # a segmentation head's, on the host
-                       else (dets.get(stream=self.stream), counts.get(stream=self.stream)))
+                decoded = ex.decode(head, params, sizes, requests, stream=self.stream,
+                                    protos=protos[0] if protos else None)
+                out = (decoded if isinstance(decoded.dets, np.ndarray)  # a segmentation or pose head's, on the host
+                       else decoded._replace(dets=decoded.dets.get(stream=self.stream),
+                                             counts=decoded.counts.get(stream=self.stream)))
                 self.stream.synchronize()
                 t3 = time.perf_counter_ns()
             except BaseException:
@@ -210,7 +211,7 @@ class DetectionExecutor:
         times = StageTimes(batch_size=n)
         started = time.perf_counter_ns()
         try:
-            dets, counts = self.paths[instance].run(self, instance, frames, sizes, requests, times)
+            dets, counts, keypoints = self.paths[instance].run(self, instance, frames, sizes, requests, times)
         except PeregrineError:
             raise
         except Exception as e:
@@ -224,7 +225,9 @@ class DetectionExecutor:
         for r in requests:
             k = len(r.frames)
             per_frame = [dets[i, : int(counts[i])] for i in range(row, row + k)]
-            results.append(FrameResult(per_frame, times, self.labels, [f.shape[:2] for f in r.frames]))
+            points = None if keypoints is None else [keypoints[i, : int(counts[i])] for i in range(row, row + k)]
+            results.append(FrameResult(per_frame, times, self.labels, [f.shape[:2] for f in r.frames],
+                                       keypoints=points))
             row += k
         self.stats.record_batch(n, len(requests), times.pre_ns, times.infer_ns, times.post_ns,
                                 executed=self.detector.padded(n))

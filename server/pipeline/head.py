@@ -10,8 +10,9 @@ index (``HeadInfo.ranked``). Read once, when the model loads, from the graph and
 
 Ultralytics' segmentation and pose exports carry the same head with more after each box's class scores
 (end-to-end ones: after its class id): 32 mask coefficients (a second, 4-D output holds the prototype
-masks) or 17 x 3 keypoint values. The pipeline serves their boxes, reading the columns a detector has and
-leaving the rest (``HeadInfo.extra``); rotated boxes (``task: obb``) are refused, not misread.
+masks) or 17 x 3 keypoint values. The pipeline serves their boxes, reading the columns a detector has
+(``HeadInfo.extra`` counts the rest), and a pose export's keypoints with them (``HeadInfo.keypoints``);
+rotated boxes (``task: obb``) are refused, not misread.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ class HeadInfo:
     num_classes: int  # end-to-end heads: as many as labels or metadata name; 0 when nothing says
     fixed_batch: int  # the model's static batch size, 0 when dynamic
     extra: int = 0  # values after each box's detection columns (mask coefficients, keypoints), not read
-    task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes
+    task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes (and keypoints)
     ranked: bool = False  # rtdetr: rows of (box, score, class) its decoder ranked, not C scores a query
     proto_name: str = ""  # an ultralytics segmentation export's prototype masks: only boxes with a mask answer
+    keypoints: tuple[int, int] = (0, 0)  # a pose export's kpt_shape: keypoints a box, values each (x, y[, score])
 
     @property
     def stretch(self) -> bool:
@@ -64,6 +66,7 @@ RTDETR_DECODER = "RTDETRDecoder"  # the ``head`` metadata of an RT-DETR export (
 
 # Ultralytics' tasks (the ``task`` metadata of an export) and whether the pipeline serves them.
 SERVED_TASKS = ("detect", "segment", "pose")
+MAX_KEYPOINTS = 1024  # a pose export's keypoints a box (COCO person pose has 17, animal and hand models tens)
 
 
 def detect_layout(shape: Sequence[int], extra: int = 0, size: tuple[int, int] | None = None) -> str:
@@ -116,11 +119,13 @@ def _num_classes(layout: str, shape: Sequence[int], extra: int) -> int:
     return shape[1] - 4 - extra if lid == 0 else shape[2] - 5 - extra if lid == 1 else 0
 
 
-def _task_extra(metadata: dict[str, str], graph_out: Sequence[Any], source: str) -> tuple[str, int]:
-    """The export's task and how many values each box carries after its detection columns: a segmentation
-    export's mask coefficients (as many as its 4-D prototype output has channels; a model with such an
-    output and no ``task`` metadata, as the yolov5 repository exports it, is one too), a pose export's
-    keypoints (``kpt_shape`` metadata). ModelLoadError for tasks whose output is not axis-aligned boxes."""
+def _task_extra(metadata: dict[str, str], graph_out: Sequence[Any], source: str) -> tuple[str, int, tuple[int, int]]:
+    """The export's task, how many values each box carries after its detection columns and, for a pose
+    export, its ``kpt_shape`` (keypoints, values each): a segmentation export's mask coefficients (as many as
+    its 4-D prototype output has channels; a model with such an output and no ``task`` metadata, as the
+    yolov5 repository exports it, is one too), a pose export's keypoints (``kpt_shape`` metadata, 2 or 3
+    values a keypoint: x, y and, with 3, its visibility score). ModelLoadError for tasks whose output is not
+    axis-aligned boxes."""
     task = metadata.get("task", "").strip().lower()
     protos = [t for t in graph_out if len(t.shape) == 4]
     if not task:
@@ -137,18 +142,19 @@ def _task_extra(metadata: dict[str, str], graph_out: Sequence[Any], source: str)
         if channels <= 0:
             raise ModelLoadError(f"{source}: a segmentation model needs a prototype-mask output [N, M, H, W] "
                                  "with a fixed number of masks M to tell its mask coefficients from its classes")
-        return task, int(channels)
+        return task, int(channels), (0, 0)
     if task == "pose":
         try:
             shape = ast.literal_eval(metadata.get("kpt_shape", ""))
         except (ValueError, SyntaxError):
             shape = None
-        if (not isinstance(shape, (list, tuple)) or len(shape) != 2
-                or not all(isinstance(v, int) and 0 < v <= 1024 for v in shape)):
-            raise ModelLoadError(f"{source}: a pose model's metadata needs 'kpt_shape' [keypoints, values] to "
-                                 f"tell its keypoints from its classes, got {clipped(repr(metadata.get('kpt_shape')))}")
-        return task, int(shape[0] * shape[1])
-    return task, 0
+        if (not isinstance(shape, (list, tuple)) or len(shape) != 2 or not isinstance(shape[0], int)
+                or not 0 < shape[0] <= MAX_KEYPOINTS or shape[1] not in (2, 3)):
+            raise ModelLoadError(f"{source}: a pose model's metadata needs 'kpt_shape' [keypoints, values] (at most "
+                                 f"{MAX_KEYPOINTS} keypoints of 2 or 3 values: x, y and a visibility score) to tell "
+                                 f"its keypoints from its classes, got {clipped(repr(metadata.get('kpt_shape')))}")
+        return task, int(shape[0] * shape[1]), (int(shape[0]), int(shape[1]))
+    return task, 0, (0, 0)
 
 
 def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> HeadInfo:
@@ -184,7 +190,7 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
         described = ", ".join(f"{t.name} {t.describe()}" for t in graph_out)
         raise ModelLoadError(f"{source}: a detection pipeline needs a 3-D detection head output; the model has "
                              f"{described}")
-    task, extra = _task_extra(metadata, graph_out, source)
+    task, extra, keypoints = _task_extra(metadata, graph_out, source)
     dtype = np.dtype(np.float16 if spec.datatype == "FP16" else np.float32)
     fixed = spec.shape[0] if spec.shape[0] > 0 else 0
     # The head's shape from a real run: dynamic dimensions and the layout are only known then.
@@ -226,12 +232,15 @@ def inspect_head(session: OnnxSession, cfg: DetectionConfig, source: str) -> Hea
     # predictor, whose exports carry no task metadata, answers every box).
     protos = [t.name for t in graph_out if len(t.shape) == 4]
     proto_name = protos[0] if task == "segment" and metadata.get("task", "").strip().lower() == "segment" else ""
-    if extra:
-        log.info("%s: a %s export: its boxes are served, the %d values after each box's detection columns "
-                 "(%s) %s", source, task, extra, "mask coefficients" if task == "segment" else "keypoints",
+    if task == "pose":
+        log.info("%s: a pose export: its boxes are served with %d keypoints each (%d values a keypoint)", source,
+                 *keypoints)
+    elif extra:
+        log.info("%s: a segmentation export: its boxes are served, the %d mask coefficients after each box's "
+                 "detection columns %s", source, extra,
                  "decide which boxes have a mask" if proto_name else "are not read")
     return HeadInfo(spec.name, dtype, height, width, heads[0].name, layout, classes, fixed, extra, task,
-                    proto_name=proto_name)
+                    proto_name=proto_name, keypoints=keypoints)
 
 
 def ranked_rows(head: np.ndarray, names: int) -> bool:

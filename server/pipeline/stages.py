@@ -8,14 +8,15 @@ CPU kernels, CuPy arrays on the CUDA kernels (on ``stream``).
   order, scale to float, NCHW), and the parameters that map boxes back. An RT-DETR head's frames are
   stretched to the input size instead, as ultralytics' RTDETRPredictor does.
 - :class:`BoxDecoder`: the model's head into boxes in each frame's own pixels (decode the layout,
-  threshold, class-aware NMS, map back), per run of requests that share post-processing options. An
-  RT-DETR head is first made into end-to-end rows in frame pixels (:func:`rtdetr_rows`).
+  threshold, class-aware NMS, map back), per run of requests that share post-processing options, and a
+  pose head's keypoints with them. An RT-DETR head is first made into end-to-end rows in frame pixels
+  (:func:`rtdetr_rows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -67,36 +68,46 @@ def rtdetr_rows(head: Any, sizes: Any, xp: Any, ranked: bool = False) -> Any:
     return rows
 
 
+class Decoded(NamedTuple):
+    """A batch's detections as :class:`BoxDecoder` answers them, rows in request order."""
+
+    dets: Any  #: float32 [n, max_det, 6] (x1, y1, x2, y2, score, class id) in frame pixels, on the head's device
+    counts: Any  #: int32 [n]
+    keypoints: np.ndarray | None = None  #: a pose head's: float32 [n, max_det, K, D] in frame pixels, on the host
+
+
 class BoxDecoder:
-    """The head's output into packed detections: (dets [n, max_det, 6], counts [n]) on the head's device,
-    rows in request order."""
+    """The head's output into packed detections (:class:`Decoded`)."""
 
     def __init__(self, head: HeadInfo, cfg: DetectionConfig) -> None:
         self.rtdetr = head.layout == RTDETR  # decoded as end-to-end rows already in frame pixels
         self.ranked = head.ranked
         self.layout = "end2end" if self.rtdetr else head.layout
         self.extra = head.extra  # cut off each batch's head: [N, 4+C+extra, A] by rows, else [N, K, cols+extra]
+        self.keypoints = head.keypoints if head.task == "pose" else (0, 0)
         self._rows_first = kernels.LAYOUTS[self.layout] == 0
         self.max_detections = cfg.max_detections
         self.max_candidates = cfg.max_candidates
         self.input_size = (head.height, head.width)
 
     def __call__(self, head: Any, params: Any, sizes: Any, requests: Sequence[FrameRequest],
-                 stream: Any = None, protos: Any = None) -> tuple[Any, Any]:
+                 stream: Any = None, protos: Any = None) -> Decoded:
         """``protos``: a segmentation export's prototype masks [n, M, h, w], for answering only the boxes
-        that have a mask (:mod:`.masks`); those heads are decoded on the host (dets and counts come back as
-        NumPy arrays then)."""
+        that have a mask (:mod:`.masks`). Those heads and pose heads, whose kept boxes' values after their
+        detection columns are read, are decoded on the host (dets and counts come back as NumPy arrays)."""
         xp: Any = np
-        if protos is not None and not isinstance(head, np.ndarray):
-            head, protos = head.get(), protos.get()  # a box at a time on the host: see masks.py
+        per_box = protos is not None or self.keypoints[0] > 0  # a kept box's extra values are read
+        if per_box and not isinstance(head, np.ndarray):
+            head = head.get()  # a box at a time on the host: see masks.py
+            protos = None if protos is None else protos.get()
         if not isinstance(head, np.ndarray):
             import cupy
 
             xp = cupy
-        coefficients = None
+        values = None
         if self.extra:  # a segmentation or pose head: the detection columns alone, as the kernels read them
-            if protos is not None:  # and a segmentation head's mask coefficients, a box's after its columns
-                coefficients = head[:, head.shape[1] - self.extra :] if self._rows_first else head[..., -self.extra :]
+            if per_box:  # and a box's mask coefficients or keypoints, after its columns
+                values = head[:, head.shape[1] - self.extra :] if self._rows_first else head[..., -self.extra :]
             cut = head[:, : head.shape[1] - self.extra] if self._rows_first else head[..., : -self.extra]
             head = xp.ascontiguousarray(cut)
         if self.rtdetr:
@@ -104,6 +115,7 @@ class BoxDecoder:
         n = len(sizes)
         dets = xp.zeros((n, self.max_detections, 6), np.float32)
         counts = xp.zeros((n,), np.int32)
+        points = np.zeros((n, self.max_detections, *self.keypoints), np.float32) if self.keypoints[0] else None
         row = 0
         i = 0
         while i < len(requests):  # one kernel call per run of consecutive requests that share options
@@ -119,9 +131,11 @@ class BoxDecoder:
                 # (end-to-end heads after it): the other classes' rows drop under any threshold first
                 rows = rows.copy()
                 rows[..., 4] = xp.where(xp.isin(rows[..., 5], xp.asarray(opts.classes, np.float32)), rows[..., 4], -1)
-            if coefficients is not None:
+            if values is not None:  # on the host (above): written in place
                 part = slice(row, row + k)
-                out = self._masked(rows, coefficients[part], protos[part], params[part], sizes[part], opts)
+                self._per_box(rows, values[part], None if protos is None else protos[part], params[part], sizes[part],
+                              opts, dets[part, : opts.max_detections], counts[part],
+                              None if points is None else points[part, : opts.max_detections])
             else:
                 out = kernels.detect_postprocess(
                     rows, self.layout, conf=opts.score_threshold, iou=opts.iou_threshold,
@@ -130,38 +144,64 @@ class BoxDecoder:
                     orig_sizes=None if self.rtdetr else sizes[row : row + k],
                     max_candidates=self.max_candidates, stream=stream,
                 )
-            dets[row : row + k, : opts.max_detections] = out.dets
-            counts[row : row + k] = out.counts
+                dets[row : row + k, : opts.max_detections] = out.dets
+                counts[row : row + k] = out.counts
             row += k
             i = j
-        return dets, counts
+        return Decoded(dets, counts, points)
 
-    def _masked(self, head: np.ndarray, coefficients: np.ndarray, protos: np.ndarray, params: Any, sizes: Any,
-                opts: Any) -> kernels.Detections:
-        """A segmentation head's detections as ultralytics' SegmentationPredictor answers them: decoded and
-        suppressed as any head's (the same kernels, unfused, to know each kept box's anchor), then only the
-        boxes whose mask is not empty (masks.py), mapped back to the frames."""
+    def _per_box(self, head: np.ndarray, values: np.ndarray, protos: np.ndarray | None, params: Any, sizes: Any,
+                 opts: Any, dets: np.ndarray, counts: np.ndarray, points: np.ndarray | None) -> None:
+        """A segmentation or pose head's detections as ultralytics' predictors answer them, into ``dets``
+        [n, max_det, 6], ``counts`` [n] and, for a pose head, ``points`` [n, max_det, K, D] (zeros): decoded
+        and suppressed as any head's (the same kernels, unfused, to know each kept box's anchor), each kept
+        box's values after its columns gathered by its anchor; then, for a segmentation head, only the boxes
+        whose mask is not empty (masks.py); for a pose head, those values are the box's keypoints. Then
+        mapped back to the frames, the keypoints' x and y as the boxes' corners are (ultralytics'
+        ``scale_coords``: the letterbox's padding off, divided by its gain, clipped)."""
+        n = len(head)
         end_to_end = kernels.LAYOUTS[self.layout] == 2
         c = kernels.decode(head, self.layout, conf=opts.score_threshold, classes=list(opts.classes) or None,
                            max_candidates=opts.max_detections if end_to_end else self.max_candidates)
-        if not end_to_end:
-            keep, kept = kernels.nms(c.boxes, c.scores, c.class_ids, c.counts, iou=opts.iou_threshold,
-                                     max_det=opts.max_detections, agnostic=opts.agnostic)
-        n = len(head)
-        dets = np.zeros((n, opts.max_detections, 6), np.float32)
-        counts = np.zeros(n, np.int32)
-        height, width = self.input_size
-        for i in range(n):
-            at = np.arange(c.counts[i]) if end_to_end else keep[i, : kept[i]]
-            anchors = c.anchor_ids[i, at]
-            coeffs = coefficients[i][:, anchors].T if self._rows_first else coefficients[i][anchors]
-            boxes = c.boxes[i, at]
-            has = with_masks(protos[i], coeffs, boxes, height, width)
-            m = int(has.sum())
-            if m:
-                dets[i, :m, :4] = kernels.map_boxes(np.ascontiguousarray(boxes[has][None]), params[i : i + 1],
-                                                    sizes[i : i + 1])[0]
-                dets[i, :m, 4] = c.scores[i, at][has]
-                dets[i, :m, 5] = c.class_ids[i, at][has]
-            counts[i] = m
-        return kernels.Detections(dets, counts)
+        if end_to_end:  # the first max_det rows above the threshold, in the head's order
+            order = np.broadcast_to(np.arange(c.scores.shape[1], dtype=np.int32), c.scores.shape)
+            kept = c.counts
+        else:
+            order, kept = kernels.nms(c.boxes, c.scores, c.class_ids, c.counts, iou=opts.iou_threshold,
+                                      max_det=opts.max_detections, agnostic=opts.agnostic)
+        # All frames' kept candidates at once, up to the most any frame kept (rows past a frame's count point at
+        # candidate 0, then are cut).
+        width = int(kept.max(initial=0))
+        order = order[:, :width]
+        real = np.arange(width)[None, :] < kept[:, None]
+        at = np.where(real, order, 0)
+        frame = np.arange(n)[:, None]
+        anchors = np.where(real, c.anchor_ids[frame, at], 0)  # [n, width]
+        boxes, scores, classes = c.boxes[frame, at], c.scores[frame, at], c.class_ids[frame, at]
+        # [n, width, extra]: a box's values after its columns (rows of a yolov8 head, a row's tail otherwise)
+        box_values = values[frame, :, anchors] if self._rows_first else values[frame, anchors]
+        if protos is not None:  # a box at a time on the host: see masks.py
+            height, width_px = self.input_size
+            for i in range(n):
+                has = with_masks(protos[i], box_values[i, : kept[i]], boxes[i, : kept[i]], height, width_px)
+                keep = np.flatnonzero(has)
+                real[i] = False
+                real[i, : len(keep)] = True
+                for a in (boxes, scores, classes):
+                    a[i, : len(keep)] = a[i, keep]
+            kept = real.sum(axis=1)
+        counts[:] = kept
+        most = int(kept.max(initial=0))
+        if not most:
+            return
+        real = real[:, :most, None]
+        dets[:, :most, :4] = np.where(real, boxes[:, :most], 0)
+        dets[:, :most, 4] = np.where(real[..., 0], scores[:, :most], 0)
+        dets[:, :most, 5] = np.where(real[..., 0], classes[:, :most], 0)
+        # One mapping call for all frames' boxes (and keypoints as zero-size boxes), up to the most any has.
+        dets[:, :most, :4] = kernels.map_boxes(np.ascontiguousarray(dets[:, :most, :4]), params, sizes)
+        if points is not None:
+            kp = np.where(real, box_values[:, :most], 0).reshape(n, most, *self.keypoints).astype(np.float32)
+            corners = np.ascontiguousarray(np.concatenate([kp[..., :2], kp[..., :2]], axis=-1).reshape(n, -1, 4))
+            kp[..., :2] = kernels.map_boxes(corners, params, sizes)[..., :2].reshape(n, most, self.keypoints[0], 2)
+            points[:, :most] = kp

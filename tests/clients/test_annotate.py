@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from peregrine.client import Detection, DetectionClient
-from peregrine.client.annotate import annotate_image, draw_detections, main
+from peregrine.client import Detection, DetectionClient, Keypoint
+from peregrine.client.annotate import COCO_SKELETON, annotate_image, detection_of, draw_detections, main
 from peregrine.server.app import PeregrineServer
 
 detection_server = client_support.detection_server
@@ -61,6 +61,38 @@ def test_drawing_matches_the_reference_pixel_for_pixel() -> None:
     assert tuple(out[250, 200]) == RED and tuple(out[160, 100]) == RED and tuple(out[300, 599]) == PINK
     np.testing.assert_array_equal(out[300:380, 10:90], image[300:380, 10:90])
     np.testing.assert_array_equal(image, coffee_bgr())
+
+
+def test_a_pose_models_keypoints_are_drawn_with_the_person_skeleton() -> None:
+    """A pose box's keypoints: a filled dot (radius thickness + 2) at each whose visibility is at least 0.5 (or
+    that has none), COCO's limbs between two shown keypoints of 17; a hidden keypoint and its limbs not drawn."""
+    image = coffee_bgr()
+    points = [Keypoint(150.0 + 10 * (k % 5), 100.0 + 8 * k, 0.9) for k in range(17)]
+    points[9] = Keypoint(160.0, 172.0, 0.2)  # the left wrist, hidden
+    box = Detection(100.0, 80.0, 300.0, 260.0, 0.9, 0, "person", tuple(points))
+    out = draw_detections(image, [box])
+    expected = reference(image, [((100, 80, 300, 260), RED, "person 0.90", False)], thickness=2, font_scale=0.5)
+    shown = [p.score >= 0.5 for p in points]
+    at = [(round(p.x), round(p.y)) for p in points]
+    for a, b in COCO_SKELETON:
+        if shown[a] and shown[b]:
+            cv2.line(expected, at[a], at[b], RED, 2, cv2.LINE_AA)
+    for k, p in enumerate(at):
+        if shown[k]:
+            cv2.circle(expected, p, 4, RED, -1, cv2.LINE_AA)  # (the label tab above the box overlaps none)
+    np.testing.assert_array_equal(out, expected)
+    assert tuple(out[at[0][1], at[0][0]]) == RED and tuple(out[at[9][1], at[9][0]]) != RED
+    # Keypoints without scores (kpt_shape [K, 2]) are all drawn; five points: no skeleton.
+    hand = tuple(Keypoint(200.0, 100.0 + 20 * k) for k in range(5))
+    plain = Detection(100.0, 80.0, 300.0, 260.0, 0.9, 0, "hand", hand)
+    drawn = draw_detections(image, [plain])
+    assert all(tuple(drawn[100 + 20 * k, 200]) == RED for k in range(5))
+    assert tuple(drawn[110, 200]) != RED  # between two dots: no line
+    # JSON Lines carry them as [x, y(, score)] lists.
+    line = {"x1": 1, "y1": 2, "x2": 3, "y2": 4, "score": 0.5, "class_id": 0, "keypoints": [[5, 6, 0.7], [7, 8]]}
+    assert detection_of(line).keypoints == (Keypoint(5.0, 6.0, 0.7), Keypoint(7.0, 8.0, None))
+    with pytest.raises(ValueError, match="detection"):
+        detection_of({**line, "keypoints": [[5]]})
 
 
 def test_grey_images_are_drawn_in_colour_and_bad_ones_refused() -> None:

@@ -155,45 +155,66 @@ class Reference:
         return scale_boxes(nms(head, self.layout, conf, iou, max_det, classes, agnostic), gain, pad, *rgb.shape[:2])
 
 
+def _kept_with_values(head: np.ndarray, extra: int, conf: float, iou: float, max_det: int,
+                      layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """One image's head [4+C+extra, A] (``layout`` end2end: [K, 6+extra]) as ultralytics' NMS keeps it, each
+    kept box with the ``extra`` values after its detection columns: ([k, 6] boxes in model pixels, [k, extra]).
+    NMS as ``nms`` runs it over the detection columns; end-to-end: the first ``max_det`` rows above ``conf``."""
+    if layout == "end2end":
+        rows = head[head[:, 4] > conf][:max_det]
+        return rows[:, :6].astype(np.float32), rows[:, 6:]
+    x = head.T
+    classes = x.shape[1] - 4 - extra
+    score, cls_id = x[:, 4 : 4 + classes].max(1), x[:, 4 : 4 + classes].argmax(1)
+    above = np.flatnonzero(score > conf)
+    boxes = _xywh2xyxy(x[above, :4])
+    offsets = (cls_id[above, None] * MAX_WH).astype(np.float32)
+    anchors = above[_greedy_nms(boxes + offsets, score[above], iou)[:max_det]]
+    dets = np.concatenate([_xywh2xyxy(x[anchors, :4]), score[anchors, None], cls_id[anchors, None]], axis=1)
+    return dets.astype(np.float32), x[anchors, 4 + classes :]
+
+
 def segment_reference(session: ort.InferenceSession, rgb: np.ndarray, height: int, width: int, extra: int,
                       conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET,
                       layout: str = "yolov8") -> tuple[np.ndarray, int]:
     """ultralytics' SegmentationPredictor on one frame of a segmentation export (head [1, 4+C+extra, A], or
     ``layout`` end2end [1, K, 6+extra]; prototypes [1, M, h, w]), for its boxes: letterbox, NMS over the
-    detection columns as ``nms`` does (end-to-end: the first ``max_det`` rows above ``conf``), then each kept
-    box's mask as ``process_mask(..., upsample=True)`` makes it (coefficients
-    times prototypes, ``cv2.resize`` INTER_LINEAR to the input size, which samples as torch's bilinear
-    ``align_corners=False``, above 0, pixels outside the box zeroed) and only the boxes whose mask is not
-    empty, mapped back. Returns those boxes [k, 6] and how many boxes their empty masks dropped."""
+    detection columns (:func:`_kept_with_values`), then each kept box's mask as ``process_mask(...,
+    upsample=True)`` makes it (coefficients times prototypes, ``cv2.resize`` INTER_LINEAR to the input size,
+    which samples as torch's bilinear ``align_corners=False``, above 0, pixels outside the box zeroed) and
+    only the boxes whose mask is not empty, mapped back. Returns those boxes [k, 6] and how many boxes their
+    empty masks dropped."""
     tensor, gain, pad = letterbox(rgb, height, width)
     head, protos = session.run(None, {session.get_inputs()[0].name: tensor})[:2]
+    dets, coefficients = _kept_with_values(head[0], extra, conf, iou, max_det, layout)
     protos = protos[0]
-    if layout == "end2end":
-        x = head[0]
-        classes = 2  # score and class columns
-        score, cls_id = x[:, 4], x[:, 5]
-        above = np.flatnonzero(score > conf)[:max_det]
-        boxes = x[above, :4]
-        kept = list(range(len(above)))
-    else:
-        x = head[0].T
-        classes = x.shape[1] - 4 - extra
-        score, cls_id = x[:, 4 : 4 + classes].max(1), x[:, 4 : 4 + classes].argmax(1)
-        above = np.flatnonzero(score > conf)
-        boxes = _xywh2xyxy(x[above, :4])
-        offsets = (cls_id[above, None] * MAX_WH).astype(np.float32)
-        kept = _greedy_nms(boxes + offsets, score[above], iou)[:max_det]
-    anchors = above[kept]
     m, mh, mw = protos.shape
-    logits = (x[anchors, 4 + classes :] @ protos.reshape(m, -1)).reshape(-1, mh, mw)
-    has = np.zeros(len(kept), bool)
+    logits = (coefficients @ protos.reshape(m, -1)).reshape(-1, mh, mw)
+    has = np.zeros(len(dets), bool)
     cols, rows = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
-    for j, (x1, y1, x2, y2) in enumerate(boxes[kept]):
+    for j, (x1, y1, x2, y2) in enumerate(dets[:, :4]):
         mask = cv2.resize(logits[j], (width, height), interpolation=cv2.INTER_LINEAR) > 0
         inside = ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
         has[j] = bool((mask & inside).any())
-    dets = np.concatenate([boxes[kept], score[anchors, None], cls_id[anchors, None]], axis=1).astype(np.float32)
     return scale_boxes(dets[has], gain, pad, *rgb.shape[:2]), int((~has).sum())
+
+
+def pose_reference(session: ort.InferenceSession, rgb: np.ndarray, height: int, width: int,
+                   kpt_shape: tuple[int, int], conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET,
+                   layout: str = "yolov8") -> tuple[np.ndarray, np.ndarray]:
+    """ultralytics' PosePredictor on one frame of a pose export (head [1, 4+C+K*D, A], or ``layout`` end2end
+    [1, N, 6+K*D]): letterbox, NMS over the detection columns (:func:`_kept_with_values`), then each kept
+    box's values after them viewed as its K keypoints of D values and mapped back by ``scale_coords`` (x, y
+    less the padding, over the gain, clipped to the frame; a visibility score as it is). Returns the boxes
+    [k, 6] and their keypoints [k, K, D] in frame pixels."""
+    tensor, gain, pad = letterbox(rgb, height, width)
+    head = session.run(None, {session.get_inputs()[0].name: tensor})[0]
+    dets, values = _kept_with_values(head[0], kpt_shape[0] * kpt_shape[1], conf, iou, max_det, layout)
+    points = values.reshape(len(values), *kpt_shape).astype(np.float32)
+    h, w = rgb.shape[:2]
+    points[..., 0] = ((points[..., 0] - pad[0]) / gain[0]).clip(0, w)
+    points[..., 1] = ((points[..., 1] - pad[1]) / gain[1]).clip(0, h)
+    return scale_boxes(dets, gain, pad, h, w), points
 
 
 def rtdetr_reference(session: ort.InferenceSession, rgb: np.ndarray, conf: float = CONF,

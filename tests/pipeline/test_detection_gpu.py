@@ -88,8 +88,9 @@ def test_gpu_pipeline_matches_reference_and_cpu(detection_repo: Path, references
 @requires_gpu
 @pytest.mark.parametrize("task", ["segment", "pose"])
 def test_gpu_pipeline_serves_segmentation_and_pose_boxes(tmp_path: Path, task: str) -> None:
-    """A segmentation or pose export on the device: the head's detection columns cut out on the device
-    before NMS, the boxes equal the plain detector's on the CPU (see test_pipeline_config)."""
+    """A segmentation or pose export on the device: its head brought to the host for the values after each
+    kept box's columns (a mask's, keypoints), the boxes equal the plain detector's on the CPU (see
+    test_pipeline_config), a pose box with its keypoints (see test_keypoints)."""
     from peregrine.modelgen import end2end_detector, yolov8_detector
     from support import onnx_models
 
@@ -113,6 +114,9 @@ def test_gpu_pipeline_serves_segmentation_and_pose_boxes(tmp_path: Path, task: s
                      for p in (gpu, cpu))
         for i, name in enumerate(photos):
             assert_same_detections(got.detections[i], want.detections[i], f"{task}/{name}", corner_px=GPU_CORNER_PX)
+        if task == "pose":
+            assert got.keypoints is not None
+            assert [k.shape for k in got.keypoints] == [(len(d), 17, 3) for d in got.detections]
     finally:
         for p in (gpu, cpu):
             loop.run(p.stop())

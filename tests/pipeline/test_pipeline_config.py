@@ -352,6 +352,8 @@ def test_a_detector_with_another_4d_output_is_not_taken_for_a_segmentation_model
     ("classify", {}, 0, "task 'classify'"),
     ("pose", {}, 0, "kpt_shape"),
     ("pose", {"kpt_shape": "[17]"}, 0, "kpt_shape"),
+    ("pose", {"kpt_shape": "[17, 4]"}, 0, "kpt_shape"),  # x, y and at most a visibility score
+    ("pose", {"kpt_shape": "[0, 3]"}, 0, "kpt_shape"),
     ("segment", {}, 0, "prototype-mask output"),
 ])
 def test_exports_of_other_tasks_are_refused_with_the_reason(tmp_path: Path, task: str, metadata: dict[str, str],
