@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from peregrine.client.keypoints import Keypoint
 
 MCAP_SUFFIX = ".mcap"
 
@@ -64,6 +65,7 @@ class _Box:
     score: float
     class_id: int
     label: str
+    keypoints: tuple[Keypoint, ...] = ()  # a pose model's
 
 
 def frame_log_times(recording: Path, topics: Sequence[str] | None, stride: int) -> Iterator[tuple[str, int]]:
@@ -107,7 +109,9 @@ def render(result: Path, recording: Path, topics: Sequence[str] | None, stride: 
                                      "pass --restart")
                 frame = Frame(no_pixels, int(line.get("stamp_ns", 0)), str(line.get("frame_id", "")), topic,
                               log_time_ns)
-                writer.write(frame, [_Box(b["x1"], b["y1"], b["x2"], b["y2"], b["score"], b["class_id"], b["label"])
+                writer.write(frame, [_Box(b["x1"], b["y1"], b["x2"], b["y2"], b["score"], b["class_id"], b["label"],
+                                          tuple(Keypoint(p[0], p[1], p[2] if len(p) > 2 else None)
+                                                for p in b.get("keypoints", ())))
                                      for b in line["boxes"]])
         os.replace(tmp, output)
     finally:

@@ -44,8 +44,9 @@ from typing import Any, cast
 import cv2
 import numpy as np
 
-from .detection import Detection, DetectionClient, FrameResult, Keypoint
+from .detection import Detection, DetectionClient, FrameResult
 from .errors import PeregrineClientError
+from .keypoints import Keypoint, limbs, shown
 from .version import client_version
 
 # ultralytics' 20-colour palette (utils/plotting.py Colors), as hex RGB.
@@ -97,22 +98,12 @@ def label_text(d: Detection) -> str:
     return f"{d.label or f'class{d.class_id}'} {d.score:.2f}"
 
 
-# COCO's person skeleton: the limbs between its 17 keypoints (0-based; nose, eyes, ears, shoulders, elbows,
-# wrists, hips, knees, ankles, left before right), drawn for a pose model of 17 keypoints.
-COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-                 (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
-KEYPOINT_MIN_SCORE = 0.5  # a keypoint whose visibility score is below this is not drawn (as ultralytics plots)
-
-
 def _draw_keypoints(out: np.ndarray, d: Detection, colour: tuple[int, int, int], thickness: int) -> None:
     height, width = out.shape[:2]
-    shown = [p.score is None or p.score >= KEYPOINT_MIN_SCORE for p in d.keypoints]
     at = [(min(max(round(p.x), 0), width - 1), min(max(round(p.y), 0), height - 1)) for p in d.keypoints]
-    if len(d.keypoints) == 17:
-        for a, b in COCO_SKELETON:
-            if shown[a] and shown[b]:
-                cv2.line(out, at[a], at[b], colour, thickness, cv2.LINE_AA)
-    for point, visible in zip(at, shown, strict=True):
+    for a, b in limbs(d.keypoints):
+        cv2.line(out, at[a], at[b], colour, thickness, cv2.LINE_AA)
+    for point, visible in zip(at, shown(d.keypoints), strict=True):
         if visible:
             cv2.circle(out, point, thickness + 2, colour, cv2.FILLED, cv2.LINE_AA)
 

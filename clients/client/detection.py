@@ -35,6 +35,7 @@ from peregrine.proto import detection_pb2 as det
 
 from .channel import DEFAULT_DEADLINE_S, DETECTION_SERVICE, MAX_MESSAGE_BYTES, ChannelSettings, RetryPolicy, TlsOptions
 from .errors import PeregrineClientError, status_code
+from .keypoints import Keypoint
 
 # No model named: the server runs its only detection pipeline (and says which are ready when it has several).
 DEFAULT_MODEL = ""
@@ -68,16 +69,6 @@ FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int] | tuple[ImageInput, 
 
 
 # -- results -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Keypoint:
-    """One keypoint of a pose model's box, in original-image pixels, with its visibility score in [0, 1]
-    (None when the model's keypoints carry none)."""
-
-    x: float
-    y: float
-    score: float | None = None
-
-
 @dataclass(frozen=True)
 class Detection:
     """One box in original-image pixels (x1, y1 top-left; x2, y2 bottom-right), its score in [0, 1],

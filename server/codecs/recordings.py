@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+from peregrine.client.keypoints import limbs, shown
 
 from ... import kernels
 
@@ -66,7 +67,8 @@ class Frame:
 
 class Box(Protocol):
     """What :class:`DetectionMcapWriter` writes: a box in image pixels (x1, y1 top-left, x2, y2
-    bottom-right), its score, class id and class name (the client's and the server's detections have these)."""
+    bottom-right), its score, class id and class name (the client's and the server's detections have these;
+    a pose box may have ``keypoints`` too, drawn in the Foxglove annotations)."""
 
     x1: float
     y1: float
@@ -242,7 +244,7 @@ FOXGLOVE_ANNOTATIONS_MSGDEF = "".join([
     _SEP, "MSG: foxglove_msgs/TextAnnotation\nbuiltin_interfaces/Time timestamp\nfoxglove_msgs/Point2 position\n"
           "string text\nfloat64 font_size\nfoxglove_msgs/Color text_color\nfoxglove_msgs/Color background_color\n",
 ])
-_LINE_LOOP = 2
+_POINTS, _LINE_LOOP, _LINE_LIST = 1, 2, 4  # foxglove_msgs/PointsAnnotation types
 # ultralytics' first colours (as Peregrine's annotate draws them), RGB in [0, 1].
 _ANNOTATION_COLOURS = ((1.0, 0.22, 0.22), (1.0, 0.616, 0.592), (1.0, 0.439, 0.122), (1.0, 0.698, 0.114),
                        (0.812, 0.824, 0.192), (0.282, 0.976, 0.039), (0.573, 0.8, 0.09), (0.239, 0.859, 0.525))
@@ -250,20 +252,33 @@ _ANNOTATION_COLOURS = ((1.0, 0.22, 0.22), (1.0, 0.616, 0.592), (1.0, 0.439, 0.12
 
 def image_annotations(stamp_ns: int, boxes: Iterable[Box]) -> dict[str, Any]:
     """A ``foxglove_msgs/ImageAnnotations`` dict: each box a closed outline (colour by class) and a label
-    ``"<name> <score>"`` at its top-left corner, all stamped ``stamp_ns`` (the image's header stamp)."""
+    ``"<name> <score>"`` at its top-left corner, all stamped ``stamp_ns`` (the image's header stamp); a pose
+    box's keypoints (a ``keypoints`` attribute of :class:`~peregrine.client.keypoints.Keypoint`) as points,
+    those ``peregrine-annotate`` draws, and COCO's skeleton between them as a line list for 17."""
     stamp = {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000}
     points, texts = [], []
+    no_fill = {"r": 0.0, "g": 0.0, "b": 0.0, "a": 0.0}
     for b in boxes:
         r, g, bl = _ANNOTATION_COLOURS[int(b.class_id) % len(_ANNOTATION_COLOURS)]
         colour = {"r": r, "g": g, "b": bl, "a": 1.0}
         corners = [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)]
         points.append({"timestamp": stamp, "type": _LINE_LOOP,
                        "points": [{"x": float(x), "y": float(y)} for x, y in corners],
-                       "outline_color": colour, "outline_colors": [],
-                       "fill_color": {"r": 0.0, "g": 0.0, "b": 0.0, "a": 0.0}, "thickness": 2.0})
+                       "outline_color": colour, "outline_colors": [], "fill_color": no_fill, "thickness": 2.0})
         texts.append({"timestamp": stamp, "position": {"x": float(b.x1), "y": float(b.y1)},
                       "text": f"{b.label or f'class{b.class_id}'} {b.score:.2f}", "font_size": 12.0,
                       "text_color": {"r": 1.0, "g": 1.0, "b": 1.0, "a": 1.0}, "background_color": colour})
+        keypoints = getattr(b, "keypoints", ())
+        if keypoints:
+            ends = [{"x": float(keypoints[i].x), "y": float(keypoints[i].y)} for limb in limbs(keypoints)
+                    for i in limb]
+            if ends:  # a line list: each limb's two ends in turn
+                points.append({"timestamp": stamp, "type": _LINE_LIST, "points": ends, "outline_color": colour,
+                               "outline_colors": [], "fill_color": no_fill, "thickness": 2.0})
+            dots = [{"x": float(p.x), "y": float(p.y)} for p, seen in zip(keypoints, shown(keypoints), strict=True)
+                    if seen]
+            points.append({"timestamp": stamp, "type": _POINTS, "points": dots, "outline_color": colour,
+                           "outline_colors": [], "fill_color": colour, "thickness": 5.0})
     return {"circles": [], "points": points, "texts": texts}
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import skimage.data
 from peregrine.client import Detection, DetectionClient, Keypoint
-from peregrine.client.annotate import COCO_SKELETON, annotate_image, detection_of, draw_detections, main
+from peregrine.client.annotate import annotate_image, detection_of, draw_detections, main
+from peregrine.client.keypoints import COCO_SKELETON
 from peregrine.server.app import PeregrineServer
 
 detection_server = client_support.detection_server

@@ -182,6 +182,46 @@ def test_a_rosbag2_directory_one_topic_a_stride_and_annotations(repo: Path, pict
             assert p.timestamp.sec == array.header.stamp.sec and p.timestamp.nanosec == array.header.stamp.nanosec
 
 
+def test_a_pose_models_keypoints_in_the_annotations(pictures: list[np.ndarray], tmp_path: Path) -> None:
+    """A pose pipeline over a recording: its JSON Lines carry each box's keypoints, and the Foxglove annotations
+    draw them: per box its outline, COCO's skeleton (a line list over the shown keypoints' limbs) when there
+    are limbs to draw, and the keypoints whose score is at least 0.5 as points."""
+    from peregrine.client.keypoints import Keypoint, limbs, shown
+    from peregrine.modelgen import yolov8_pose
+    from support import onnx_models
+
+    onnx_models.write(tmp_path, "pose", yolov8_pose(0, imgsz=320), "max_batch_size = 4\n")
+    (tmp_path / "people").mkdir()
+    (tmp_path / "people" / "config.toml").write_text('platform = "peregrine_detection"\nmax_batch_size = 4\n'
+                                                     '[detection]\ndetector = "pose"\n')
+    frames = shots(pictures, 4)
+    recording = write_mcap(tmp_path / "drive.mcap", frames)
+    out = tmp_path / "people.mcap"
+    assert main(["--model", "people", "--repository", str(tmp_path), "--input", str(recording), "--output", str(out),
+                 "--image-annotations"]) == 0
+    lines = _lines(tmp_path / "people.mcap.jsonl")
+    annotations = [m[4] for m in _messages(out) if m[0] == ANNOTATIONS_TYPE]
+    assert len(annotations) == len(lines) == 4
+    drawn = skeletons = 0
+    for line, ann in zip(lines, annotations, strict=True):
+        boxes = line["boxes"]
+        assert boxes and all(len(b["keypoints"]) == 17 and all(len(p) == 3 for p in b["keypoints"]) for b in boxes)
+        outlines = [p for p in ann.points if p.type == 2]
+        dots = [p for p in ann.points if p.type == 1]
+        lists = [p for p in ann.points if p.type == 4]
+        assert len(outlines) == len(dots) == len(boxes)
+        want_lists = 0
+        for box, points in zip(boxes, dots, strict=True):
+            keypoints = [Keypoint(*p) for p in box["keypoints"]]
+            visible = [(p.x, p.y) for p, seen in zip(keypoints, shown(keypoints), strict=True) if seen]
+            assert [(q.x, q.y) for q in points.points] == visible
+            want_lists += bool(limbs(keypoints))
+            drawn += len(visible)
+        assert len(lists) == want_lists
+        skeletons += want_lists
+    assert drawn > 0 and skeletons > 0
+
+
 def test_killed_and_run_again_it_gives_the_same_messages(repo: Path, pictures: list[np.ndarray],
                                                          tmp_path: Path) -> None:
     frames = shots(pictures, 100)

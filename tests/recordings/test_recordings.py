@@ -348,3 +348,22 @@ def test_detections_refuse_non_finite_boxes(tmp_path: Path) -> None:
     frame = Frame(PHOTO, 5, "cam", "/cam/image")
     with DetectionMcapWriter(tmp_path / "d.mcap") as writer, pytest.raises(ValueError, match="finite"):
         writer.write(frame, [Detection(float("nan"), 0, 1, 1, 0.5, 0)])
+
+
+def test_foxglove_annotations_draw_a_pose_boxs_keypoints_and_skeleton(tmp_path: Path) -> None:
+    from peregrine.client import Keypoint
+    from peregrine.client.keypoints import COCO_SKELETON
+
+    points = [Keypoint(100.0 + k, 50.0 + 2 * k, 0.9) for k in range(17)]
+    points[9] = Keypoint(109.0, 68.0, 0.1)  # hidden: neither drawn nor joined
+    frame = Frame(PHOTO, 1_700_000_000_000_000_000, "cam", "/cam/image_raw", 1_700_000_000_000_000_000)
+    out = tmp_path / "pose.mcap"
+    with DetectionMcapWriter(out, annotations=True) as writer:
+        writer.write(frame, [Detection(90.0, 40.0, 140.0, 120.0, 0.8, 0, "person", tuple(points))])
+    with open(out, "rb") as f:
+        ann = list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())[1][3]
+    outline, skeleton, dots = ann.points
+    assert (outline.type, skeleton.type, dots.type) == (2, 4, 1)
+    ends = [k for a, b in COCO_SKELETON if 9 not in (a, b) for k in (a, b)]
+    assert [(p.x, p.y) for p in skeleton.points] == [(points[k].x, points[k].y) for k in ends]
+    assert [(p.x, p.y) for p in dots.points] == [(p.x, p.y) for k, p in enumerate(points) if k != 9]
