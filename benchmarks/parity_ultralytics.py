@@ -18,7 +18,8 @@ writes a repository with the export and a ``peregrine_detection`` pipeline over 
 directory, runs it over the images with ``peregrine batch`` (the data plane a server runs, no port) and
 reports per image any difference in the number of boxes, a class, a corner by more than ``--corner-px``
 (default 0: the same float32 numbers) or a score by more than ``--score`` (default 0); for a pose model,
-each box's keypoints too (x, y within ``--corner-px``, their visibility within ``--score``). The exit status is 1
+each box's keypoints too (x, y within ``--corner-px``, their visibility within ``--score``), and for a
+segmentation model each box's mask polygon (``masks.xy``: every point within ``--corner-px``). The exit status is 1
 when an image differs.
 """
 
@@ -57,6 +58,9 @@ def predict(args: argparse.Namespace) -> int:
             if result.keypoints is not None:  # a pose model's: [x, y(, visibility)] per keypoint, per box
                 for row, points in zip(rows, result.keypoints.data.tolist(), strict=True):
                     row["keypoints"] = points
+            if result.masks is not None:  # a segmentation model's: each box's mask outline, masks.xy
+                for row, polygon in zip(rows, result.masks.xy, strict=True):
+                    row["polygon"] = polygon.tolist()
             out.write(json.dumps({"source": str(path.relative_to(args.images)), "height": result.orig_shape[0],
                                   "width": result.orig_shape[1], "boxes": rows}) + "\n")
     print(f"wrote {args.out}")
@@ -93,7 +97,8 @@ def _differences(got: dict[str, Any], want: dict[str, Any], corner_px: float, sc
             if used[i] or box["class_id"] != ref["class_id"] or abs(box["score"] - ref["score"]) > score:
                 continue
             if (max(abs(box[c] - ref[c]) for c in ("x1", "y1", "x2", "y2")) <= corner_px
-                    and _same_keypoints(box.get("keypoints"), ref.get("keypoints"), corner_px, score)):
+                    and _same_keypoints(box.get("keypoints"), ref.get("keypoints"), corner_px, score)
+                    and _same_keypoints(box.get("polygon"), ref.get("polygon"), corner_px, score)):
                 used[i] = True
                 break
         else:
@@ -102,7 +107,8 @@ def _differences(got: dict[str, Any], want: dict[str, Any], corner_px: float, sc
 
 
 def _same_keypoints(got: list[list[float]] | None, want: list[list[float]] | None, px: float, score: float) -> bool:
-    """Whether a box's keypoints match ultralytics' (x, y within ``px``, visibility within ``score``)."""
+    """Whether a box's keypoints (or polygon points) match ultralytics' (x, y within ``px``, a keypoint's
+    visibility within ``score``)."""
     if got is None or want is None:
         return got is want
     return len(got) == len(want) and all(

@@ -66,6 +66,7 @@ class _Box:
     class_id: int
     label: str
     keypoints: tuple[Keypoint, ...] = ()  # a pose model's
+    polygon: tuple[tuple[float, float], ...] = ()  # a segmentation model's mask outline
 
 
 def frame_log_times(recording: Path, topics: Sequence[str] | None, stride: int) -> Iterator[tuple[str, int]]:
@@ -111,7 +112,8 @@ def render(result: Path, recording: Path, topics: Sequence[str] | None, stride: 
                               log_time_ns)
                 writer.write(frame, [_Box(b["x1"], b["y1"], b["x2"], b["y2"], b["score"], b["class_id"], b["label"],
                                           tuple(Keypoint(p[0], p[1], p[2] if len(p) > 2 else None)
-                                                for p in b.get("keypoints", ())))
+                                                for p in b.get("keypoints", ())),
+                                          tuple((p[0], p[1]) for p in b.get("polygon", ())))
                                      for b in line["boxes"]])
         os.replace(tmp, output)
     finally:

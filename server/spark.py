@@ -38,9 +38,11 @@ from .jobs.service import LocalCall, run_in_order
 from .observability import logs
 
 # The result's columns (a Spark DDL schema): one row per input row, in the same order within a partition. A
-# box's keypoints are a pose model's ([x, y, score] each; null for other models).
+# box's keypoints are a pose model's ([x, y, score] each), its polygon a segmentation model's ([x, y] each); null
+# for other models.
 SCHEMA = ("path string, height int, width int, boxes array<struct<x1:float,y1:float,x2:float,y2:float,"
-          "score:float,class_id:int,label:string,keypoints:array<array<float>>>>, error string")
+          "score:float,class_id:int,label:string,keypoints:array<array<float>>,polygon:array<array<float>>>>, "
+          "error string")
 
 _servers: dict[tuple[str, str], PeregrineServer] = {}  # per Python worker process: (repository, model) -> server
 _lock = threading.Lock()

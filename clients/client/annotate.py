@@ -112,7 +112,7 @@ def draw_detections(image: np.ndarray, detections: Iterable[Detection], style: S
     """A copy of ``image`` (uint8 BGR ``[H, W, 3]``, or grey ``[H, W]``, drawn in colour) with each detection's
     box (corners rounded to whole pixels, clipped to the image), colour by class, and label tab drawn; a pose
     model's keypoints as dots (those whose visibility score is at least 0.5), joined by COCO's person skeleton
-    when there are 17.
+    when there are 17; a segmentation model's mask polygon as a closed outline.
 
     Raises ValueError for an image that is not uint8 ``[H, W]`` or ``[H, W, 3]``."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
@@ -128,6 +128,9 @@ def draw_detections(image: np.ndarray, detections: Iterable[Detection], style: S
         y2 = min(max(round(d.y2), 0), height - 1)
         colour = colour_of(d.class_id)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_8)
+        if d.polygon:  # a segmentation model's mask outline
+            outline = np.round(np.array(d.polygon, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(out, [outline], True, colour, max(1, thickness - 1), cv2.LINE_AA)
         if d.keypoints:
             _draw_keypoints(out, d, colour, thickness)
         text = label_text(d)
@@ -170,14 +173,15 @@ def annotate_image(src: str | Path | bytes | np.ndarray, detections: Iterable[De
 
 
 def detection_of(obj: Mapping[str, Any]) -> Detection:
-    """A :class:`Detection` from a JSON object with x1, y1, x2, y2, score, class_id and optional label and
-    keypoints (``[[x, y, score], ...]`` or ``[[x, y], ...]``). Raises ValueError naming the missing or
-    malformed field."""
+    """A :class:`Detection` from a JSON object with x1, y1, x2, y2, score, class_id and optional label,
+    keypoints (``[[x, y, score], ...]`` or ``[[x, y], ...]``) and polygon (``[[x, y], ...]``). Raises
+    ValueError naming the missing or malformed field."""
     try:
         points = tuple(Keypoint(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else None)
                        for p in obj.get("keypoints", ()))
+        polygon = tuple((float(p[0]), float(p[1])) for p in obj.get("polygon", ()))
         return Detection(float(obj["x1"]), float(obj["y1"]), float(obj["x2"]), float(obj["y2"]),
-                         float(obj["score"]), int(obj["class_id"]), str(obj.get("label", "")), points)
+                         float(obj["score"]), int(obj["class_id"]), str(obj.get("label", "")), points, polygon)
     except KeyError as e:
         raise ValueError(f"detection: missing field {e.args[0]!r} (expected x1, y1, x2, y2, score, class_id)") from None
     except (TypeError, ValueError, IndexError) as e:

@@ -73,7 +73,8 @@ FrameInput: TypeAlias = ImageInput | tuple[ImageInput, int] | tuple[ImageInput, 
 class Detection:
     """One box in original-image pixels (x1, y1 top-left; x2, y2 bottom-right), its score in [0, 1],
     its class id and the class name (from the model's labels; ``class<i>`` when it has none); a pose
-    model's box carries its keypoints, in the model's order (COCO's 17 for person pose), others none."""
+    model's box carries its keypoints, in the model's order (COCO's 17 for person pose), and a segmentation
+    model's its mask's polygon ((x, y) points, ultralytics' ``masks.xy``), others none."""
 
     x1: float
     y1: float
@@ -83,6 +84,7 @@ class Detection:
     class_id: int
     label: str = ""
     keypoints: tuple[Keypoint, ...] = ()
+    polygon: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,8 @@ def detection_methods(channel: Any) -> tuple[Any, Any]:
 
 def detections_of(msg: det.ImageDetections) -> list[Detection]:
     return [Detection(b.x1, b.y1, b.x2, b.y2, b.score, b.class_id, b.label,
-                      tuple(Keypoint(p.x, p.y, p.score if p.HasField("score") else None) for p in b.keypoints))
+                      tuple(Keypoint(p.x, p.y, p.score if p.HasField("score") else None) for p in b.keypoints),
+                      tuple(zip(b.polygon[0::2], b.polygon[1::2], strict=True)))
             for b in msg.boxes]
 
 

@@ -124,14 +124,18 @@ def _keypoint_wire(points: np.ndarray) -> tuple[bytes, int]:
 
 
 def _boxes(result: FrameResult, frame: int, height: int, width: int) -> det.ImageDetections:
-    """The ``frame``-th image's boxes (and a pose model's keypoints) as an ``ImageDetections``."""
+    """The ``frame``-th image's boxes (and a pose model's keypoints, a segmentation model's mask polygons) as
+    an ``ImageDetections``."""
     out = det.ImageDetections(height=height, width=width)
     wire, size = (b"", 0) if result.keypoints is None else _keypoint_wire(result.keypoints[frame])
+    outlines = None if result.polygons is None else result.polygons[frame]
     for j, (x1, y1, x2, y2, score, cls) in enumerate(result.detections[frame].tolist()):
         c = int(cls)
         box = out.boxes.add(x1=x1, y1=y1, x2=x2, y2=y2, score=score, class_id=c, label=result.label(c))
         if size:
             box.MergeFromString(wire[j * size : (j + 1) * size])
+        if outlines is not None:
+            box.polygon.extend(outlines[j].ravel().tolist())
     return out
 
 

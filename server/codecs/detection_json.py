@@ -14,9 +14,10 @@ Two request forms carry the same fields as the gRPC ``DetectRequest``:
 
 The answer is JSON: ``{"model_name", "model_version", "id", "results": [{"height", "width", "boxes": [{"x1",
 "y1", "x2", "y2", "score", "class_id", "label"}]}], "timings": {...}}``, a pose model's boxes with their
-``"keypoints": [[x, y, score], ...]``. Images are not decoded here: a raw
-frame's fields are checked for their JSON types and the proto's ranges, and the detection model checks its
-encoding, step and size as for gRPC, naming the same fields (``images[0].raw.step``).
+``"keypoints": [[x, y, score], ...]``, a segmentation model's with ``"polygon": [[x, y], ...]``. Images are
+not decoded here: a raw frame's fields are checked for their JSON types and the proto's ranges, and the
+detection model checks its encoding, step and size as for gRPC, naming the same fields
+(``images[0].raw.step``).
 """
 
 from __future__ import annotations
@@ -165,12 +166,16 @@ def decode_json(body: Mapping[str, Any], deadline: float | None) -> DetectReques
 
 def boxes(result: FrameResult, frame: int = 0) -> list[dict[str, Any]]:
     """The ``frame``-th image's boxes of the result as JSON objects; a pose model's with their
-    ``keypoints``: [[x, y, score], ...] ([x, y] for a model whose keypoints carry no score)."""
+    ``keypoints``: [[x, y, score], ...] ([x, y] for a model whose keypoints carry no score); a segmentation
+    model's with their mask's ``polygon``: [[x, y], ...] (ultralytics' ``masks.xy``)."""
     out = [{"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score, "class_id": int(c), "label": result.label(int(c))}
            for x1, y1, x2, y2, score, c in result.detections[frame].tolist()]
     if result.keypoints is not None:
         for box, points in zip(out, result.keypoints[frame].tolist(), strict=True):
             box["keypoints"] = points
+    if result.polygons is not None:
+        for box, polygon in zip(out, result.polygons[frame], strict=True):
+            box["polygon"] = polygon.tolist()
     return out
 
 

@@ -254,7 +254,8 @@ def image_annotations(stamp_ns: int, boxes: Iterable[Box]) -> dict[str, Any]:
     """A ``foxglove_msgs/ImageAnnotations`` dict: each box a closed outline (colour by class) and a label
     ``"<name> <score>"`` at its top-left corner, all stamped ``stamp_ns`` (the image's header stamp); a pose
     box's keypoints (a ``keypoints`` attribute of :class:`~peregrine.client.keypoints.Keypoint`) as points,
-    those ``peregrine-annotate`` draws, and COCO's skeleton between them as a line list for 17."""
+    those ``peregrine-annotate`` draws, and COCO's skeleton between them as a line list for 17; a segmentation
+    box's mask polygon (a ``polygon`` attribute of (x, y) points) as a closed outline."""
     stamp = {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000}
     points, texts = [], []
     no_fill = {"r": 0.0, "g": 0.0, "b": 0.0, "a": 0.0}
@@ -268,6 +269,11 @@ def image_annotations(stamp_ns: int, boxes: Iterable[Box]) -> dict[str, Any]:
         texts.append({"timestamp": stamp, "position": {"x": float(b.x1), "y": float(b.y1)},
                       "text": f"{b.label or f'class{b.class_id}'} {b.score:.2f}", "font_size": 12.0,
                       "text_color": {"r": 1.0, "g": 1.0, "b": 1.0, "a": 1.0}, "background_color": colour})
+        polygon = getattr(b, "polygon", ())
+        if polygon:  # a segmentation model's mask outline
+            points.append({"timestamp": stamp, "type": _LINE_LOOP,
+                           "points": [{"x": float(x), "y": float(y)} for x, y in polygon], "outline_color": colour,
+                           "outline_colors": [], "fill_color": no_fill, "thickness": 1.0})
         keypoints = getattr(b, "keypoints", ())
         if keypoints:
             ends = [{"x": float(keypoints[i].x), "y": float(keypoints[i].y)} for limb in limbs(keypoints)

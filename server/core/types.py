@@ -166,7 +166,8 @@ class FrameResult:
     """Per frame, float32 [k, 6] detections (x1, y1, x2, y2, score, class id) in original pixels and the
     frame's (height, width), with the class names of the model that made them (``labels[class_id]``;
     ``class<i>`` past their end) and the model version that ran; a pose model's, per frame its boxes'
-    keypoints too: float32 [k, K, D] (x, y in original pixels, then a visibility score when D is 3)."""
+    keypoints too: float32 [k, K, D] (x, y in original pixels, then a visibility score when D is 3); a
+    segmentation model's, per frame its boxes' mask polygons."""
 
     detections: list[np.ndarray]
     times: StageTimes
@@ -179,6 +180,8 @@ class FrameResult:
     total_ns: int = 0
     variant: str = ""  # the SLO ladder's variant that made it (its model's name); "": the model has no ladder
     keypoints: list[np.ndarray] | None = None  # a pose model's, one [k, K, D] a frame; None for other models
+    # a segmentation model's: per frame, per box, its mask's polygon float32 [P, 2] (x, y in original pixels)
+    polygons: list[list[np.ndarray]] | None = None
 
     def stages(self) -> dict[str, int]:
         """Nanoseconds per stage: decode, queue, pre, infer, post."""

@@ -211,7 +211,7 @@ class DetectionExecutor:
         times = StageTimes(batch_size=n)
         started = time.perf_counter_ns()
         try:
-            dets, counts, keypoints = self.paths[instance].run(self, instance, frames, sizes, requests, times)
+            dets, counts, keypoints, polygons = self.paths[instance].run(self, instance, frames, sizes, requests, times)
         except PeregrineError:
             raise
         except Exception as e:
@@ -226,8 +226,9 @@ class DetectionExecutor:
             k = len(r.frames)
             per_frame = [dets[i, : int(counts[i])] for i in range(row, row + k)]
             points = None if keypoints is None else [keypoints[i, : int(counts[i])] for i in range(row, row + k)]
+            outlines = None if polygons is None else polygons[row : row + k]
             results.append(FrameResult(per_frame, times, self.labels, [f.shape[:2] for f in r.frames],
-                                       keypoints=points))
+                                       keypoints=points, polygons=outlines))
             row += k
         self.stats.record_batch(n, len(requests), times.pre_ns, times.infer_ns, times.post_ns,
                                 executed=self.detector.padded(n))

@@ -11,8 +11,9 @@ index (``HeadInfo.ranked``). Read once, when the model loads, from the graph and
 Ultralytics' segmentation and pose exports carry the same head with more after each box's class scores
 (end-to-end ones: after its class id): 32 mask coefficients (a second, 4-D output holds the prototype
 masks) or 17 x 3 keypoint values. The pipeline serves their boxes, reading the columns a detector has
-(``HeadInfo.extra`` counts the rest), and a pose export's keypoints with them (``HeadInfo.keypoints``);
-rotated boxes (``task: obb``) are refused, not misread.
+(``HeadInfo.extra`` counts the rest), with a pose export's keypoints (``HeadInfo.keypoints``) or a
+segmentation export's mask polygons (``HeadInfo.proto_name``); rotated boxes (``task: obb``) are refused,
+not misread.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class HeadInfo:
     extra: int = 0  # values after each box's detection columns (mask coefficients, keypoints), not read
     task: str = "detect"  # the export's task: "detect", or "segment" / "pose" served as their boxes (and keypoints)
     ranked: bool = False  # rtdetr: rows of (box, score, class) its decoder ranked, not C scores a query
-    proto_name: str = ""  # an ultralytics segmentation export's prototype masks: only boxes with a mask answer
+    proto_name: str = ""  # an ultralytics segmentation export's prototypes: boxes with a mask answer, with its polygon
     keypoints: tuple[int, int] = (0, 0)  # a pose export's kpt_shape: keypoints a box, values each (x, y[, score])
 
     @property

@@ -24,7 +24,7 @@ from ... import kernels
 from ..config.model import DetectionConfig
 from ..core.types import FrameRequest
 from .head import RTDETR, HeadInfo
-from .masks import with_masks
+from .masks import box_masks, outline
 
 
 class Letterbox:
@@ -74,6 +74,8 @@ class Decoded(NamedTuple):
     dets: Any  #: float32 [n, max_det, 6] (x1, y1, x2, y2, score, class id) in frame pixels, on the head's device
     counts: Any  #: int32 [n]
     keypoints: np.ndarray | None = None  #: a pose head's: float32 [n, max_det, K, D] in frame pixels, on the host
+    #: a segmentation head's: per frame, per box in order, its mask's polygon float32 [P, 2] in frame pixels
+    polygons: list[list[np.ndarray]] | None = None
 
 
 class BoxDecoder:
@@ -116,6 +118,7 @@ class BoxDecoder:
         dets = xp.zeros((n, self.max_detections, 6), np.float32)
         counts = xp.zeros((n,), np.int32)
         points = np.zeros((n, self.max_detections, *self.keypoints), np.float32) if self.keypoints[0] else None
+        polygons: list[list[np.ndarray]] | None = [[] for _ in range(n)] if protos is not None else None
         row = 0
         i = 0
         while i < len(requests):  # one kernel call per run of consecutive requests that share options
@@ -133,9 +136,12 @@ class BoxDecoder:
                 rows[..., 4] = xp.where(xp.isin(rows[..., 5], xp.asarray(opts.classes, np.float32)), rows[..., 4], -1)
             if values is not None:  # on the host (above): written in place
                 part = slice(row, row + k)
+                outlines: list[list[np.ndarray]] = [[] for _ in range(k)]
                 self._per_box(rows, values[part], None if protos is None else protos[part], params[part], sizes[part],
                               opts, dets[part, : opts.max_detections], counts[part],
-                              None if points is None else points[part, : opts.max_detections])
+                              None if points is None else points[part, : opts.max_detections], outlines)
+                if polygons is not None:
+                    polygons[part] = outlines
             else:
                 out = kernels.detect_postprocess(
                     rows, self.layout, conf=opts.score_threshold, iou=opts.iou_threshold,
@@ -148,17 +154,19 @@ class BoxDecoder:
                 counts[row : row + k] = out.counts
             row += k
             i = j
-        return Decoded(dets, counts, points)
+        return Decoded(dets, counts, points, polygons)
 
     def _per_box(self, head: np.ndarray, values: np.ndarray, protos: np.ndarray | None, params: Any, sizes: Any,
-                 opts: Any, dets: np.ndarray, counts: np.ndarray, points: np.ndarray | None) -> None:
+                 opts: Any, dets: np.ndarray, counts: np.ndarray, points: np.ndarray | None,
+                 polygons: list[list[np.ndarray]] | None = None) -> None:
         """A segmentation or pose head's detections as ultralytics' predictors answer them, into ``dets``
         [n, max_det, 6], ``counts`` [n] and, for a pose head, ``points`` [n, max_det, K, D] (zeros): decoded
         and suppressed as any head's (the same kernels, unfused, to know each kept box's anchor), each kept
         box's values after its columns gathered by its anchor; then, for a segmentation head, only the boxes
-        whose mask is not empty (masks.py); for a pose head, those values are the box's keypoints. Then
-        mapped back to the frames, the keypoints' x and y as the boxes' corners are (ultralytics'
-        ``scale_coords``: the letterbox's padding off, divided by its gain, clipped)."""
+        whose mask is not empty (masks.py), and into ``polygons`` (a list a frame, filled) each one's mask as
+        its polygon; for a pose head, those values are the box's keypoints. Then mapped back to the frames,
+        the keypoints' and polygons' x and y as the boxes' corners are (ultralytics' ``scale_coords``: the
+        letterbox's padding off, divided by its gain, clipped)."""
         n = len(head)
         end_to_end = kernels.LAYOUTS[self.layout] == 2
         c = kernels.decode(head, self.layout, conf=opts.score_threshold, classes=list(opts.classes) or None,
@@ -183,8 +191,10 @@ class BoxDecoder:
         if protos is not None:  # a box at a time on the host: see masks.py
             height, width_px = self.input_size
             for i in range(n):
-                has = with_masks(protos[i], box_values[i, : kept[i]], boxes[i, : kept[i]], height, width_px)
-                keep = np.flatnonzero(has)
+                masks = box_masks(protos[i], box_values[i, : kept[i]], boxes[i, : kept[i]], height, width_px)
+                keep = [j for j, m in enumerate(masks) if m is not None and m[0].any()]
+                if polygons is not None:
+                    polygons[i] = [self._polygon(masks[j], params[i : i + 1], sizes[i : i + 1]) for j in keep]
                 real[i] = False
                 real[i, : len(keep)] = True
                 for a in (boxes, scores, classes):
@@ -205,3 +215,12 @@ class BoxDecoder:
             corners = np.ascontiguousarray(np.concatenate([kp[..., :2], kp[..., :2]], axis=-1).reshape(n, -1, 4))
             kp[..., :2] = kernels.map_boxes(corners, params, sizes)[..., :2].reshape(n, most, self.keypoints[0], 2)
             points[:, :most] = kp
+
+    @staticmethod
+    def _polygon(mask: tuple[np.ndarray, int, int] | None, params: Any, size: Any) -> np.ndarray:
+        """A kept box's mask as its polygon in the frame's pixels (float32 [P, 2]): its outline in model pixels
+        (masks.py), each point mapped back as a box's corner is."""
+        assert mask is not None
+        points = outline(*mask).astype(np.float32)
+        corners = np.ascontiguousarray(np.concatenate([points, points], axis=1)[None])
+        return kernels.map_boxes(corners, params, size)[0, :, :2].copy()

@@ -96,6 +96,20 @@ def test_a_pose_models_keypoints_are_drawn_with_the_person_skeleton() -> None:
         detection_of({**line, "keypoints": [[5]]})
 
 
+def test_a_segmentation_models_polygon_is_drawn_as_a_closed_outline() -> None:
+    image = coffee_bgr()
+    polygon = ((120.0, 100.0), (200.0, 110.0), (180.0, 200.0), (130.0, 180.0))
+    box = Detection(110.0, 90.0, 210.0, 210.0, 0.9, 0, "cup", (), polygon)
+    out = draw_detections(image, [box])
+    expected = reference(image, [((110, 90, 210, 210), RED, "cup 0.90", False)], thickness=2, font_scale=0.5)
+    cv2.polylines(expected, [np.array(polygon, np.int32).reshape(-1, 1, 2)], True, RED, 1, cv2.LINE_AA)
+    np.testing.assert_array_equal(out, expected)
+    assert tuple(out[100, 120]) != tuple(image[100, 120])  # a vertex of the outline
+    assert tuple(out[150, 160]) == tuple(image[150, 160])  # not filled
+    line = {"x1": 1, "y1": 2, "x2": 3, "y2": 4, "score": 0.5, "class_id": 0, "polygon": [[1, 2], [3, 4], [1, 4]]}
+    assert detection_of(line).polygon == ((1.0, 2.0), (3.0, 4.0), (1.0, 4.0))
+
+
 def test_grey_images_are_drawn_in_colour_and_bad_ones_refused() -> None:
     grey = skimage.data.camera()
     out = draw_detections(grey, [Detection(10, 50, 200, 220, 0.5, 0, "person")])

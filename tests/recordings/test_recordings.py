@@ -367,3 +367,15 @@ def test_foxglove_annotations_draw_a_pose_boxs_keypoints_and_skeleton(tmp_path: 
     ends = [k for a, b in COCO_SKELETON if 9 not in (a, b) for k in (a, b)]
     assert [(p.x, p.y) for p in skeleton.points] == [(points[k].x, points[k].y) for k in ends]
     assert [(p.x, p.y) for p in dots.points] == [(p.x, p.y) for k, p in enumerate(points) if k != 9]
+
+
+def test_foxglove_annotations_outline_a_segmentation_boxs_mask(tmp_path: Path) -> None:
+    frame = Frame(PHOTO, 1_700_000_000_000_000_000, "cam", "/cam/image_raw", 1_700_000_000_000_000_000)
+    out = tmp_path / "seg.mcap"
+    polygon = ((12.0, 22.0), (28.0, 24.0), (20.0, 40.0))
+    with DetectionMcapWriter(out, annotations=True) as writer:
+        writer.write(frame, [Detection(10.0, 20.0, 30.0, 44.0, 0.87, 2, "car", (), polygon)])
+    with open(out, "rb") as f:
+        ann = list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())[1][3]
+    box, mask = ann.points
+    assert (box.type, mask.type) == (2, 2) and [(p.x, p.y) for p in mask.points] == list(polygon)
