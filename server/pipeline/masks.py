@@ -64,12 +64,6 @@ def box_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, h
     return out
 
 
-def with_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """bool [k]: whether each of k boxes (as :func:`box_masks` takes them) has a non-empty mask."""
-    return np.array([m is not None and bool(m[0].any()) for m in box_masks(protos, coefficients, boxes, height, width)],
-                    bool)
-
-
 def outline(mask: np.ndarray, row: int, column: int) -> np.ndarray:
     """A box's mask (bool [rows, cols] whose top-left pixel is (``column``, ``row``) of the input) as the
     polygon ultralytics' ``Results.masks.xy`` gives, in input pixels (int32 [P, 2] x, y): the mask's outer

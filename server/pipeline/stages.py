@@ -136,11 +136,11 @@ class BoxDecoder:
                 rows[..., 4] = xp.where(xp.isin(rows[..., 5], xp.asarray(opts.classes, np.float32)), rows[..., 4], -1)
             if values is not None:  # on the host (above): written in place
                 part = slice(row, row + k)
-                outlines: list[list[np.ndarray]] = [[] for _ in range(k)]
+                outlines: list[list[np.ndarray]] | None = None if polygons is None else [[] for _ in range(k)]
                 self._per_box(rows, values[part], None if protos is None else protos[part], params[part], sizes[part],
                               opts, dets[part, : opts.max_detections], counts[part],
                               None if points is None else points[part, : opts.max_detections], outlines)
-                if polygons is not None:
+                if polygons is not None and outlines is not None:
                     polygons[part] = outlines
             else:
                 out = kernels.detect_postprocess(
@@ -158,7 +158,7 @@ class BoxDecoder:
 
     def _per_box(self, head: np.ndarray, values: np.ndarray, protos: np.ndarray | None, params: Any, sizes: Any,
                  opts: Any, dets: np.ndarray, counts: np.ndarray, points: np.ndarray | None,
-                 polygons: list[list[np.ndarray]] | None = None) -> None:
+                 polygons: list[list[np.ndarray]] | None) -> None:
         """A segmentation or pose head's detections as ultralytics' predictors answer them, into ``dets``
         [n, max_det, 6], ``counts`` [n] and, for a pose head, ``points`` [n, max_det, K, D] (zeros): decoded
         and suppressed as any head's (the same kernels, unfused, to know each kept box's anchor), each kept
@@ -193,8 +193,10 @@ class BoxDecoder:
             for i in range(n):
                 masks = box_masks(protos[i], box_values[i, : kept[i]], boxes[i, : kept[i]], height, width_px)
                 keep = [j for j, m in enumerate(masks) if m is not None and m[0].any()]
-                if polygons is not None:
-                    polygons[i] = [self._polygon(masks[j], params[i : i + 1], sizes[i : i + 1]) for j in keep]
+                if polygons is not None:  # each kept mask's outline in model pixels, then in the frame's
+                    polygons[i] = [_map_points(outline(*mask)[None].astype(np.float32), params[i : i + 1],
+                                               sizes[i : i + 1])[0]
+                                   for mask in (masks[j] for j in keep) if mask is not None]
                 real[i] = False
                 real[i, : len(keep)] = True
                 for a in (boxes, scores, classes):
@@ -212,15 +214,13 @@ class BoxDecoder:
         dets[:, :most, :4] = kernels.map_boxes(np.ascontiguousarray(dets[:, :most, :4]), params, sizes)
         if points is not None:
             kp = np.where(real, box_values[:, :most], 0).reshape(n, most, *self.keypoints).astype(np.float32)
-            corners = np.ascontiguousarray(np.concatenate([kp[..., :2], kp[..., :2]], axis=-1).reshape(n, -1, 4))
-            kp[..., :2] = kernels.map_boxes(corners, params, sizes)[..., :2].reshape(n, most, self.keypoints[0], 2)
+            kp[..., :2] = _map_points(kp[..., :2].reshape(n, -1, 2), params, sizes).reshape(n, most, -1, 2)
             points[:, :most] = kp
 
-    @staticmethod
-    def _polygon(mask: tuple[np.ndarray, int, int] | None, params: Any, size: Any) -> np.ndarray:
-        """A kept box's mask as its polygon in the frame's pixels (float32 [P, 2]): its outline in model pixels
-        (masks.py), each point mapped back as a box's corner is."""
-        assert mask is not None
-        points = outline(*mask).astype(np.float32)
-        corners = np.ascontiguousarray(np.concatenate([points, points], axis=1)[None])
-        return kernels.map_boxes(corners, params, size)[0, :, :2].copy()
+
+def _map_points(points: np.ndarray, params: Any, sizes: Any) -> np.ndarray:
+    """Points float32 [n, P, 2] (x, y in model pixels, per frame) in their frames' pixels: mapped as boxes'
+    corners are (the same kernel, on zero-size boxes), as ultralytics' ``scale_coords`` maps keypoints and
+    mask outlines."""
+    corners = np.ascontiguousarray(np.concatenate([points, points], axis=-1))
+    return kernels.map_boxes(corners, params, sizes)[..., :2].copy()
