@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from peregrine.client.keypoints import Keypoint
+from peregrine.client.keypoints import Keypoint, keypoints_of, polygon_of
 
 MCAP_SUFFIX = ".mcap"
 
@@ -111,9 +111,7 @@ def render(result: Path, recording: Path, topics: Sequence[str] | None, stride: 
                 frame = Frame(no_pixels, int(line.get("stamp_ns", 0)), str(line.get("frame_id", "")), topic,
                               log_time_ns)
                 writer.write(frame, [_Box(b["x1"], b["y1"], b["x2"], b["y2"], b["score"], b["class_id"], b["label"],
-                                          tuple(Keypoint(p[0], p[1], p[2] if len(p) > 2 else None)
-                                                for p in b.get("keypoints", ())),
-                                          tuple((p[0], p[1]) for p in b.get("polygon", ())))
+                                          keypoints_of(b.get("keypoints", ())), polygon_of(b.get("polygon", ())))
                                      for b in line["boxes"]])
         os.replace(tmp, output)
     finally:

@@ -46,7 +46,7 @@ import numpy as np
 
 from .detection import Detection, DetectionClient, FrameResult
 from .errors import PeregrineClientError
-from .keypoints import Keypoint, limbs, shown
+from .keypoints import keypoints_of, limbs, polygon_of, shown
 from .version import client_version
 
 # ultralytics' 20-colour palette (utils/plotting.py Colors), as hex RGB.
@@ -177,11 +177,9 @@ def detection_of(obj: Mapping[str, Any]) -> Detection:
     keypoints (``[[x, y, score], ...]`` or ``[[x, y], ...]``) and polygon (``[[x, y], ...]``). Raises
     ValueError naming the missing or malformed field."""
     try:
-        points = tuple(Keypoint(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else None)
-                       for p in obj.get("keypoints", ()))
-        polygon = tuple((float(p[0]), float(p[1])) for p in obj.get("polygon", ()))
         return Detection(float(obj["x1"]), float(obj["y1"]), float(obj["x2"]), float(obj["y2"]),
-                         float(obj["score"]), int(obj["class_id"]), str(obj.get("label", "")), points, polygon)
+                         float(obj["score"]), int(obj["class_id"]), str(obj.get("label", "")),
+                         keypoints_of(obj.get("keypoints", ())), polygon_of(obj.get("polygon", ())))
     except KeyError as e:
         raise ValueError(f"detection: missing field {e.args[0]!r} (expected x1, y1, x2, y2, score, class_id)") from None
     except (TypeError, ValueError, IndexError) as e:

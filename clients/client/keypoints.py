@@ -1,4 +1,5 @@
-"""A pose model's keypoints: their type, and how they are drawn (COCO's person skeleton).
+"""A pose model's keypoints and a segmentation model's mask outlines: their types, how they read from the JSON
+a server writes, and how keypoints are drawn (COCO's person skeleton).
 
 Light on purpose (no gRPC, no OpenCV): the detection client, ``peregrine-annotate`` and the server's recording
 writer (Foxglove annotations) share it.
@@ -6,6 +7,7 @@ writer (Foxglove annotations) share it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -20,6 +22,17 @@ class Keypoint:
 
 
 COCO_KEYPOINTS = 17  # COCO's person keypoints
+def keypoints_of(values: Iterable[Sequence[float]]) -> tuple[Keypoint, ...]:
+    """Keypoints from their JSON form, ``[[x, y, score], ...]`` or ``[[x, y], ...]``. Raises IndexError,
+    TypeError or ValueError for values that are not."""
+    return tuple(Keypoint(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else None) for p in values)
+
+
+def polygon_of(values: Iterable[Sequence[float]]) -> tuple[tuple[float, float], ...]:
+    """A mask outline from its JSON form, ``[[x, y], ...]``. Raises as :func:`keypoints_of`."""
+    return tuple((float(p[0]), float(p[1])) for p in values)
+
+
 # COCO's person skeleton: the limbs between its 17 keypoints (0-based; nose, eyes, ears, shoulders, elbows,
 # wrists, hips, knees, ankles, left before right), drawn for a pose model of 17 keypoints.
 COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),

@@ -250,6 +250,14 @@ _ANNOTATION_COLOURS = ((1.0, 0.22, 0.22), (1.0, 0.616, 0.592), (1.0, 0.439, 0.12
                        (0.812, 0.824, 0.192), (0.282, 0.976, 0.039), (0.573, 0.8, 0.09), (0.239, 0.859, 0.525))
 
 
+def _shape(stamp: dict[str, int], kind: int, points: Iterable[tuple[float, float]], colour: dict[str, float],
+           thickness: float, filled: bool = False) -> dict[str, Any]:
+    """One ``foxglove_msgs/PointsAnnotation`` of ``kind`` (points, a closed loop, a line list) in ``colour``."""
+    return {"timestamp": stamp, "type": kind, "points": [{"x": float(x), "y": float(y)} for x, y in points],
+            "outline_color": colour, "outline_colors": [],
+            "fill_color": colour if filled else {"r": 0.0, "g": 0.0, "b": 0.0, "a": 0.0}, "thickness": thickness}
+
+
 def image_annotations(stamp_ns: int, boxes: Iterable[Box]) -> dict[str, Any]:
     """A ``foxglove_msgs/ImageAnnotations`` dict: each box a closed outline (colour by class) and a label
     ``"<name> <score>"`` at its top-left corner, all stamped ``stamp_ns`` (the image's header stamp); a pose
@@ -258,33 +266,23 @@ def image_annotations(stamp_ns: int, boxes: Iterable[Box]) -> dict[str, Any]:
     box's mask polygon (a ``polygon`` attribute of (x, y) points) as a closed outline."""
     stamp = {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000}
     points, texts = [], []
-    no_fill = {"r": 0.0, "g": 0.0, "b": 0.0, "a": 0.0}
     for b in boxes:
         r, g, bl = _ANNOTATION_COLOURS[int(b.class_id) % len(_ANNOTATION_COLOURS)]
         colour = {"r": r, "g": g, "b": bl, "a": 1.0}
-        corners = [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)]
-        points.append({"timestamp": stamp, "type": _LINE_LOOP,
-                       "points": [{"x": float(x), "y": float(y)} for x, y in corners],
-                       "outline_color": colour, "outline_colors": [], "fill_color": no_fill, "thickness": 2.0})
+        points.append(_shape(stamp, _LINE_LOOP, [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)], colour, 2.0))
         texts.append({"timestamp": stamp, "position": {"x": float(b.x1), "y": float(b.y1)},
                       "text": f"{b.label or f'class{b.class_id}'} {b.score:.2f}", "font_size": 12.0,
                       "text_color": {"r": 1.0, "g": 1.0, "b": 1.0, "a": 1.0}, "background_color": colour})
         polygon = getattr(b, "polygon", ())
         if polygon:  # a segmentation model's mask outline
-            points.append({"timestamp": stamp, "type": _LINE_LOOP,
-                           "points": [{"x": float(x), "y": float(y)} for x, y in polygon], "outline_color": colour,
-                           "outline_colors": [], "fill_color": no_fill, "thickness": 1.0})
+            points.append(_shape(stamp, _LINE_LOOP, polygon, colour, 1.0))
         keypoints = getattr(b, "keypoints", ())
         if keypoints:
-            ends = [{"x": float(keypoints[i].x), "y": float(keypoints[i].y)} for limb in limbs(keypoints)
-                    for i in limb]
+            ends = [(keypoints[i].x, keypoints[i].y) for limb in limbs(keypoints) for i in limb]
             if ends:  # a line list: each limb's two ends in turn
-                points.append({"timestamp": stamp, "type": _LINE_LIST, "points": ends, "outline_color": colour,
-                               "outline_colors": [], "fill_color": no_fill, "thickness": 2.0})
-            dots = [{"x": float(p.x), "y": float(p.y)} for p, seen in zip(keypoints, shown(keypoints), strict=True)
-                    if seen]
-            points.append({"timestamp": stamp, "type": _POINTS, "points": dots, "outline_color": colour,
-                           "outline_colors": [], "fill_color": colour, "thickness": 5.0})
+                points.append(_shape(stamp, _LINE_LIST, ends, colour, 2.0))
+            dots = [(p.x, p.y) for p, seen in zip(keypoints, shown(keypoints), strict=True) if seen]
+            points.append(_shape(stamp, _POINTS, dots, colour, 5.0, filled=True))
     return {"circles": [], "points": points, "texts": texts}
 
 
