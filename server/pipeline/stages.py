@@ -214,13 +214,13 @@ class BoxDecoder:
         dets[:, :most, :4] = kernels.map_boxes(np.ascontiguousarray(dets[:, :most, :4]), params, sizes)
         if points is not None:
             kp = np.where(real, box_values[:, :most], 0).reshape(n, most, *self.keypoints).astype(np.float32)
-            kp[..., :2] = _map_points(kp[..., :2].reshape(n, -1, 2), params, sizes).reshape(n, most, -1, 2)
+            kp[..., :2] = _map_points(kp[..., :2], params, sizes)
             points[:, :most] = kp
 
 
 def _map_points(points: np.ndarray, params: Any, sizes: Any) -> np.ndarray:
-    """Points float32 [n, P, 2] (x, y in model pixels, per frame) in their frames' pixels: mapped as boxes'
-    corners are (the same kernel, on zero-size boxes), as ultralytics' ``scale_coords`` maps keypoints and
-    mask outlines."""
-    corners = np.ascontiguousarray(np.concatenate([points, points], axis=-1))
-    return kernels.map_boxes(corners, params, sizes)[..., :2].copy()
+    """Points float32 [n, ..., 2] (x, y in model pixels, per frame) in their frames' pixels, same shape: mapped
+    as boxes' corners are (the same kernel, on zero-size boxes), as ultralytics' ``scale_coords`` maps
+    keypoints and mask outlines."""
+    corners = np.concatenate([points, points], axis=-1).reshape(len(points), -1, 4)
+    return kernels.map_boxes(corners, params, sizes)[..., :2].reshape(points.shape)
