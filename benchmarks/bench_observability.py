@@ -30,7 +30,10 @@ to the slot it started in (the first ``--guard-ms`` of a slot are left out, and 
 the next slot). Throughput is a slot's requests over its length; the ratio reported is the median over
 pairs of neighbouring slots, which share whatever state the machine is in, and the CPU per request is the
 server's (``/proc``) over each slot. Two processes' placement moves the ratio of two servers by a few
-percent; slots a second apart in one process leave the work.
+percent; slots a second apart in one process leave the work. Even so, one process's median moves by a few
+percent from the next's (where its code and data happen to lie): ``--servers N`` measures N fresh processes one
+after another and pools their pairs, and ``--cpus SERVER LOAD`` pins the server and the load generator to
+CPUs of their own, so that neither takes the other's core.
 
     python benchmarks/bench_observability.py --out benchmarks/results/observability.md
     python benchmarks/bench_observability.py --on metrics drift         # what tracing leaves out
@@ -38,6 +41,7 @@ percent; slots a second apart in one process leave the work.
     python benchmarks/bench_observability.py --rounds 12 --restart-every 1 --on none   # A/A: the noise
     python benchmarks/bench_observability.py --switch --otel-sample-ratio 0.01     # one process, switched
     python benchmarks/bench_observability.py --switch --on none                    # its A/A control
+    python benchmarks/bench_observability.py --switch --servers 8 --cpus 1 0       # 8 processes, pinned
 """
 
 from __future__ import annotations
@@ -122,11 +126,14 @@ def server_flags(parts: set[str], args: argparse.Namespace, receiver: SpanReceiv
     return flags
 
 
-def start(repository: Path, grpc_port: int, http_port: int, flags: list[str]) -> subprocess.Popen[bytes]:
+def start(repository: Path, grpc_port: int, http_port: int, flags: list[str],
+          cpus: tuple[set[int], set[int]] | None = None) -> subprocess.Popen[bytes]:
+    """A server of this tree on the bundled models; ``cpus``: (the server's, the clients') CPUs to pin to."""
     cmd = [sys.executable, "-m", "peregrine.server", "--model-repository", str(repository), "--grpc-port",
            str(grpc_port), "--http-port", str(http_port), "--model-control-mode", "explicit", "--load-model",
            PIPELINE, "--load-model", IDENTITY, "--log-level", "WARNING", *flags]
-    proc = subprocess.Popen(cmd)
+    server_cpus = cpus[0] if cpus else None
+    proc = subprocess.Popen(cmd, preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None)
     try:
         wait_until_ready(proc, f"127.0.0.1:{grpc_port}", [PIPELINE, IDENTITY], timeout_s=180)
     except BaseException:
@@ -368,37 +375,49 @@ def flipped_main(args: argparse.Namespace, on_parts: set[str], receiver: SpanRec
     if "identity" not in args.skip:
         loads.append((f"{IDENTITY} ModelInfer", args.flip_s, args.pairs,
                       lambda c, seconds: identity_timed(grpc_port, c, seconds)))
-    lines = ["| load | concurrency | on infer/s | off infer/s | on/off throughput (median of pairs) | middle half "
-             "of pairs | pairs | on p99 ms | off p99 ms | on/off p99 | server CPU µs/request on | off | on/off |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    pooled: dict[tuple[str, int], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory(prefix="peregrine-observability-") as tmp, \
             scraping([http_port], args.scrape_s) as scrapes:
-        proc = start(args.repository, grpc_port, http_port,
-                     server_flags(on_parts | {"metrics"}, args, receiver, Path(tmp)))
         try:
-            for load, slot_s, pairs, run in loads:
-                for c in args.concurrency:
-                    with Flipper(http_port, proc.pid, settings, slot_s) as flipper:
-                        timed = run(c, 2 * pairs * slot_s + slot_s)
-                    slots = slotted(timed, flipper.slots, int(args.guard_ms * 1e6))
-                    ratios = pair_ratios(slots, "throughput")
-                    cpu = pair_ratios(slots, "cpu_us")
-                    mode = {m: [s for s in slots if s["mode"] == m] for m in ("on", "off")}
-                    tput = {m: statistics.median(s["throughput"] for s in v) for m, v in mode.items()}
-                    p99 = {m: float(np.percentile(np.concatenate([s["latency_ms"] for s in v]), 99))
-                           for m, v in mode.items()}
-                    cpus = {m: statistics.median(s["cpu_us"] for s in v) for m, v in mode.items()}
-                    q1, _, q3 = statistics.quantiles(ratios, n=4)
-                    lines.append(f"| {load} | {c} | {tput['on']:.1f} | {tput['off']:.1f} | "
-                                 f"**{statistics.median(ratios):.3f}** | {q1:.3f} to {q3:.3f} | {len(ratios)} | "
-                                 f"{p99['on']:.2f} | {p99['off']:.2f} | {p99['on'] / p99['off']:.3f} | "
-                                 f"{cpus['on']:.0f} | {cpus['off']:.0f} | {statistics.median(cpu):.3f} |")
-                    print(lines[-1], file=sys.stderr)
+            for k in range(args.servers):  # a fresh process each: one process's placement is luck of its own
+                proc = start(args.repository, grpc_port, http_port,
+                             server_flags(on_parts | {"metrics"}, args, receiver, Path(tmp)), args.cpus)
+                try:
+                    for load, slot_s, pairs, run in loads:
+                        for c in args.concurrency:
+                            with Flipper(http_port, proc.pid, settings, slot_s) as flipper:
+                                timed = run(c, 2 * pairs * slot_s + slot_s)
+                            slots = slotted(timed, flipper.slots, int(args.guard_ms * 1e6))
+                            ratios = pair_ratios(slots, "throughput")
+                            row = pooled[(load, c)]
+                            row["slots"] += slots
+                            row["ratios"] += ratios
+                            row["cpu"] += pair_ratios(slots, "cpu_us")
+                            row["servers"].append(statistics.median(ratios))
+                            print(f"server {k + 1}: {load} c={c}: on/off {row['servers'][-1]:.3f} "
+                                  f"({len(ratios)} pairs)", file=sys.stderr)
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
         finally:
-            proc.terminate()
-            proc.wait(30)
             time.sleep(0.5)
             receiver.close()
+    lines = ["| load | concurrency | on infer/s | off infer/s | on/off throughput (median of pairs) | middle half "
+             "of pairs | pairs | each server's median | on p99 ms | off p99 ms | on/off p99 | server CPU µs/request "
+             "on | off | on/off |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (load, c), row in pooled.items():
+        mode = {m: [s for s in row["slots"] if s["mode"] == m] for m in ("on", "off")}
+        tput = {m: statistics.median(s["throughput"] for s in v) for m, v in mode.items()}
+        p99 = {m: float(np.percentile(np.concatenate([s["latency_ms"] for s in v]), 99)) for m, v in mode.items()}
+        cpus = {m: statistics.median(s["cpu_us"] for s in v) for m, v in mode.items()}
+        q1, _, q3 = statistics.quantiles(row["ratios"], n=4)
+        each = ", ".join(f"{r:.3f}" for r in row["servers"])
+        lines.append(f"| {load} | {c} | {tput['on']:.1f} | {tput['off']:.1f} | "
+                     f"**{statistics.median(row['ratios']):.3f}** | {q1:.3f} to {q3:.3f} | {len(row['ratios'])} | "
+                     f"{each} | {p99['on']:.2f} | {p99['off']:.2f} | {p99['on'] / p99['off']:.3f} | "
+                     f"{cpus['on']:.0f} | {cpus['off']:.0f} | {statistics.median(row['cpu']):.3f} |")
+        print(lines[-1], file=sys.stderr)
     parts = [p for p in ("metrics", "drift", "tracing") if p in on_parts]
     described = {"metrics": "metrics recorded", "drift": f"drift at {args.drift_sample_rate:g}",
                  "tracing": f"OpenTelemetry at ratio {args.otel_sample_ratio:g} over OTLP/HTTP "
@@ -406,9 +425,27 @@ def flipped_main(args: argparse.Namespace, on_parts: set[str], receiver: SpanRec
     lines += ["", f"One server under one closed-loop load per row, switched at run time between on and off "
               f"(slots of {args.flip_s:g} s for {IDENTITY} [1,16] under perf_analyzer, {args.detect_flip_s:g} s for "
               f"{PIPELINE} Detect of one 512x512 photograph; the first {args.guard_ms:g} ms of each left out); "
-              f"/metrics scraped every {args.scrape_s:g} s ({len(scrapes)} scrapes). "
+              f"/metrics scraped every {args.scrape_s:g} s ({len(scrapes)} scrapes); {args.servers} server "
+              f"process{'es' if args.servers > 1 else ''} one after another, their pairs pooled"
+              f"{pinned(args.cpus)}. "
               f"On: {', '.join(described[p] for p in parts) or 'none of them (an A/A run)'}; off: none of them."]
     return report(args.out, "Observability on vs off, switched in one process (issue 19)", lines)
+
+
+def cpu_list(text: str) -> set[int]:
+    """CPUs as taskset writes them: "0", "0,2", "2-3"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pinned(cpus: tuple[set[int], set[int]] | None) -> str:
+    if not cpus:
+        return ""
+    return (f"; the server pinned to CPU {','.join(map(str, sorted(cpus[0])))}, the load to CPU "
+            f"{','.join(map(str, sorted(cpus[1])))}")
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -439,9 +476,16 @@ def main() -> int:
     ap.add_argument("--detect-pairs", type=int, default=12, help="--switch: pairs of slots for Detect")
     ap.add_argument("--guard-ms", type=float, default=100.0,
                     help="--switch: the start of each slot left out (the switch settling)")
+    ap.add_argument("--servers", type=int, default=1,
+                    help="--switch: fresh server processes measured one after another, their pairs pooled")
+    ap.add_argument("--cpus", nargs=2, metavar=("SERVER", "LOAD"), type=cpu_list,
+                    help="--switch: pin the server to these CPUs and the load (perf_analyzer, Detect's threads) "
+                         "to those (taskset's lists, e.g. 1 0): the two then never trade cores")
     ap.add_argument("--port", type=int, default=8751, help="first of four ports (gRPC and HTTP of each server)")
     ap.add_argument("--out", type=Path, help="write the report here (markdown)")
     args = ap.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, args.cpus[1])  # this process's Detect threads and the perf_analyzer it runs
     loads: dict[str, Callable[[int, int], dict[str, float]]] = {}
     jpeg = photograph()
     if "detect" not in args.skip:

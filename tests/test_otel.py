@@ -54,6 +54,29 @@ def test_a_grpc_request_continues_the_clients_trace_with_a_span_per_stage(traced
         assert root.start_time <= child.start_time <= child.end_time <= root.end_time + 1_000_000
 
 
+def test_a_grpc_call_reads_the_metadata_its_handler_was_found_with(traced: Any, monkeypatch: Any) -> None:
+    """grpc builds a call's metadata to find its handler; the call keeps that tuple (building it again at
+    each invocation_metadata() cost a small model 2% of its throughput), for unary calls and streams."""
+    server, exporter = traced
+    plane = server.dataplane
+    seen: list[Any] = []
+    scope, stream = plane.scope, plane.stream
+    monkeypatch.setattr(plane, "scope", lambda call, *a, **k: (seen.append(call._metadata), scope(call, *a, **k))[1])
+    monkeypatch.setattr(plane, "stream", lambda call, *a, **k: (seen.append(call._metadata), stream(call, *a, **k))[1])
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    client.infer("ident", [_tensor(grpcclient)], headers={"traceparent": TRACEPARENT})
+    results: list[Any] = []
+    client.start_stream(callback=lambda result, error: results.append(error or result),
+                        headers={"traceparent": TRACEPARENT})
+    client.async_stream_infer("ident", [_tensor(grpcclient)])
+    client.stop_stream()
+    assert len(seen) == 2 and len(results) == 1 and not isinstance(results[0], Exception)
+    for metadata in seen:  # taken before anything asked the context for it
+        assert metadata is not None and ("traceparent", TRACEPARENT) in [tuple(m) for m in metadata]
+    continued = [s for s in exporter.get_finished_spans() if s.name == "ModelInfer" and s.parent is not None]
+    assert continued and all(format(s.context.trace_id, "032x") == TRACE_ID for s in continued)
+
+
 def test_an_http_request_continues_the_trace_and_errors_are_marked(traced: Any) -> None:
     server, exporter = traced
     client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")

@@ -27,6 +27,7 @@ from .request_histograms import NOT_THROUGH, RequestHistograms
 from .triton_metrics import LatencySummaries, MetricsSettings, model_families, render
 
 UNKNOWN_MODEL = "(unknown)"  # the model label of requests for models the server does not know
+_NO_STAGES = (NOT_THROUGH,) * 7  # a failed request's stages, all but its total
 
 
 class ModelSample(NamedTuple):
@@ -161,17 +162,22 @@ class Metrics:
         if not self.recording:  # nothing would read them (--allow-metrics=false), or switched off
             return
         none = NOT_THROUGH
+        if ran is None:  # failed: no stages
+            self.requests.observe((model, status, None), (*_NO_STAGES, total_ns))
+            return
         decoded = none if transport_decode_ns is None else transport_decode_ns  # the transport's two stages
         encoded = none if transport_encode_ns is None else transport_encode_ns
-        if ran is None:  # failed: no stages
-            stages = (none, none, none, none, none, none, none, total_ns)
-        elif request is None:  # from the response cache: the transport's stages only
+        if request is None:  # from the response cache: the transport's stages only
             stages = (decoded, none, none, none, none, none, encoded, total_ns)
         else:
             c, queue_ns = request.compute, request.queue_ns
-            stages = (decoded, request.decode_ns if isinstance(request, FrameRequest) else none,
-                      none if queue_ns is None else queue_ns, none if c is None else c.input_ns,
-                      none if c is None else c.infer_ns, none if c is None else c.output_ns, encoded, total_ns)
+            image = request.decode_ns if isinstance(request, FrameRequest) else none
+            if queue_ns is None:
+                queue_ns = none
+            if c is None:
+                stages = (decoded, image, queue_ns, none, none, none, encoded, total_ns)
+            else:
+                stages = (decoded, image, queue_ns, c.input_ns, c.infer_ns, c.output_ns, encoded, total_ns)
         self.requests.observe((model, status, ran), stages)
 
     def observe_stream_answer(self, model: str, outcome: str) -> None:

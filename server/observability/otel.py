@@ -75,10 +75,12 @@ class OtelTracing:
     def sampled(self, traceparent: str | None) -> bool:
         """Whether a request whose call carried ``traceparent`` (None: none) is traced: decided before
         anything of its spans is built."""
+        if traceparent is None:  # most calls: no trace context (random() < 1.0 always holds)
+            return random.random() < self.sample_ratio
         parent = parse_traceparent(traceparent)
         if parent is not None:
             return bool(parent[2] & 1)
-        return self.sample_ratio >= 1.0 or random.random() < self.sample_ratio
+        return random.random() < self.sample_ratio
 
     def record(self, name: str, traceparent: str | None, tracestate: str | None, started_ns: int, ended_ns: int,
                attributes: dict[str, Any], stages: list[tuple[str, int, int]], status: str) -> None:

@@ -28,7 +28,7 @@ from .detection import DetectionServicer
 from .inference import InferenceServicer
 from .jobs import JobServicer
 from .security import TlsFiles, TokenAuthInterceptor
-from .status import Malformed, tolerant
+from .status import CALL_METADATA, Malformed, tolerant
 
 if TYPE_CHECKING:
     from ...scheduling.loop import EventLoopThread
@@ -76,6 +76,27 @@ def _serialize(message: Any) -> bytes:
     return message.SerializeToString()  # type: ignore[no-any-return]
 
 
+class _Service(grpc.GenericRpcHandler):
+    """One service's handlers, found by the call's method, handing the call's metadata to its handler.
+
+    grpc.aio builds a call's metadata (a tuple of namedtuples) to look its handler up, and builds it again at
+    each ``context.invocation_metadata()``: 1.2 us a time in a loop, several times that run once between two
+    requests of a busy event loop, where with OpenTelemetry on every request's ``traceparent`` is looked up
+    (docs/BENCHMARKS.md, "Observability on vs off"). The look-up runs in the call's own task, so the tuple
+    it was given is kept in :data:`~.status.CALL_METADATA` for :class:`~.status.GrpcCall` to read.
+    Registered methods (``add_registered_method_handlers``) would be matched before any generic handler and
+    never pass through here, so the services are added as generic handlers only."""
+
+    def __init__(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = {f"/{service}/{name}": h for name, h in handlers.items()}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._handlers.get(handler_call_details.method)
+        if handler is not None:
+            CALL_METADATA.set(handler_call_details.invocation_metadata)
+        return handler
+
+
 def _add_tolerant(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
     """Add a service whose request deserializers never raise: malformed bytes reach the handler as
     :class:`~.status.Malformed` and are answered INVALID_ARGUMENT (grpc itself would answer UNKNOWN)."""
@@ -84,8 +105,7 @@ def _add_tolerant(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
     handlers = {name: h._replace(request_deserializer=tolerant(h.request_deserializer, f"{capture.service}.{name}"),
                                  response_serializer=_serialize)
                 for name, h in capture.handlers.items()}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
-    server.add_registered_method_handlers(capture.service, handlers)
+    server.add_generic_rpc_handlers((_Service(capture.service, handlers),))
 
 
 class _Health(health.aio.HealthServicer):

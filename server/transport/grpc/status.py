@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -46,15 +47,23 @@ def unary(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The metadata of the call the running task serves, as grpc looked its handler up with it (server._Service
+# sets it; each call runs in a task of its own). None: not set there (then the context is asked).
+CALL_METADATA: ContextVar[tuple[Any, ...] | None] = ContextVar("peregrine_call_metadata", default=None)
+
+
 class GrpcCall:
     """A gRPC call as the data plane's :class:`~peregrine.server.dataplane.dataplane.Call`: when it
     arrived, its deadline on the monotonic clock, its connection and the identity of its client."""
 
-    __slots__ = ("_identity", "connection", "context", "deadline", "started_ns")
+    __slots__ = ("_identity", "_metadata", "connection", "context", "deadline", "started_ns")
 
     def header(self, name: str) -> str | None:
         """The call's metadata entry ``name`` (lower case), e.g. W3C ``traceparent``."""
-        for key, value in self.context.invocation_metadata() or ():
+        metadata = self._metadata
+        if metadata is None:
+            metadata = self._metadata = self.context.invocation_metadata() or ()
+        for key, value in metadata:
             if key == name:
                 return value.decode() if isinstance(value, bytes) else str(value)
         return None
@@ -66,17 +75,14 @@ class GrpcCall:
         self.deadline = None if remaining is None else time.monotonic() + remaining
         self.connection: str = context.peer() or ""
         self._identity: str | None = None
+        self._metadata = CALL_METADATA.get()
 
     @property
     def identity(self) -> str:
         """The client: its bearer token (``authorization`` metadata) when it sends one, else its address
         without the port (all connections from one host are one client)."""
         if self._identity is None:
-            token = ""
-            for key, value in self.context.invocation_metadata() or ():
-                if key == "authorization":
-                    token = value.decode() if isinstance(value, bytes) else str(value)
-                    break
+            token = self.header("authorization") or ""
             self._identity = f"token:{token}" if token else f"host:{self.connection.rsplit(':', 1)[0]}"
         return self._identity
 
