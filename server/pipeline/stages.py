@@ -192,11 +192,11 @@ class BoxDecoder:
             height, width_px = self.input_size
             for i in range(n):
                 masks = box_masks(protos[i], box_values[i, : kept[i]], boxes[i, : kept[i]], height, width_px)
-                keep = [j for j, m in enumerate(masks) if m is not None and m[0].any()]
+                with_mask = [(j, m) for j, m in enumerate(masks) if m is not None and m[0].any()]
+                keep = [j for j, _ in with_mask]
                 if polygons is not None:  # each kept mask's outline in model pixels, then in the frame's
                     polygons[i] = [_map_points(outline(*mask)[None].astype(np.float32), params[i : i + 1],
-                                               sizes[i : i + 1])[0]
-                                   for mask in (masks[j] for j in keep) if mask is not None]
+                                               sizes[i : i + 1])[0] for _, mask in with_mask]
                 real[i] = False
                 real[i, : len(keep)] = True
                 for a in (boxes, scores, classes):
