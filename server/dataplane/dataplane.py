@@ -210,8 +210,7 @@ class RequestScope:
         plane = self.plane
         trace: str | Callable[[], str] = ""
         if plane.otel is not None:
-            traceparent = self.traceparent()
-            trace = logs.trace_id_of(traceparent) if traceparent is not None else ""
+            trace = self.trace_id()
         elif plane.trace_ids:
             trace = self.trace_id
         if request_id or trace or logs.request_context.get() is not None:
